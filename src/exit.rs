@@ -1,0 +1,24 @@
+//! Process exit codes: one enum, three meanings.
+
+use std::process::ExitCode;
+
+/// What the process reports to its caller.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ExitStatus {
+    /// Everything asked for was done.
+    Success,
+    /// The user's input (profile, flags, workspace) is wrong; nothing remote was changed.
+    UserError,
+    /// A remote system or provision itself failed.
+    Failure,
+}
+
+impl From<ExitStatus> for ExitCode {
+    fn from(status: ExitStatus) -> Self {
+        match status {
+            ExitStatus::Success => ExitCode::from(0),
+            ExitStatus::UserError => ExitCode::from(1),
+            ExitStatus::Failure => ExitCode::from(2),
+        }
+    }
+}

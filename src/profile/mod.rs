@@ -1,0 +1,5 @@
+//! Cluster profiles: TOML → validated [`Profile`], with located diagnostics.
+
+pub mod model;
+
+pub use model::Profile;

@@ -1,0 +1,1 @@
+//! The workspace directory: `provision.toml` (Proxmox endpoint and credentials by reference), `.provision/`, `.gitignore`.
