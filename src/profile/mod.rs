@@ -115,14 +115,14 @@ pub enum ProfileSource {
 }
 
 /// Resolves `--profile NAME|PATH`: a value containing `/` or ending in `.toml` is a path
-/// (relative to the current directory); otherwise `profiles/NAME.toml` in the workspace wins
-/// over the built-in profile of that name.
+/// (relative to the current directory); otherwise, in a workspace (a directory holding
+/// `provision.toml`), `profiles/NAME.toml` wins over the built-in profile of that name.
 pub fn resolve(spec: &str, workspace: &Path) -> Result<ProfileSource, ProfileError> {
     if spec.contains('/') || spec.ends_with(".toml") {
         return Ok(ProfileSource::File(PathBuf::from(spec)));
     }
     let in_workspace = workspace.join("profiles").join(format!("{spec}.toml"));
-    if in_workspace.is_file() {
+    if workspace.join("provision.toml").is_file() && in_workspace.is_file() {
         return Ok(ProfileSource::File(in_workspace));
     }
     match builtin::builtin(spec) {
