@@ -597,7 +597,12 @@ impl Checker {
         }
         // VM names must be unique valid DNS labels.
         let mut vm_names: BTreeMap<String, usize> = BTreeMap::new();
+        let names_checkable = is_dns_label(&profile.cluster.name);
         for (index, group) in profile.node_groups.iter().enumerate() {
+            if !names_checkable || !is_dns_label(&group.name) {
+                // Already reported on the name itself.
+                continue;
+            }
             for member in 1..=group.count.min(1000) {
                 let name = group.vm_name(&profile.cluster.name, member);
                 if name.len() > 63 || !is_dns_label(&name) {
@@ -1008,9 +1013,15 @@ impl Checker {
                 }
             }
             NvidiaMode::None => {
-                if gpus > 0 {
+                let first_gpu_group = profile
+                    .node_groups
+                    .iter()
+                    .position(|group| group.gpus.is_some());
+                if let Some(index) = first_gpu_group
+                    && gpus > 0
+                {
                     self.warning(
-                        path(&["nvidia", "mode"]),
+                        path(&["node_groups"]).index(index).key("gpus"),
                         format!("{gpus} GPUs are passed through but nvidia.mode is none: no driver or container runtime will be installed"),
                         "set nvidia.mode = \"operator\" or \"host\" unless you install the driver yourself",
                     );

@@ -1,0 +1,175 @@
+//! Profiles: every built-in validates (JSON snapshot), every malformed fixture fails with a located error.
+#![allow(clippy::unwrap_used)]
+
+use std::path::{Path, PathBuf};
+use std::process::Command;
+
+use provision::profile::{self, BUILTIN_PROFILES, ProfileError, Severity};
+
+fn provision(args: &[&str], workspace: &Path) -> std::process::Output {
+    Command::new(env!("CARGO_BIN_EXE_provision"))
+        .args(args)
+        .arg("--workspace")
+        .arg(workspace)
+        .env("NO_COLOR", "1")
+        .env_remove("RUST_LOG")
+        .output()
+        .unwrap()
+}
+
+#[test]
+fn every_builtin_profile_validates_and_its_json_is_stable() {
+    let workspace = tempfile::tempdir().unwrap();
+    for builtin in BUILTIN_PROFILES {
+        let output = provision(
+            &["validate", "--profile", builtin.name, "--output", "json"],
+            workspace.path(),
+        );
+        let stdout = String::from_utf8(output.stdout).unwrap();
+        assert_eq!(
+            output.status.code(),
+            Some(0),
+            "{}: {stdout}{}",
+            builtin.name,
+            String::from_utf8_lossy(&output.stderr)
+        );
+        let json: serde_json::Value = serde_json::from_str(&stdout).unwrap();
+        assert_eq!(json["valid"], true, "{}", builtin.name);
+        assert_eq!(json["source"], format!("builtin:{}", builtin.name));
+        insta::assert_snapshot!(format!("validate_json_{}", builtin.name), stdout);
+    }
+}
+
+#[test]
+fn builtin_profiles_carry_the_numbers_of_the_issue() {
+    let a100 = profile::load("a100-8x", Path::new("/nonexistent"))
+        .unwrap()
+        .profile;
+    assert_eq!(a100.server_count(), 3);
+    assert_eq!(a100.vm_count(), 7);
+    assert_eq!(a100.gpu_count(), 8);
+    assert_eq!(a100.cluster.api_vip.unwrap().to_string(), "10.0.0.100");
+    let workers = a100.group("gpu").unwrap();
+    assert_eq!(
+        (workers.cores, workers.memory_mib, workers.disks.os_gb),
+        (16, 131_072, 500)
+    );
+    assert_eq!(workers.disks.scratch_gb, Some(1000));
+    assert_eq!(workers.hugepages, Some(1024));
+    assert!(workers.numa_pinning);
+    let servers = a100.group("server").unwrap();
+    assert_eq!(
+        (servers.cores, servers.memory_mib, servers.disks.os_gb),
+        (4, 16_384, 100)
+    );
+    let nfs = a100.storage.nfs.as_ref().unwrap();
+    assert_eq!(
+        (nfs.server.to_string(), nfs.path.as_str()),
+        ("10.0.0.30".to_owned(), "/export/k3s")
+    );
+
+    let homelab = profile::load("homelab-ha", Path::new("/nonexistent"))
+        .unwrap()
+        .profile;
+    assert_eq!((homelab.server_count(), homelab.vm_count()), (3, 5));
+    let vllm = profile::load("vllm-timeslice", Path::new("/nonexistent"))
+        .unwrap()
+        .profile;
+    assert_eq!(vllm.nvidia.time_slicing_replicas, Some(4));
+    let ci = profile::load("ci-nested", Path::new("/nonexistent"))
+        .unwrap()
+        .profile;
+    assert_eq!(ci.cluster.ttl.as_deref(), Some("4h"));
+    assert_eq!(ci.gpu_count(), 0);
+    // VMID ranges never overlap between built-in profiles.
+    let mut ranges: Vec<(u32, u32)> = BUILTIN_PROFILES
+        .iter()
+        .map(|b| {
+            let range = profile::load(b.name, Path::new("/nonexistent"))
+                .unwrap()
+                .profile
+                .proxmox
+                .vmid_range;
+            (range.start, range.end)
+        })
+        .collect();
+    ranges.sort_unstable();
+    assert!(
+        ranges.windows(2).all(|pair| pair[0].1 < pair[1].0),
+        "{ranges:?}"
+    );
+}
+
+fn bad_profiles() -> Vec<PathBuf> {
+    let mut paths: Vec<PathBuf> = std::fs::read_dir("tests/fixtures/bad-profiles")
+        .unwrap()
+        .map(|entry| entry.unwrap().path())
+        .filter(|path| path.extension().is_some_and(|e| e == "toml"))
+        .collect();
+    paths.sort();
+    paths
+}
+
+#[test]
+fn every_bad_profile_fails_with_a_located_error_and_a_hint() {
+    let paths = bad_profiles();
+    assert!(paths.len() >= 30, "only {} bad profiles", paths.len());
+    for path in paths {
+        let spec = path.to_str().unwrap();
+        let text = std::fs::read_to_string(&path).unwrap();
+        let expect = text
+            .lines()
+            .next()
+            .and_then(|line| line.strip_prefix("# expect: "))
+            .unwrap_or_else(|| panic!("{spec}: first line must be `# expect: <message part>`"));
+        let error = match profile::load(spec, Path::new(".")) {
+            Ok(_) => panic!("{spec} validated but must not"),
+            Err(error) => error,
+        };
+        assert!(
+            matches!(error, ProfileError::Invalid { .. }),
+            "{spec}: {error}"
+        );
+        let diagnostics = error.diagnostics();
+        let errors: Vec<_> = diagnostics
+            .iter()
+            .filter(|d| d.severity == Severity::Error)
+            .collect();
+        assert!(
+            errors.iter().any(|d| d.message.contains(expect)),
+            "{spec}: no error mentions `{expect}`: {errors:#?}"
+        );
+        for diagnostic in &errors {
+            assert!(
+                diagnostic.line.is_some() && diagnostic.column.is_some(),
+                "{spec}: unlocated {diagnostic:?}"
+            );
+            assert!(
+                diagnostic.hint.is_some(),
+                "{spec}: no hint in {diagnostic:?}"
+            );
+        }
+        let mut rendered = String::new();
+        for diagnostic in &diagnostics {
+            rendered += &profile::diagnostic::render(diagnostic, error.text(), false);
+        }
+        let name = path.file_stem().unwrap().to_str().unwrap().to_owned();
+        insta::assert_snapshot!(format!("bad_{name}"), rendered);
+    }
+}
+
+#[test]
+fn workspace_profiles_win_over_builtins_only_in_a_workspace() {
+    let dir = tempfile::tempdir().unwrap();
+    std::fs::create_dir(dir.path().join("profiles")).unwrap();
+    let text = BUILTIN_PROFILES[0]
+        .text
+        .replace("name = \"a100\"", "name = \"mine\"");
+    std::fs::write(dir.path().join("profiles/a100-8x.toml"), text).unwrap();
+    let builtin = profile::load("a100-8x", dir.path()).unwrap();
+    assert_eq!(builtin.source_name, "builtin:a100-8x");
+    std::fs::write(dir.path().join("provision.toml"), "").unwrap();
+    let local = profile::load("a100-8x", dir.path()).unwrap();
+    assert_eq!(local.profile.cluster.name, "mine");
+    assert!(local.source_name.ends_with("profiles/a100-8x.toml"));
+}
