@@ -34,14 +34,14 @@ pub async fn run(context: &Context, args: ValidateArgs) -> anyhow::Result<ExitSt
                 .reporter
                 .diagnostics(&loaded.warnings, Some(&loaded.text));
             let mut out = format!(
-                "{}: valid ({} warning(s))\ncluster {}: {} VMs ({} servers, {} agents), {} GPUs, VMIDs {}-{} on {}\n",
+                "{}: valid, {}\ncluster {}: {} ({}, {}), {}, VMIDs {}-{} on {}\n",
                 loaded.source_name,
-                loaded.warnings.len(),
+                plural(loaded.warnings.len() as u64, "warning"),
                 profile.cluster.name,
-                profile.vm_count(),
-                profile.server_count(),
-                profile.vm_count() - profile.server_count(),
-                profile.gpu_count(),
+                plural(profile.vm_count(), "VM"),
+                plural(profile.server_count(), "server"),
+                plural(profile.vm_count() - profile.server_count(), "agent"),
+                plural(profile.gpu_count(), "GPU"),
                 range.start,
                 range.end,
                 profile.proxmox.nodes.join(", "),
@@ -58,4 +58,13 @@ pub async fn run(context: &Context, args: ValidateArgs) -> anyhow::Result<ExitSt
         }
     }
     Ok(ExitStatus::Success)
+}
+
+/// `1 server`, `3 servers`.
+fn plural(count: u64, noun: &str) -> String {
+    if count == 1 {
+        format!("{count} {noun}")
+    } else {
+        format!("{count} {noun}s")
+    }
 }
