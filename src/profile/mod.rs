@@ -121,7 +121,12 @@ pub fn resolve(spec: &str, workspace: &Path) -> Result<ProfileSource, ProfileErr
     if spec.contains('/') || spec.ends_with(".toml") {
         return Ok(ProfileSource::File(PathBuf::from(spec)));
     }
-    let in_workspace = workspace.join("profiles").join(format!("{spec}.toml"));
+    let file_name = format!("{spec}.toml");
+    let in_workspace = if workspace == Path::new(".") {
+        Path::new("profiles").join(file_name)
+    } else {
+        workspace.join("profiles").join(file_name)
+    };
     if workspace.join("provision.toml").is_file() && in_workspace.is_file() {
         return Ok(ProfileSource::File(in_workspace));
     }
