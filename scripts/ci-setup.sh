@@ -1,0 +1,34 @@
+#!/usr/bin/env bash
+# Installs what the test suite needs; idempotent, safe to run on every CI start.
+# Extend it here (apt packages, tools) rather than in .ci/run.
+set -euo pipefail
+
+need_apt=()
+# Packages the tests need from the distribution (none yet for the foundation).
+apt_packages=()
+for package in "${apt_packages[@]}"; do
+  dpkg -s "$package" >/dev/null 2>&1 || need_apt+=("$package")
+done
+if [ "${#need_apt[@]}" -gt 0 ]; then
+  sudo_cmd=()
+  [ "$(id -u)" -eq 0 ] || sudo_cmd=(sudo)
+  "${sudo_cmd[@]}" apt-get update -qq
+  "${sudo_cmd[@]}" apt-get install -y -qq --no-install-recommends "${need_apt[@]}"
+fi
+
+if ! command -v cargo >/dev/null 2>&1; then
+  echo "ci-setup: cargo is missing; install Rust (https://rustup.rs) first" >&2
+  exit 1
+fi
+
+# rustfmt and clippy: present on most toolchains; add them through rustup when they are not.
+for component in rustfmt clippy; do
+  if ! cargo "${component/rustfmt/fmt}" --version >/dev/null 2>&1; then
+    if command -v rustup >/dev/null 2>&1; then
+      rustup component add "$component"
+    else
+      echo "ci-setup: cargo $component is missing and rustup is not available" >&2
+      exit 1
+    fi
+  fi
+done
