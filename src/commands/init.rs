@@ -17,10 +17,12 @@ pub async fn run(context: &Context, args: InitArgs) -> anyhow::Result<ExitStatus
         .init()
         .with_context(|| format!("initialising workspace {}", workspace.root.display()))?;
     let relative = |path: &std::path::Path| {
-        path.strip_prefix(&workspace.root)
-            .unwrap_or(path)
-            .display()
-            .to_string()
+        let shown = path.strip_prefix(&workspace.root).unwrap_or(path);
+        if path.is_dir() {
+            format!("{}/", shown.display())
+        } else {
+            shown.display().to_string()
+        }
     };
     match context.reporter.format() {
         OutputFormat::Json => {

@@ -2,12 +2,17 @@
 
 use crate::cli::{OutputFormat, ValidateArgs};
 use crate::exit::ExitStatus;
-use crate::profile::{self, Role};
+use crate::profile;
 
 use super::Context;
 
 pub async fn run(context: &Context, args: ValidateArgs) -> anyhow::Result<ExitStatus> {
     let loaded = profile::load(&args.profile, &context.workspace.root)?;
+    context.reporter.detail(&format!(
+        "read {} ({} bytes)",
+        loaded.source_name,
+        loaded.text.len()
+    ));
     let profile = &loaded.profile;
     let nodes = profile.nodes();
     let range = profile.proxmox.vmid_range;
@@ -48,10 +53,7 @@ pub async fn run(context: &Context, args: ValidateArgs) -> anyhow::Result<ExitSt
             );
             let width = nodes.iter().map(|node| node.name.len()).max().unwrap_or(0);
             for node in &nodes {
-                let role = match node.role {
-                    Role::Server => "server",
-                    Role::Agent => "agent",
-                };
+                let role = node.role.as_str();
                 out += &format!("  {:<width$}  {role:<6}  {}\n", node.name, node.address);
             }
             context.reporter.data(&out);

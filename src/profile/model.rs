@@ -222,6 +222,16 @@ pub enum Role {
     Agent,
 }
 
+impl Role {
+    /// `server` or `agent`, as written in profiles and used in tags (`role-<role>`).
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Role::Server => "server",
+            Role::Agent => "agent",
+        }
+    }
+}
+
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct NodeGroup {

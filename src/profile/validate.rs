@@ -697,7 +697,7 @@ impl Checker {
                 format!(
                     "{} MiB is too little memory for a k3s {}",
                     group.memory_mib,
-                    role_name(group.role)
+                    group.role.as_str()
                 ),
                 "k3s servers need at least 2048 MiB and agents 1024 MiB",
             );
@@ -1266,13 +1266,6 @@ impl Checker {
                 _ => {}
             }
         }
-    }
-}
-
-fn role_name(role: Role) -> &'static str {
-    match role {
-        Role::Server => "server",
-        Role::Agent => "agent",
     }
 }
 

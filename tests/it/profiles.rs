@@ -173,3 +173,35 @@ fn workspace_profiles_win_over_builtins_only_in_a_workspace() {
     assert_eq!(local.profile.cluster.name, "mine");
     assert!(local.source_name.ends_with("profiles/a100-8x.toml"));
 }
+
+proptest::proptest! {
+    #![proptest_config(proptest::prelude::ProptestConfig::with_cases(256))]
+
+    /// Any edit of a real profile either loads or yields located diagnostics; nothing panics.
+    #[test]
+    fn edited_profiles_never_panic_and_stay_located(
+        which in 0..BUILTIN_PROFILES.len(),
+        position in 0usize..10_000,
+        cut in 0usize..12,
+        insert in "[ -~\n]{0,10}",
+    ) {
+        let original = BUILTIN_PROFILES[which].text;
+        let mut start = position % original.len();
+        while !original.is_char_boundary(start) {
+            start -= 1;
+        }
+        let mut end = (start + cut).min(original.len());
+        while !original.is_char_boundary(end) {
+            end += 1;
+        }
+        let text = format!("{}{}{}", &original[..start], insert, &original[end..]);
+        let lines = text.lines().count().max(1) + 1;
+        if let Err(error) = profile::parse("edited.toml", text) {
+            for diagnostic in error.diagnostics() {
+                let line = diagnostic.line.unwrap_or(1);
+                proptest::prop_assert!(line <= lines, "{diagnostic:?}");
+                proptest::prop_assert!(!diagnostic.message.is_empty());
+            }
+        }
+    }
+}
