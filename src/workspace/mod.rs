@@ -11,8 +11,8 @@ use std::path::{Path, PathBuf};
 
 use serde::Deserialize;
 
-use crate::profile::diagnostic::{Diagnostic, Severity};
-use crate::profile::{Locator, parse_diagnostic};
+use crate::profile::diagnostic::{Diagnostic, Finding, KeyPath, Severity, Target};
+use crate::profile::{Locator, locate_findings, parse_diagnostic};
 
 /// File name of the workspace configuration.
 pub const CONFIG_FILE: &str = "provision.toml";
@@ -269,41 +269,38 @@ impl Workspace {
                 });
             }
         };
-        let mut diagnostics = Vec::new();
+        let proxmox = KeyPath::root().key("proxmox");
+        let mut findings = Vec::new();
         if let Some(fingerprint) = &config.proxmox.fingerprint
             && parse_fingerprint(fingerprint).is_none()
         {
-            let locator = Locator::new(&text);
-            let key = crate::profile::KeyPath::root()
-                .key("proxmox")
-                .key("fingerprint");
-            diagnostics.push(Diagnostic::at(
-                Severity::Error,
-                &path.display().to_string(),
-                &text,
-                locator.span(&key, crate::profile::Target::Value),
-                key.to_string(),
-                format!("fingerprint `{fingerprint}` is not 32 colon-separated hex bytes"),
-                Some("copy the SHA-256 line of `pvenode cert info` on the Proxmox host".to_owned()),
-            ));
+            findings.push(Finding {
+                severity: Severity::Error,
+                path: proxmox.key("fingerprint"),
+                target: Target::Value,
+                message: format!("fingerprint `{fingerprint}` is not 32 colon-separated hex bytes"),
+                hint: Some(
+                    "copy the SHA-256 line of `pvenode cert info` on the Proxmox host".to_owned(),
+                ),
+            });
         }
         if let Some(endpoint) = &config.proxmox.endpoint
             && !endpoint.starts_with("https://")
         {
-            let locator = Locator::new(&text);
-            let key = crate::profile::KeyPath::root()
-                .key("proxmox")
-                .key("endpoint");
-            diagnostics.push(Diagnostic::at(
-                Severity::Error,
-                &path.display().to_string(),
-                &text,
-                locator.span(&key, crate::profile::Target::Value),
-                key.to_string(),
-                format!("endpoint `{endpoint}` is not an https:// URL"),
-                Some("the Proxmox API listens on https://HOST:8006".to_owned()),
-            ));
+            findings.push(Finding {
+                severity: Severity::Error,
+                path: proxmox.key("endpoint"),
+                target: Target::Value,
+                message: format!("endpoint `{endpoint}` is not an https:// URL"),
+                hint: Some("the Proxmox API listens on https://HOST:8006".to_owned()),
+            });
         }
+        let diagnostics = locate_findings(
+            &path.display().to_string(),
+            &text,
+            &Locator::new(&text),
+            findings,
+        );
         if diagnostics.is_empty() {
             Ok(config)
         } else {
@@ -632,5 +629,24 @@ mod tests {
             panic!("unknown key must be refused");
         };
         assert_eq!(diagnostics[0].line, Some(2));
+        std::fs::write(
+            workspace.config_path(),
+            "[proxmox]\nendpoint = \"http://pve:8006\"\nfingerprint = \"AB:CD\"\n",
+        )
+        .unwrap();
+        let Err(WorkspaceError::Invalid { diagnostics, .. }) = workspace.config() else {
+            panic!("http endpoint and short fingerprint must be refused");
+        };
+        let located: Vec<(String, Option<usize>)> = diagnostics
+            .iter()
+            .map(|d| (d.path.clone(), d.line))
+            .collect();
+        assert_eq!(
+            located,
+            vec![
+                ("proxmox.endpoint".to_owned(), Some(2)),
+                ("proxmox.fingerprint".to_owned(), Some(3))
+            ]
+        );
     }
 }
