@@ -284,9 +284,14 @@ impl PveClient {
         query: &[(&str, String)],
         body: &Body,
     ) -> Result<Value, PveError> {
+        // Only a ticket obtained earlier can have expired; a refused fresh login is final.
+        let had_session = match self.auth {
+            Auth::Ticket { .. } => self.session.lock().await.is_some(),
+            Auth::ApiToken { .. } => false,
+        };
         let first = self.send_once(method, path, query, body, false).await;
         match (&self.auth, first) {
-            (Auth::Ticket { .. }, Err(PveError::Unauthorized { .. })) => {
+            (Auth::Ticket { .. }, Err(PveError::Unauthorized { .. })) if had_session => {
                 // The ticket may have expired or been revoked: log in again, once.
                 self.session.lock().await.take();
                 self.send_once(method, path, query, body, true).await
