@@ -660,6 +660,14 @@ pub fn status_error(
             message,
         };
     }
+    // `only root can set 'hostpci0' config for non-mapped devices` (a plain die: HTTP 500).
+    if message.contains("only root can set") && errors.is_empty() {
+        return PveError::Forbidden {
+            method,
+            path,
+            message,
+        };
+    }
     match status {
         400 => PveError::BadRequest {
             method,

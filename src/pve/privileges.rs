@@ -93,6 +93,13 @@ pub fn missing_privilege(method: &str, path: &str, message: &str) -> (String, St
 
 /// The user-facing hint of a 403.
 pub fn forbidden_hint(method: &str, path: &str, message: &str) -> String {
+    if message.contains("only root can set") {
+        return "raw PCI device ids are accepted only from root@pam with a password login: \
+                create a PCI resource mapping (Datacenter → Resource Mappings) and use \
+                `hostpciN: mapping=<id>` (needs Mapping.Use on /mapping/pci/<id>), or log in \
+                as root@pam"
+            .to_owned();
+    }
     let (privilege, acl) = missing_privilege(method, path, message);
     format!(
         "grant {privilege} on {acl} to the user or API token (a role that contains it, e.g. \

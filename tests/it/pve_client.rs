@@ -931,3 +931,699 @@ async fn delete_purges_and_destroys_unreferenced_disks() {
     assert_eq!(seen.query, "purge=1&destroy-unreferenced-disks=1");
     assert!(seen.body.is_empty());
 }
+
+/// The client against the real simulator (`crates/pve-sim`) over HTTPS: auth, every failure
+/// mode the simulator reproduces, and a whole session checked against the official schema.
+mod simulator {
+    use super::*;
+    use provision::pve::propstr::{
+        Agent, Cpu, Disk, EfiDisk, HostPci, IpConfig, Ipv4Setting, Net, Numa, NumaPolicy,
+        PropertyFormat,
+    };
+    use pve_sim::{Inventory, SimConfig, SimHandle, SimMode, Simulator};
+
+    const SIM_TOKEN: &str = "provision@pve!ci";
+    const SIM_SECRET: &str = "5f1c3a6e-8d2b-4c71-9e0a-2b7d4f6a9c13";
+    const SIM_ROOT_PASSWORD: &str = "sim-root-password";
+
+    async fn start(mode: SimMode, time_scale: f64) -> SimHandle {
+        let mut config = SimConfig::new(Inventory::builtin("pve-a100").unwrap());
+        config.time_scale = time_scale;
+        config.mode = mode;
+        Simulator::start(config).await.unwrap()
+    }
+
+    fn client(sim: &SimHandle, auth: Auth) -> PveClient {
+        let mut config = ClientConfig::new(
+            sim.base_url(),
+            auth,
+            TlsMode::Fingerprint(sim.fingerprint()),
+        );
+        config.retry = RetryPolicy {
+            base_delay: Duration::from_millis(20),
+            max_delay: Duration::from_millis(500),
+            max_attempts: 8,
+        };
+        PveClient::new(config).unwrap()
+    }
+
+    fn sim_token() -> Auth {
+        Auth::ApiToken {
+            user_realm_tokenid: SIM_TOKEN.to_owned(),
+            secret: Secret::new(SIM_SECRET),
+        }
+    }
+
+    fn sim_root() -> Auth {
+        Auth::Ticket {
+            username: "root@pam".to_owned(),
+            password: Secret::new(SIM_ROOT_PASSWORD),
+        }
+    }
+
+    fn sim_wait() -> WaitOptions {
+        WaitOptions {
+            timeout: Duration::from_secs(30),
+            initial_interval: Duration::from_millis(10),
+            max_interval: Duration::from_millis(100),
+            poll_scale: 1.0,
+            log_lines: 20,
+        }
+    }
+
+    /// The parameters of a GPU worker VM, built with the client's property-string types.
+    fn gpu_vm_params(vmid: u32, hostpci: HostPci) -> BTreeMap<String, String> {
+        let mut scsi0 = Disk::new("local-lvm:32");
+        scsi0.iothread = Some(true);
+        scsi0.discard = Some("on".to_owned());
+        scsi0.ssd = Some(true);
+        let efidisk0 = EfiDisk {
+            file: "local-lvm:1".to_owned(),
+            efitype: Some("4m".to_owned()),
+            pre_enrolled_keys: Some(false),
+            format: None,
+            extra: Vec::new(),
+        };
+        let numa0 = Numa {
+            cpus: "0-15".parse().unwrap(),
+            hostnodes: Some("0".parse().unwrap()),
+            memory: Some(65536),
+            policy: Some(NumaPolicy::Bind),
+            extra: Vec::new(),
+        };
+        let net0 = Net {
+            model: "virtio".to_owned(),
+            macaddr: None,
+            bridge: Some("vmbr0".to_owned()),
+            tag: None,
+            firewall: Some(false),
+            mtu: None,
+            queues: None,
+            extra: Vec::new(),
+        };
+        let ipconfig0 = IpConfig {
+            ip: Some(Ipv4Setting::Static("10.0.0.21/24".parse().unwrap())),
+            gw: Some("10.0.0.1".parse().unwrap()),
+            ip6: None,
+            gw6: None,
+        };
+        let mut cpu = Cpu::host();
+        cpu.flags = vec![provision::pve::propstr::CpuFlag {
+            enabled: true,
+            name: "pdpe1gb".to_owned(),
+        }];
+        let agent = Agent {
+            enabled: true,
+            fstrim_cloned_disks: Some(true),
+            kind: None,
+            extra: Vec::new(),
+        };
+        [
+            ("vmid", vmid.to_string()),
+            ("name", format!("gpu-w{vmid}")),
+            ("machine", "q35".to_owned()),
+            ("bios", "ovmf".to_owned()),
+            ("ostype", "l26".to_owned()),
+            ("scsihw", "virtio-scsi-single".to_owned()),
+            ("efidisk0", efidisk0.render()),
+            ("scsi0", scsi0.render()),
+            ("ide2", "local-lvm:cloudinit".to_owned()),
+            ("sockets", "1".to_owned()),
+            ("cores", "16".to_owned()),
+            ("memory", "65536".to_owned()),
+            ("balloon", "0".to_owned()),
+            ("numa", "1".to_owned()),
+            ("hugepages", "1024".to_owned()),
+            ("numa0", numa0.render()),
+            ("cpu", cpu.render()),
+            ("hostpci0", hostpci.render()),
+            ("net0", net0.render()),
+            ("ipconfig0", ipconfig0.render()),
+            ("agent", agent.render()),
+            ("ciuser", "provision".to_owned()),
+            ("tags", "provision;gpu".to_owned()),
+        ]
+        .into_iter()
+        .map(|(key, value)| (key.to_owned(), value))
+        .collect()
+    }
+
+    async fn create_plain_vm(client: &PveClient, vmid: u32) {
+        let params: BTreeMap<String, String> = [
+            ("vmid", vmid.to_string()),
+            ("name", format!("plain{vmid}")),
+            ("memory", "2048".to_owned()),
+            ("scsi0", Disk::new("local-lvm:8").render()),
+        ]
+        .into_iter()
+        .map(|(key, value)| (key.to_owned(), value))
+        .collect();
+        let upid = client.vm_create(&node(), &params).await.unwrap();
+        wait_for_task(client, &upid, &sim_wait()).await.unwrap();
+    }
+
+    #[tokio::test]
+    async fn token_auth_against_simulator() {
+        let sim = start(SimMode::Auto, 0.01).await;
+        let client = client(&sim, sim_token());
+        let version = client.version().await.unwrap();
+        assert!(version.version.starts_with('9'), "{version:?}");
+        let devices = client.pci_devices(&node()).await.unwrap();
+        assert_eq!(
+            devices
+                .iter()
+                .filter(|device| device.vendor == "0x10de" && device.class.starts_with("0x0302"))
+                .count(),
+            8
+        );
+        sim.shutdown().await;
+    }
+
+    #[tokio::test]
+    async fn ticket_auth_and_csrf_against_simulator() {
+        let sim = start(SimMode::Auto, 0.01).await;
+        let client = client(&sim, sim_root());
+        client.pool_create("provision-test", None).await.unwrap();
+        let pools = client.pools().await.unwrap();
+        assert!(pools.iter().any(|pool| pool.poolid == "provision-test"));
+        sim.shutdown().await;
+    }
+
+    #[tokio::test]
+    async fn bad_token_and_pin_mismatch_against_simulator() {
+        let sim = start(SimMode::Auto, 0.01).await;
+        let bad = client(
+            &sim,
+            Auth::ApiToken {
+                user_realm_tokenid: SIM_TOKEN.to_owned(),
+                secret: Secret::new("00000000-0000-0000-0000-000000000000"),
+            },
+        );
+        let error = bad.version().await.unwrap_err();
+        assert!(matches!(error, PveError::Unauthorized { .. }), "{error:?}");
+        let logged = sim.request_log().len();
+
+        let mut config = ClientConfig::new(
+            sim.base_url(),
+            sim_token(),
+            TlsMode::Fingerprint("AB:".repeat(31) + "AB"),
+        );
+        config.retry = RetryPolicy::none();
+        let error = PveClient::new(config).unwrap().version().await.unwrap_err();
+        match &error {
+            PveError::FingerprintMismatch { actual, .. } => {
+                assert_eq!(actual, &sim.fingerprint());
+            }
+            other => panic!("unexpected {other:?}"),
+        }
+        assert_eq!(
+            sim.request_log().len(),
+            logged,
+            "nothing reached the simulator"
+        );
+        sim.shutdown().await;
+    }
+
+    #[tokio::test]
+    async fn concurrent_clones_retry_lock_timeouts() {
+        // Clones take 25 s × 0.004 = 0.1 s: parallel clones of one source collide on its lock.
+        let sim = start(SimMode::Auto, 0.004).await;
+        let client = Arc::new(client(&sim, sim_token()));
+        create_plain_vm(&client, 9000).await;
+        let mut handles = Vec::new();
+        for newid in 201..205u32 {
+            let client = client.clone();
+            handles.push(tokio::spawn(async move {
+                let params: BTreeMap<String, String> =
+                    [("newid".to_owned(), newid.to_string())].into();
+                let upid = client.vm_clone(&node(), VmId(9000), &params).await?;
+                wait_for_task(client.as_ref(), &upid, &sim_wait()).await
+            }));
+        }
+        for handle in handles {
+            handle.await.unwrap().unwrap();
+        }
+        let log = sim.request_log();
+        let lock_failures = log
+            .iter()
+            .filter(|entry| entry.path.ends_with("/clone") && entry.status == 500)
+            .count();
+        assert!(lock_failures > 0, "the clones should have collided");
+        for newid in 201..205 {
+            assert!(sim.vm_config(newid).is_some(), "clone {newid} exists");
+        }
+        sim.shutdown().await;
+    }
+
+    #[tokio::test]
+    async fn nextid_does_not_reserve_and_collision_is_clear() {
+        let sim = start(SimMode::Auto, 0.01).await;
+        let client = client(&sim, sim_token());
+        let first = client.next_id(None).await.unwrap();
+        let second = client.next_id(None).await.unwrap();
+        assert_eq!(first, second, "nextid does not reserve");
+        create_plain_vm(&client, first.0).await;
+        let error = client.next_id(Some(first)).await.unwrap_err();
+        assert!(
+            matches!(&error, PveError::BadRequest { errors, .. } if errors.contains_key("vmid")),
+            "{error:?}"
+        );
+        let params: BTreeMap<String, String> = [
+            ("vmid".to_owned(), first.to_string()),
+            ("memory".to_owned(), "1024".to_owned()),
+        ]
+        .into();
+        let error = match client.vm_create(&node(), &params).await {
+            Err(error) => error,
+            Ok(upid) => wait_for_task(&client, &upid, &sim_wait())
+                .await
+                .unwrap_err(),
+        };
+        assert!(!error.retryable(false), "{error:?}");
+        assert!(error.to_string().contains("already exists"), "{error}");
+        sim.shutdown().await;
+    }
+
+    #[tokio::test]
+    async fn raw_hostpci_from_a_token_names_hostpci0() {
+        let sim = start(SimMode::Auto, 0.01).await;
+        let token = client(&sim, sim_token());
+        let params = gpu_vm_params(130, HostPci::host("0000:41:00"));
+        let error = token.vm_create(&node(), &params).await.unwrap_err();
+        // Proxmox raises this as a plain error (HTTP 500); the client calls it a permission
+        // problem and points at mappings.
+        assert!(matches!(error, PveError::Forbidden { .. }), "{error:?}");
+        assert!(!error.retryable(false));
+        assert!(
+            error
+                .to_string()
+                .contains("only root can set 'hostpci0' config for non-mapped devices"),
+            "{error}"
+        );
+        assert!(error.hint().unwrap().contains("mapping=<id>"));
+        // root@pam with a ticket may.
+        let root = client(&sim, sim_root());
+        let upid = root.vm_create(&node(), &params).await.unwrap();
+        wait_for_task(&root, &upid, &sim_wait()).await.unwrap();
+        sim.shutdown().await;
+    }
+
+    #[tokio::test]
+    async fn failed_task_surfaces_exitstatus_and_log() {
+        let sim = start(SimMode::Explicit, 0.01).await;
+        let client = client(&sim, sim_token());
+        let params: BTreeMap<String, String> = [
+            ("vmid".to_owned(), "140".to_owned()),
+            ("memory".to_owned(), "1024".to_owned()),
+        ]
+        .into();
+        let upid = client.vm_create(&node(), &params).await.unwrap();
+        let stepper = sim.stepper();
+        let waiter = {
+            let upid = upid.clone();
+            let client = Arc::new(client);
+            let waiting = client.clone();
+            (
+                tokio::spawn(
+                    async move { wait_for_task(waiting.as_ref(), &upid, &sim_wait()).await },
+                ),
+                client,
+            )
+        };
+        stepper
+            .fail(&upid.0, "unable to create VM 140 - storage full")
+            .unwrap();
+        let error = waiter.0.await.unwrap().unwrap_err();
+        match &error {
+            PveError::TaskFailed {
+                exitstatus,
+                log_tail,
+                ..
+            } => {
+                assert!(exitstatus.contains("storage full"), "{exitstatus}");
+                assert!(
+                    log_tail.iter().any(|line| line.contains("storage full")),
+                    "{log_tail:?}"
+                );
+            }
+            other => panic!("unexpected {other:?}"),
+        }
+        sim.shutdown().await;
+    }
+
+    /// The official schema, or `None` (with a loud message) when `../shared` is absent.
+    #[allow(clippy::print_stderr)]
+    fn official_schema() -> Option<Value> {
+        let path = std::path::Path::new(env!("CARGO_MANIFEST_DIR"))
+            .join("../shared/pve-api/schema-9.1.json");
+        match std::fs::read_to_string(&path) {
+            Ok(text) => Some(serde_json::from_str(&text).unwrap()),
+            Err(error) => {
+                eprintln!(
+                    "SKIPPING schema conformance: cannot read {} ({error})",
+                    path.display()
+                );
+                None
+            }
+        }
+    }
+
+    fn schema_route<'a>(nodes: &'a Value, path: &str) -> Option<&'a Value> {
+        let wanted: Vec<&str> = path.trim_matches('/').split('/').collect();
+        let mut stack: Vec<&Value> = nodes.as_array()?.iter().collect();
+        while let Some(node) = stack.pop() {
+            let route: Vec<&str> = node["path"]
+                .as_str()
+                .unwrap_or("")
+                .trim_matches('/')
+                .split('/')
+                .collect();
+            if route.len() == wanted.len()
+                && route
+                    .iter()
+                    .zip(&wanted)
+                    .all(|(pattern, segment)| pattern.starts_with('{') || pattern == segment)
+            {
+                return Some(node);
+            }
+            if let Some(children) = node["children"].as_array() {
+                stack.extend(children);
+            }
+        }
+        None
+    }
+
+    /// Checks one value against a schema property (type, enum, bounds, property-string keys).
+    fn check_value(name: &str, property: &Value, value: &str, problems: &mut Vec<String>) {
+        if let Some(values) = property["enum"].as_array()
+            && !values.iter().any(|allowed| allowed.as_str() == Some(value))
+        {
+            problems.push(format!("{name}={value}: not in enum {values:?}"));
+        }
+        match property["type"].as_str() {
+            Some("integer") => match value.parse::<i64>() {
+                Ok(number) => {
+                    if property["minimum"].as_i64().is_some_and(|min| number < min)
+                        || property["maximum"].as_i64().is_some_and(|max| number > max)
+                    {
+                        problems.push(format!("{name}={value}: out of range"));
+                    }
+                }
+                Err(_) => problems.push(format!("{name}={value}: not an integer")),
+            },
+            Some("number") if value.parse::<f64>().is_err() => {
+                problems.push(format!("{name}={value}: not a number"));
+            }
+            Some("boolean")
+                if !matches!(
+                    value,
+                    "0" | "1" | "true" | "false" | "yes" | "no" | "on" | "off"
+                ) =>
+            {
+                problems.push(format!("{name}={value}: not a boolean"));
+            }
+            _ => {}
+        }
+        let Some(format) = property["format"].as_object() else {
+            // Named formats (`pve-qm-hostpci`) only list their keys in `typetext`.
+            if let (Some(_), Some(typetext)) =
+                (property["format"].as_str(), property["typetext"].as_str())
+                && typetext.contains('=')
+            {
+                let keys: Vec<String> = typetext
+                    .split('[')
+                    .filter_map(|piece| {
+                        let piece = piece.trim_start_matches(',');
+                        let key: String = piece
+                            .chars()
+                            .take_while(|c| c.is_ascii_alphanumeric() || matches!(c, '-' | '_'))
+                            .collect();
+                        (!key.is_empty() && piece[key.len()..].starts_with('=')).then_some(key)
+                    })
+                    .collect();
+                let has_default = typetext.starts_with("[[");
+                for part in value.split(',') {
+                    match part.split_once('=') {
+                        Some((key, _)) if !keys.iter().any(|known| known == key) => {
+                            problems.push(format!("{name}: unknown key {key:?}"));
+                        }
+                        None if !has_default => {
+                            problems.push(format!("{name}: bare value {part:?}"));
+                        }
+                        _ => {}
+                    }
+                }
+            }
+            return;
+        };
+        for part in value.split(',') {
+            match part.split_once('=') {
+                Some((key, inner)) => match format.get(key) {
+                    Some(inner_property) => {
+                        let resolved = inner_property["alias"]
+                            .as_str()
+                            .and_then(|alias| format.get(alias))
+                            .unwrap_or(inner_property);
+                        check_value(&format!("{name}.{key}"), resolved, inner, problems);
+                    }
+                    None => problems.push(format!("{name}: unknown key {key:?}")),
+                },
+                None => {
+                    if !format
+                        .values()
+                        .any(|p| p["default_key"].as_i64() == Some(1))
+                    {
+                        problems.push(format!("{name}: bare value {part:?} without default key"));
+                    }
+                }
+            }
+        }
+    }
+
+    /// Every parameter of a logged request against the official schema.
+    fn check_request(schema: &Value, entry: &pve_sim::LoggedRequest) -> Vec<String> {
+        let mut problems = Vec::new();
+        let Some(route) = schema_route(schema, &entry.path) else {
+            return vec![format!("{} {}: no such route", entry.method, entry.path)];
+        };
+        let info = &route["info"][entry.method.as_str()];
+        if info.is_null() {
+            return vec![format!(
+                "{} {}: method not in schema",
+                entry.method, entry.path
+            )];
+        }
+        let properties = &info["parameters"]["properties"];
+        for (key, value) in &entry.params {
+            let text = match value {
+                Value::String(text) => text.clone(),
+                other => other.to_string(),
+            };
+            let indexed = key
+                .trim_end_matches(|c: char| c.is_ascii_digit())
+                .to_owned()
+                + "[n]";
+            let property = if properties[key.as_str()].is_object() {
+                &properties[key.as_str()]
+            } else {
+                &properties[indexed.as_str()]
+            };
+            if !property.is_object() {
+                problems.push(format!(
+                    "{} {}: unknown parameter {key}",
+                    entry.method, entry.path
+                ));
+                continue;
+            }
+            // Array parameters (mapping `map`) arrive joined; check each entry.
+            if property["type"] == "array" {
+                for item in text.split(['\n', '\0']) {
+                    check_value(key, &property["items"], item, &mut problems);
+                }
+            } else {
+                check_value(key, property, &text, &mut problems);
+            }
+        }
+        problems
+    }
+
+    #[tokio::test]
+    async fn gpu_session_conforms_to_the_official_schema() {
+        let Some(schema) = official_schema() else {
+            return;
+        };
+        let sim = start(SimMode::Auto, 0.01).await;
+        let client = client(&sim, sim_token());
+        let wait = sim_wait();
+        client
+            .pci_mapping_create(&PciMapping {
+                id: "a100-0".to_owned(),
+                description: Some("A100 #0".to_owned()),
+                map: vec!["node=pve1,path=0000:41:00,id=10de:20b0,iommugroup=22".to_owned()],
+            })
+            .await
+            .unwrap();
+        assert!(
+            client
+                .pci_mappings()
+                .await
+                .unwrap()
+                .iter()
+                .any(|m| m.id == "a100-0")
+        );
+        let upid = client
+            .vm_create(&node(), &gpu_vm_params(150, HostPci::mapping("a100-0")))
+            .await
+            .unwrap();
+        wait_for_task(&client, &upid, &wait).await.unwrap();
+        let clone: BTreeMap<String, String> = [
+            ("newid".to_owned(), "151".to_owned()),
+            ("name".to_owned(), "gpu-w151".to_owned()),
+            ("full".to_owned(), "1".to_owned()),
+        ]
+        .into();
+        let upid = client.vm_clone(&node(), VmId(150), &clone).await.unwrap();
+        wait_for_task(&client, &upid, &wait).await.unwrap();
+        let update: BTreeMap<String, String> = [
+            ("delete".to_owned(), "hostpci0".to_owned()),
+            ("cores".to_owned(), "8".to_owned()),
+        ]
+        .into();
+        client
+            .vm_config_put(&node(), VmId(151), &update)
+            .await
+            .unwrap();
+        let config = client.vm_config(&node(), VmId(150)).await.unwrap();
+        assert_eq!(config["hostpci0"], "mapping=a100-0,pcie=1");
+        assert_eq!(config["machine"], "q35");
+
+        let upid = client.vm_start(&node(), VmId(150)).await.unwrap();
+        wait_for_task(&client, &upid, &wait).await.unwrap();
+        assert_eq!(
+            client.vm_status(&node(), VmId(150)).await.unwrap().status,
+            "running"
+        );
+        // The agent answers once the guest has booted: a bounded wait.
+        let deadline = tokio::time::Instant::now() + Duration::from_secs(20);
+        loop {
+            match client.agent_ping(&node(), VmId(150)).await {
+                Ok(()) => break,
+                Err(error) if tokio::time::Instant::now() < deadline => {
+                    assert!(error.to_string().contains("agent"), "{error}");
+                    tokio::time::sleep(Duration::from_millis(50)).await;
+                }
+                Err(error) => panic!("agent never answered: {error}"),
+            }
+        }
+        let interfaces = client
+            .agent_network_interfaces(&node(), VmId(150))
+            .await
+            .unwrap();
+        assert!(
+            interfaces
+                .iter()
+                .flat_map(|interface| &interface.ip_addresses)
+                .any(|address| address.ip_address == "10.0.0.21"),
+            "{interfaces:?}"
+        );
+        let upid = client.vm_stop(&node(), VmId(150), Some(30)).await.unwrap();
+        wait_for_task(&client, &upid, &wait).await.unwrap();
+        for vmid in [150, 151] {
+            let upid = client.vm_delete(&node(), VmId(vmid)).await.unwrap();
+            wait_for_task(&client, &upid, &wait).await.unwrap();
+            assert!(sim.vm_config(vmid).is_none());
+        }
+
+        let log = sim.request_log();
+        assert!(log.len() > 15, "{log:?}");
+        // The simulator's validator and this file's independent one must both accept it.
+        let mut problems: Vec<String> = log
+            .iter()
+            .flat_map(|entry| check_request(&schema, entry))
+            .collect();
+        for entry in &log {
+            if let Err(errors) = pve_sim::schema::validate_against_official(
+                &schema,
+                &entry.method,
+                &entry.path,
+                &entry.params,
+            ) {
+                problems.push(format!("{} {}: {errors:?}", entry.method, entry.path));
+            }
+        }
+        assert!(
+            problems.is_empty(),
+            "schema violations:\n{}",
+            problems.join("\n")
+        );
+        sim.shutdown().await;
+    }
+
+    #[test]
+    fn schema_checker_can_fail() {
+        let Some(schema) = official_schema() else {
+            return;
+        };
+        let request = |params: Value| pve_sim::LoggedRequest {
+            method: "POST".to_owned(),
+            path: "/nodes/pve1/qemu".to_owned(),
+            params: params.as_object().unwrap().clone(),
+            status: 200,
+        };
+        let good = request(json!({"vmid": "120", "hostpci0": "mapping=a100-0,pcie=1"}));
+        assert!(check_request(&schema, &good).is_empty());
+        for bad in [
+            json!({"vmid": "120", "gpu0": "x"}),
+            json!({"vmid": "12x"}),
+            json!({"vmid": "120", "machine": "q35", "bios": "uefi"}),
+            json!({"vmid": "120", "hostpci0": "mapping=a100-0,pcie=1,gpu=1"}),
+            json!({"vmid": "120", "numa0": "0-7"}),
+        ] {
+            assert!(
+                !check_request(&schema, &request(bad.clone())).is_empty(),
+                "{bad}"
+            );
+        }
+    }
+
+    /// Requests per second the simulator serves on loopback (`scripts/bench-sim.sh`).
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    #[ignore = "benchmark: run with scripts/bench-sim.sh"]
+    #[allow(clippy::print_stderr)]
+    async fn bench_simulator_version_requests_per_second() {
+        let sim = start(SimMode::Auto, 1.0).await;
+        let client = Arc::new(client(&sim, sim_token()));
+        client.version().await.unwrap();
+        let total: usize = std::env::var("BENCH_REQUESTS")
+            .ok()
+            .and_then(|n| n.parse().ok())
+            .unwrap_or(2000);
+
+        let started = std::time::Instant::now();
+        for _ in 0..total {
+            client.version().await.unwrap();
+        }
+        let sequential = total as f64 / started.elapsed().as_secs_f64();
+
+        let concurrency = 16;
+        let started = std::time::Instant::now();
+        let mut handles = Vec::new();
+        for _ in 0..concurrency {
+            let client = client.clone();
+            handles.push(tokio::spawn(async move {
+                for _ in 0..total / concurrency {
+                    client.version().await.unwrap();
+                }
+            }));
+        }
+        for handle in handles {
+            handle.await.unwrap();
+        }
+        let parallel = (total / concurrency * concurrency) as f64 / started.elapsed().as_secs_f64();
+        eprintln!(
+            "simulator GET /version over HTTPS loopback: {sequential:.0} req/s sequential, \
+             {parallel:.0} req/s with {concurrency} concurrent requests ({total} requests each)"
+        );
+        sim.shutdown().await;
+    }
+}
