@@ -1622,7 +1622,7 @@ mod simulator {
         let parallel = (total / concurrency * concurrency) as f64 / started.elapsed().as_secs_f64();
         eprintln!(
             "simulator GET /version over HTTPS loopback: {sequential:.0} req/s sequential, \
-             {parallel:.0} req/s with {concurrency} concurrent requests ({total} requests each)"
+             {parallel:.0} req/s with {concurrency} concurrent requests ({total} requests per run)"
         );
         sim.shutdown().await;
     }
