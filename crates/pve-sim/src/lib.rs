@@ -340,3 +340,8 @@ impl SimHandle {
         self.shared.save();
     }
 }
+
+/// Every (method, path template) the simulator serves, below `/api2/json`.
+pub fn routes() -> &'static [(&'static str, &'static str)] {
+    router::ROUTES
+}

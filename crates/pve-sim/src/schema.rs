@@ -792,7 +792,11 @@ fn find_template(schema: &Value, path: &str) -> Option<String> {
 /// a parameter or property-string key the official schema lacks, a different type, an enum value
 /// it does not allow, different bounds, required-ness or pattern.
 pub fn compare_with_official(schema_json: &Value) -> Vec<String> {
-    let description = description();
+    compare_description(description(), schema_json)
+}
+
+/// [`compare_with_official`] for any description (tests feed it deliberately wrong ones).
+pub fn compare_description(description: &Description, schema_json: &Value) -> Vec<String> {
     let mut problems = Vec::new();
     for (endpoint, params) in &description.endpoints {
         let Some((method, template)) = endpoint.split_once(' ') else {
