@@ -49,8 +49,8 @@ pub(crate) fn seed(state: &State, vm: &Vm) -> Option<NoCloudSeed> {
 pub(crate) fn boot_info(state: &State, vm: &Vm) -> GuestBoot {
     let seed = seed(state, vm);
     let addresses = addresses(vm, seed.as_ref())
-        .into_iter()
-        .flat_map(|(_, addrs)| addrs)
+        .into_values()
+        .flatten()
         .collect();
     GuestBoot {
         node: vm.node.clone(),

@@ -120,7 +120,7 @@ fn read_root(
         let name = if joliet {
             decode_ucs2(raw_name)
         } else {
-            let system_use_start = 33 + name_len + usize::from(name_len % 2 == 0);
+            let system_use_start = 33 + name_len + usize::from(name_len.is_multiple_of(2));
             rock_ridge_name(record.get(system_use_start..).unwrap_or(&[]))
                 .unwrap_or_else(|| plain_name(raw_name))
         };
@@ -162,88 +162,89 @@ fn rock_ridge_name(mut system_use: &[u8]) -> Option<String> {
     (!name.is_empty()).then_some(name)
 }
 
+/// Writes a minimal image (label `cidata`, root directory only): ISO 9660 names with Rock
+/// Ridge `NM` entries, plus a Joliet tree when `with_joliet`. For tests (of the reader and of
+/// code that needs a NoCloud seed without the product's writer).
+pub fn write_image(files: &[(&str, &[u8])], with_joliet: bool) -> Vec<u8> {
+    let data_start = 24;
+    let mut image = vec![0u8; SECTOR * data_start];
+    let mut extents = Vec::new();
+    for (_, data) in files {
+        extents.push((image.len() / SECTOR, data.len()));
+        image.extend_from_slice(data);
+        let pad = (SECTOR - image.len() % SECTOR) % SECTOR;
+        image.extend(std::iter::repeat_n(0, pad));
+    }
+    let record = |extent: usize, size: usize, flags: u8, name: &[u8], su: &[u8]| {
+        let mut r = vec![0u8; 33];
+        r.extend_from_slice(name);
+        if name.len().is_multiple_of(2) {
+            r.push(0);
+        }
+        r.extend_from_slice(su);
+        r[0] = r.len() as u8;
+        r[2..6].copy_from_slice(&(extent as u32).to_le_bytes());
+        r[10..14].copy_from_slice(&(size as u32).to_le_bytes());
+        r[25] = flags;
+        r[32] = name.len() as u8;
+        r
+    };
+    let directory = |joliet: bool, dir_sector: usize| {
+        let mut dir = Vec::new();
+        dir.extend(record(dir_sector, SECTOR, 2, &[0], &[]));
+        dir.extend(record(dir_sector, SECTOR, 2, &[1], &[]));
+        for ((name, _), (extent, size)) in files.iter().zip(&extents) {
+            if joliet {
+                let ucs: Vec<u8> = name.encode_utf16().flat_map(|u| u.to_be_bytes()).collect();
+                dir.extend(record(*extent, *size, 0, &ucs, &[]));
+            } else {
+                let iso = format!("{}.;1", name.to_uppercase().replace('-', "_"));
+                let mut nm = vec![b'N', b'M', (5 + name.len()) as u8, 1, 0];
+                nm.extend_from_slice(name.as_bytes());
+                dir.extend(record(*extent, *size, 0, iso.as_bytes(), &nm));
+            }
+        }
+        dir.resize(SECTOR, 0);
+        dir
+    };
+    let primary_dir = 20;
+    let joliet_dir = 21;
+    image[primary_dir * SECTOR..(primary_dir + 1) * SECTOR]
+        .copy_from_slice(&directory(false, primary_dir));
+    image[joliet_dir * SECTOR..(joliet_dir + 1) * SECTOR]
+        .copy_from_slice(&directory(true, joliet_dir));
+    let descriptor = |kind: u8, dir_sector: usize| {
+        let mut d = vec![0u8; SECTOR];
+        d[0] = kind;
+        d[1..6].copy_from_slice(b"CD001");
+        d[6] = 1;
+        d[40..72].copy_from_slice(format!("{:<32}", "cidata").as_bytes());
+        if kind == 2 {
+            d[88..91].copy_from_slice(&[0x25, 0x2f, 0x45]);
+        }
+        let root = record(dir_sector, SECTOR, 2, &[0], &[]);
+        d[156..156 + root.len()].copy_from_slice(&root);
+        d
+    };
+    image[16 * SECTOR..17 * SECTOR].copy_from_slice(&descriptor(1, primary_dir));
+    let mut next = 17;
+    if with_joliet {
+        image[17 * SECTOR..18 * SECTOR].copy_from_slice(&descriptor(2, joliet_dir));
+        next = 18;
+    }
+    image[next * SECTOR] = 255;
+    image[next * SECTOR + 1..next * SECTOR + 6].copy_from_slice(b"CD001");
+    image
+}
+
 #[cfg(test)]
-pub(crate) mod tests {
+mod tests {
     #![allow(clippy::unwrap_used)]
     use super::*;
 
-    /// Builds a tiny image: primary tree with ISO names + Rock Ridge NM, Joliet tree with the
-    /// real names. Enough to test the reader independently of the product's writer.
-    pub(crate) fn build_seed(files: &[(&str, &[u8])], with_joliet: bool) -> Vec<u8> {
-        let data_start = 24;
-        let mut image = vec![0u8; SECTOR * data_start];
-        let mut extents = Vec::new();
-        for (_, data) in files {
-            extents.push((image.len() / SECTOR, data.len()));
-            image.extend_from_slice(data);
-            let pad = (SECTOR - image.len() % SECTOR) % SECTOR;
-            image.extend(std::iter::repeat_n(0, pad));
-        }
-        let record = |extent: usize, size: usize, flags: u8, name: &[u8], su: &[u8]| {
-            let mut r = vec![0u8; 33];
-            r.extend_from_slice(name);
-            if name.len() % 2 == 0 {
-                r.push(0);
-            }
-            r.extend_from_slice(su);
-            r[0] = r.len() as u8;
-            r[2..6].copy_from_slice(&(extent as u32).to_le_bytes());
-            r[10..14].copy_from_slice(&(size as u32).to_le_bytes());
-            r[25] = flags;
-            r[32] = name.len() as u8;
-            r
-        };
-        let directory = |joliet: bool, dir_sector: usize| {
-            let mut dir = Vec::new();
-            dir.extend(record(dir_sector, SECTOR, 2, &[0], &[]));
-            dir.extend(record(dir_sector, SECTOR, 2, &[1], &[]));
-            for ((name, _), (extent, size)) in files.iter().zip(&extents) {
-                if joliet {
-                    let ucs: Vec<u8> = name.encode_utf16().flat_map(|u| u.to_be_bytes()).collect();
-                    dir.extend(record(*extent, *size, 0, &ucs, &[]));
-                } else {
-                    let iso = format!("{}.;1", name.to_uppercase().replace('-', "_"));
-                    let mut nm = vec![b'N', b'M', (5 + name.len()) as u8, 1, 0];
-                    nm.extend_from_slice(name.as_bytes());
-                    dir.extend(record(*extent, *size, 0, iso.as_bytes(), &nm));
-                }
-            }
-            dir.resize(SECTOR, 0);
-            dir
-        };
-        let primary_dir = 20;
-        let joliet_dir = 21;
-        image[primary_dir * SECTOR..(primary_dir + 1) * SECTOR]
-            .copy_from_slice(&directory(false, primary_dir));
-        image[joliet_dir * SECTOR..(joliet_dir + 1) * SECTOR]
-            .copy_from_slice(&directory(true, joliet_dir));
-        let descriptor = |kind: u8, dir_sector: usize| {
-            let mut d = vec![0u8; SECTOR];
-            d[0] = kind;
-            d[1..6].copy_from_slice(b"CD001");
-            d[6] = 1;
-            d[40..72].copy_from_slice(format!("{:<32}", "cidata").as_bytes());
-            if kind == 2 {
-                d[88..91].copy_from_slice(&[0x25, 0x2f, 0x45]);
-            }
-            let root = record(dir_sector, SECTOR, 2, &[0], &[]);
-            d[156..156 + root.len()].copy_from_slice(&root);
-            d
-        };
-        image[16 * SECTOR..17 * SECTOR].copy_from_slice(&descriptor(1, primary_dir));
-        let mut next = 17;
-        if with_joliet {
-            image[17 * SECTOR..18 * SECTOR].copy_from_slice(&descriptor(2, joliet_dir));
-            next = 18;
-        }
-        image[next * SECTOR] = 255;
-        image[next * SECTOR + 1..next * SECTOR + 6].copy_from_slice(b"CD001");
-        image
-    }
-
     #[test]
     fn reads_joliet_names() {
-        let image = build_seed(
+        let image = write_image(
             &[
                 ("user-data", b"#cloud-config\n"),
                 ("network-config", b"version: 2\n"),
@@ -262,7 +263,7 @@ pub(crate) mod tests {
 
     #[test]
     fn reads_rock_ridge_names_without_joliet() {
-        let image = build_seed(&[("meta-data", b"instance-id: a\n")], false);
+        let image = write_image(&[("meta-data", b"instance-id: a\n")], false);
         assert_eq!(
             read_file(&image, "meta-data").unwrap().unwrap(),
             b"instance-id: a\n"

@@ -10,8 +10,8 @@ use common::*;
 use serde_json::Value;
 
 fn official() -> Option<Value> {
-    let path = PathBuf::from(env!("CARGO_MANIFEST_DIR"))
-        .join("../../../shared/pve-api/schema-9.1.json");
+    let path =
+        PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../../../shared/pve-api/schema-9.1.json");
     match std::fs::read_to_string(&path) {
         Ok(text) => Some(serde_json::from_str(&text).unwrap()),
         Err(_) => {
@@ -28,7 +28,12 @@ fn official() -> Option<Value> {
 fn description_agrees_with_the_official_schema() {
     let Some(schema) = official() else { return };
     let problems = pve_sim::schema::compare_with_official(&schema);
-    assert!(problems.is_empty(), "{} disagreements:\n{}", problems.len(), problems.join("\n"));
+    assert!(
+        problems.is_empty(),
+        "{} disagreements:\n{}",
+        problems.len(),
+        problems.join("\n")
+    );
 }
 
 /// The comparison is not vacuous: each kind of mistake is reported.
@@ -62,7 +67,10 @@ params."net[n]" = { type = "string", format = "net" }
         "key 'speed' is not in the official format",
         "GET /nodes/{node}/made-up: not in the official schema",
     ] {
-        assert!(problems.contains(expected), "missing {expected:?} in:\n{problems}");
+        assert!(
+            problems.contains(expected),
+            "missing {expected:?} in:\n{problems}"
+        );
     }
 }
 
@@ -81,7 +89,10 @@ fn every_served_route_is_described() {
 fn official_validator_rejects_what_proxmox_rejects() {
     let Some(schema) = official() else { return };
     let params = |pairs: &[(&str, &str)]| -> serde_json::Map<String, Value> {
-        pairs.iter().map(|(k, v)| ((*k).to_owned(), Value::String((*v).to_owned()))).collect()
+        pairs
+            .iter()
+            .map(|(k, v)| ((*k).to_owned(), Value::String((*v).to_owned())))
+            .collect()
     };
     let ok = params(&[
         ("vmid", "101"),
@@ -90,7 +101,11 @@ fn official_validator_rejects_what_proxmox_rejects() {
         ("numa0", "cpus=0-15,hostnodes=0,memory=65536,policy=bind"),
     ]);
     pve_sim::schema::validate_against_official(&schema, "POST", "/nodes/pve1/qemu", &ok).unwrap();
-    let bad = params(&[("vmid", "101"), ("hostpci0", "mapping=a100,bogus=1"), ("cores", "0")]);
+    let bad = params(&[
+        ("vmid", "101"),
+        ("hostpci0", "mapping=a100,bogus=1"),
+        ("cores", "0"),
+    ]);
     let errors =
         pve_sim::schema::validate_against_official(&schema, "POST", "/nodes/pve1/qemu", &bad)
             .unwrap_err();
@@ -115,7 +130,10 @@ async fn session_requests_conform_to_the_official_schema() {
             &entry.path,
             &entry.params,
         ) {
-            failures.push(format!("{} {} {:?}: {errors:?}", entry.method, entry.path, entry.params));
+            failures.push(format!(
+                "{} {} {:?}: {errors:?}",
+                entry.method, entry.path, entry.params
+            ));
         }
     }
     assert!(failures.is_empty(), "{}", failures.join("\n"));
@@ -132,7 +150,13 @@ async fn session(sim: &Sim) {
     sim.call(
         "POST",
         "/cluster/mapping/pci",
-        &[("id", "a100"), ("map", "node=pve1,path=0000:41:00,id=10de:20b0,iommugroup=22")],
+        &[
+            ("id", "a100"),
+            (
+                "map",
+                "node=pve1,path=0000:41:00,id=10de:20b0,iommugroup=22",
+            ),
+        ],
     )
     .await
     .ok();
@@ -140,7 +164,10 @@ async fn session(sim: &Sim) {
         "POST",
         "/nodes/pve1/storage/local/download-url",
         &[
-            ("url", "https://cloud-images.ubuntu.com/noble/current/noble-server-cloudimg-amd64.img"),
+            (
+                "url",
+                "https://cloud-images.ubuntu.com/noble/current/noble-server-cloudimg-amd64.img",
+            ),
             ("content", "import"),
             ("filename", "noble.qcow2"),
             ("checksum", "0123abcd"),
@@ -150,29 +177,71 @@ async fn session(sim: &Sim) {
     .await;
     let mut params = gpu_vm("101", "mapping=a100,pcie=1");
     params.retain(|(k, _)| *k != "scsi0");
-    params.push(("scsi0", "local-lvm:0,import-from=local:import/noble.qcow2,discard=on"));
+    params.push((
+        "scsi0",
+        "local-lvm:0,import-from=local:import/noble.qcow2,discard=on",
+    ));
     params.push(("numa0", "cpus=0-7,hostnodes=0,memory=16384,policy=bind"));
     params.push(("tags", "provision;cluster-a100"));
     sim.task_ok("POST", "/nodes/pve1/qemu", &params).await;
-    sim.task_ok("PUT", "/nodes/pve1/qemu/101/resize", &[("disk", "scsi0"), ("size", "+10G")]).await;
-    sim.call("PUT", "/nodes/pve1/qemu/101/config", &[("description", "worker")]).await.ok();
-    sim.task_ok("POST", "/nodes/pve1/qemu/101/config", &[("onboot", "1")]).await;
-    sim.task_ok("POST", "/nodes/pve1/qemu/101/config", &[("template", "1")]).await;
-    sim.task_ok("POST", "/nodes/pve1/qemu/101/clone", &[("newid", "102"), ("name", "clone"), ("full", "1")]).await;
-    sim.call("PUT", "/nodes/pve1/qemu/102/config", &[("delete", "hostpci0")]).await.ok();
-    sim.task_ok("POST", "/nodes/pve1/qemu/102/status/start", &[]).await;
+    sim.task_ok(
+        "PUT",
+        "/nodes/pve1/qemu/101/resize",
+        &[("disk", "scsi0"), ("size", "+10G")],
+    )
+    .await;
+    sim.call(
+        "PUT",
+        "/nodes/pve1/qemu/101/config",
+        &[("description", "worker")],
+    )
+    .await
+    .ok();
+    sim.task_ok("POST", "/nodes/pve1/qemu/101/config", &[("onboot", "1")])
+        .await;
+    sim.task_ok("POST", "/nodes/pve1/qemu/101/config", &[("template", "1")])
+        .await;
+    sim.task_ok(
+        "POST",
+        "/nodes/pve1/qemu/101/clone",
+        &[("newid", "102"), ("name", "clone"), ("full", "1")],
+    )
+    .await;
+    sim.call(
+        "PUT",
+        "/nodes/pve1/qemu/102/config",
+        &[("delete", "hostpci0")],
+    )
+    .await
+    .ok();
+    sim.task_ok("POST", "/nodes/pve1/qemu/102/status/start", &[])
+        .await;
     sim.wait_agent("pve1", 102).await;
-    sim.get("/nodes/pve1/qemu/102/agent/network-get-interfaces").await;
-    sim.get("/nodes/pve1/qemu/102/agent/file-read?file=%2Fetc%2Fhostname").await;
+    sim.get("/nodes/pve1/qemu/102/agent/network-get-interfaces")
+        .await;
+    sim.get("/nodes/pve1/qemu/102/agent/file-read?file=%2Fetc%2Fhostname")
+        .await;
     sim.get("/nodes/pve1/qemu/102/status/current").await;
-    sim.task_ok("POST", "/nodes/pve1/qemu/102/status/shutdown", &[("timeout", "60"), ("forceStop", "1")]).await;
+    sim.task_ok(
+        "POST",
+        "/nodes/pve1/qemu/102/status/shutdown",
+        &[("timeout", "60"), ("forceStop", "1")],
+    )
+    .await;
     sim.task_ok(
         "DELETE",
         "/nodes/pve1/qemu/102",
         &[("purge", "1"), ("destroy-unreferenced-disks", "1")],
     )
     .await;
-    sim.call("POST", "/pools", &[("poolid", "provision"), ("comment", "k3s")]).await.ok();
+    sim.call(
+        "POST",
+        "/pools",
+        &[("poolid", "provision"), ("comment", "k3s")],
+    )
+    .await
+    .ok();
     sim.get("/pools").await;
-    sim.get("/nodes/pve1/storage/local/content?content=import").await;
+    sim.get("/nodes/pve1/storage/local/content?content=import")
+        .await;
 }
