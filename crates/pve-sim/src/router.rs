@@ -4,6 +4,9 @@
 //!
 //! Routes (all below `/api2/json`):
 //!
+//! Paths are percent-decoded per segment; a `/` inside one segment (a volume id such as
+//! `local:iso/seed.iso`) stays `%2F` in the request log.
+//!
 //! | Method | Path                                                   | Answer / task type        |
 //! |--------|--------------------------------------------------------|---------------------------|
 //! | POST   | /access/ticket                                         | ticket + CSRF token       |
@@ -89,7 +92,12 @@ async fn handle(
         .strip_prefix("/api2/json")
         .unwrap_or(raw_path)
         .split('/')
-        .map(|segment| percent_decode_str(segment).decode_utf8_lossy().into_owned())
+        // Decoded, except that a `/` inside a segment (a volume id) stays `%2F`.
+        .map(|segment| {
+            percent_decode_str(segment)
+                .decode_utf8_lossy()
+                .replace('/', "%2F")
+        })
         .collect::<Vec<_>>()
         .join("/");
     let path = if path.len() > 1 {
@@ -499,7 +507,7 @@ fn matches(template: &str, path: &str) -> Option<BTreeMap<String, String>> {
             if p.is_empty() {
                 return None;
             }
-            vars.insert(name.to_owned(), (*p).to_owned());
+            vars.insert(name.to_owned(), p.replace("%2F", "/"));
         } else if t != p {
             return None;
         }

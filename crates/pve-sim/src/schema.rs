@@ -715,7 +715,7 @@ pub fn validate_against_official(
     {
         if let Some(name) = t.strip_prefix('{').and_then(|t| t.strip_suffix('}')) {
             all.entry(name.to_owned())
-                .or_insert_with(|| Value::String(p.to_owned()));
+                .or_insert_with(|| Value::String(p.replace("%2F", "/")));
         }
     }
     let specs: BTreeMap<String, ParamSpec> = properties

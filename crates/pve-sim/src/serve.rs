@@ -100,3 +100,59 @@ fn print_banner(url: &str, fingerprint: &str, inventory: &Inventory) {
     }
     println!("press Ctrl-C to stop");
 }
+
+#[cfg(test)]
+mod tests {
+    #![allow(clippy::unwrap_used)]
+    use super::*;
+    use clap::Parser;
+
+    #[derive(Parser)]
+    struct Command {
+        #[command(flatten)]
+        serve: ServeArgs,
+    }
+
+    #[test]
+    fn parses_every_flag() {
+        let command = Command::parse_from([
+            "serve",
+            "--listen",
+            "127.0.0.1:18006",
+            "--inventory",
+            "pve-a100",
+            "--time-scale",
+            "0.01",
+            "--request-log",
+            "r.jsonl",
+            "--fail-rate",
+            "0.1",
+            "--task-fail-rate",
+            "0.2",
+            "--latency-ms",
+            "5",
+            "--state-file",
+            "s.json",
+            "--seed",
+            "7",
+        ]);
+        let args = command.serve;
+        assert_eq!(args.listen.port(), 18006);
+        assert_eq!(args.inventory, "pve-a100");
+        assert!((args.time_scale - 0.01).abs() < f64::EPSILON);
+        assert_eq!(args.latency_ms, 5);
+        assert_eq!(args.seed, 7);
+        let defaults = Command::parse_from(["serve"]).serve;
+        assert_eq!(defaults.listen.to_string(), "127.0.0.1:8006");
+        assert!(defaults.state_file.is_none());
+    }
+
+    #[tokio::test]
+    async fn unknown_inventory_is_an_error() {
+        let args = Command::parse_from(["serve", "--inventory", "no-such-fixture.toml"]).serve;
+        assert!(matches!(
+            serve(args).await,
+            Err(ServeError::Inventory { .. })
+        ));
+    }
+}
