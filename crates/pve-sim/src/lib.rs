@@ -329,6 +329,17 @@ impl SimHandle {
             Ok(mut tasks) => std::mem::take(&mut *tasks),
             Err(poisoned) => std::mem::take(&mut *poisoned.into_inner()),
         };
+        // The server drains its connections; the ticker is stopped outright.
+        let mut tasks = tasks.into_iter();
+        if let Some(server) = tasks.next() {
+            let abort = server.abort_handle();
+            if tokio::time::timeout(Duration::from_secs(1), server)
+                .await
+                .is_err()
+            {
+                abort.abort();
+            }
+        }
         for task in tasks {
             task.abort();
             if let Err(error) = task.await

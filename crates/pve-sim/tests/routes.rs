@@ -533,7 +533,6 @@ async fn state_survives_a_restart_and_running_tasks_complete_on_load() {
     sim.handle.shutdown().await;
     assert!(state_file.exists());
 
-    let mut config = config;
     config.mode = SimMode::Auto;
     let sim = start_with(config).await;
     let config_after = sim.get("/nodes/pve1/qemu/101/config").await;
