@@ -661,3 +661,29 @@ async fn stepper_fails_a_task_and_rolls_it_back() {
     assert!(stepper.finish_ok(upid).is_err());
     sim.handle.shutdown().await;
 }
+
+#[tokio::test]
+async fn a_held_task_outlives_its_duration_until_released() {
+    let mut config = common::config("pve-ci");
+    config.time_scale = 0.05; // create: 150 ms
+    let slow = start_with(config).await;
+    let upid = slow
+        .call("POST", "/nodes/pve1/qemu", &[("vmid", "101")])
+        .await
+        .ok();
+    let upid = upid.as_str().unwrap();
+    let slow_stepper = slow.handle.stepper();
+    slow_stepper.hold(upid).unwrap();
+    tokio::time::sleep(Duration::from_millis(400)).await;
+    let running = slow_stepper.running_tasks();
+    assert_eq!(running.len(), 1);
+    assert!(running[0].held);
+    assert_eq!(
+        slow.get("/nodes/pve1/qemu/101/status/current").await["lock"],
+        "create"
+    );
+    slow_stepper.finish_ok(upid).unwrap();
+    assert_eq!(slow.wait(upid).await["exitstatus"], "OK");
+    assert!(slow_stepper.running_tasks().is_empty());
+    slow.handle.shutdown().await;
+}
