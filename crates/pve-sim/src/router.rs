@@ -1798,7 +1798,7 @@ impl Request<'_> {
                 *first = (None, new_volid.clone());
             }
             config.insert(key.clone(), propstring::serialize(&entries));
-            let mut volume = Volume {
+            volumes.push(Volume {
                 volid: new_volid,
                 node: (!storage.shared).then(|| target_node.clone()),
                 content: "images".to_owned(),
@@ -1807,9 +1807,7 @@ impl Request<'_> {
                 vmid: Some(newid),
                 ctime: now_ms() / 1000,
                 data: None,
-            };
-            volume.size = size;
-            volumes.push(volume);
+            });
         }
         for volume in volumes {
             let key = volume_key(volume.node.as_deref(), &volume.volid);
@@ -1952,10 +1950,8 @@ impl Request<'_> {
         self.identity
             .check(&format!("/vms/{vmid}"), "VM.PowerMgmt")?;
         let mut state = self.shared.state();
-        let vm = state.vm(self.node(), vmid)?;
-        if vm.power != PowerState::Running && !vm.starting {
-            // Proxmox: stopping a stopped VM is a no-op task that succeeds.
-        }
+        // Stopping a stopped VM is a task that succeeds, as in Proxmox.
+        state.vm(self.node(), vmid)?;
         let seconds = if kind == "qmshutdown" {
             durations::SHUTDOWN
         } else {

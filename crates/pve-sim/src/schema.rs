@@ -458,12 +458,7 @@ fn check_named_format(name: &str, text: &str) -> Result<(), String> {
     };
     match compile(pattern) {
         Some(regex) if !regex.is_match(text) => {
-            Err(format!("value does not match the format '{name}'")
-                .replace(&format!("the format '{name}'"), &format!("format '{name}'"))
-                .replace(
-                    "value does not match format",
-                    "value does not match the format",
-                ))
+            Err(format!("value does not match the format '{name}'"))
         }
         Some(_) | None => Ok(()),
     }
