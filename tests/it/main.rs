@@ -2,3 +2,4 @@
 
 mod cli;
 mod profiles;
+mod pve_client;
