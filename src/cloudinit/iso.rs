@@ -343,7 +343,7 @@ struct RecordSpec<'a> {
 
 fn directory_record(spec: &RecordSpec<'_>) -> Vec<u8> {
     let identifier_len = spec.identifier.len();
-    let padding = usize::from(identifier_len % 2 == 0);
+    let padding = usize::from(identifier_len.is_multiple_of(2));
     let mut record = Vec::with_capacity(33 + identifier_len + padding + spec.system_use.len() + 1);
     record.push(0); // length, patched below
     record.push(0); // extended attribute record length
@@ -360,7 +360,7 @@ fn directory_record(spec: &RecordSpec<'_>) -> Vec<u8> {
         record.push(0);
     }
     record.extend_from_slice(spec.system_use);
-    if record.len() % 2 == 1 {
+    if !record.len().is_multiple_of(2) {
         record.push(0);
     }
     record[0] = u8::try_from(record.len()).unwrap_or(u8::MAX);

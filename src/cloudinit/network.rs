@@ -72,11 +72,10 @@ pub(crate) fn render(
     } else {
         PROXMOX_FIRST_NIC
     };
-    // `0.0.0.0/0` rather than `default`: cloud-init before 23.x (Debian 12 ships 22.4) does not
-    // understand `to: default`.
-    let default_route = match input.address {
-        IpAddr::V4(_) => "0.0.0.0/0",
-        IpAddr::V6(_) => "::/0",
+    // See the template for why the default route is a `gateway4`/`gateway6` key.
+    let gateway_key = match input.address {
+        IpAddr::V4(_) => "gateway4",
+        IpAddr::V6(_) => "gateway6",
     };
     let dns: Vec<String> = input.dns.iter().map(ToString::to_string).collect();
     let search: Vec<&str> = input.search_domain.iter().map(String::as_str).collect();
@@ -86,7 +85,7 @@ pub(crate) fn render(
             interface => interface,
             mac => mac,
             address => format!("{}/{}", input.address, input.prefix_len),
-            default_route => default_route,
+            gateway_key => gateway_key,
             gateway => input.gateway.to_string(),
             mtu => input.mtu,
             dns => dns,
@@ -120,6 +119,8 @@ mod tests {
     use super::super::test_support::{host_keys, input};
     use super::*;
 
+    type Mutation = Box<dyn Fn(&mut SeedInput<'_>)>;
+
     fn network(input: &SeedInput<'_>) -> serde_yaml_ng::Value {
         serde_yaml_ng::from_str(&build_seed(input).unwrap().network_config).unwrap()
     }
@@ -136,8 +137,8 @@ mod tests {
         );
         assert_eq!(eth["set-name"].as_str(), Some("eth0"));
         assert_eq!(eth["addresses"][0].as_str(), Some("10.0.0.21/24"));
-        assert_eq!(eth["routes"][0]["to"].as_str(), Some("0.0.0.0/0"));
-        assert_eq!(eth["routes"][0]["via"].as_str(), Some("10.0.0.1"));
+        assert_eq!(eth["gateway4"].as_str(), Some("10.0.0.1"));
+        assert!(eth.get("gateway6").is_none());
         assert_eq!(eth["mtu"].as_u64(), Some(9000));
         assert_eq!(eth["dhcp4"].as_bool(), Some(false));
         assert_eq!(eth["nameservers"]["addresses"][1].as_str(), Some("1.1.1.1"));
@@ -174,14 +175,15 @@ mod tests {
         let document = network(&input);
         let eth = &document["ethernets"]["eth0"];
         assert_eq!(eth["addresses"][0].as_str(), Some("fd00::21/64"));
-        assert_eq!(eth["routes"][0]["to"].as_str(), Some("::/0"));
+        assert_eq!(eth["gateway6"].as_str(), Some("fd00::1"));
+        assert!(eth.get("gateway4").is_none());
         assert_eq!(eth["nameservers"]["addresses"][0].as_str(), Some("fd00::2"));
     }
 
     #[test]
     fn bad_network_inputs_are_refused() {
         let keys = host_keys();
-        let cases: Vec<(&str, Box<dyn Fn(&mut SeedInput<'_>)>)> = vec![
+        let cases: Vec<(&str, Mutation)> = vec![
             ("prefix_len", Box::new(|i| i.prefix_len = 33)),
             (
                 "gateway",
