@@ -4,7 +4,9 @@
 //! `inventory` (observe), `plan` (pure decisions), `exec` (run the plan), `cloudinit`,
 //! `ssh` / `nodeprep` / `k3s` (phase 2), `state` / `workspace` (local files).
 
+pub mod cli;
 pub mod cloudinit;
+pub mod commands;
 pub mod exec;
 pub mod exit;
 pub mod inventory;
@@ -13,6 +15,7 @@ pub mod nodeprep;
 pub mod plan;
 pub mod profile;
 pub mod pve;
+pub mod reporter;
 pub mod ssh;
 pub mod state;
 pub mod workspace;

@@ -2,6 +2,14 @@
 
 use std::process::ExitCode;
 
+use clap::Parser as _;
+use provision::cli::Cli;
+use provision::reporter::Reporter;
+
 fn main() -> ExitCode {
-    provision::exit::ExitStatus::Success.into()
+    let cli = match Cli::try_parse() {
+        Ok(cli) => cli,
+        Err(error) => return Reporter::clap_error(&error).into(),
+    };
+    provision::commands::run(cli).into()
 }

@@ -1,5 +1,309 @@
 //! Cluster profiles: TOML → validated [`Profile`], with located diagnostics.
+//!
+//! [`load`] is the one entry point: it finds the profile (path, workspace `profiles/NAME.toml`,
+//! or built-in), parses it with `deny_unknown_fields`, runs every semantic rule and returns
+//! either a [`LoadedProfile`] (possibly with warnings) or a [`ProfileError`] whose
+//! diagnostics name `file:line:column`.
 
+pub mod builtin;
+pub mod diagnostic;
+mod locate;
 pub mod model;
+pub mod nodes;
+pub mod validate;
 
-pub use model::Profile;
+use std::path::{Path, PathBuf};
+
+pub use builtin::{BUILTIN_PROFILES, BuiltinProfile};
+pub use diagnostic::{Diagnostic, Finding, KeyPath, Severity, Target};
+pub use locate::Locator;
+pub use model::{Profile, Role};
+pub use nodes::PlannedNode;
+
+/// A profile that parsed and passed validation.
+#[derive(Debug, Clone)]
+pub struct LoadedProfile {
+    pub profile: Profile,
+    /// The file path it was read from, or `builtin:NAME`.
+    pub source_name: String,
+    /// The TOML text as read.
+    pub text: String,
+    /// Findings that do not stop anything (shown, exit code 0).
+    pub warnings: Vec<Diagnostic>,
+}
+
+/// Why a profile could not be used.
+#[derive(Debug, thiserror::Error)]
+pub enum ProfileError {
+    #[error("no profile named `{name}`")]
+    NotFound {
+        name: String,
+        /// Where it was looked for, in order.
+        searched: Vec<String>,
+    },
+    #[error("cannot read profile {}", path.display())]
+    Read {
+        path: PathBuf,
+        #[source]
+        source: std::io::Error,
+    },
+    #[error("profile {source_name} is invalid ({} error(s))", errors(.diagnostics))]
+    Invalid {
+        source_name: String,
+        text: String,
+        /// Errors and warnings, located.
+        diagnostics: Vec<Diagnostic>,
+    },
+}
+
+fn errors(diagnostics: &[Diagnostic]) -> usize {
+    diagnostics
+        .iter()
+        .filter(|d| d.severity == Severity::Error)
+        .count()
+}
+
+impl ProfileError {
+    /// Every problem as a located diagnostic (a missing file becomes one without line and column).
+    pub fn diagnostics(&self) -> Vec<Diagnostic> {
+        match self {
+            ProfileError::NotFound { name, searched } => {
+                let builtins: Vec<&str> = BUILTIN_PROFILES.iter().map(|p| p.name).collect();
+                vec![Diagnostic::at(
+                    Severity::Error,
+                    name,
+                    "",
+                    None,
+                    String::new(),
+                    format!(
+                        "no profile named `{name}` (looked in {})",
+                        searched.join(", ")
+                    ),
+                    Some(format!(
+                        "built-in profiles: {}; a path must contain `/` or end in .toml",
+                        builtins.join(", ")
+                    )),
+                )]
+            }
+            ProfileError::Read { path, source } => vec![Diagnostic::at(
+                Severity::Error,
+                &path.display().to_string(),
+                "",
+                None,
+                String::new(),
+                format!("cannot read the profile: {source}"),
+                Some("check the path and its permissions".to_owned()),
+            )],
+            ProfileError::Invalid { diagnostics, .. } => diagnostics.clone(),
+        }
+    }
+
+    /// The source text, when there is one to draw snippets from.
+    pub fn text(&self) -> Option<&str> {
+        match self {
+            ProfileError::Invalid { text, .. } => Some(text),
+            ProfileError::NotFound { .. } | ProfileError::Read { .. } => None,
+        }
+    }
+}
+
+/// Where a `--profile` value points.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum ProfileSource {
+    File(PathBuf),
+    Builtin(&'static BuiltinProfile),
+}
+
+/// Resolves `--profile NAME|PATH`: a value containing `/` or ending in `.toml` is a path
+/// (relative to the current directory); otherwise, in a workspace (a directory holding
+/// `provision.toml`), `profiles/NAME.toml` wins over the built-in profile of that name.
+pub fn resolve(spec: &str, workspace: &Path) -> Result<ProfileSource, ProfileError> {
+    if spec.contains('/') || spec.ends_with(".toml") {
+        return Ok(ProfileSource::File(PathBuf::from(spec)));
+    }
+    let in_workspace = workspace.join("profiles").join(format!("{spec}.toml"));
+    if workspace.join("provision.toml").is_file() && in_workspace.is_file() {
+        return Ok(ProfileSource::File(in_workspace));
+    }
+    match builtin::builtin(spec) {
+        Some(profile) => Ok(ProfileSource::Builtin(profile)),
+        None => Err(ProfileError::NotFound {
+            name: spec.to_owned(),
+            searched: vec![
+                in_workspace.display().to_string(),
+                "the built-in profiles".to_owned(),
+            ],
+        }),
+    }
+}
+
+/// Finds, parses and validates a profile. Every command calls this first.
+pub fn load(spec: &str, workspace: &Path) -> Result<LoadedProfile, ProfileError> {
+    let (source_name, text) = match resolve(spec, workspace)? {
+        ProfileSource::File(path) => {
+            let text = std::fs::read_to_string(&path).map_err(|source| ProfileError::Read {
+                path: path.clone(),
+                source,
+            })?;
+            (path.display().to_string(), text)
+        }
+        ProfileSource::Builtin(profile) => {
+            (format!("builtin:{}", profile.name), profile.text.to_owned())
+        }
+    };
+    parse(&source_name, text)
+}
+
+/// Parses and validates profile text (`source_name` is used in diagnostics).
+pub fn parse(source_name: &str, text: String) -> Result<LoadedProfile, ProfileError> {
+    let locator = Locator::new(&text);
+    let profile: Profile = match toml::from_str(&text) {
+        Ok(profile) => profile,
+        Err(error) => {
+            let diagnostic = parse_diagnostic(source_name, &text, &locator, &error);
+            return Err(ProfileError::Invalid {
+                source_name: source_name.to_owned(),
+                text,
+                diagnostics: vec![diagnostic],
+            });
+        }
+    };
+    let diagnostics = locate_findings(source_name, &text, &locator, validate::validate(&profile));
+    if diagnostics.iter().any(|d| d.severity == Severity::Error) {
+        return Err(ProfileError::Invalid {
+            source_name: source_name.to_owned(),
+            text,
+            diagnostics,
+        });
+    }
+    Ok(LoadedProfile {
+        profile,
+        source_name: source_name.to_owned(),
+        text,
+        warnings: diagnostics,
+    })
+}
+
+/// Places semantic findings in the text, errors first, then by position.
+pub fn locate_findings(
+    source_name: &str,
+    text: &str,
+    locator: &Locator,
+    findings: Vec<Finding>,
+) -> Vec<Diagnostic> {
+    let mut diagnostics: Vec<Diagnostic> = findings
+        .into_iter()
+        .map(|finding| {
+            let span = locator.span(&finding.path, finding.target);
+            Diagnostic::at(
+                finding.severity,
+                source_name,
+                text,
+                span,
+                finding.path.to_string(),
+                finding.message,
+                finding.hint,
+            )
+        })
+        .collect();
+    diagnostics.sort_by_key(|d| {
+        (
+            d.severity != Severity::Error,
+            d.span.as_ref().map(|s| s.start),
+        )
+    });
+    diagnostics
+}
+
+/// A TOML syntax or shape error (`toml` reports a span) as a located diagnostic with a hint.
+pub fn parse_diagnostic(
+    source_name: &str,
+    text: &str,
+    locator: &Locator,
+    error: &toml::de::Error,
+) -> Diagnostic {
+    let message = error.message().trim().to_owned();
+    let span = error.span();
+    let path = span
+        .as_ref()
+        .map(|span| locator.path_at(span.start).to_string())
+        .unwrap_or_default();
+    let hint = if message.starts_with("unknown field") {
+        "remove the key or fix its spelling; profiles/README.md lists every field".to_owned()
+    } else if message.starts_with("missing field") {
+        "add the field; profiles/README.md says what it holds".to_owned()
+    } else if message.starts_with("unknown variant") {
+        "use one of the values listed in the message".to_owned()
+    } else if message.starts_with("invalid type") {
+        "check the value's type (string in quotes, number, boolean, array or table) in profiles/README.md".to_owned()
+    } else if message.contains("IP address") || message.contains("invalid IP") {
+        "write an address such as 10.0.0.11 (a network such as 10.0.0.0/24 where a CIDR is expected)".to_owned()
+    } else {
+        "fix the TOML syntax at this place".to_owned()
+    };
+    Diagnostic::at(
+        Severity::Error,
+        source_name,
+        text,
+        span,
+        path,
+        message,
+        Some(hint),
+    )
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn every_builtin_profile_loads_without_errors() {
+        for builtin in BUILTIN_PROFILES {
+            let loaded = load(builtin.name, Path::new("/nonexistent"));
+            assert!(
+                loaded.is_ok(),
+                "{}: {:#?}",
+                builtin.name,
+                loaded.err().map(|e| e.diagnostics())
+            );
+        }
+    }
+
+    #[test]
+    fn a100_plans_seven_nodes_with_the_issue_addresses() {
+        let loaded = load("a100-8x", Path::new("/nonexistent")).map_err(|e| e.diagnostics());
+        let Ok(loaded) = loaded else {
+            panic!("a100-8x must load: {loaded:?}");
+        };
+        let nodes = loaded.profile.nodes();
+        let names: Vec<(String, String)> = nodes
+            .iter()
+            .map(|node| (node.name.clone(), node.address.to_string()))
+            .collect();
+        assert_eq!(
+            names[0],
+            ("a100-server-1".to_owned(), "10.0.0.11".to_owned())
+        );
+        assert_eq!(names[6], ("a100-gpu-4".to_owned(), "10.0.0.24".to_owned()));
+        assert_eq!(loaded.profile.servers().len(), 3);
+        assert_eq!(loaded.profile.agents().len(), 4);
+        assert_eq!(loaded.profile.gpu_count(), 8);
+        assert_eq!(loaded.profile.prefix_len(), 24);
+    }
+
+    #[test]
+    fn two_servers_are_refused_at_their_count() {
+        let text = builtin::builtin("mlops")
+            .map(|p| p.text.replacen("count = 1", "count = 2", 1))
+            .unwrap_or_default();
+        let error = parse("two.toml", text).err().map(|e| e.diagnostics());
+        let diagnostics = error.unwrap_or_default();
+        let first = &diagnostics[0];
+        assert!(
+            first.message.contains("cannot tolerate any failure"),
+            "{first:?}"
+        );
+        assert_eq!(first.path, "node_groups[0].count");
+        assert!(first.line.is_some());
+    }
+}
