@@ -1,9 +1,21 @@
 //! Proxmox VE API: the [`PveApi`] trait, its reqwest client, typed ids and task waiting.
 
 pub mod api;
+pub mod auth;
+pub mod client;
 pub mod error;
+pub mod privileges;
+pub mod propstr;
+pub mod retry;
+pub mod task;
+pub mod tls;
 pub mod types;
 
 pub use api::PveApi;
+pub use auth::{Auth, Secret};
+pub use client::{ClientConfig, PveClient, normalize_endpoint};
 pub use error::PveError;
+pub use retry::RetryPolicy;
+pub use task::{WaitOptions, wait_for_task};
+pub use tls::{TlsMode, fingerprint_of};
 pub use types::{NodeName, Params, PciAddress, Upid, VmId, VolumeId};
