@@ -27,7 +27,7 @@ const BUILTIN: [(&str, &str); 3] = [
 ];
 
 /// The set of seed templates. Templates get a `yaml` filter that renders any value as a quoted
-/// YAML (JSON) scalar, so user-controlled strings can never break the document structure.
+/// YAML flow node, so user-controlled strings can never break the document structure.
 #[derive(Debug)]
 pub struct Templates {
     environment: Environment<'static>,
@@ -105,11 +105,70 @@ fn base_environment() -> Environment<'static> {
     environment
 }
 
-/// `{{ value | yaml }}`: a JSON rendering, which YAML reads back as the same scalar or list.
+/// `{{ value | yaml }}`: the value as a YAML flow node whose strings are double-quoted with every
+/// non-printable or non-ASCII character escaped (`\\xXX`, `\\uXXXX`, `\\UXXXXXXXX`). Plain JSON is
+/// not enough: YAML folds U+0085/U+2028/U+2029 inside quotes and rejects C1 controls.
 fn yaml_scalar(value: Value) -> Result<String, minijinja::Error> {
-    serde_json::to_string(&value).map_err(|error| {
+    let json = serde_json::to_value(&value).map_err(|error| {
         minijinja::Error::new(minijinja::ErrorKind::InvalidOperation, error.to_string())
-    })
+    })?;
+    let mut out = String::new();
+    emit_yaml(&json, &mut out);
+    Ok(out)
+}
+
+fn emit_yaml(value: &serde_json::Value, out: &mut String) {
+    match value {
+        serde_json::Value::Null => out.push_str("null"),
+        serde_json::Value::Bool(flag) => out.push_str(if *flag { "true" } else { "false" }),
+        serde_json::Value::Number(number) => out.push_str(&number.to_string()),
+        serde_json::Value::String(text) => emit_yaml_string(text, out),
+        serde_json::Value::Array(items) => {
+            out.push('[');
+            for (index, item) in items.iter().enumerate() {
+                if index > 0 {
+                    out.push_str(", ");
+                }
+                emit_yaml(item, out);
+            }
+            out.push(']');
+        }
+        serde_json::Value::Object(entries) => {
+            out.push('{');
+            for (index, (key, item)) in entries.iter().enumerate() {
+                if index > 0 {
+                    out.push_str(", ");
+                }
+                emit_yaml_string(key, out);
+                out.push_str(": ");
+                emit_yaml(item, out);
+            }
+            out.push('}');
+        }
+    }
+}
+
+pub(crate) fn emit_yaml_string(text: &str, out: &mut String) {
+    out.push('"');
+    for character in text.chars() {
+        match character {
+            '"' => out.push_str("\\\""),
+            '\\' => out.push_str("\\\\"),
+            '\n' => out.push_str("\\n"),
+            '\t' => out.push_str("\\t"),
+            ' '..='~' => out.push(character),
+            _ => {
+                let code = u32::from(character);
+                let escaped = match code {
+                    0..=0xFF => format!("\\x{code:02X}"),
+                    0x100..=0xFFFF => format!("\\u{code:04X}"),
+                    _ => format!("\\U{code:08X}"),
+                };
+                out.push_str(&escaped);
+            }
+        }
+    }
+    out.push('"');
 }
 
 #[cfg(test)]
@@ -133,6 +192,24 @@ mod tests {
             .unwrap();
         let parsed: serde_yaml_ng::Value = serde_yaml_ng::from_str(&rendered).unwrap();
         assert_eq!(parsed["key"].as_str(), Some(hostile));
+    }
+
+    proptest::proptest! {
+        #[test]
+        fn yaml_filter_round_trips_any_string(text in "\\PC*|[\\x00-\\x{10FFFF}]{0,40}") {
+            let mut rendered = "key: ".to_owned();
+            emit_yaml_string(&text, &mut rendered);
+            rendered.push('\n');
+            let parsed: serde_yaml_ng::Value = serde_yaml_ng::from_str(&rendered).unwrap();
+            proptest::prop_assert_eq!(parsed["key"].as_str(), Some(text.as_str()));
+        }
+    }
+
+    #[test]
+    fn yaml_filter_escapes_line_separators_and_controls() {
+        let mut rendered = String::new();
+        emit_yaml_string("a\u{85}b\u{2028}c\u{1}d\u{1F600}\"\\", &mut rendered);
+        assert_eq!(rendered, r#""a\x85b\u2028c\x01d\U0001F600\"\\""#);
     }
 
     #[test]

@@ -526,3 +526,189 @@ fn host_keys_round_trip_through_the_workspace() {
         assert!(text(&derived).starts_with(&first.public_openssh[..80]));
     }
 }
+
+/// `../shared/pve-api/schema-9.1.json` beside the repository (CI layout), or one level further up
+/// (a worktree checkout); `None` with a loud message when absent.
+fn pve_schema() -> Option<serde_json::Value> {
+    let root = Path::new(env!("CARGO_MANIFEST_DIR"));
+    let candidates = [
+        root.join("../shared/pve-api/schema-9.1.json"),
+        root.join("../../shared/pve-api/schema-9.1.json"),
+    ];
+    let Some(path) = candidates.iter().find(|path| path.is_file()) else {
+        eprintln!("SKIPPED: ../shared/pve-api/schema-9.1.json not found beside the repository");
+        return None;
+    };
+    Some(serde_json::from_str(&std::fs::read_to_string(path).unwrap()).unwrap())
+}
+
+fn find_path<'a>(node: &'a serde_json::Value, wanted: &str) -> Option<&'a serde_json::Value> {
+    if let Some(nodes) = node.as_array() {
+        return nodes.iter().find_map(|child| find_path(child, wanted));
+    }
+    if node["path"].as_str() == Some(wanted) {
+        return Some(node);
+    }
+    node["children"]
+        .as_array()
+        .and_then(|children| children.iter().find_map(|child| find_path(child, wanted)))
+}
+
+/// Every parameter provision sends for cloud-init exists in Proxmox's `POST …/config` schema, and
+/// property-string values only use keys the schema defines.
+#[test]
+fn proxmox_parameters_exist_in_the_pve_schema() {
+    use provision::cloudinit::{
+        ProxmoxCloudInitInput, nocloud_cdrom_param, proxmox_cloudinit_params,
+    };
+    let Some(schema) = pve_schema() else {
+        return;
+    };
+    let config = find_path(&schema, "/nodes/{node}/qemu/{vmid}/config").unwrap();
+    let properties = &config["info"]["POST"]["parameters"]["properties"];
+    let keys = HostKeys::generate("pve-test").unwrap();
+    for (_, input) in profile_like_inputs(&keys) {
+        let mut params =
+            proxmox_cloudinit_params(&ProxmoxCloudInitInput::from_seed_input(&input, "local-lvm"));
+        let (drive, cdrom) = nocloud_cdrom_param("local", "provision-x-y-01234567.iso");
+        params.insert(format!("{drive}-iso"), cdrom);
+        for (name, value) in &params {
+            let schema_name = match name.as_str() {
+                "ide2" | "ide2-iso" => "ide[n]",
+                "ipconfig0" => "ipconfig[n]",
+                other => other,
+            };
+            let property = &properties[schema_name];
+            assert!(
+                property.is_object(),
+                "{name} is not a Proxmox config parameter"
+            );
+            if schema_name == "ipconfig[n]" {
+                let typetext = property["typetext"].as_str().unwrap();
+                for part in value.split(',') {
+                    let key = part.split('=').next().unwrap();
+                    assert!(
+                        typetext.contains(&format!("{key}=")),
+                        "{value}: {key} not in {typetext}"
+                    );
+                }
+            }
+            if schema_name == "ide[n]" {
+                let format = &property["format"];
+                for part in value.split(',').skip(1) {
+                    let key = part.split('=').next().unwrap();
+                    assert!(
+                        format[key].is_object(),
+                        "{value}: {key} is not an ide option"
+                    );
+                }
+            }
+            if property["format"].as_str() == Some("urlencoded") {
+                assert!(
+                    value
+                        .bytes()
+                        .all(|byte| byte.is_ascii_alphanumeric() || b"-%_.!~*'()".contains(&byte)),
+                    "{name}={value} fails Proxmox's urlencoded check"
+                );
+            }
+            if property["type"].as_str() == Some("boolean") {
+                assert!(value == "0" || value == "1", "{name}={value}");
+            }
+        }
+    }
+}
+
+/// Edge-sized files (empty, one block exactly, just over) survive the round trip through isoinfo.
+#[test]
+fn isoinfo_round_trips_edge_sized_files() {
+    let Some(isoinfo) = tool("isoinfo") else {
+        return;
+    };
+    for size in [0usize, 1, 2047, 2048, 2049, 10_000] {
+        let seed = Seed {
+            user_data: format!("#cloud-config\n{}", "#".repeat(size.saturating_sub(14)))
+                .chars()
+                .take(size)
+                .collect(),
+            meta_data: "instance-id: edge\n".to_owned(),
+            network_config: "x".repeat(size),
+        };
+        let (_dir, iso) = write_iso(&seed);
+        let iso = iso.to_str().unwrap();
+        for flag in ["-J", "-R"] {
+            for name in NAMES {
+                let extracted = run(&isoinfo, &[flag, "-x", &format!("/{name}"), "-i", iso]).stdout;
+                assert_eq!(
+                    extracted,
+                    seed_file(&seed, name).as_bytes(),
+                    "size {size}, {flag} /{name}"
+                );
+            }
+        }
+    }
+}
+
+/// The ISO bytes of a fixed seed never change by accident: uploads are skipped when the name
+/// (which hashes the seed) is already on the storage, so a layout change must bump
+/// `FORMAT_VERSION` in `src/cloudinit/iso.rs` and update this digest.
+#[test]
+fn iso_layout_is_pinned() {
+    use sha2::{Digest, Sha256};
+    let seed = Seed {
+        user_data: "#cloud-config\nhostname: pinned\n".to_owned(),
+        meta_data: "instance-id: pinned-1\nlocal-hostname: pinned\n".to_owned(),
+        network_config: "version: 2\n".to_owned(),
+    };
+    let digest = hex::encode(Sha256::digest(build_nocloud_iso(&seed)));
+    assert_eq!(
+        digest,
+        "b45fef36faf231d5fbce8c9a5ce648d7508286f7a910d6d721137f77b0819923"
+    );
+    assert_eq!(
+        iso_file_name("lab", "pinned", &seed),
+        "provision-lab-pinned-1023023a.iso"
+    );
+}
+
+/// cloud-init reads user-data with PyYAML (YAML 1.1): awkward `write_files` content (quotes,
+/// YAML syntax, control characters, Unicode line separators, emoji) comes back byte-exact.
+#[test]
+fn pyyaml_reads_awkward_write_files_content_exactly() {
+    let Some(cloud_init) = tool("cloud-init") else {
+        return;
+    };
+    // cloud-init's own interpreter, which has PyYAML.
+    let interpreter = std::fs::read_to_string(&cloud_init)
+        .ok()
+        .and_then(|script| {
+            script
+                .lines()
+                .next()
+                .and_then(|line| line.strip_prefix("#!"))
+                .map(|line| line.trim().to_owned())
+        })
+        .unwrap_or_else(|| "python3".to_owned());
+    let keys = HostKeys::generate("yaml-test").unwrap();
+    let (_, mut input) = profile_like_inputs(&keys).remove(0);
+    let content = "key: \"value\" # not a comment\n- item\n\ttab\u{1}\u{7f}\u{85}next\u{2028}sep \u{1F600} ümlaut\\ end\n";
+    input.write_files = vec![WriteFile {
+        path: "/etc/awkward".to_owned(),
+        content: content.to_owned(),
+        permissions: "0600".to_owned(),
+        owner: None,
+    }];
+    let seed = build_seed(&input).unwrap();
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("user-data");
+    std::fs::write(&path, &seed.user_data).unwrap();
+    let output = run(
+        Path::new(&interpreter),
+        &[
+            "-c",
+            "import json, sys, yaml; print(json.dumps(yaml.safe_load(open(sys.argv[1]))['write_files'][0]['content']))",
+            path.to_str().unwrap(),
+        ],
+    );
+    let parsed: String = serde_json::from_str(text(&output).trim()).unwrap();
+    assert_eq!(parsed, content);
+}
