@@ -8,6 +8,7 @@
 pub mod phase2;
 pub mod progress;
 pub mod retry;
+pub mod session;
 
 use std::collections::BTreeMap;
 use std::future::Future;
