@@ -11,7 +11,11 @@
 //! Or, in `cloud_init = "proxmox"` mode, [`proxmox_cloudinit_params`] for Proxmox's own drive.
 //!
 //! The ISO (and `user-data`) carries the VM's private SSH host key: whoever uploads it must delete
-//! it from Proxmox storage after the VM's first boot (and on `down`).
+//! it from Proxmox storage after the VM's first boot (and on `down`). The user-data therefore
+//! drops `/etc/cloud/cloud.cfg.d/90-provision.cfg` in the guest (`network: {config: disabled}`,
+//! `ssh_deletekeys: false`), so a later boot without the ISO keeps the host key and the static
+//! network instead of regenerating keys and falling back to DHCP. Consequence: a changed seed
+//! (new `instance-id`) re-applies user-data on an existing VM, but not network-config.
 
 mod hostkeys;
 mod iso;

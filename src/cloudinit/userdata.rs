@@ -275,10 +275,26 @@ mod tests {
             owner: Some("root:adm".to_owned()),
         }];
         let document = user_data(&input);
-        let file = &document["write_files"][0];
+        let file = &document["write_files"][1];
         assert_eq!(file["content"].as_str(), Some(content));
         assert_eq!(file["permissions"].as_str(), Some("0640"));
         assert_eq!(file["owner"].as_str(), Some("root:adm"));
+    }
+
+    #[test]
+    fn guest_keeps_host_key_and_network_once_the_seed_is_gone() {
+        let keys = host_keys();
+        let document = user_data(&input(&keys));
+        let file = &document["write_files"][0];
+        assert_eq!(
+            file["path"].as_str(),
+            Some("/etc/cloud/cloud.cfg.d/90-provision.cfg")
+        );
+        let config: serde_yaml_ng::Value =
+            serde_yaml_ng::from_str(file["content"].as_str().unwrap()).unwrap();
+        assert_eq!(config["network"]["config"].as_str(), Some("disabled"));
+        assert_eq!(config["ssh_deletekeys"].as_bool(), Some(false));
+        assert_eq!(config["ssh_genkeytypes"][0].as_str(), Some("ed25519"));
     }
 
     #[test]
@@ -288,7 +304,7 @@ mod tests {
         input.fqdn = None;
         let document = user_data(&input);
         assert!(document.get("fqdn").is_none());
-        assert!(document.get("write_files").is_none());
+        assert_eq!(document["write_files"].as_sequence().map(Vec::len), Some(1));
     }
 
     #[test]

@@ -144,6 +144,31 @@ fn user_data_passes_the_real_cloud_init_schema() {
             seed.user_data
         );
     }
+    // The system config the user-data drops into /etc/cloud/cloud.cfg.d is valid as well.
+    let keys_input = profile_like_inputs(&keys).remove(0).1;
+    let document: serde_yaml_ng::Value =
+        serde_yaml_ng::from_str(&build_seed(&keys_input).unwrap().user_data).unwrap();
+    let dropped = &document["write_files"][0];
+    assert_eq!(
+        dropped["path"].as_str(),
+        Some("/etc/cloud/cloud.cfg.d/90-provision.cfg")
+    );
+    let path = dir.path().join("90-provision.cfg");
+    std::fs::write(
+        &path,
+        format!("#cloud-config\n{}", dropped["content"].as_str().unwrap()),
+    )
+    .unwrap();
+    let output = Command::new(&cloud_init)
+        .args(["schema", "--config-file"])
+        .arg(&path)
+        .output()
+        .unwrap();
+    assert!(
+        output.status.success(),
+        "90-provision.cfg: {}",
+        String::from_utf8_lossy(&output.stderr)
+    );
 }
 
 #[test]
@@ -705,7 +730,7 @@ fn pyyaml_reads_awkward_write_files_content_exactly() {
         Path::new(&interpreter),
         &[
             "-c",
-            "import json, sys, yaml; print(json.dumps(yaml.safe_load(open(sys.argv[1]))['write_files'][0]['content']))",
+            "import json, sys, yaml; print(json.dumps(yaml.safe_load(open(sys.argv[1]))['write_files'][-1]['content']))",
             path.to_str().unwrap(),
         ],
     );
