@@ -64,6 +64,56 @@ pub enum Command {
     Profiles,
     /// Print a shell completion script.
     Completions(CompletionsArgs),
+    /// Show what `up` would change on Proxmox (terraform-like diff, or --output json).
+    Plan(ClusterArgs),
+    /// Create or converge the cluster's VMs (phase 1).
+    Up(ClusterArgs),
+    /// Stop and purge the cluster's VMs (only those in the state carrying its tag).
+    Down(DownArgs),
+    /// Show the VMs in the state and what Proxmox says about them.
+    Status(ClusterArgs),
+}
+
+/// Profile plus where Proxmox is (real, or the in-process simulator).
+#[derive(Debug, Clone, Args)]
+pub struct ClusterArgs {
+    /// A built-in profile name, a workspace profile or a path to a TOML file.
+    #[arg(short, long, value_name = "NAME|PATH")]
+    pub profile: String,
+    #[command(flatten)]
+    pub sim: SimArgs,
+}
+
+/// `--simulate` and the simulator's options.
+#[derive(Debug, Clone, Args)]
+pub struct SimArgs {
+    /// Run against the in-process Proxmox simulator (state kept in .provision/sim/).
+    #[arg(long)]
+    pub simulate: bool,
+    /// Simulator inventory: a built-in name (pve-a100, pve-homelab …) or a TOML file.
+    #[arg(long, value_name = "NAME|FILE", requires = "simulate")]
+    pub sim_inventory: Option<String>,
+    /// Write one JSON line per simulated request to FILE.
+    #[arg(long, value_name = "FILE", requires = "simulate")]
+    pub sim_request_log: Option<PathBuf>,
+    /// Simulated task durations × X (1.0 = realistic).
+    #[arg(long, value_name = "X", default_value_t = 0.05, requires = "simulate")]
+    pub sim_time_scale: f64,
+    /// Probability that a simulated request answers 500.
+    #[arg(long, value_name = "P", default_value_t = 0.0, requires = "simulate")]
+    pub sim_fail_rate: f64,
+    /// Probability that a simulated task fails.
+    #[arg(long, value_name = "P", default_value_t = 0.0, requires = "simulate")]
+    pub sim_task_fail_rate: f64,
+}
+
+#[derive(Debug, Args)]
+pub struct DownArgs {
+    #[command(flatten)]
+    pub cluster: ClusterArgs,
+    /// Do not ask for confirmation (required when stdin is not a terminal).
+    #[arg(long)]
+    pub yes: bool,
 }
 
 #[derive(Debug, Args)]

@@ -136,3 +136,35 @@ impl Reporter {
         }
     }
 }
+
+/// Execution progress as plain stderr lines (one per VM step).
+// TODO-completeness: an indicatif multi-progress view (one line per VM, overall bar, elapsed)
+// when stderr is a terminal.
+impl crate::exec::ProgressSink for Reporter {
+    fn event(&self, event: crate::exec::ExecEvent) {
+        use crate::exec::ExecEvent;
+        match event {
+            ExecEvent::Started { vms } => {
+                if !vms.is_empty() {
+                    self.status(&format!("working on {} VMs", vms.len()));
+                }
+            }
+            ExecEvent::Step { vm, step } => self.detail(&format!("{vm}: {step}")),
+            ExecEvent::Retry {
+                vm,
+                step,
+                attempt,
+                delay,
+                error,
+            } => self.detail(&format!(
+                "{vm}: {step} failed (attempt {attempt}), retrying in {:.1}s: {error}",
+                delay.as_secs_f64()
+            )),
+            ExecEvent::VmDone { vm, elapsed } => {
+                self.status(&format!("{vm}: done in {:.1}s", elapsed.as_secs_f64()))
+            }
+            ExecEvent::Global { what } => self.status(&what),
+            ExecEvent::Note { message } => self.status(&message),
+        }
+    }
+}

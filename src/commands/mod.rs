@@ -4,8 +4,12 @@
 //! and one arm in [`dispatch`].
 
 pub mod completions;
+pub mod down;
 pub mod init;
+pub mod plan;
 pub mod profiles;
+pub mod status;
+pub mod up;
 pub mod validate;
 
 use crate::cli::{Cli, Command, OutputFormat};
@@ -70,6 +74,10 @@ async fn dispatch(context: &Context, command: Command) -> anyhow::Result<ExitSta
         Command::Validate(args) => validate::run(context, args).await,
         Command::Profiles => profiles::run(context).await,
         Command::Completions(args) => completions::run(context, args).await,
+        Command::Plan(args) => plan::run(context, args).await,
+        Command::Up(args) => up::run(context, args).await,
+        Command::Down(args) => down::run(context, args).await,
+        Command::Status(args) => status::run(context, args).await,
     }
 }
 

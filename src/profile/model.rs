@@ -192,6 +192,10 @@ pub struct NumaNode {
     /// Free 2 MiB hugepages on this NUMA node.
     #[serde(default)]
     pub hugepages_2m: Option<u32>,
+    /// PCI devices local to this NUMA node: whole devices (`0000:41:00`) or bus prefixes
+    /// (`0000:41`). Lets NUMA pinning pick the node local to a VM's GPUs.
+    #[serde(default)]
+    pub pci_devices: Vec<String>,
 }
 
 /// Exactly one of `url` (+ `sha256`), `volume` or `template_vmid`.

@@ -1,1 +1,314 @@
-//! Workspace state: `.provision/state.json` under an exclusive lock, atomic writes, intent journal, secrets in 0600 files.
+//! Workspace state: what provision created on Proxmox, kept in `.provision/state.json`.
+//!
+//! Three guarantees: one writer at a time ([`StateLock`], an exclusive OS lock on
+//! `.provision/lock` naming its holder), no torn file (every write goes to a temp file that is
+//! fsynced, renamed over the old one, then the directory is fsynced), and no untracked VM (an
+//! intent record is written *before* each create, so a crash between the request and its
+//! answer leaves a record that the next run reconciles with what Proxmox shows).
+
+mod lock;
+
+use std::collections::BTreeMap;
+use std::fs;
+use std::io::Write;
+use std::path::{Path, PathBuf};
+
+use serde::{Deserialize, Serialize};
+
+use crate::profile::model::Role;
+
+pub use lock::{LockHolder, StateLock};
+
+/// Current on-disk format version.
+pub const STATE_VERSION: u32 = 1;
+
+/// Errors of the state layer.
+#[derive(Debug, thiserror::Error)]
+pub enum StateError {
+    #[error("cannot {action} {path}")]
+    Io {
+        action: &'static str,
+        path: PathBuf,
+        #[source]
+        source: std::io::Error,
+    },
+    #[error("{path} is not a valid provision state file")]
+    Corrupt {
+        path: PathBuf,
+        #[source]
+        source: serde_json::Error,
+    },
+    #[error("{path} has state format version {found}; this provision understands {STATE_VERSION}")]
+    Version { path: PathBuf, found: u32 },
+    #[error(
+        "another provision run holds the workspace lock ({holder}); wait for it to finish, or remove {path} if that process is gone"
+    )]
+    Locked { path: PathBuf, holder: String },
+    #[error("state belongs to cluster `{found}`, the profile describes `{expected}`")]
+    ClusterMismatch { expected: String, found: String },
+}
+
+/// How far provision got with one VM.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Serialize, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum VmPhase {
+    /// Written before the create request: the VM may or may not exist on Proxmox.
+    Intent,
+    /// The create task finished (or the VM was adopted); later steps may still be pending.
+    Created,
+    /// Disk resized, VM running, guest agent answered with the planned address.
+    Ready,
+}
+
+/// One VM provision manages.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct VmRecord {
+    pub name: String,
+    pub vmid: u32,
+    pub node: String,
+    pub group: String,
+    pub role: Role,
+    pub phase: VmPhase,
+    /// SHA-256 of the create parameters that were (or are about to be) sent.
+    pub params_hash: String,
+    #[serde(default)]
+    pub address: Option<String>,
+    /// Whole PCI devices passed through (`0000:41:00`).
+    #[serde(default)]
+    pub gpus: Vec<String>,
+    /// The cloud-init ISO volume uploaded for this VM (`local:iso/…`).
+    #[serde(default)]
+    pub iso: Option<String>,
+}
+
+/// A volume provision uploaded or downloaded on a node.
+#[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord, Serialize, Deserialize)]
+pub struct VolumeRecord {
+    pub node: String,
+    pub volid: String,
+}
+
+/// The whole state file.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct State {
+    pub version: u32,
+    /// The cluster name (`cluster.name`) this state belongs to; empty for a fresh workspace.
+    #[serde(default)]
+    pub cluster: String,
+    /// By VM name.
+    #[serde(default)]
+    pub vms: BTreeMap<String, VmRecord>,
+    /// Cloud images downloaded by provision (kept by `down`: shared by later clusters).
+    #[serde(default)]
+    pub images: Vec<VolumeRecord>,
+    /// PCI resource mappings provision created.
+    #[serde(default)]
+    pub mappings: Vec<String>,
+}
+
+impl Default for State {
+    fn default() -> Self {
+        Self {
+            version: STATE_VERSION,
+            cluster: String::new(),
+            vms: BTreeMap::new(),
+            images: Vec::new(),
+            mappings: Vec::new(),
+        }
+    }
+}
+
+impl State {
+    /// VMIDs held by this state (intents included: they reserve their id).
+    pub fn vmids(&self) -> impl Iterator<Item = u32> + '_ {
+        self.vms.values().map(|record| record.vmid)
+    }
+
+    /// Refuse a state written for another cluster (two profiles sharing one workspace).
+    pub fn check_cluster(&self, cluster: &str) -> Result<(), StateError> {
+        if self.cluster.is_empty() || self.vms.is_empty() || self.cluster == cluster {
+            Ok(())
+        } else {
+            Err(StateError::ClusterMismatch {
+                expected: cluster.to_owned(),
+                found: self.cluster.clone(),
+            })
+        }
+    }
+}
+
+/// The state file of one workspace, opened under its lock. Dropping it releases the lock.
+#[derive(Debug)]
+pub struct StateStore {
+    path: PathBuf,
+    state: State,
+    _lock: StateLock,
+}
+
+impl StateStore {
+    /// Lock `dir/lock` (failing fast when held) and load `dir/state.json` (empty when absent).
+    /// `command` is recorded in the lock file so a second run can name the holder.
+    pub fn open(dir: &Path, command: &str) -> Result<Self, StateError> {
+        fs::create_dir_all(dir).map_err(|source| StateError::Io {
+            action: "create",
+            path: dir.to_path_buf(),
+            source,
+        })?;
+        let lock = StateLock::acquire(&dir.join("lock"), command)?;
+        let path = dir.join("state.json");
+        let state = load(&path)?;
+        Ok(Self {
+            path,
+            state,
+            _lock: lock,
+        })
+    }
+
+    pub fn state(&self) -> &State {
+        &self.state
+    }
+
+    pub fn path(&self) -> &Path {
+        &self.path
+    }
+
+    /// Change the state and persist it atomically before returning.
+    pub fn update<R>(&mut self, change: impl FnOnce(&mut State) -> R) -> Result<R, StateError> {
+        let mut next = self.state.clone();
+        let result = change(&mut next);
+        if next != self.state {
+            write_atomic(&self.path, &to_bytes(&next)?)?;
+            self.state = next;
+        }
+        Ok(result)
+    }
+}
+
+/// Read a state file without locking (for `status` and tests). Absent file → empty state.
+pub fn load(path: &Path) -> Result<State, StateError> {
+    let bytes = match fs::read(path) {
+        Ok(bytes) => bytes,
+        Err(error) if error.kind() == std::io::ErrorKind::NotFound => return Ok(State::default()),
+        Err(source) => {
+            return Err(StateError::Io {
+                action: "read",
+                path: path.to_path_buf(),
+                source,
+            });
+        }
+    };
+    let state: State = serde_json::from_slice(&bytes).map_err(|source| StateError::Corrupt {
+        path: path.to_path_buf(),
+        source,
+    })?;
+    if state.version != STATE_VERSION {
+        return Err(StateError::Version {
+            path: path.to_path_buf(),
+            found: state.version,
+        });
+    }
+    Ok(state)
+}
+
+fn to_bytes(state: &State) -> Result<Vec<u8>, StateError> {
+    let mut bytes = serde_json::to_vec_pretty(state).map_err(|source| StateError::Corrupt {
+        path: PathBuf::from("state.json"),
+        source,
+    })?;
+    bytes.push(b'\n');
+    Ok(bytes)
+}
+
+/// Replace `path` with `bytes` so that a crash leaves either the old or the new content:
+/// temp file in the same directory, fsync, rename, fsync the directory.
+pub fn write_atomic(path: &Path, bytes: &[u8]) -> Result<(), StateError> {
+    let dir = path.parent().unwrap_or(Path::new("."));
+    let file_name = path
+        .file_name()
+        .map(|name| name.to_string_lossy().into_owned())
+        .unwrap_or_else(|| "state".to_owned());
+    let temp = dir.join(format!(".{file_name}.tmp-{}", std::process::id()));
+    let io = |action: &'static str, path: &Path| {
+        let path = path.to_path_buf();
+        move |source| StateError::Io {
+            action,
+            path,
+            source,
+        }
+    };
+    {
+        let mut file = fs::File::create(&temp).map_err(io("create", &temp))?;
+        file.write_all(bytes).map_err(io("write", &temp))?;
+        file.sync_all().map_err(io("fsync", &temp))?;
+    }
+    fs::rename(&temp, path).map_err(io("rename into place", path))?;
+    let directory = fs::File::open(dir).map_err(io("open", dir))?;
+    directory.sync_all().map_err(io("fsync", dir))?;
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    #![allow(clippy::unwrap_used)]
+    use super::*;
+
+    fn record(name: &str, vmid: u32) -> VmRecord {
+        VmRecord {
+            name: name.to_owned(),
+            vmid,
+            node: "pve1".to_owned(),
+            group: "workers".to_owned(),
+            role: Role::Agent,
+            phase: VmPhase::Intent,
+            params_hash: "abc".to_owned(),
+            address: None,
+            gpus: vec![],
+            iso: None,
+        }
+    }
+
+    #[test]
+    fn update_persists_and_reloads() {
+        let dir = tempfile::tempdir().unwrap();
+        {
+            let mut store = StateStore::open(dir.path(), "up").unwrap();
+            store
+                .update(|state| {
+                    state.cluster = "c".to_owned();
+                    state.vms.insert("c-w-1".to_owned(), record("c-w-1", 7101));
+                })
+                .unwrap();
+        }
+        let state = load(&dir.path().join("state.json")).unwrap();
+        assert_eq!(state.vms["c-w-1"].vmid, 7101);
+        assert_eq!(state.cluster, "c");
+        // No temp file is left behind.
+        let leftovers: Vec<_> = fs::read_dir(dir.path())
+            .unwrap()
+            .filter_map(|entry| entry.ok())
+            .filter(|entry| entry.file_name().to_string_lossy().contains(".tmp-"))
+            .collect();
+        assert!(leftovers.is_empty());
+    }
+
+    #[test]
+    fn corrupt_file_is_an_error_not_an_empty_state() {
+        let dir = tempfile::tempdir().unwrap();
+        fs::write(dir.path().join("state.json"), b"{not json").unwrap();
+        assert!(matches!(
+            load(&dir.path().join("state.json")),
+            Err(StateError::Corrupt { .. })
+        ));
+    }
+
+    #[test]
+    fn cluster_mismatch_is_refused() {
+        let mut state = State {
+            cluster: "a".to_owned(),
+            ..State::default()
+        };
+        state.vms.insert("a-1".to_owned(), record("a-1", 1));
+        assert!(state.check_cluster("a").is_ok());
+        assert!(state.check_cluster("b").is_err());
+    }
+}

@@ -1,5 +1,6 @@
 //! Integration tests: one binary.
 
 mod cli;
+mod cloudinit;
 mod profiles;
 mod pve_client;

@@ -1,0 +1,71 @@
+//! `provision down --profile P [--yes]`: hard stop and purge the cluster's VMs.
+
+use std::io::IsTerminal as _;
+use std::sync::Arc;
+
+use crate::cli::{DownArgs, OutputFormat};
+use crate::exec::{self, ExecOptions, session};
+use crate::exit::ExitStatus;
+use crate::profile;
+use crate::state::StateStore;
+
+use super::{Context, UserError};
+
+pub async fn run(context: &Context, args: DownArgs) -> anyhow::Result<ExitStatus> {
+    let loaded = profile::load(&args.cluster.profile, &context.workspace.root)?;
+    let cluster = loaded.profile.cluster.name.clone();
+    let store = StateStore::open(
+        &context.workspace.state_dir(),
+        &format!("down --profile {}", args.cluster.profile),
+    )?;
+    store.state().check_cluster(&cluster)?;
+    let names: Vec<String> = store.state().vms.keys().cloned().collect();
+    if names.is_empty() {
+        context.reporter.status(&format!(
+            "no VMs of cluster {cluster} in the state: nothing to destroy"
+        ));
+        return Ok(ExitStatus::Success);
+    }
+    if !args.yes {
+        if !std::io::stdin().is_terminal() {
+            return Err(UserError::new(
+                format!(
+                    "refusing to destroy {} VMs of cluster {cluster} without confirmation",
+                    names.len()
+                ),
+                Some("pass --yes"),
+            )
+            .into());
+        }
+        context.reporter.status(&format!(
+            "This stops and purges {} VMs of cluster {cluster}: {}\nType the cluster name to confirm:",
+            names.len(),
+            names.join(", ")
+        ));
+        let mut answer = String::new();
+        std::io::stdin().read_line(&mut answer)?;
+        if answer.trim() != cluster {
+            return Err(UserError::new("not confirmed; nothing was changed", None).into());
+        }
+    }
+    let opened = session::open(&context.workspace, &loaded.profile, &args.cluster.sim).await?;
+    let (report, _store) = exec::destroy_all(
+        Arc::clone(&opened.connection.api),
+        &cluster,
+        store,
+        Arc::new(context.reporter.clone()),
+        ExecOptions::default(),
+    )
+    .await?;
+    match context.reporter.format() {
+        OutputFormat::Json => context.reporter.json(&serde_json::to_value(&report)?),
+        OutputFormat::Text => context.reporter.data(&format!(
+            "destroyed {} VMs, forgot {} already gone ({} mutating requests)",
+            report.destroyed.len(),
+            report.forgotten.len(),
+            report.mutating_calls
+        )),
+    }
+    opened.close().await;
+    Ok(ExitStatus::Success)
+}

@@ -1,0 +1,86 @@
+//! `provision up --profile P [--simulate]`: observe, plan, validate, execute phase 1.
+
+use std::sync::Arc;
+
+use crate::cli::{ClusterArgs, OutputFormat};
+use crate::exec::{self, ExecOptions, session};
+use crate::exit::ExitStatus;
+use crate::profile;
+use crate::state::StateStore;
+
+use super::Context;
+
+pub async fn run(context: &Context, args: ClusterArgs) -> anyhow::Result<ExitStatus> {
+    let loaded = profile::load(&args.profile, &context.workspace.root)?;
+    let profile = &loaded.profile;
+    // Lock first: a second `up` fails fast, naming the holder.
+    let store = StateStore::open(
+        &context.workspace.state_dir(),
+        &format!("up --profile {}", args.profile),
+    )?;
+    let opened = session::open(&context.workspace, profile, &args.sim).await?;
+    let seeds = Arc::new(session::WorkspaceSeeds::new(profile, &context.workspace)?);
+    // Everything is validated here (profile, credentials, GPUs, hugepages, IOMMU, token vs raw
+    // ids) before the first mutating call.
+    let (_inventory, plan) = session::observe_and_plan(
+        opened.connection.api.as_ref(),
+        opened.connection.auth.clone(),
+        profile,
+        store.state(),
+        &seeds,
+        &context.workspace.root,
+    )
+    .await?;
+    for warning in &plan.warnings {
+        context.reporter.status(&format!("warning: {warning}"));
+    }
+    if plan.is_noop() {
+        context
+            .reporter
+            .status("cluster already matches the profile: no changes made to Proxmox");
+    } else {
+        context
+            .reporter
+            .status(crate::plan::render_text(&plan).trim_end());
+    }
+    let (report, _store) = exec::apply(
+        Arc::clone(&opened.connection.api),
+        &plan,
+        store,
+        seeds,
+        Arc::new(context.reporter.clone()),
+        ExecOptions::default(),
+    )
+    .await?;
+    match context.reporter.format() {
+        OutputFormat::Json => context.reporter.json(&serde_json::json!({
+            "cluster": plan.cluster,
+            "vms": report.vms,
+            "destroyed": report.destroyed,
+            "mutating_calls": report.mutating_calls,
+            "seconds": report.seconds,
+        })),
+        OutputFormat::Text => {
+            let mut out = String::new();
+            for vm in &report.vms {
+                out += &format!(
+                    "{:<28} vmid {:<6} {:<10} {:<16} {}\n",
+                    vm.name,
+                    vm.vmid,
+                    vm.node,
+                    vm.address,
+                    vm.gpus.join(",")
+                );
+            }
+            out += &format!(
+                "{} VMs ready in {:.1}s ({} mutating requests)\n",
+                report.vms.len(),
+                report.seconds,
+                report.mutating_calls
+            );
+            context.reporter.data(&out);
+        }
+    }
+    opened.close().await;
+    Ok(ExitStatus::Success)
+}

@@ -1,0 +1,51 @@
+//! Events an execution emits; the reporter turns them into progress bars or log lines.
+
+use std::time::Duration;
+
+/// Something worth showing while a plan runs.
+#[derive(Debug, Clone, PartialEq)]
+pub enum ExecEvent {
+    /// The run starts with this many VMs to work on.
+    Started { vms: Vec<String> },
+    /// A VM entered a step (`image`, `iso`, `create`, `resize`, `start`, `guest`, …).
+    Step { vm: String, step: &'static str },
+    /// A step failed and will be retried after `delay`.
+    Retry {
+        vm: String,
+        step: &'static str,
+        attempt: u32,
+        delay: Duration,
+        error: String,
+    },
+    /// A VM reached its planned state.
+    VmDone { vm: String, elapsed: Duration },
+    /// A global step (pool, mapping, image download).
+    Global { what: String },
+    /// Something the user should read.
+    Note { message: String },
+}
+
+/// Receives [`ExecEvent`]s (the reporter implements it; tests collect them).
+pub trait ProgressSink: Send + Sync {
+    fn event(&self, event: ExecEvent);
+}
+
+/// Drops every event.
+#[derive(Debug, Default, Clone, Copy)]
+pub struct NoProgress;
+
+impl ProgressSink for NoProgress {
+    fn event(&self, _event: ExecEvent) {}
+}
+
+/// Collects events (tests).
+#[derive(Debug, Default)]
+pub struct CollectProgress(pub std::sync::Mutex<Vec<ExecEvent>>);
+
+impl ProgressSink for CollectProgress {
+    fn event(&self, event: ExecEvent) {
+        if let Ok(mut events) = self.0.lock() {
+            events.push(event);
+        }
+    }
+}

@@ -1,0 +1,290 @@
+//! Everything `plan`/`up`/`down`/`status` share: connect (real Proxmox or the in-process
+//! simulator), observe, build the cloud-init seeds, plan.
+
+use std::collections::BTreeMap;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+
+use anyhow::{Context, bail};
+
+use crate::cloudinit::{self, HostKeys, SeedInput};
+use crate::inventory::{self, AuthKind, Inventory};
+use crate::plan::{self, Plan, PlanContext, PlannedVm, WantedVm};
+use crate::profile::model::Profile;
+use crate::pve::PveApi;
+use crate::pve::auth::Auth;
+use crate::pve::client::{ClientConfig, PveClient};
+use crate::pve::tls::TlsMode;
+use crate::state::State;
+use crate::workspace::{Credentials, Trust, Workspace};
+
+use super::SeedSource;
+
+/// A Proxmox connection plus what kind of credentials it uses.
+pub struct Connection {
+    pub api: Arc<dyn PveApi>,
+    pub auth: AuthKind,
+}
+
+/// Connect to the Proxmox configured in the workspace (provision.toml / environment).
+pub fn connect_real(workspace: &Workspace) -> anyhow::Result<Connection> {
+    let settings = match workspace.proxmox_settings()? {
+        Ok(settings) => settings,
+        Err(error) => {
+            return Err(crate::commands::UserError::new(
+                error.to_string(),
+                Some(crate::pve::client::NO_ENDPOINT_HINT),
+            )
+            .into());
+        }
+    };
+    let (auth, kind) = match &settings.credentials {
+        Credentials::ApiToken(secret) => {
+            let auth = Auth::parse_api_token(secret.expose()).ok_or_else(|| {
+                crate::commands::UserError::new(
+                    "the Proxmox API token is not in USER@REALM!TOKENID=SECRET form",
+                    None,
+                )
+            })?;
+            let user = secret
+                .expose()
+                .split('=')
+                .next()
+                .unwrap_or_default()
+                .to_owned();
+            // TODO-correctness: read `/access/permissions` to know whether the token holds
+            // Mapping.Modify; until then mapping creation is attempted and a 403 names the
+            // missing privilege before any VM is touched (mappings are created first).
+            (
+                auth,
+                AuthKind::Token {
+                    user,
+                    may_create_mappings: true,
+                },
+            )
+        }
+        Credentials::Password { username, password } => {
+            let kind = if username == "root@pam" {
+                AuthKind::RootTicket
+            } else {
+                AuthKind::Ticket {
+                    user: username.clone(),
+                }
+            };
+            (
+                Auth::Ticket {
+                    username: username.clone(),
+                    password: crate::pve::auth::Secret::new(password.expose()),
+                },
+                kind,
+            )
+        }
+    };
+    let tls = match &settings.trust {
+        Trust::System => TlsMode::System,
+        Trust::Fingerprint(bytes) => TlsMode::Fingerprint(
+            bytes
+                .iter()
+                .map(|b| format!("{b:02X}"))
+                .collect::<Vec<_>>()
+                .join(":"),
+        ),
+        Trust::CaFile(path) => TlsMode::CaFile(path.clone()),
+        Trust::Insecure => TlsMode::Insecure,
+    };
+    let client = PveClient::new(ClientConfig::new(settings.endpoint.clone(), auth, tls))?;
+    Ok(Connection {
+        api: Arc::new(client),
+        auth: kind,
+    })
+}
+
+/// Builds each VM's NoCloud seed from the profile and the workspace's host keys.
+pub struct WorkspaceSeeds {
+    profile: Profile,
+    host_key_dir: PathBuf,
+    authorized_keys: Vec<String>,
+}
+
+impl WorkspaceSeeds {
+    /// Reads the user's public key (`<ssh.private_key>.pub`).
+    pub fn new(profile: &Profile, workspace: &Workspace) -> anyhow::Result<Self> {
+        let private = expand_home(&profile.ssh.private_key);
+        let public = PathBuf::from(format!("{}.pub", private.display()));
+        let key = std::fs::read_to_string(&public).map_err(|error| {
+            crate::commands::UserError::new(
+                format!(
+                    "cannot read the SSH public key {}: {error}",
+                    public.display()
+                ),
+                Some(
+                    "create one with `ssh-keygen -t ed25519` or set ssh.private_key in the profile",
+                ),
+            )
+        })?;
+        Ok(Self {
+            profile: profile.clone(),
+            host_key_dir: host_key_dir(workspace),
+            authorized_keys: key
+                .lines()
+                .map(str::trim)
+                .filter(|line| !line.is_empty() && !line.starts_with('#'))
+                .map(str::to_owned)
+                .collect(),
+        })
+    }
+
+    /// With explicit keys (tests).
+    pub fn with_keys(
+        profile: &Profile,
+        host_key_dir: PathBuf,
+        authorized_keys: Vec<String>,
+    ) -> Self {
+        Self {
+            profile: profile.clone(),
+            host_key_dir,
+            authorized_keys,
+        }
+    }
+
+    fn seed(
+        &self,
+        name: &str,
+        address: std::net::IpAddr,
+        prefix_len: u8,
+    ) -> anyhow::Result<cloudinit::Seed> {
+        let host_keys = HostKeys::load_or_generate(&self.host_key_dir, name)?;
+        let network = &self.profile.network;
+        let input = SeedInput {
+            hostname: name.to_owned(),
+            fqdn: network
+                .search_domain
+                .as_ref()
+                .map(|domain| format!("{name}.{domain}")),
+            instance_id: format!("provision-{name}"),
+            user: self.profile.ssh.user.clone(),
+            authorized_keys: self.authorized_keys.clone(),
+            address,
+            prefix_len,
+            gateway: network.gateway,
+            dns: network.dns.clone(),
+            search_domain: network.search_domain.clone(),
+            mtu: network.mtu,
+            mac: None,
+            host_keys: &host_keys,
+            packages: vec!["qemu-guest-agent".to_owned()],
+            extra_runcmd: Vec::new(),
+            write_files: Vec::new(),
+        };
+        Ok(cloudinit::build_seed(&input)?)
+    }
+
+    /// ISO file names per VM (they hash the seed), for [`PlanContext::iso_files`].
+    pub fn iso_files(&self, wanted: &[WantedVm]) -> anyhow::Result<BTreeMap<String, String>> {
+        let mut files = BTreeMap::new();
+        for vm in wanted {
+            let seed = self.seed(&vm.name, vm.address, vm.prefix_len)?;
+            files.insert(
+                vm.name.clone(),
+                cloudinit::iso_file_name(&self.profile.cluster.name, &vm.name, &seed),
+            );
+        }
+        Ok(files)
+    }
+
+    pub fn public_key(&self) -> Option<String> {
+        self.authorized_keys.first().cloned()
+    }
+}
+
+impl SeedSource for WorkspaceSeeds {
+    fn iso(&self, vm: &PlannedVm) -> anyhow::Result<Vec<u8>> {
+        let seed = self.seed(&vm.name, vm.address, vm.prefix_len)?;
+        Ok(cloudinit::build_nocloud_iso(&seed))
+    }
+}
+
+/// Where the VMs' SSH host keys live (phase 2 reads them to verify hosts).
+pub fn host_key_dir(workspace: &Workspace) -> PathBuf {
+    workspace.secrets_dir().join("host-keys")
+}
+
+fn expand_home(path: &str) -> PathBuf {
+    match path.strip_prefix("~/") {
+        Some(rest) => std::env::var_os("HOME")
+            .map(PathBuf::from)
+            .unwrap_or_default()
+            .join(rest),
+        None => PathBuf::from(path),
+    }
+}
+
+/// Observe and plan in one go.
+pub async fn observe_and_plan(
+    api: &dyn PveApi,
+    auth: AuthKind,
+    profile: &Profile,
+    state: &State,
+    seeds: &WorkspaceSeeds,
+    workspace_root: &Path,
+) -> anyhow::Result<(Inventory, Plan)> {
+    state.check_cluster(&profile.cluster.name)?;
+    let inventory = inventory::observe(api, profile, auth)
+        .await
+        .context("observing Proxmox")?;
+    let wanted = plan::wanted_vms(profile)?;
+    let context = PlanContext {
+        workspace: workspace_root
+            .canonicalize()
+            .unwrap_or_else(|_| workspace_root.to_path_buf())
+            .file_name()
+            .map(|name| name.to_string_lossy().into_owned())
+            .unwrap_or_else(|| "workspace".to_owned()),
+        ssh_public_key: seeds.public_key(),
+        iso_files: match profile.proxmox.cloud_init {
+            crate::profile::model::CloudInitMode::NocloudIso => seeds.iso_files(&wanted)?,
+            crate::profile::model::CloudInitMode::Proxmox => BTreeMap::new(),
+        },
+    };
+    let plan = match plan::plan(profile, &inventory, state, &context) {
+        Ok(plan) => plan,
+        Err(error) => bail!(crate::commands::UserError::new(error.to_string(), None)),
+    };
+    Ok((inventory, plan))
+}
+
+/// A connection, and the simulator behind it when `--simulate` is on.
+pub struct Opened {
+    pub connection: Connection,
+    /// Keeps the in-process simulator alive (`--simulate`).
+    pub simulator: Option<Box<dyn std::any::Any + Send>>,
+}
+
+impl Opened {
+    /// Stop the simulator (if any) after the command.
+    pub async fn close(self) {
+        drop(self.simulator);
+    }
+}
+
+/// Connect for a command: the simulator with `--simulate`, else the configured Proxmox.
+pub async fn open(
+    workspace: &Workspace,
+    profile: &Profile,
+    sim: &crate::cli::SimArgs,
+) -> anyhow::Result<Opened> {
+    if sim.simulate {
+        // TODO-completeness: wire `exec::simulate::start` here once the pve-sim crate lands on
+        // this branch (the module is written against its API).
+        let _ = profile;
+        return Err(crate::commands::UserError::new(
+            "--simulate needs the pve-sim simulator, which this build does not include yet",
+            None,
+        )
+        .into());
+    }
+    Ok(Opened {
+        connection: connect_real(workspace)?,
+        simulator: None,
+    })
+}

@@ -1,0 +1,112 @@
+//! How a [`Plan`] is shown: a terraform-like diff for people, JSON for programs.
+
+use std::fmt::Write as _;
+
+use serde_json::json;
+
+use super::{ActionKind, Plan};
+
+/// The diff, one block per action, and the summary line.
+pub fn render_text(plan: &Plan) -> String {
+    let mut out = String::new();
+    for warning in &plan.warnings {
+        let _ = writeln!(out, "warning: {warning}");
+    }
+    if let Some(pool) = &plan.pool {
+        let _ = writeln!(out, "+ pool {pool}");
+    }
+    for mapping in &plan.mappings {
+        let _ = writeln!(
+            out,
+            "+ pci mapping {} ({})",
+            mapping.id,
+            mapping.map.join(" ")
+        );
+    }
+    for download in &plan.downloads {
+        let _ = writeln!(
+            out,
+            "+ image {} on {} (download-url {})",
+            download.volid,
+            download.node,
+            download.params.get("url").map_or("", String::as_str)
+        );
+    }
+    for name in &plan.adopt {
+        let _ = writeln!(
+            out,
+            "  adopt {name} (found on Proxmox with this cluster's tag)"
+        );
+    }
+    for action in &plan.actions {
+        let _ = write!(
+            out,
+            "{} {} (vmid {} on {})",
+            action.action.symbol(),
+            action.vm,
+            action.vmid,
+            action.node
+        );
+        if let Some(reason) = &action.reason {
+            let _ = write!(out, ": {reason}");
+        }
+        out.push('\n');
+        let indent = "      ";
+        match action.action {
+            ActionKind::Create | ActionKind::Replace => {
+                for (key, value) in &action.params {
+                    let _ = writeln!(out, "{indent}{key}: {value}");
+                }
+                for resize in &action.resize {
+                    let _ = writeln!(out, "{indent}resize {} → {}", resize.disk, resize.size);
+                }
+            }
+            ActionKind::Update => {
+                for (key, value) in &action.params {
+                    let _ = writeln!(out, "{indent}~ {key}: {value}");
+                }
+                for key in &action.delete {
+                    let _ = writeln!(out, "{indent}- {key}");
+                }
+                for resize in &action.resize {
+                    let _ = writeln!(out, "{indent}~ resize {} → {}", resize.disk, resize.size);
+                }
+                if action.restart {
+                    let _ = writeln!(out, "{indent}(restart to apply)");
+                }
+            }
+            ActionKind::Destroy => {}
+        }
+    }
+    let _ = writeln!(
+        out,
+        "Plan: {} to create, {} to update, {} to replace, {} to destroy.",
+        plan.count(ActionKind::Create),
+        plan.count(ActionKind::Update),
+        plan.count(ActionKind::Replace),
+        plan.count(ActionKind::Destroy)
+    );
+    if plan.is_noop() {
+        let _ = writeln!(out, "No changes: the cluster matches the profile.");
+    }
+    out
+}
+
+/// `{"actions":[{"action","vm","node","vmid","params"}…], …}`.
+pub fn render_json(plan: &Plan) -> serde_json::Value {
+    json!({
+        "cluster": plan.cluster,
+        "actions": plan.actions,
+        "downloads": plan.downloads,
+        "mappings": plan.mappings,
+        "pool": plan.pool,
+        "adopt": plan.adopt,
+        "warnings": plan.warnings,
+        "summary": {
+            "create": plan.count(ActionKind::Create),
+            "update": plan.count(ActionKind::Update),
+            "replace": plan.count(ActionKind::Replace),
+            "destroy": plan.count(ActionKind::Destroy),
+        },
+    })
+}

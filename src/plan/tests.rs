@@ -1,0 +1,452 @@
+//! Planner unit tests on inventories built in code.
+#![allow(clippy::unwrap_used)]
+
+use super::*;
+use crate::inventory::{AuthKind, NodeInventory};
+use crate::pve::types::{PciDevice, StorageStatus};
+
+const PROFILE: &str = r#"
+[cluster]
+name = "lab"
+k3s_version = "v1.31.4+k3s1"
+[network]
+cidr = "10.0.0.0/24"
+gateway = "10.0.0.1"
+[proxmox]
+nodes = ["pve1", "pve2"]
+storage = { disks = "local-lvm", iso = "local", images = "local" }
+vmid_range = { start = 7100, end = 7199 }
+[[proxmox.topology]]
+node = "pve1"
+numa_nodes = [
+  { id = 0, cpus = "0-15", hugepages_1g = 64, pci_devices = ["0000:01"] },
+  { id = 1, cpus = "16-31", hugepages_1g = 64, pci_devices = ["0000:41", "0000:81"] },
+]
+[[proxmox.topology]]
+node = "pve2"
+numa_nodes = [{ id = 0, cpus = "0-31", hugepages_1g = 128 }]
+[image]
+url = "https://cloud.debian.org/images/cloud/bookworm/latest/debian-12-genericcloud-amd64.qcow2"
+sha256 = "0000000000000000000000000000000000000000000000000000000000000000"
+[[node_groups]]
+name = "cp"
+role = "server"
+count = 1
+cores = 4
+memory_mib = 8192
+address_range = "10.0.0.11-10.0.0.13"
+disks = { os_gb = 32 }
+[[node_groups]]
+name = "gpu"
+role = "agent"
+count = 2
+cores = 8
+memory_mib = 32768
+address_range = "10.0.0.21-10.0.0.29"
+disks = { os_gb = 64, scratch_gb = 100 }
+gpus = { count = 1, filter = "10de:20b0" }
+hugepages = 1024
+numa_pinning = true
+"#;
+
+fn profile() -> Profile {
+    toml::from_str(PROFILE).unwrap()
+}
+
+fn pci(id: &str, class: &str, vendor: &str, device: &str, group: i64) -> PciDevice {
+    PciDevice {
+        id: id.into(),
+        class: class.into(),
+        vendor: vendor.into(),
+        device: device.into(),
+        iommugroup: group,
+        vendor_name: None,
+        device_name: None,
+        subsystem_vendor: None,
+        subsystem_device: None,
+        mdev: None,
+    }
+}
+
+fn storage(id: &str, content: &str) -> StorageStatus {
+    StorageStatus {
+        storage: id.into(),
+        kind: "dir".into(),
+        content: content.into(),
+        active: Some(1),
+        enabled: Some(1),
+        avail: Some(1 << 40),
+        total: Some(1 << 41),
+        shared: Some(0),
+    }
+}
+
+fn node(name: &str, pci: Vec<PciDevice>) -> NodeInventory {
+    NodeInventory {
+        name: name.into(),
+        online: true,
+        cpus: 32,
+        memory_total: 512 << 30,
+        memory_free: 400 << 30,
+        pci,
+        storages: vec![
+            storage("local", "iso,import"),
+            storage("local-lvm", "images"),
+        ],
+        volumes: vec![],
+    }
+}
+
+fn a100(bus: &str, group: i64) -> Vec<PciDevice> {
+    vec![
+        pci(
+            &format!("0000:{bus}:00.0"),
+            "0x030200",
+            "0x10de",
+            "0x20b0",
+            group,
+        ),
+        pci(
+            &format!("0000:{bus}:00.1"),
+            "0x040300",
+            "0x10de",
+            "0x1aef",
+            group,
+        ),
+    ]
+}
+
+fn inventory(auth: AuthKind) -> Inventory {
+    let profile = profile();
+    Inventory {
+        nodes: vec![
+            node("pve1", [a100("41", 40), a100("81", 50)].concat()),
+            node("pve2", vec![]),
+        ],
+        mappings: vec![],
+        vms: vec![],
+        pools: vec![],
+        auth,
+        topology: profile.proxmox.topology.clone(),
+    }
+}
+
+fn context() -> PlanContext {
+    PlanContext {
+        workspace: "lab-ws".into(),
+        ..PlanContext::default()
+    }
+}
+
+#[test]
+fn fresh_plan_creates_every_vm_with_exact_params() {
+    let plan = plan(
+        &profile(),
+        &inventory(AuthKind::RootTicket),
+        &State::default(),
+        &context(),
+    )
+    .unwrap();
+    assert_eq!(plan.count(ActionKind::Create), 3);
+    let gpu1 = plan.vm("lab-gpu-1").unwrap();
+    assert_eq!(gpu1.node, "pve1");
+    assert_eq!(gpu1.vmid, 7101);
+    assert_eq!(gpu1.params["hostpci0"], "0000:41:00,pcie=1");
+    assert_eq!(
+        gpu1.params["numa0"],
+        "cpus=0-7,hostnodes=1,memory=32768,policy=bind"
+    );
+    assert_eq!(gpu1.params["affinity"], "16-23");
+    assert_eq!(gpu1.params["hugepages"], "1024");
+    assert_eq!(gpu1.params["keephugepages"], "1");
+    assert_eq!(gpu1.params["balloon"], "0");
+    assert_eq!(
+        gpu1.params["efidisk0"],
+        "local-lvm:1,efitype=4m,pre-enrolled-keys=0"
+    );
+    assert_eq!(
+        gpu1.params["scsi0"],
+        "local-lvm:0,import-from=local:import/debian-12-genericcloud-amd64.qcow2,iothread=1,discard=on,ssd=1"
+    );
+    assert_eq!(
+        gpu1.params["scsi1"],
+        "local-lvm:100,iothread=1,discard=on,ssd=1"
+    );
+    assert_eq!(gpu1.params["tags"], "provision;cluster-lab;role-agent");
+    let gpu2 = plan.vm("lab-gpu-2").unwrap();
+    assert_eq!(gpu2.params["hostpci0"], "0000:81:00,pcie=1");
+    assert_eq!(gpu2.params["affinity"], "24-31");
+    let cp = plan.vm("lab-cp-1").unwrap();
+    assert!(!cp.params.contains_key("hostpci0"));
+    assert_eq!(cp.node, "pve1", "spread starts on the first node");
+    // One download for pve1 only: nothing is created on pve2.
+    assert_eq!(plan.downloads.len(), 1);
+    assert_eq!(plan.downloads[0].params["checksum-algorithm"], "sha256");
+    // Deterministic.
+    let again = super::plan(
+        &profile(),
+        &inventory(AuthKind::RootTicket),
+        &State::default(),
+        &context(),
+    )
+    .unwrap();
+    assert_eq!(plan, again);
+}
+
+#[test]
+fn token_without_mapping_rights_is_refused_and_with_them_mappings_are_planned() {
+    let error = plan(
+        &profile(),
+        &inventory(AuthKind::Token {
+            user: "ci@pve!provision".into(),
+            may_create_mappings: false,
+        }),
+        &State::default(),
+        &context(),
+    )
+    .unwrap_err();
+    assert!(
+        matches!(error, PlanError::RawPciNotAllowed { .. }),
+        "{error}"
+    );
+    assert!(error.to_string().contains("root@pam"));
+
+    let plan = plan(
+        &profile(),
+        &inventory(AuthKind::Token {
+            user: "ci@pve!provision".into(),
+            may_create_mappings: true,
+        }),
+        &State::default(),
+        &context(),
+    )
+    .unwrap();
+    assert_eq!(plan.mappings.len(), 2);
+    assert_eq!(plan.mappings[0].id, "provision-lab-pve1-0000-41-00");
+    assert_eq!(
+        plan.vm("lab-gpu-1").unwrap().params["hostpci0"],
+        "mapping=provision-lab-pve1-0000-41-00,pcie=1"
+    );
+}
+
+#[test]
+fn iommu_off_and_shared_groups_are_explained() {
+    let mut off = inventory(AuthKind::RootTicket);
+    off.nodes[0].pci = [a100("41", -1), a100("81", -1)].concat();
+    let error = plan(&profile(), &off, &State::default(), &context()).unwrap_err();
+    assert!(matches!(error, PlanError::IommuOff { .. }), "{error}");
+    assert!(error.to_string().contains("intel_iommu=on"));
+
+    let mut shared = inventory(AuthKind::RootTicket);
+    shared.nodes[0].pci = [
+        a100("41", 40),
+        a100("81", 50),
+        vec![pci("0000:82:00.0", "0x020000", "0x8086", "0x1572", 50)],
+    ]
+    .concat();
+    let error = plan(&profile(), &shared, &State::default(), &context()).unwrap_err();
+    assert!(
+        matches!(error, PlanError::SharedIommuGroup { .. }),
+        "{error}"
+    );
+    assert!(error.to_string().contains("ACS"));
+}
+
+#[test]
+fn not_enough_gpus_and_hugepages_are_refused() {
+    let mut profile = profile();
+    profile.node_groups[1].count = 3;
+    let error = plan(
+        &profile,
+        &inventory(AuthKind::RootTicket),
+        &State::default(),
+        &context(),
+    )
+    .unwrap_err();
+    assert!(matches!(error, PlanError::NotEnoughGpus { .. }), "{error}");
+
+    let mut profile = self::profile();
+    profile.node_groups[1].memory_mib = 96 * 1024;
+    let error = plan(
+        &profile,
+        &inventory(AuthKind::RootTicket),
+        &State::default(),
+        &context(),
+    )
+    .unwrap_err();
+    assert!(
+        matches!(error, PlanError::HugepagesDoNotFit { .. }),
+        "{error}"
+    );
+}
+
+#[test]
+fn existing_gpu_in_use_is_never_assigned_twice() {
+    let mut inventory = inventory(AuthKind::RootTicket);
+    inventory.vms.push(ExistingVm {
+        vmid: 500,
+        node: "pve1".into(),
+        name: "someone-else".into(),
+        tags: vec![],
+        status: "running".into(),
+        lock: None,
+        template: false,
+        config: Params::from([("hostpci0".to_owned(), "0000:41:00.0,pcie=1".to_owned())]),
+    });
+    let mut profile = profile();
+    profile.node_groups[1].count = 1;
+    let plan = plan(&profile, &inventory, &State::default(), &context()).unwrap();
+    assert_eq!(plan.vm("lab-gpu-1").unwrap().gpus, vec!["0000:81:00"]);
+    profile.node_groups[1].count = 2;
+    assert!(super::plan(&profile, &inventory, &State::default(), &context()).is_err());
+}
+
+/// Pretend the plan was applied: VMs exist with the planned config, state says ready.
+fn applied(plan: &Plan, inventory: &mut Inventory) -> State {
+    let mut state = State {
+        cluster: plan.cluster.clone(),
+        ..State::default()
+    };
+    for vm in &plan.vms {
+        let mut config = vm.params.clone();
+        config.remove("vmid");
+        config.insert(
+            "scsi0".into(),
+            format!(
+                "local-lvm:vm-{}-disk-1,iothread=1,size={}",
+                vm.vmid, vm.resize[0].size
+            ),
+        );
+        if let Some(scsi1) = config.get("scsi1").cloned() {
+            let size = scsi1
+                .split(',')
+                .next()
+                .unwrap()
+                .split(':')
+                .nth(1)
+                .unwrap()
+                .to_owned();
+            config.insert(
+                "scsi1".into(),
+                format!("local-lvm:vm-{}-disk-2,size={size}G", vm.vmid),
+            );
+        }
+        inventory.vms.push(ExistingVm {
+            vmid: vm.vmid,
+            node: vm.node.clone(),
+            name: vm.name.clone(),
+            tags: vm.params["tags"].split(';').map(str::to_owned).collect(),
+            status: "running".into(),
+            lock: None,
+            template: false,
+            config,
+        });
+        state.vms.insert(
+            vm.name.clone(),
+            crate::state::VmRecord {
+                name: vm.name.clone(),
+                vmid: vm.vmid,
+                node: vm.node.clone(),
+                group: vm.group.clone(),
+                role: vm.role,
+                phase: VmPhase::Ready,
+                params_hash: params_hash(&vm.params),
+                address: Some(vm.address.to_string()),
+                gpus: vm.gpus.clone(),
+                iso: None,
+            },
+        );
+    }
+    state
+}
+
+#[test]
+fn converged_cluster_plans_nothing_and_deltas_are_exact() {
+    let profile = profile();
+    let mut inventory = inventory(AuthKind::RootTicket);
+    let first = plan(&profile, &inventory, &State::default(), &context()).unwrap();
+    let state = applied(&first, &mut inventory);
+    let second = plan(&profile, &inventory, &state, &context()).unwrap();
+    assert!(second.is_noop(), "{}", render_text(&second));
+    assert!(
+        render_text(&second)
+            .contains("Plan: 0 to create, 0 to update, 0 to replace, 0 to destroy.")
+    );
+
+    // Memory change: update in place with restart, nothing else.
+    let mut bigger = profile.clone();
+    bigger.node_groups[0].memory_mib = 16384;
+    let delta = plan(&bigger, &inventory, &state, &context()).unwrap();
+    assert_eq!(delta.actions.len(), 1, "{}", render_text(&delta));
+    assert_eq!(delta.actions[0].action, ActionKind::Update);
+    assert_eq!(
+        delta.actions[0].params,
+        Params::from([("memory".into(), "16384".into())])
+    );
+    assert!(delta.actions[0].restart);
+
+    // GPU count change: replace exactly the GPU VMs.
+    let mut no_gpus = profile.clone();
+    no_gpus.node_groups[1].gpus = None;
+    no_gpus.node_groups[1].numa_pinning = false;
+    no_gpus.node_groups[1].hugepages = None;
+    let delta = plan(&no_gpus, &inventory, &state, &context()).unwrap();
+    assert_eq!(
+        delta.count(ActionKind::Replace),
+        2,
+        "{}",
+        render_text(&delta)
+    );
+    assert_eq!(delta.actions.len(), 2);
+
+    // Scale down: destroy exactly one VM.
+    let mut smaller = profile.clone();
+    smaller.node_groups[1].count = 1;
+    let delta = plan(&smaller, &inventory, &state, &context()).unwrap();
+    assert_eq!(delta.actions.len(), 1, "{}", render_text(&delta));
+    assert_eq!(delta.actions[0].action, ActionKind::Destroy);
+    assert_eq!(delta.actions[0].vm, "lab-gpu-2");
+}
+
+#[test]
+fn intent_vmid_is_reused_and_half_created_vm_is_replaced() {
+    let profile = profile();
+    let inventory_fresh = inventory(AuthKind::RootTicket);
+    let first = plan(&profile, &inventory_fresh, &State::default(), &context()).unwrap();
+    let mut state = State::default();
+    let cp = first.vm("lab-cp-1").unwrap();
+    state.vms.insert(
+        cp.name.clone(),
+        crate::state::VmRecord {
+            name: cp.name.clone(),
+            vmid: 7150,
+            node: cp.node.clone(),
+            group: cp.group.clone(),
+            role: cp.role,
+            phase: VmPhase::Intent,
+            params_hash: String::new(),
+            address: None,
+            gpus: vec![],
+            iso: None,
+        },
+    );
+    let replan = plan(&profile, &inventory_fresh, &state, &context()).unwrap();
+    assert_eq!(replan.vm("lab-cp-1").unwrap().vmid, 7150);
+    assert_eq!(replan.count(ActionKind::Create), 3);
+
+    let mut half = inventory(AuthKind::RootTicket);
+    half.vms.push(ExistingVm {
+        vmid: 7150,
+        node: cp.node.clone(),
+        name: cp.name.clone(),
+        tags: vec!["provision".into(), "cluster-lab".into()],
+        status: "stopped".into(),
+        lock: Some("create".into()),
+        template: false,
+        config: Params::new(),
+    });
+    let replan = plan(&profile, &half, &state, &context()).unwrap();
+    let action = replan.actions.iter().find(|a| a.vm == "lab-cp-1").unwrap();
+    assert_eq!(action.action, ActionKind::Replace);
+    assert_eq!(action.vmid, 7150);
+}
