@@ -318,6 +318,7 @@ pub fn plan_joins(
 }
 
 #[cfg(test)]
+#[allow(clippy::unwrap_used)]
 mod tests {
     use super::*;
 
@@ -357,6 +358,7 @@ mod tests {
     }
 
     #[test]
+    #[allow(clippy::unnecessary_literal_unwrap)]
     fn rebuilt_first_server_joins_the_healthy_ones() {
         let to_s1 = Some(JoinMode::Join {
             server_url: "https://10.0.0.11:6443".into(),

@@ -142,6 +142,7 @@ pub fn uninstall_commands(role: Role) -> Vec<String> {
 }
 
 #[cfg(test)]
+#[allow(clippy::unwrap_used)]
 mod tests {
     use super::*;
 

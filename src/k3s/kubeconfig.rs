@@ -106,6 +106,7 @@ pub fn merge_kubeconfig_text(target: &str, source: &str) -> Result<String, K3sEr
 }
 
 #[cfg(test)]
+#[allow(clippy::unwrap_used)]
 mod tests {
     use super::*;
 

@@ -248,6 +248,7 @@ async fn download(client: &reqwest::Client, url: &str) -> Result<Vec<u8>, K3sErr
 }
 
 #[cfg(test)]
+#[allow(clippy::unwrap_used)]
 mod tests {
     use super::*;
 

@@ -140,6 +140,7 @@ fn to_json(value: Value) -> Result<String, minijinja::Error> {
 }
 
 #[cfg(test)]
+#[allow(clippy::unwrap_used)]
 mod tests {
     use super::*;
 

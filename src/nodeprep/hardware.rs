@@ -61,6 +61,7 @@ pub fn node_labels(
 }
 
 #[cfg(test)]
+#[allow(clippy::unwrap_used)]
 mod tests {
     use super::*;
 

@@ -295,6 +295,7 @@ pub async fn apply_steps(
 }
 
 #[cfg(test)]
+#[allow(clippy::unwrap_used)]
 mod tests {
     use super::*;
 

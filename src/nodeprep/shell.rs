@@ -14,6 +14,7 @@ pub fn quote(value: &str) -> String {
 }
 
 #[cfg(test)]
+#[allow(clippy::unwrap_used)]
 mod tests {
     use super::quote;
 

@@ -302,6 +302,7 @@ echo 'provision-outcome: changed'"#
 }
 
 #[cfg(test)]
+#[allow(clippy::unwrap_used)]
 mod tests {
     use super::*;
 

@@ -1,1 +1,5 @@
 //! Integration tests: one binary.
+
+mod k3s;
+mod nodeprep;
+mod phase2;
