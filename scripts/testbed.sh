@@ -33,11 +33,14 @@ BRIDGE=tb0
 BRIDGE_ADDR=10.77.0.1
 PREFIX=24
 BASE="$TESTBED_DIR/base"
+# Bump when the base's content changes: an older base is rebuilt (when no host runs on it).
+BASE_VERSION=3
 HOSTS_DIR="$TESTBED_DIR/hosts"
 CLIENT_KEY="$TESTBED_DIR/client_key"
 SCRIPT_DIR="$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)"
 STANDIN="$SCRIPT_DIR/k3s-standin/k3s"
-BASE_PACKAGES=systemd,systemd-sysv,dbus,openssh-server,iproute2,procps,kmod,ca-certificates,python3,python3-yaml,python3-cffi-backend,sudo,cloud-init,util-linux,e2fsprogs
+BASE_PACKAGES=systemd,systemd-sysv,dbus,openssh-server,iproute2,procps,kmod,ca-certificates,python3,python3-yaml,python3-cffi-backend,sudo,cloud-init,locales,util-linux,e2fsprogs
+# locales: cloud-init's locale module runs update-locale, as on Debian's cloud images.
 # python3-cffi-backend: debootstrap does not resolve virtual packages (python3-cryptography needs its api-min/max).
 
 log() { echo "testbed: $*" >&2; }
@@ -85,7 +88,10 @@ ensure_client_key() {
 }
 
 ensure_base() {
-    if [[ ! -f $BASE/.testbed-base-ok ]]; then
+    if [[ $(cat "$BASE/.testbed-base-ok" 2>/dev/null) != "$BASE_VERSION" ]]; then
+        if [[ -d $BASE ]] && [[ -n $(cmd_status | awk '$3 ~ /^running/') ]]; then
+            die "the base in $BASE is outdated and hosts run on it: run 'scripts/testbed.sh teardown' first"
+        fi
         rm -rf "$BASE"
         mkdir -p "$BASE"
         local started=$SECONDS
@@ -96,6 +102,9 @@ ensure_base() {
         : >"$BASE/etc/machine-id"
         mkdir -p "$BASE/var/lib/dbus"
         ln -sf /etc/machine-id "$BASE/var/lib/dbus/machine-id"
+        # cloud-init's locale module sets LANG=en_US.UTF-8 (Debian's locale-gen takes no argument): have it.
+        sed -i 's/^# *en_US.UTF-8 UTF-8/en_US.UTF-8 UTF-8/' "$BASE/etc/locale.gen"
+        chroot "$BASE" locale-gen >/dev/null
         # The machine's name leaked in by debootstrap; without the file nspawn's -M name becomes the hostname.
         rm -f "$BASE/etc/hostname"
         # Host keys are per host (generated at first start, or by cloud-init from the seed).
@@ -109,12 +118,14 @@ datasource_list: [NoCloud, None]
 network: {config: disabled}
 EOF
         log "base built in $((SECONDS - started))s"
-        touch "$BASE/.testbed-base-ok"
+        echo "$BASE_VERSION" >"$BASE/.testbed-base-ok"
     fi
     # Refreshed on every setup (cheap) so the base always carries the current client key and stand-in.
+    # Copied only when changed: running hosts have the base mounted as their lower layer.
     install -d -m 0700 "$BASE/root/.ssh"
-    install -m 0600 "$CLIENT_KEY.pub" "$BASE/root/.ssh/authorized_keys"
-    if [[ -f $STANDIN ]]; then
+    cmp -s "$CLIENT_KEY.pub" "$BASE/root/.ssh/authorized_keys" \
+        || install -m 0600 "$CLIENT_KEY.pub" "$BASE/root/.ssh/authorized_keys"
+    if [[ -f $STANDIN ]] && ! cmp -s "$STANDIN" "$BASE/usr/local/lib/k3s-standin/k3s"; then
         install -D -m 0755 "$STANDIN" "$BASE/usr/local/lib/k3s-standin/k3s"
     fi
 }
@@ -189,7 +200,7 @@ supervise() {
 cmd_start() {
     local name=$1 dir
     valid_name "$name"
-    [[ -f $BASE/.testbed-base-ok ]] || die "no base yet: run 'scripts/testbed.sh setup N' first"
+    [[ -s $BASE/.testbed-base-ok ]] || die "no base yet: run 'scripts/testbed.sh setup N' first"
     dir=$(host_dir "$name")
     if running "$name"; then return 0; fi
     mkdir -p "$dir"
