@@ -34,7 +34,7 @@ BRIDGE_ADDR=10.77.0.1
 PREFIX=24
 BASE="$TESTBED_DIR/base"
 # Bump when the base's content changes: an older base is rebuilt (when no host runs on it).
-BASE_VERSION=3
+BASE_VERSION=4
 HOSTS_DIR="$TESTBED_DIR/hosts"
 CLIENT_KEY="$TESTBED_DIR/client_key"
 SCRIPT_DIR="$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)"
@@ -116,7 +116,12 @@ ensure_base() {
 # provision testbed: NoCloud seed in /var/lib/cloud/seed/nocloud only; the testbed owns the network.
 datasource_list: [NoCloud, None]
 network: {config: disabled}
+# As on Debian's cloud images: the host name resolves locally (sudo looks it up).
+manage_etc_hosts: true
 EOF
+        # No DNS on the testbed: with no nameserver, lookups fail at once instead of timing out.
+        rm -f "$BASE/etc/resolv.conf"
+        : >"$BASE/etc/resolv.conf"
         log "base built in $((SECONDS - started))s"
         echo "$BASE_VERSION" >"$BASE/.testbed-base-ok"
     fi
@@ -185,7 +190,7 @@ supervise() {
     echo $$ >"$dir/supervisor.pid"
     while true; do
         ensure_overlay "$name"
-        SYSTEMD_NSPAWN_API_VFS_WRITABLE=network systemd-nspawn --boot --register=no --keep-unit \
+        SYSTEMD_NSPAWN_API_VFS_WRITABLE=network systemd-nspawn --boot --register=no --keep-unit --resolv-conf=off \
             --capability=CAP_NET_ADMIN --network-namespace-path="/run/netns/$(netns_name "$name")" \
             -M "$name" -D "$dir/merged" </dev/null >>"$dir/console.log" 2>&1 &
         echo $! >"$dir/nspawn.pid"

@@ -1,5 +1,5 @@
 //! The russh executor against real OpenSSH servers on the testbed (skipped loudly without root/nspawn).
-#![allow(clippy::unwrap_used)]
+#![allow(clippy::unwrap_used, clippy::print_stderr)]
 
 use std::path::Path;
 use std::time::{Duration, Instant};

@@ -1,6 +1,6 @@
 //! The testbed itself (real systemd hosts, reboot, cloud-init seeds) and the stand-in k3s running on it.
 //! The k3s here is scripts/k3s-standin/k3s, a stand-in: real k3s cannot be downloaded on test machines.
-#![allow(clippy::unwrap_used)]
+#![allow(clippy::unwrap_used, clippy::print_stderr)]
 
 use std::time::{Duration, Instant};
 
@@ -122,6 +122,7 @@ async fn testbed_cloud_init_applies_a_nocloud_seed_on_first_boot() {
     testbed.seed(&name, &seed);
     let started = Instant::now();
     testbed.start(&name);
+    eprintln!("started after {:?}", started.elapsed());
     let address = testbed.hosts[0].address.clone();
     let exec = RusshExec::connect(
         SshTarget::new(&name, &address, 22, "ops"),
@@ -139,6 +140,7 @@ async fn testbed_cloud_init_applies_a_nocloud_seed_on_first_boot() {
     )
     .await
     .unwrap();
+    eprintln!("connected after {:?}", started.elapsed());
     let output = exec
         .run(
             "cloud-init status --wait >/dev/null; cloud-init status; hostname; id -u; \
