@@ -1,1 +1,629 @@
 //! Phase 2 runner: from running VMs to a converged K3s cluster over SSH.
+//!
+//! Order: cloud-init finished → node preparation and binary upload on all nodes (parallel, bounded) →
+//! join plan from what the servers already hold → bootstrap server (with `cluster-init` only when no
+//! cluster exists) → further servers one at a time, each Ready and an etcd member before the next →
+//! agents in parallel → labels/taints → kubeconfig. Every remote change is reported per node; a re-run
+//! on a converged cluster writes no file and restarts no service.
+
+use std::collections::BTreeMap;
+use std::net::IpAddr;
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use anyhow::{Context, anyhow, bail};
+use async_trait::async_trait;
+use futures::stream::{self, StreamExt, TryStreamExt};
+
+use crate::k3s::cluster::{
+    ClusterNode, GET_NODES_COMMAND, JoinCandidate, NodeProbe, label_taint_commands, parse_nodes,
+    parse_probe, plan_joins, probe_script,
+};
+use crate::k3s::config::{
+    JoinMode, NodeSettings, render_config, render_unit, server_url, unit_name,
+};
+use crate::k3s::install::{
+    ServiceAction, config_steps, images_path, manifest_steps, parse_service_state, service_action,
+    service_command, service_state_script,
+};
+use crate::k3s::kubeconfig::rewrite_kubeconfig;
+use crate::k3s::manifests::render_manifests;
+use crate::k3s::release::{Artifact, BinarySource, fetch_binary, images_artifact};
+use crate::k3s::templates::Templates;
+use crate::k3s::token::K3sToken;
+use crate::k3s::{BINARY_PATH, KUBECONFIG_PATH};
+use crate::nodeprep::{
+    NodePrepInput, StepOutcome, StepReport, apply_step, ensure_file, hardware_probe_script,
+    node_labels, parse_hardware, prepare_steps,
+};
+use crate::profile::Profile;
+use crate::profile::model::{NodeGroup, Role};
+use crate::ssh::{RemoteExec, SshError};
+
+/// A guest VM phase 2 works on.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct GuestNode {
+    /// VM name; also the Kubernetes node name.
+    pub name: String,
+    pub address: IpAddr,
+    pub role: Role,
+    /// The profile's node group.
+    pub group: String,
+    /// OpenSSH public keys provision generated for the guest; empty = use known_hosts.
+    pub expected_host_keys: Vec<String>,
+}
+
+/// Opens a [`RemoteExec`] per node (the russh executor in production, fakes in tests).
+#[async_trait]
+pub trait Connector: Send + Sync {
+    async fn connect(&self, node: &GuestNode) -> Result<Box<dyn RemoteExec>, SshError>;
+}
+
+/// Knobs of a phase 2 run.
+#[derive(Debug, Clone)]
+pub struct Phase2Options {
+    /// Workspace root: the kubeconfig is written to `<workspace>/kubeconfig`.
+    pub workspace: PathBuf,
+    /// Where the k3s token lives (`.provision/secrets`).
+    pub secrets_dir: PathBuf,
+    /// Where release binaries are cached (`.provision/cache`).
+    pub cache_dir: PathBuf,
+    pub templates: Templates,
+    /// A verified k3s binary; `None` = resolve from the profile (release download or air-gap file).
+    pub binary: Option<Artifact>,
+    /// Nodes worked on at once.
+    pub parallelism: usize,
+    pub cloud_init_timeout: Duration,
+    /// Per node: how long to wait for Ready (and etcd membership for servers).
+    pub ready_timeout: Duration,
+    pub poll_interval: Duration,
+}
+
+impl Phase2Options {
+    /// Defaults for a workspace: `.provision/secrets`, `.provision/cache`, templates overridable from
+    /// `<workspace>/templates`.
+    pub fn new(workspace: &Path) -> Self {
+        Self {
+            workspace: workspace.to_path_buf(),
+            secrets_dir: workspace.join(".provision").join("secrets"),
+            cache_dir: workspace.join(".provision").join("cache"),
+            templates: Templates::with_overrides(&workspace.join("templates")),
+            binary: None,
+            parallelism: 8,
+            cloud_init_timeout: Duration::from_secs(600),
+            ready_timeout: Duration::from_secs(300),
+            poll_interval: Duration::from_secs(2),
+        }
+    }
+}
+
+/// What phase 2 did on one node.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct NodeReport {
+    pub name: String,
+    pub steps: Vec<StepReport>,
+    /// The k3s service was started for the first time (or after being stopped).
+    pub started: bool,
+    /// The k3s service was restarted because its config, unit or binary changed.
+    pub restarted: bool,
+    /// Labels the node should carry (profile + detected hardware).
+    pub labels: BTreeMap<String, String>,
+}
+
+impl NodeReport {
+    pub fn changed(&self) -> bool {
+        self.started || self.restarted || self.steps.iter().any(|s| s.outcome.is_change())
+    }
+}
+
+/// What phase 2 did.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Phase2Report {
+    pub nodes: Vec<NodeReport>,
+    /// The server the cluster was built (or found) around.
+    pub bootstrap: String,
+    /// A cluster existed before this run.
+    pub existing_cluster: bool,
+    /// `kubectl label/taint` commands run on the bootstrap server.
+    pub api_commands: Vec<String>,
+    pub kubeconfig: PathBuf,
+    pub kubeconfig_changed: bool,
+}
+
+impl Phase2Report {
+    /// Whether anything on any node (or the workspace kubeconfig) changed.
+    pub fn changed(&self) -> bool {
+        self.kubeconfig_changed
+            || !self.api_commands.is_empty()
+            || self.nodes.iter().any(NodeReport::changed)
+    }
+
+    /// Nodes whose k3s service was restarted.
+    pub fn restarted(&self) -> Vec<&str> {
+        self.nodes
+            .iter()
+            .filter(|n| n.restarted)
+            .map(|n| n.name.as_str())
+            .collect()
+    }
+
+    fn node_mut(&mut self, name: &str) -> Option<&mut NodeReport> {
+        self.nodes.iter_mut().find(|n| n.name == name)
+    }
+}
+
+struct Prepared {
+    report: NodeReport,
+    binary_changed: bool,
+    probe: NodeProbe,
+}
+
+/// Converge the cluster described by `profile` on `nodes`.
+pub async fn run(
+    profile: &Profile,
+    nodes: &[GuestNode],
+    connector: &dyn Connector,
+    opts: &Phase2Options,
+) -> anyhow::Result<Phase2Report> {
+    let groups: BTreeMap<&str, &NodeGroup> = profile
+        .node_groups
+        .iter()
+        .map(|g| (g.name.as_str(), g))
+        .collect();
+    for node in nodes {
+        if !groups.contains_key(node.group.as_str()) {
+            bail!(
+                "node {} belongs to group {}, which the profile does not define",
+                node.name,
+                node.group
+            );
+        }
+    }
+    let servers: Vec<usize> = (0..nodes.len())
+        .filter(|i| nodes[*i].role == Role::Server)
+        .collect();
+    let agents: Vec<usize> = (0..nodes.len())
+        .filter(|i| nodes[*i].role == Role::Agent)
+        .collect();
+    if servers.is_empty() {
+        bail!("phase 2 needs at least one server node");
+    }
+
+    let token = K3sToken::load_or_create(&opts.secrets_dir)
+        .context("cannot read or create the cluster token")?;
+    let binary = match &opts.binary {
+        Some(artifact) => artifact.clone(),
+        None => fetch_binary(&BinarySource::from_profile(profile)?, &opts.cache_dir)
+            .await
+            .context("cannot obtain the k3s binary")?,
+    };
+    let binary_bytes = std::fs::read(&binary.path)
+        .with_context(|| format!("cannot read {}", binary.path.display()))?;
+    if crate::nodeprep::sha256_hex(&binary_bytes) != binary.sha256 {
+        bail!("{} changed since it was verified", binary.path.display());
+    }
+    let images = match images_artifact(profile)? {
+        Some(artifact) => {
+            let name = artifact
+                .path
+                .file_name()
+                .map(|n| n.to_string_lossy().into_owned())
+                .ok_or_else(|| anyhow!("air-gap images path has no file name"))?;
+            let bytes = std::fs::read(&artifact.path)
+                .with_context(|| format!("cannot read {}", artifact.path.display()))?;
+            Some((images_path(&name), bytes))
+        }
+        None => None,
+    };
+    let parallelism = opts.parallelism.max(1);
+
+    // Connect.
+    let execs: Vec<Box<dyn RemoteExec>> = stream::iter(nodes.iter())
+        .map(|node| async move {
+            connector
+                .connect(node)
+                .await
+                .with_context(|| format!("node {} ({}): cannot connect", node.name, node.address))
+        })
+        .buffered(parallelism)
+        .try_collect()
+        .await?;
+
+    // cloud-init, node preparation, binary, probe: all nodes in parallel.
+    let prepared: Vec<Prepared> = stream::iter(nodes.iter().zip(execs.iter()))
+        .map(|(node, exec)| {
+            let group = groups[node.group.as_str()];
+            let binary_bytes = &binary_bytes;
+            let images = &images;
+            let token = &token;
+            async move {
+                prepare_node(
+                    profile,
+                    node,
+                    group,
+                    exec.as_ref(),
+                    binary_bytes,
+                    images.as_ref(),
+                    token,
+                    opts,
+                )
+                .await
+                .with_context(|| format!("node {} ({})", node.name, node.address))
+            }
+        })
+        .buffered(parallelism)
+        .try_collect()
+        .await?;
+
+    let candidate = |index: &usize| JoinCandidate {
+        name: nodes[*index].name.clone(),
+        address: nodes[*index].address,
+        probe: prepared[*index].probe.clone(),
+    };
+    let server_candidates: Vec<JoinCandidate> = servers.iter().map(candidate).collect();
+    let agent_candidates: Vec<JoinCandidate> = agents.iter().map(candidate).collect();
+    let plan = plan_joins(&server_candidates, &agent_candidates)?;
+
+    let mut report = Phase2Report {
+        nodes: prepared.iter().map(|p| p.report.clone()).collect(),
+        bootstrap: nodes[servers[plan.bootstrap]].name.clone(),
+        existing_cluster: plan.existing_cluster,
+        ..Phase2Report::default()
+    };
+    let bootstrap_index = servers[plan.bootstrap];
+    let bootstrap_exec = execs[bootstrap_index].as_ref();
+    let manifests = render_manifests(&opts.templates, profile)?;
+    let manifest_files = manifest_steps(&manifests);
+
+    let settings = |index: usize, join: JoinMode| NodeSettings {
+        name: nodes[index].name.clone(),
+        address: nodes[index].address,
+        role: nodes[index].role,
+        join,
+        labels: prepared[index].report.labels.clone(),
+        taints: groups[nodes[index].group.as_str()].taints.clone(),
+    };
+
+    // Servers: bootstrap first, then one at a time.
+    let mut server_order: Vec<usize> = vec![plan.bootstrap];
+    server_order.extend((0..servers.len()).filter(|i| *i != plan.bootstrap));
+    for position in server_order {
+        let index = servers[position];
+        let node = &nodes[index];
+        let extra = if index == bootstrap_index {
+            manifest_files.as_slice()
+        } else {
+            &[]
+        };
+        let installed = install_node(
+            profile,
+            &settings(index, plan.server_modes[position].clone()),
+            execs[index].as_ref(),
+            prepared[index].binary_changed,
+            extra,
+            &token,
+            opts,
+        )
+        .await
+        .with_context(|| format!("node {} ({}): k3s server install", node.name, node.address))?;
+        merge_install(&mut report, &node.name, installed);
+        wait_until(bootstrap_exec, &[node.name.as_str()], true, opts)
+            .await
+            .with_context(|| format!("node {} ({})", node.name, node.address))?;
+    }
+
+    // Agents in parallel.
+    let installed: Vec<(usize, InstallResult)> = stream::iter(agents.iter().enumerate())
+        .map(|(position, index)| {
+            let node = &nodes[*index];
+            let settings = settings(*index, plan.agent_modes[position].clone());
+            let exec = execs[*index].as_ref();
+            let binary_changed = prepared[*index].binary_changed;
+            let token = &token;
+            async move {
+                install_node(profile, &settings, exec, binary_changed, &[], token, opts)
+                    .await
+                    .map(|result| (*index, result))
+                    .with_context(|| {
+                        format!("node {} ({}): k3s agent install", node.name, node.address)
+                    })
+            }
+        })
+        .buffer_unordered(parallelism)
+        .try_collect()
+        .await?;
+    for (index, result) in installed {
+        merge_install(&mut report, &nodes[index].name, result);
+    }
+    let agent_names: Vec<&str> = agents.iter().map(|i| nodes[*i].name.as_str()).collect();
+    if !agent_names.is_empty() {
+        wait_until(bootstrap_exec, &agent_names, false, opts).await?;
+    }
+
+    // Labels and taints changed after registration go through the API.
+    let cluster_nodes = get_nodes(bootstrap_exec).await?;
+    for (index, node) in nodes.iter().enumerate() {
+        let Some(current) = cluster_nodes.iter().find(|n| n.name == node.name) else {
+            bail!("node {} is not registered in the cluster", node.name);
+        };
+        let group = groups[node.group.as_str()];
+        for command in label_taint_commands(current, &prepared[index].report.labels, &group.taints)
+        {
+            run_checked(bootstrap_exec, &command)
+                .await
+                .with_context(|| format!("node {}: updating labels/taints", node.name))?;
+            report.api_commands.push(command);
+        }
+    }
+
+    // Kubeconfig.
+    let api_address = profile.cluster.api_vip.unwrap_or(nodes[servers[0]].address);
+    let k3s_yaml = bootstrap_exec
+        .read_file(KUBECONFIG_PATH)
+        .await
+        .with_context(|| format!("node {}: reading {KUBECONFIG_PATH}", report.bootstrap))?;
+    let kubeconfig = rewrite_kubeconfig(
+        &String::from_utf8_lossy(&k3s_yaml),
+        &server_url(api_address),
+        &profile.cluster.name,
+    )?;
+    report.kubeconfig = opts.workspace.join("kubeconfig");
+    report.kubeconfig_changed = write_private_if_changed(&report.kubeconfig, &kubeconfig)?;
+    Ok(report)
+}
+
+#[allow(clippy::too_many_arguments)]
+async fn prepare_node(
+    profile: &Profile,
+    node: &GuestNode,
+    group: &NodeGroup,
+    exec: &dyn RemoteExec,
+    binary: &[u8],
+    images: Option<&(String, Vec<u8>)>,
+    token: &K3sToken,
+    opts: &Phase2Options,
+) -> anyhow::Result<Prepared> {
+    let mut report = NodeReport {
+        name: node.name.clone(),
+        ..NodeReport::default()
+    };
+    wait_cloud_init(exec, opts.cloud_init_timeout).await?;
+    for step in prepare_steps(&NodePrepInput::for_group(profile, group)) {
+        let outcome = apply_step(exec, &step).await?;
+        report.steps.push(StepReport {
+            description: step.description().to_owned(),
+            outcome,
+        });
+    }
+    let hardware = parse_hardware(&run_checked(exec, &hardware_probe_script()).await?);
+    report.labels = node_labels(group, &hardware, &profile.detect);
+    let outcome = ensure_file(exec, BINARY_PATH, binary, 0o755).await?;
+    let binary_changed = outcome.is_change();
+    report.steps.push(StepReport {
+        description: format!("k3s binary {BINARY_PATH}"),
+        outcome,
+    });
+    if let Some((path, bytes)) = images {
+        let outcome = ensure_file(exec, path, bytes, 0o644).await?;
+        report.steps.push(StepReport {
+            description: format!("air-gap images {path}"),
+            outcome,
+        });
+    }
+    let stdin = format!("{}\n", token.expose());
+    let output = exec
+        .run(&probe_script(unit_name(node.role)), Some(stdin.as_bytes()))
+        .await?;
+    Ok(Prepared {
+        report,
+        binary_changed,
+        probe: parse_probe(&String::from_utf8_lossy(&output.stdout)),
+    })
+}
+
+/// `cloud-init status --wait`, bounded. Exit 2 (finished with recoverable errors) is accepted; a host
+/// without cloud-init (exit 127) was not created by provision and has nothing to wait for.
+async fn wait_cloud_init(exec: &dyn RemoteExec, timeout: Duration) -> anyhow::Result<()> {
+    let output = tokio::time::timeout(timeout, exec.run("cloud-init status --wait", None))
+        .await
+        .map_err(|_| {
+            anyhow!(
+                "timed out after {}s waiting for cloud-init to finish",
+                timeout.as_secs()
+            )
+        })??;
+    match output.exit_status {
+        0 | 2 | 127 => Ok(()),
+        status => bail!(
+            "cloud-init failed (exit {status}): {}",
+            String::from_utf8_lossy(&output.stdout).trim()
+        ),
+    }
+}
+
+struct InstallResult {
+    steps: Vec<StepReport>,
+    started: bool,
+    restarted: bool,
+}
+
+fn merge_install(report: &mut Phase2Report, name: &str, result: InstallResult) {
+    if let Some(node) = report.node_mut(name) {
+        node.steps.extend(result.steps);
+        node.started |= result.started;
+        node.restarted |= result.restarted;
+    }
+}
+
+/// Write config, env file, unit (and manifests on the bootstrap server), then start or restart k3s only
+/// when something changed or it is not running.
+async fn install_node(
+    profile: &Profile,
+    settings: &NodeSettings,
+    exec: &dyn RemoteExec,
+    binary_changed: bool,
+    extra_files: &[crate::nodeprep::Step],
+    token: &K3sToken,
+    opts: &Phase2Options,
+) -> anyhow::Result<InstallResult> {
+    let config = render_config(&opts.templates, profile, settings, token)?;
+    let unit = render_unit(&opts.templates, settings.role)?;
+    let files = config_steps(settings.role, &config, &unit);
+    let mut steps = Vec::new();
+    let mut restart_needed = binary_changed;
+    let mut unit_changed = false;
+    for (position, step) in files.iter().enumerate() {
+        let outcome = apply_step(exec, step).await?;
+        restart_needed |= outcome.is_change();
+        // The unit is the last of config_steps.
+        unit_changed |= position == files.len() - 1 && outcome.is_change();
+        steps.push(StepReport {
+            description: step.description().to_owned(),
+            outcome,
+        });
+    }
+    // Manifests are picked up by the running server: no restart for them.
+    for step in extra_files {
+        let outcome = apply_step(exec, step).await?;
+        steps.push(StepReport {
+            description: step.description().to_owned(),
+            outcome,
+        });
+    }
+    let (active, _enabled) =
+        parse_service_state(&run_checked(exec, &service_state_script(settings.role)).await?);
+    let action = service_action(active, restart_needed);
+    if let Some(command) = service_command(settings.role, action, unit_changed) {
+        run_checked(exec, &command).await?;
+    }
+    let (started, restarted) = match action {
+        ServiceAction::None => (false, false),
+        ServiceAction::Start => (true, false),
+        ServiceAction::Restart => (false, true),
+    };
+    if started || restarted {
+        steps.push(StepReport {
+            description: format!(
+                "{} {}",
+                unit_name(settings.role),
+                if started { "started" } else { "restarted" }
+            ),
+            outcome: StepOutcome::Changed,
+        });
+    }
+    Ok(InstallResult {
+        steps,
+        started,
+        restarted,
+    })
+}
+
+async fn run_checked(exec: &dyn RemoteExec, command: &str) -> anyhow::Result<String> {
+    let output = exec.run(command, None).await?;
+    if output.exit_status != 0 {
+        bail!(
+            "{}: `{}` failed with exit status {}: {}",
+            exec.host(),
+            command.lines().next().unwrap_or_default(),
+            output.exit_status,
+            String::from_utf8_lossy(&output.stderr).trim()
+        );
+    }
+    Ok(String::from_utf8_lossy(&output.stdout).into_owned())
+}
+
+async fn get_nodes(bootstrap: &dyn RemoteExec) -> anyhow::Result<Vec<ClusterNode>> {
+    let stdout = run_checked(bootstrap, GET_NODES_COMMAND).await?;
+    Ok(parse_nodes(&stdout)?)
+}
+
+/// Poll the node list on the bootstrap server until every node in `names` is Ready (and, for servers,
+/// an etcd member), bounded by `ready_timeout`; the error names the node and the missing condition.
+async fn wait_until(
+    bootstrap: &dyn RemoteExec,
+    names: &[&str],
+    etcd_member: bool,
+    opts: &Phase2Options,
+) -> anyhow::Result<()> {
+    let condition = if etcd_member {
+        "Ready and an etcd member"
+    } else {
+        "Ready"
+    };
+    let deadline = tokio::time::Instant::now() + opts.ready_timeout;
+    loop {
+        let (missing, last_seen) = match get_nodes(bootstrap).await {
+            Ok(cluster) => {
+                let mut missing = Vec::new();
+                let mut seen = Vec::new();
+                for name in names {
+                    match cluster.iter().find(|n| n.name == *name) {
+                        Some(n) if n.ready && (!etcd_member || n.etcd_member) => {}
+                        Some(n) => {
+                            missing.push(*name);
+                            seen.push(format!(
+                                "{name}: {}{}",
+                                if n.ready { "Ready" } else { "NotReady" },
+                                if etcd_member && !n.etcd_member {
+                                    ", not an etcd member"
+                                } else {
+                                    ""
+                                }
+                            ));
+                        }
+                        None => {
+                            missing.push(*name);
+                            seen.push(format!("{name}: not registered"));
+                        }
+                    }
+                }
+                (missing, seen.join("; "))
+            }
+            Err(error) => (names.to_vec(), format!("API not answering: {error:#}")),
+        };
+        if missing.is_empty() {
+            return Ok(());
+        }
+        if tokio::time::Instant::now() >= deadline {
+            bail!(
+                "timed out after {}s waiting for {} to be {condition} (asked {}; last seen: {last_seen})",
+                opts.ready_timeout.as_secs(),
+                missing.join(", "),
+                bootstrap.host()
+            );
+        }
+        tokio::time::sleep(opts.poll_interval).await;
+    }
+}
+
+/// Write a 0600 file atomically unless it already holds `content`; returns whether it was written.
+fn write_private_if_changed(path: &Path, content: &str) -> anyhow::Result<bool> {
+    use std::io::Write;
+    use std::os::unix::fs::{OpenOptionsExt, PermissionsExt};
+    if let Ok(existing) = std::fs::read_to_string(path)
+        && existing == content
+        && std::fs::metadata(path)
+            .map(|m| m.permissions().mode() & 0o777 == 0o600)
+            .unwrap_or(false)
+    {
+        return Ok(false);
+    }
+    if let Some(parent) = path.parent() {
+        std::fs::create_dir_all(parent)
+            .with_context(|| format!("cannot create {}", parent.display()))?;
+    }
+    let temporary = path.with_extension("tmp");
+    let mut file = std::fs::OpenOptions::new()
+        .write(true)
+        .create(true)
+        .truncate(true)
+        .mode(0o600)
+        .open(&temporary)
+        .with_context(|| format!("cannot write {}", temporary.display()))?;
+    file.write_all(content.as_bytes())
+        .and_then(|()| file.sync_all())
+        .with_context(|| format!("cannot write {}", temporary.display()))?;
+    std::fs::rename(&temporary, path)
+        .with_context(|| format!("cannot write {}", path.display()))?;
+    Ok(true)
+}

@@ -1,6 +1,18 @@
 //! Remote execution on guests: the [`RemoteExec`] trait and its russh implementation.
 
+pub mod commands;
+pub mod hostkey;
+pub mod known_hosts;
+pub mod parallel;
+pub mod recording;
+pub mod russh_exec;
+
 use async_trait::async_trait;
+
+pub use hostkey::{HostKeyPolicy, HostKeyVerdict};
+pub use parallel::run_bounded;
+pub use recording::{CommandLog, RecordedOp, RecordingExec};
+pub use russh_exec::{ClientKey, JumpHost, RusshExec, SshOptions, SshTarget};
 
 /// Output of one remote command.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -35,6 +47,57 @@ pub enum SshError {
         what: String,
         seconds: u64,
     },
+    #[error(
+        "host key of {host} is not known (fingerprint {fingerprint}, not in {file}); check it and re-run with --accept-new-host-keys to trust it"
+    )]
+    HostKeyUnknown {
+        host: String,
+        fingerprint: String,
+        file: String,
+    },
+    #[error("host key {fingerprint} of {host} is marked @revoked in {file}")]
+    HostKeyRevoked {
+        host: String,
+        fingerprint: String,
+        file: String,
+    },
+    #[error("known_hosts {path}: {message}")]
+    KnownHosts { path: String, message: String },
+    #[error("cannot load the SSH client key {path}: {message}")]
+    KeyFile { path: String, message: String },
+    #[error("{host}: connection lost while {what}: {message}")]
+    ConnectionLost {
+        host: String,
+        what: String,
+        message: String,
+    },
+    #[error("{host}: uploaded {path} has sha256 {actual} on the host, expected {expected}")]
+    UploadCorrupted {
+        host: String,
+        path: String,
+        expected: String,
+        actual: String,
+    },
+}
+
+impl SshError {
+    /// Whether trying again (a new connection, after a pause) can succeed. Trust and credential problems
+    /// never are; a lost connection is, but only for idempotent work (the caller decides).
+    pub fn retryable(&self) -> bool {
+        match self {
+            SshError::Connect { .. }
+            | SshError::Timeout { .. }
+            | SshError::ConnectionLost { .. }
+            | SshError::UploadCorrupted { .. } => true,
+            SshError::HostKeyMismatch { .. }
+            | SshError::HostKeyUnknown { .. }
+            | SshError::HostKeyRevoked { .. }
+            | SshError::KnownHosts { .. }
+            | SshError::KeyFile { .. }
+            | SshError::Auth { .. }
+            | SshError::Channel { .. } => false,
+        }
+    }
 }
 
 /// Run commands and move files on one host. Domain code builds commands with pure functions and

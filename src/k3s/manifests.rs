@@ -1,0 +1,150 @@
+//! Manifests dropped into `/var/lib/rancher/k3s/server/manifests/` on the bootstrap server: kube-vip,
+//! NVIDIA, storage, GitOps handoff. Rendered from `templates/manifests/`.
+
+use crate::profile::Profile;
+use crate::profile::model::{GitOpsEngine, NvidiaMode};
+
+use super::K3sError;
+use super::templates::Templates;
+
+/// Pinned component versions (override a template to change them).
+pub const KUBE_VIP_IMAGE: &str = "ghcr.io/kube-vip/kube-vip:v0.8.9";
+pub const GPU_OPERATOR_VERSION: &str = "v24.9.2";
+pub const NFS_PROVISIONER_VERSION: &str = "4.0.18";
+pub const LOCAL_PATH_IMAGE: &str = "rancher/local-path-provisioner:v0.0.30";
+pub const LOCAL_PATH_HELPER_IMAGE: &str = "rancher/mirrored-library-busybox:1.36.1";
+pub const FLUX_CHART_VERSION: &str = "2.14.1";
+pub const ARGOCD_CHART_VERSION: &str = "7.7.16";
+pub const FLEET_CHART_VERSION: &str = "0.11.2";
+/// Where k3s's bundled local-path keeps volumes.
+pub const DEFAULT_LOCAL_PATH: &str = "/var/lib/rancher/k3s/storage";
+
+/// One file for the manifests directory.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Manifest {
+    /// RFC 1123 file name, e.g. `provision-kube-vip.yaml`.
+    pub file_name: String,
+    pub content: String,
+}
+
+/// Every manifest the profile asks for, in apply order.
+pub fn render_manifests(
+    templates: &Templates,
+    profile: &Profile,
+) -> Result<Vec<Manifest>, K3sError> {
+    let mut manifests = Vec::new();
+    let mut add = |file: &str, template: &str, context: serde_json::Value| {
+        templates.render(template, &context).map(|content| {
+            manifests.push(Manifest {
+                file_name: format!("provision-{file}.yaml"),
+                content,
+            });
+        })
+    };
+    if let Some(vip) = profile.cluster.api_vip {
+        add(
+            "kube-vip",
+            "manifests/kube-vip.yaml.j2",
+            serde_json::json!({ "vip": vip.to_string(), "image": KUBE_VIP_IMAGE, "interface": "" }),
+        )?;
+    }
+    let nvidia_mode = match profile.nvidia.mode {
+        NvidiaMode::Operator => Some("operator"),
+        NvidiaMode::Host => Some("host"),
+        NvidiaMode::None => None,
+    };
+    if let Some(mode) = nvidia_mode {
+        add(
+            "nvidia-gpu-operator",
+            "manifests/nvidia-gpu-operator.yaml.j2",
+            serde_json::json!({
+                "mode": mode,
+                "version": profile.nvidia.operator_version.as_deref().unwrap_or(GPU_OPERATOR_VERSION),
+                "time_slicing_replicas": profile.nvidia.time_slicing_replicas.filter(|r| *r > 1),
+            }),
+        )?;
+    }
+    if profile.nvidia.mode == NvidiaMode::Host {
+        add(
+            "nvidia-runtimeclass",
+            "manifests/nvidia-runtimeclass.yaml.j2",
+            serde_json::json!({}),
+        )?;
+    }
+    if let Some(nfs) = &profile.storage.nfs {
+        add(
+            "nfs-provisioner",
+            "manifests/nfs-provisioner.yaml.j2",
+            serde_json::json!({
+                "server": nfs.server.to_string(),
+                "path": nfs.path,
+                "class_name": nfs.class_name,
+                "default_class": nfs.default_class,
+                "version": NFS_PROVISIONER_VERSION,
+            }),
+        )?;
+    }
+    if let Some(scratch) = &profile.storage.fast_scratch {
+        let nfs_is_default = profile
+            .storage
+            .nfs
+            .as_ref()
+            .is_some_and(|n| n.default_class);
+        add(
+            "local-path-provisioner",
+            "manifests/local-path-provisioner.yaml.j2",
+            serde_json::json!({
+                "image": LOCAL_PATH_IMAGE,
+                "helper_image": LOCAL_PATH_HELPER_IMAGE,
+                "classes": [
+                    { "name": "local-path", "path": DEFAULT_LOCAL_PATH, "default": !nfs_is_default },
+                    { "name": scratch.class_name, "path": scratch.path, "default": false },
+                ],
+            }),
+        )?;
+    }
+    let gitops = &profile.gitops;
+    let repo_context = || {
+        serde_json::json!({
+            "repo": gitops.repo.as_deref().unwrap_or_default(),
+            "branch": gitops.branch.as_deref().unwrap_or("main"),
+            "path": gitops.path.as_deref().unwrap_or("./"),
+        })
+    };
+    match gitops.engine {
+        GitOpsEngine::Flux => {
+            add(
+                "flux",
+                "manifests/flux.yaml.j2",
+                serde_json::json!({ "version": FLUX_CHART_VERSION }),
+            )?;
+            add("flux-sync", "manifests/flux-sync.yaml.j2", repo_context())?;
+        }
+        GitOpsEngine::Argocd => {
+            add(
+                "argocd",
+                "manifests/argocd.yaml.j2",
+                serde_json::json!({ "version": ARGOCD_CHART_VERSION }),
+            )?;
+            add(
+                "argocd-root",
+                "manifests/argocd-root.yaml.j2",
+                repo_context(),
+            )?;
+        }
+        GitOpsEngine::Fleet => {
+            add(
+                "fleet",
+                "manifests/fleet.yaml.j2",
+                serde_json::json!({ "version": FLEET_CHART_VERSION }),
+            )?;
+            add(
+                "fleet-gitrepo",
+                "manifests/fleet-gitrepo.yaml.j2",
+                repo_context(),
+            )?;
+        }
+        GitOpsEngine::None => {}
+    }
+    Ok(manifests)
+}

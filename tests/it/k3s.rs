@@ -1,0 +1,321 @@
+//! k3s config and manifests for every built-in profile (and the fixtures): config keys ⊂ flags.json,
+//! manifests parse with apiVersion/kind/metadata.name; the release checksum parser on a recorded file.
+#![allow(clippy::unwrap_used, clippy::print_stderr)]
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::net::IpAddr;
+use std::path::PathBuf;
+
+use serde::Deserialize as _;
+
+use provision::k3s::config::{JoinMode, NodeSettings, render_config, render_unit};
+use provision::k3s::manifests::render_manifests;
+use provision::k3s::release::{checksum_for, parse_checksums};
+use provision::k3s::templates::Templates;
+use provision::k3s::token::K3sToken;
+use provision::profile::Profile;
+use provision::profile::model::Role;
+
+fn root() -> PathBuf {
+    PathBuf::from(env!("CARGO_MANIFEST_DIR"))
+}
+
+/// `../shared` beside the clone (CI); also one level further up for nested worktrees.
+fn shared_dir() -> Option<PathBuf> {
+    [root().join("../shared"), root().join("../../shared")]
+        .into_iter()
+        .find(|p| p.join("k3s/flags.json").is_file())
+}
+
+/// Built-in profiles (`profiles/*.toml`) plus the k3s test fixtures.
+fn profiles() -> Vec<(PathBuf, Profile)> {
+    let mut paths = Vec::new();
+    for dir in [
+        root().join("profiles"),
+        root().join("tests/fixtures/k3s/profiles"),
+    ] {
+        if let Ok(entries) = std::fs::read_dir(&dir) {
+            paths.extend(
+                entries
+                    .map(|e| e.unwrap().path())
+                    .filter(|p| p.extension().is_some_and(|e| e == "toml")),
+            );
+        }
+    }
+    paths.sort();
+    if !root().join("profiles").is_dir() {
+        eprintln!("NOTE: no profiles/ directory yet; checking the k3s fixture profiles only");
+    }
+    paths
+        .into_iter()
+        .map(|path| {
+            let text = std::fs::read_to_string(&path).unwrap();
+            let profile: Profile =
+                toml::from_str(&text).unwrap_or_else(|e| panic!("{}: {e}", path.display()));
+            (path, profile)
+        })
+        .collect()
+}
+
+fn addresses(profile: &Profile, role: Role) -> Vec<IpAddr> {
+    profile
+        .node_groups
+        .iter()
+        .filter(|g| g.role == role)
+        .flat_map(|g| {
+            if g.addresses.is_empty() {
+                vec![IpAddr::from([10, 9, 9, 9])]
+            } else {
+                g.addresses.clone()
+            }
+        })
+        .collect()
+}
+
+fn configs(profile: &Profile) -> Vec<(Role, serde_yaml_ng::Mapping)> {
+    let token = K3sToken::from_secret("0123abcd");
+    let templates = Templates::builtin();
+    let mut out = Vec::new();
+    for group in &profile.node_groups {
+        let joins = match group.role {
+            Role::Server => vec![
+                JoinMode::Init,
+                JoinMode::Join {
+                    server_url: "https://10.0.0.1:6443".into(),
+                },
+            ],
+            Role::Agent => vec![JoinMode::Join {
+                server_url: "https://10.0.0.1:6443".into(),
+            }],
+        };
+        for join in joins {
+            let settings = NodeSettings {
+                name: format!("{}-{}-1", profile.cluster.name, group.name),
+                address: addresses(profile, group.role)[0],
+                role: group.role,
+                join,
+                labels: group
+                    .labels
+                    .clone()
+                    .into_iter()
+                    .chain([("special.gpu".to_owned(), "nvidia".to_owned())])
+                    .collect(),
+                taints: group.taints.clone(),
+            };
+            let text = render_config(&templates, profile, &settings, &token).unwrap();
+            let parsed: serde_yaml_ng::Mapping = serde_yaml_ng::from_str(&text)
+                .unwrap_or_else(|e| panic!("config does not parse: {e}\n{text}"));
+            out.push((group.role, parsed));
+        }
+    }
+    out
+}
+
+#[test]
+fn every_config_key_is_a_k3s_flag() {
+    let Some(shared) = shared_dir() else {
+        eprintln!("SKIPPED: ../shared/k3s/flags.json not found; cannot check config keys");
+        return;
+    };
+    let flags: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(shared.join("k3s/flags.json")).unwrap())
+            .unwrap();
+    let list = |role: &str| -> BTreeSet<String> {
+        flags[role]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|v| v.as_str().unwrap().to_owned())
+            .collect()
+    };
+    let (server_flags, agent_flags) = (list("server"), list("agent"));
+    let all = profiles();
+    assert!(all.len() >= 3, "expected at least the fixture profiles");
+    for (path, profile) in &all {
+        for (role, config) in configs(profile) {
+            let allowed = if role == Role::Server {
+                &server_flags
+            } else {
+                &agent_flags
+            };
+            for key in config.keys() {
+                let key = key.as_str().unwrap();
+                assert!(
+                    allowed.contains(key),
+                    "{}: key `{key}` is not a k3s {role:?} flag",
+                    path.display()
+                );
+            }
+        }
+    }
+}
+
+#[test]
+fn critical_settings_are_identical_on_every_server() {
+    const CRITICAL: [&str; 6] = [
+        "cluster-cidr",
+        "service-cidr",
+        "flannel-backend",
+        "disable",
+        "tls-san",
+        "secrets-encryption",
+    ];
+    for (path, profile) in profiles() {
+        let servers: Vec<_> = configs(&profile)
+            .into_iter()
+            .filter(|(role, _)| *role == Role::Server)
+            .map(|(_, c)| c)
+            .collect();
+        for key in CRITICAL {
+            let values: Vec<_> = servers.iter().map(|c| c.get(key).cloned()).collect();
+            assert!(
+                values.windows(2).all(|w| w[0] == w[1]),
+                "{}: {key} differs between servers",
+                path.display()
+            );
+        }
+        for config in &servers {
+            assert_eq!(config["write-kubeconfig-mode"], "0600");
+            assert_eq!(config["token"], "0123abcd");
+            let init = config.get("cluster-init").is_some();
+            assert!(
+                init != config.get("server").is_some(),
+                "exactly one of cluster-init/server"
+            );
+        }
+    }
+}
+
+#[test]
+fn homelab_config_snapshot() {
+    let profile = profiles()
+        .into_iter()
+        .find(|(p, _)| p.ends_with("tests/fixtures/k3s/profiles/homelab-ha.toml"))
+        .unwrap()
+        .1;
+    let settings = NodeSettings {
+        name: "homelab-server-2".into(),
+        address: "10.77.0.12".parse().unwrap(),
+        role: Role::Server,
+        join: JoinMode::Join {
+            server_url: "https://10.77.0.11:6443".into(),
+        },
+        labels: BTreeMap::from([("node-role.example/control".into(), "true".into())]),
+        taints: vec![],
+    };
+    let config = render_config(
+        &Templates::builtin(),
+        &profile,
+        &settings,
+        &K3sToken::from_secret("REDACTED"),
+    )
+    .unwrap();
+    insta::assert_snapshot!(config);
+    insta::assert_snapshot!(render_unit(&Templates::builtin(), Role::Agent).unwrap());
+}
+
+#[test]
+fn every_manifest_parses_with_kind_and_name() {
+    let mut seen_kinds = BTreeSet::new();
+    for (path, profile) in profiles() {
+        for manifest in render_manifests(&Templates::builtin(), &profile).unwrap() {
+            assert!(
+                manifest.file_name.bytes().all(|b| b.is_ascii_lowercase()
+                    || b.is_ascii_digit()
+                    || b == b'-'
+                    || b == b'.'),
+                "{} is not an RFC 1123 file name",
+                manifest.file_name
+            );
+            let mut documents = 0;
+            for document in serde_yaml_ng::Deserializer::from_str(&manifest.content) {
+                let value = serde_yaml_ng::Value::deserialize(document).unwrap_or_else(|e| {
+                    panic!(
+                        "{} / {}: {e}\n{}",
+                        path.display(),
+                        manifest.file_name,
+                        manifest.content
+                    )
+                });
+                let what = format!("{} / {}", path.display(), manifest.file_name);
+                assert!(value["apiVersion"].as_str().is_some(), "{what}: apiVersion");
+                let kind = value["kind"]
+                    .as_str()
+                    .unwrap_or_else(|| panic!("{what}: kind"));
+                assert!(
+                    value["metadata"]["name"].as_str().is_some(),
+                    "{what}: metadata.name"
+                );
+                if kind == "HelmChart" {
+                    let values = value["spec"]["valuesContent"].as_str().unwrap_or("{}");
+                    serde_yaml_ng::from_str::<serde_yaml_ng::Value>(values)
+                        .unwrap_or_else(|e| panic!("{what}: valuesContent: {e}"));
+                }
+                if kind == "ConfigMap" && value["metadata"]["name"] == "local-path-config" {
+                    let config: serde_json::Value =
+                        serde_json::from_str(value["data"]["config.json"].as_str().unwrap())
+                            .unwrap();
+                    assert!(config["storageClassConfigs"]["fast-scratch"].is_object());
+                    assert!(config["storageClassConfigs"]["local-path"].is_object());
+                }
+                seen_kinds.insert(kind.to_owned());
+                documents += 1;
+            }
+            assert!(documents > 0, "{}: empty", manifest.file_name);
+        }
+    }
+    for kind in [
+        "DaemonSet",
+        "HelmChart",
+        "RuntimeClass",
+        "StorageClass",
+        "GitRepository",
+        "Kustomization",
+        "Application",
+        "GitRepo",
+    ] {
+        assert!(seen_kinds.contains(kind), "no profile produced a {kind}");
+    }
+}
+
+#[test]
+fn gpu_operator_values_point_at_k3s_containerd() {
+    let profile = profiles()
+        .into_iter()
+        .find(|(p, _)| p.ends_with("gpu-operator.toml"))
+        .unwrap()
+        .1;
+    let manifests = render_manifests(&Templates::builtin(), &profile).unwrap();
+    let operator = manifests
+        .iter()
+        .find(|m| m.file_name == "provision-nvidia-gpu-operator.yaml")
+        .unwrap();
+    assert!(
+        operator
+            .content
+            .contains("/run/k3s/containerd/containerd.sock")
+    );
+    assert!(
+        operator
+            .content
+            .contains("/var/lib/rancher/k3s/agent/etc/containerd/config.toml")
+    );
+    assert!(operator.content.contains("replicas: 4"));
+    assert!(operator.content.contains("name: time-slicing-config"));
+    let config = configs(&profile);
+    let disable = config[0].1["disable"].as_sequence().unwrap();
+    assert!(disable.iter().any(|v| v == "local-storage"));
+}
+
+#[test]
+fn recorded_release_checksums_parse() {
+    let text =
+        std::fs::read_to_string(root().join("tests/fixtures/k3s/sha256sum-amd64.txt")).unwrap();
+    let sums = parse_checksums(&text).unwrap();
+    assert_eq!(sums.len(), 4);
+    assert_eq!(
+        checksum_for(&sums, "k3s").unwrap(),
+        "86945269160fdd1bbd06283ea5b3bafd6c0ec0d1df3ac68ad3686656632081a5"
+    );
+    assert!(sums.contains_key("k3s-airgap-images-amd64.tar.zst"));
+}
