@@ -32,3 +32,14 @@ for component in rustfmt clippy; do
     fi
   fi
 done
+
+here="$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)"
+# Real tools the generated files are checked with: cloud-init, isoinfo, xorriso, blkid.
+bash "$here/ci-setup-cloudinit.sh"
+# Real Debian test hosts (systemd-nspawn + network namespaces + OpenSSH) for the SSH, node-prep
+# and k3s tests. Needs root; elsewhere those tests skip with a loud message.
+if [ "$(id -u)" -eq 0 ]; then
+  bash "$here/ci-setup-testbed.sh"
+else
+  echo "ci-setup: not root: the testbed tests will be skipped (they need root for network namespaces)" >&2
+fi
