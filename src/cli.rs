@@ -11,6 +11,8 @@ Examples:
   provision validate --profile a100-8x    check a built-in profile
   provision validate --profile ./my.toml  check a file (a value with / or .toml is a path)
   provision validate --profile a100-8x --output json
+  provision up --profile a100-8x --simulate   phase 1 against the built-in Proxmox simulator
+  provision sim serve --inventory pve-a100    a simulated Proxmox for other tools
   provision completions bash > ~/.local/share/bash-completion/completions/provision
 
 Exit codes: 0 success, 1 user or profile error, 2 remote or internal failure.";
@@ -72,6 +74,22 @@ pub enum Command {
     Down(DownArgs),
     /// Show the VMs in the state and what Proxmox says about them.
     Status(ClusterArgs),
+    /// The Proxmox VE simulator (what `--simulate` runs in-process).
+    #[command(subcommand)]
+    Sim(SimCommand),
+}
+
+/// `provision sim …`
+#[derive(Debug, Subcommand)]
+pub enum SimCommand {
+    /// Serve the simulated Proxmox API over HTTPS until Ctrl-C; prints URL, fingerprint, tokens.
+    Serve(SimServeArgs),
+}
+
+#[derive(Debug, Args)]
+pub struct SimServeArgs {
+    #[command(flatten)]
+    pub serve: pve_sim::ServeArgs,
 }
 
 /// Profile plus where Proxmox is (real, or the in-process simulator).
@@ -97,7 +115,7 @@ pub struct SimArgs {
     #[arg(long, value_name = "FILE", requires = "simulate")]
     pub sim_request_log: Option<PathBuf>,
     /// Simulated task durations × X (1.0 = realistic).
-    #[arg(long, value_name = "X", default_value_t = 0.05, requires = "simulate")]
+    #[arg(long, value_name = "X", default_value_t = crate::exec::simulate::DEFAULT_TIME_SCALE, requires = "simulate")]
     pub sim_time_scale: f64,
     /// Probability that a simulated request answers 500.
     #[arg(long, value_name = "P", default_value_t = 0.0, requires = "simulate")]
@@ -105,6 +123,9 @@ pub struct SimArgs {
     /// Probability that a simulated task fails.
     #[arg(long, value_name = "P", default_value_t = 0.0, requires = "simulate")]
     pub sim_task_fail_rate: f64,
+    /// Seed of the simulator's failure injection and generated ids.
+    #[arg(long, value_name = "N", default_value_t = 0, requires = "simulate")]
+    pub sim_seed: u64,
 }
 
 #[derive(Debug, Args)]

@@ -8,6 +8,7 @@ pub mod down;
 pub mod init;
 pub mod plan;
 pub mod profiles;
+pub mod sim;
 pub mod status;
 pub mod up;
 pub mod validate;
@@ -78,6 +79,7 @@ async fn dispatch(context: &Context, command: Command) -> anyhow::Result<ExitSta
         Command::Up(args) => up::run(context, args).await,
         Command::Down(args) => down::run(context, args).await,
         Command::Status(args) => status::run(context, args).await,
+        Command::Sim(command) => sim::run(context, command).await,
     }
 }
 

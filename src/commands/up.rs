@@ -39,9 +39,16 @@ pub async fn run(context: &Context, args: ClusterArgs) -> anyhow::Result<ExitSta
             .reporter
             .status("cluster already matches the profile: no changes made to Proxmox");
     } else {
-        context
-            .reporter
-            .status(crate::plan::render_text(&plan).trim_end());
+        // Warnings were printed above; the parameters of each VM only with -v (`plan` shows
+        // them all).
+        let text = crate::plan::render_text(&plan);
+        let verbose = context.reporter.verbose() > 0;
+        let shown: Vec<&str> = text
+            .lines()
+            .filter(|line| !line.starts_with("warning: "))
+            .filter(|line| verbose || !line.starts_with("      "))
+            .collect();
+        context.reporter.status(&shown.join("\n"));
     }
     let (report, _store) = exec::apply(
         Arc::clone(&opened.connection.api),

@@ -9,6 +9,7 @@ pub mod phase2;
 pub mod progress;
 pub mod retry;
 pub mod session;
+pub mod simulate;
 
 use std::collections::BTreeMap;
 use std::future::Future;

@@ -256,14 +256,16 @@ pub async fn observe_and_plan(
 /// A connection, and the simulator behind it when `--simulate` is on.
 pub struct Opened {
     pub connection: Connection,
-    /// Keeps the in-process simulator alive (`--simulate`).
-    pub simulator: Option<Box<dyn std::any::Any + Send>>,
+    /// The in-process simulator (`--simulate`); shut down (state saved) by [`Opened::close`].
+    pub simulator: Option<pve_sim::SimHandle>,
 }
 
 impl Opened {
-    /// Stop the simulator (if any) after the command.
+    /// Stop the simulator (if any) after the command; it saves its state file.
     pub async fn close(self) {
-        drop(self.simulator);
+        if let Some(simulator) = self.simulator {
+            simulator.shutdown().await;
+        }
     }
 }
 
@@ -274,14 +276,17 @@ pub async fn open(
     sim: &crate::cli::SimArgs,
 ) -> anyhow::Result<Opened> {
     if sim.simulate {
-        // TODO-completeness: wire `exec::simulate::start` here once the pve-sim crate lands on
-        // this branch (the module is written against its API).
-        let _ = profile;
-        return Err(crate::commands::UserError::new(
-            "--simulate needs the pve-sim simulator, which this build does not include yet",
-            None,
+        let simulated = super::simulate::start(
+            &workspace.state_dir(),
+            &profile.proxmox.nodes,
+            &profile.cluster.name,
+            &super::simulate::SimOptions::from(sim),
         )
-        .into());
+        .await?;
+        return Ok(Opened {
+            connection: simulated.connection,
+            simulator: Some(simulated.handle),
+        });
     }
     Ok(Opened {
         connection: connect_real(workspace)?,

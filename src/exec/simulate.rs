@@ -2,10 +2,12 @@
 //! workspace (`.provision/sim/state.json`) so `plan`, `up`, `down` behave across runs exactly as
 //! against a real Proxmox.
 //!
-//! Not yet declared in `exec/mod.rs`: add `pub mod simulate;` and call [`start`] from
-//! `session::open` once the pve-sim crate (Simulator, SimConfig, Inventory) is merged.
+//! The client talks to it as to a real Proxmox: HTTPS on loopback with the certificate
+//! fingerprint pinned, and the fixture's full-privilege API token (so GPUs go through PCI
+//! resource mappings, as they should for real users). Only when the fixture has no such token
+//! does it log in as `root@pam` with a ticket.
 
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
 use anyhow::Context;
@@ -15,7 +17,6 @@ use crate::inventory::AuthKind;
 use crate::pve::auth::{Auth, Secret};
 use crate::pve::client::{ClientConfig, PveClient};
 use crate::pve::tls::TlsMode;
-use crate::workspace::Workspace;
 
 use super::session::Connection;
 
@@ -28,6 +29,10 @@ pub struct SimOptions {
     pub time_scale: f64,
     pub fail_rate: f64,
     pub task_fail_rate: f64,
+    /// Seeds failure injection and generated ids (MACs, UUIDs).
+    pub seed: u64,
+    /// Log in as `root@pam` (raw PCI ids) instead of with the API token (mappings).
+    pub root_ticket: bool,
 }
 
 impl Default for SimOptions {
@@ -35,9 +40,28 @@ impl Default for SimOptions {
         Self {
             inventory: None,
             request_log: None,
-            time_scale: 0.05,
+            time_scale: DEFAULT_TIME_SCALE,
             fail_rate: 0.0,
             task_fail_rate: 0.0,
+            seed: 0,
+            root_ticket: false,
+        }
+    }
+}
+
+/// Task durations × this by default: a 20 s disk import takes 0.4 s.
+pub const DEFAULT_TIME_SCALE: f64 = 0.02;
+
+impl From<&crate::cli::SimArgs> for SimOptions {
+    fn from(args: &crate::cli::SimArgs) -> Self {
+        Self {
+            inventory: args.sim_inventory.clone(),
+            request_log: args.sim_request_log.clone(),
+            time_scale: args.sim_time_scale,
+            fail_rate: args.sim_fail_rate,
+            task_fail_rate: args.sim_task_fail_rate,
+            seed: args.sim_seed,
+            root_ticket: false,
         }
     }
 }
@@ -52,19 +76,26 @@ pub fn inventory_for(profile_nodes: &[String], cluster: &str) -> &'static str {
         "homelab" | "mlops" => "pve-homelab",
         "vllm" => "pve-gpu",
         _ if profile_nodes.len() >= 4 => "pve-cluster-4",
-        _ => "pve-homelab",
+        _ if profile_nodes.len() >= 2 => "pve-homelab",
+        _ => "pve-ci",
     }
 }
 
-/// A running simulator plus a root@pam connection to it.
+/// A running simulator plus a connection to it.
 pub struct Simulated {
     pub connection: Connection,
     pub handle: SimHandle,
 }
 
-/// Start the simulator for `profile_nodes`, state kept in `<workspace>/.provision/sim/`.
+/// Where `--simulate` keeps the simulated cluster (`<state_dir>/sim/state.json`).
+pub fn state_file(state_dir: &Path) -> PathBuf {
+    state_dir.join("sim").join("state.json")
+}
+
+/// Start the simulator for a profile (`profile_nodes`, `cluster`), its state kept in
+/// `<state_dir>/sim/state.json`.
 pub async fn start(
-    workspace: &Workspace,
+    state_dir: &Path,
     profile_nodes: &[String],
     cluster: &str,
     options: &SimOptions,
@@ -75,37 +106,67 @@ pub async fn start(
         .unwrap_or_else(|| inventory_for(profile_nodes, cluster).to_owned());
     let inventory = Inventory::builtin_or_load(&name)
         .with_context(|| format!("loading simulator inventory {name}"))?;
+    let state_file = state_file(state_dir);
+    if let Some(dir) = state_file.parent() {
+        std::fs::create_dir_all(dir).with_context(|| format!("creating {}", dir.display()))?;
+    }
+    let (auth, kind) = credentials(&inventory, &name, options.root_ticket)?;
+    let mut config = SimConfig::new(inventory);
+    config.time_scale = options.time_scale;
+    config.fail_rate = options.fail_rate;
+    config.task_fail_rate = options.task_fail_rate;
+    config.request_log = options.request_log.clone();
+    config.state_file = Some(state_file);
+    config.seed = options.seed;
+    let handle = Simulator::start(config)
+        .await
+        .context("starting the Proxmox simulator")?;
+    let client = PveClient::new(ClientConfig::new(
+        handle.base_url(),
+        auth,
+        TlsMode::Fingerprint(handle.fingerprint()),
+    ))?;
+    Ok(Simulated {
+        connection: Connection {
+            api: Arc::new(client),
+            auth: kind,
+        },
+        handle,
+    })
+}
+
+/// The fixture's full-privilege API token, else `root@pam` with a ticket.
+fn credentials(
+    inventory: &Inventory,
+    name: &str,
+    root_ticket: bool,
+) -> anyhow::Result<(Auth, AuthKind)> {
+    let token = inventory
+        .tokens
+        .iter()
+        .find(|token| token.privileges.iter().any(|p| p == "*"));
+    if let (Some(token), false) = (token, root_ticket) {
+        let auth = Auth::parse_api_token(&format!("{}={}", token.tokenid, token.secret))
+            .with_context(|| format!("simulator inventory {name}: malformed token id"))?;
+        return Ok((
+            auth,
+            AuthKind::Token {
+                user: token.tokenid.clone(),
+                may_create_mappings: true,
+            },
+        ));
+    }
     let root_password = inventory
         .users
         .iter()
         .find(|user| user.userid == "root@pam")
         .map(|user| user.password.clone())
         .with_context(|| format!("simulator inventory {name} has no root@pam user"))?;
-    let sim_dir = workspace.state_dir().join("sim");
-    std::fs::create_dir_all(&sim_dir).with_context(|| format!("creating {}", sim_dir.display()))?;
-    let mut config = SimConfig::new(inventory);
-    config.time_scale = options.time_scale;
-    config.fail_rate = options.fail_rate;
-    config.task_fail_rate = options.task_fail_rate;
-    config.request_log = options.request_log.clone();
-    config.state_file = Some(sim_dir.join("state.json"));
-    config.seed = std::process::id().into();
-    let handle = Simulator::start(config)
-        .await
-        .context("starting the Proxmox simulator")?;
-    let client = PveClient::new(ClientConfig::new(
-        handle.base_url(),
+    Ok((
         Auth::Ticket {
             username: "root@pam".to_owned(),
             password: Secret::new(root_password),
         },
-        TlsMode::Fingerprint(handle.fingerprint()),
-    ))?;
-    Ok(Simulated {
-        connection: Connection {
-            api: Arc::new(client),
-            auth: AuthKind::RootTicket,
-        },
-        handle,
-    })
+        AuthKind::RootTicket,
+    ))
 }
