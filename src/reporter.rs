@@ -4,7 +4,12 @@
 //! terminal.
 #![allow(clippy::print_stdout, clippy::print_stderr)]
 
+use std::collections::BTreeMap;
 use std::io::IsTerminal as _;
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use indicatif::{MultiProgress, ProgressBar, ProgressDrawTarget, ProgressStyle};
 
 use crate::cli::{GlobalArgs, OutputFormat};
 use crate::exit::ExitStatus;
@@ -17,6 +22,17 @@ pub struct Reporter {
     color: bool,
     quiet: bool,
     verbose: u8,
+    /// Progress bars instead of lines: stderr is a terminal, text output, not `--quiet`.
+    bars: bool,
+    progress: Arc<Mutex<Option<ProgressView>>>,
+}
+
+/// The live multi-progress view of one execution.
+#[derive(Debug)]
+struct ProgressView {
+    multi: MultiProgress,
+    overall: ProgressBar,
+    vms: BTreeMap<String, ProgressBar>,
 }
 
 impl Reporter {
@@ -28,6 +44,10 @@ impl Reporter {
             color: !global.no_color && !no_color_env && std::io::stderr().is_terminal(),
             quiet: global.quiet,
             verbose: global.verbose,
+            bars: std::io::stderr().is_terminal()
+                && !global.quiet
+                && global.output == OutputFormat::Text,
+            progress: Arc::new(Mutex::new(None)),
         }
     }
 
@@ -61,19 +81,53 @@ impl Reporter {
     /// A progress or status line on stderr (hidden by `--quiet`).
     pub fn status(&self, text: &str) {
         if !self.quiet {
-            eprintln!("{text}");
+            self.line(text);
         }
     }
 
     /// Detail shown only with `-v`.
     pub fn detail(&self, text: &str) {
         if self.verbose > 0 && !self.quiet {
+            self.line(text);
+        }
+    }
+
+    /// A line on stderr, above the progress bars while they are shown.
+    fn line(&self, text: &str) {
+        let shown = self.with_view(|view| view.multi.println(text).is_ok());
+        if shown != Some(true) {
             eprintln!("{text}");
+        }
+    }
+
+    fn with_view<T>(&self, f: impl FnOnce(&mut ProgressView) -> T) -> Option<T> {
+        let mut guard = match self.progress.lock() {
+            Ok(guard) => guard,
+            Err(poisoned) => poisoned.into_inner(),
+        };
+        guard.as_mut().map(f)
+    }
+
+    /// Removes the progress bars (before an error, or when the run ends).
+    fn end_progress(&self) {
+        let mut guard = match self.progress.lock() {
+            Ok(guard) => guard,
+            Err(poisoned) => poisoned.into_inner(),
+        };
+        if let Some(view) = guard.take() {
+            view.overall.finish_and_clear();
+            for bar in view.vms.values() {
+                bar.finish_and_clear();
+            }
+            if view.multi.clear().is_err() {
+                // stderr is gone: nothing left to clear.
+            }
         }
     }
 
     /// An error with an optional hint, on stderr.
     pub fn error(&self, message: &str, hint: Option<&str>) {
+        self.end_progress();
         let (red, cyan, reset) = if self.color {
             ("\x1b[1;31m", "\x1b[1;36m", "\x1b[0m")
         } else {
@@ -137,12 +191,14 @@ impl Reporter {
     }
 }
 
-/// Execution progress as plain stderr lines (one per VM step).
-// TODO-completeness: an indicatif multi-progress view (one line per VM, overall bar, elapsed)
-// when stderr is a terminal.
+/// Execution progress: with a terminal, an indicatif multi-progress (one line per VM with its
+/// current step, an overall bar with the elapsed time); otherwise plain stderr lines.
 impl crate::exec::ProgressSink for Reporter {
     fn event(&self, event: crate::exec::ExecEvent) {
         use crate::exec::ExecEvent;
+        if self.bars && self.progress_event(&event) {
+            return;
+        }
         match event {
             ExecEvent::Started { vms } => {
                 if !vms.is_empty() {
@@ -165,6 +221,102 @@ impl crate::exec::ProgressSink for Reporter {
             }
             ExecEvent::Global { what } => self.status(&what),
             ExecEvent::Note { message } => self.status(&message),
+        }
+    }
+}
+
+impl Reporter {
+    /// Shows `event` on the progress bars; false when it is to be printed as a line.
+    fn progress_event(&self, event: &crate::exec::ExecEvent) -> bool {
+        use crate::exec::ExecEvent;
+        match event {
+            ExecEvent::Started { vms } => {
+                self.end_progress();
+                if vms.is_empty() {
+                    return true;
+                }
+                let multi = MultiProgress::with_draw_target(ProgressDrawTarget::stderr());
+                let width = vms.iter().map(String::len).max().unwrap_or(0);
+                let vm_style = ProgressStyle::with_template(&format!(
+                    "{{spinner}} {{prefix:<{width}}} {{msg}}"
+                ))
+                .unwrap_or_else(|_| ProgressStyle::default_spinner());
+                let bars = vms
+                    .iter()
+                    .map(|vm| {
+                        let bar = multi.add(ProgressBar::new_spinner());
+                        bar.set_style(vm_style.clone());
+                        bar.set_prefix(vm.clone());
+                        bar.set_message("waiting");
+                        bar.enable_steady_tick(Duration::from_millis(120));
+                        (vm.clone(), bar)
+                    })
+                    .collect();
+                let overall = multi.add(ProgressBar::new(vms.len() as u64));
+                overall.set_style(
+                    ProgressStyle::with_template("[{elapsed_precise}] {bar:40} {pos}/{len} VMs")
+                        .unwrap_or_else(|_| ProgressStyle::default_bar()),
+                );
+                overall.enable_steady_tick(Duration::from_millis(250));
+                let mut guard = match self.progress.lock() {
+                    Ok(guard) => guard,
+                    Err(poisoned) => poisoned.into_inner(),
+                };
+                *guard = Some(ProgressView {
+                    multi,
+                    overall,
+                    vms: bars,
+                });
+                true
+            }
+            ExecEvent::Step { vm, step } => self
+                .with_view(|view| match view.vms.get(vm) {
+                    Some(bar) => {
+                        bar.set_message(*step);
+                        true
+                    }
+                    None => false,
+                })
+                .unwrap_or(false),
+            ExecEvent::Retry {
+                vm,
+                step,
+                attempt,
+                error,
+                ..
+            } => self
+                .with_view(|view| match view.vms.get(vm) {
+                    Some(bar) => {
+                        bar.set_message(format!("{step} (retry {attempt}: {error})"));
+                        true
+                    }
+                    None => false,
+                })
+                .unwrap_or(false),
+            ExecEvent::VmDone { vm, elapsed } => {
+                let all_done = self.with_view(|view| {
+                    if let Some(bar) = view.vms.get(vm) {
+                        bar.finish_with_message(format!("done in {:.1}s", elapsed.as_secs_f64()));
+                    }
+                    view.overall.inc(1);
+                    view.overall.position() >= view.overall.length().unwrap_or(0)
+                });
+                match all_done {
+                    Some(true) => {
+                        self.with_view(|view| view.overall.finish());
+                        if let Ok(mut guard) = self.progress.lock() {
+                            // The finished bars stay on screen as the run's summary.
+                            guard.take();
+                        }
+                        // indicatif leaves the cursor at the end of the last bar.
+                        eprintln!();
+                        true
+                    }
+                    Some(false) => true,
+                    None => false,
+                }
+            }
+            ExecEvent::Global { .. } | ExecEvent::Note { .. } => false,
         }
     }
 }

@@ -19,7 +19,7 @@ pub async fn run(context: &Context, args: ClusterArgs) -> anyhow::Result<ExitSta
         &format!("up --profile {}", args.profile),
     )?;
     let opened = session::open(&context.workspace, profile, &args.sim).await?;
-    let seeds = Arc::new(session::WorkspaceSeeds::new(profile, &context.workspace)?);
+    let seeds = Arc::new(session::WorkspaceSeeds::for_run(profile, &context.workspace, args.sim.simulate)?);
     // Everything is validated here (profile, credentials, GPUs, hugepages, IOMMU, token vs raw
     // ids) before the first mutating call.
     let (_inventory, plan) = session::observe_and_plan(

@@ -134,6 +134,27 @@ impl WorkspaceSeeds {
         })
     }
 
+    /// Like [`WorkspaceSeeds::new`]; with `--simulate` and no user key, a throwaway key made
+    /// for the simulated cluster (`.provision/secrets/sim-user-key`) stands in, so the simulator
+    /// runs in a fresh workspace on a machine without `~/.ssh`.
+    pub fn for_run(
+        profile: &Profile,
+        workspace: &Workspace,
+        simulate: bool,
+    ) -> anyhow::Result<Self> {
+        let private = expand_home(&profile.ssh.private_key);
+        let public = PathBuf::from(format!("{}.pub", private.display()));
+        if !simulate || public.exists() {
+            return Self::new(profile, workspace);
+        }
+        let keys = HostKeys::load_or_generate(&workspace.secrets_dir(), "sim-user-key")?;
+        Ok(Self::with_keys(
+            profile,
+            host_key_dir(workspace),
+            vec![keys.public_openssh],
+        ))
+    }
+
     /// With explicit keys (tests).
     pub fn with_keys(
         profile: &Profile,
