@@ -14,6 +14,7 @@
 #:                      real cloud-init applies it on next boot; `seed NAME DIR --wipe` resets the host first
 #:   wipe NAME          stop a host and throw away its overlay (a freshly "reinstalled" machine)
 #:   status             one line per host: name address state pid
+#:   name ADDRESS       print the name of the host that has ADDRESS (10.77.0.11 -> tb1)
 #:   ssh NAME CMD...    run a command on a host with the test client key
 #:   wait NAME [SECS]   wait until sshd on the host accepts connections
 #:   env                print shell variables describing the testbed (dir, client key, hosts)
@@ -39,7 +40,11 @@ HOSTS_DIR="$TESTBED_DIR/hosts"
 CLIENT_KEY="$TESTBED_DIR/client_key"
 SCRIPT_DIR="$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)"
 STANDIN="$SCRIPT_DIR/k3s-standin/k3s"
-BASE_PACKAGES=systemd,systemd-sysv,dbus,openssh-server,iproute2,procps,kmod,ca-certificates,python3,python3-yaml,python3-cffi-backend,sudo,cloud-init,locales,util-linux,e2fsprogs
+BASE_PACKAGES=systemd,systemd-sysv,dbus,openssh-server,iproute2,procps,kmod,ca-certificates,python3,python3-yaml,python3-cffi-backend,sudo,cloud-init,locales,util-linux,e2fsprogs,qemu-guest-agent
+# Packages provision's cloud-init user-data asks for: the hosts have no network, so cloud-init's package
+# module only succeeds when they are already installed (as on an image with the guest agent baked in).
+# A base built before they were added gets them in place (see ensure_base_extras).
+BASE_EXTRAS=(qemu-guest-agent)
 # locales: cloud-init's locale module runs update-locale, as on Debian's cloud images.
 # python3-cffi-backend: debootstrap does not resolve virtual packages (python3-cryptography needs its api-min/max).
 
@@ -125,6 +130,7 @@ EOF
         log "base built in $((SECONDS - started))s"
         echo "$BASE_VERSION" >"$BASE/.testbed-base-ok"
     fi
+    ensure_base_extras
     # Refreshed on every setup (cheap) so the base always carries the current client key and stand-in.
     # Copied only when changed: running hosts have the base mounted as their lower layer.
     install -d -m 0700 "$BASE/root/.ssh"
@@ -133,6 +139,33 @@ EOF
     if [[ -f $STANDIN ]] && ! cmp -s "$STANDIN" "$BASE/usr/local/lib/k3s-standin/k3s"; then
         install -D -m 0755 "$STANDIN" "$BASE/usr/local/lib/k3s-standin/k3s"
     fi
+}
+
+# A base built before BASE_EXTRAS joined BASE_PACKAGES lacks them, and the machine may have no package
+# mirror any more: such a base gets a placeholder package of the same name (TESTBED PLACEHOLDER in its
+# description, no files), which satisfies cloud-init's `apt-get install` exactly as the preinstalled real
+# package would. It only adds files, so hosts running on the base are not disturbed.
+ensure_base_extras() {
+    local package work
+    for package in "${BASE_EXTRAS[@]}"; do
+        chroot "$BASE" dpkg-query -W -f='${Status}' "$package" 2>/dev/null | grep -q 'install ok installed' && continue
+        log "base lacks $package: installing a placeholder package"
+        work=$(mktemp -d)
+        mkdir -p "$work/pkg/DEBIAN"
+        cat >"$work/pkg/DEBIAN/control" <<EOF_CONTROL
+Package: $package
+Version: 99:0~testbed
+Architecture: all
+Maintainer: provision testbed <testbed@localhost>
+Description: TESTBED PLACEHOLDER for $package
+ Installed by scripts/testbed.sh into an old base so that cloud-init's package module finds it
+ (epoch 99: apt must not see the real package as an upgrade).
+EOF_CONTROL
+        dpkg-deb --build "$work/pkg" "$work/$package.deb" >/dev/null
+        cp "$work/$package.deb" "$BASE/tmp/$package.deb"
+        chroot "$BASE" dpkg -i "/tmp/$package.deb" >/dev/null
+        rm -rf "$work" "$BASE/tmp/$package.deb"
+    done
 }
 
 ensure_bridge() {
@@ -317,6 +350,14 @@ cmd_wipe() {
     rm -rf "$dir/upper" "$dir/work" "$dir/seeded" "$dir/console.log" "$dir/supervisor.log"
 }
 
+cmd_name() {
+    local address=$1 last
+    [[ $address =~ ^10\.77\.0\.([0-9]+)$ ]] || die "$address is not a testbed address (10.77.0.11-10.77.0.210)"
+    last=${BASH_REMATCH[1]}
+    ((last >= 11 && last <= 210)) || die "$address is not a testbed address (10.77.0.11-10.77.0.210)"
+    echo "tb$((last - 10))"
+}
+
 cmd_status() {
     local dir name state
     for dir in "$HOSTS_DIR"/tb*; do
@@ -405,6 +446,7 @@ main() {
         seed) require_root; cmd_seed "${1:?seed NAME DIR}" "${2:?seed NAME DIR}" "${3:-}" ;;
         wipe) require_root; cmd_wipe "${1:?wipe NAME}" ;;
         status) cmd_status ;;
+        name) cmd_name "${1:?name ADDRESS}" ;;
         ssh) cmd_ssh "${1:?ssh NAME CMD}" "${@:2}" ;;
         wait) cmd_wait "${1:?wait NAME}" "${2:-30}" ;;
         teardown) require_root; cmd_teardown "${1:-}" ;;

@@ -68,12 +68,15 @@ pub enum Command {
     Completions(CompletionsArgs),
     /// Show what `up` would change on Proxmox (terraform-like diff, or --output json).
     Plan(ClusterArgs),
-    /// Create or converge the cluster's VMs (phase 1).
-    Up(ClusterArgs),
+    /// Create or converge the cluster: VMs on Proxmox (phase 1), then over SSH node preparation and
+    /// HA k3s (phase 2); writes the kubeconfig.
+    Up(UpArgs),
     /// Stop and purge the cluster's VMs (only those in the state carrying its tag).
     Down(DownArgs),
     /// Show the VMs in the state and what Proxmox says about them.
     Status(ClusterArgs),
+    /// Print the workspace kubeconfig's path, or merge its context into ~/.kube/config.
+    Kubeconfig(KubeconfigArgs),
     /// The Proxmox VE simulator (what `--simulate` runs in-process).
     #[command(subcommand)]
     Sim(SimCommand),
@@ -126,6 +129,51 @@ pub struct SimArgs {
     /// Seed of the simulator's failure injection and generated ids.
     #[arg(long, value_name = "N", default_value_t = 0, requires = "simulate")]
     pub sim_seed: u64,
+}
+
+/// `up`: the cluster, plus how phase 2 (SSH, k3s) runs.
+#[derive(Debug, Clone, Args)]
+pub struct UpArgs {
+    #[command(flatten)]
+    pub cluster: ClusterArgs,
+    #[command(flatten)]
+    pub phase2: Phase2Args,
+}
+
+/// Phase 2 options of `up`.
+#[derive(Debug, Clone, Args)]
+pub struct Phase2Args {
+    /// Stop after the VMs are running (phase 1): no SSH, no k3s.
+    #[arg(long)]
+    pub vms_only: bool,
+    /// What plays the simulated VMs' guests: nothing, or the real test hosts of scripts/testbed.sh (the VM
+    /// with address 10.77.0.(10+I) boots host tbI with its cloud-init seed; root only).
+    #[arg(long, value_enum, default_value_t = Guests::None, requires = "simulate")]
+    pub guests: Guests,
+    /// Trust and record (in .provision/known_hosts) the host key of a host provision did not create
+    /// (first use); keys provision generated are always checked.
+    #[arg(long)]
+    pub accept_new_host_keys: bool,
+    /// Show every remote command and file transfer of phase 2 exactly (secrets redacted).
+    #[arg(long)]
+    pub print_commands: bool,
+}
+
+/// Guests of simulated VMs.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+pub enum Guests {
+    /// Simulated VMs have no guests: phase 2 is skipped.
+    None,
+    /// Real Debian hosts from scripts/testbed.sh (a test facility).
+    Testbed,
+}
+
+#[derive(Debug, Args)]
+pub struct KubeconfigArgs {
+    /// Merge the cluster's context into ~/.kube/config (or the first file of $KUBECONFIG), keeping every
+    /// other entry.
+    #[arg(long)]
+    pub merge: bool,
 }
 
 #[derive(Debug, Args)]

@@ -2,11 +2,84 @@
 
 use std::io::Write;
 use std::os::unix::fs::OpenOptionsExt;
-use std::path::Path;
+use std::path::{Path, PathBuf};
 
-use anyhow::Context;
+use anyhow::Context as _;
 
+use crate::cli::{KubeconfigArgs, OutputFormat};
+use crate::exit::ExitStatus;
 use crate::k3s::kubeconfig::merge_kubeconfig_text;
+
+use super::{Context, UserError};
+
+/// Prints the workspace kubeconfig's path (stdout); with `--merge`, merges its context first.
+pub async fn run(context: &Context, args: KubeconfigArgs) -> anyhow::Result<ExitStatus> {
+    let workspace_kubeconfig = context.workspace.kubeconfig_path();
+    let text = match std::fs::read_to_string(&workspace_kubeconfig) {
+        Ok(text) => text,
+        Err(error) if error.kind() == std::io::ErrorKind::NotFound => {
+            return Err(UserError::new(
+                format!("no kubeconfig yet: {} does not exist", workspace_kubeconfig.display()),
+                Some("run `provision up --profile NAME` first; it writes the kubeconfig when k3s is up"),
+            )
+            .into());
+        }
+        Err(error) => {
+            return Err(error)
+                .with_context(|| format!("cannot read {}", workspace_kubeconfig.display()));
+        }
+    };
+    let cluster = current_context(&text)
+        .with_context(|| format!("{} has no current-context", workspace_kubeconfig.display()))?;
+    let merged_into = if args.merge {
+        let target = default_target()?;
+        merge_kubeconfig(&workspace_kubeconfig, &target, &cluster)?;
+        context.reporter.status(&format!(
+            "merged context {cluster} into {} (other entries kept)",
+            target.display()
+        ));
+        Some(target)
+    } else {
+        None
+    };
+    match context.reporter.format() {
+        OutputFormat::Json => context.reporter.json(&serde_json::json!({
+            "kubeconfig": workspace_kubeconfig,
+            "context": cluster,
+            "merged_into": merged_into,
+        })),
+        OutputFormat::Text => context
+            .reporter
+            .data(&workspace_kubeconfig.display().to_string()),
+    }
+    Ok(ExitStatus::Success)
+}
+
+/// The `current-context` of a kubeconfig (provision names it after the cluster).
+fn current_context(text: &str) -> Option<String> {
+    let document: serde_yaml_ng::Value = serde_yaml_ng::from_str(text).ok()?;
+    document
+        .get("current-context")?
+        .as_str()
+        .filter(|name| !name.is_empty())
+        .map(str::to_owned)
+}
+
+/// The first file of `$KUBECONFIG`, else `~/.kube/config`.
+fn default_target() -> anyhow::Result<PathBuf> {
+    if let Some(list) = std::env::var_os("KUBECONFIG")
+        && let Some(first) = std::env::split_paths(&list).find(|p| !p.as_os_str().is_empty())
+    {
+        return Ok(first);
+    }
+    let home = std::env::var_os("HOME").ok_or_else(|| {
+        UserError::new(
+            "HOME is not set: cannot find ~/.kube/config",
+            Some("set KUBECONFIG to the file to merge into"),
+        )
+    })?;
+    Ok(PathBuf::from(home).join(".kube").join("config"))
+}
 
 /// Merge the workspace kubeconfig (one cluster/user/context named `context`) into `target`: entries named
 /// `context` are replaced, every other entry is kept, `current-context` is set only when `target` has none.

@@ -6,11 +6,13 @@
 pub mod completions;
 pub mod down;
 pub mod init;
+pub mod kubeconfig;
 pub mod plan;
 pub mod profiles;
 pub mod sim;
 pub mod status;
 pub mod up;
+pub mod up_phase2;
 pub mod validate;
 
 use crate::cli::{Cli, Command, OutputFormat};
@@ -77,6 +79,7 @@ async fn dispatch(context: &Context, command: Command) -> anyhow::Result<ExitSta
         Command::Completions(args) => completions::run(context, args).await,
         Command::Plan(args) => plan::run(context, args).await,
         Command::Up(args) => up::run(context, args).await,
+        Command::Kubeconfig(args) => kubeconfig::run(context, args).await,
         Command::Down(args) => down::run(context, args).await,
         Command::Status(args) => status::run(context, args).await,
         Command::Sim(command) => sim::run(context, command).await,

@@ -1,8 +1,9 @@
-//! `provision up --profile P [--simulate]`: observe, plan, validate, execute phase 1.
+//! `provision up --profile P [--simulate]`: observe, plan, validate, execute phase 1, then phase 2
+//! (SSH, node preparation, k3s) through [`super::up_phase2`].
 
 use std::sync::Arc;
 
-use crate::cli::{ClusterArgs, OutputFormat};
+use crate::cli::{OutputFormat, UpArgs};
 use crate::exec::{self, ExecOptions, session};
 use crate::exit::ExitStatus;
 use crate::profile;
@@ -10,7 +11,8 @@ use crate::state::StateStore;
 
 use super::Context;
 
-pub async fn run(context: &Context, args: ClusterArgs) -> anyhow::Result<ExitStatus> {
+pub async fn run(context: &Context, up_args: UpArgs) -> anyhow::Result<ExitStatus> {
+    let args = &up_args.cluster;
     let loaded = profile::load(&args.profile, &context.workspace.root)?;
     let profile = &loaded.profile;
     // Lock first: a second `up` fails fast, naming the holder.
@@ -19,7 +21,12 @@ pub async fn run(context: &Context, args: ClusterArgs) -> anyhow::Result<ExitSta
         &format!("up --profile {}", args.profile),
     )?;
     let opened = session::open(&context.workspace, profile, &args.sim).await?;
-    let seeds = Arc::new(session::WorkspaceSeeds::for_run(profile, &context.workspace, args.sim.simulate)?);
+    let guests = super::up_phase2::attach_guests(&opened, &up_args.phase2)?;
+    let seeds = Arc::new(session::WorkspaceSeeds::for_run(
+        profile,
+        &context.workspace,
+        args.sim.simulate,
+    )?);
     // Everything is validated here (profile, credentials, GPUs, hugepages, IOMMU, token vs raw
     // ids) before the first mutating call.
     let (_inventory, plan) = session::observe_and_plan(
@@ -59,14 +66,15 @@ pub async fn run(context: &Context, args: ClusterArgs) -> anyhow::Result<ExitSta
         ExecOptions::default(),
     )
     .await?;
+    let mut json = serde_json::json!({
+        "cluster": plan.cluster,
+        "vms": report.vms,
+        "destroyed": report.destroyed,
+        "mutating_calls": report.mutating_calls,
+        "seconds": report.seconds,
+    });
     match context.reporter.format() {
-        OutputFormat::Json => context.reporter.json(&serde_json::json!({
-            "cluster": plan.cluster,
-            "vms": report.vms,
-            "destroyed": report.destroyed,
-            "mutating_calls": report.mutating_calls,
-            "seconds": report.seconds,
-        })),
+        OutputFormat::Json => {}
         OutputFormat::Text => {
             let mut out = String::new();
             for vm in &report.vms {
@@ -88,6 +96,25 @@ pub async fn run(context: &Context, args: ClusterArgs) -> anyhow::Result<ExitSta
             context.reporter.data(&out);
         }
     }
+    let phase2 = super::up_phase2::run(
+        context,
+        profile,
+        &up_args.phase2,
+        args.sim.simulate,
+        guests.as_deref(),
+        &report.vms,
+    )
+    .await;
     opened.close().await;
+    let phase2 = match phase2? {
+        super::up_phase2::Phase2Result::Done(value) => value,
+        super::up_phase2::Phase2Result::Skipped(reason) => serde_json::json!({ "skipped": reason }),
+    };
+    if let Some(map) = json.as_object_mut() {
+        map.insert("phase2".into(), phase2);
+    }
+    if context.reporter.format() == OutputFormat::Json {
+        context.reporter.json(&json);
+    }
     Ok(ExitStatus::Success)
 }

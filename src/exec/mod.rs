@@ -5,11 +5,13 @@
 //! first reads what Proxmox has and acts only when needed, so any step may be re-run after a
 //! failure or a crash; a converged cluster makes zero mutating calls.
 
+pub mod cluster;
 pub mod phase2;
 pub mod progress;
 pub mod retry;
 pub mod session;
 pub mod simulate;
+pub mod testbed_guests;
 
 use std::collections::BTreeMap;
 use std::future::Future;

@@ -1,0 +1,108 @@
+//! `up`, phase 2 glue: guests for simulated VMs (`--guests testbed`), whether phase 2 runs at all
+//! (`--vms-only`, simulated VMs without guests), running it on the plan's VMs and reporting per node.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use crate::cli::{Guests, OutputFormat, Phase2Args};
+use crate::exec::ProvisionedVm;
+use crate::exec::cluster::{self, ClusterOptions};
+use crate::exec::session::Opened;
+use crate::exec::testbed_guests::TestbedGuests;
+use crate::profile::Profile;
+
+use super::Context;
+
+/// Said when `--simulate` runs without guests.
+pub const SKIPPED_SIMULATED: &str = "simulated VMs have no guests: phase 2 (SSH, k3s) skipped; add --guests testbed to run it on real test hosts";
+
+/// How long the testbed may take to seed and boot the started VMs' hosts.
+const TESTBED_SETTLE: Duration = Duration::from_secs(300);
+
+/// Installs the testbed guest backend into the simulator before any VM starts (`--guests testbed`).
+pub fn attach_guests(
+    opened: &Opened,
+    args: &Phase2Args,
+) -> anyhow::Result<Option<Arc<TestbedGuests>>> {
+    match (args.guests, &opened.simulator) {
+        (Guests::Testbed, Some(simulator)) => {
+            let guests = TestbedGuests::new()?;
+            simulator.set_guest_backend(guests.clone());
+            Ok(Some(guests))
+        }
+        (Guests::Testbed, None) | (Guests::None, _) => Ok(None),
+    }
+}
+
+/// What phase 2 produced for the command's output.
+pub enum Phase2Result {
+    /// Phase 2 did not run, and why.
+    Skipped(&'static str),
+    Done(serde_json::Value),
+}
+
+/// Runs phase 2 unless it is skipped; prints the per-node report (text) and, with `--print-commands`,
+/// every remote operation. Returns the JSON part of the report.
+pub async fn run(
+    context: &Context,
+    profile: &Profile,
+    args: &Phase2Args,
+    simulate: bool,
+    guests: Option<&TestbedGuests>,
+    vms: &[ProvisionedVm],
+) -> anyhow::Result<Phase2Result> {
+    if args.vms_only {
+        context
+            .reporter
+            .status("--vms-only: phase 2 (SSH, k3s) not run");
+        return Ok(Phase2Result::Skipped("--vms-only"));
+    }
+    if simulate && guests.is_none() {
+        context.reporter.status(SKIPPED_SIMULATED);
+        return Ok(Phase2Result::Skipped("simulated VMs have no guests"));
+    }
+    if !cluster::has_server(vms) {
+        anyhow::bail!("the plan has no server VM: phase 2 cannot install k3s");
+    }
+    if let Some(guests) = guests {
+        for line in guests.settle(TESTBED_SETTLE)? {
+            context.reporter.detail(&format!("testbed: {line}"));
+        }
+        let addresses: Vec<_> = vms.iter().map(|vm| vm.address).collect();
+        for host in guests.ensure_running(&addresses)? {
+            context.reporter.status(&format!(
+                "testbed: {host} was down although its simulated VM runs (crashed?): booted it again"
+            ));
+        }
+    }
+    context.reporter.status(&format!(
+        "phase 2: preparing {} nodes and installing k3s over SSH",
+        vms.len()
+    ));
+    let options = ClusterOptions {
+        accept_new_host_keys: args.accept_new_host_keys,
+        record_commands: args.print_commands,
+        ..ClusterOptions::default()
+    };
+    let outcome = cluster::converge(profile, vms, &context.workspace, &options).await;
+    let commands = match &outcome {
+        Ok(done) => &done.commands,
+        Err(failure) => &failure.commands,
+    };
+    if args.print_commands && context.reporter.format() == OutputFormat::Text {
+        for command in commands {
+            context.reporter.status(command);
+        }
+    }
+    let done = outcome.map_err(|failure| failure.error.context("phase 2 (SSH, k3s)"))?;
+    let mut json = cluster::report_json(&done.report);
+    if args.print_commands
+        && let Some(map) = json.as_object_mut()
+    {
+        map.insert("commands".into(), serde_json::json!(done.commands));
+    }
+    if context.reporter.format() == OutputFormat::Text {
+        context.reporter.data(&cluster::report_text(&done.report));
+    }
+    Ok(Phase2Result::Done(json))
+}
