@@ -131,6 +131,16 @@ EOF
         echo "$BASE_VERSION" >"$BASE/.testbed-base-ok"
     fi
     ensure_base_extras
+    # The guest agent needs the virtio port a VM has and a container has not (its unit BindsTo that
+    # device, so `systemctl enable --now qemu-guest-agent` from provision's user-data would wait 90 s and
+    # fail): the testbed's unit, which takes precedence over the package's, only reports itself active.
+    local agent_unit="$BASE/etc/systemd/system/qemu-guest-agent.service"
+    local agent_text
+    agent_text=$(printf '%s\n' '[Unit]' \
+        'Description=QEMU Guest Agent (testbed: no virtio port in a container, nothing to run)' \
+        '[Service]' 'Type=oneshot' 'ExecStart=/bin/true' 'RemainAfterExit=yes' \
+        '[Install]' 'WantedBy=multi-user.target')
+    [[ $(cat "$agent_unit" 2>/dev/null) == "$agent_text" ]] || echo "$agent_text" >"$agent_unit"
     # Refreshed on every setup (cheap) so the base always carries the current client key and stand-in.
     # Copied only when changed: running hosts have the base mounted as their lower layer.
     install -d -m 0700 "$BASE/root/.ssh"
