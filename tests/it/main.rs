@@ -6,6 +6,7 @@ mod support {
 
 mod cli;
 mod cloudinit;
+mod e2e;
 mod k3s;
 mod nodeprep;
 mod phase2;
