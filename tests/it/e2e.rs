@@ -49,7 +49,12 @@ fn up_args(profile: &Path) -> Vec<String> {
 }
 
 fn up(workspace: &Path, profile: &Path) -> (Output, String) {
-    let args = up_args(profile);
+    up_with(workspace, profile, &[])
+}
+
+fn up_with(workspace: &Path, profile: &Path, extra: &[&str]) -> (Output, String) {
+    let mut args = up_args(profile);
+    args.extend(extra.iter().map(|s| (*s).to_owned()));
     let args: Vec<&str> = args.iter().map(String::as_str).collect();
     let started = Instant::now();
     let output = provision(workspace, &args, &[]);
@@ -162,6 +167,45 @@ fn assert_five_ready_nodes(testbed: &Testbed) {
 }
 
 #[test]
+fn up_simulate_without_guests_skips_phase_2_in_one_line() {
+    let workspace = tempfile::tempdir().unwrap();
+    let output = provision(
+        workspace.path(),
+        &["up", "--profile", "homelab-ha", "--simulate"],
+        &[],
+    );
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert!(output.status.success(), "{stderr}");
+    assert_eq!(
+        stderr
+            .lines()
+            .filter(|l| l.contains("phase 2 (SSH, k3s) skipped"))
+            .collect::<Vec<_>>(),
+        [provision::commands::up_phase2::SKIPPED_SIMULATED]
+    );
+    let output = provision(
+        workspace.path(),
+        &[
+            "--output",
+            "json",
+            "up",
+            "--profile",
+            "homelab-ha",
+            "--simulate",
+            "--vms-only",
+        ],
+        &[],
+    );
+    assert!(output.status.success());
+    let report: serde_json::Value = serde_json::from_slice(&output.stdout).unwrap();
+    assert_eq!(report["phase2"]["skipped"], "--vms-only");
+    assert_eq!(
+        report["mutating_calls"], 0,
+        "the second run changes nothing"
+    );
+}
+
+#[test]
 fn e2e_homelab_ha_shaped_cluster_on_the_testbed() {
     let Some(testbed) = Testbed::exclusive_stopped(5) else {
         return;
@@ -197,8 +241,35 @@ fn e2e_homelab_ha_shaped_cluster_on_the_testbed() {
 
     // 2. A second `up` writes no remote file and restarts no service.
     let before = host_fingerprints(&testbed);
-    let report = up_ok(workspace, &profile);
+    let (output, stderr) = up_with(workspace, &profile, &["--print-commands"]);
+    assert!(output.status.success(), "{stderr}");
+    let report: serde_json::Value = serde_json::from_slice(&output.stdout).unwrap();
     let phase2 = &report["phase2"];
+    // --print-commands: every remote operation, the token never.
+    let commands: Vec<&str> = phase2["commands"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|c| c.as_str().unwrap())
+        .collect();
+    assert!(
+        commands
+            .iter()
+            .any(|c| *c == "[tbha-agent-2] $ cloud-init status --wait"),
+        "{commands:#?}"
+    );
+    assert!(
+        commands
+            .iter()
+            .any(|c| c.contains("k3s kubectl get nodes -o json"))
+    );
+    let token = std::fs::read_to_string(provision::k3s::token::K3sToken::path(
+        &workspace.join(".provision/secrets"),
+    ))
+    .unwrap();
+    let secret = token.trim().rsplit(':').next().unwrap();
+    assert!(secret.len() >= 16);
+    assert!(!stderr.contains(secret) && !String::from_utf8_lossy(&output.stdout).contains(secret));
     assert_eq!(phase2["changed"], false, "{phase2:#}");
     assert_eq!(phase2["restarted"].as_array().unwrap().len(), 0);
     assert_eq!(phase2["kubeconfig_changed"], false);
