@@ -253,9 +253,7 @@ fn e2e_homelab_ha_shaped_cluster_on_the_testbed() {
         .map(|c| c.as_str().unwrap())
         .collect();
     assert!(
-        commands
-            .iter()
-            .any(|c| *c == "[tbha-agent-2] $ cloud-init status --wait"),
+        commands.contains(&"[tbha-agent-2] $ cloud-init status --wait"),
         "{commands:#?}"
     );
     assert!(
