@@ -11,7 +11,10 @@
 #:
 #: usage: scripts/bench-nodeprep.sh [RUNS]      (root; default 5 runs)
 #: Environment: BENCH_FIRST_HOST (default 41: hosts tb41..tb48), BENCH_HOSTS (default 8),
-#:   BENCH_SKIP_ANSIBLE=1 to leave Ansible out, TESTBED_DIR as for scripts/testbed.sh.
+#:   BENCH_SKIP_ANSIBLE=1 to leave Ansible out, BENCH_ANSIBLE_PLAYBOOK=PATH to use an installed
+#:   ansible-playbook instead of the venv under $TESTBED_DIR/cache, BENCH_KEEP_WORK=1 to keep the generated
+#:   playbook, inventory, scripts and logs, TESTBED_DIR as for scripts/testbed.sh.
+#: Only the hosts named above are started, reset and measured; no other testbed host is touched.
 set -euo pipefail
 
 RUNS=${1:-5}
@@ -23,7 +26,7 @@ TESTBED="$SCRIPT_DIR/testbed.sh"
 eval "$("$TESTBED" env)"
 CACHE="$TESTBED_DIR/cache"
 WORK="$(mktemp -d)"
-trap 'rm -rf "$WORK"' EXIT
+if [[ ${BENCH_KEEP_WORK:-} == 1 ]]; then echo "bench: work files in $WORK" >&2; else trap 'rm -rf "$WORK"' EXIT; fi
 
 log() { echo "bench: $*" >&2; }
 die() { echo "bench: error: $*" >&2; exit 1; }
@@ -41,7 +44,7 @@ SSH_OPTS=(-i "$TESTBED_CLIENT_KEY" -o StrictHostKeyChecking=no -o UserKnownHosts
     -o LogLevel=ERROR -o ConnectTimeout=5 -o BatchMode=yes -o ControlMaster=no -o ControlPath=none)
 
 # --- hosts ---------------------------------------------------------------------------------------------
-"$TESTBED" setup 1 >/dev/null # base, bridge, client key
+[[ -s $TESTBED_DIR/base/.testbed-base-ok ]] || "$TESTBED" setup 1 >/dev/null # base, bridge, client key
 for name in "${NAMES[@]}"; do "$TESTBED" start "$name"; done
 for name in "${NAMES[@]}"; do "$TESTBED" wait "$name" 60; done
 
@@ -114,13 +117,17 @@ EOF
 ANSIBLE=""
 if [[ ${BENCH_SKIP_ANSIBLE:-} != 1 ]]; then
     venv="$CACHE/ansible-venv"
-    if [[ ! -x $venv/bin/ansible-playbook ]]; then
+    if [[ -n ${BENCH_ANSIBLE_PLAYBOOK:-} ]]; then
+        ANSIBLE=$BENCH_ANSIBLE_PLAYBOOK
+    elif [[ ! -x $venv/bin/ansible-playbook ]]; then
         log "installing ansible-core into $venv"
         mkdir -p "$CACHE"
         python3 -m venv "$venv"
-        "$venv/bin/pip" install -q ansible-core >"$CACHE/ansible-pip.log" 2>&1 || true
+        "$venv/bin/pip" install -q --retries 2 ansible-core >"$CACHE/ansible-pip.log" 2>&1 || true
     fi
-    if [[ -x $venv/bin/ansible-playbook ]]; then
+    if [[ -n $ANSIBLE ]]; then
+        :
+    elif [[ -x $venv/bin/ansible-playbook ]]; then
         ANSIBLE="$venv/bin/ansible-playbook"
     else
         log "!!!!!!!! ansible-core could not be installed (see $CACHE/ansible-pip.log): Ansible is left out !!!!!!!!"
