@@ -4,6 +4,7 @@
 //! changed the host. Command scripts end with one `provision-outcome:` line (see [`parse_outcome`]) so the
 //! decision "changed or not" is made on the host, in the same round trip as the change itself.
 
+pub mod batch;
 pub mod hardware;
 pub mod shell;
 pub mod steps;
@@ -278,16 +279,61 @@ pub async fn ensure_file(
     }
 }
 
-/// Run steps in order, stopping at the first failure.
+/// Run steps in order, stopping at the first failure. Consecutive small steps go to the host as one
+/// script (see [`batch`]): one round trip for the whole node preparation instead of one per step.
 pub async fn apply_steps(
     exec: &dyn RemoteExec,
     steps: &[Step],
 ) -> Result<Vec<StepReport>, NodePrepError> {
     let mut reports = Vec::with_capacity(steps.len());
-    for step in steps {
-        let outcome = apply_step(exec, step).await?;
+    for (batched, range) in batch::plan_batches(steps) {
+        let group = &steps[range];
+        if batched && group.len() > 1 {
+            reports.extend(apply_batch(exec, group).await?);
+        } else {
+            for step in group {
+                let outcome = apply_step(exec, step).await?;
+                reports.push(StepReport {
+                    description: step.description().to_owned(),
+                    outcome,
+                });
+            }
+        }
+    }
+    Ok(reports)
+}
+
+/// Runs batchable `steps` as one remote script and reports each as [`apply_step`] would.
+async fn apply_batch(
+    exec: &dyn RemoteExec,
+    steps: &[Step],
+) -> Result<Vec<StepReport>, NodePrepError> {
+    let nonce = format!("{:016x}", rand::random::<u64>());
+    let output = exec.run(&batch::batch_script(steps, &nonce), None).await?;
+    let stdout = String::from_utf8_lossy(&output.stdout);
+    let results = batch::parse_batch(&stdout, &nonce);
+    let mut reports = Vec::with_capacity(steps.len());
+    for (index, step) in steps.iter().enumerate() {
+        let description = step.description().to_owned();
+        let Some(result) = results.get(index).filter(|r| r.exit_status == 0) else {
+            // This step failed, or the batch ended before it (its stderr says why).
+            return Err(NodePrepError::StepFailed {
+                host: exec.host().to_owned(),
+                description,
+                status: results
+                    .get(index)
+                    .and_then(|r| u32::try_from(r.exit_status).ok())
+                    .unwrap_or(output.exit_status),
+                stderr: String::from_utf8_lossy(&output.stderr).trim().to_owned(),
+            });
+        };
+        let outcome = parse_outcome(&result.stdout).ok_or_else(|| NodePrepError::NoOutcome {
+            host: exec.host().to_owned(),
+            description: description.clone(),
+            stdout: result.stdout.trim().to_owned(),
+        })?;
         reports.push(StepReport {
-            description: step.description().to_owned(),
+            description,
             outcome,
         });
     }

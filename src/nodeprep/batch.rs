@@ -1,0 +1,254 @@
+//! Several steps in one remote script: one SSH round trip per host instead of one (or four, for a file)
+//! per step. Each command step runs in its own `sh -c`, exactly as alone; small files travel inline
+//! (base64) and are installed only when their sha256 or mode differs, verified like an upload.
+//! Execution stops at the first failing step, as with one step at a time.
+
+use super::shell::quote;
+use super::{OUTCOME_MARKER, Step, sha256_hex};
+
+/// Files up to this size travel inside the batch script; bigger ones go through the executor's upload.
+pub const INLINE_FILE_MAX: usize = 16 * 1024;
+/// Upper bound on one batch script (one `sh -c` argument: Linux allows 128 KiB, sudo quoting adds some).
+pub const BATCH_SCRIPT_MAX: usize = 64 * 1024;
+
+/// Whether a step can go into a batch (and how big its part of the script is).
+pub fn batchable(step: &Step) -> bool {
+    match step {
+        Step::Command { .. } => step_script(step, 0, "x").len() <= BATCH_SCRIPT_MAX / 2,
+        Step::File { content, .. } => content.len() <= INLINE_FILE_MAX,
+    }
+}
+
+/// The part of the batch script that runs step `index`: begin marker, the step with stdin closed and
+/// stderr kept aside, end marker with its exit status; a failure prints its stderr and ends the batch.
+fn step_script(step: &Step, index: usize, nonce: &str) -> String {
+    let body = match step {
+        Step::Command { script, .. } => format!("sh -c {} </dev/null", quote(script)),
+        Step::File {
+            path,
+            content,
+            mode,
+            ..
+        } => inline_file_script(path, content, *mode),
+    };
+    format!(
+        "echo 'provision-batch-{nonce}: begin {index}'\n( {body}\n) 2>\"$errs\"; rc=$?\n\
+         echo \"provision-batch-{nonce}: end {index} $rc\"\n\
+         if [ $rc -ne 0 ]; then cat \"$errs\" >&2; rm -f \"$errs\"; exit $rc; fi\n"
+    )
+}
+
+/// Installs `content` at `path` with `mode` unless identical; a corrupted transfer exits 3.
+fn inline_file_script(path: &str, content: &[u8], mode: u32) -> String {
+    use base64::Engine as _;
+    let path_q = quote(path);
+    let parent = std::path::Path::new(path)
+        .parent()
+        .map(|p| p.to_string_lossy().into_owned())
+        .filter(|p| !p.is_empty())
+        .unwrap_or_else(|| "/".to_owned());
+    let name = path.rsplit('/').next().unwrap_or(path);
+    let staged = quote(&format!(
+        "{}/.{name}.provision-batch",
+        parent.trim_end_matches('/')
+    ));
+    let sha = sha256_hex(content);
+    let mode = mode & 0o7777;
+    let encoded = base64::engine::general_purpose::STANDARD.encode(content);
+    format!(
+        "set -eu\n\
+         if [ -f {path_q} ] && [ \"$(stat -c %a {path_q})\" = {mode:o} ] && \
+         [ \"$(sha256sum < {path_q} | cut -d' ' -f1)\" = {sha} ]; then echo '{OUTCOME_MARKER} unchanged'; exit 0; fi\n\
+         mkdir -p {parent_q}\n\
+         (umask 077; echo {encoded} | base64 -d > {staged})\n\
+         actual=\"$(sha256sum < {staged} | cut -d' ' -f1)\"\n\
+         if [ \"$actual\" != {sha} ]; then rm -f {staged}; echo \"{path} arrived with sha256 $actual, expected {sha}\" >&2; exit 3; fi\n\
+         chmod {mode:04o} {staged}\n\
+         mv -f {staged} {path_q}\n\
+         echo '{OUTCOME_MARKER} changed'",
+        parent_q = quote(&parent),
+    )
+}
+
+/// One script running `steps` in order (all must be [`batchable`]); `nonce` makes its markers unique.
+pub fn batch_script(steps: &[Step], nonce: &str) -> String {
+    let mut script = String::from("errs=\"$(mktemp)\" || exit 70\ntrap 'rm -f \"$errs\"' EXIT\n");
+    for (index, step) in steps.iter().enumerate() {
+        script.push_str(&step_script(step, index, nonce));
+    }
+    script
+}
+
+/// What one step of a batch printed and how it ended.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct StepResult {
+    pub stdout: String,
+    pub exit_status: i32,
+}
+
+/// Splits a batch's stdout into per-step results, in order; steps that did not run are absent.
+pub fn parse_batch(stdout: &str, nonce: &str) -> Vec<StepResult> {
+    let marker = format!("provision-batch-{nonce}: ");
+    let mut results = Vec::new();
+    let mut current: Option<String> = None;
+    for line in stdout.lines() {
+        match line.strip_prefix(&marker) {
+            Some(rest) if rest.starts_with("begin ") => current = Some(String::new()),
+            Some(rest) if rest.starts_with("end ") => {
+                let status = rest
+                    .split_whitespace()
+                    .nth(2)
+                    .and_then(|s| s.parse().ok())
+                    .unwrap_or(-1);
+                results.push(StepResult {
+                    stdout: current.take().unwrap_or_default(),
+                    exit_status: status,
+                });
+            }
+            _ => {
+                if let Some(out) = current.as_mut() {
+                    out.push_str(line);
+                    out.push('\n');
+                }
+            }
+        }
+    }
+    results
+}
+
+/// Groups `steps` into runs to execute together: consecutive batchable steps whose script stays under
+/// [`BATCH_SCRIPT_MAX`]; a step that cannot be batched is a group of its own (`false`).
+pub fn plan_batches(steps: &[Step]) -> Vec<(bool, std::ops::Range<usize>)> {
+    let mut groups: Vec<(bool, std::ops::Range<usize>)> = Vec::new();
+    let mut size = 0;
+    for (index, step) in steps.iter().enumerate() {
+        if !batchable(step) {
+            groups.push((false, index..index + 1));
+            continue;
+        }
+        let step_size = step_script(step, index, "0123456789abcdef").len();
+        match groups.last_mut() {
+            Some((true, range)) if size + step_size <= BATCH_SCRIPT_MAX => {
+                range.end = index + 1;
+                size += step_size;
+            }
+            _ => {
+                groups.push((true, index..index + 1));
+                size = step_size;
+            }
+        }
+    }
+    groups
+}
+
+#[cfg(test)]
+#[allow(clippy::unwrap_used)]
+mod tests {
+    use super::*;
+
+    fn command(script: &str) -> Step {
+        Step::Command {
+            description: script.to_owned(),
+            script: script.to_owned(),
+        }
+    }
+
+    fn file(path: &str, bytes: usize) -> Step {
+        Step::File {
+            description: path.to_owned(),
+            path: path.to_owned(),
+            content: vec![b'x'; bytes],
+            mode: 0o644,
+        }
+    }
+
+    fn run_locally(script: &str) -> (i32, String, String) {
+        let output = std::process::Command::new("sh")
+            .args(["-c", script])
+            .output()
+            .unwrap();
+        (
+            output.status.code().unwrap(),
+            String::from_utf8(output.stdout).unwrap(),
+            String::from_utf8(output.stderr).unwrap(),
+        )
+    }
+
+    #[test]
+    fn steps_run_in_order_and_stop_at_the_first_failure() {
+        let steps = [
+            command("echo one; echo 'provision-outcome: changed'"),
+            command("echo oops >&2; echo 'it'\\''s'; exit 4"),
+            command("echo never"),
+        ];
+        let (status, stdout, stderr) = run_locally(&batch_script(&steps, "n1"));
+        assert_eq!(status, 4);
+        assert_eq!(stderr, "oops\n");
+        let results = parse_batch(&stdout, "n1");
+        assert_eq!(
+            results,
+            [
+                StepResult {
+                    stdout: "one\nprovision-outcome: changed\n".into(),
+                    exit_status: 0
+                },
+                StepResult {
+                    stdout: "it's\n".into(),
+                    exit_status: 4
+                },
+            ]
+        );
+        assert!(!stdout.contains("never"));
+    }
+
+    #[test]
+    fn inline_file_is_written_once_with_mode_and_verified() {
+        let dir = std::env::temp_dir().join(format!("provision-batch-{}", std::process::id()));
+        let path = dir.join("sub/it's.conf").display().to_string();
+        let step = Step::File {
+            description: "f".into(),
+            path: path.clone(),
+            content: b"a = 1\n\x00binary\n".to_vec(),
+            mode: 0o640,
+        };
+        let script = batch_script(std::slice::from_ref(&step), "n2");
+        let (status, stdout, _) = run_locally(&script);
+        assert_eq!(status, 0);
+        assert!(parse_batch(&stdout, "n2")[0].stdout.contains("changed"));
+        assert_eq!(std::fs::read(&path).unwrap(), b"a = 1\n\x00binary\n");
+        use std::os::unix::fs::PermissionsExt as _;
+        assert_eq!(
+            std::fs::metadata(&path).unwrap().permissions().mode() & 0o7777,
+            0o640
+        );
+        let (_, stdout, _) = run_locally(&script);
+        assert!(parse_batch(&stdout, "n2")[0].stdout.contains("unchanged"));
+        // A changed mode alone is a change.
+        std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o600)).unwrap();
+        let (_, stdout, _) = run_locally(&script);
+        assert!(
+            parse_batch(&stdout, "n2")[0]
+                .stdout
+                .contains("provision-outcome: changed")
+        );
+        std::fs::remove_dir_all(&dir).unwrap();
+    }
+
+    #[test]
+    fn big_files_and_huge_scripts_are_not_batched() {
+        let steps = [
+            command("true"),
+            file("/a", 100),
+            file("/big", INLINE_FILE_MAX + 1),
+            command("true"),
+        ];
+        assert_eq!(
+            plan_batches(&steps),
+            [(true, 0..2), (false, 2..3), (true, 3..4)]
+        );
+        let many: Vec<Step> = (0..8).map(|_| file("/f", INLINE_FILE_MAX)).collect();
+        let groups = plan_batches(&many);
+        assert!(groups.len() > 1, "{groups:?}");
+        assert!(groups.iter().all(|(batched, _)| *batched));
+    }
+}
