@@ -19,7 +19,11 @@ pub async fn run(context: &Context, args: ClusterArgs) -> anyhow::Result<ExitSta
         &format!("up --profile {}", args.profile),
     )?;
     let opened = session::open(&context.workspace, profile, &args.sim).await?;
-    let seeds = Arc::new(session::WorkspaceSeeds::for_run(profile, &context.workspace, args.sim.simulate)?);
+    let seeds = Arc::new(session::WorkspaceSeeds::for_run(
+        profile,
+        &context.workspace,
+        args.sim.simulate,
+    )?);
     // Everything is validated here (profile, credentials, GPUs, hugepages, IOMMU, token vs raw
     // ids) before the first mutating call.
     let (_inventory, plan) = session::observe_and_plan(

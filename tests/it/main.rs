@@ -1,15 +1,19 @@
 //! Integration tests: one binary.
 
 mod support {
+    pub mod sim;
     pub mod testbed;
 }
 
 mod cli;
 mod cloudinit;
+mod crash;
 mod k3s;
 mod nodeprep;
 mod phase2;
+mod plan;
 mod profiles;
 mod pve_client;
 mod ssh;
 mod testbed;
+mod up;
