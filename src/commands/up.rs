@@ -60,7 +60,14 @@ pub async fn run(context: &Context, args: ClusterArgs) -> anyhow::Result<ExitSta
         store,
         seeds,
         Arc::new(context.reporter.clone()),
-        ExecOptions::default(),
+        ExecOptions {
+            poll_scale: if args.sim.simulate {
+                args.sim.sim_time_scale
+            } else {
+                1.0
+            },
+            ..ExecOptions::default()
+        },
     )
     .await?;
     match context.reporter.format() {

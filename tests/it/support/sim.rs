@@ -39,6 +39,9 @@ pub fn fast() -> SimOptions {
 pub fn exec_options() -> ExecOptions {
     ExecOptions {
         backoff: std::time::Duration::from_millis(5),
+        poll_scale: 0.002,
+        guest_timeout: std::time::Duration::from_secs(10),
+        task_timeout: std::time::Duration::from_secs(20),
         ..ExecOptions::default()
     }
 }
