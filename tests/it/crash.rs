@@ -1,6 +1,6 @@
 //! Crash safety: a run aborted at each step boundary in turn, then re-run, leaves every VM on
 //! Proxmox exactly once, tagged and in the state, with no VMID used twice.
-#![allow(clippy::unwrap_used)]
+#![allow(clippy::unwrap_used, clippy::print_stderr)]
 
 use std::collections::BTreeSet;
 

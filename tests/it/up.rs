@@ -1,7 +1,7 @@
 //! `up` against the simulator: a re-run makes zero mutating requests, `down` empties Proxmox,
 //! impossible plans fail before any mutating request, injected 5xx and task failures converge,
 //! and the binary's `--simulate` keeps the simulated Proxmox across runs.
-#![allow(clippy::unwrap_used)]
+#![allow(clippy::unwrap_used, clippy::print_stderr)]
 
 use std::process::Command;
 use std::sync::Arc;
