@@ -11,7 +11,8 @@ pub async fn run(context: &Context, args: ClusterArgs) -> anyhow::Result<ExitSta
     let loaded = profile::load(&args.profile, &context.workspace.root)?;
     let opened = session::open(&context.workspace, &loaded.profile, &args.sim).await?;
     let state = crate::state::load(&context.workspace.state_dir().join("state.json"))?;
-    let seeds = session::WorkspaceSeeds::for_run(&loaded.profile, &context.workspace, args.sim.simulate)?;
+    let seeds =
+        session::WorkspaceSeeds::for_run(&loaded.profile, &context.workspace, args.sim.simulate)?;
     let (_inventory, plan) = session::observe_and_plan(
         opened.connection.api.as_ref(),
         opened.connection.auth.clone(),

@@ -23,8 +23,5 @@ pub async fn run(_context: &Context, command: SimCommand) -> anyhow::Result<Exit
 }
 
 fn source_text(error: &dyn std::error::Error) -> String {
-    error
-        .source()
-        .map(ToString::to_string)
-        .unwrap_or_default()
+    error.source().map(ToString::to_string).unwrap_or_default()
 }

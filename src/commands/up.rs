@@ -63,7 +63,14 @@ pub async fn run(context: &Context, up_args: UpArgs) -> anyhow::Result<ExitStatu
         store,
         seeds,
         Arc::new(context.reporter.clone()),
-        ExecOptions::default(),
+        ExecOptions {
+            poll_scale: if args.sim.simulate {
+                args.sim.sim_time_scale
+            } else {
+                1.0
+            },
+            ..ExecOptions::default()
+        },
     )
     .await?;
     let mut json = serde_json::json!({

@@ -54,6 +54,17 @@ pub struct ExecOptions {
     pub stop_timeout_secs: u32,
     /// Test hook: fail (as a crash would) at the N-th step boundary (0-based).
     pub fail_after_step: Option<usize>,
+    /// Multiplies the task and guest-agent polling intervals: the simulator's time scale under
+    /// `--simulate`, so polling overshoot stays proportionate to the (scaled) task durations.
+    pub poll_scale: f64,
+}
+
+impl ExecOptions {
+    /// `base` scaled by [`ExecOptions::poll_scale`], at least 2 ms.
+    fn poll(&self, base: Duration) -> Duration {
+        base.mul_f64(self.poll_scale.clamp(0.0, 1.0))
+            .max(Duration::from_millis(2))
+    }
 }
 
 impl Default for ExecOptions {
@@ -67,6 +78,7 @@ impl Default for ExecOptions {
             guest_timeout: Duration::from_secs(10 * 60),
             stop_timeout_secs: 30,
             fail_after_step: None,
+            poll_scale: 1.0,
         }
     }
 }
@@ -327,7 +339,8 @@ impl Runner {
     async fn wait_task(&self, node: &str, upid: &Upid) -> Result<(), PveError> {
         let node_name = NodeName(upid.node().unwrap_or(node).to_owned());
         let started = Instant::now();
-        let mut interval = Duration::from_millis(20);
+        let mut interval = self.options.poll(Duration::from_millis(20));
+        let max_interval = self.options.poll(Duration::from_millis(500));
         loop {
             let status = self.api.task_status(&node_name, upid).await?;
             if status.status == "stopped" {
@@ -359,7 +372,7 @@ impl Runner {
                 });
             }
             tokio::time::sleep(interval).await;
-            interval = (interval * 3 / 2).min(Duration::from_millis(500));
+            interval = (interval * 3 / 2).min(max_interval);
         }
     }
 
@@ -743,7 +756,10 @@ impl Runner {
         let node = NodeName(vm.node.clone());
         let vmid = VmId(vm.vmid);
         let started = Instant::now();
-        let mut interval = Duration::from_millis(50);
+        let mut interval = self.options.poll(Duration::from_millis(50));
+        // The agent answers some 15 s after boot on real hardware; 1 s keeps the overshoot
+        // small without flooding pveproxy.
+        let max_interval = self.options.poll(Duration::from_secs(1));
         let mut last;
         let wanted = vm.address.to_string();
         loop {
@@ -783,7 +799,7 @@ impl Runner {
                 );
             }
             tokio::time::sleep(interval).await;
-            interval = (interval * 3 / 2).min(Duration::from_secs(2));
+            interval = (interval * 3 / 2).min(max_interval);
         }
     }
 

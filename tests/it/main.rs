@@ -1,16 +1,20 @@
 //! Integration tests: one binary.
 
 mod support {
+    pub mod sim;
     pub mod testbed;
 }
 
 mod cli;
 mod cloudinit;
+mod crash;
 mod e2e;
 mod k3s;
 mod nodeprep;
 mod phase2;
+mod plan;
 mod profiles;
 mod pve_client;
 mod ssh;
 mod testbed;
+mod up;

@@ -63,7 +63,8 @@ pub(crate) fn boot_info(state: &State, vm: &Vm) -> GuestBoot {
 }
 
 /// Addresses per guest NIC index: `ipconfigN` wins, then the seed's network-config (v1 or v2,
-/// interfaces in order), then a DHCP lease derived from the VM id.
+/// interfaces in order; once applied it stays after the seed is ejected), then a DHCP lease
+/// derived from the VM id.
 pub(crate) fn addresses(vm: &Vm, seed: Option<&NoCloudSeed>) -> BTreeMap<usize, Vec<(IpAddr, u8)>> {
     let mut result: BTreeMap<usize, Vec<(IpAddr, u8)>> = BTreeMap::new();
     for (key, value) in &vm.config {
@@ -85,7 +86,9 @@ pub(crate) fn addresses(vm: &Vm, seed: Option<&NoCloudSeed>) -> BTreeMap<usize, 
         }
     }
     if result.is_empty()
-        && let Some(network) = seed.and_then(|s| s.network_config.as_deref())
+        && let Some(network) = seed
+            .and_then(|s| s.network_config.as_deref())
+            .or(vm.guest_network_config.as_deref())
     {
         for (index, addrs) in network_config_addresses(network).into_iter().enumerate() {
             if !addrs.is_empty() {

@@ -1522,6 +1522,7 @@ impl Request<'_> {
                 hugepages: BTreeMap::new(),
                 pci_in_use: Vec::new(),
                 pool: self.text("pool").map(str::to_owned),
+                guest_network_config: None,
             },
         );
         let seconds = if imports {
@@ -1826,6 +1827,7 @@ impl Request<'_> {
                 hugepages: BTreeMap::new(),
                 pci_in_use: Vec::new(),
                 pool: self.text("pool").map(str::to_owned),
+                guest_network_config: None,
             },
         );
         let upid = self.spawn(

@@ -131,6 +131,10 @@ pub(crate) struct Vm {
     pub pci_in_use: Vec<String>,
     #[serde(default)]
     pub pool: Option<String>,
+    /// The network-config cloud-init applied at the first boot with a NoCloud seed: the guest
+    /// keeps it on its disk, so later boots without the seed keep the same addresses.
+    #[serde(default)]
+    pub guest_network_config: Option<String>,
 }
 
 impl Vm {
@@ -766,8 +770,14 @@ fn finish(
             let now = now_ms();
             vm.started_at_ms = Some(now);
             vm.booted_at_ms = Some(now + (durations::BOOT * time_scale * 1000.0) as u64);
-            let vm = vm.clone();
-            let boot = guest::boot_info(state, &vm);
+            let snapshot = vm.clone();
+            let boot = guest::boot_info(state, &snapshot);
+            if let Some(network) = boot.seed.as_ref().and_then(|s| s.network_config.clone())
+                && let Some(vm) = state.vms.get_mut(vmid)
+                && vm.guest_network_config.is_none()
+            {
+                vm.guest_network_config = Some(network);
+            }
             events.push(Event::Started(Box::new(boot)));
             Ok(Vec::new())
         }

@@ -1,0 +1,99 @@
+//! Crash safety: a run aborted at each step boundary in turn, then re-run, leaves every VM on
+//! Proxmox exactly once, tagged and in the state, with no VMID used twice.
+#![allow(clippy::unwrap_used, clippy::print_stderr)]
+
+use std::collections::BTreeSet;
+
+use provision::exec::{ExecOptions, InjectedCrash};
+
+use crate::support::sim::{self, SimWorkspace};
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_crash_at_every_step_boundary_then_a_rerun_converges_without_duplicates() {
+    // homelab-ha: five VMs on three Proxmox nodes (the boundaries are per-VM steps).
+    for name in ["homelab-ha"] {
+        let profile = sim::builtin(name);
+        let wanted: BTreeSet<String> = provision::plan::wanted_vms(&profile)
+            .unwrap()
+            .into_iter()
+            .map(|vm| vm.name)
+            .collect();
+        let mut boundary = 0;
+        loop {
+            eprintln!("{name}: crash at boundary {boundary}");
+            let workspace = SimWorkspace::start(&profile, None, sim::fast()).await;
+            let crashed = workspace
+                .up(
+                    &profile,
+                    ExecOptions {
+                        fail_after_step: Some(boundary),
+                        ..sim::exec_options()
+                    },
+                )
+                .await;
+            let finished = match crashed {
+                Ok(_) => true,
+                Err(error) => {
+                    assert!(
+                        error.chain().any(|cause| cause.is::<InjectedCrash>()),
+                        "{name} boundary {boundary}: unexpected error {error:#}"
+                    );
+                    false
+                }
+            };
+            // Let tasks that were running at the crash finish, as on a real Proxmox.
+            tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+            let report = workspace.up(&profile, sim::exec_options()).await.unwrap();
+            assert_eq!(report.vms.len(), wanted.len(), "{name} boundary {boundary}");
+
+            let resources = workspace.api.cluster_resources(Some("vm")).await.unwrap();
+            let names: Vec<String> = resources
+                .iter()
+                .map(|r| r.name.clone().unwrap_or_default())
+                .collect();
+            let unique: BTreeSet<String> = names.iter().cloned().collect();
+            assert_eq!(unique, wanted, "{name} boundary {boundary}: {names:?}");
+            assert_eq!(
+                names.len(),
+                wanted.len(),
+                "{name} boundary {boundary}: duplicates {names:?}"
+            );
+            let vmids: BTreeSet<u32> = resources.iter().filter_map(|r| r.vmid).collect();
+            assert_eq!(vmids.len(), resources.len(), "{name} boundary {boundary}");
+            let tag = provision::inventory::cluster_tag(&profile.cluster.name);
+            let state = workspace.state();
+            for resource in &resources {
+                assert!(
+                    resource.tag_list().contains(&tag.as_str()),
+                    "{name} boundary {boundary}: {resource:?} without the cluster tag"
+                );
+                let vm_name = resource.name.clone().unwrap_or_default();
+                let record = state.vms.get(&vm_name).unwrap_or_else(|| {
+                    panic!("{name} boundary {boundary}: {vm_name} is not in the state")
+                });
+                assert_eq!(
+                    Some(record.vmid),
+                    resource.vmid,
+                    "{name} boundary {boundary}"
+                );
+            }
+            // And the re-run really converged: nothing left to do.
+            let before = workspace.log().len();
+            workspace.up(&profile, sim::exec_options()).await.unwrap();
+            assert_eq!(
+                workspace.mutating_since(before),
+                Vec::new(),
+                "{name} boundary {boundary}"
+            );
+            workspace.sim.shutdown().await;
+            if finished {
+                assert!(
+                    boundary > wanted.len(),
+                    "{name}: only {boundary} boundaries"
+                );
+                break;
+            }
+            boundary += 1;
+        }
+    }
+}

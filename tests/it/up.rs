@@ -1,0 +1,257 @@
+//! `up` against the simulator: a re-run makes zero mutating requests, `down` empties Proxmox,
+//! impossible plans fail before any mutating request, injected 5xx and task failures converge,
+//! and the binary's `--simulate` keeps the simulated Proxmox across runs.
+#![allow(clippy::unwrap_used, clippy::print_stderr)]
+
+use std::process::Command;
+use std::sync::Arc;
+
+use provision::exec::simulate::SimOptions;
+use provision::inventory::AuthKind;
+use provision::pve::auth::Auth;
+use provision::pve::client::{ClientConfig, PveClient};
+use provision::pve::tls::TlsMode;
+
+use crate::support::sim::{self, SimWorkspace};
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn second_up_makes_zero_mutating_requests_and_down_empties_proxmox() {
+    for name in [
+        "a100-8x",
+        "homelab-ha",
+        "ci-nested",
+        "mlops",
+        "vllm-timeslice",
+    ] {
+        let profile = sim::builtin(name);
+        let workspace = SimWorkspace::start(&profile, None, sim::fast()).await;
+        let first = workspace.up(&profile, sim::exec_options()).await.unwrap();
+        assert!(first.mutating_calls > 0, "{name}");
+        let wanted = provision::plan::wanted_vms(&profile).unwrap().len();
+        assert_eq!(first.vms.len(), wanted, "{name}");
+
+        let before = workspace.log().len();
+        let second = workspace.up(&profile, sim::exec_options()).await.unwrap();
+        assert_eq!(second.mutating_calls, 0, "{name}");
+        assert_eq!(
+            workspace.mutating_since(before),
+            Vec::new(),
+            "{name}: the re-run changed Proxmox"
+        );
+        // One read per VM at most, plus the inventory reads (four per Proxmox node, a few
+        // cluster-wide).
+        let reads = workspace.log().len() - before;
+        let nodes = profile.proxmox.nodes.len();
+        assert!(
+            reads <= wanted + 4 * nodes + 4,
+            "{name}: {reads} reads for {wanted} VMs on {nodes} nodes"
+        );
+
+        let down = workspace.down(&profile).await.unwrap();
+        assert_eq!(down.destroyed.len(), wanted, "{name}");
+        assert!(workspace.state().vms.is_empty());
+        let resources = workspace.api.cluster_resources(Some("vm")).await.unwrap();
+        assert!(resources.is_empty(), "{name}: {resources:?}");
+        workspace.sim.shutdown().await;
+    }
+}
+
+/// Runs `plan` with a profile the fixture cannot host; asserts the error and that nothing
+/// mutating was sent.
+async fn refused(workspace: &SimWorkspace, profile: &provision::profile::Profile, wanted: &str) {
+    let error = workspace
+        .up(profile, sim::exec_options())
+        .await
+        .unwrap_err();
+    let text = format!("{error:#}");
+    assert!(text.contains(wanted), "expected `{wanted}` in: {text}");
+    assert_eq!(workspace.mutating_since(0), Vec::new(), "{text}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn impossible_plans_fail_before_any_mutating_request() {
+    // Not enough GPUs: five 2-GPU workers on an 8-GPU host.
+    let mut profile = sim::builtin("a100-8x");
+    let gpu = profile
+        .node_groups
+        .iter()
+        .position(|group| group.name == "gpu")
+        .unwrap();
+    profile.node_groups[gpu].count = 5;
+    profile.node_groups[gpu]
+        .addresses
+        .push("10.0.0.25".parse().unwrap());
+    let workspace = SimWorkspace::start(&profile, None, sim::fast()).await;
+    refused(&workspace, &profile, "not enough GPUs").await;
+    workspace.sim.shutdown().await;
+
+    // Not enough hugepages: 480 GiB of 1 GiB pages per NUMA node, two workers of 300 GiB each
+    // on one NUMA node.
+    let mut profile = sim::builtin("a100-8x");
+    profile.node_groups[gpu].memory_mib = 300 * 1024;
+    let workspace = SimWorkspace::start(&profile, None, sim::fast()).await;
+    refused(&workspace, &profile, "hugepages").await;
+    workspace.sim.shutdown().await;
+
+    // IOMMU off (the fixture's GPU is an L40S).
+    let mut profile = sim::builtin("vllm-timeslice");
+    profile.node_groups[1].gpus.as_mut().unwrap().filter = Some("10de:*".to_owned());
+    let workspace = SimWorkspace::start(&profile, Some("pve-iommu-off"), sim::fast()).await;
+    refused(&workspace, &profile, "IOMMU").await;
+    workspace.sim.shutdown().await;
+
+    // A GPU sharing its IOMMU group with a USB controller.
+    let profile = sim::builtin("sentinel");
+    let workspace = SimWorkspace::start(&profile, Some("pve-sentinel"), sim::fast()).await;
+    refused(&workspace, &profile, "shares IOMMU group 14").await;
+    workspace.sim.shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_token_that_cannot_create_mappings_is_refused_before_any_mutating_request() {
+    let profile = sim::builtin("a100-8x");
+    let workspace = SimWorkspace::start(&profile, None, sim::fast()).await;
+    let inventory = pve_sim::Inventory::builtin("pve-a100").unwrap();
+    let limited = inventory
+        .tokens
+        .iter()
+        .find(|token| token.tokenid == "ci@pve!limited")
+        .unwrap();
+    let client = PveClient::new(ClientConfig::new(
+        workspace.sim.base_url(),
+        Auth::parse_api_token(&format!("{}={}", limited.tokenid, limited.secret)).unwrap(),
+        TlsMode::Fingerprint(workspace.sim.fingerprint()),
+    ))
+    .unwrap();
+    let error = workspace
+        .plan_as(
+            &profile,
+            Arc::new(client),
+            AuthKind::Token {
+                user: limited.tokenid.clone(),
+                may_create_mappings: false,
+            },
+        )
+        .await
+        .unwrap_err();
+    let text = format!("{error:#}");
+    assert!(text.contains("raw PCI device"), "{text}");
+    assert!(text.contains("resource mapping"), "{text}");
+    assert_eq!(workspace.mutating_since(0), Vec::new());
+    workspace.sim.shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn up_converges_despite_injected_server_errors_and_task_failures() {
+    let profile = sim::builtin("a100-8x");
+    let options = SimOptions {
+        fail_rate: 0.10,
+        task_fail_rate: 0.05,
+        seed: 42,
+        ..sim::fast()
+    };
+    let workspace = SimWorkspace::start(&profile, None, options).await;
+    let mut attempts = 0;
+    let report = loop {
+        attempts += 1;
+        match workspace.up(&profile, sim::exec_options()).await {
+            Ok(report) => break report,
+            // The executor retries per error kind; a run that still gives up leaves a state a
+            // re-run continues from (at most one such re-run is tolerated).
+            Err(error) if attempts < 2 => eprintln!("run {attempts} failed: {error:#}"),
+            Err(error) => panic!("no convergence after {attempts} runs: {error:#}"),
+        }
+    };
+    assert_eq!(report.vms.len(), 7);
+    let failures = workspace
+        .log()
+        .iter()
+        .filter(|request| request.status >= 500)
+        .count();
+    assert!(failures > 0, "the seed injected no failure");
+    // Converged: a plan without changes and every VM once.
+    assert!(workspace.plan(&profile).await.unwrap().is_noop());
+    let resources = workspace.api.cluster_resources(Some("vm")).await.unwrap();
+    assert_eq!(resources.len(), 7);
+    workspace.sim.shutdown().await;
+}
+
+fn provision(
+    workspace: &std::path::Path,
+    home: &std::path::Path,
+    args: &[&str],
+) -> (i32, String, String) {
+    let output = Command::new(env!("CARGO_BIN_EXE_provision"))
+        .args(args)
+        .current_dir(workspace)
+        .env("HOME", home)
+        .env_remove("PROXMOX_VE_ENDPOINT")
+        .env_remove("PROXMOX_VE_API_TOKEN")
+        .env("NO_COLOR", "1")
+        .output()
+        .unwrap();
+    (
+        output.status.code().unwrap_or(-1),
+        String::from_utf8_lossy(&output.stdout).into_owned(),
+        String::from_utf8_lossy(&output.stderr).into_owned(),
+    )
+}
+
+#[test]
+fn the_binary_keeps_the_simulated_proxmox_across_runs() {
+    let dir = tempfile::tempdir().unwrap();
+    let home = dir.path().join("home");
+    let workspace = dir.path().join("ws");
+    std::fs::create_dir_all(&home).unwrap();
+    std::fs::create_dir_all(&workspace).unwrap();
+    let (code, _, stderr) = provision(&workspace, &home, &["init"]);
+    assert_eq!(code, 0, "{stderr}");
+
+    // Without an endpoint and without --simulate: a user error with the hint.
+    let (code, _, stderr) = provision(&workspace, &home, &["plan", "--profile", "ci-nested"]);
+    assert_eq!(code, 1, "{stderr}");
+    assert!(stderr.contains("PROXMOX_VE_ENDPOINT"), "{stderr}");
+    assert!(stderr.contains("--simulate"), "{stderr}");
+
+    let log = dir.path().join("requests.jsonl");
+    let log_arg = log.to_str().unwrap();
+    let sim = ["--simulate", "--sim-time-scale", "0.005"];
+    let up: Vec<&str> = [&["up", "--profile", "ci-nested"][..], &sim[..]].concat();
+    let (code, stdout, stderr) = provision(&workspace, &home, &up);
+    assert_eq!(code, 0, "{stderr}");
+    assert!(stdout.contains("2 VMs ready"), "{stdout}");
+    assert!(workspace.join(".provision/sim/state.json").exists());
+
+    let again: Vec<&str> = [&up[..], &["--sim-request-log", log_arg][..]].concat();
+    let (code, stdout, stderr) = provision(&workspace, &home, &again);
+    assert_eq!(code, 0, "{stderr}");
+    assert!(stderr.contains("no changes made to Proxmox"), "{stderr}");
+    assert!(stdout.contains("(0 mutating requests)"), "{stdout}");
+    let logged = std::fs::read_to_string(&log).unwrap();
+    assert!(!logged.is_empty());
+    assert!(
+        logged
+            .lines()
+            .all(|line| line.contains(r#""method":"GET""#)),
+        "{logged}"
+    );
+
+    let plan: Vec<&str> = [
+        &["plan", "--profile", "ci-nested", "--output", "json"][..],
+        &sim[..],
+    ]
+    .concat();
+    let (code, stdout, stderr) = provision(&workspace, &home, &plan);
+    assert_eq!(code, 0, "{stderr}");
+    let json: serde_json::Value = serde_json::from_str(&stdout).unwrap();
+    assert_eq!(json["actions"], serde_json::json!([]));
+
+    let down: Vec<&str> = [&["down", "--profile", "ci-nested", "--yes"][..], &sim[..]].concat();
+    let (code, stdout, stderr) = provision(&workspace, &home, &down);
+    assert_eq!(code, 0, "{stderr}");
+    assert!(stdout.contains("destroyed 2 VMs"), "{stdout}");
+    let (code, stdout, _) = provision(&workspace, &home, &plan);
+    assert_eq!(code, 0);
+    let json: serde_json::Value = serde_json::from_str(&stdout).unwrap();
+    assert_eq!(json["summary"]["create"], 2);
+}
