@@ -1019,7 +1019,7 @@ fn regrow_hugepages(
         refund_hugepages(vm, ledger);
         return Ok(());
     };
-    let size_mib = u32::from(size);
+    let size_mib = size;
     let needed = group.memory_mib.div_ceil(u64::from(size_mib));
     if charged == Some((numa_node, size_mib, needed)) {
         return Ok(());
