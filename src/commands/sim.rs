@@ -12,7 +12,7 @@ pub async fn run(_context: &Context, command: SimCommand) -> anyhow::Result<Exit
             Ok(()) => Ok(ExitStatus::Success),
             Err(error @ pve_sim::ServeError::Inventory { .. }) => Err(UserError::new(
                 format!("{error}: {}", source_text(&error)),
-                Some("use a built-in fixture (pve-a100, pve-sentinel, pve-iommu-off, pve-cluster-4, pve-ci, pve-homelab, pve-gpu) or a TOML file"),
+                Some("use a built-in fixture (pve-a100, pve-sentinel, pve-sentinel-acs, pve-iommu-off, pve-cluster-4, pve-ci, pve-homelab, pve-gpu) or a TOML file"),
             )
             .into()),
             Err(error @ (pve_sim::ServeError::Sim(_) | pve_sim::ServeError::Signal(_))) => {

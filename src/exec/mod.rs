@@ -132,6 +132,9 @@ struct Runner {
     image_for_node: BTreeMap<String, (String, String)>,
     mutating: AtomicUsize,
     boundaries: AtomicUsize,
+    /// Per VM that goes away (destroy or the destroy half of a replace): set once it is gone,
+    /// for the creates that wait on it ([`crate::plan::Action::after`]).
+    gone: BTreeMap<String, tokio::sync::watch::Sender<bool>>,
 }
 
 /// Execute `plan`. The state store stays locked by the caller for the whole run.
@@ -185,6 +188,12 @@ pub async fn apply(
         image_for_node,
         mutating: AtomicUsize::new(0),
         boundaries: AtomicUsize::new(0),
+        gone: plan
+            .actions
+            .iter()
+            .filter(|a| matches!(a.action, ActionKind::Destroy | ActionKind::Replace))
+            .map(|a| (a.vm.clone(), tokio::sync::watch::Sender::new(false)))
+            .collect(),
     });
     {
         let mut store = runner.store.lock().await;
@@ -503,8 +512,12 @@ impl Runner {
 
     async fn run_action(&self, action: &Action, planned: Option<&PlannedVm>) -> anyhow::Result<()> {
         match (action.action, planned) {
-            (ActionKind::Destroy, _) => self.destroy(&action.vm, &action.node, action.vmid).await,
-            (ActionKind::Create, Some(vm)) => self.create_chain(vm).await,
+            (ActionKind::Destroy, _) => {
+                self.destroy(&action.vm, &action.node, action.vmid).await?;
+                self.mark_gone(&action.vm);
+                Ok(())
+            }
+            (ActionKind::Create, Some(vm)) => self.create_chain(vm, &action.after).await,
             (ActionKind::Replace, Some(vm)) => {
                 // The old VM may live on another node than the new placement.
                 let old_node = self
@@ -513,8 +526,9 @@ impl Runner {
                     .unwrap_or_else(|| vm.node.clone());
                 self.destroy_vm_only(&vm.name, &old_node, action.vmid)
                     .await?;
+                self.mark_gone(&vm.name);
                 self.boundary()?;
-                self.create_chain(vm).await
+                self.create_chain(vm, &action.after).await
             }
             (ActionKind::Update, Some(vm)) => self.update_chain(action, vm).await,
             (ActionKind::Create | ActionKind::Replace | ActionKind::Update, None) => {
@@ -534,11 +548,35 @@ impl Runner {
             .and_then(|r| r.node))
     }
 
-    async fn create_chain(&self, vm: &PlannedVm) -> anyhow::Result<()> {
+    fn mark_gone(&self, vm: &str) {
+        if let Some(gone) = self.gone.get(vm) {
+            gone.send_replace(true);
+        }
+    }
+
+    /// Wait until the VMs in `after` are gone (they free what `vm` is planned to use).
+    async fn wait_gone(&self, vm: &str, after: &[String]) -> anyhow::Result<()> {
+        for other in after {
+            let Some(gone) = self.gone.get(other) else {
+                continue;
+            };
+            if !*gone.borrow() {
+                self.step(vm, "wait");
+            }
+            gone.subscribe()
+                .wait_for(|done| *done)
+                .await
+                .map_err(|_| anyhow!("{other} was not removed, so {vm} cannot take its place"))?;
+        }
+        Ok(())
+    }
+
+    async fn create_chain(&self, vm: &PlannedVm, after: &[String]) -> anyhow::Result<()> {
         self.ensure_image(&vm.name, &vm.node).await?;
         self.boundary()?;
         self.ensure_iso(vm).await?;
         self.boundary()?;
+        self.wait_gone(&vm.name, after).await?;
         // Intent before create: a crash from here on leaves a record naming the VMID.
         {
             let mut store = self.store.lock().await;
@@ -1031,6 +1069,7 @@ pub async fn destroy_all(
                     resize: Vec::new(),
                     reason: None,
                     restart: false,
+                    after: Vec::new(),
                 });
             }
             Some(_) | None => forgotten.push(record.name.clone()),

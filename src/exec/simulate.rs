@@ -71,7 +71,8 @@ impl From<&crate::cli::SimArgs> for SimOptions {
 pub fn inventory_for(profile_nodes: &[String], cluster: &str) -> &'static str {
     match cluster {
         "a100" => "pve-a100",
-        "sentinel" => "pve-sentinel",
+        // The working host (GPU in its own IOMMU group); `pve-sentinel` shows the shared group.
+        "sentinel" => "pve-sentinel-acs",
         "ci" => "pve-ci",
         "homelab" | "mlops" => "pve-homelab",
         "vllm" => "pve-gpu",

@@ -123,6 +123,25 @@ pub enum PlanError {
     },
     #[error("storage `{storage}` is not available on {node}")]
     StorageMissing { storage: String, node: String },
+    #[error(
+        "memory does not fit for {vm} on {node}: needs {needed_mib} MiB more, the node has {free_mib} MiB free and {planned_mib} MiB already planned for other VMs; lower memory_mib, stop other VMs or spread over more nodes"
+    )]
+    MemoryDoesNotFit {
+        vm: String,
+        node: String,
+        needed_mib: u64,
+        free_mib: u64,
+        planned_mib: u64,
+    },
+    #[error(
+        "{vm} wants {needed} vCPUs but {node} has only {cpus} logical CPUs (Proxmox refuses to start it); lower cores/sockets"
+    )]
+    TooManyVcpus {
+        vm: String,
+        node: String,
+        needed: u32,
+        cpus: u64,
+    },
 }
 
 /// What the plan does to one VM.
@@ -175,6 +194,10 @@ pub struct Action {
     /// Whether the update needs a restart to take effect (non-metadata keys on a running VM).
     #[serde(skip_serializing_if = "std::ops::Not::not")]
     pub restart: bool,
+    /// VMs whose removal (destroy, or the destroy half of a replace) must finish before this
+    /// VM is created: it may get GPUs, host cores, hugepages or memory they release.
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub after: Vec<String>,
 }
 
 /// Where a VM's OS disk comes from.
@@ -368,6 +391,8 @@ fn group_addresses(group: &NodeGroup) -> Result<Vec<IpAddr>, PlanError> {
 #[derive(Debug, Clone)]
 struct NumaCapacity {
     id: u32,
+    /// Every CPU the topology lists for this NUMA node.
+    all_cpus: BTreeSet<u32>,
     free_cpus: BTreeSet<u32>,
     hugepages_1g: Option<u64>,
     hugepages_2m: Option<u64>,
@@ -405,12 +430,20 @@ impl NumaCapacity {
 struct Ledger {
     /// (node, device) → vmid using it.
     used_devices: BTreeMap<(String, String), u32>,
+    /// (node, device) → name of the VM that goes away and frees it.
+    released_devices: BTreeMap<(String, String), String>,
     numa: BTreeMap<String, Vec<NumaCapacity>>,
     /// VMs placed per node, per (group, node).
     per_node: BTreeMap<String, usize>,
     per_group_node: BTreeMap<(String, String), usize>,
-    /// Memory (bytes) promised to new VMs per node.
+    /// Memory (bytes) promised per node: to new VMs and to the growth of kept ones.
     new_memory: BTreeMap<String, u64>,
+    /// The part of `new_memory` promised to kept VMs (they may change before anything leaves).
+    kept_memory: BTreeMap<String, u64>,
+    /// Memory (bytes) of running VMs that go away, per node.
+    released_memory: BTreeMap<String, u64>,
+    /// Hugepages charged to existing VMs: vmid → (host NUMA node, page size MiB, pages).
+    hugepage_charges: BTreeMap<u32, (u32, u32, u64)>,
     used_vmids: BTreeSet<u32>,
 }
 
@@ -464,57 +497,6 @@ pub fn plan(
         }
     }
 
-    let mut ledger = Ledger {
-        used_devices: inventory.used_devices(),
-        numa: BTreeMap::new(),
-        per_node: BTreeMap::new(),
-        per_group_node: BTreeMap::new(),
-        new_memory: BTreeMap::new(),
-        used_vmids: inventory.used_vmids(),
-    };
-    for topology in &inventory.topology {
-        let mut nodes = Vec::new();
-        for numa_node in &topology.numa_nodes {
-            let cpus = parse_cpulist(&numa_node.cpus).ok_or_else(|| PlanError::BadTopology {
-                node: topology.node.clone(),
-                cpus: numa_node.cpus.clone(),
-            })?;
-            nodes.push(NumaCapacity {
-                id: numa_node.id,
-                free_cpus: cpus,
-                hugepages_1g: numa_node.hugepages_1g.map(u64::from),
-                hugepages_2m: numa_node.hugepages_2m.map(u64::from),
-                pci: numa_node.pci_devices.clone(),
-            });
-        }
-        ledger.numa.insert(topology.node.clone(), nodes);
-    }
-    // State intents reserve their VMIDs even when the VM does not exist (yet).
-    ledger.used_vmids.extend(state.vmids());
-    // Host cores pinned by any VM on our nodes are taken.
-    for vm in &inventory.vms {
-        if let (Some(affinity), Some(numa)) =
-            (vm.config.get("affinity"), ledger.numa.get_mut(&vm.node))
-            && let Some(cpus) = parse_cpulist(affinity)
-        {
-            for capacity in numa.iter_mut() {
-                capacity.free_cpus.retain(|cpu| !cpus.contains(cpu));
-            }
-        }
-    }
-    // Hugepages: the topology lists what is free for provision's VMs, so our own existing
-    // pinned VMs are charged against it (keeps re-plans stable).
-    for vm in existing_for.values() {
-        charge_existing_hugepages(vm, &mut ledger);
-        *ledger.per_node.entry(vm.node.clone()).or_default() += 1;
-    }
-
-    let image = image_source(profile, inventory)?;
-    let mut downloads: BTreeMap<(String, String), ImageDownload> = BTreeMap::new();
-    let mut mappings_to_create: Vec<PciMapping> = Vec::new();
-    let mut vms = Vec::new();
-    let mut actions = Vec::new();
-
     // Pass 1 decides which existing VMs keep their GPUs (they reserve them first).
     let mut keep_gpus: BTreeMap<String, Vec<String>> = BTreeMap::new();
     for want in &wanted {
@@ -530,16 +512,120 @@ pub fn plan(
             .collect();
         let wanted_count = want.group.gpus.as_ref().map_or(0, |g| g.count) as usize;
         if targets.len() == wanted_count && !half_created(vm, state) {
-            for target in &targets {
+            keep_gpus.insert(want.name.clone(), targets);
+        }
+    }
+
+    // VMs that go away in this plan: existing ones replaced because their GPUs change (or they
+    // are half-created), and scaled-down ones. Their GPUs, pinned host cores, hugepages and
+    // memory are released for new placements; a VM placed on their node is created only after
+    // their removal (`Action::after`), so no device is ever held by two VMs at once.
+    let mut leaving: BTreeMap<u32, (String, &ExistingVm)> = BTreeMap::new();
+    for want in &wanted {
+        if let Some(vm) = existing_for.get(&want.name)
+            && !keep_gpus.contains_key(&want.name)
+        {
+            leaving.insert(vm.vmid, (want.name.clone(), vm));
+        }
+    }
+    for (name, record) in &state.vms {
+        if !wanted_names.contains(name.as_str())
+            && let Some(vm) = inventory.vm(record.vmid).filter(|vm| vm.has_tag(&tag))
+        {
+            leaving.insert(vm.vmid, (name.clone(), vm));
+        }
+    }
+
+    let mut ledger = Ledger {
+        used_devices: inventory.used_devices(),
+        released_devices: BTreeMap::new(),
+        numa: BTreeMap::new(),
+        per_node: BTreeMap::new(),
+        per_group_node: BTreeMap::new(),
+        new_memory: BTreeMap::new(),
+        kept_memory: BTreeMap::new(),
+        released_memory: BTreeMap::new(),
+        hugepage_charges: BTreeMap::new(),
+        used_vmids: inventory.used_vmids(),
+    };
+    for (vmid, (name, vm)) in &leaving {
+        let released: Vec<(String, String)> = ledger
+            .used_devices
+            .iter()
+            .filter(|(_, user)| *user == vmid)
+            .map(|(key, _)| key.clone())
+            .collect();
+        for key in released {
+            ledger.used_devices.remove(&key);
+            ledger.released_devices.insert(key, name.clone());
+        }
+        if vm.status == "running" && !vm.config.contains_key("hugepages") {
+            *ledger.released_memory.entry(vm.node.clone()).or_default() += config_memory_bytes(vm);
+        }
+    }
+    for topology in &inventory.topology {
+        let mut nodes = Vec::new();
+        for numa_node in &topology.numa_nodes {
+            let cpus = parse_cpulist(&numa_node.cpus).ok_or_else(|| PlanError::BadTopology {
+                node: topology.node.clone(),
+                cpus: numa_node.cpus.clone(),
+            })?;
+            nodes.push(NumaCapacity {
+                id: numa_node.id,
+                all_cpus: cpus.clone(),
+                free_cpus: cpus,
+                hugepages_1g: numa_node.hugepages_1g.map(u64::from),
+                hugepages_2m: numa_node.hugepages_2m.map(u64::from),
+                pci: numa_node.pci_devices.clone(),
+            });
+        }
+        ledger.numa.insert(topology.node.clone(), nodes);
+    }
+    // State intents reserve their VMIDs even when the VM does not exist (yet).
+    ledger.used_vmids.extend(state.vmids());
+    // Host cores pinned by any VM on our nodes are taken (except by VMs that go away).
+    for vm in &inventory.vms {
+        if leaving.contains_key(&vm.vmid) {
+            continue;
+        }
+        if let (Some(affinity), Some(numa)) =
+            (vm.config.get("affinity"), ledger.numa.get_mut(&vm.node))
+            && let Some(cpus) = parse_cpulist(affinity)
+        {
+            for capacity in numa.iter_mut() {
+                capacity.free_cpus.retain(|cpu| !cpus.contains(cpu));
+            }
+        }
+    }
+    // Hugepages: the topology lists what is free for provision's VMs, so our own existing
+    // pinned VMs are charged against it (keeps re-plans stable).
+    for vm in existing_for.values() {
+        if !leaving.contains_key(&vm.vmid) {
+            charge_existing_hugepages(vm, &mut ledger);
+        }
+        *ledger.per_node.entry(vm.node.clone()).or_default() += 1;
+    }
+    // Kept GPUs stay with their VM.
+    for want in &wanted {
+        if let (Some(vm), Some(targets)) = (existing_for.get(&want.name), keep_gpus.get(&want.name))
+        {
+            for target in targets {
                 for device in resolve_target(target, &vm.node, inventory) {
                     ledger
                         .used_devices
                         .insert((vm.node.clone(), device), vm.vmid);
                 }
             }
-            keep_gpus.insert(want.name.clone(), targets);
         }
     }
+    // Which VMs went through placement (they may use what leaving VMs release).
+    let mut placed: BTreeSet<String> = BTreeSet::new();
+
+    let image = image_source(profile, inventory)?;
+    let mut downloads: BTreeMap<(String, String), ImageDownload> = BTreeMap::new();
+    let mut mappings_to_create: Vec<PciMapping> = Vec::new();
+    let mut vms = Vec::new();
+    let mut actions = Vec::new();
 
     for want in &wanted {
         let group = want.group;
@@ -561,10 +647,18 @@ pub fn plan(
                 })
                 .unwrap_or_default();
             pinning = match existing_pinning(vm, group) {
-                Some(pinning) => Some(pinning),
-                None => pin_on_node(want, &node, &gpu_devices, inventory, &mut ledger)?,
+                Some(pinning) => {
+                    regrow_hugepages(want, vm, pinning.numa_node, &mut ledger)?;
+                    Some(pinning)
+                }
+                None => {
+                    refund_existing(vm, inventory, &mut ledger);
+                    pin_on_node(want, &node, &gpu_devices, inventory, &mut ledger)?
+                }
             };
+            fit_kept(want, vm, inventory, &mut ledger)?;
         } else {
+            placed.insert(want.name.clone());
             let reuse_vmid = existing.map(|vm| vm.vmid).or_else(|| {
                 record
                     .filter(|r| r.phase == VmPhase::Intent || inventory.vm(r.vmid).is_none())
@@ -713,6 +807,7 @@ pub fn plan(
                     "an earlier run recorded the intent but the VM does not exist".to_owned()
                 }),
                 restart: false,
+                after: Vec::new(),
             }),
             Some(vm) => {
                 let replace_reason = if half {
@@ -740,6 +835,7 @@ pub fn plan(
                         resize,
                         reason: Some(reason),
                         restart: false,
+                        after: Vec::new(),
                     });
                 } else {
                     planned.exists = true;
@@ -770,7 +866,29 @@ pub fn plan(
                 resize: Vec::new(),
                 reason: None,
                 restart: false,
+                after: Vec::new(),
             });
+        }
+    }
+
+    // A placed VM on a node where others leave waits for them to be gone.
+    let mut leaving_on: BTreeMap<&str, BTreeSet<&str>> = BTreeMap::new();
+    for (name, vm) in leaving.values() {
+        leaving_on
+            .entry(vm.node.as_str())
+            .or_default()
+            .insert(name.as_str());
+    }
+    for action in &mut actions {
+        if matches!(action.action, ActionKind::Create | ActionKind::Replace)
+            && placed.contains(&action.vm)
+            && let Some(names) = leaving_on.get(action.node.as_str())
+        {
+            action.after = names
+                .iter()
+                .filter(|name| **name != action.vm)
+                .map(|name| (*name).to_owned())
+                .collect();
         }
     }
 
@@ -835,9 +953,164 @@ fn charge_existing_hugepages(vm: &ExistingVm, ledger: &mut Ledger) {
     if let (Some(host_node), Some(numa)) = (host_node, ledger.numa.get_mut(&vm.node))
         && let Some(capacity) = numa.iter_mut().find(|c| c.id == host_node)
     {
-        capacity.take_pages(size_mib, memory / u64::from(size_mib));
+        let pages = memory.div_ceil(u64::from(size_mib));
+        capacity.take_pages(size_mib, pages);
+        ledger
+            .hugepage_charges
+            .insert(vm.vmid, (host_node, size_mib, pages));
     }
 }
+
+/// Give back the hugepages charged to an existing VM.
+fn refund_hugepages(vm: &ExistingVm, ledger: &mut Ledger) {
+    let Some(numa) = ledger.numa.get_mut(&vm.node) else {
+        return;
+    };
+    if let Some((host_node, size_mib, pages)) = ledger.hugepage_charges.remove(&vm.vmid)
+        && let Some(capacity) = numa.iter_mut().find(|c| c.id == host_node)
+    {
+        let slot = if size_mib == 1024 {
+            &mut capacity.hugepages_1g
+        } else {
+            &mut capacity.hugepages_2m
+        };
+        if let Some(free) = slot {
+            *free += pages;
+        }
+    }
+}
+
+/// Give back what an existing kept VM holds on its host NUMA nodes: it is re-pinned.
+fn refund_existing(vm: &ExistingVm, inventory: &Inventory, ledger: &mut Ledger) {
+    refund_hugepages(vm, ledger);
+    let Some(cpus) = vm.config.get("affinity").and_then(|a| parse_cpulist(a)) else {
+        return;
+    };
+    // Cores another VM on the node is also pinned to stay taken.
+    let others: BTreeSet<u32> = inventory
+        .vms
+        .iter()
+        .filter(|other| other.node == vm.node && other.vmid != vm.vmid)
+        .filter_map(|other| other.config.get("affinity").and_then(|a| parse_cpulist(a)))
+        .flatten()
+        .collect();
+    let Some(numa) = ledger.numa.get_mut(&vm.node) else {
+        return;
+    };
+    for capacity in numa.iter_mut() {
+        capacity.free_cpus.extend(
+            cpus.iter()
+                .filter(|cpu| capacity.all_cpus.contains(cpu) && !others.contains(cpu))
+                .copied(),
+        );
+    }
+}
+
+/// A kept pinned VM whose hugepage-backed memory changes: charge its new size on its NUMA node.
+fn regrow_hugepages(
+    want: &Wanted<'_>,
+    vm: &ExistingVm,
+    numa_node: u32,
+    ledger: &mut Ledger,
+) -> Result<(), PlanError> {
+    let group = want.group;
+    let charged = ledger.hugepage_charges.get(&vm.vmid).copied();
+    let Some(size) = group.hugepages else {
+        refund_hugepages(vm, ledger);
+        return Ok(());
+    };
+    let size_mib = size;
+    let needed = group.memory_mib.div_ceil(u64::from(size_mib));
+    if charged == Some((numa_node, size_mib, needed)) {
+        return Ok(());
+    }
+    refund_hugepages(vm, ledger);
+    let Some(capacity) = ledger
+        .numa
+        .get_mut(&vm.node)
+        .and_then(|numa| numa.iter_mut().find(|c| c.id == numa_node))
+    else {
+        return Ok(());
+    };
+    let free = capacity.free_pages(size_mib);
+    if free.is_some_and(|free| free < needed) {
+        return Err(PlanError::HugepagesDoNotFit {
+            vm: want.name.clone(),
+            node: vm.node.clone(),
+            numa: numa_node,
+            needed,
+            size_mib,
+            free: free.unwrap_or(0),
+        });
+    }
+    capacity.take_pages(size_mib, needed);
+    ledger
+        .hugepage_charges
+        .insert(vm.vmid, (numa_node, size_mib, needed));
+    Ok(())
+}
+
+/// A kept VM's vCPUs and (non-hugepage) memory against its node: growth in place must fit
+/// before anything leaves, and everything planned must fit once the leaving VMs are gone.
+fn fit_kept(
+    want: &Wanted<'_>,
+    vm: &ExistingVm,
+    inventory: &Inventory,
+    ledger: &mut Ledger,
+) -> Result<(), PlanError> {
+    let group = want.group;
+    let Some(node) = inventory.node(&vm.node) else {
+        return Ok(());
+    };
+    let vcpus = group.cores * group.sockets;
+    if node.cpus > 0 && u64::from(vcpus) > node.cpus {
+        return Err(PlanError::TooManyVcpus {
+            vm: want.name.clone(),
+            node: node.name.clone(),
+            needed: vcpus,
+            cpus: node.cpus,
+        });
+    }
+    if group.hugepages.is_some() {
+        return Ok(());
+    }
+    // A running VM without hugepages already counts in the node's used memory.
+    let held = if vm.status == "running" && !vm.config.contains_key("hugepages") {
+        config_memory_bytes(vm)
+    } else {
+        0
+    };
+    let needed = (group.memory_mib * MIB).saturating_sub(held);
+    if needed == 0 {
+        return Ok(());
+    }
+    let kept = ledger.kept_memory.get(&node.name).copied().unwrap_or(0);
+    let promised = ledger.new_memory.get(&node.name).copied().unwrap_or(0);
+    let released = ledger.released_memory.get(&node.name).copied().unwrap_or(0);
+    if kept + needed > node.memory_free || promised + needed > node.memory_free + released {
+        return Err(PlanError::MemoryDoesNotFit {
+            vm: want.name.clone(),
+            node: node.name.clone(),
+            needed_mib: needed / MIB,
+            free_mib: node.memory_free / MIB,
+            planned_mib: promised / MIB,
+        });
+    }
+    *ledger.kept_memory.entry(node.name.clone()).or_default() += needed;
+    *ledger.new_memory.entry(node.name.clone()).or_default() += needed;
+    Ok(())
+}
+
+/// The VM's configured memory in bytes (`memory` is MiB; Proxmox's default is 512).
+fn config_memory_bytes(vm: &ExistingVm) -> u64 {
+    vm.config
+        .get("memory")
+        .and_then(|m| m.parse::<u64>().ok())
+        .unwrap_or(512)
+        * MIB
+}
+
+const MIB: u64 = 1024 * 1024;
 
 fn existing_pinning(vm: &ExistingVm, group: &NodeGroup) -> Option<Pinning> {
     if !group.numa_pinning {
@@ -1019,10 +1292,24 @@ fn place(
             reasons.push(format!("{node}: offline"));
             continue;
         };
-        // Memory (hugepage-backed memory is accounted in the NUMA ledger instead).
-        let memory = group.memory_mib * 1024 * 1024;
+        let vcpus = group.cores * group.sockets;
+        if node_inventory.cpus > 0 && u64::from(vcpus) > node_inventory.cpus {
+            reasons.push(format!(
+                "{node}: {} logical CPUs, {vcpus} vCPUs wanted",
+                node_inventory.cpus
+            ));
+            continue;
+        }
+        // Memory (hugepage-backed memory is accounted in the NUMA ledger instead); what
+        // leaving VMs release counts, creates there wait for them.
+        let memory = group.memory_mib * MIB;
         let promised = ledger.new_memory.get(node.as_str()).copied().unwrap_or(0);
-        if group.hugepages.is_none() && promised + memory > node_inventory.memory_free {
+        let released = ledger
+            .released_memory
+            .get(node.as_str())
+            .copied()
+            .unwrap_or(0);
+        if group.hugepages.is_none() && promised + memory > node_inventory.memory_free + released {
             reasons.push(format!(
                 "{node}: {} MiB memory free, {} MiB already planned",
                 node_inventory.memory_free / 1024 / 1024,
@@ -1115,7 +1402,7 @@ fn pick_gpus(
             .collect();
         passable.retain(|candidate| paths.contains(&candidate.device));
     }
-    let free: Vec<&gpu::GpuCandidate> = passable
+    let mut free: Vec<&gpu::GpuCandidate> = passable
         .iter()
         .filter(|c| {
             !ledger
@@ -1123,6 +1410,18 @@ fn pick_gpus(
                 .contains_key(&(node.to_owned(), c.device.clone()))
         })
         .collect();
+    // The VM's own former devices first, then devices nobody held, then devices other leaving
+    // VMs release (stable: device order within each).
+    free.sort_by_key(|c| {
+        match ledger
+            .released_devices
+            .get(&(node.to_owned(), c.device.clone()))
+        {
+            Some(owner) if *owner == want.name => 0,
+            None => 1,
+            Some(_) => 2,
+        }
+    });
     let needed = gpus.count as usize;
     // With NUMA pinning, prefer GPUs that share one NUMA node.
     let mut chosen: Vec<String> = Vec::new();
@@ -1624,6 +1923,7 @@ fn update_action(vm: &ExistingVm, planned: &PlannedVm, state: &State) -> Option<
         resize,
         reason,
         restart,
+        after: Vec::new(),
     })
 }
 

@@ -16,18 +16,16 @@ async fn plan_json_for_every_builtin_profile() {
     for name in sim::builtin_names() {
         let profile = sim::builtin(name);
         let workspace = SimWorkspace::start(&profile, None, sim::fast()).await;
-        let rendered = match workspace.plan(&profile).await {
-            Ok(plan) => {
-                assert!(
-                    workspace.mutating_since(0).is_empty(),
-                    "{name}: planning changed Proxmox"
-                );
-                serde_json::to_string_pretty(&provision::plan::render_json(&plan)).unwrap()
-            }
-            // A profile its fixture cannot host (sentinel: the GPU shares its IOMMU group with a
-            // USB controller) is snapshotted as the error the user sees.
-            Err(error) => format!("error: {error:#}"),
-        };
+        // Every built-in profile plans on the fixture `--simulate` picks for it.
+        let plan = workspace
+            .plan(&profile)
+            .await
+            .unwrap_or_else(|error| panic!("{name}: {error:#}"));
+        assert!(
+            workspace.mutating_since(0).is_empty(),
+            "{name}: planning changed Proxmox"
+        );
+        let rendered = serde_json::to_string_pretty(&provision::plan::render_json(&plan)).unwrap();
         snapshot_settings().bind(|| {
             insta::assert_snapshot!(format!("plan_json_{name}"), rendered);
         });
@@ -128,6 +126,18 @@ async fn scale_memory_and_gpu_changes_plan_exactly_the_delta_and_apply_reaches_i
     }
     assert!(workspace.plan(&profile).await.unwrap().is_noop());
 
+    // +8 GiB more on each server does not fit the host's memory outside the hugepage pool:
+    // refused in the plan, naming node and VM, before any mutating request.
+    profile.node_groups[server].memory_mib += 8192;
+    let before = workspace.log().len();
+    let error = format!("{:#}", workspace.plan(&profile).await.unwrap_err());
+    assert!(
+        error.contains("memory does not fit for a100-server-") && error.contains("on pve1"),
+        "{error}"
+    );
+    assert!(workspace.mutating_since(before).is_empty());
+    profile.node_groups[server].memory_mib -= 8192;
+
     // GPU count 1 → 2 on six workers with 8 GPUs: refused before anything changes.
     profile.node_groups[gpu].gpus.as_mut().unwrap().count = 2;
     let before = workspace.log().len();
@@ -153,7 +163,48 @@ async fn scale_memory_and_gpu_changes_plan_exactly_the_delta_and_apply_reaches_i
     workspace.up(&profile, sim::exec_options()).await.unwrap();
     assert_eq!(workspace.state().vms.len(), 7);
     assert!(workspace.plan(&profile).await.unwrap().is_noop());
-    // TODO-correctness: GPU count 1 → 2 on the same four workers is refused ("0 free of 8
-    // passable GPUs"): the planner does not release the devices of VMs it replaces.
+
+    // GPU count 1 → 2 on the four workers (8 GPUs): exactly four replaces; each keeps its own
+    // former GPU and gets a free one, no device twice, and the workers placed where others
+    // leave wait for them.
+    let before_gpus: Vec<Vec<String>> = (1..=4)
+        .map(|i| workspace.state().vms[&format!("a100-gpu-{i}")].gpus.clone())
+        .collect();
+    profile.node_groups[gpu].gpus.as_mut().unwrap().count = 2;
+    let plan = workspace.plan(&profile).await.unwrap();
+    assert_eq!(
+        delta(&plan),
+        (1..=4)
+            .map(|i| ("replace".to_owned(), format!("a100-gpu-{i}")))
+            .collect::<Vec<_>>()
+    );
+    let mut assigned = std::collections::BTreeSet::new();
+    for (i, before) in before_gpus.iter().enumerate() {
+        let vm = plan.vm(&format!("a100-gpu-{}", i + 1)).unwrap();
+        assert_eq!(vm.gpus.len(), 2, "{}", vm.name);
+        assert!(vm.gpus.contains(&before[0]), "{} lost {before:?}", vm.name);
+        for device in &vm.gpus {
+            assert!(assigned.insert(device.clone()), "{device} assigned twice");
+        }
+    }
+    let replace = plan.actions.iter().find(|a| a.vm == "a100-gpu-1").unwrap();
+    assert_eq!(
+        replace.after,
+        vec!["a100-gpu-2", "a100-gpu-3", "a100-gpu-4"]
+    );
+    let report = workspace.up(&profile, sim::exec_options()).await.unwrap();
+    assert_eq!(report.vms.len(), 7);
+    for i in 1..=4 {
+        let name = format!("a100-gpu-{i}");
+        let record = &workspace.state().vms[&name];
+        assert_eq!(record.gpus.len(), 2, "{name}");
+        let config = workspace.sim.vm_config(record.vmid).unwrap();
+        assert!(config.contains_key("hostpci1"), "{name}: {config:?}");
+    }
+    let before = workspace.log().len();
+    let plan = workspace.plan(&profile).await.unwrap();
+    assert!(plan.is_noop(), "{:?}", delta(&plan));
+    workspace.up(&profile, sim::exec_options()).await.unwrap();
+    assert!(workspace.mutating_since(before).is_empty());
     workspace.sim.shutdown().await;
 }

@@ -16,13 +16,8 @@ use crate::support::sim::{self, SimWorkspace};
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn second_up_makes_zero_mutating_requests_and_down_empties_proxmox() {
-    for name in [
-        "a100-8x",
-        "homelab-ha",
-        "ci-nested",
-        "mlops",
-        "vllm-timeslice",
-    ] {
+    // Every built-in profile, each on the fixture `--simulate` picks for it.
+    for name in sim::builtin_names() {
         let profile = sim::builtin(name);
         let workspace = SimWorkspace::start(&profile, None, sim::fast()).await;
         let first = workspace.up(&profile, sim::exec_options()).await.unwrap();

@@ -73,6 +73,9 @@ pub struct NodeSpec {
     pub numa_nodes: Vec<NumaSpec>,
     #[serde(default, rename = "pci")]
     pub pci_devices: Vec<PciSpec>,
+    /// CPU flags beyond the x86-64-v3 baseline every node reports (`avx512f` …).
+    #[serde(default)]
+    pub cpu_flags: Vec<String>,
 }
 
 fn default_cpu_model() -> String {
@@ -175,6 +178,10 @@ const BUILTIN: &[(&str, &str)] = &[
         include_str!("../fixtures/pve-sentinel.toml"),
     ),
     (
+        "pve-sentinel-acs",
+        include_str!("../fixtures/pve-sentinel-acs.toml"),
+    ),
+    (
         "pve-iommu-off",
         include_str!("../fixtures/pve-iommu-off.toml"),
     ),
@@ -190,6 +197,7 @@ const BUILTIN: &[(&str, &str)] = &[
 const BUILTIN_NAMES: &[&str] = &[
     "pve-a100",
     "pve-sentinel",
+    "pve-sentinel-acs",
     "pve-iommu-off",
     "pve-cluster-4",
     "pve-ci",

@@ -954,11 +954,16 @@ impl Request<'_> {
         let total = node.memory_gib << 30;
         let used = state.memory_used_mib(node) << 20;
         let version = &state.inventory.version;
+        let mut flags = "fpu vme de pse tsc msr pae mce cx8 apic sep mtrr pge mca cmov pat pse36 clflush mmx fxsr sse sse2 ht syscall nx mmxext fxsr_opt pdpe1gb rdtscp lm constant_tsc rep_good nopl cpuid pni pclmulqdq ssse3 fma cx16 sse4_1 sse4_2 movbe popcnt aes xsave avx f16c rdrand lahf_lm svm avx2 bmi1 bmi2".to_owned();
+        for flag in &node.cpu_flags {
+            flags.push(' ');
+            flags.push_str(flag);
+        }
         Reply::data(json!({
             "cpuinfo": {
                 "cpus": node.cpus, "cores": node.cores, "sockets": node.sockets,
                 "model": node.cpu_model, "mhz": "2450.000", "hvm": "1", "user_hz": 100,
-                "flags": "fpu vme de pse tsc msr pae mce cx8 apic sep mtrr pge mca cmov pat pse36 clflush mmx fxsr sse sse2 ht syscall nx mmxext fxsr_opt pdpe1gb rdtscp lm constant_tsc rep_good nopl cpuid pni pclmulqdq ssse3 fma cx16 sse4_1 sse4_2 movbe popcnt aes xsave avx f16c rdrand lahf_lm svm avx2 bmi1 bmi2",
+                "flags": flags,
             },
             "memory": { "total": total, "used": used, "free": total.saturating_sub(used),
                         "available": total.saturating_sub(used) },

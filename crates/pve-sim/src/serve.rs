@@ -13,7 +13,7 @@ pub struct ServeArgs {
     /// Address to listen on.
     #[arg(long, default_value = "127.0.0.1:8006")]
     pub listen: SocketAddr,
-    /// Inventory: a builtin fixture name (pve-a100, pve-sentinel, pve-iommu-off, pve-cluster-4,
+    /// Inventory: a builtin fixture name (pve-a100, pve-sentinel, pve-sentinel-acs, pve-iommu-off, pve-cluster-4,
     /// pve-ci, pve-homelab, pve-gpu) or a TOML file.
     #[arg(long, default_value = "pve-ci")]
     pub inventory: String,
