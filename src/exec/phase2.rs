@@ -33,8 +33,8 @@ use crate::k3s::templates::Templates;
 use crate::k3s::token::K3sToken;
 use crate::k3s::{BINARY_PATH, KUBECONFIG_PATH};
 use crate::nodeprep::{
-    NodePrepInput, StepOutcome, StepReport, apply_step, ensure_file, hardware_probe_script,
-    node_labels, parse_hardware, prepare_steps,
+    NodePrepInput, StepOutcome, StepReport, apply_step, apply_steps, ensure_file,
+    hardware_probe_script, node_labels, parse_hardware, prepare_steps,
 };
 use crate::profile::Profile;
 use crate::profile::model::{NodeGroup, Role};
@@ -388,13 +388,9 @@ async fn prepare_node(
         ..NodeReport::default()
     };
     wait_cloud_init(exec, opts.cloud_init_timeout).await?;
-    for step in prepare_steps(&NodePrepInput::for_group(profile, group)) {
-        let outcome = apply_step(exec, &step).await?;
-        report.steps.push(StepReport {
-            description: step.description().to_owned(),
-            outcome,
-        });
-    }
+    // One round trip for all the preparation steps (bigger files still travel by upload).
+    let steps = prepare_steps(&NodePrepInput::for_group(profile, group));
+    report.steps.extend(apply_steps(exec, &steps).await?);
     let hardware = parse_hardware(&run_checked(exec, &hardware_probe_script()).await?);
     report.labels = node_labels(group, &hardware, &profile.detect);
     let outcome = ensure_file(exec, BINARY_PATH, binary, 0o755).await?;
