@@ -368,7 +368,8 @@ pub async fn run(
         &profile.cluster.name,
     )?;
     report.kubeconfig = opts.workspace.join("kubeconfig");
-    report.kubeconfig_changed = write_private_if_changed(&report.kubeconfig, &kubeconfig)?;
+    report.kubeconfig_changed =
+        crate::files::write_private_if_changed(&report.kubeconfig, kubeconfig.as_bytes())?;
     Ok(report)
 }
 
@@ -590,36 +591,4 @@ async fn wait_until(
         }
         tokio::time::sleep(opts.poll_interval).await;
     }
-}
-
-/// Write a 0600 file atomically unless it already holds `content`; returns whether it was written.
-fn write_private_if_changed(path: &Path, content: &str) -> anyhow::Result<bool> {
-    use std::io::Write;
-    use std::os::unix::fs::{OpenOptionsExt, PermissionsExt};
-    if let Ok(existing) = std::fs::read_to_string(path)
-        && existing == content
-        && std::fs::metadata(path)
-            .map(|m| m.permissions().mode() & 0o777 == 0o600)
-            .unwrap_or(false)
-    {
-        return Ok(false);
-    }
-    if let Some(parent) = path.parent() {
-        std::fs::create_dir_all(parent)
-            .with_context(|| format!("cannot create {}", parent.display()))?;
-    }
-    let temporary = path.with_extension("tmp");
-    let mut file = std::fs::OpenOptions::new()
-        .write(true)
-        .create(true)
-        .truncate(true)
-        .mode(0o600)
-        .open(&temporary)
-        .with_context(|| format!("cannot write {}", temporary.display()))?;
-    file.write_all(content.as_bytes())
-        .and_then(|()| file.sync_all())
-        .with_context(|| format!("cannot write {}", temporary.display()))?;
-    std::fs::rename(&temporary, path)
-        .with_context(|| format!("cannot write {}", path.display()))?;
-    Ok(true)
 }
