@@ -162,6 +162,17 @@ impl TestbedGuests {
         Ok(done)
     }
 
+    /// Records that VM `vmid` has `address` so that its stop reaches the testbed host, for VMs started
+    /// by an earlier process (`down` destroys what an `up` created).
+    pub fn remember(&self, vmid: u32, address: IpAddr) -> anyhow::Result<String> {
+        let host = host_for(&self.script, address)?;
+        self.hosts
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .insert(vmid, host.clone());
+        Ok(host)
+    }
+
     /// A simulated VM that runs must have a running guest: boots (without reseeding: its disk is kept)
     /// the testbed hosts of `addresses` that are down, e.g. after a crash — as Proxmox would show such a
     /// VM stopped and `up` would start it. Returns the hosts started.
