@@ -97,6 +97,17 @@ pub fn write_private_if_changed(path: &Path, bytes: &[u8]) -> Result<bool, FileE
     Ok(true)
 }
 
+/// A path from a profile or config file: `~/` stands for `$HOME`.
+pub fn expand_home(path: &str) -> PathBuf {
+    match path.strip_prefix("~/") {
+        Some(rest) => std::env::var_os("HOME")
+            .map(PathBuf::from)
+            .unwrap_or_default()
+            .join(rest),
+        None => PathBuf::from(path),
+    }
+}
+
 #[cfg(test)]
 #[allow(clippy::unwrap_used)]
 mod tests {

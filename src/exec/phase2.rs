@@ -469,6 +469,8 @@ async fn install_node(
     let mut steps = Vec::new();
     let mut restart_needed = binary_changed;
     let mut unit_changed = false;
+    // Not batched: config.yaml carries the token, and a batch script travels as a command line (visible
+    // in the host's process list and in --print-commands); uploads keep it off command lines.
     for (position, step) in files.iter().enumerate() {
         let outcome = apply_step(exec, step).await?;
         restart_needed |= outcome.is_change();
