@@ -425,16 +425,30 @@ async fn wait_cloud_init(exec: &dyn RemoteExec, timeout: Duration) -> anyhow::Re
         .await
         .map_err(|_| {
             anyhow!(
-                "timed out after {}s waiting for cloud-init to finish",
+                "{}: timed out after {}s waiting for cloud-init to finish (`cloud-init status --wait`)",
+                exec.host(),
                 timeout.as_secs()
             )
-        })??;
+        })?
+        .with_context(|| format!("{}: waiting for cloud-init to finish", exec.host()))?;
     match output.exit_status {
         0 | 2 | 127 => Ok(()),
-        status => bail!(
-            "cloud-init failed (exit {status}): {}",
-            String::from_utf8_lossy(&output.stdout).trim()
-        ),
+        status => {
+            // Which module failed and why: worth one more round trip on the way out.
+            let detail = match exec.run("cloud-init status --long", None).await {
+                Ok(long) => String::from_utf8_lossy(&long.stdout).trim().to_owned(),
+                Err(error) => format!("(`cloud-init status --long` failed too: {error})"),
+            };
+            bail!(
+                "{}: cloud-init failed (exit {status}): {}",
+                exec.host(),
+                if detail.is_empty() {
+                    String::from_utf8_lossy(&output.stdout).trim().to_owned()
+                } else {
+                    detail
+                }
+            )
+        }
     }
 }
 
