@@ -227,6 +227,15 @@ fn e2e_homelab_ha_shaped_cluster_on_the_testbed() {
     }
     eprintln!("stand-in k3s (not k3s): checking the cluster it reports");
     assert_five_ready_nodes(&testbed);
+    assert_eq!(
+        std::fs::metadata(workspace.join(".provision"))
+            .unwrap()
+            .permissions()
+            .mode()
+            & 0o777,
+        0o700,
+        "the state directory is private even without `init`"
+    );
     let kubeconfig = workspace.join(".provision/kubeconfig");
     assert_eq!(
         std::fs::metadata(&kubeconfig).unwrap().permissions().mode() & 0o777,
