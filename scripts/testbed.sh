@@ -245,6 +245,27 @@ supervise() {
     rm -f "$dir/nspawn.pid" "$dir/supervisor.pid"
 }
 
+# Each host's systemd holds several inotify instances; the kernel's default of 128 per user runs out
+# with a few dozen hosts on the machine, and systemd then dies at boot ("Failed to allocate manager
+# object: Too many open files" on the console): raise the limit before starting a host.
+INOTIFY_INSTANCES_MIN=8192
+
+ensure_inotify_limit() {
+    local limit=/proc/sys/fs/inotify/max_user_instances current
+    current=$(cat "$limit" 2>/dev/null || echo 0)
+    if ((current < INOTIFY_INSTANCES_MIN)); then
+        echo "$INOTIFY_INSTANCES_MIN" >"$limit" 2>/dev/null ||
+            die "fs.inotify.max_user_instances is $current, too low for many hosts, and cannot be raised (root?)"
+    fi
+}
+
+# The last error lines of a host's console, for messages about a host that did not come up.
+console_errors() {
+    local console=$1/console.log
+    [[ -f $console ]] || return 0
+    tail -n 40 "$console" | sed 's/\x1b\[[0-9;]*m//g' | grep -E 'Failed|[Ee]rror|failed' | tail -n 3 | paste -sd ';' -
+}
+
 cmd_start() {
     local name=$1 dir
     valid_name "$name"
@@ -252,13 +273,15 @@ cmd_start() {
     dir=$(host_dir "$name")
     if running "$name"; then return 0; fi
     mkdir -p "$dir"
+    ensure_inotify_limit
     ensure_network "$name"
     ensure_overlay "$name"
     prepare_unseeded "$name"
     setsid "$SCRIPT_DIR/testbed.sh" _supervise "$name" </dev/null >>"$dir/supervisor.log" 2>&1 &
     local deadline=$((SECONDS + 10))
     until running "$name"; do
-        ((SECONDS < deadline)) || die "$name: systemd-nspawn did not start, see $dir/console.log"
+        ((SECONDS < deadline)) ||
+            die "$name: systemd-nspawn did not start within 10s ($(console_errors "$dir")), see $dir/console.log"
         sleep 0.1
     done
 }

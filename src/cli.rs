@@ -183,6 +183,9 @@ pub struct DownArgs {
     /// Do not ask for confirmation (required when stdin is not a terminal).
     #[arg(long)]
     pub yes: bool,
+    /// The simulated VMs' guests (as on `up`): with `testbed`, the hosts of the destroyed VMs are stopped.
+    #[arg(long, value_enum, default_value_t = Guests::None, requires = "simulate")]
+    pub guests: Guests,
 }
 
 #[derive(Debug, Args)]

@@ -18,25 +18,7 @@ use russh::keys::{Algorithm, HashAlg, PrivateKey, PublicKey};
 use super::CloudInitError;
 
 /// A string that must not end up in logs: [`fmt::Debug`] prints `Secret(<redacted>)`.
-#[derive(Clone, PartialEq, Eq)]
-pub struct Secret(String);
-
-impl Secret {
-    pub fn new(value: String) -> Self {
-        Self(value)
-    }
-
-    /// The secret value, for the few places that must write it (cloud-init user-data).
-    pub fn expose(&self) -> &str {
-        &self.0
-    }
-}
-
-impl fmt::Debug for Secret {
-    fn fmt(&self, formatter: &mut fmt::Formatter<'_>) -> fmt::Result {
-        formatter.write_str("Secret(<redacted>)")
-    }
-}
+pub use crate::secret::Secret;
 
 /// One VM's ed25519 SSH host key pair, in OpenSSH encodings.
 #[derive(Clone, PartialEq, Eq)]
@@ -243,12 +225,10 @@ fn write_new_private(path: &Path, pem: &str) -> Result<(), CloudInitError> {
 }
 
 fn write_atomically(path: &Path, contents: &[u8], mode: u32) -> Result<(), CloudInitError> {
-    let temp = write_temp(path, contents, mode)?;
-    fs::rename(&temp, path).map_err(|source| CloudInitError::Io {
-        path: path.to_path_buf(),
-        source,
-    })?;
-    sync_parent(path)
+    crate::files::write_atomic(path, contents, mode).map_err(|error| CloudInitError::Io {
+        path: error.path,
+        source: error.source,
+    })
 }
 
 fn sync_parent(path: &Path) -> Result<(), CloudInitError> {

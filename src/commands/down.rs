@@ -1,7 +1,11 @@
-//! `provision down --profile P [--yes]`: hard stop and purge the cluster's VMs.
+//! `provision down --profile P [--yes]`: hard stop and purge the cluster's VMs (and, with `--simulate
+//! --guests testbed`, stop the testbed hosts that played them).
 
 use std::io::IsTerminal as _;
 use std::sync::Arc;
+use std::time::Duration;
+
+use anyhow::Context as _;
 
 use crate::cli::{DownArgs, OutputFormat};
 use crate::exec::{self, ExecOptions, session};
@@ -10,6 +14,9 @@ use crate::profile;
 use crate::state::StateStore;
 
 use super::{Context, UserError};
+
+/// How long the testbed may take to stop the destroyed VMs' hosts.
+const GUESTS_SETTLE: Duration = Duration::from_secs(120);
 
 pub async fn run(context: &Context, args: DownArgs) -> anyhow::Result<ExitStatus> {
     let loaded = profile::load(&args.cluster.profile, &context.workspace.root)?;
@@ -49,6 +56,18 @@ pub async fn run(context: &Context, args: DownArgs) -> anyhow::Result<ExitStatus
         }
     }
     let opened = session::open(&context.workspace, &loaded.profile, &args.cluster.sim).await?;
+    let guests = super::up_phase2::attach_guests(&opened, args.guests)?;
+    if let Some(guests) = &guests {
+        for vm in store.state().vms.values() {
+            let Some(address) = &vm.address else {
+                continue;
+            };
+            let address: std::net::IpAddr = address
+                .parse()
+                .with_context(|| format!("VM {}: address {address:?} in the state", vm.name))?;
+            guests.remember(vm.vmid, address)?;
+        }
+    }
     let (report, _store) = exec::destroy_all(
         Arc::clone(&opened.connection.api),
         &cluster,
@@ -57,6 +76,11 @@ pub async fn run(context: &Context, args: DownArgs) -> anyhow::Result<ExitStatus
         ExecOptions::default(),
     )
     .await?;
+    if let Some(guests) = &guests {
+        for line in guests.settle(GUESTS_SETTLE)? {
+            context.reporter.status(&format!("testbed: {line}"));
+        }
+    }
     match context.reporter.format() {
         OutputFormat::Json => context.reporter.json(&serde_json::to_value(&report)?),
         OutputFormat::Text => context.reporter.data(&format!(

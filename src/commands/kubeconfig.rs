@@ -1,7 +1,5 @@
 //! `provision kubeconfig [--merge]`: the workspace kubeconfig, optionally merged into `~/.kube/config`.
 
-use std::io::Write;
-use std::os::unix::fs::OpenOptionsExt;
 use std::path::{Path, PathBuf};
 
 use anyhow::Context as _;
@@ -114,18 +112,6 @@ pub fn merge_kubeconfig(
         std::fs::create_dir_all(parent)
             .with_context(|| format!("cannot create {}", parent.display()))?;
     }
-    let temporary = target.with_extension("provision-tmp");
-    let mut file = std::fs::OpenOptions::new()
-        .write(true)
-        .create(true)
-        .truncate(true)
-        .mode(0o600)
-        .open(&temporary)
-        .with_context(|| format!("cannot write {}", temporary.display()))?;
-    file.write_all(merged.as_bytes())
-        .and_then(|()| file.sync_all())
-        .with_context(|| format!("cannot write {}", temporary.display()))?;
-    std::fs::rename(&temporary, target)
-        .with_context(|| format!("cannot write {}", target.display()))?;
+    crate::files::write_atomic(target, merged.as_bytes(), 0o600)?;
     Ok(())
 }

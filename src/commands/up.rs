@@ -21,7 +21,7 @@ pub async fn run(context: &Context, up_args: UpArgs) -> anyhow::Result<ExitStatu
         &format!("up --profile {}", args.profile),
     )?;
     let opened = session::open(&context.workspace, profile, &args.sim).await?;
-    let guests = super::up_phase2::attach_guests(&opened, &up_args.phase2)?;
+    let guests = super::up_phase2::attach_guests(&opened, up_args.phase2.guests)?;
     let seeds = Arc::new(session::WorkspaceSeeds::for_run(
         profile,
         &context.workspace,

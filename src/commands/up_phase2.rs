@@ -19,12 +19,13 @@ pub const SKIPPED_SIMULATED: &str = "simulated VMs have no guests: phase 2 (SSH,
 /// How long the testbed may take to seed and boot the started VMs' hosts.
 const TESTBED_SETTLE: Duration = Duration::from_secs(300);
 
-/// Installs the testbed guest backend into the simulator before any VM starts (`--guests testbed`).
+/// Installs the testbed guest backend into the simulator before any VM starts or stops (`--guests
+/// testbed`, on `up` and `down`).
 pub fn attach_guests(
     opened: &Opened,
-    args: &Phase2Args,
+    guests: Guests,
 ) -> anyhow::Result<Option<Arc<TestbedGuests>>> {
-    match (args.guests, &opened.simulator) {
+    match (guests, &opened.simulator) {
         (Guests::Testbed, Some(simulator)) => {
             let guests = TestbedGuests::new()?;
             simulator.set_guest_backend(guests.clone());

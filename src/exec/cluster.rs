@@ -128,7 +128,7 @@ impl SshConnector {
         log: Option<CommandLog>,
     ) -> anyhow::Result<Self> {
         let key = ClientKey::File {
-            path: expand_home(&profile.ssh.private_key),
+            path: crate::files::expand_home(&profile.ssh.private_key),
             passphrase: None,
         };
         let known_hosts = known_hosts_path(workspace);
@@ -288,16 +288,6 @@ fn parse_jump_host(spec: &str, default_user: &str) -> anyhow::Result<(String, St
         anyhow::bail!("no host name");
     }
     Ok((user, host, port))
-}
-
-fn expand_home(path: &str) -> PathBuf {
-    match path.strip_prefix("~/") {
-        Some(rest) => std::env::var_os("HOME")
-            .map(PathBuf::from)
-            .unwrap_or_default()
-            .join(rest),
-        None => PathBuf::from(path),
-    }
 }
 
 /// The per-node report as JSON (`--output json`).

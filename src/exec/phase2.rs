@@ -33,8 +33,8 @@ use crate::k3s::templates::Templates;
 use crate::k3s::token::K3sToken;
 use crate::k3s::{BINARY_PATH, KUBECONFIG_PATH};
 use crate::nodeprep::{
-    NodePrepInput, StepOutcome, StepReport, apply_step, ensure_file, hardware_probe_script,
-    node_labels, parse_hardware, prepare_steps,
+    NodePrepInput, StepOutcome, StepReport, apply_step, apply_steps, ensure_file,
+    hardware_probe_script, node_labels, parse_hardware, prepare_steps,
 };
 use crate::profile::Profile;
 use crate::profile::model::{NodeGroup, Role};
@@ -368,7 +368,8 @@ pub async fn run(
         &profile.cluster.name,
     )?;
     report.kubeconfig = opts.workspace.join("kubeconfig");
-    report.kubeconfig_changed = write_private_if_changed(&report.kubeconfig, &kubeconfig)?;
+    report.kubeconfig_changed =
+        crate::files::write_private_if_changed(&report.kubeconfig, kubeconfig.as_bytes())?;
     Ok(report)
 }
 
@@ -388,13 +389,9 @@ async fn prepare_node(
         ..NodeReport::default()
     };
     wait_cloud_init(exec, opts.cloud_init_timeout).await?;
-    for step in prepare_steps(&NodePrepInput::for_group(profile, group)) {
-        let outcome = apply_step(exec, &step).await?;
-        report.steps.push(StepReport {
-            description: step.description().to_owned(),
-            outcome,
-        });
-    }
+    // One round trip for all the preparation steps (bigger files still travel by upload).
+    let steps = prepare_steps(&NodePrepInput::for_group(profile, group));
+    report.steps.extend(apply_steps(exec, &steps).await?);
     let hardware = parse_hardware(&run_checked(exec, &hardware_probe_script()).await?);
     report.labels = node_labels(group, &hardware, &profile.detect);
     let outcome = ensure_file(exec, BINARY_PATH, binary, 0o755).await?;
@@ -428,16 +425,30 @@ async fn wait_cloud_init(exec: &dyn RemoteExec, timeout: Duration) -> anyhow::Re
         .await
         .map_err(|_| {
             anyhow!(
-                "timed out after {}s waiting for cloud-init to finish",
+                "{}: timed out after {}s waiting for cloud-init to finish (`cloud-init status --wait`)",
+                exec.host(),
                 timeout.as_secs()
             )
-        })??;
+        })?
+        .with_context(|| format!("{}: waiting for cloud-init to finish", exec.host()))?;
     match output.exit_status {
         0 | 2 | 127 => Ok(()),
-        status => bail!(
-            "cloud-init failed (exit {status}): {}",
-            String::from_utf8_lossy(&output.stdout).trim()
-        ),
+        status => {
+            // Which module failed and why: worth one more round trip on the way out.
+            let detail = match exec.run("cloud-init status --long", None).await {
+                Ok(long) => String::from_utf8_lossy(&long.stdout).trim().to_owned(),
+                Err(error) => format!("(`cloud-init status --long` failed too: {error})"),
+            };
+            bail!(
+                "{}: cloud-init failed (exit {status}): {}",
+                exec.host(),
+                if detail.is_empty() {
+                    String::from_utf8_lossy(&output.stdout).trim().to_owned()
+                } else {
+                    detail
+                }
+            )
+        }
     }
 }
 
@@ -472,6 +483,8 @@ async fn install_node(
     let mut steps = Vec::new();
     let mut restart_needed = binary_changed;
     let mut unit_changed = false;
+    // Not batched: config.yaml carries the token, and a batch script travels as a command line (visible
+    // in the host's process list and in --print-commands); uploads keep it off command lines.
     for (position, step) in files.iter().enumerate() {
         let outcome = apply_step(exec, step).await?;
         restart_needed |= outcome.is_change();
@@ -594,36 +607,4 @@ async fn wait_until(
         }
         tokio::time::sleep(opts.poll_interval).await;
     }
-}
-
-/// Write a 0600 file atomically unless it already holds `content`; returns whether it was written.
-fn write_private_if_changed(path: &Path, content: &str) -> anyhow::Result<bool> {
-    use std::io::Write;
-    use std::os::unix::fs::{OpenOptionsExt, PermissionsExt};
-    if let Ok(existing) = std::fs::read_to_string(path)
-        && existing == content
-        && std::fs::metadata(path)
-            .map(|m| m.permissions().mode() & 0o777 == 0o600)
-            .unwrap_or(false)
-    {
-        return Ok(false);
-    }
-    if let Some(parent) = path.parent() {
-        std::fs::create_dir_all(parent)
-            .with_context(|| format!("cannot create {}", parent.display()))?;
-    }
-    let temporary = path.with_extension("tmp");
-    let mut file = std::fs::OpenOptions::new()
-        .write(true)
-        .create(true)
-        .truncate(true)
-        .mode(0o600)
-        .open(&temporary)
-        .with_context(|| format!("cannot write {}", temporary.display()))?;
-    file.write_all(content.as_bytes())
-        .and_then(|()| file.sync_all())
-        .with_context(|| format!("cannot write {}", temporary.display()))?;
-    std::fs::rename(&temporary, path)
-        .with_context(|| format!("cannot write {}", path.display()))?;
-    Ok(true)
 }

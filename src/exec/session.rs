@@ -109,7 +109,7 @@ pub struct WorkspaceSeeds {
 impl WorkspaceSeeds {
     /// Reads the user's public key (`<ssh.private_key>.pub`).
     pub fn new(profile: &Profile, workspace: &Workspace) -> anyhow::Result<Self> {
-        let private = expand_home(&profile.ssh.private_key);
+        let private = crate::files::expand_home(&profile.ssh.private_key);
         let public = PathBuf::from(format!("{}.pub", private.display()));
         let key = std::fs::read_to_string(&public).map_err(|error| {
             crate::commands::UserError::new(
@@ -142,7 +142,7 @@ impl WorkspaceSeeds {
         workspace: &Workspace,
         simulate: bool,
     ) -> anyhow::Result<Self> {
-        let private = expand_home(&profile.ssh.private_key);
+        let private = crate::files::expand_home(&profile.ssh.private_key);
         let public = PathBuf::from(format!("{}.pub", private.display()));
         if !simulate || public.exists() {
             return Self::new(profile, workspace);
@@ -228,16 +228,6 @@ impl SeedSource for WorkspaceSeeds {
 /// Where the VMs' SSH host keys live (phase 2 reads them to verify hosts).
 pub fn host_key_dir(workspace: &Workspace) -> PathBuf {
     workspace.secrets_dir().join("host-keys")
-}
-
-fn expand_home(path: &str) -> PathBuf {
-    match path.strip_prefix("~/") {
-        Some(rest) => std::env::var_os("HOME")
-            .map(PathBuf::from)
-            .unwrap_or_default()
-            .join(rest),
-        None => PathBuf::from(path),
-    }
 }
 
 /// Observe and plan in one go.

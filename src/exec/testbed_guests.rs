@@ -31,9 +31,20 @@ enum Job {
     },
 }
 
+impl Job {
+    /// What the job does, for progress and timeouts.
+    fn label(&self) -> String {
+        match self {
+            Job::Boot { vm, host, .. } => format!("{host}: seed and start for {vm}"),
+            Job::Stop { host } => format!("{host}: stop"),
+        }
+    }
+}
+
 #[derive(Default)]
 struct Progress {
-    queued: usize,
+    /// Jobs handed over and not done yet, in order (`tb21: seed and start for homelab-server-1`).
+    pending: Vec<String>,
     errors: Vec<String>,
     /// What the worker did, in order (`tb21 seeded and started for homelab-server-1`).
     done: Vec<String>,
@@ -82,6 +93,7 @@ impl TestbedGuests {
         let worker_script = script.clone();
         std::thread::spawn(move || {
             for job in receiver {
+                let label = job.label();
                 let result = match &job {
                     Job::Boot { vm, host, seed } => boot(&worker_script, host, seed)
                         .map(|()| format!("{host} seeded and started for {vm}"))
@@ -96,7 +108,9 @@ impl TestbedGuests {
                     Ok(line) => progress.done.push(line),
                     Err(line) => progress.errors.push(line),
                 }
-                progress.queued = progress.queued.saturating_sub(1);
+                if let Some(position) = progress.pending.iter().position(|p| *p == label) {
+                    progress.pending.remove(position);
+                }
                 condvar.notify_all();
             }
         });
@@ -110,7 +124,11 @@ impl TestbedGuests {
 
     fn enqueue(&self, job: Job) {
         let (lock, _) = &*self.shared;
-        lock.lock().unwrap_or_else(|p| p.into_inner()).queued += 1;
+        let label = job.label();
+        lock.lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .pending
+            .push(label.clone());
         let sent = self
             .jobs
             .lock()
@@ -118,7 +136,7 @@ impl TestbedGuests {
             .send(job);
         if sent.is_err() {
             let mut progress = lock.lock().unwrap_or_else(|p| p.into_inner());
-            progress.queued -= 1;
+            progress.pending.retain(|p| *p != label);
             progress
                 .errors
                 .push("the testbed worker thread is gone".to_owned());
@@ -140,13 +158,13 @@ impl TestbedGuests {
         let (lock, condvar) = &*self.shared;
         let deadline = Instant::now() + timeout;
         let mut progress = lock.lock().unwrap_or_else(|p| p.into_inner());
-        while progress.queued > 0 {
+        while !progress.pending.is_empty() {
             let now = Instant::now();
             if now >= deadline {
                 bail!(
-                    "timed out after {}s waiting for {} testbed host start(s)/stop(s)",
+                    "timed out after {}s waiting for the testbed: {} not done",
                     timeout.as_secs(),
-                    progress.queued
+                    progress.pending.join("; ")
                 );
             }
             progress = condvar
@@ -160,6 +178,17 @@ impl TestbedGuests {
             bail!("testbed guests failed: {}", errors.join("; "));
         }
         Ok(done)
+    }
+
+    /// Records that VM `vmid` has `address` so that its stop reaches the testbed host, for VMs started
+    /// by an earlier process (`down` destroys what an `up` created).
+    pub fn remember(&self, vmid: u32, address: IpAddr) -> anyhow::Result<String> {
+        let host = host_for(&self.script, address)?;
+        self.hosts
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .insert(vmid, host.clone());
+        Ok(host)
     }
 
     /// A simulated VM that runs must have a running guest: boots (without reseeding: its disk is kept)

@@ -67,3 +67,12 @@ pub enum K3sError {
     #[error("kubeconfig {path}: {message}")]
     Kubeconfig { path: String, message: String },
 }
+
+impl From<crate::files::FileError> for K3sError {
+    fn from(error: crate::files::FileError) -> Self {
+        K3sError::Io {
+            path: format!("{} ({})", error.path.display(), error.action),
+            source: error.source,
+        }
+    }
+}

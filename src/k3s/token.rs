@@ -1,19 +1,20 @@
 //! The cluster token: 256 random bits, kept 0600 in the workspace secrets directory, never printed.
 
-use std::io::Write;
-use std::os::unix::fs::{OpenOptionsExt, PermissionsExt};
+use std::os::unix::fs::PermissionsExt;
 use std::path::{Path, PathBuf};
 
 use rand::RngCore;
 
 use super::K3sError;
+use crate::secret::Secret;
 
 /// File name of the token inside the secrets directory (`.provision/secrets/`).
 pub const TOKEN_FILE_NAME: &str = "k3s-token";
 
-/// The shared secret servers and agents join with. `Debug` and `Display` are redacted.
+/// The shared secret servers and agents join with (a [`Secret`]). `Debug` is redacted; there is no
+/// `Display`.
 #[derive(Clone, PartialEq, Eq)]
-pub struct K3sToken(String);
+pub struct K3sToken(Secret);
 
 impl std::fmt::Debug for K3sToken {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
@@ -26,17 +27,17 @@ impl K3sToken {
     pub fn generate() -> Self {
         let mut bytes = [0u8; 32];
         rand::rng().fill_bytes(&mut bytes);
-        Self(hex::encode(bytes))
+        Self(Secret::new(hex::encode(bytes)))
     }
 
     /// Wrap a known secret (tests, or a token imported from an existing cluster).
     pub fn from_secret(secret: impl Into<String>) -> Self {
-        Self(secret.into())
+        Self(Secret::new(secret))
     }
 
     /// The secret itself: only for writing it into config.yaml (0600) or stdin of a remote command.
     pub fn expose(&self) -> &str {
-        &self.0
+        self.0.expose()
     }
 
     /// Whether the content of a server token file (`K10<ca hash>::server:<secret>`, or the bare secret)
@@ -47,7 +48,7 @@ impl K3sToken {
             .rsplit_once("::server:")
             .or_else(|| content.rsplit_once("::node:"))
             .map_or(content, |(_, secret)| secret);
-        !secret.is_empty() && secret == self.0
+        !secret.is_empty() && secret == self.0.expose()
     }
 
     /// Path of the token file in `secrets_dir`.
@@ -63,27 +64,16 @@ impl K3sToken {
             move |source| K3sError::Io { path, source }
         };
         match std::fs::read_to_string(&path) {
-            Ok(text) if !text.trim().is_empty() => return Ok(Self(text.trim().to_owned())),
+            Ok(text) if !text.trim().is_empty() => return Ok(Self::from_secret(text.trim())),
             Ok(_) => {}
             Err(error) if error.kind() == std::io::ErrorKind::NotFound => {}
             Err(error) => return Err(io(&path)(error)),
         }
-        std::fs::create_dir_all(secrets_dir).map_err(io(secrets_dir))?;
+        crate::files::create_private_dir(secrets_dir).map_err(K3sError::from)?;
         std::fs::set_permissions(secrets_dir, std::fs::Permissions::from_mode(0o700))
             .map_err(io(secrets_dir))?;
         let token = Self::generate();
-        let temporary = secrets_dir.join(format!(".{TOKEN_FILE_NAME}.tmp"));
-        let mut file = std::fs::OpenOptions::new()
-            .write(true)
-            .create(true)
-            .truncate(true)
-            .mode(0o600)
-            .open(&temporary)
-            .map_err(io(&temporary))?;
-        file.write_all(format!("{}\n", token.0).as_bytes())
-            .and_then(|()| file.sync_all())
-            .map_err(io(&temporary))?;
-        std::fs::rename(&temporary, &path).map_err(io(&path))?;
+        crate::files::write_atomic(&path, format!("{}\n", token.expose()).as_bytes(), 0o600)?;
         Ok(token)
     }
 }

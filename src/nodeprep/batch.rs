@@ -141,6 +141,95 @@ pub fn plan_batches(steps: &[Step]) -> Vec<(bool, std::ops::Range<usize>)> {
     groups
 }
 
+/// Reads back the steps of a script made by [`batch_script`]: its nonce and each step with an empty
+/// description, or `None` when `script` is not a batch script. The inverse of [`batch_script`], for
+/// in-memory hosts in tests and for `--print-commands` style inspection; it never runs anything.
+pub fn decode_batch(script: &str) -> Option<(String, Vec<Step>)> {
+    let mut rest =
+        script.strip_prefix("errs=\"$(mktemp)\" || exit 70\ntrap 'rm -f \"$errs\"' EXIT\n")?;
+    let mut nonce: Option<String> = None;
+    let mut steps = Vec::new();
+    while !rest.is_empty() {
+        let after_echo = rest.strip_prefix("echo 'provision-batch-")?;
+        let (found, after_nonce) = after_echo.split_once(": begin ")?;
+        match &nonce {
+            Some(known) if known != found => return None,
+            Some(_) => {}
+            None => nonce = Some(found.to_owned()),
+        }
+        let (index, body) = after_nonce.split_once("'\n( ")?;
+        if index.parse::<usize>().ok()? != steps.len() {
+            return None;
+        }
+        let (step, after_body) = if let Some(command) = body.strip_prefix("sh -c ") {
+            let (script, after) = unquote_word(command)?;
+            let after = after.strip_prefix(" </dev/null")?;
+            (
+                Step::Command {
+                    description: String::new(),
+                    script,
+                },
+                after,
+            )
+        } else {
+            decode_inline_file(body)?
+        };
+        let tail = format!(
+            "\n) 2>\"$errs\"; rc=$?\necho \"provision-batch-{found}: end {index} $rc\"\n\
+             if [ $rc -ne 0 ]; then cat \"$errs\" >&2; rm -f \"$errs\"; exit $rc; fi\n"
+        );
+        rest = after_body.strip_prefix(tail.as_str())?;
+        steps.push(step);
+    }
+    Some((nonce?, steps))
+}
+
+/// The file step of [`inline_file_script`] and the text after it.
+fn decode_inline_file(body: &str) -> Option<(Step, &str)> {
+    use base64::Engine as _;
+    let (path, _) = unquote_word(body.strip_prefix("set -eu\nif [ -f ")?)?;
+    let (_, after_echo) = body.split_once("\n(umask 077; echo ")?;
+    let (encoded, _) = after_echo.split_once(" | base64 -d > ")?;
+    let content = base64::engine::general_purpose::STANDARD
+        .decode(encoded)
+        .ok()?;
+    let (_, after_chmod) = after_echo.split_once("\nchmod ")?;
+    let (mode, _) = after_chmod.split_once(' ')?;
+    let mode = u32::from_str_radix(mode, 8).ok()?;
+    let end = format!("\necho '{OUTCOME_MARKER} changed'");
+    let (_, after) = after_chmod.split_once(end.as_str())?;
+    Some((
+        Step::File {
+            description: String::new(),
+            path,
+            content,
+            mode,
+        },
+        after,
+    ))
+}
+
+/// The first shell word of `text` as [`quote`] writes it (bare, or single-quoted with `'\''` escapes),
+/// and what follows it.
+fn unquote_word(text: &str) -> Option<(String, &str)> {
+    let Some(mut rest) = text.strip_prefix('\'') else {
+        let end = text.find([' ', '\n']).unwrap_or(text.len());
+        return (end > 0).then(|| (text[..end].to_owned(), &text[end..]));
+    };
+    let mut word = String::new();
+    loop {
+        let (chunk, after) = rest.split_once('\'')?;
+        word.push_str(chunk);
+        match after.strip_prefix("\\''") {
+            Some(continued) => {
+                word.push('\'');
+                rest = continued;
+            }
+            None => return Some((word, after)),
+        }
+    }
+}
+
 #[cfg(test)]
 #[allow(clippy::unwrap_used)]
 mod tests {
@@ -250,5 +339,45 @@ mod tests {
         let groups = plan_batches(&many);
         assert!(groups.len() > 1, "{groups:?}");
         assert!(groups.iter().all(|(batched, _)| *batched));
+    }
+
+    #[test]
+    fn decode_batch_reads_back_every_step() {
+        let steps = [
+            command("echo 'it'\\''s' \"$x\"\nprintf '%s\\n' done"),
+            Step::File {
+                description: String::new(),
+                path: "/etc/it's dir/a.conf".into(),
+                content: b"a = 1\n\x00binary\n".to_vec(),
+                mode: 0o640,
+            },
+            command("true"),
+            file("/etc/plain", 3),
+        ];
+        let (nonce, decoded) = decode_batch(&batch_script(&steps, "abc123")).unwrap();
+        assert_eq!(nonce, "abc123");
+        let expected: Vec<Step> = steps
+            .iter()
+            .map(|step| match step.clone() {
+                Step::Command { script, .. } => Step::Command {
+                    description: String::new(),
+                    script,
+                },
+                Step::File {
+                    path,
+                    content,
+                    mode,
+                    ..
+                } => Step::File {
+                    description: String::new(),
+                    path,
+                    content,
+                    mode,
+                },
+            })
+            .collect();
+        assert_eq!(decoded, expected);
+        assert_eq!(decode_batch("echo hello"), None);
+        assert_eq!(decode_batch(&batch_script(&steps, "n")[..200]), None);
     }
 }

@@ -3,39 +3,8 @@
 use std::fmt;
 use std::time::{Duration, Instant};
 
-/// A credential value. `Debug` and `Display` print `***` so secrets cannot leak into logs,
-/// plans or error messages; [`Secret::expose`] is the one way to read it.
-#[derive(Clone, PartialEq, Eq)]
-pub struct Secret(String);
-
-impl Secret {
-    pub fn new(value: impl Into<String>) -> Self {
-        Secret(value.into())
-    }
-
-    /// The secret value, for building the request that carries it.
-    pub fn expose(&self) -> &str {
-        &self.0
-    }
-}
-
-impl fmt::Debug for Secret {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.write_str("Secret(***)")
-    }
-}
-
-impl fmt::Display for Secret {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.write_str("***")
-    }
-}
-
-impl From<String> for Secret {
-    fn from(value: String) -> Self {
-        Secret(value)
-    }
-}
+/// A credential value (the crate-wide redacting [`crate::secret::Secret`]).
+pub use crate::secret::Secret;
 
 /// How the client proves who it is.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -141,7 +110,7 @@ mod tests {
         let debug = format!("{auth:?}");
         assert!(!debug.contains("very-secret"), "{debug}");
         assert!(debug.contains("provision@pve!ci"));
-        assert_eq!(Secret::new("x").to_string(), "***");
+        assert_eq!(Secret::new("x").to_string(), "<redacted>");
         let ticket = Auth::Ticket {
             username: "root@pam".into(),
             password: Secret::new("hunter2"),

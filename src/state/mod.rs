@@ -10,7 +10,6 @@ mod lock;
 
 use std::collections::BTreeMap;
 use std::fs;
-use std::io::Write;
 use std::path::{Path, PathBuf};
 
 use serde::{Deserialize, Serialize};
@@ -149,11 +148,8 @@ impl StateStore {
     /// Lock `dir/lock` (failing fast when held) and load `dir/state.json` (empty when absent).
     /// `command` is recorded in the lock file so a second run can name the holder.
     pub fn open(dir: &Path, command: &str) -> Result<Self, StateError> {
-        fs::create_dir_all(dir).map_err(|source| StateError::Io {
-            action: "create",
-            path: dir.to_path_buf(),
-            source,
-        })?;
+        // Private even when `init` was not run: the state names hosts and secrets live below it.
+        crate::files::create_private_dir(dir)?;
         let lock = StateLock::acquire(&dir.join("lock"), command)?;
         let path = dir.join("state.json");
         let state = load(&path)?;
@@ -219,32 +215,20 @@ fn to_bytes(state: &State) -> Result<Vec<u8>, StateError> {
     Ok(bytes)
 }
 
-/// Replace `path` with `bytes` so that a crash leaves either the old or the new content:
+/// Replace `path` with `bytes` (0600) so that a crash leaves either the old or the new content:
 /// temp file in the same directory, fsync, rename, fsync the directory.
 pub fn write_atomic(path: &Path, bytes: &[u8]) -> Result<(), StateError> {
-    let dir = path.parent().unwrap_or(Path::new("."));
-    let file_name = path
-        .file_name()
-        .map(|name| name.to_string_lossy().into_owned())
-        .unwrap_or_else(|| "state".to_owned());
-    let temp = dir.join(format!(".{file_name}.tmp-{}", std::process::id()));
-    let io = |action: &'static str, path: &Path| {
-        let path = path.to_path_buf();
-        move |source| StateError::Io {
-            action,
-            path,
-            source,
+    Ok(crate::files::write_atomic(path, bytes, 0o600)?)
+}
+
+impl From<crate::files::FileError> for StateError {
+    fn from(error: crate::files::FileError) -> Self {
+        StateError::Io {
+            action: error.action,
+            path: error.path,
+            source: error.source,
         }
-    };
-    {
-        let mut file = fs::File::create(&temp).map_err(io("create", &temp))?;
-        file.write_all(bytes).map_err(io("write", &temp))?;
-        file.sync_all().map_err(io("fsync", &temp))?;
     }
-    fs::rename(&temp, path).map_err(io("rename into place", path))?;
-    let directory = fs::File::open(dir).map_err(io("open", dir))?;
-    directory.sync_all().map_err(io("fsync", dir))?;
-    Ok(())
 }
 
 #[cfg(test)]
@@ -265,6 +249,20 @@ mod tests {
             gpus: vec![],
             iso: None,
         }
+    }
+
+    #[test]
+    fn open_creates_the_state_directory_private() {
+        use std::os::unix::fs::PermissionsExt as _;
+        let root = tempfile::tempdir().unwrap();
+        let dir = root.path().join("workspace/.provision");
+        let mut store = StateStore::open(&dir, "test").unwrap();
+        let mode = |path: &Path| fs::metadata(path).unwrap().permissions().mode() & 0o777;
+        assert_eq!(mode(&dir), 0o700, "created without `init`");
+        store
+            .update(|state| state.vms.insert("a".into(), record("a", 100)))
+            .unwrap();
+        assert_eq!(mode(&dir.join("state.json")), 0o600);
     }
 
     #[test]

@@ -50,6 +50,16 @@ pub enum WorkspaceError {
     SecretName(String),
 }
 
+impl From<crate::files::FileError> for WorkspaceError {
+    fn from(error: crate::files::FileError) -> Self {
+        WorkspaceError::Io {
+            action: error.action,
+            path: error.path,
+            source: error.source,
+        }
+    }
+}
+
 impl WorkspaceError {
     fn io<'a>(action: &'static str, path: &'a Path) -> impl FnOnce(std::io::Error) -> Self + 'a {
         move |source| WorkspaceError::Io {
@@ -104,25 +114,7 @@ impl fmt::Debug for ProxmoxConfig {
 }
 
 /// A secret value; `Debug` and `Display` never show it.
-#[derive(Clone, PartialEq, Eq)]
-pub struct Secret(String);
-
-impl Secret {
-    pub fn new(value: impl Into<String>) -> Self {
-        Self(value.into())
-    }
-
-    /// The secret itself, for the one place that sends it.
-    pub fn expose(&self) -> &str {
-        &self.0
-    }
-}
-
-impl fmt::Debug for Secret {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.write_str("Secret(<redacted>)")
-    }
-}
+pub use crate::secret::Secret;
 
 /// How to authenticate against the Proxmox API, resolved from file and environment.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -331,20 +323,7 @@ impl Workspace {
         let dir = self.secrets_dir();
         create_private_dir(&dir)?;
         let path = dir.join(name);
-        let temporary = dir.join(format!(".{name}.tmp"));
-        let mut file = std::fs::OpenOptions::new()
-            .write(true)
-            .create(true)
-            .truncate(true)
-            .mode(0o600)
-            .open(&temporary)
-            .map_err(WorkspaceError::io("create", &temporary))?;
-        file.set_permissions(std::fs::Permissions::from_mode(0o600))
-            .map_err(WorkspaceError::io("restrict", &temporary))?;
-        file.write_all(bytes)
-            .and_then(|()| file.sync_all())
-            .map_err(WorkspaceError::io("write", &temporary))?;
-        std::fs::rename(&temporary, &path).map_err(WorkspaceError::io("rename", &path))?;
+        crate::files::write_atomic(&path, bytes, 0o600)?;
         Ok(path)
     }
 
@@ -363,8 +342,9 @@ impl Workspace {
     }
 }
 
+/// Creates `dir` 0700, and narrows an existing one to 0700 (`init` repairs a workspace).
 fn create_private_dir(dir: &Path) -> Result<(), WorkspaceError> {
-    std::fs::create_dir_all(dir).map_err(WorkspaceError::io("create", dir))?;
+    crate::files::create_private_dir(dir)?;
     std::fs::set_permissions(dir, std::fs::Permissions::from_mode(0o700))
         .map_err(WorkspaceError::io("restrict", dir))
 }

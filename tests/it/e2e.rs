@@ -6,7 +6,7 @@
 //! One scenario on five reserved hosts (tb21 upward): converge; a second `up` changes no remote file and
 //! restarts no service; `kubeconfig --merge` keeps other entries; a replaced host key is refused naming the
 //! host and both fingerprints; a host crashed during phase 2 makes `up` fail naming it, and the next `up`
-//! converges.
+//! converges; `down --guests testbed` stops every host.
 #![allow(clippy::unwrap_used, clippy::print_stderr)]
 
 use std::os::unix::fs::PermissionsExt;
@@ -227,6 +227,15 @@ fn e2e_homelab_ha_shaped_cluster_on_the_testbed() {
     }
     eprintln!("stand-in k3s (not k3s): checking the cluster it reports");
     assert_five_ready_nodes(&testbed);
+    assert_eq!(
+        std::fs::metadata(workspace.join(".provision"))
+            .unwrap()
+            .permissions()
+            .mode()
+            & 0o777,
+        0o700,
+        "the state directory is private even without `init`"
+    );
     let kubeconfig = workspace.join(".provision/kubeconfig");
     assert_eq!(
         std::fs::metadata(&kubeconfig).unwrap().permissions().mode() & 0o777,
@@ -384,5 +393,33 @@ fn e2e_homelab_ha_shaped_cluster_on_the_testbed() {
         "the testbed guest of a running VM is booted again: {stderr}"
     );
     assert_five_ready_nodes(&testbed);
+
+    // 6. `down --guests testbed` destroys the VMs and stops the hosts that played them.
+    let profile_text = profile.display().to_string();
+    let output = provision(
+        workspace,
+        &[
+            "down",
+            "--profile",
+            &profile_text,
+            "--simulate",
+            "--sim-inventory",
+            "pve-homelab",
+            "--guests",
+            "testbed",
+            "--yes",
+        ],
+        &[],
+    );
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    eprintln!("down:\n{stderr}");
+    assert!(output.status.success(), "{stderr}");
+    for host in &testbed.hosts {
+        assert!(
+            stderr.contains(&format!("testbed: {} stopped", host.name)),
+            "{stderr}"
+        );
+        assert!(!testbed.is_running(&host.name), "{} still runs", host.name);
+    }
     eprintln!("whole scenario: {:.1}s", scenario.elapsed().as_secs_f64());
 }

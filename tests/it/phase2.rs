@@ -10,7 +10,8 @@ use std::time::Duration;
 use async_trait::async_trait;
 use provision::exec::phase2::{Connector, GuestNode, Phase2Options, Phase2Report, run};
 use provision::k3s::release::Artifact;
-use provision::nodeprep::sha256_hex;
+use provision::nodeprep::batch::decode_batch;
+use provision::nodeprep::{Step, sha256_hex};
 use provision::profile::Profile;
 use provision::ssh::{CommandOutput, RemoteExec, SshError};
 
@@ -35,6 +36,8 @@ struct Sim {
     events: Vec<String>,
     writes: usize,
     service_commands: usize,
+    /// Batch scripts run (node preparation travels as one per host).
+    batches: usize,
 }
 
 type Shared = Arc<Mutex<Sim>>;
@@ -58,15 +61,62 @@ fn config_line<'a>(config: &'a str, key: &str) -> Option<&'a str> {
         .find_map(|l| l.strip_prefix(&format!("{key}: ")))
 }
 
-#[async_trait]
-impl RemoteExec for FakeExec {
-    fn host(&self) -> &str {
-        &self.host
+impl FakeExec {
+    /// A batch script from `nodeprep::apply_steps`: each step goes through the same handling as when it
+    /// arrives alone (files through `write_inline`), with the batch's markers and stop-at-first-failure.
+    fn run_batch(
+        &self,
+        sim: &mut Sim,
+        nonce: &str,
+        steps: &[Step],
+    ) -> Result<CommandOutput, SshError> {
+        sim.batches += 1;
+        let mut stdout = String::new();
+        for (index, step) in steps.iter().enumerate() {
+            stdout.push_str(&format!("provision-batch-{nonce}: begin {index}\n"));
+            let output = match step {
+                Step::Command { script, .. } => self.run_one(sim, script, None)?,
+                Step::File {
+                    path,
+                    content,
+                    mode,
+                    ..
+                } => self.write_inline(sim, path, content, *mode),
+            };
+            stdout.push_str(&String::from_utf8_lossy(&output.stdout));
+            let status = output.exit_status;
+            stdout.push_str(&format!("provision-batch-{nonce}: end {index} {status}\n"));
+            if status != 0 {
+                return Ok(CommandOutput {
+                    exit_status: status,
+                    stdout: stdout.into_bytes(),
+                    stderr: output.stderr,
+                });
+            }
+        }
+        Ok(ok(stdout))
     }
 
-    async fn run(&self, command: &str, stdin: Option<&[u8]>) -> Result<CommandOutput, SshError> {
-        let mut sim = self.sim.lock().unwrap();
-        let sim = &mut *sim;
+    /// An inline file of a batch: written (and counted as a write) only when content or mode differ.
+    fn write_inline(&self, sim: &mut Sim, path: &str, content: &[u8], mode: u32) -> CommandOutput {
+        let host = sim.hosts.entry(self.host.clone()).or_default();
+        if host.files.get(path) == Some(&(content.to_vec(), mode)) {
+            return ok("provision-outcome: unchanged\n");
+        }
+        host.files.insert(path.to_owned(), (content.to_vec(), mode));
+        sim.writes += 1;
+        ok("provision-outcome: changed\n")
+    }
+
+    fn run_one(
+        &self,
+        sim: &mut Sim,
+        command: &str,
+        stdin: Option<&[u8]>,
+    ) -> Result<CommandOutput, SshError> {
+        if let Some((nonce, steps)) = decode_batch(command) {
+            return self.run_batch(sim, &nonce, &steps);
+        }
         let host = sim.hosts.entry(self.host.clone()).or_default();
         if command == "cloud-init status --wait" {
             return Ok(ok("status: done\n"));
@@ -221,6 +271,18 @@ impl RemoteExec for FakeExec {
             return Ok(ok(""));
         }
         panic!("{}: unexpected command {command}", self.host);
+    }
+}
+
+#[async_trait]
+impl RemoteExec for FakeExec {
+    fn host(&self) -> &str {
+        &self.host
+    }
+
+    async fn run(&self, command: &str, stdin: Option<&[u8]>) -> Result<CommandOutput, SshError> {
+        let mut sim = self.sim.lock().unwrap();
+        self.run_one(&mut sim, command, stdin)
     }
 
     async fn write_file(&self, path: &str, data: &[u8], mode: u32) -> Result<(), SshError> {
@@ -378,6 +440,11 @@ async fn fresh_cluster_bootstraps_then_joins_servers_one_at_a_time_then_agents()
                 .count()
         };
         assert_eq!(manifests("server-1"), 4, "kube-vip, nfs, flux, flux-sync");
+        assert!(
+            sim.batches >= 5,
+            "node preparation is batched: {}",
+            sim.batches
+        );
         assert_eq!(manifests("server-2"), 0);
         assert_eq!(sim.hosts["worker-1"].files["/usr/local/bin/k3s"].1, 0o755);
         assert_eq!(

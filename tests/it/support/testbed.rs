@@ -169,6 +169,15 @@ impl Testbed {
         }
     }
 
+    /// Whether host `name` is running (`testbed.sh status`).
+    pub fn is_running(&self, name: &str) -> bool {
+        let output = run_script(&["status"]);
+        String::from_utf8_lossy(&output.stdout).lines().any(|line| {
+            let fields: Vec<&str> = line.split_whitespace().collect();
+            fields.len() >= 3 && fields[0] == name && fields[2].starts_with("running")
+        })
+    }
+
     pub fn host(&self, name: &str) -> &TestHost {
         self.hosts.iter().find(|h| h.name == name).unwrap()
     }
