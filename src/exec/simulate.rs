@@ -109,7 +109,11 @@ pub async fn start(
         .with_context(|| format!("loading simulator inventory {name}"))?;
     let state_file = state_file(state_dir);
     if let Some(dir) = state_file.parent() {
-        std::fs::create_dir_all(dir).with_context(|| format!("creating {}", dir.display()))?;
+        // The simulated Proxmox keeps uploaded seeds (private host keys): private like `.provision/`.
+        if let Some(workspace_state) = dir.parent() {
+            crate::files::create_private_dir(workspace_state)?;
+        }
+        crate::files::create_private_dir(dir)?;
     }
     let (auth, kind) = credentials(&inventory, &name, options.root_ticket)?;
     let mut config = SimConfig::new(inventory);

@@ -539,7 +539,9 @@ impl Shared {
             }
         };
         let temp = path.with_extension("tmp");
-        let result = std::fs::write(&temp, text).and_then(|()| std::fs::rename(&temp, path));
+        // 0600: the state holds uploaded seed ISOs, whose user-data carries private host keys.
+        let result =
+            write_private(&temp, text.as_bytes()).and_then(|()| std::fs::rename(&temp, path));
         if let Err(error) = result {
             tracing::error!(%error, path = %path.display(), "cannot write simulator state");
         }
@@ -1374,4 +1376,19 @@ mod tests {
         assert_eq!(id.len(), 36);
         assert_eq!(&id[14..15], "4");
     }
+}
+
+/// Writes `bytes` to a new or truncated file readable by its owner only.
+fn write_private(path: &std::path::Path, bytes: &[u8]) -> std::io::Result<()> {
+    use std::io::Write;
+    use std::os::unix::fs::{OpenOptionsExt, PermissionsExt};
+    let mut file = std::fs::OpenOptions::new()
+        .write(true)
+        .create(true)
+        .truncate(true)
+        .mode(0o600)
+        .open(path)?;
+    file.set_permissions(std::fs::Permissions::from_mode(0o600))?;
+    file.write_all(bytes)?;
+    file.sync_all()
 }
