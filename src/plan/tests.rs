@@ -409,6 +409,40 @@ fn converged_cluster_plans_nothing_and_deltas_are_exact() {
 }
 
 #[test]
+fn growth_in_place_that_does_not_fit_the_node_is_refused_in_the_plan() {
+    let profile = profile();
+    let mut inventory = inventory(AuthKind::RootTicket);
+    let first = plan(&profile, &inventory, &State::default(), &context()).unwrap();
+    let state = applied(&first, &mut inventory);
+
+    // More vCPUs than the node has (32 in the fixture).
+    let mut wide = profile.clone();
+    wide.node_groups[0].cores = 64;
+    let error = plan(&wide, &inventory, &state, &context()).unwrap_err();
+    assert!(
+        matches!(
+            &error,
+            PlanError::TooManyVcpus {
+                needed: 64,
+                cpus: 32,
+                ..
+            }
+        ),
+        "{error}"
+    );
+    assert!(error.to_string().contains("pve"), "{error}");
+
+    // More memory than the node has free (400 GiB free in the fixture).
+    let mut huge = profile.clone();
+    huge.node_groups[0].memory_mib = 1024 * 1024;
+    let error = plan(&huge, &inventory, &state, &context()).unwrap_err();
+    assert!(
+        matches!(error, PlanError::MemoryDoesNotFit { .. }),
+        "{error}"
+    );
+}
+
+#[test]
 fn intent_vmid_is_reused_and_half_created_vm_is_replaced() {
     let profile = profile();
     let inventory_fresh = inventory(AuthKind::RootTicket);
