@@ -126,7 +126,9 @@ struct Runner {
     options: ExecOptions,
     cluster: String,
     node_slots: BTreeMap<String, Arc<Semaphore>>,
-    storage_slots: Mutex<BTreeMap<String, Arc<Semaphore>>>,
+    /// Per storage: shared storages by name, node-local ones by (node, storage).
+    storage_slots: Mutex<BTreeMap<(String, String), Arc<Semaphore>>>,
+    shared_storages: std::collections::BTreeSet<String>,
     images: BTreeMap<(String, String), (ImageDownload, OnceCell<()>)>,
     /// Download target per VM node (shared storages download once on one node).
     image_for_node: BTreeMap<String, (String, String)>,
@@ -184,6 +186,7 @@ pub async fn apply(
         cluster: plan.cluster.clone(),
         node_slots,
         storage_slots: Mutex::new(BTreeMap::new()),
+        shared_storages: plan.shared_storages.clone(),
         images,
         image_for_node,
         mutating: AtomicUsize::new(0),
@@ -329,15 +332,23 @@ impl Runner {
         Ok(semaphore.acquire_owned().await?)
     }
 
+    /// A disk-allocation slot on `storage` as seen from `node`: a node-local storage (lvmthin,
+    /// dir, ZFS) is a separate disk on every node, a shared one is one for the cluster.
     async fn storage_slot(
         &self,
+        node: &str,
         storage: &str,
     ) -> anyhow::Result<tokio::sync::OwnedSemaphorePermit> {
+        let owner = if self.shared_storages.contains(storage) {
+            String::new()
+        } else {
+            node.to_owned()
+        };
         let semaphore = {
             let mut slots = self.storage_slots.lock().await;
             Arc::clone(
                 slots
-                    .entry(storage.to_owned())
+                    .entry((owner, storage.to_owned()))
                     .or_insert_with(|| Arc::new(Semaphore::new(self.options.per_storage.max(1)))),
             )
         };
@@ -712,8 +723,10 @@ impl Runner {
         }
         let storage =
             crate::plan::disk_storage(vm.params.get("scsi0").map_or("", String::as_str)).to_owned();
+        // Storage first: a create queued for its disk must not hold one of the node's slots,
+        // which the resizes and starts of the VMs already created need.
+        let _storage_slot = self.storage_slot(&vm.node, &storage).await?;
         let _node_slot = self.node_slot(&vm.node).await?;
-        let _storage_slot = self.storage_slot(&storage).await?;
         match &vm.image {
             ImageSource::Import { .. } => {
                 self.mutated();
@@ -1084,6 +1097,7 @@ pub async fn destroy_all(
         pool: None,
         adopt: Vec::new(),
         warnings: Vec::new(),
+        shared_storages: std::collections::BTreeSet::new(),
     };
     struct NoSeeds;
     impl SeedSource for NoSeeds {

@@ -269,6 +269,10 @@ pub struct Plan {
     /// VMs found on Proxmox (tagged, matching a planned name) that the state does not know.
     pub adopt: Vec<String>,
     pub warnings: Vec<String>,
+    /// Storages Proxmox reports as shared (one storage for the whole cluster); any other storage
+    /// is a separate one on each node. Bounds concurrent disk allocations in `exec`.
+    #[serde(skip)]
+    pub shared_storages: BTreeSet<String>,
 }
 
 impl Plan {
@@ -916,6 +920,13 @@ pub fn plan(
         pool,
         adopt,
         warnings,
+        shared_storages: inventory
+            .nodes
+            .iter()
+            .flat_map(|node| &node.storages)
+            .filter(|storage| storage.shared == Some(1))
+            .map(|storage| storage.storage.clone())
+            .collect(),
     })
 }
 
