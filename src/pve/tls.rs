@@ -138,8 +138,8 @@ pub fn rustls_config(
         }
         TlsMode::Fingerprint(expected) => {
             let slot: MismatchSlot = Arc::new(Mutex::new(None));
-            let verifier = PinnedVerifier {
-                expected: normalize_fingerprint(expected)?,
+            let verifier = CertificateVerifier {
+                expected: Some(normalize_fingerprint(expected)?),
                 seen_mismatch: slot.clone(),
                 algorithms,
             };
@@ -151,33 +151,41 @@ pub fn rustls_config(
                 Some(slot),
             ))
         }
-        TlsMode::Insecure => Ok((
-            builder
-                .dangerous()
-                .with_custom_certificate_verifier(Arc::new(AnyCertificate { algorithms }))
-                .with_no_client_auth(),
-            None,
-        )),
+        TlsMode::Insecure => {
+            let verifier = CertificateVerifier {
+                expected: None,
+                seen_mismatch: Arc::new(Mutex::new(None)),
+                algorithms,
+            };
+            Ok((
+                builder
+                    .dangerous()
+                    .with_custom_certificate_verifier(Arc::new(verifier))
+                    .with_no_client_auth(),
+                None,
+            ))
+        }
     }
 }
 
-/// Accepts exactly one certificate, by the SHA-256 of its DER encoding. Handshake signatures
-/// are still verified, so the server must hold that certificate's private key.
-struct PinnedVerifier {
-    expected: String,
+/// Accepts exactly one certificate, by the SHA-256 of its DER encoding (`expected`), or any
+/// certificate (`insecure = true`, `expected: None`). Handshake signatures are still verified,
+/// so the server must hold that certificate's private key.
+struct CertificateVerifier {
+    expected: Option<String>,
     seen_mismatch: MismatchSlot,
     algorithms: WebPkiSupportedAlgorithms,
 }
 
-impl fmt::Debug for PinnedVerifier {
+impl fmt::Debug for CertificateVerifier {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.debug_struct("PinnedVerifier")
+        f.debug_struct("CertificateVerifier")
             .field("expected", &self.expected)
             .finish_non_exhaustive()
     }
 }
 
-impl ServerCertVerifier for PinnedVerifier {
+impl ServerCertVerifier for CertificateVerifier {
     fn verify_server_cert(
         &self,
         end_entity: &CertificateDer<'_>,
@@ -186,8 +194,11 @@ impl ServerCertVerifier for PinnedVerifier {
         _ocsp_response: &[u8],
         _now: UnixTime,
     ) -> Result<ServerCertVerified, rustls::Error> {
+        let Some(expected) = &self.expected else {
+            return Ok(ServerCertVerified::assertion());
+        };
         let actual = fingerprint_of(end_entity.as_ref());
-        if actual == self.expected {
+        if &actual == expected {
             return Ok(ServerCertVerified::assertion());
         }
         if let Ok(mut slot) = self.seen_mismatch.lock() {
@@ -196,47 +207,6 @@ impl ServerCertVerifier for PinnedVerifier {
         Err(rustls::Error::InvalidCertificate(
             rustls::CertificateError::ApplicationVerificationFailure,
         ))
-    }
-
-    fn verify_tls12_signature(
-        &self,
-        message: &[u8],
-        cert: &CertificateDer<'_>,
-        dss: &DigitallySignedStruct,
-    ) -> Result<HandshakeSignatureValid, rustls::Error> {
-        rustls::crypto::verify_tls12_signature(message, cert, dss, &self.algorithms)
-    }
-
-    fn verify_tls13_signature(
-        &self,
-        message: &[u8],
-        cert: &CertificateDer<'_>,
-        dss: &DigitallySignedStruct,
-    ) -> Result<HandshakeSignatureValid, rustls::Error> {
-        rustls::crypto::verify_tls13_signature(message, cert, dss, &self.algorithms)
-    }
-
-    fn supported_verify_schemes(&self) -> Vec<SignatureScheme> {
-        self.algorithms.supported_schemes()
-    }
-}
-
-/// `insecure = true`: any certificate (signatures still checked against it).
-#[derive(Debug)]
-struct AnyCertificate {
-    algorithms: WebPkiSupportedAlgorithms,
-}
-
-impl ServerCertVerifier for AnyCertificate {
-    fn verify_server_cert(
-        &self,
-        _end_entity: &CertificateDer<'_>,
-        _intermediates: &[CertificateDer<'_>],
-        _server_name: &ServerName<'_>,
-        _ocsp_response: &[u8],
-        _now: UnixTime,
-    ) -> Result<ServerCertVerified, rustls::Error> {
-        Ok(ServerCertVerified::assertion())
     }
 
     fn verify_tls12_signature(
