@@ -347,6 +347,17 @@ impl RusshExec {
         }
     }
 
+    /// One of the `max_channels` concurrent channels on this connection.
+    async fn channel_permit(&self) -> Result<tokio::sync::SemaphorePermit<'_>, SshError> {
+        self.channels
+            .acquire()
+            .await
+            .map_err(|_| SshError::Channel {
+                host: self.label.clone(),
+                message: "executor closed".to_string(),
+            })
+    }
+
     /// Runs a command with an explicit bound (instead of `options.command_timeout`).
     pub async fn run_with_timeout(
         &self,
@@ -355,14 +366,7 @@ impl RusshExec {
         bound: Duration,
     ) -> Result<CommandOutput, SshError> {
         let connection = self.connection().await?;
-        let _permit = self
-            .channels
-            .acquire()
-            .await
-            .map_err(|_| SshError::Channel {
-                host: self.label.clone(),
-                message: "executor closed".to_string(),
-            })?;
+        let _permit = self.channel_permit().await?;
         let wire_command = if self.options.become_root {
             commands::as_root(command)
         } else {
@@ -473,14 +477,7 @@ impl RusshExec {
 
     async fn sftp_upload(&self, path: &str, data: &[u8]) -> Result<(), SshError> {
         let connection = self.connection().await?;
-        let _permit = self
-            .channels
-            .acquire()
-            .await
-            .map_err(|_| SshError::Channel {
-                host: self.label.clone(),
-                message: "executor closed".to_string(),
-            })?;
+        let _permit = self.channel_permit().await?;
         let failed = |step: &str, message: String| SshError::Channel {
             host: self.label.clone(),
             message: format!("sftp {step} {path}: {message}"),
