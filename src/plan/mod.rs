@@ -79,7 +79,7 @@ pub enum PlanError {
     CoresDoNotFit {
         vm: String,
         node: String,
-        needed: u32,
+        needed: usize,
         free: usize,
     },
     #[error(
@@ -139,7 +139,7 @@ pub enum PlanError {
     TooManyVcpus {
         vm: String,
         node: String,
-        needed: u32,
+        needed: u64,
         cpus: u64,
     },
 }
@@ -564,7 +564,8 @@ pub fn plan(
             ledger.released_devices.insert(key, name.clone());
         }
         if vm.status == "running" && !vm.config.contains_key("hugepages") {
-            *ledger.released_memory.entry(vm.node.clone()).or_default() += config_memory_bytes(vm);
+            let released = ledger.released_memory.entry(vm.node.clone()).or_default();
+            *released = released.saturating_add(config_memory_bytes(vm));
         }
     }
     for topology in &inventory.topology {
@@ -986,7 +987,7 @@ fn refund_hugepages(vm: &ExistingVm, ledger: &mut Ledger) {
             &mut capacity.hugepages_2m
         };
         if let Some(free) = slot {
-            *free += pages;
+            *free = free.saturating_add(pages);
         }
     }
 }
@@ -1073,8 +1074,8 @@ fn fit_kept(
     let Some(node) = inventory.node(&vm.node) else {
         return Ok(());
     };
-    let vcpus = group.cores * group.sockets;
-    if node.cpus > 0 && u64::from(vcpus) > node.cpus {
+    let vcpus = vcpu_count(group);
+    if node.cpus > 0 && vcpus > node.cpus {
         return Err(PlanError::TooManyVcpus {
             vm: want.name.clone(),
             node: node.name.clone(),
@@ -1091,14 +1092,16 @@ fn fit_kept(
     } else {
         0
     };
-    let needed = (group.memory_mib * MIB).saturating_sub(held);
+    let needed = mib_to_bytes(group.memory_mib).saturating_sub(held);
     if needed == 0 {
         return Ok(());
     }
     let kept = ledger.kept_memory.get(&node.name).copied().unwrap_or(0);
     let promised = ledger.new_memory.get(&node.name).copied().unwrap_or(0);
     let released = ledger.released_memory.get(&node.name).copied().unwrap_or(0);
-    if kept + needed > node.memory_free || promised + needed > node.memory_free + released {
+    if kept.saturating_add(needed) > node.memory_free
+        || promised.saturating_add(needed) > node.memory_free.saturating_add(released)
+    {
         return Err(PlanError::MemoryDoesNotFit {
             vm: want.name.clone(),
             node: node.name.clone(),
@@ -1107,21 +1110,35 @@ fn fit_kept(
             planned_mib: promised / MIB,
         });
     }
-    *ledger.kept_memory.entry(node.name.clone()).or_default() += needed;
-    *ledger.new_memory.entry(node.name.clone()).or_default() += needed;
+    let kept = ledger.kept_memory.entry(node.name.clone()).or_default();
+    *kept = kept.saturating_add(needed);
+    let promised = ledger.new_memory.entry(node.name.clone()).or_default();
+    *promised = promised.saturating_add(needed);
     Ok(())
 }
 
 /// The VM's configured memory in bytes (`memory` is MiB; Proxmox's default is 512).
 fn config_memory_bytes(vm: &ExistingVm) -> u64 {
-    vm.config
-        .get("memory")
-        .and_then(|m| m.parse::<u64>().ok())
-        .unwrap_or(512)
-        * MIB
+    mib_to_bytes(
+        vm.config
+            .get("memory")
+            .and_then(|m| m.parse::<u64>().ok())
+            .unwrap_or(512),
+    )
 }
 
 const MIB: u64 = 1024 * 1024;
+
+/// MiB to bytes, saturating: a size beyond `u64` bytes (16 EiB) fails every capacity check
+/// instead of wrapping around to a small number.
+fn mib_to_bytes(mib: u64) -> u64 {
+    mib.saturating_mul(MIB)
+}
+
+/// vCPUs of one VM of `group` (cores × sockets, without overflow).
+fn vcpu_count(group: &NodeGroup) -> u64 {
+    u64::from(group.cores) * u64::from(group.sockets)
+}
 
 fn existing_pinning(vm: &ExistingVm, group: &NodeGroup) -> Option<Pinning> {
     if !group.numa_pinning {
@@ -1129,7 +1146,7 @@ fn existing_pinning(vm: &ExistingVm, group: &NodeGroup) -> Option<Pinning> {
     }
     let affinity = vm.config.get("affinity")?;
     let cpus = parse_cpulist(affinity)?;
-    if cpus.len() != (group.cores * group.sockets) as usize {
+    if cpus.len() as u64 != vcpu_count(group) {
         return None;
     }
     let numa_node = vm
@@ -1303,8 +1320,8 @@ fn place(
             reasons.push(format!("{node}: offline"));
             continue;
         };
-        let vcpus = group.cores * group.sockets;
-        if node_inventory.cpus > 0 && u64::from(vcpus) > node_inventory.cpus {
+        let vcpus = vcpu_count(group);
+        if node_inventory.cpus > 0 && vcpus > node_inventory.cpus {
             reasons.push(format!(
                 "{node}: {} logical CPUs, {vcpus} vCPUs wanted",
                 node_inventory.cpus
@@ -1313,14 +1330,16 @@ fn place(
         }
         // Memory (hugepage-backed memory is accounted in the NUMA ledger instead); what
         // leaving VMs release counts, creates there wait for them.
-        let memory = group.memory_mib * MIB;
+        let memory = mib_to_bytes(group.memory_mib);
         let promised = ledger.new_memory.get(node.as_str()).copied().unwrap_or(0);
         let released = ledger
             .released_memory
             .get(node.as_str())
             .copied()
             .unwrap_or(0);
-        if group.hugepages.is_none() && promised + memory > node_inventory.memory_free + released {
+        if group.hugepages.is_none()
+            && promised.saturating_add(memory) > node_inventory.memory_free.saturating_add(released)
+        {
             reasons.push(format!(
                 "{node}: {} MiB memory free, {} MiB already planned",
                 node_inventory.memory_free / 1024 / 1024,
@@ -1354,7 +1373,8 @@ fn place(
             }
         };
         if group.hugepages.is_none() {
-            *ledger.new_memory.entry(node.clone()).or_default() += memory;
+            let promised = ledger.new_memory.entry(node.clone()).or_default();
+            *promised = promised.saturating_add(memory);
         }
         return Ok((node.clone(), devices, pinning));
     }
@@ -1475,7 +1495,7 @@ fn pick_gpus(
     }
     // Only explain with IOMMU/group errors when those devices would have made the difference.
     let error = error
-        .filter(|_| free.len() + rejected.len() >= needed)
+        .filter(|_| free.len().saturating_add(rejected.len()) >= needed)
         .map(Box::new);
     Err((reason, error))
 }
@@ -1503,12 +1523,12 @@ fn pin_on_node(
         let _ = inventory;
         return Ok(None);
     };
-    let vcpus = group.cores * group.sockets;
+    let vcpus = usize::try_from(vcpu_count(group)).unwrap_or(usize::MAX);
     let pages = group
         .hugepages
         .map(|size| (u64::from(size), group.memory_mib.div_ceil(u64::from(size))));
     let fits = |capacity: &NumaCapacity| -> bool {
-        let cpus_ok = !group.numa_pinning || capacity.free_cpus.len() >= vcpus as usize;
+        let cpus_ok = !group.numa_pinning || capacity.free_cpus.len() >= vcpus;
         let pages_ok = match pages {
             Some((size, needed)) => capacity
                 .free_pages(size as u32)
@@ -1559,7 +1579,7 @@ fn pin_on_node(
     let cpus: BTreeSet<u32> = capacity
         .free_cpus
         .iter()
-        .take(vcpus as usize)
+        .take(vcpus)
         .copied()
         .collect();
     capacity.free_cpus.retain(|cpu| !cpus.contains(cpu));
@@ -1771,7 +1791,7 @@ fn vm_params(
             "numa0",
             format!(
                 "cpus=0-{},hostnodes={},memory={},policy=bind",
-                group.cores * group.sockets - 1,
+                vcpu_count(group).saturating_sub(1),
                 pinning.numa_node,
                 group.memory_mib
             ),

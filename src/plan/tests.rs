@@ -443,6 +443,24 @@ fn growth_in_place_that_does_not_fit_the_node_is_refused_in_the_plan() {
 }
 
 #[test]
+fn sizes_that_overflow_bytes_fail_the_capacity_check_instead_of_wrapping() {
+    let profile = profile();
+    let inventory = inventory(AuthKind::RootTicket);
+    let state = State::default();
+    // 16 EiB: `memory_mib * MIB` wrapped to 0 bytes before, so the VM "fit".
+    let mut wrapping = profile.clone();
+    wrapping.node_groups[0].memory_mib = (u64::MAX / (1024 * 1024)) + 1;
+    let error = plan(&wrapping, &inventory, &state, &context()).unwrap_err();
+    assert!(error.to_string().contains("memory free"), "{error}");
+    // Cores × sockets beyond u32 must not wrap to a small vCPU count either.
+    let mut cores = profile.clone();
+    cores.node_groups[0].cores = 1 << 16;
+    cores.node_groups[0].sockets = 1 << 16;
+    let error = plan(&cores, &inventory, &state, &context()).unwrap_err();
+    assert!(error.to_string().contains("4294967296"), "{error}");
+}
+
+#[test]
 fn intent_vmid_is_reused_and_half_created_vm_is_replaced() {
     let profile = profile();
     let inventory_fresh = inventory(AuthKind::RootTicket);

@@ -123,10 +123,24 @@ impl NodeGroup {
     }
 
     /// The addresses of the group's VMs in index order: `addresses` as written, or the first
-    /// `count` addresses of `address_range`.
+    /// `count` addresses of `address_range`. Refuses groups above the VM bound instead of
+    /// materialising billions of addresses.
     pub fn planned_addresses(&self) -> Result<Vec<IpAddr>, String> {
+        Ok(self.address_iter()?.collect())
+    }
+
+    /// [`NodeGroup::planned_addresses`] without collecting them; at most
+    /// [`MAX_VMS`](super::validate::MAX_VMS) addresses.
+    pub fn address_iter(&self) -> Result<Box<dyn Iterator<Item = IpAddr> + '_>, String> {
+        if u64::from(self.count) > super::validate::MAX_VMS {
+            return Err(format!(
+                "count {} is above the limit of {} VMs per group",
+                self.count,
+                super::validate::MAX_VMS
+            ));
+        }
         match (&self.address_range, self.addresses.is_empty()) {
-            (None, false) => Ok(self.addresses.clone()),
+            (None, false) => Ok(Box::new(self.addresses.iter().copied())),
             (Some(range), true) => {
                 let (first, last) = parse_address_range(range)?;
                 let wanted = u128::from(self.count);
@@ -137,9 +151,9 @@ impl NodeGroup {
                         self.count
                     ));
                 }
-                Ok((0..wanted)
-                    .map(|offset| address_from_number(first, address_number(first) + offset))
-                    .collect())
+                Ok(Box::new((0..wanted).map(move |offset| {
+                    address_from_number(first, address_number(first) + offset)
+                })))
             }
             (Some(_), false) => Err("both `addresses` and `address_range` are set".to_owned()),
             (None, true) => Err("neither `addresses` nor `address_range` is set".to_owned()),
@@ -189,6 +203,24 @@ fn address_from_number(family: IpAddr, number: u128) -> IpAddr {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_huge_count_with_an_ipv6_range_is_refused_without_allocating() {
+        let group: NodeGroup = toml::from_str(
+            r#"
+name = "g"
+role = "agent"
+count = 4294967295
+cores = 1
+memory_mib = 1024
+address_range = "fd00::1-fd00::ffff:ffff:ffff"
+disks = { os_gb = 20 }
+"#,
+        )
+        .unwrap_or_else(|error| panic!("{error}"));
+        let error = group.planned_addresses().err().unwrap_or_default();
+        assert!(error.contains("above the limit"), "{error}");
+    }
 
     #[test]
     fn ranges_parse_and_refuse_reversed_ends() {

@@ -11,6 +11,9 @@ use super::diagnostic::{Finding, KeyPath, Severity, Target};
 use super::model::{Bios, GitOpsEngine, HostTopology, NodeGroup, NvidiaMode, Profile, Role};
 use super::nodes::{address_number, parse_address_range};
 
+mod input;
+pub use input::{MAX_NODE_GROUPS, MAX_PROFILE_BYTES, MAX_VMS, check_apt_source, has_control};
+
 /// Components k3s can be told not to deploy (`--disable`).
 pub const DISABLEABLE_COMPONENTS: &[&str] = &[
     "coredns",
@@ -24,12 +27,17 @@ pub const DISABLEABLE_COMPONENTS: &[&str] = &[
 /// Every finding for `profile`, errors and warnings, in document order of the rules.
 pub fn validate(profile: &Profile) -> Vec<Finding> {
     let mut checker = Checker::default();
+    // Bounds first: beyond them the per-VM rules are skipped, so the work stays bounded.
+    let walkable = checker.bounds(profile);
+    checker.allow_lists(profile);
     checker.cluster(profile);
     checker.network(profile);
     checker.proxmox(profile);
     checker.image(profile);
-    checker.node_groups(profile);
-    checker.addresses(profile);
+    checker.node_groups(profile, walkable);
+    if walkable {
+        checker.addresses(profile);
+    }
     checker.nvidia(profile);
     checker.storage(profile);
     checker.gitops(profile);
@@ -539,7 +547,7 @@ impl Checker {
         }
     }
 
-    fn node_groups(&mut self, profile: &Profile) {
+    fn node_groups(&mut self, profile: &Profile, walkable: bool) {
         let groups_path = path(&["node_groups"]);
         if profile.node_groups.is_empty() {
             self.error(
@@ -597,7 +605,7 @@ impl Checker {
         }
         // VM names must be unique valid DNS labels.
         let mut vm_names: BTreeMap<String, usize> = BTreeMap::new();
-        let names_checkable = is_dns_label(&profile.cluster.name);
+        let names_checkable = walkable && is_dns_label(&profile.cluster.name);
         for (index, group) in profile.node_groups.iter().enumerate() {
             if !names_checkable || !is_dns_label(&group.name) {
                 // Already reported on the name itself.
@@ -957,11 +965,11 @@ impl Checker {
         let mut owner: BTreeMap<IpAddr, (String, u32)> = BTreeMap::new();
         for (group_index, group) in profile.node_groups.iter().enumerate() {
             let group_path = path(&["node_groups"]).index(group_index);
-            let Ok(addresses) = group.planned_addresses() else {
+            let Ok(addresses) = group.address_iter() else {
                 continue;
             };
             let explicit = group.address_range.is_none();
-            for (position, address) in addresses.into_iter().enumerate() {
+            for (position, address) in addresses.enumerate() {
                 let member = u32::try_from(position)
                     .unwrap_or(u32::MAX)
                     .saturating_add(1);
@@ -1150,31 +1158,8 @@ impl Checker {
                 "gitops.engine needs gitops.repo",
                 "add repo = \"https://git.example.com/org/fleet.git\"",
             ),
-            Some(repo) => {
-                let valid = repo.starts_with("https://")
-                    || repo.starts_with("http://")
-                    || repo.starts_with("ssh://")
-                    || (repo.starts_with("git@") && repo.contains(':'));
-                if !valid {
-                    self.error(
-                        path(&["gitops", "repo"]),
-                        format!("`{repo}` is not a Git URL"),
-                        "use https://…, ssh://… or git@host:org/repo.git",
-                    );
-                }
-            }
-        }
-        if let Some(branch) = &gitops.branch
-            && (branch.is_empty()
-                || branch.contains(' ')
-                || branch.contains("..")
-                || branch.starts_with('-'))
-        {
-            self.error(
-                path(&["gitops", "branch"]),
-                format!("`{branch}` is not a Git branch name"),
-                "e.g. main",
-            );
+            // The URL itself is checked by the allow-lists (validate/input.rs).
+            Some(_) => {}
         }
         if let Some(repo_path) = &gitops.path
             && repo_path.starts_with('/')
