@@ -11,8 +11,10 @@ pub async fn run(context: &Context, args: ClusterArgs) -> anyhow::Result<ExitSta
     let loaded = profile::load(&args.profile, &context.workspace.root)?;
     let opened = session::open(&context.workspace, &loaded.profile, &args.sim).await?;
     let state = crate::state::load(&context.workspace.state_dir().join("state.json"))?;
+    // `plan` changes nothing: host keys are previewed, not stored (`up` stores them).
     let seeds =
-        session::WorkspaceSeeds::for_run(&loaded.profile, &context.workspace, args.sim.simulate)?;
+        session::WorkspaceSeeds::for_run(&loaded.profile, &context.workspace, args.sim.simulate)?
+            .preview_only();
     let (_inventory, plan) = session::observe_and_plan(
         opened.connection.api.as_ref(),
         opened.connection.auth.clone(),
@@ -24,7 +26,10 @@ pub async fn run(context: &Context, args: ClusterArgs) -> anyhow::Result<ExitSta
     .await?;
     match context.reporter.format() {
         OutputFormat::Json => context.reporter.json(&crate::plan::render_json(&plan)),
-        OutputFormat::Text => context.reporter.data(&crate::plan::render_text(&plan)),
+        // Values from the profile or from Proxmox must not drive the terminal.
+        OutputFormat::Text => context
+            .reporter
+            .data(&profile::diagnostic::neutralise_lines(&crate::plan::render_text(&plan))),
     }
     opened.close().await;
     Ok(ExitStatus::Success)

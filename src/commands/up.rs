@@ -48,7 +48,7 @@ pub async fn run(context: &Context, up_args: UpArgs) -> anyhow::Result<ExitStatu
     } else {
         // Warnings were printed above; the parameters of each VM only with -v (`plan` shows
         // them all).
-        let text = crate::plan::render_text(&plan);
+        let text = profile::diagnostic::neutralise_lines(&crate::plan::render_text(&plan));
         let verbose = context.reporter.verbose() > 0;
         let shown: Vec<&str> = text
             .lines()

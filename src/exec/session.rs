@@ -104,6 +104,9 @@ pub struct WorkspaceSeeds {
     profile: Profile,
     host_key_dir: PathBuf,
     authorized_keys: Vec<String>,
+    /// Whether planning may store host keys for VMs that have none yet (`up`); `plan` only
+    /// previews them and writes nothing.
+    persist_host_keys: bool,
 }
 
 impl WorkspaceSeeds {
@@ -125,6 +128,7 @@ impl WorkspaceSeeds {
         Ok(Self {
             profile: profile.clone(),
             host_key_dir: host_key_dir(workspace),
+            persist_host_keys: true,
             authorized_keys: key
                 .lines()
                 .map(str::trim)
@@ -165,7 +169,15 @@ impl WorkspaceSeeds {
             profile: profile.clone(),
             host_key_dir,
             authorized_keys,
+            persist_host_keys: true,
         }
+    }
+
+    /// For `plan`: ISO names of VMs without stored host keys are previewed with throwaway keys,
+    /// and nothing is written to the host-key directory.
+    pub fn preview_only(mut self) -> Self {
+        self.persist_host_keys = false;
+        self
     }
 
     fn seed(
@@ -175,6 +187,16 @@ impl WorkspaceSeeds {
         prefix_len: u8,
     ) -> anyhow::Result<cloudinit::Seed> {
         let host_keys = HostKeys::load_or_generate(&self.host_key_dir, name)?;
+        self.seed_with(name, address, prefix_len, &host_keys)
+    }
+
+    fn seed_with(
+        &self,
+        name: &str,
+        address: std::net::IpAddr,
+        prefix_len: u8,
+        host_keys: &HostKeys,
+    ) -> anyhow::Result<cloudinit::Seed> {
         let network = &self.profile.network;
         let input = SeedInput {
             hostname: name.to_owned(),
@@ -192,7 +214,7 @@ impl WorkspaceSeeds {
             search_domain: network.search_domain.clone(),
             mtu: network.mtu,
             mac: None,
-            host_keys: &host_keys,
+            host_keys,
             packages: vec!["qemu-guest-agent".to_owned()],
             extra_runcmd: Vec::new(),
             write_files: Vec::new(),
@@ -200,11 +222,24 @@ impl WorkspaceSeeds {
         Ok(cloudinit::build_seed(&input)?)
     }
 
-    /// ISO file names per VM (they hash the seed), for [`PlanContext::iso_files`].
-    pub fn iso_files(&self, wanted: &[WantedVm]) -> anyhow::Result<BTreeMap<String, String>> {
+    /// ISO file names per VM (they hash the seed), for [`PlanContext::iso_files`]. Stored host
+    /// keys are used where they exist; with `store` false the others are previewed with
+    /// throwaway keys and nothing is written, with `store` true they are generated and stored.
+    pub fn iso_files(
+        &self,
+        wanted: &[WantedVm],
+        store: bool,
+    ) -> anyhow::Result<BTreeMap<String, String>> {
         let mut files = BTreeMap::new();
         for vm in wanted {
-            let seed = self.seed(&vm.name, vm.address, vm.prefix_len)?;
+            let host_keys = if store {
+                HostKeys::load_or_generate(&self.host_key_dir, &vm.name)?
+            } else if self.host_key_dir.join(&vm.name).exists() {
+                HostKeys::load_or_generate(&self.host_key_dir, &vm.name)?
+            } else {
+                HostKeys::generate(&vm.name)?
+            };
+            let seed = self.seed_with(&vm.name, vm.address, vm.prefix_len, &host_keys)?;
             files.insert(
                 vm.name.clone(),
                 cloudinit::iso_file_name(&self.profile.cluster.name, &vm.name, &seed),
@@ -244,7 +279,9 @@ pub async fn observe_and_plan(
         .await
         .context("observing Proxmox")?;
     let wanted = plan::wanted_vms(profile)?;
-    let context = PlanContext {
+    let nocloud = profile.proxmox.cloud_init == crate::profile::model::CloudInitMode::NocloudIso;
+    // First without storing host keys: a plan that fails (capacity, GPUs, …) writes nothing.
+    let mut context = PlanContext {
         workspace: workspace_root
             .canonicalize()
             .unwrap_or_else(|_| workspace_root.to_path_buf())
@@ -252,15 +289,27 @@ pub async fn observe_and_plan(
             .map(|name| name.to_string_lossy().into_owned())
             .unwrap_or_else(|| "workspace".to_owned()),
         ssh_public_key: seeds.public_key(),
-        iso_files: match profile.proxmox.cloud_init {
-            crate::profile::model::CloudInitMode::NocloudIso => seeds.iso_files(&wanted)?,
-            crate::profile::model::CloudInitMode::Proxmox => BTreeMap::new(),
+        iso_files: if nocloud {
+            seeds.iso_files(&wanted, false)?
+        } else {
+            BTreeMap::new()
         },
     };
-    let plan = match plan::plan(profile, &inventory, state, &context) {
+    let mut plan = match plan::plan(profile, &inventory, state, &context) {
         Ok(plan) => plan,
         Err(error) => bail!(crate::commands::UserError::new(error.to_string(), None)),
     };
+    if nocloud && seeds.persist_host_keys {
+        // The plan holds: now store the missing host keys and plan with the real ISO names.
+        let stored = seeds.iso_files(&wanted, true)?;
+        if stored != context.iso_files {
+            context.iso_files = stored;
+            plan = match plan::plan(profile, &inventory, state, &context) {
+                Ok(plan) => plan,
+                Err(error) => bail!(crate::commands::UserError::new(error.to_string(), None)),
+            };
+        }
+    }
     Ok((inventory, plan))
 }
 

@@ -165,6 +165,45 @@ fn clamp_to_char_boundary(text: &str, offset: usize) -> usize {
     offset
 }
 
+/// Longest message or source line [`render`] prints; the rest is cut with `…`.
+const MAX_RENDERED: usize = 1000;
+
+/// `text` safe for a terminal: control characters (escape sequences, carriage returns,
+/// newlines, …) are shown escaped (`\u{1b}`), and very long text is cut with `…`.
+pub fn neutralise(text: &str) -> String {
+    let mut out = String::with_capacity(text.len().min(MAX_RENDERED));
+    for (count, c) in text.chars().enumerate() {
+        if count >= MAX_RENDERED {
+            out.push('…');
+            break;
+        }
+        if c.is_control() || matches!(c, '\u{200b}'..='\u{200f}' | '\u{202a}'..='\u{202e}' | '\u{2066}'..='\u{2069}') {
+            out.extend(c.escape_unicode());
+        } else {
+            out.push(c);
+        }
+    }
+    out
+}
+
+/// Like [`neutralise`] but keeps newlines (multi-line reports such as the plan).
+pub fn neutralise_lines(text: &str) -> String {
+    text.split('\n')
+        .map(|line| {
+            let mut out = String::with_capacity(line.len());
+            for c in line.chars() {
+                if c.is_control() {
+                    out.extend(c.escape_unicode());
+                } else {
+                    out.push(c);
+                }
+            }
+            out
+        })
+        .collect::<Vec<_>>()
+        .join("\n")
+}
+
 /// ANSI styles used by [`render`]; empty strings when colour is off.
 struct Style {
     error: &'static str,
@@ -220,12 +259,12 @@ pub fn render(diagnostic: &Diagnostic, text: Option<&str>, color: bool) -> Strin
         "{label_style}{label}{reset}{bold}: {message}{reset}\n",
         reset = style.reset,
         bold = style.bold,
-        message = diagnostic.message
+        message = neutralise(&diagnostic.message)
     );
     let path = if diagnostic.path.is_empty() {
         String::new()
     } else {
-        format!(" ({})", diagnostic.path)
+        format!(" ({})", neutralise(&diagnostic.path))
     };
     let snippet = match (text, &diagnostic.span, diagnostic.line) {
         (Some(text), Some(span), Some(line)) => Some(snippet(text, span, line)),
@@ -239,7 +278,7 @@ pub fn render(diagnostic: &Diagnostic, text: Option<&str>, color: bool) -> Strin
         "{pad}{accent}-->{reset} {location}{path}\n",
         accent = style.accent,
         reset = style.reset,
-        location = diagnostic.location()
+        location = neutralise(&diagnostic.location())
     );
     if let Some((line_number, source_line, start_column, width)) = snippet {
         out += &format!("{pad} {}|{}\n", style.accent, style.reset);
@@ -262,6 +301,7 @@ pub fn render(diagnostic: &Diagnostic, text: Option<&str>, color: bool) -> Strin
             accent = style.accent,
             reset = style.reset,
             hint_style = style.hint,
+            hint = neutralise(hint),
         );
     }
     out
@@ -275,10 +315,10 @@ fn snippet(text: &str, span: &Range<usize>, line: usize) -> (usize, String, usiz
     let line_start = text[..start].rfind('\n').map_or(0, |i| i + 1);
     let line_end = text[start..].find('\n').map_or(text.len(), |i| start + i);
     let source_line = text[line_start..line_end].trim_end_matches('\r');
-    let start_column = text[line_start..start].chars().count();
+    let start_column = neutralise(&text[line_start..start]).chars().count();
     let end = end.min(line_start + source_line.len()).max(start);
-    let width = text[start..end].chars().count();
-    (line, source_line.to_owned(), start_column, width)
+    let width = neutralise(&text[start..end]).chars().count();
+    (line, neutralise(source_line), start_column, width.min(MAX_RENDERED))
 }
 
 #[cfg(test)]
@@ -301,6 +341,27 @@ mod tests {
         assert_eq!(line_column(text, 0), (1, 1));
         let offset = text.find('"').unwrap_or(0);
         assert_eq!(line_column(text, offset), (2, 6));
+    }
+
+    #[test]
+    fn render_escapes_terminal_control_sequences() {
+        let text = "[cluster]\nname = \"a\u{1b}[2J\u{1b}]0;pwned\u{7}\"\n";
+        let start = text.find("\"a").unwrap_or(0);
+        let diagnostic = Diagnostic::at(
+            Severity::Error,
+            "p.toml",
+            text,
+            Some(start..start + 4),
+            "cluster.name".to_owned(),
+            "cluster name `a\u{1b}[2J` is bad\r\nforged: line".to_owned(),
+            Some("hint \u{1b}[31m".to_owned()),
+        );
+        let rendered = render(&diagnostic, Some(text), false);
+        assert!(!rendered.contains('\u{1b}'), "{rendered:?}");
+        assert!(!rendered.contains('\u{7}'), "{rendered:?}");
+        assert!(!rendered.contains('\r'), "{rendered:?}");
+        assert!(rendered.contains("\\u{1b}[2J"), "{rendered}");
+        assert_eq!(rendered.lines().count(), 6, "{rendered}");
     }
 
     #[test]

@@ -1,14 +1,59 @@
 //! Maps key paths to byte spans of the source text (via `toml_edit`, which keeps spans), and back.
+//!
+//! The document is parsed once; every lookup walks it by reference (no copies), so locating
+//! thousands of findings in a large profile stays linear in their number.
 
 use std::ops::Range;
 
-use toml_edit::{Item, Value};
+use toml_edit::{Array, ArrayOfTables, Item, Table, Value};
 
 use super::diagnostic::{KeyPath, Segment, Target};
 
 /// A parsed document that can answer "where is `node_groups[1].taints[0]`?".
 pub struct Locator {
     root: Option<Item>,
+}
+
+/// A borrowed node of the document: array-of-tables elements are tables, array elements values.
+#[derive(Clone, Copy)]
+enum Node<'a> {
+    Item(&'a Item),
+    Table(&'a Table),
+    Value(&'a Value),
+}
+
+impl<'a> Node<'a> {
+    fn span(self) -> Option<Range<usize>> {
+        match self {
+            Node::Item(Item::None) => None,
+            Node::Item(Item::Value(value)) | Node::Value(value) => value.span(),
+            Node::Item(Item::Table(table)) | Node::Table(table) => table.span(),
+            Node::Item(Item::ArrayOfTables(tables)) => tables.span(),
+        }
+    }
+
+    fn table_like(self) -> Option<&'a dyn toml_edit::TableLike> {
+        match self {
+            Node::Item(item) => item.as_table_like(),
+            Node::Table(table) => Some(table),
+            Node::Value(value) => value.as_inline_table().map(|t| t as _),
+        }
+    }
+
+    fn array_of_tables(self) -> Option<&'a ArrayOfTables> {
+        match self {
+            Node::Item(item) => item.as_array_of_tables(),
+            Node::Table(_) | Node::Value(_) => None,
+        }
+    }
+
+    fn array(self) -> Option<&'a Array> {
+        match self {
+            Node::Item(item) => item.as_array(),
+            Node::Value(value) => value.as_array(),
+            Node::Table(_) => None,
+        }
+    }
 }
 
 impl Locator {
@@ -23,13 +68,13 @@ impl Locator {
     /// The span of the value (or key) at `path`; when the path does not exist (a missing key),
     /// the span of its deepest existing ancestor.
     pub fn span(&self, path: &KeyPath, target: Target) -> Option<Range<usize>> {
-        let mut item = self.root.as_ref()?.clone();
+        let mut node = Node::Item(self.root.as_ref()?);
         let mut best: Option<Range<usize>> = None;
         let last = path.0.len().saturating_sub(1);
         for (position, segment) in path.0.iter().enumerate() {
             let next = match segment {
                 Segment::Key(key) => {
-                    let Some(table) = item.as_table_like() else {
+                    let Some(table) = node.table_like() else {
                         break;
                     };
                     let Some((key_repr, child)) = table.get_key_value(key) else {
@@ -42,17 +87,17 @@ impl Locator {
                     if let Some(span) = key_repr.span() {
                         best = Some(span);
                     }
-                    child.clone()
+                    Node::Item(child)
                 }
                 Segment::Index(index) => {
-                    if let Some(tables) = item.as_array_of_tables() {
+                    if let Some(tables) = node.array_of_tables() {
                         match tables.get(*index) {
-                            Some(table) => Item::Table(table.clone()),
+                            Some(table) => Node::Table(table),
                             None => break,
                         }
-                    } else if let Some(array) = item.as_array() {
+                    } else if let Some(array) = node.array() {
                         match array.get(*index) {
-                            Some(value) => Item::Value(value.clone()),
+                            Some(value) => Node::Value(value),
                             None => break,
                         }
                     } else {
@@ -60,10 +105,10 @@ impl Locator {
                     }
                 }
             };
-            if let Some(span) = item_span(&next) {
+            if let Some(span) = next.span() {
                 best = Some(span);
             }
-            item = next;
+            node = next;
         }
         best
     }
@@ -72,49 +117,35 @@ impl Locator {
     pub fn path_at(&self, offset: usize) -> KeyPath {
         let mut found = KeyPath::root();
         if let Some(root) = &self.root {
-            deepest(root, &KeyPath::root(), offset, &mut found);
+            deepest(Node::Item(root), &KeyPath::root(), offset, &mut found);
         }
         found
     }
 }
 
-fn item_span(item: &Item) -> Option<Range<usize>> {
-    match item {
-        Item::None => None,
-        Item::Value(value) => value_span(value),
-        Item::Table(table) => table.span(),
-        Item::ArrayOfTables(tables) => tables.span(),
-    }
-}
-
-fn value_span(value: &Value) -> Option<Range<usize>> {
-    value.span()
-}
-
-fn deepest(item: &Item, path: &KeyPath, offset: usize, found: &mut KeyPath) {
-    if let Some(table) = item.as_table_like() {
+fn deepest(node: Node<'_>, path: &KeyPath, offset: usize, found: &mut KeyPath) {
+    let inside = |span: Option<Range<usize>>| span.is_some_and(|s| s.contains(&offset));
+    if let Some(table) = node.table_like() {
         for (key, child) in table.iter() {
             let child_path = path.key(key);
             let key_span = table.get_key_value(key).and_then(|(k, _)| k.span());
-            let inside = |span: Option<Range<usize>>| span.is_some_and(|s| s.contains(&offset));
-            if inside(key_span) || inside(item_span(child)) {
+            let child = Node::Item(child);
+            if inside(key_span) || inside(child.span()) {
                 *found = child_path.clone();
             }
             deepest(child, &child_path, offset, found);
         }
-    } else if let Some(tables) = item.as_array_of_tables() {
+    } else if let Some(tables) = node.array_of_tables() {
         for (index, table) in tables.iter().enumerate() {
-            let child_path = path.index(index);
-            let child = Item::Table(table.clone());
-            deepest(&child, &child_path, offset, found);
+            deepest(Node::Table(table), &path.index(index), offset, found);
         }
-    } else if let Some(array) = item.as_array() {
+    } else if let Some(array) = node.array() {
         for (index, value) in array.iter().enumerate() {
             let child_path = path.index(index);
-            if value_span(value).is_some_and(|s| s.contains(&offset)) {
+            if inside(value.span()) {
                 *found = child_path.clone();
             }
-            deepest(&Item::Value(value.clone()), &child_path, offset, found);
+            deepest(Node::Value(value), &child_path, offset, found);
         }
     }
 }

@@ -142,15 +142,20 @@ pub fn resolve(spec: &str, workspace: &Path) -> Result<ProfileSource, ProfileErr
     }
 }
 
+/// At most this many errors (and as many warnings) are reported; the rest are counted.
+pub const MAX_DIAGNOSTICS: usize = 50;
+
 /// Finds, parses and validates a profile. Every command calls this first.
 pub fn load(spec: &str, workspace: &Path) -> Result<LoadedProfile, ProfileError> {
     let (source_name, text) = match resolve(spec, workspace)? {
         ProfileSource::File(path) => {
-            let text = std::fs::read_to_string(&path).map_err(|source| ProfileError::Read {
+            let bytes = read_bounded(&path).map_err(|source| ProfileError::Read {
                 path: path.clone(),
                 source,
             })?;
-            (path.display().to_string(), text)
+            let source_name = path.display().to_string();
+            let text = decode(&source_name, bytes)?;
+            (source_name, text)
         }
         ProfileSource::Builtin(profile) => {
             (format!("builtin:{}", profile.name), profile.text.to_owned())
@@ -159,8 +164,91 @@ pub fn load(spec: &str, workspace: &Path) -> Result<LoadedProfile, ProfileError>
     parse(&source_name, text)
 }
 
+/// Reads at most [`validate::MAX_PROFILE_BYTES`] + 1 bytes: enough to tell a file is too large
+/// without reading all of it.
+fn read_bounded(path: &Path) -> std::io::Result<Vec<u8>> {
+    use std::io::Read;
+    let file = std::fs::File::open(path)?;
+    let mut bytes = Vec::new();
+    let limit = u64::try_from(validate::MAX_PROFILE_BYTES).unwrap_or(u64::MAX) + 1;
+    file.take(limit).read_to_end(&mut bytes)?;
+    Ok(bytes)
+}
+
+/// A one-diagnostic [`ProfileError::Invalid`] at byte `offset` of `text`.
+fn invalid_at(source_name: &str, text: String, offset: usize, message: String, hint: &str) -> ProfileError {
+    let end = (offset + 1).min(text.len()).max(offset);
+    let diagnostic = Diagnostic::at(
+        Severity::Error,
+        source_name,
+        &text,
+        Some(offset..end),
+        String::new(),
+        message,
+        Some(hint.to_owned()),
+    );
+    ProfileError::Invalid {
+        source_name: source_name.to_owned(),
+        text,
+        diagnostics: vec![diagnostic],
+    }
+}
+
+/// Bytes → text: refuses files above the size bound, UTF-16 and invalid UTF-8 with a located
+/// error; drops a UTF-8 byte order mark.
+pub fn decode(source_name: &str, bytes: Vec<u8>) -> Result<String, ProfileError> {
+    if bytes.len() > validate::MAX_PROFILE_BYTES {
+        return Err(invalid_at(
+            source_name,
+            String::new(),
+            0,
+            format!(
+                "the profile is larger than {} bytes",
+                validate::MAX_PROFILE_BYTES
+            ),
+            "a profile is a few kilobytes of TOML: check that this is the right file",
+        ));
+    }
+    if bytes.starts_with(&[0xFF, 0xFE]) || bytes.starts_with(&[0xFE, 0xFF]) {
+        return Err(invalid_at(
+            source_name,
+            String::new(),
+            0,
+            "the profile is UTF-16 encoded; TOML must be UTF-8".to_owned(),
+            "save the file as UTF-8, e.g. `iconv -f UTF-16 -t UTF-8 in.toml > out.toml`",
+        ));
+    }
+    let bytes = match bytes.strip_prefix(&[0xEF, 0xBB, 0xBF]) {
+        Some(rest) => rest.to_vec(),
+        None => bytes,
+    };
+    match String::from_utf8(bytes) {
+        Ok(text) => Ok(text),
+        Err(error) => {
+            let offset = error.utf8_error().valid_up_to();
+            let text = String::from_utf8_lossy(error.as_bytes()).into_owned();
+            Err(invalid_at(
+                source_name,
+                text,
+                offset,
+                format!("invalid UTF-8 at byte {offset}"),
+                "TOML must be UTF-8: re-save the file as UTF-8 (e.g. `iconv -f LATIN1 -t UTF-8`)",
+            ))
+        }
+    }
+}
+
 /// Parses and validates profile text (`source_name` is used in diagnostics).
 pub fn parse(source_name: &str, text: String) -> Result<LoadedProfile, ProfileError> {
+    if text.len() > validate::MAX_PROFILE_BYTES {
+        return Err(decode(source_name, text.into_bytes())
+            .err()
+            .unwrap_or_else(|| invalid_at(source_name, String::new(), 0, "the profile is too large".to_owned(), "check the file")));
+    }
+    let text = match text.strip_prefix('\u{feff}') {
+        Some(rest) => rest.to_owned(),
+        None => text,
+    };
     let locator = Locator::new(&text);
     let profile: Profile = match toml::from_str(&text) {
         Ok(profile) => profile,
@@ -189,34 +277,55 @@ pub fn parse(source_name: &str, text: String) -> Result<LoadedProfile, ProfileEr
     })
 }
 
-/// Places semantic findings in the text, errors first, then by position.
+/// Places semantic findings in the text, errors first, then by position. Identical findings
+/// are reported once; beyond [`MAX_DIAGNOSTICS`] errors (or warnings) one more diagnostic
+/// says how many were left out.
 pub fn locate_findings(
     source_name: &str,
     text: &str,
     locator: &Locator,
     findings: Vec<Finding>,
 ) -> Vec<Diagnostic> {
-    let mut diagnostics: Vec<Diagnostic> = findings
+    let mut located: Vec<(Option<std::ops::Range<usize>>, Finding)> = findings
         .into_iter()
-        .map(|finding| {
-            let span = locator.span(&finding.path, finding.target);
-            Diagnostic::at(
+        .map(|finding| (locator.span(&finding.path, finding.target), finding))
+        .collect();
+    located.sort_by_key(|(span, finding)| {
+        (
+            finding.severity != Severity::Error,
+            span.as_ref().map(|s| s.start),
+        )
+    });
+    let mut seen = std::collections::HashSet::new();
+    located.retain(|(_, finding)| seen.insert((finding.path.to_string(), finding.message.clone())));
+    let mut diagnostics = Vec::new();
+    for severity in [Severity::Error, Severity::Warning] {
+        let mut of_severity = located.iter().filter(|(_, f)| f.severity == severity);
+        for (span, finding) in of_severity.by_ref().take(MAX_DIAGNOSTICS) {
+            diagnostics.push(Diagnostic::at(
                 finding.severity,
                 source_name,
                 text,
-                span,
+                span.clone(),
                 finding.path.to_string(),
-                finding.message,
-                finding.hint,
-            )
-        })
-        .collect();
-    diagnostics.sort_by_key(|d| {
-        (
-            d.severity != Severity::Error,
-            d.span.as_ref().map(|s| s.start),
-        )
-    });
+                finding.message.clone(),
+                finding.hint.clone(),
+            ));
+        }
+        let rest: Vec<_> = of_severity.collect();
+        if let Some((span, finding)) = rest.first() {
+            let noun = if severity == Severity::Error { "error" } else { "warning" };
+            diagnostics.push(Diagnostic::at(
+                severity,
+                source_name,
+                text,
+                span.clone(),
+                finding.path.to_string(),
+                format!("{} more {noun}(s) not shown (the first {MAX_DIAGNOSTICS} are above)", rest.len()),
+                Some("fix the ones shown and validate again".to_owned()),
+            ));
+        }
+    }
     diagnostics
 }
 
