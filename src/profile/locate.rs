@@ -12,6 +12,9 @@ use super::diagnostic::{KeyPath, Segment, Target};
 /// A parsed document that can answer "where is `node_groups[1].taints[0]`?".
 pub struct Locator {
     root: Option<Item>,
+    /// Kept only when `toml_edit` cannot parse what `toml` accepted (e.g. integers above
+    /// `i64::MAX`): findings are then placed at the first line setting their key.
+    fallback_text: Option<String>,
 }
 
 /// A borrowed node of the document: array-of-tables elements are tables, array elements values.
@@ -62,13 +65,47 @@ impl Locator {
         let root = toml_edit::Document::parse(text)
             .ok()
             .map(toml_edit::Document::into_item);
-        Self { root }
+        let fallback_text = root.is_none().then(|| text.to_owned());
+        Self {
+            root,
+            fallback_text,
+        }
+    }
+
+    /// Where the key of `path` is first set (`key =` at the start of a line, or inside an
+    /// inline table), else the start of the file.
+    fn fallback_span(text: &str, path: &KeyPath) -> Range<usize> {
+        let key = path.0.iter().rev().find_map(|segment| match segment {
+            Segment::Key(key) => Some(key.as_str()),
+            Segment::Index(_) => None,
+        });
+        let found = key.and_then(|key| {
+            let mut offset = 0;
+            for line in text.split_inclusive('\n') {
+                let trimmed = line.trim_start();
+                let indent = line.len() - trimmed.len();
+                if let Some(rest) = trimmed.strip_prefix(key)
+                    && rest.trim_start().starts_with('=')
+                {
+                    return Some(offset + indent..offset + indent + key.len());
+                }
+                offset += line.len();
+            }
+            None
+        });
+        found.unwrap_or(0..0)
     }
 
     /// The span of the value (or key) at `path`; when the path does not exist (a missing key),
     /// the span of its deepest existing ancestor.
     pub fn span(&self, path: &KeyPath, target: Target) -> Option<Range<usize>> {
-        let mut node = Node::Item(self.root.as_ref()?);
+        let Some(root) = self.root.as_ref() else {
+            return self
+                .fallback_text
+                .as_deref()
+                .map(|text| Self::fallback_span(text, path));
+        };
+        let mut node = Node::Item(root);
         let mut best: Option<Range<usize>> = None;
         let last = path.0.len().saturating_sub(1);
         for (position, segment) in path.0.iter().enumerate() {
@@ -197,6 +234,17 @@ labels = { "special.gpu" = "nvidia" }
     fn missing_keys_fall_back_to_the_nearest_ancestor() {
         let path = KeyPath::root().key("node_groups").index(0).key("count");
         assert_eq!(text_at(path, Target::Value), "[[node_groups]]");
+    }
+
+    #[test]
+    fn documents_toml_edit_refuses_are_still_located_by_key() {
+        let text = "[[node_groups]]\nname = \"a\"\nmemory_mib = 18446744073709551615\n";
+        let path = KeyPath::root()
+            .key("node_groups")
+            .index(0)
+            .key("memory_mib");
+        let span = Locator::new(text).span(&path, Target::Value).unwrap_or(0..0);
+        assert_eq!(&text[span], "memory_mib");
     }
 
     #[test]

@@ -587,7 +587,9 @@ impl Checker {
                 "add a [[node_groups]] table with role = \"server\" (1 or 3 servers)",
             ),
             Some(index) if servers.is_multiple_of(2) => {
-                let message = if servers == 2 {
+                let message = if servers == 0 {
+                    "the server groups have no VMs: k3s needs at least one server".to_owned()
+                } else if servers == 2 {
                     "2 servers cannot tolerate any failure: etcd needs a majority (2 of 2), so losing either server stops the cluster".to_owned()
                 } else {
                     format!(
