@@ -214,6 +214,7 @@ impl Checker {
         }
         for (index, group) in profile.node_groups.iter().take(MAX_NODE_GROUPS).enumerate() {
             if let Some(mount) = &group.disks.scratch_mount
+                && mount.starts_with('/')
                 && let Err(reason) = check_mount_path(mount)
             {
                 self.error(
