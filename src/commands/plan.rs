@@ -29,7 +29,9 @@ pub async fn run(context: &Context, args: ClusterArgs) -> anyhow::Result<ExitSta
         // Values from the profile or from Proxmox must not drive the terminal.
         OutputFormat::Text => context
             .reporter
-            .data(&profile::diagnostic::neutralise_lines(&crate::plan::render_text(&plan))),
+            .data(&profile::diagnostic::neutralise_lines(
+                &crate::plan::render_text(&plan),
+            )),
     }
     opened.close().await;
     Ok(ExitStatus::Success)

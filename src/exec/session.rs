@@ -232,9 +232,7 @@ impl WorkspaceSeeds {
     ) -> anyhow::Result<BTreeMap<String, String>> {
         let mut files = BTreeMap::new();
         for vm in wanted {
-            let host_keys = if store {
-                HostKeys::load_or_generate(&self.host_key_dir, &vm.name)?
-            } else if self.host_key_dir.join(&vm.name).exists() {
+            let host_keys = if store || self.host_key_dir.join(&vm.name).exists() {
                 HostKeys::load_or_generate(&self.host_key_dir, &vm.name)?
             } else {
                 HostKeys::generate(&vm.name)?

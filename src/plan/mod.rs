@@ -1576,12 +1576,7 @@ fn pin_on_node(
     if !group.numa_pinning {
         return Ok(None);
     }
-    let cpus: BTreeSet<u32> = capacity
-        .free_cpus
-        .iter()
-        .take(vcpus)
-        .copied()
-        .collect();
+    let cpus: BTreeSet<u32> = capacity.free_cpus.iter().take(vcpus).copied().collect();
     capacity.free_cpus.retain(|cpu| !cpus.contains(cpu));
     Ok(Some(Pinning {
         affinity: format_cpulist(&cpus),

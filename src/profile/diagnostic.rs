@@ -177,7 +177,9 @@ pub fn neutralise(text: &str) -> String {
             out.push('…');
             break;
         }
-        if c.is_control() || matches!(c, '\u{200b}'..='\u{200f}' | '\u{202a}'..='\u{202e}' | '\u{2066}'..='\u{2069}') {
+        if c.is_control()
+            || matches!(c, '\u{200b}'..='\u{200f}' | '\u{202a}'..='\u{202e}' | '\u{2066}'..='\u{2069}')
+        {
             out.extend(c.escape_unicode());
         } else {
             out.push(c);
@@ -318,7 +320,12 @@ fn snippet(text: &str, span: &Range<usize>, line: usize) -> (usize, String, usiz
     let start_column = neutralise(&text[line_start..start]).chars().count();
     let end = end.min(line_start + source_line.len()).max(start);
     let width = neutralise(&text[start..end]).chars().count();
-    (line, neutralise(source_line), start_column, width.min(MAX_RENDERED))
+    (
+        line,
+        neutralise(source_line),
+        start_column,
+        width.min(MAX_RENDERED),
+    )
 }
 
 #[cfg(test)]

@@ -243,7 +243,9 @@ labels = { "special.gpu" = "nvidia" }
             .key("node_groups")
             .index(0)
             .key("memory_mib");
-        let span = Locator::new(text).span(&path, Target::Value).unwrap_or(0..0);
+        let span = Locator::new(text)
+            .span(&path, Target::Value)
+            .unwrap_or(0..0);
         assert_eq!(&text[span], "memory_mib");
     }
 

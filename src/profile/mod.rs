@@ -176,7 +176,13 @@ fn read_bounded(path: &Path) -> std::io::Result<Vec<u8>> {
 }
 
 /// A one-diagnostic [`ProfileError::Invalid`] at byte `offset` of `text`.
-fn invalid_at(source_name: &str, text: String, offset: usize, message: String, hint: &str) -> ProfileError {
+fn invalid_at(
+    source_name: &str,
+    text: String,
+    offset: usize,
+    message: String,
+    hint: &str,
+) -> ProfileError {
     let end = (offset + 1).min(text.len()).max(offset);
     let diagnostic = Diagnostic::at(
         Severity::Error,
@@ -243,7 +249,15 @@ pub fn parse(source_name: &str, text: String) -> Result<LoadedProfile, ProfileEr
     if text.len() > validate::MAX_PROFILE_BYTES {
         return Err(decode(source_name, text.into_bytes())
             .err()
-            .unwrap_or_else(|| invalid_at(source_name, String::new(), 0, "the profile is too large".to_owned(), "check the file")));
+            .unwrap_or_else(|| {
+                invalid_at(
+                    source_name,
+                    String::new(),
+                    0,
+                    "the profile is too large".to_owned(),
+                    "check the file",
+                )
+            }));
     }
     let text = match text.strip_prefix('\u{feff}') {
         Some(rest) => rest.to_owned(),
@@ -314,14 +328,21 @@ pub fn locate_findings(
         }
         let rest: Vec<_> = of_severity.collect();
         if let Some((span, finding)) = rest.first() {
-            let noun = if severity == Severity::Error { "error" } else { "warning" };
+            let noun = if severity == Severity::Error {
+                "error"
+            } else {
+                "warning"
+            };
             diagnostics.push(Diagnostic::at(
                 severity,
                 source_name,
                 text,
                 span.clone(),
                 finding.path.to_string(),
-                format!("{} more {noun}(s) not shown (the first {MAX_DIAGNOSTICS} are above)", rest.len()),
+                format!(
+                    "{} more {noun}(s) not shown (the first {MAX_DIAGNOSTICS} are above)",
+                    rest.len()
+                ),
                 Some("fix the ones shown and validate again".to_owned()),
             ));
         }

@@ -1154,14 +1154,13 @@ impl Checker {
             }
             return;
         }
-        match &gitops.repo {
-            None => self.error(
+        // The URL itself is checked by the allow-lists (validate/input.rs).
+        if gitops.repo.is_none() {
+            self.error(
                 path(&["gitops"]),
                 "gitops.engine needs gitops.repo",
                 "add repo = \"https://git.example.com/org/fleet.git\"",
-            ),
-            // The URL itself is checked by the allow-lists (validate/input.rs).
-            Some(_) => {}
+            );
         }
         if let Some(repo_path) = &gitops.path
             && repo_path.starts_with('/')

@@ -77,7 +77,15 @@ fn mutations(text: &str) -> Vec<Mutation> {
     }
     // Injection strings in every string field present.
     for key in [
-        "name", "description", "url", "repo", "branch", "path", "bridge", "disks", "iso",
+        "name",
+        "description",
+        "url",
+        "repo",
+        "branch",
+        "path",
+        "bridge",
+        "disks",
+        "iso",
     ] {
         for injection in INJECTIONS {
             if let Some(mutated) = replace_value(text, key, &toml_string(injection)) {
@@ -104,7 +112,13 @@ fn mutations(text: &str) -> Vec<Mutation> {
         }
     }
     // Unknown keys at every depth.
-    for section in ["[cluster]", "[network]", "[proxmox]", "[image]", "[[node_groups]]"] {
+    for section in [
+        "[cluster]",
+        "[network]",
+        "[proxmox]",
+        "[image]",
+        "[[node_groups]]",
+    ] {
         push(
             format!("unknown key in {section}"),
             text.replacen(section, &format!("{section}\nbogus_key = 1"), 1),
@@ -135,7 +149,10 @@ fn mutations(text: &str) -> Vec<Mutation> {
     // Encodings and sizes.
     push("CRLF".into(), text.replace('\n', "\r\n"));
     push("BOM".into(), format!("\u{feff}{text}"));
-    push("BOM + CRLF".into(), format!("\u{feff}{}", text.replace('\n', "\r\n")));
+    push(
+        "BOM + CRLF".into(),
+        format!("\u{feff}{}", text.replace('\n', "\r\n")),
+    );
     let mut invalid = text.as_bytes().to_vec();
     invalid.splice(10..10, [0xff, 0xfe, 0xc3]);
     out.push(("invalid UTF-8".into(), invalid));
@@ -149,11 +166,19 @@ fn mutations(text: &str) -> Vec<Mutation> {
     );
     push(
         "deep nesting".into(),
-        format!("{text}\nx = {}1{}\n", "[".repeat(10_000), "]".repeat(10_000)),
+        format!(
+            "{text}\nx = {}1{}\n",
+            "[".repeat(10_000),
+            "]".repeat(10_000)
+        ),
     );
     push(
         "deep inline tables".into(),
-        format!("{text}\ny = {}1{}\n", "{a=".repeat(5_000), "}".repeat(5_000)),
+        format!(
+            "{text}\ny = {}1{}\n",
+            "{a=".repeat(5_000),
+            "}".repeat(5_000)
+        ),
     );
     push("empty".into(), String::new());
     push("truncated".into(), text[..text.len() / 2].to_owned());
@@ -185,7 +210,12 @@ fn mutated_builtin_profiles_pass_or_fail_with_a_located_error_never_crash() {
     let mut total = 0;
     for builtin in BUILTIN_PROFILES {
         let list = mutations(builtin.text);
-        assert!(list.len() >= 40, "{}: {} mutations", builtin.name, list.len());
+        assert!(
+            list.len() >= 40,
+            "{}: {} mutations",
+            builtin.name,
+            list.len()
+        );
         for (index, (name, bytes)) in list.iter().enumerate() {
             let path = dir.path().join(format!("{}-{index}.toml", builtin.name));
             std::fs::write(&path, bytes).unwrap();
@@ -214,13 +244,19 @@ fn mutated_builtin_profiles_pass_or_fail_with_a_located_error_never_crash() {
                         .filter(|l| l.trim_start().starts_with("--> "))
                         .filter(|l| {
                             l.split_whitespace().nth(1).is_some_and(|location| {
-                                location.rsplitn(3, ':').take(2).all(|n| n.parse::<usize>().is_ok())
+                                location
+                                    .rsplitn(3, ':')
+                                    .take(2)
+                                    .all(|n| n.parse::<usize>().is_ok())
                             })
                         })
                         .count();
                     assert!(located >= errors, "{what}");
                     assert!(stderr.matches("= hint: ").count() >= errors, "{what}");
-                    assert!(!stderr.contains("check the path and its permissions"), "{what}");
+                    assert!(
+                        !stderr.contains("check the path and its permissions"),
+                        "{what}"
+                    );
                 }
                 other => panic!("exit {other:?} for {what}"),
             }
@@ -240,7 +276,12 @@ fn crlf_and_bom_profiles_still_validate() {
     for builtin in BUILTIN_PROFILES {
         let text = format!("\u{feff}{}", builtin.text.replace('\n', "\r\n"));
         let loaded = profile::parse("crlf.toml", text);
-        assert!(loaded.is_ok(), "{}: {:?}", builtin.name, loaded.err().map(|e| e.diagnostics()));
+        assert!(
+            loaded.is_ok(),
+            "{}: {:?}",
+            builtin.name,
+            loaded.err().map(|e| e.diagnostics())
+        );
     }
 }
 
@@ -251,8 +292,14 @@ fn invalid_encodings_get_a_position_and_an_encoding_hint() {
     std::fs::write(&path, b"description = \"caf\xe9\"\n").unwrap();
     let error = profile::load(path.to_str().unwrap(), dir.path()).unwrap_err();
     let diagnostics = error.diagnostics();
-    assert_eq!((diagnostics[0].line, diagnostics[0].column), (Some(1), Some(19)));
-    assert!(diagnostics[0].hint.as_deref().unwrap().contains("UTF-8"), "{diagnostics:?}");
+    assert_eq!(
+        (diagnostics[0].line, diagnostics[0].column),
+        (Some(1), Some(19))
+    );
+    assert!(
+        diagnostics[0].hint.as_deref().unwrap().contains("UTF-8"),
+        "{diagnostics:?}"
+    );
     std::fs::write(&path, [0xff, 0xfe, b'a', 0]).unwrap();
     let error = profile::load(path.to_str().unwrap(), dir.path()).unwrap_err();
     let diagnostics = error.diagnostics();
@@ -260,7 +307,10 @@ fn invalid_encodings_get_a_position_and_an_encoding_hint() {
     assert_eq!(diagnostics[0].line, Some(1));
     std::fs::write(&path, vec![b'#'; profile::validate::MAX_PROFILE_BYTES + 1]).unwrap();
     let error = profile::load(path.to_str().unwrap(), dir.path()).unwrap_err();
-    assert!(error.diagnostics()[0].message.contains("larger than"), "{error}");
+    assert!(
+        error.diagnostics()[0].message.contains("larger than"),
+        "{error}"
+    );
 }
 
 fn a100_with(extra_groups: usize, addresses: usize) -> String {
@@ -309,7 +359,9 @@ fn large_invalid_profiles_report_capped_deduplicated_diagnostics() {
     let error = profile::parse("dup.toml", a100_with(60, 0)).unwrap_err();
     let diagnostics = error.diagnostics();
     assert!(
-        diagnostics.iter().any(|d| d.message.contains("more error(s) not shown")),
+        diagnostics
+            .iter()
+            .any(|d| d.message.contains("more error(s) not shown")),
         "{diagnostics:#?}"
     );
 }
@@ -322,8 +374,14 @@ fn impossible_profile() -> String {
         .unwrap()
         .text
         .replace("end = 7419", "end = 7699")
-        .replace("count = 2\ncores = 4\nmemory_mib = 8192", "count = 200\ncores = 4\nmemory_mib = 4194304")
-        .replace("192.168.20.21-192.168.20.29", "192.168.20.21-192.168.20.240")
+        .replace(
+            "count = 2\ncores = 4\nmemory_mib = 8192",
+            "count = 200\ncores = 4\nmemory_mib = 4194304",
+        )
+        .replace(
+            "192.168.20.21-192.168.20.29",
+            "192.168.20.21-192.168.20.240",
+        )
 }
 
 #[test]
@@ -333,19 +391,38 @@ fn plan_and_up_of_an_impossible_profile_store_no_host_keys() {
     std::fs::write(&path, impossible_profile()).unwrap();
     let spec = path.to_str().unwrap();
     let loaded = profile::load(spec, workspace.path());
-    assert!(loaded.is_ok(), "{:?}", loaded.err().map(|e| e.diagnostics()));
+    assert!(
+        loaded.is_ok(),
+        "{:?}",
+        loaded.err().map(|e| e.diagnostics())
+    );
     let host_keys = workspace.path().join(".provision/secrets/host-keys");
     for command in ["plan", "up"] {
-        let output = provision(&[command, "--profile", spec, "--simulate"], workspace.path());
+        let output = provision(
+            &[command, "--profile", spec, "--simulate"],
+            workspace.path(),
+        );
         let stderr = String::from_utf8_lossy(&output.stderr);
         assert_eq!(output.status.code(), Some(1), "{command}: {stderr}");
         assert!(stderr.contains("memory"), "{command}: {stderr}");
         let stored = std::fs::read_dir(&host_keys).map_or(0, |entries| entries.count());
-        assert_eq!(stored, 0, "{command} stored host keys in {}", host_keys.display());
+        assert_eq!(
+            stored,
+            0,
+            "{command} stored host keys in {}",
+            host_keys.display()
+        );
     }
     // `plan` of a possible profile previews the keys without storing them either.
-    let output = provision(&["plan", "--profile", "homelab-ha", "--simulate"], workspace.path());
-    assert!(output.status.success(), "{}", String::from_utf8_lossy(&output.stderr));
+    let output = provision(
+        &["plan", "--profile", "homelab-ha", "--simulate"],
+        workspace.path(),
+    );
+    assert!(
+        output.status.success(),
+        "{}",
+        String::from_utf8_lossy(&output.stderr)
+    );
     let stored = std::fs::read_dir(&host_keys).map_or(0, |entries| entries.count());
     assert_eq!(stored, 0, "plan stored host keys");
 }

@@ -93,13 +93,29 @@ impl Checker {
             walkable = false;
         }
         let cluster = &profile.cluster;
-        self.list_bound(path(&["cluster", "tls_san"]), cluster.tls_san.len(), MAX_LIST);
-        self.list_bound(path(&["cluster", "disable"]), cluster.disable.len(), MAX_LIST);
-        self.list_bound(path(&["network", "dns"]), profile.network.dns.len(), MAX_LIST);
+        self.list_bound(
+            path(&["cluster", "tls_san"]),
+            cluster.tls_san.len(),
+            MAX_LIST,
+        );
+        self.list_bound(
+            path(&["cluster", "disable"]),
+            cluster.disable.len(),
+            MAX_LIST,
+        );
+        self.list_bound(
+            path(&["network", "dns"]),
+            profile.network.dns.len(),
+            MAX_LIST,
+        );
         let proxmox = &profile.proxmox;
         self.list_bound(path(&["proxmox", "nodes"]), proxmox.nodes.len(), MAX_LIST);
         self.list_bound(path(&["proxmox", "tags"]), proxmox.tags.len(), MAX_LIST);
-        self.list_bound(path(&["proxmox", "topology"]), proxmox.topology.len(), MAX_LIST);
+        self.list_bound(
+            path(&["proxmox", "topology"]),
+            proxmox.topology.len(),
+            MAX_LIST,
+        );
         for (index, host) in proxmox.topology.iter().take(MAX_LIST).enumerate() {
             let host_path = path(&["proxmox", "topology"]).index(index);
             self.list_bound(host_path.key("numa_nodes"), host.numa_nodes.len(), MAX_LIST);
@@ -141,7 +157,10 @@ impl Checker {
         if u64::from(group.count) > MAX_VMS {
             self.error(
                 group_path.key("count"),
-                format!("count {} is above the limit of {MAX_VMS} VMs per group", group.count),
+                format!(
+                    "count {} is above the limit of {MAX_VMS} VMs per group",
+                    group.count
+                ),
                 "lower count; a profile holds at most 1000 VMs",
             );
             walkable = false;
@@ -353,7 +372,10 @@ impl Checker {
 
     fn airgap_allow_lists(&mut self, profile: &Profile) {
         let airgap = &profile.airgap;
-        for (key, value) in [("k3s_binary", &airgap.k3s_binary), ("images", &airgap.images)] {
+        for (key, value) in [
+            ("k3s_binary", &airgap.k3s_binary),
+            ("images", &airgap.images),
+        ] {
             if let Some(value) = value
                 && let Err(reason) = check_local_path(value)
             {
@@ -405,7 +427,10 @@ fn is_path_char(c: char) -> bool {
 /// `^/[A-Za-z0-9._/-]+$` with no empty, `.` or `..` component.
 fn check_safe_path(path: &str) -> Result<(), String> {
     if path.len() > MAX_STRING {
-        return Err(format!("is {} bytes long; at most {MAX_STRING}", path.len()));
+        return Err(format!(
+            "is {} bytes long; at most {MAX_STRING}",
+            path.len()
+        ));
     }
     let Some(rest) = path.strip_prefix('/') else {
         return Err("is not absolute".to_owned());
@@ -515,14 +540,14 @@ fn check_git_url(repo: &str) -> Result<(), String> {
         let host_ok = crate::profile::validate::is_dns_subdomain(&host.to_ascii_lowercase());
         let path_ok = !repo_path.is_empty()
             && repo_path.len() <= MAX_STRING
-            && repo_path
-                .chars()
-                .all(|c| is_path_char(c) || c == '~')
+            && repo_path.chars().all(|c| is_path_char(c) || c == '~')
             && !repo_path.split('/').any(|part| part == "..");
         return if host_ok && path_ok {
             Ok(())
         } else {
-            Err(format!("`{repo}` is not git@HOST:PATH with a plain host and path"))
+            Err(format!(
+                "`{repo}` is not git@HOST:PATH with a plain host and path"
+            ))
         };
     }
     check_url(repo, &["https", "http", "ssh"])
@@ -569,9 +594,8 @@ fn is_jump_host(spec: &str) -> bool {
 
 /// `DDDD:BB`, `DDDD:BB:SS` or `DDDD:BB:SS.F` in hex.
 fn is_pci_prefix(device: &str) -> bool {
-    let hex = |text: &str, len: usize| {
-        text.len() == len && text.chars().all(|c| c.is_ascii_hexdigit())
-    };
+    let hex =
+        |text: &str, len: usize| text.len() == len && text.chars().all(|c| c.is_ascii_hexdigit());
     let parts: Vec<&str> = device.split(':').collect();
     match parts.as_slice() {
         [domain, bus] => hex(domain, 4) && hex(bus, 2),
@@ -583,7 +607,8 @@ fn is_pci_prefix(device: &str) -> bool {
             hex(domain, 4)
                 && hex(bus, 2)
                 && hex(slot, 2)
-                && function.is_none_or(|f| matches!(f, "0" | "1" | "2" | "3" | "4" | "5" | "6" | "7"))
+                && function
+                    .is_none_or(|f| matches!(f, "0" | "1" | "2" | "3" | "4" | "5" | "6" | "7"))
         }
         _ => false,
     }
@@ -604,7 +629,10 @@ fn check_apt_uri(uri: &str) -> Result<(), String> {
 /// source disables signature checks (`trusted=yes`).
 pub fn check_apt_source(source: &str) -> Result<bool, String> {
     if source.len() > MAX_STRING {
-        return Err(format!("is {} bytes long; at most {MAX_STRING}", source.len()));
+        return Err(format!(
+            "is {} bytes long; at most {MAX_STRING}",
+            source.len()
+        ));
     }
     let trimmed = source.trim_end_matches('\n');
     if let Some(bad) = trimmed.chars().find(|c| *c != '\n' && c.is_control()) {
@@ -651,7 +679,9 @@ fn check_one_line(line: &str) -> Result<bool, String> {
         .chain(components.iter())
         .find(|word| !is_apt_word(word))
     {
-        return Err(format!("suite or component `{bad}` holds characters apt does not use"));
+        return Err(format!(
+            "suite or component `{bad}` holds characters apt does not use"
+        ));
     }
     Ok(trusted)
 }
@@ -685,9 +715,12 @@ fn check_deb822(stanza: &str) -> Result<bool, String> {
             }
             field => {
                 seen.2 |= field == "suites";
-                trusted |= field == "trusted" && words.first().is_some_and(|w| w.eq_ignore_ascii_case("yes"));
+                trusted |= field == "trusted"
+                    && words.first().is_some_and(|w| w.eq_ignore_ascii_case("yes"));
                 if let Some(bad) = words.iter().find(|w| !is_apt_word(w)) {
-                    return Err(format!("`{bad}` in field `{key}` holds characters apt does not use"));
+                    return Err(format!(
+                        "`{bad}` in field `{key}` holds characters apt does not use"
+                    ));
                 }
             }
         }
@@ -727,12 +760,19 @@ mod tests {
     #[test]
     fn apt_sources_accept_one_line_and_deb822_and_flag_trusted() {
         assert_eq!(
-            check_apt_source("deb [signed-by=/etc/apt/keyrings/m.gpg] http://mirror/debian bookworm main contrib"),
+            check_apt_source(
+                "deb [signed-by=/etc/apt/keyrings/m.gpg] http://mirror/debian bookworm main contrib"
+            ),
             Ok(false)
         );
-        assert_eq!(check_apt_source("deb [trusted=yes] file:///srv/debs ./"), Ok(true));
         assert_eq!(
-            check_apt_source("Types: deb\nURIs: https://mirror/debian\nSuites: bookworm\nComponents: main\nTrusted: yes\n"),
+            check_apt_source("deb [trusted=yes] file:///srv/debs ./"),
+            Ok(true)
+        );
+        assert_eq!(
+            check_apt_source(
+                "Types: deb\nURIs: https://mirror/debian\nSuites: bookworm\nComponents: main\nTrusted: yes\n"
+            ),
             Ok(true)
         );
         assert!(check_apt_source("deb http://m/debian bookworm main; curl x|sh").is_err());
