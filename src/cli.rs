@@ -129,6 +129,22 @@ pub struct SimArgs {
     /// Seed of the simulator's failure injection and generated ids.
     #[arg(long, value_name = "N", default_value_t = 0, requires = "simulate")]
     pub sim_seed: u64,
+    /// Credentials provision uses against the simulator: its API token, a root@pam ticket, or
+    /// the token plus root@pam only for keys no token may set (hugepages, affinity).
+    #[arg(long, value_enum, default_value_t = SimAuth::TokenRoot, requires = "simulate")]
+    pub sim_auth: SimAuth,
+}
+
+/// `--sim-auth`: which of the simulated Proxmox's credentials provision logs in with.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+pub enum SimAuth {
+    /// The full-privilege API token (GPUs through resource mappings; no root-only keys).
+    Token,
+    /// `root@pam` with a ticket (raw PCI ids, every key).
+    Root,
+    /// The token, plus `root@pam` for requests with root-only keys.
+    #[value(name = "token+root")]
+    TokenRoot,
 }
 
 /// `up`: the cluster, plus how phase 2 (SSH, k3s) runs.

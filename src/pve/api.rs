@@ -6,14 +6,16 @@ use async_trait::async_trait;
 use super::error::PveError;
 use super::types::{
     ClusterResource, GuestInterface, NodeName, NodeStatus, NodeSummary, Params, PciDevice,
-    PciMapping, PoolSummary, StorageStatus, StorageVolume, TaskStatus, Upid, UploadContent,
-    Version, VmId, VmStatus, VolumeId,
+    PciMapping, Permissions, PoolSummary, StorageStatus, StorageVolume, TaskStatus, Upid,
+    UploadContent, Version, VmId, VmStatus, VolumeId,
 };
 
 /// Every Proxmox VE call provision makes. Parameters are the exact Proxmox names and values
 /// ([`Params`]) so that what `plan` prints is what is sent.
 #[async_trait]
 pub trait PveApi: Send + Sync {
+    /// `GET /access/permissions`: the caller's effective privileges per ACL path.
+    async fn access_permissions(&self) -> Result<Permissions, PveError>;
     /// `GET /version`.
     async fn version(&self) -> Result<Version, PveError>;
     /// `GET /cluster/status` (raw entries).

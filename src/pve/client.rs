@@ -17,8 +17,8 @@ use super::retry::{ConcurrencyLimits, RetryPolicy, method_is_idempotent};
 use super::tls::{MismatchSlot, TlsMode, normalize_fingerprint, rustls_config};
 use super::types::{
     ClusterResource, GuestInterface, NodeName, NodeStatus, NodeSummary, Params, PciDevice,
-    PciMapping, PoolSummary, StorageStatus, StorageVolume, TaskStatus, Upid, UploadContent,
-    Version, VmId, VmStatus, VolumeId,
+    PciMapping, Permissions, PoolSummary, StorageStatus, StorageVolume, TaskStatus, Upid,
+    UploadContent, Version, VmId, VmStatus, VolumeId,
 };
 
 /// The hint shown when no endpoint is configured at all.
@@ -765,6 +765,10 @@ fn parse_vmid(value: &Value) -> Option<VmId> {
 
 #[async_trait]
 impl PveApi for PveClient {
+    async fn access_permissions(&self) -> Result<Permissions, PveError> {
+        self.get_data("/access/permissions", &[]).await
+    }
+
     async fn version(&self) -> Result<Version, PveError> {
         self.get_data("/version", &[]).await
     }

@@ -86,6 +86,10 @@ impl fmt::Display for VolumeId {
 /// Exact Proxmox parameters of a request, in a stable order (what `plan --output json` prints).
 pub type Params = BTreeMap<String, String>;
 
+/// `GET /access/permissions`: ACL path → privilege → propagate flag (`1`/`0`), as Proxmox
+/// answers it for the caller (a token's answer is already the intersection with its user's).
+pub type Permissions = BTreeMap<String, BTreeMap<String, serde_json::Value>>;
+
 /// `GET /version`.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct Version {

@@ -515,9 +515,62 @@ fn matches(template: &str, path: &str) -> Option<BTreeMap<String, String>> {
     Some(vars)
 }
 
+/// Every privilege Proxmox VE 9 knows (pve-access-control, `PVE::AccessControl`'s role
+/// definitions): what `GET /access/permissions` lists for an identity holding all of them.
+const ALL_PRIVILEGES: &[&str] = &[
+    "Datastore.Allocate",
+    "Datastore.AllocateSpace",
+    "Datastore.AllocateTemplate",
+    "Datastore.Audit",
+    "Group.Allocate",
+    "Mapping.Audit",
+    "Mapping.Modify",
+    "Mapping.Use",
+    "Permissions.Modify",
+    "Pool.Allocate",
+    "Pool.Audit",
+    "Realm.Allocate",
+    "Realm.AllocateUser",
+    "SDN.Allocate",
+    "SDN.Audit",
+    "SDN.Use",
+    "Sys.AccessNetwork",
+    "Sys.Audit",
+    "Sys.Console",
+    "Sys.Incoming",
+    "Sys.Modify",
+    "Sys.PowerMgmt",
+    "Sys.Syslog",
+    "User.Modify",
+    "VM.Allocate",
+    "VM.Audit",
+    "VM.Backup",
+    "VM.Clone",
+    "VM.Config.CDROM",
+    "VM.Config.CPU",
+    "VM.Config.Cloudinit",
+    "VM.Config.Disk",
+    "VM.Config.HWType",
+    "VM.Config.Memory",
+    "VM.Config.Network",
+    "VM.Config.Options",
+    "VM.Console",
+    "VM.GuestAgent.Audit",
+    "VM.GuestAgent.FileRead",
+    "VM.GuestAgent.FileSystemMgmt",
+    "VM.GuestAgent.FileWrite",
+    "VM.GuestAgent.Unrestricted",
+    "VM.Migrate",
+    "VM.PowerMgmt",
+    "VM.Replicate",
+    "VM.Snapshot",
+    "VM.Snapshot.Rollback",
+];
+
 /// Every route the simulator serves: (method, template).
 pub(crate) const ROUTES: &[(&str, &str)] = &[
     ("POST", "/access/ticket"),
+    ("GET", "/access/permissions"),
     ("GET", "/version"),
     ("GET", "/cluster/status"),
     ("GET", "/cluster/resources"),
@@ -645,6 +698,7 @@ impl Request<'_> {
 
     fn route(&self, method: &str, template: &str, upload: Option<Upload>) -> ApiResult<Reply> {
         match (method, template) {
+            ("GET", "/access/permissions") => self.permissions(),
             ("GET", "/version") => Reply::data(self.version()),
             ("GET", "/cluster/status") => self.cluster_status(),
             ("GET", "/cluster/resources") => self.cluster_resources(),
@@ -689,6 +743,29 @@ impl Request<'_> {
             ("POST", "/pools") => self.pool_create(),
             _ => Err(ApiError::not_implemented(method, template)),
         }
+    }
+
+    /// `GET /access/permissions`: the caller's privileges. The inventory grants them on `/`
+    /// with propagation, so every path has the same set (pve-access-control's
+    /// `PVE::API2::AccessControl::permissions` answers path → privilege → propagate flag).
+    /// Another user's permissions need Sys.Audit on /access, as in Proxmox.
+    fn permissions(&self) -> ApiResult<Reply> {
+        if let Some(userid) = self.text("userid")
+            && userid != self.identity.user
+            && !userid.starts_with(&format!("{}!", self.identity.user))
+        {
+            self.identity.check("/access", "Sys.Audit")?;
+        }
+        let privileges: Vec<String> = match &self.identity.privileges {
+            None => ALL_PRIVILEGES.iter().map(|p| (*p).to_owned()).collect(),
+            Some(set) => set.iter().cloned().collect(),
+        };
+        let entry: Map<String, Value> = privileges
+            .into_iter()
+            .map(|privilege| (privilege, json!(1)))
+            .collect();
+        let path = self.text("path").unwrap_or("/").to_owned();
+        Reply::data(json!({ path: entry }))
     }
 
     fn version(&self) -> Value {
