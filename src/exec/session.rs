@@ -268,6 +268,18 @@ pub async fn observe_and_plan(
     let inventory = inventory::observe(api, profile, auth)
         .await
         .context("observing Proxmox")?;
+    let plan = plan_for(profile, &inventory, state, seeds, workspace_root)?;
+    Ok((inventory, plan))
+}
+
+/// Plan against an observed inventory (pure but for the seeds' host keys).
+pub fn plan_for(
+    profile: &Profile,
+    inventory: &Inventory,
+    state: &State,
+    seeds: &WorkspaceSeeds,
+    workspace_root: &Path,
+) -> anyhow::Result<Plan> {
     let wanted = plan::wanted_vms(profile)?;
     let context = PlanContext {
         workspace: workspace_root
@@ -282,11 +294,10 @@ pub async fn observe_and_plan(
             crate::profile::model::CloudInitMode::Proxmox => BTreeMap::new(),
         },
     };
-    let plan = match plan::plan(profile, &inventory, state, &context) {
-        Ok(plan) => plan,
+    match plan::plan(profile, inventory, state, &context) {
+        Ok(plan) => Ok(plan),
         Err(error) => bail!(crate::commands::UserError::new(error.to_string(), None)),
-    };
-    Ok((inventory, plan))
+    }
 }
 
 /// A connection, and the simulator behind it when `--simulate` is on.

@@ -20,7 +20,7 @@ use crate::pve::Params;
 use crate::pve::types::PciMapping;
 use crate::state::{State, VmPhase};
 
-pub use gpu::{Rejection, is_nvidia_gpu, matches_filter};
+pub use gpu::{Rejection, candidates as gpu_candidates, is_nvidia_gpu, matches_filter};
 pub use numa::{format_cpulist, parse_cpulist};
 pub use params::{disk_size_gib, disk_storage, hostpci_targets, params_hash, same_value};
 pub use render::{render_json, render_text};

@@ -240,6 +240,26 @@ mod tests {
     use super::*;
 
     #[test]
+    fn root_only_refusals_get_the_remedy_for_their_key() {
+        let hugepages = forbidden_hint(
+            "POST",
+            "/nodes/pve1/qemu",
+            "only root can set 'hugepages' config\n",
+        );
+        assert!(
+            hugepages.contains("PROXMOX_VE_USERNAME=root@pam"),
+            "{hugepages}"
+        );
+        assert!(!hugepages.contains("mapping"), "{hugepages}");
+        let raw = forbidden_hint(
+            "POST",
+            "/nodes/pve1/qemu",
+            "only root can set 'hostpci0' config for non-mapped devices\n",
+        );
+        assert!(raw.contains("resource mapping"), "{raw}");
+    }
+
+    #[test]
     fn config_keys_follow_qemu_server() {
         assert_eq!(
             key_requirement("cores", "4"),

@@ -12,9 +12,9 @@ use super::api::PveApi;
 use super::error::PveError;
 use super::privileges::root_only_keys;
 use super::types::{
-    ClusterResource, GuestInterface, NodeName, NodeStatus, NodeSummary, Params, PciDevice,
-    PciMapping, Permissions, PoolSummary, StorageStatus, StorageVolume, TaskStatus, Upid,
-    UploadContent, Version, VmId, VmStatus, VolumeId,
+    ClusterResource, GuestInterface, NetworkInterface, NodeName, NodeStatus, NodeSummary, Params,
+    PciDevice, PciMapping, Permissions, PoolSummary, StorageStatus, StorageVolume, TaskStatus,
+    Upid, UploadContent, Version, VmId, VmStatus, VolumeId,
 };
 
 /// Routes each request to the token, or to root when it carries root-only keys.
@@ -61,6 +61,9 @@ impl PveApi for TokenWithRoot {
     }
     async fn node_status(&self, node: &NodeName) -> Result<NodeStatus, PveError> {
         self.token.node_status(node).await
+    }
+    async fn node_network(&self, node: &NodeName) -> Result<Vec<NetworkInterface>, PveError> {
+        self.token.node_network(node).await
     }
     async fn pci_devices(&self, node: &NodeName) -> Result<Vec<PciDevice>, PveError> {
         self.token.pci_devices(node).await

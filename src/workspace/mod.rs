@@ -538,6 +538,52 @@ mod tests {
     }
 
     #[test]
+    fn a_token_with_root_at_pam_uses_root_only_for_root_only_keys() {
+        let config = ProxmoxConfig {
+            endpoint: Some("https://pve:8006".to_owned()),
+            ..ProxmoxConfig::default()
+        };
+        let token = ("PROXMOX_VE_API_TOKEN", "provision@pve!ci=tok3n-value");
+        let both = resolve_settings(
+            &config,
+            Path::new("/"),
+            env(&[
+                token,
+                ("PROXMOX_VE_USERNAME", "root@pam"),
+                ("PROXMOX_VE_PASSWORD", "pa55word"),
+            ]),
+        )
+        .unwrap();
+        match &both.credentials {
+            Credentials::TokenWithRoot {
+                token,
+                root_password,
+            } => {
+                assert_eq!(token.expose(), "provision@pve!ci=tok3n-value");
+                assert_eq!(root_password.expose(), "pa55word");
+            }
+            other => panic!("{other:?}"),
+        }
+        let debug = format!("{both:?}");
+        assert!(
+            !debug.contains("pa55word") && !debug.contains("tok3n"),
+            "{debug}"
+        );
+        // Another user's password beside a token: the token alone.
+        let other = resolve_settings(
+            &config,
+            Path::new("/"),
+            env(&[
+                token,
+                ("PROXMOX_VE_USERNAME", "admin@pve"),
+                ("PROXMOX_VE_PASSWORD", "pa55word"),
+            ]),
+        )
+        .unwrap();
+        assert!(matches!(other.credentials, Credentials::ApiToken(_)));
+    }
+
+    #[test]
     fn missing_credentials_and_bad_tokens_are_reported() {
         let config = ProxmoxConfig {
             endpoint: Some("https://pve:8006".to_owned()),

@@ -582,6 +582,7 @@ pub(crate) const ROUTES: &[(&str, &str)] = &[
     ("DELETE", "/cluster/mapping/pci/{id}"),
     ("GET", "/nodes"),
     ("GET", "/nodes/{node}/status"),
+    ("GET", "/nodes/{node}/network"),
     ("GET", "/nodes/{node}/hardware/pci"),
     ("GET", "/nodes/{node}/storage"),
     ("GET", "/nodes/{node}/storage/{storage}/status"),
@@ -710,6 +711,7 @@ impl Request<'_> {
             ("DELETE", "/cluster/mapping/pci/{id}") => self.mapping_delete(),
             ("GET", "/nodes") => self.nodes(),
             ("GET", "/nodes/{node}/status") => self.node_status(),
+            ("GET", "/nodes/{node}/network") => self.node_network(),
             ("GET", "/nodes/{node}/hardware/pci") => self.hardware_pci(),
             ("GET", "/nodes/{node}/storage") => self.storages(),
             ("GET", "/nodes/{node}/storage/{storage}/status") => self.storage_status(),
@@ -1036,10 +1038,14 @@ impl Request<'_> {
             flags.push(' ');
             flags.push_str(flag);
         }
+        if !node.hvm {
+            flags = flags.replace(" svm", "");
+        }
+        let hvm = if node.hvm { "1" } else { "0" };
         Reply::data(json!({
             "cpuinfo": {
                 "cpus": node.cpus, "cores": node.cores, "sockets": node.sockets,
-                "model": node.cpu_model, "mhz": "2450.000", "hvm": "1", "user_hz": 100,
+                "model": node.cpu_model, "mhz": "2450.000", "hvm": hvm, "user_hz": 100,
                 "flags": flags,
             },
             "memory": { "total": total, "used": used, "free": total.saturating_sub(used),
@@ -1056,6 +1062,34 @@ impl Request<'_> {
             "rootfs": { "total": 100u64 << 30, "used": 10u64 << 30, "avail": 90u64 << 30, "free": 90u64 << 30 },
             "ksm": { "shared": 0 },
         }))
+    }
+
+    /// `GET /nodes/{node}/network`: the node's bridges (pve-manager's
+    /// `PVE::API2::Network::index`; any user may list them). Inventory bridges are VLAN-aware
+    /// Linux bridges with a physical port.
+    fn node_network(&self) -> ApiResult<Reply> {
+        let state = self.shared.state();
+        let node = state.node(self.node())?;
+        let wanted = self.text("type");
+        let entries: Vec<Value> = node
+            .bridges
+            .iter()
+            .filter(|_| {
+                matches!(
+                    wanted,
+                    None | Some("bridge" | "any_bridge" | "any_local_bridge")
+                )
+            })
+            .map(|bridge| {
+                json!({
+                    "iface": bridge, "type": "bridge", "active": 1, "autostart": 1,
+                    "bridge_ports": "eno1", "bridge_stp": "off", "bridge_fd": "0",
+                    "bridge_vlan_aware": 1, "families": ["inet"], "method": "manual",
+                    "method6": "manual", "priority": 3,
+                })
+            })
+            .collect();
+        Reply::data(json!(entries))
     }
 
     fn hardware_pci(&self) -> ApiResult<Reply> {
