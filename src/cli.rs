@@ -11,6 +11,7 @@ Examples:
   provision validate --profile a100-8x    check a built-in profile
   provision validate --profile ./my.toml  check a file (a value with / or .toml is a path)
   provision validate --profile a100-8x --output json
+  provision doctor --profile a100-8x      what would stop `up` on this Proxmox, with fixes
   provision up --profile a100-8x --simulate   phase 1 against the built-in Proxmox simulator
   provision sim serve --inventory pve-a100    a simulated Proxmox for other tools
   provision completions bash > ~/.local/share/bash-completion/completions/provision
@@ -75,6 +76,9 @@ pub enum Command {
     Down(DownArgs),
     /// Show the VMs in the state and what Proxmox says about them.
     Status(ClusterArgs),
+    /// Check the Proxmox side read-only: API, credentials and privileges, storages, bridge,
+    /// virtualisation, GPUs and IOMMU groups, hugepages, the plan; exit 1 when `up` would stop.
+    Doctor(ClusterArgs),
     /// Print the workspace kubeconfig's path, or merge its context into ~/.kube/config.
     Kubeconfig(KubeconfigArgs),
     /// The Proxmox VE simulator (what `--simulate` runs in-process).
@@ -129,6 +133,22 @@ pub struct SimArgs {
     /// Seed of the simulator's failure injection and generated ids.
     #[arg(long, value_name = "N", default_value_t = 0, requires = "simulate")]
     pub sim_seed: u64,
+    /// Credentials provision uses against the simulator: its API token, a root@pam ticket, or
+    /// the token plus root@pam only for keys no token may set (hugepages, affinity).
+    #[arg(long, value_enum, default_value_t = SimAuth::TokenRoot, requires = "simulate")]
+    pub sim_auth: SimAuth,
+}
+
+/// `--sim-auth`: which of the simulated Proxmox's credentials provision logs in with.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+pub enum SimAuth {
+    /// The full-privilege API token (GPUs through resource mappings; no root-only keys).
+    Token,
+    /// `root@pam` with a ticket (raw PCI ids, every key).
+    Root,
+    /// The token, plus `root@pam` for requests with root-only keys.
+    #[value(name = "token+root")]
+    TokenRoot,
 }
 
 /// `up`: the cluster, plus how phase 2 (SSH, k3s) runs.

@@ -4,6 +4,7 @@
 //! and one arm in [`dispatch`].
 
 pub mod completions;
+pub mod doctor;
 pub mod down;
 pub mod init;
 pub mod kubeconfig;
@@ -82,6 +83,7 @@ async fn dispatch(context: &Context, command: Command) -> anyhow::Result<ExitSta
         Command::Kubeconfig(args) => kubeconfig::run(context, args).await,
         Command::Down(args) => down::run(context, args).await,
         Command::Status(args) => status::run(context, args).await,
+        Command::Doctor(args) => doctor::run(context, args).await,
         Command::Sim(command) => sim::run(context, command).await,
     }
 }

@@ -4,12 +4,13 @@
 use std::sync::Arc;
 
 use crate::cli::{OutputFormat, UpArgs};
+use crate::exec::doctor::{self, DoctorInput, Outcome};
 use crate::exec::{self, ExecOptions, session};
 use crate::exit::ExitStatus;
 use crate::profile;
 use crate::state::StateStore;
 
-use super::Context;
+use super::{Context, UserError};
 
 pub async fn run(context: &Context, up_args: UpArgs) -> anyhow::Result<ExitStatus> {
     let args = &up_args.cluster;
@@ -27,17 +28,44 @@ pub async fn run(context: &Context, up_args: UpArgs) -> anyhow::Result<ExitStatu
         &context.workspace,
         args.sim.simulate,
     )?);
-    // Everything is validated here (profile, credentials, GPUs, hugepages, IOMMU, token vs raw
-    // ids) before the first mutating call.
-    let (_inventory, plan) = session::observe_and_plan(
+    // Everything is validated here (profile, credentials and privileges, storages, bridge,
+    // GPUs, hugepages, IOMMU, root-only keys) before the first mutating call: the same checks
+    // as `provision doctor`.
+    store.state().check_cluster(&profile.cluster.name)?;
+    let preflight = doctor::run(
         opened.connection.api.as_ref(),
-        opened.connection.auth.clone(),
-        profile,
-        store.state(),
-        &seeds,
-        &context.workspace.root,
+        &opened.connection.auth,
+        &DoctorInput {
+            profile,
+            state: store.state(),
+            seeds: &seeds,
+            workspace_root: &context.workspace.root,
+        },
     )
-    .await?;
+    .await;
+    for check in preflight
+        .checks
+        .iter()
+        .filter(|c| c.outcome == Outcome::Warn)
+    {
+        context
+            .reporter
+            .status(&format!("warning: {}: {}", check.check, check.detail));
+    }
+    let plan = match preflight.observed {
+        Some((_inventory, plan)) if !preflight.blocks() => plan,
+        _ => {
+            opened.close().await;
+            return Err(UserError::new(
+                format!(
+                    "the preflight found what would stop `up`; nothing was changed on Proxmox:\n{}",
+                    preflight.failures()
+                ),
+                Some("`provision doctor --profile P` shows every check"),
+            )
+            .into());
+        }
+    };
     for warning in &plan.warnings {
         context.reporter.status(&format!("warning: {warning}"));
     }

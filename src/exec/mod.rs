@@ -6,6 +6,7 @@
 //! failure or a crash; a converged cluster makes zero mutating calls.
 
 pub mod cluster;
+pub mod doctor;
 pub mod phase2;
 pub mod progress;
 pub mod retry;

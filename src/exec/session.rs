@@ -14,6 +14,7 @@ use crate::profile::model::Profile;
 use crate::pve::PveApi;
 use crate::pve::auth::Auth;
 use crate::pve::client::{ClientConfig, PveClient};
+use crate::pve::split::TokenWithRoot;
 use crate::pve::tls::TlsMode;
 use crate::state::State;
 use crate::workspace::{Credentials, Trust, Workspace};
@@ -38,49 +39,78 @@ pub fn connect_real(workspace: &Workspace) -> anyhow::Result<Connection> {
             .into());
         }
     };
-    let (auth, kind) = match &settings.credentials {
-        Credentials::ApiToken(secret) => {
-            let auth = Auth::parse_api_token(secret.expose()).ok_or_else(|| {
-                crate::commands::UserError::new(
-                    "the Proxmox API token is not in USER@REALM!TOKENID=SECRET form",
-                    None,
-                )
+    let tls = tls_mode(&settings.trust);
+    let client = |auth: Auth| -> anyhow::Result<Arc<dyn PveApi>> {
+        Ok(Arc::new(PveClient::new(ClientConfig::new(
+            settings.endpoint.clone(),
+            auth,
+            tls.clone(),
+        ))?))
+    };
+    let connection = match &settings.credentials {
+        Credentials::ApiToken(secret) => Connection {
+            api: client(token_auth(secret)?)?,
+            // TODO-correctness: `may_create_mappings` from `/access/permissions` (the
+            // preflight refuses a plan whose mappings the token may not create).
+            auth: AuthKind::Token {
+                user: token_user(secret),
+                may_create_mappings: true,
+            },
+        },
+        Credentials::TokenWithRoot {
+            token,
+            root_password,
+        } => {
+            let root = client(Auth::Ticket {
+                username: "root@pam".to_owned(),
+                password: crate::pve::auth::Secret::new(root_password.expose()),
             })?;
-            let user = secret
-                .expose()
-                .split('=')
-                .next()
-                .unwrap_or_default()
-                .to_owned();
-            // TODO-correctness: read `/access/permissions` to know whether the token holds
-            // Mapping.Modify; until then mapping creation is attempted and a 403 names the
-            // missing privilege before any VM is touched (mappings are created first).
-            (
-                auth,
-                AuthKind::Token {
-                    user,
-                    may_create_mappings: true,
+            Connection {
+                api: Arc::new(TokenWithRoot::new(client(token_auth(token)?)?, root)),
+                auth: AuthKind::TokenWithRoot {
+                    user: token_user(token),
                 },
-            )
+            }
         }
-        Credentials::Password { username, password } => {
-            let kind = if username == "root@pam" {
+        Credentials::Password { username, password } => Connection {
+            api: client(Auth::Ticket {
+                username: username.clone(),
+                password: crate::pve::auth::Secret::new(password.expose()),
+            })?,
+            auth: if username == "root@pam" {
                 AuthKind::RootTicket
             } else {
                 AuthKind::Ticket {
                     user: username.clone(),
                 }
-            };
-            (
-                Auth::Ticket {
-                    username: username.clone(),
-                    password: crate::pve::auth::Secret::new(password.expose()),
-                },
-                kind,
-            )
-        }
+            },
+        },
     };
-    let tls = match &settings.trust {
+    Ok(connection)
+}
+
+fn token_auth(secret: &crate::workspace::Secret) -> anyhow::Result<Auth> {
+    Auth::parse_api_token(secret.expose()).ok_or_else(|| {
+        crate::commands::UserError::new(
+            "the Proxmox API token is not in USER@REALM!TOKENID=SECRET form",
+            None,
+        )
+        .into()
+    })
+}
+
+/// `user@realm!tokenid` of a token secret (for messages; never the secret).
+fn token_user(secret: &crate::workspace::Secret) -> String {
+    secret
+        .expose()
+        .split('=')
+        .next()
+        .unwrap_or_default()
+        .to_owned()
+}
+
+fn tls_mode(trust: &Trust) -> TlsMode {
+    match trust {
         Trust::System => TlsMode::System,
         Trust::Fingerprint(bytes) => TlsMode::Fingerprint(
             bytes
@@ -91,12 +121,7 @@ pub fn connect_real(workspace: &Workspace) -> anyhow::Result<Connection> {
         ),
         Trust::CaFile(path) => TlsMode::CaFile(path.clone()),
         Trust::Insecure => TlsMode::Insecure,
-    };
-    let client = PveClient::new(ClientConfig::new(settings.endpoint.clone(), auth, tls))?;
-    Ok(Connection {
-        api: Arc::new(client),
-        auth: kind,
-    })
+    }
 }
 
 /// Builds each VM's NoCloud seed from the profile and the workspace's host keys.
@@ -276,6 +301,18 @@ pub async fn observe_and_plan(
     let inventory = inventory::observe(api, profile, auth)
         .await
         .context("observing Proxmox")?;
+    let plan = plan_for(profile, &inventory, state, seeds, workspace_root)?;
+    Ok((inventory, plan))
+}
+
+/// Plan against an observed inventory (pure but for the seeds' host keys).
+pub fn plan_for(
+    profile: &Profile,
+    inventory: &Inventory,
+    state: &State,
+    seeds: &WorkspaceSeeds,
+    workspace_root: &Path,
+) -> anyhow::Result<Plan> {
     let wanted = plan::wanted_vms(profile)?;
     let nocloud = profile.proxmox.cloud_init == crate::profile::model::CloudInitMode::NocloudIso;
     // First without storing host keys: a plan that fails (capacity, GPUs, …) writes nothing.
@@ -293,7 +330,7 @@ pub async fn observe_and_plan(
             BTreeMap::new()
         },
     };
-    let mut plan = match plan::plan(profile, &inventory, state, &context) {
+    let mut plan = match plan::plan(profile, inventory, state, &context) {
         Ok(plan) => plan,
         Err(error) => bail!(crate::commands::UserError::new(error.to_string(), None)),
     };
@@ -302,13 +339,13 @@ pub async fn observe_and_plan(
         let stored = seeds.iso_files(&wanted, true)?;
         if stored != context.iso_files {
             context.iso_files = stored;
-            plan = match plan::plan(profile, &inventory, state, &context) {
+            plan = match plan::plan(profile, inventory, state, &context) {
                 Ok(plan) => plan,
                 Err(error) => bail!(crate::commands::UserError::new(error.to_string(), None)),
             };
         }
     }
-    Ok((inventory, plan))
+    Ok(plan)
 }
 
 /// A connection, and the simulator behind it when `--simulate` is on.

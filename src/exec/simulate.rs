@@ -13,9 +13,12 @@ use std::sync::Arc;
 use anyhow::Context;
 use pve_sim::{Inventory, SimConfig, SimHandle, Simulator};
 
+use crate::cli::SimAuth;
 use crate::inventory::AuthKind;
+use crate::pve::PveApi;
 use crate::pve::auth::{Auth, Secret};
 use crate::pve::client::{ClientConfig, PveClient};
+use crate::pve::split::TokenWithRoot;
 use crate::pve::tls::TlsMode;
 
 use super::session::Connection;
@@ -31,8 +34,8 @@ pub struct SimOptions {
     pub task_fail_rate: f64,
     /// Seeds failure injection and generated ids (MACs, UUIDs).
     pub seed: u64,
-    /// Log in as `root@pam` (raw PCI ids) instead of with the API token (mappings).
-    pub root_ticket: bool,
+    /// Which credentials provision uses.
+    pub auth: SimAuth,
 }
 
 impl Default for SimOptions {
@@ -44,7 +47,7 @@ impl Default for SimOptions {
             fail_rate: 0.0,
             task_fail_rate: 0.0,
             seed: 0,
-            root_ticket: false,
+            auth: SimAuth::TokenRoot,
         }
     }
 }
@@ -61,7 +64,7 @@ impl From<&crate::cli::SimArgs> for SimOptions {
             fail_rate: args.sim_fail_rate,
             task_fail_rate: args.sim_task_fail_rate,
             seed: args.sim_seed,
-            root_ticket: false,
+            auth: args.sim_auth,
         }
     }
 }
@@ -115,7 +118,7 @@ pub async fn start(
         }
         crate::files::create_private_dir(dir)?;
     }
-    let (auth, kind) = credentials(&inventory, &name, options.root_ticket)?;
+    let credentials = credentials(&inventory, &name, options.auth)?;
     let mut config = SimConfig::new(inventory);
     config.time_scale = options.time_scale;
     config.fail_rate = options.fail_rate;
@@ -126,52 +129,88 @@ pub async fn start(
     let handle = Simulator::start(config)
         .await
         .context("starting the Proxmox simulator")?;
-    let client = PveClient::new(ClientConfig::new(
-        handle.base_url(),
-        auth,
-        TlsMode::Fingerprint(handle.fingerprint()),
-    ))?;
-    Ok(Simulated {
-        connection: Connection {
-            api: Arc::new(client),
-            auth: kind,
+    let connect = |auth: Auth| -> anyhow::Result<Arc<dyn PveApi>> {
+        Ok(Arc::new(PveClient::new(ClientConfig::new(
+            handle.base_url(),
+            auth,
+            TlsMode::Fingerprint(handle.fingerprint()),
+        ))?))
+    };
+    let connection = match credentials {
+        SimCredentials::Token { auth, user } => Connection {
+            api: connect(auth)?,
+            auth: AuthKind::Token {
+                user,
+                may_create_mappings: true,
+            },
         },
-        handle,
-    })
+        SimCredentials::Root { auth } => Connection {
+            api: connect(auth)?,
+            auth: AuthKind::RootTicket,
+        },
+        SimCredentials::TokenWithRoot { token, user, root } => Connection {
+            api: Arc::new(TokenWithRoot::new(connect(token)?, connect(root)?)),
+            auth: AuthKind::TokenWithRoot { user },
+        },
+    };
+    Ok(Simulated { connection, handle })
 }
 
-/// The fixture's full-privilege API token, else `root@pam` with a ticket.
+/// The simulated Proxmox's credentials, as `--sim-auth` chose them.
+enum SimCredentials {
+    Token {
+        auth: Auth,
+        user: String,
+    },
+    Root {
+        auth: Auth,
+    },
+    TokenWithRoot {
+        token: Auth,
+        user: String,
+        root: Auth,
+    },
+}
+
+/// The fixture's full-privilege API token and/or `root@pam` with a ticket, as `choice` says;
+/// without a full-privilege token in the fixture, `root@pam` alone.
 fn credentials(
     inventory: &Inventory,
     name: &str,
-    root_ticket: bool,
-) -> anyhow::Result<(Auth, AuthKind)> {
+    choice: SimAuth,
+) -> anyhow::Result<SimCredentials> {
     let token = inventory
         .tokens
         .iter()
         .find(|token| token.privileges.iter().any(|p| p == "*"));
-    if let (Some(token), false) = (token, root_ticket) {
-        let auth = Auth::parse_api_token(&format!("{}={}", token.tokenid, token.secret))
-            .with_context(|| format!("simulator inventory {name}: malformed token id"))?;
-        return Ok((
-            auth,
-            AuthKind::Token {
-                user: token.tokenid.clone(),
-                may_create_mappings: true,
-            },
-        ));
-    }
-    let root_password = inventory
-        .users
-        .iter()
-        .find(|user| user.userid == "root@pam")
-        .map(|user| user.password.clone())
-        .with_context(|| format!("simulator inventory {name} has no root@pam user"))?;
-    Ok((
-        Auth::Ticket {
+    let root = || -> anyhow::Result<Auth> {
+        let password = inventory
+            .users
+            .iter()
+            .find(|user| user.userid == "root@pam")
+            .map(|user| user.password.clone())
+            .with_context(|| format!("simulator inventory {name} has no root@pam user"))?;
+        Ok(Auth::Ticket {
             username: "root@pam".to_owned(),
-            password: Secret::new(root_password),
+            password: Secret::new(password),
+        })
+    };
+    let Some(token) = token else {
+        return Ok(SimCredentials::Root { auth: root()? });
+    };
+    let token_auth = Auth::parse_api_token(&format!("{}={}", token.tokenid, token.secret))
+        .with_context(|| format!("simulator inventory {name}: malformed token id"))?;
+    let user = token.tokenid.clone();
+    Ok(match choice {
+        SimAuth::Token => SimCredentials::Token {
+            auth: token_auth,
+            user,
         },
-        AuthKind::RootTicket,
-    ))
+        SimAuth::Root => SimCredentials::Root { auth: root()? },
+        SimAuth::TokenRoot => SimCredentials::TokenWithRoot {
+            token: token_auth,
+            user,
+            root: root()?,
+        },
+    })
 }

@@ -39,6 +39,9 @@ pub enum AuthKind {
         user: String,
         may_create_mappings: bool,
     },
+    /// An API token for everything, plus a `root@pam` ticket used only for requests that carry
+    /// keys only root may set (`hugepages`, `affinity` …). GPUs still go through mappings.
+    TokenWithRoot { user: String },
 }
 
 impl AuthKind {
@@ -46,13 +49,28 @@ impl AuthKind {
     pub fn may_use_raw_pci(&self) -> bool {
         match self {
             AuthKind::RootTicket => true,
+            AuthKind::Ticket { .. } | AuthKind::Token { .. } | AuthKind::TokenWithRoot { .. } => {
+                false
+            }
+        }
+    }
+
+    /// Keys such as `hugepages`, `keephugepages`, `affinity` need a `root@pam` ticket.
+    pub fn may_set_root_only_keys(&self) -> bool {
+        match self {
+            AuthKind::RootTicket | AuthKind::TokenWithRoot { .. } => true,
             AuthKind::Ticket { .. } | AuthKind::Token { .. } => false,
         }
     }
 
+    /// Privileges are checked (everything but `root@pam` with a ticket).
+    pub fn is_root_ticket(&self) -> bool {
+        matches!(self, AuthKind::RootTicket)
+    }
+
     pub fn may_create_mappings(&self) -> bool {
         match self {
-            AuthKind::RootTicket => true,
+            AuthKind::RootTicket | AuthKind::TokenWithRoot { .. } => true,
             AuthKind::Ticket { .. } => false,
             AuthKind::Token {
                 may_create_mappings,
@@ -66,6 +84,9 @@ impl AuthKind {
             AuthKind::RootTicket => "root@pam (ticket)".to_owned(),
             AuthKind::Ticket { user } => format!("{user} (ticket)"),
             AuthKind::Token { user, .. } => format!("API token {user}"),
+            AuthKind::TokenWithRoot { user } => {
+                format!("API token {user} (root@pam ticket for root-only keys)")
+            }
         }
     }
 }

@@ -6,6 +6,7 @@
 mod gpu;
 mod numa;
 mod params;
+pub mod privileges;
 mod render;
 
 use std::collections::{BTreeMap, BTreeSet};
@@ -13,13 +14,13 @@ use std::net::IpAddr;
 
 use serde::Serialize;
 
-use crate::inventory::{ExistingVm, Inventory, cluster_tag, mapping_paths};
+use crate::inventory::{AuthKind, ExistingVm, Inventory, cluster_tag, mapping_paths};
 use crate::profile::model::{Bios, CloudInitMode, NodeGroup, Placement, Profile, Role};
 use crate::pve::Params;
 use crate::pve::types::PciMapping;
 use crate::state::{State, VmPhase};
 
-pub use gpu::{Rejection, is_nvidia_gpu, matches_filter};
+pub use gpu::{Rejection, candidates as gpu_candidates, is_nvidia_gpu, matches_filter};
 pub use numa::{format_cpulist, parse_cpulist};
 pub use params::{disk_size_gib, disk_storage, hostpci_targets, params_hash, same_value};
 pub use render::{render_json, render_text};
@@ -142,6 +143,11 @@ pub enum PlanError {
         needed: u64,
         cpus: u64,
     },
+    #[error(
+        "{auth} cannot set keys only root@pam may set (Proxmox: \"only root can set 'KEY' config\"): {vms}; {remedy}",
+        remedy = crate::pve::privileges::ROOT_ONLY_REMEDY
+    )]
+    RootOnlyKeys { auth: String, vms: String },
 }
 
 /// What the plan does to one VM.
@@ -912,6 +918,7 @@ pub fn plan(
         .into_values()
         .filter(|d| creating_nodes.contains(d.node.as_str()))
         .collect();
+    check_root_only_keys(&actions, &inventory.auth)?;
     Ok(Plan {
         cluster: cluster.clone(),
         vms,
@@ -1827,6 +1834,29 @@ fn vm_params(
         }
     }
     p
+}
+
+/// Refuse, before anything changes, a plan whose requests carry keys only `root@pam` may set
+/// (`hugepages`, `keephugepages`, `affinity` …) when the credentials cannot set them: Proxmox
+/// would refuse each VM halfway through `up`. Names every VM and key.
+fn check_root_only_keys(actions: &[Action], auth: &AuthKind) -> Result<(), PlanError> {
+    if auth.may_set_root_only_keys() {
+        return Ok(());
+    }
+    let offending: Vec<String> = actions
+        .iter()
+        .filter_map(|action| {
+            let keys = crate::pve::privileges::root_only_keys(&action.params);
+            (!keys.is_empty()).then(|| format!("{} ({})", action.vm, keys.join(", ")))
+        })
+        .collect();
+    if offending.is_empty() {
+        return Ok(());
+    }
+    Err(PlanError::RootOnlyKeys {
+        auth: auth.describe(),
+        vms: offending.join(", "),
+    })
 }
 
 /// A change that needs destroying the VM: machine, bios, disk layout.

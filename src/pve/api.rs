@@ -5,15 +5,17 @@ use async_trait::async_trait;
 
 use super::error::PveError;
 use super::types::{
-    ClusterResource, GuestInterface, NodeName, NodeStatus, NodeSummary, Params, PciDevice,
-    PciMapping, PoolSummary, StorageStatus, StorageVolume, TaskStatus, Upid, UploadContent,
-    Version, VmId, VmStatus, VolumeId,
+    ClusterResource, GuestInterface, NetworkInterface, NodeName, NodeStatus, NodeSummary, Params,
+    PciDevice, PciMapping, Permissions, PoolSummary, StorageStatus, StorageVolume, TaskStatus,
+    Upid, UploadContent, Version, VmId, VmStatus, VolumeId,
 };
 
 /// Every Proxmox VE call provision makes. Parameters are the exact Proxmox names and values
 /// ([`Params`]) so that what `plan` prints is what is sent.
 #[async_trait]
 pub trait PveApi: Send + Sync {
+    /// `GET /access/permissions`: the caller's effective privileges per ACL path.
+    async fn access_permissions(&self) -> Result<Permissions, PveError>;
     /// `GET /version`.
     async fn version(&self) -> Result<Version, PveError>;
     /// `GET /cluster/status` (raw entries).
@@ -25,6 +27,8 @@ pub trait PveApi: Send + Sync {
     async fn nodes(&self) -> Result<Vec<NodeSummary>, PveError>;
     /// `GET /nodes/{node}/status`.
     async fn node_status(&self, node: &NodeName) -> Result<NodeStatus, PveError>;
+    /// `GET /nodes/{node}/network`.
+    async fn node_network(&self, node: &NodeName) -> Result<Vec<NetworkInterface>, PveError>;
     /// `GET /nodes/{node}/hardware/pci`.
     async fn pci_devices(&self, node: &NodeName) -> Result<Vec<PciDevice>, PveError>;
     /// `GET /nodes/{node}/storage`.

@@ -16,9 +16,9 @@ use super::error::PveError;
 use super::retry::{ConcurrencyLimits, RetryPolicy, method_is_idempotent};
 use super::tls::{MismatchSlot, TlsMode, normalize_fingerprint, rustls_config};
 use super::types::{
-    ClusterResource, GuestInterface, NodeName, NodeStatus, NodeSummary, Params, PciDevice,
-    PciMapping, PoolSummary, StorageStatus, StorageVolume, TaskStatus, Upid, UploadContent,
-    Version, VmId, VmStatus, VolumeId,
+    ClusterResource, GuestInterface, NetworkInterface, NodeName, NodeStatus, NodeSummary, Params,
+    PciDevice, PciMapping, Permissions, PoolSummary, StorageStatus, StorageVolume, TaskStatus,
+    Upid, UploadContent, Version, VmId, VmStatus, VolumeId,
 };
 
 /// The hint shown when no endpoint is configured at all.
@@ -765,6 +765,10 @@ fn parse_vmid(value: &Value) -> Option<VmId> {
 
 #[async_trait]
 impl PveApi for PveClient {
+    async fn access_permissions(&self) -> Result<Permissions, PveError> {
+        self.get_data("/access/permissions", &[]).await
+    }
+
     async fn version(&self) -> Result<Version, PveError> {
         self.get_data("/version", &[]).await
     }
@@ -790,6 +794,11 @@ impl PveApi for PveClient {
 
     async fn node_status(&self, node: &NodeName) -> Result<NodeStatus, PveError> {
         self.get_data(&format!("/nodes/{}/status", segment(&node.0)), &[])
+            .await
+    }
+
+    async fn node_network(&self, node: &NodeName) -> Result<Vec<NetworkInterface>, PveError> {
+        self.get_data(&format!("/nodes/{}/network", segment(&node.0)), &[])
             .await
     }
 

@@ -7,6 +7,7 @@ pub mod error;
 pub mod privileges;
 pub mod propstr;
 pub mod retry;
+pub mod split;
 pub mod task;
 pub mod tls;
 pub mod types;

@@ -86,6 +86,10 @@ impl fmt::Display for VolumeId {
 /// Exact Proxmox parameters of a request, in a stable order (what `plan --output json` prints).
 pub type Params = BTreeMap<String, String>;
 
+/// `GET /access/permissions`: ACL path → privilege → propagate flag (`1`/`0`), as Proxmox
+/// answers it for the caller (a token's answer is already the intersection with its user's).
+pub type Permissions = BTreeMap<String, BTreeMap<String, serde_json::Value>>;
+
 /// `GET /version`.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct Version {
@@ -122,6 +126,12 @@ pub struct CpuInfo {
     pub sockets: u64,
     #[serde(default)]
     pub model: String,
+    /// `/proc/cpuinfo` flags of the node (`vmx`/`svm`: hardware virtualisation for KVM).
+    #[serde(default)]
+    pub flags: String,
+    /// `"1"` when KVM can run (hardware virtualisation present and enabled).
+    #[serde(default)]
+    pub hvm: Option<String>,
 }
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -129,6 +139,20 @@ pub struct MemoryInfo {
     pub total: u64,
     pub used: u64,
     pub free: u64,
+}
+
+/// One entry of `GET /nodes/{node}/network` (bridges, bonds, NICs, VLANs).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct NetworkInterface {
+    pub iface: String,
+    /// `bridge`, `OVSBridge`, `eth`, `bond`, `vlan` …
+    #[serde(rename = "type")]
+    pub kind: String,
+    #[serde(default)]
+    pub active: Option<u8>,
+    /// `1` when a Linux bridge passes VLAN tags (`bridge-vlan-aware yes`).
+    #[serde(default)]
+    pub bridge_vlan_aware: Option<u8>,
 }
 
 /// One entry of `GET /nodes/{node}/hardware/pci`.

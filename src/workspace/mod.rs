@@ -123,6 +123,13 @@ pub enum Credentials {
     ApiToken(Secret),
     /// Ticket authentication.
     Password { username: String, password: Secret },
+    /// An API token for everything, and `root@pam` (ticket) only for requests carrying keys no
+    /// token may set (`hugepages`, `keephugepages`, `affinity`): PROXMOX_VE_API_TOKEN together
+    /// with PROXMOX_VE_USERNAME=root@pam and PROXMOX_VE_PASSWORD.
+    TokenWithRoot {
+        token: Secret,
+        root_password: Secret,
+    },
 }
 
 /// Certificate trust for the API connection.
@@ -430,6 +437,16 @@ pub fn resolve_settings(
             None => None,
         },
     };
+    let username = non_empty("PROXMOX_VE_USERNAME").or_else(|| config.username.clone());
+    // The password is read only when it will be used: alone, or as root@pam beside a token.
+    let wants_password = token.is_none() || username.as_deref() == Some("root@pam");
+    let password = match non_empty("PROXMOX_VE_PASSWORD") {
+        Some(password) => Some(password),
+        None => match (&config.password_file, wants_password) {
+            (Some(path), true) => Some(read("the password", path)?),
+            _ => None,
+        },
+    };
     let credentials = if let Some(token) = token {
         let valid = token
             .split_once('!')
@@ -440,16 +457,15 @@ pub fn resolve_settings(
         if !valid {
             return Err(SettingsError::BadToken);
         }
-        Credentials::ApiToken(Secret::new(token))
-    } else {
-        let username = non_empty("PROXMOX_VE_USERNAME").or_else(|| config.username.clone());
-        let password = match non_empty("PROXMOX_VE_PASSWORD") {
-            Some(password) => Some(password),
-            None => match &config.password_file {
-                Some(path) => Some(read("the password", path)?),
-                None => None,
+        match (username.as_deref(), password) {
+            // The token does everything; root@pam only what no token may (hugepages, affinity).
+            (Some("root@pam"), Some(password)) => Credentials::TokenWithRoot {
+                token: Secret::new(token),
+                root_password: Secret::new(password),
             },
-        };
+            _ => Credentials::ApiToken(Secret::new(token)),
+        }
+    } else {
         match (username, password) {
             (Some(username), Some(password)) => Credentials::Password {
                 username,
@@ -519,6 +535,52 @@ mod tests {
         assert_eq!(settings.trust, Trust::System);
         let debug = format!("{settings:?}");
         assert!(!debug.contains("s3cr3t"), "{debug}");
+    }
+
+    #[test]
+    fn a_token_with_root_at_pam_uses_root_only_for_root_only_keys() {
+        let config = ProxmoxConfig {
+            endpoint: Some("https://pve:8006".to_owned()),
+            ..ProxmoxConfig::default()
+        };
+        let token = ("PROXMOX_VE_API_TOKEN", "provision@pve!ci=tok3n-value");
+        let both = resolve_settings(
+            &config,
+            Path::new("/"),
+            env(&[
+                token,
+                ("PROXMOX_VE_USERNAME", "root@pam"),
+                ("PROXMOX_VE_PASSWORD", "pa55word"),
+            ]),
+        )
+        .unwrap();
+        match &both.credentials {
+            Credentials::TokenWithRoot {
+                token,
+                root_password,
+            } => {
+                assert_eq!(token.expose(), "provision@pve!ci=tok3n-value");
+                assert_eq!(root_password.expose(), "pa55word");
+            }
+            other => panic!("{other:?}"),
+        }
+        let debug = format!("{both:?}");
+        assert!(
+            !debug.contains("pa55word") && !debug.contains("tok3n"),
+            "{debug}"
+        );
+        // Another user's password beside a token: the token alone.
+        let other = resolve_settings(
+            &config,
+            Path::new("/"),
+            env(&[
+                token,
+                ("PROXMOX_VE_USERNAME", "admin@pve"),
+                ("PROXMOX_VE_PASSWORD", "pa55word"),
+            ]),
+        )
+        .unwrap();
+        assert!(matches!(other.credentials, Credentials::ApiToken(_)));
     }
 
     #[test]

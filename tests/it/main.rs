@@ -14,6 +14,7 @@ mod k3s;
 mod nodeprep;
 mod phase2;
 mod plan;
+mod preflight;
 mod profiles;
 mod pve_client;
 mod ssh;

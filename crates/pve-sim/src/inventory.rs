@@ -76,6 +76,14 @@ pub struct NodeSpec {
     /// CPU flags beyond the x86-64-v3 baseline every node reports (`avx512f` …).
     #[serde(default)]
     pub cpu_flags: Vec<String>,
+    /// Hardware virtualisation usable by KVM (`false`: a nested Proxmox whose outer host does
+    /// not expose vmx/svm; `cpuinfo.hvm` is 0 and KVM guests do not start).
+    #[serde(default = "default_hvm")]
+    pub hvm: bool,
+}
+
+fn default_hvm() -> bool {
+    true
 }
 
 fn default_cpu_model() -> String {

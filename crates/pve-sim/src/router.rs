@@ -515,9 +515,62 @@ fn matches(template: &str, path: &str) -> Option<BTreeMap<String, String>> {
     Some(vars)
 }
 
+/// Every privilege Proxmox VE 9 knows (pve-access-control, `PVE::AccessControl`'s role
+/// definitions): what `GET /access/permissions` lists for an identity holding all of them.
+const ALL_PRIVILEGES: &[&str] = &[
+    "Datastore.Allocate",
+    "Datastore.AllocateSpace",
+    "Datastore.AllocateTemplate",
+    "Datastore.Audit",
+    "Group.Allocate",
+    "Mapping.Audit",
+    "Mapping.Modify",
+    "Mapping.Use",
+    "Permissions.Modify",
+    "Pool.Allocate",
+    "Pool.Audit",
+    "Realm.Allocate",
+    "Realm.AllocateUser",
+    "SDN.Allocate",
+    "SDN.Audit",
+    "SDN.Use",
+    "Sys.AccessNetwork",
+    "Sys.Audit",
+    "Sys.Console",
+    "Sys.Incoming",
+    "Sys.Modify",
+    "Sys.PowerMgmt",
+    "Sys.Syslog",
+    "User.Modify",
+    "VM.Allocate",
+    "VM.Audit",
+    "VM.Backup",
+    "VM.Clone",
+    "VM.Config.CDROM",
+    "VM.Config.CPU",
+    "VM.Config.Cloudinit",
+    "VM.Config.Disk",
+    "VM.Config.HWType",
+    "VM.Config.Memory",
+    "VM.Config.Network",
+    "VM.Config.Options",
+    "VM.Console",
+    "VM.GuestAgent.Audit",
+    "VM.GuestAgent.FileRead",
+    "VM.GuestAgent.FileSystemMgmt",
+    "VM.GuestAgent.FileWrite",
+    "VM.GuestAgent.Unrestricted",
+    "VM.Migrate",
+    "VM.PowerMgmt",
+    "VM.Replicate",
+    "VM.Snapshot",
+    "VM.Snapshot.Rollback",
+];
+
 /// Every route the simulator serves: (method, template).
 pub(crate) const ROUTES: &[(&str, &str)] = &[
     ("POST", "/access/ticket"),
+    ("GET", "/access/permissions"),
     ("GET", "/version"),
     ("GET", "/cluster/status"),
     ("GET", "/cluster/resources"),
@@ -529,6 +582,7 @@ pub(crate) const ROUTES: &[(&str, &str)] = &[
     ("DELETE", "/cluster/mapping/pci/{id}"),
     ("GET", "/nodes"),
     ("GET", "/nodes/{node}/status"),
+    ("GET", "/nodes/{node}/network"),
     ("GET", "/nodes/{node}/hardware/pci"),
     ("GET", "/nodes/{node}/storage"),
     ("GET", "/nodes/{node}/storage/{storage}/status"),
@@ -645,6 +699,7 @@ impl Request<'_> {
 
     fn route(&self, method: &str, template: &str, upload: Option<Upload>) -> ApiResult<Reply> {
         match (method, template) {
+            ("GET", "/access/permissions") => self.permissions(),
             ("GET", "/version") => Reply::data(self.version()),
             ("GET", "/cluster/status") => self.cluster_status(),
             ("GET", "/cluster/resources") => self.cluster_resources(),
@@ -656,6 +711,7 @@ impl Request<'_> {
             ("DELETE", "/cluster/mapping/pci/{id}") => self.mapping_delete(),
             ("GET", "/nodes") => self.nodes(),
             ("GET", "/nodes/{node}/status") => self.node_status(),
+            ("GET", "/nodes/{node}/network") => self.node_network(),
             ("GET", "/nodes/{node}/hardware/pci") => self.hardware_pci(),
             ("GET", "/nodes/{node}/storage") => self.storages(),
             ("GET", "/nodes/{node}/storage/{storage}/status") => self.storage_status(),
@@ -689,6 +745,29 @@ impl Request<'_> {
             ("POST", "/pools") => self.pool_create(),
             _ => Err(ApiError::not_implemented(method, template)),
         }
+    }
+
+    /// `GET /access/permissions`: the caller's privileges. The inventory grants them on `/`
+    /// with propagation, so every path has the same set (pve-access-control's
+    /// `PVE::API2::AccessControl::permissions` answers path → privilege → propagate flag).
+    /// Another user's permissions need Sys.Audit on /access, as in Proxmox.
+    fn permissions(&self) -> ApiResult<Reply> {
+        if let Some(userid) = self.text("userid")
+            && userid != self.identity.user
+            && !userid.starts_with(&format!("{}!", self.identity.user))
+        {
+            self.identity.check("/access", "Sys.Audit")?;
+        }
+        let privileges: Vec<String> = match &self.identity.privileges {
+            None => ALL_PRIVILEGES.iter().map(|p| (*p).to_owned()).collect(),
+            Some(set) => set.iter().cloned().collect(),
+        };
+        let entry: Map<String, Value> = privileges
+            .into_iter()
+            .map(|privilege| (privilege, json!(1)))
+            .collect();
+        let path = self.text("path").unwrap_or("/").to_owned();
+        Reply::data(json!({ path: entry }))
     }
 
     fn version(&self) -> Value {
@@ -959,10 +1038,14 @@ impl Request<'_> {
             flags.push(' ');
             flags.push_str(flag);
         }
+        if !node.hvm {
+            flags = flags.replace(" svm", "");
+        }
+        let hvm = if node.hvm { "1" } else { "0" };
         Reply::data(json!({
             "cpuinfo": {
                 "cpus": node.cpus, "cores": node.cores, "sockets": node.sockets,
-                "model": node.cpu_model, "mhz": "2450.000", "hvm": "1", "user_hz": 100,
+                "model": node.cpu_model, "mhz": "2450.000", "hvm": hvm, "user_hz": 100,
                 "flags": flags,
             },
             "memory": { "total": total, "used": used, "free": total.saturating_sub(used),
@@ -979,6 +1062,34 @@ impl Request<'_> {
             "rootfs": { "total": 100u64 << 30, "used": 10u64 << 30, "avail": 90u64 << 30, "free": 90u64 << 30 },
             "ksm": { "shared": 0 },
         }))
+    }
+
+    /// `GET /nodes/{node}/network`: the node's bridges (pve-manager's
+    /// `PVE::API2::Network::index`; any user may list them). Inventory bridges are VLAN-aware
+    /// Linux bridges with a physical port.
+    fn node_network(&self) -> ApiResult<Reply> {
+        let state = self.shared.state();
+        let node = state.node(self.node())?;
+        let wanted = self.text("type");
+        let entries: Vec<Value> = node
+            .bridges
+            .iter()
+            .filter(|_| {
+                matches!(
+                    wanted,
+                    None | Some("bridge" | "any_bridge" | "any_local_bridge")
+                )
+            })
+            .map(|bridge| {
+                json!({
+                    "iface": bridge, "type": "bridge", "active": 1, "autostart": 1,
+                    "bridge_ports": "eno1", "bridge_stp": "off", "bridge_fd": "0",
+                    "bridge_vlan_aware": 1, "families": ["inet"], "method": "manual",
+                    "method6": "manual", "priority": 3,
+                })
+            })
+            .collect();
+        Reply::data(json!(entries))
     }
 
     fn hardware_pci(&self) -> ApiResult<Reply> {

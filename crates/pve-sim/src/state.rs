@@ -1083,6 +1083,13 @@ pub(crate) fn reserve_for_start(state: &mut State, vmid: u32) -> Result<(), (Str
         Ok(node) => node.clone(),
         Err(error) => return Err((error.message, Vec::new())),
     };
+    // KVM (qemu-server's config_to_command dies when the node's cpuinfo has no hvm).
+    if !node.hvm && vm.config.get("kvm").map(String::as_str) != Some("0") {
+        return Err((
+            "KVM virtualisation configured, but not available. Either disable in VM configuration or enable in BIOS.".to_owned(),
+            Vec::new(),
+        ));
+    }
     // Bridges.
     for (key, value) in vm.config.iter().filter(|(k, _)| k.starts_with("net")) {
         if let Ok(entries) = propstring::parse(value)

@@ -1,0 +1,73 @@
+//! `provision doctor --profile P`: the read-only preflight of the Proxmox side, one line per
+//! check (✓ pass, ! warning, ✗ blocks `up`) with its fix; exit 1 when anything blocks `up`.
+
+use serde::Serialize;
+
+use crate::cli::{ClusterArgs, OutputFormat};
+use crate::exec::doctor::{self, Check, DoctorInput, Outcome};
+use crate::exec::session;
+use crate::exit::ExitStatus;
+use crate::profile;
+
+use super::Context;
+
+/// `--output json`.
+#[derive(Serialize)]
+struct DoctorOutput<'a> {
+    ok: bool,
+    checks: &'a [Check],
+}
+
+pub async fn run(context: &Context, args: ClusterArgs) -> anyhow::Result<ExitStatus> {
+    let loaded = profile::load(&args.profile, &context.workspace.root)?;
+    let profile = &loaded.profile;
+    let state = crate::state::load(&context.workspace.state_dir().join("state.json"))?;
+    let opened = session::open(&context.workspace, profile, &args.sim).await?;
+    let seeds = session::WorkspaceSeeds::for_run(profile, &context.workspace, args.sim.simulate)?;
+    let report = doctor::run(
+        opened.connection.api.as_ref(),
+        &opened.connection.auth,
+        &DoctorInput {
+            profile,
+            state: &state,
+            seeds: &seeds,
+            workspace_root: &context.workspace.root,
+        },
+    )
+    .await;
+    opened.close().await;
+    match context.reporter.format() {
+        OutputFormat::Json => context.reporter.json(&serde_json::to_value(DoctorOutput {
+            ok: !report.blocks(),
+            checks: &report.checks,
+        })?),
+        OutputFormat::Text => context.reporter.data(&render(&report.checks)),
+    }
+    Ok(if report.blocks() {
+        ExitStatus::UserError
+    } else {
+        ExitStatus::Success
+    })
+}
+
+/// One line per check, the fix indented under anything that is not a pass.
+pub fn render(checks: &[Check]) -> String {
+    let mut out = String::new();
+    for check in checks {
+        let mark = match check.outcome {
+            Outcome::Pass => "✓",
+            Outcome::Warn => "!",
+            Outcome::Fail => "✗",
+        };
+        out += &format!("{mark} {}: {}\n", check.check, check.detail);
+        if let Some(fix) = &check.fix {
+            out += &format!("    fix: {fix}\n");
+        }
+    }
+    let failed = checks.iter().filter(|c| c.outcome == Outcome::Fail).count();
+    out += &match failed {
+        0 => "nothing blocks `provision up`\n".to_owned(),
+        n => format!("{n} check(s) block `provision up`\n"),
+    };
+    out
+}
