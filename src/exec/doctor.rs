@@ -345,7 +345,7 @@ fn check_gpus(profile: &Profile, inventory: &Inventory, report: &mut Report) {
         let needed = u64::from(gpus.count) * u64::from(group.count);
         let mut passable = 0u64;
         for node in group_nodes(profile, group, inventory) {
-            let (candidates, rejected) = plan::gpu_candidates(node, gpus.filter.as_deref());
+            let (candidates, rejected) = plan::gpu_candidates(node, gpus.filter.as_ref());
             passable += candidates.len() as u64;
             for (device, rejection) in rejected {
                 let label = format!("GPU {device} on {}", node.name);
@@ -356,7 +356,10 @@ fn check_gpus(profile: &Profile, inventory: &Inventory, report: &mut Report) {
             }
         }
         let label = format!("GPUs of `{}`", group.name);
-        let filter = gpus.filter.as_deref().unwrap_or("any NVIDIA GPU");
+        let filter = gpus
+            .filter
+            .as_ref()
+            .map_or("any NVIDIA GPU".to_owned(), ToString::to_string);
         if passable >= needed {
             report.pass(
                 &label,

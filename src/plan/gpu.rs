@@ -3,6 +3,7 @@
 use std::collections::BTreeMap;
 
 use crate::inventory::{NodeInventory, whole_device};
+use crate::profile::model::GpuFilter;
 use crate::pve::types::PciDevice;
 
 /// A whole device (all functions) that may be passed through.
@@ -27,18 +28,20 @@ fn hex(value: &str) -> String {
 }
 
 /// `10de:20b0` / `10de:*` against a device; `None` filter = any NVIDIA GPU.
-pub fn matches_filter(device: &PciDevice, filter: Option<&str>) -> bool {
+pub fn matches_filter(device: &PciDevice, filter: Option<&GpuFilter>) -> bool {
     let vendor = hex(&device.vendor);
     let id = hex(&device.device);
-    match filter.map(|f| f.trim().to_ascii_lowercase()) {
-        None => vendor == "10de",
-        Some(filter) => match filter.split_once(':') {
+    let Some(filter) = filter else {
+        return vendor == "10de";
+    };
+    filter.ids().iter().any(
+        |wanted| match wanted.trim().to_ascii_lowercase().split_once(':') {
             Some((want_vendor, want_device)) => {
                 want_vendor == vendor && (want_device == "*" || want_device == id)
             }
             None => false,
         },
-    }
+    )
 }
 
 /// An NVIDIA display controller (VGA 0x0300xx or 3D 0x0302xx).
@@ -50,7 +53,7 @@ pub fn is_nvidia_gpu(device: &PciDevice) -> bool {
 /// Split the node's GPUs matching `filter` into passable candidates and rejected ones.
 pub fn candidates(
     node: &NodeInventory,
-    filter: Option<&str>,
+    filter: Option<&GpuFilter>,
 ) -> (Vec<GpuCandidate>, Vec<(String, Rejection)>) {
     let mut by_device: BTreeMap<String, &PciDevice> = BTreeMap::new();
     for device in &node.pci {
@@ -132,7 +135,7 @@ mod tests {
             pci("0000:82:00.0", "0x020000", "0x8086", "0x1572", 50),
             pci("0000:01:00.0", "0x030000", "0x102b", "0x0536", 3),
         ]);
-        let (passable, rejected) = candidates(&node, Some("10de:*"));
+        let (passable, rejected) = candidates(&node, Some(&GpuFilter::One("10de:*".into())));
         assert_eq!(passable.len(), 1);
         assert_eq!(passable[0].device, "0000:41:00");
         assert_eq!(rejected.len(), 1);
@@ -140,8 +143,12 @@ mod tests {
             rejected[0].1,
             Rejection::SharedGroup { group: 50, .. }
         ));
-        let (only_a100, _) = candidates(&node, Some("10de:20b0"));
+        let (only_a100, _) = candidates(&node, Some(&GpuFilter::One("10de:20b0".into())));
         assert_eq!(only_a100.len(), 1);
+        let either = GpuFilter::AnyOf(vec!["10de:20f1".into(), "10de:20b0".into()]);
+        assert_eq!(candidates(&node, Some(&either)).0.len(), 1);
+        let neither = GpuFilter::AnyOf(vec!["10de:20f1".into(), "10de:20b5".into()]);
+        assert!(candidates(&node, Some(&neither)).0.is_empty());
     }
 
     #[test]

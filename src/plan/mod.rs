@@ -1315,7 +1315,8 @@ fn place(
         .as_ref()
         .and_then(|g| {
             g.filter
-                .clone()
+                .as_ref()
+                .map(ToString::to_string)
                 .or_else(|| g.mapping.as_ref().map(|m| format!("mapping {m}")))
         })
         .unwrap_or_else(|| "10de:*".to_owned());
@@ -1422,7 +1423,7 @@ fn pick_gpus(
     let Some(node_inventory) = inventory.node(node) else {
         return Err(("not observed".to_owned(), None));
     };
-    let (mut passable, rejected) = gpu::candidates(node_inventory, gpus.filter.as_deref());
+    let (mut passable, rejected) = gpu::candidates(node_inventory, gpus.filter.as_ref());
     if let Some(mapping_id) = &gpus.mapping {
         let Some(mapping) = inventory.mappings.iter().find(|m| &m.id == mapping_id) else {
             return Err((

@@ -325,12 +325,37 @@ pub struct Disks {
 #[serde(deny_unknown_fields)]
 pub struct Gpus {
     pub count: u32,
-    /// `vendor:device` in hex, e.g. `10de:20b0`, or `10de:*` for any NVIDIA GPU.
+    /// `vendor:device` in hex, e.g. `10de:20b5`, `10de:*` for any NVIDIA GPU, or a list of
+    /// them (any matches): `["10de:20f1", "10de:20b5"]`.
     #[serde(default)]
-    pub filter: Option<String>,
+    pub filter: Option<GpuFilter>,
     /// An existing Proxmox PCI resource mapping (`/cluster/mapping/pci`).
     #[serde(default)]
     pub mapping: Option<String>,
+}
+
+/// `gpus.filter`: one `vendor:device` or a list of them.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(untagged)]
+pub enum GpuFilter {
+    One(String),
+    AnyOf(Vec<String>),
+}
+
+impl GpuFilter {
+    /// Every `vendor:device` the filter accepts.
+    pub fn ids(&self) -> &[String] {
+        match self {
+            GpuFilter::One(id) => std::slice::from_ref(id),
+            GpuFilter::AnyOf(ids) => ids,
+        }
+    }
+}
+
+impl std::fmt::Display for GpuFilter {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(&self.ids().join(" or "))
+    }
 }
 
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]

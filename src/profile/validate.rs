@@ -859,8 +859,11 @@ impl Checker {
                 (Some(_), Some(_)) => self.error(gpus_path.key("mapping"), "gpus has both `filter` and `mapping`", "keep one: a vendor:device filter or a resource mapping name"),
                 (None, None) => self.error(gpus_path.clone(), "gpus needs `filter` or `mapping`", "add filter = \"10de:20b5\" (vendor:device from `lspci -nn`) or mapping = \"<name>\""),
                 (Some(filter), None) => {
-                    if !is_pci_filter(filter) {
-                        self.error(gpus_path.key("filter"), format!("GPU filter `{filter}` is not vendor:device"), "write four hex digits each, e.g. 10de:20b5, or 10de:* for any NVIDIA GPU");
+                    if filter.ids().is_empty() {
+                        self.error(gpus_path.key("filter"), "the GPU filter list is empty", "list at least one vendor:device, e.g. [\"10de:20f1\", \"10de:20b5\"]");
+                    }
+                    for id in filter.ids().iter().filter(|id| !is_pci_filter(id)) {
+                        self.error(gpus_path.key("filter"), format!("GPU filter `{id}` is not vendor:device"), "write four hex digits each, e.g. 10de:20b5, or 10de:* for any NVIDIA GPU");
                     }
                 }
                 (None, Some(mapping)) => {

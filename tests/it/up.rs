@@ -90,7 +90,9 @@ async fn impossible_plans_fail_before_any_mutating_request() {
 
     // IOMMU off (the fixture's GPU is an L40S).
     let mut profile = sim::builtin("vllm-timeslice");
-    profile.node_groups[1].gpus.as_mut().unwrap().filter = Some("10de:*".to_owned());
+    profile.node_groups[1].gpus.as_mut().unwrap().filter = Some(
+        provision::profile::model::GpuFilter::One("10de:*".to_owned()),
+    );
     let workspace = SimWorkspace::start(&profile, Some("pve-iommu-off"), sim::fast()).await;
     refused(&workspace, &profile, "IOMMU").await;
     workspace.sim.shutdown().await;
