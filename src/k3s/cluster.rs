@@ -112,7 +112,8 @@ pub fn parse_nodes(json: &str) -> Result<Vec<ClusterNode>, K3sError> {
 
 /// Commands that bring a node's labels and taints to what the profile says (config.yaml's `node-label`
 /// and `node-taint` only apply at first registration). Labels and taints provision does not manage are left
-/// alone. Empty when nothing differs.
+/// alone. Empty when nothing differs. Every value is one quoted word after `--`: a node name the guest
+/// reports (or a label) starting with `-` stays an argument, never a kubectl flag.
 pub fn label_taint_commands(
     node: &ClusterNode,
     labels: &BTreeMap<String, String>,
@@ -126,7 +127,7 @@ pub fn label_taint_commands(
         .collect();
     if !changed_labels.is_empty() {
         commands.push(format!(
-            "k3s kubectl label node {} --overwrite {}",
+            "k3s kubectl label --overwrite -- node {} {}",
             quote(&node.name),
             changed_labels.join(" ")
         ));
@@ -138,7 +139,7 @@ pub fn label_taint_commands(
         .collect();
     if !missing_taints.is_empty() {
         commands.push(format!(
-            "k3s kubectl taint node {} --overwrite {}",
+            "k3s kubectl taint --overwrite -- node {} {}",
             quote(&node.name),
             missing_taints.join(" ")
         ));
@@ -466,8 +467,8 @@ mod tests {
         assert_eq!(
             label_taint_commands(&nodes[0], &labels, &["dedicated:NoExecute".into()]),
             [
-                "k3s kubectl label node s1 --overwrite tier=cpu",
-                "k3s kubectl taint node s1 --overwrite dedicated:NoExecute"
+                "k3s kubectl label --overwrite -- node s1 tier=cpu",
+                "k3s kubectl taint --overwrite -- node s1 dedicated:NoExecute"
             ]
         );
         assert!(parse_nodes("not json").is_err());

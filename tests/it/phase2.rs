@@ -38,6 +38,8 @@ struct Sim {
     service_commands: usize,
     /// Batch scripts run (node preparation travels as one per host).
     batches: usize,
+    /// Every command line sent (what `ps` on the guest would show).
+    command_lines: Vec<String>,
 }
 
 type Shared = Arc<Mutex<Sim>>;
@@ -114,7 +116,7 @@ impl FakeExec {
         command: &str,
         stdin: Option<&[u8]>,
     ) -> Result<CommandOutput, SshError> {
-        if let Some((nonce, steps)) = decode_batch(command) {
+        if let Some((nonce, steps)) = decode_batch(command, stdin.unwrap_or_default()) {
             return self.run_batch(sim, &nonce, &steps);
         }
         let host = sim.hosts.entry(self.host.clone()).or_default();
@@ -282,6 +284,7 @@ impl RemoteExec for FakeExec {
 
     async fn run(&self, command: &str, stdin: Option<&[u8]>) -> Result<CommandOutput, SshError> {
         let mut sim = self.sim.lock().unwrap();
+        sim.command_lines.push(command.to_owned());
         self.run_one(&mut sim, command, stdin)
     }
 
@@ -469,6 +472,22 @@ async fn fresh_cluster_bootstraps_then_joins_servers_one_at_a_time_then_agents()
 }
 
 #[tokio::test]
+async fn no_file_content_or_token_travels_on_a_command_line() {
+    use base64::Engine as _;
+    let world = world();
+    world.up().await.unwrap();
+    let config = world.config("server-1");
+    let sim = world.sim.lock().unwrap();
+    let encoded_config = base64::engine::general_purpose::STANDARD.encode(config.as_bytes());
+    assert!(sim.batches > 0);
+    for command in &sim.command_lines {
+        assert!(!command.contains("0123abcd"), "token on a command line: {command}");
+        assert!(!command.contains(&encoded_config[..40]), "config.yaml on a command line: {command}");
+        assert!(!command.contains("base64 -d"), "{command}");
+    }
+}
+
+#[tokio::test]
 async fn second_run_writes_nothing_and_restarts_nothing() {
     let world = world();
     world.up().await.unwrap();
@@ -560,8 +579,8 @@ async fn profile_label_changes_go_through_the_api() {
     assert_eq!(
         report.api_commands,
         [
-            "k3s kubectl label node worker-1 --overwrite tier=batch",
-            "k3s kubectl label node worker-2 --overwrite tier=batch"
+            "k3s kubectl label --overwrite -- node worker-1 tier=batch",
+            "k3s kubectl label --overwrite -- node worker-2 tier=batch"
         ]
     );
     // The config changed too (for a future re-registration), so the agents restart once.
