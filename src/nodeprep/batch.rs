@@ -424,8 +424,12 @@ mod tests {
             plan_batches(&steps),
             [(true, 0..2), (false, 2..3), (true, 3..4)]
         );
+        // File contents travel on stdin: they do not count against the command line.
         let many: Vec<Step> = (0..8).map(|_| file("/f", INLINE_FILE_MAX)).collect();
-        let groups = plan_batches(&many);
+        assert_eq!(plan_batches(&many), [(true, 0..8)]);
+        let long = "x".repeat(BATCH_SCRIPT_MAX / 3);
+        let scripts: Vec<Step> = (0..4).map(|_| command(&long)).collect();
+        let groups = plan_batches(&scripts);
         assert!(groups.len() > 1, "{groups:?}");
         assert!(groups.iter().all(|(batched, _)| *batched));
     }
