@@ -319,3 +319,184 @@ fn recorded_release_checksums_parse() {
     );
     assert!(sums.contains_key("k3s-airgap-images-amd64.tar.zst"));
 }
+
+/// Values that would add YAML keys, documents or Kubernetes objects if printed raw.
+const HOSTILE_YAML: [&str; 6] = [
+    "https://git.example/x\n---\napiVersion: rbac.authorization.k8s.io/v1\nkind: ClusterRoleBinding",
+    "a: b # c",
+    "'\"\\ {x} [y] &anchor *alias !tag |",
+    "--- \n...\n",
+    "line\u{2028}sep\u{85}next\r\nlast",
+    "\u{7f}\u{1}\u{9b}é💥",
+];
+
+/// Every document of a multi-document YAML text.
+fn yaml_documents(text: &str) -> Vec<serde_yaml_ng::Value> {
+    serde_yaml_ng::Deserializer::from_str(text)
+        .map(|document| serde_yaml_ng::Value::deserialize(document).unwrap())
+        .filter(|document| !document.is_null())
+        .collect()
+}
+
+fn kinds(documents: &[serde_yaml_ng::Value]) -> Vec<String> {
+    documents
+        .iter()
+        .map(|d| d["kind"].as_str().unwrap_or("?").to_owned())
+        .collect()
+}
+
+#[test]
+fn gitops_manifests_keep_hostile_values_as_strings() {
+    let templates = Templates::builtin();
+    for hostile in HOSTILE_YAML {
+        let context = serde_json::json!({ "repo": hostile, "branch": hostile, "path": hostile });
+        let flux = yaml_documents(
+            &templates
+                .render("manifests/flux-sync.yaml.j2", &context)
+                .unwrap(),
+        );
+        assert_eq!(
+            kinds(&flux),
+            ["GitRepository", "Kustomization"],
+            "{hostile:?}"
+        );
+        assert_eq!(flux[0]["spec"]["url"].as_str(), Some(hostile));
+        assert_eq!(flux[0]["spec"]["ref"]["branch"].as_str(), Some(hostile));
+        assert_eq!(flux[1]["spec"]["path"].as_str(), Some(hostile));
+        let argo_text = templates
+            .render("manifests/argocd-root.yaml.j2", &context)
+            .unwrap();
+        let argo = yaml_documents(&argo_text);
+        assert_eq!(kinds(&argo), ["Application"], "{argo_text}");
+        assert_eq!(argo[0]["spec"]["source"]["repoURL"].as_str(), Some(hostile));
+        let fleet = yaml_documents(
+            &templates
+                .render("manifests/fleet-gitrepo.yaml.j2", &context)
+                .unwrap(),
+        );
+        assert_eq!(kinds(&fleet), ["GitRepo"]);
+        assert_eq!(fleet[0]["spec"]["repo"].as_str(), Some(hostile));
+        assert_eq!(fleet[0]["spec"]["paths"][0].as_str(), Some(hostile));
+        assert_eq!(
+            fleet[0].as_mapping().unwrap().len(),
+            4,
+            "apiVersion, kind, metadata, spec only"
+        );
+    }
+}
+
+#[test]
+fn nfs_and_local_path_manifests_keep_hostile_values_as_strings() {
+    let templates = Templates::builtin();
+    for hostile in HOSTILE_YAML {
+        let text = templates
+            .render(
+                "manifests/nfs-provisioner.yaml.j2",
+                &serde_json::json!({
+                    "server": hostile, "path": hostile, "class_name": hostile,
+                    "default_class": true, "version": "4.0.18",
+                }),
+            )
+            .unwrap();
+        let documents = yaml_documents(&text);
+        assert_eq!(kinds(&documents), ["HelmChart"], "{text}");
+        let values: serde_yaml_ng::Value =
+            serde_yaml_ng::from_str(documents[0]["spec"]["valuesContent"].as_str().unwrap())
+                .unwrap();
+        assert_eq!(values["nfs"]["server"].as_str(), Some(hostile));
+        assert_eq!(values["nfs"]["path"].as_str(), Some(hostile));
+        assert_eq!(values["storageClass"]["name"].as_str(), Some(hostile));
+        assert_eq!(values["storageClass"]["defaultClass"].as_bool(), Some(true));
+        let text = templates
+            .render(
+                "manifests/local-path-provisioner.yaml.j2",
+                &serde_json::json!({
+                    "image": "i", "helper_image": "h",
+                    "classes": [{ "name": hostile, "path": hostile, "default": false }],
+                }),
+            )
+            .unwrap();
+        let documents = yaml_documents(&text);
+        let classes: Vec<_> = documents
+            .iter()
+            .filter(|d| d["kind"] == "StorageClass")
+            .collect();
+        assert_eq!(classes.len(), 1, "{text}");
+        assert_eq!(classes[0]["metadata"]["name"].as_str(), Some(hostile));
+        let config_map = documents.iter().find(|d| d["kind"] == "ConfigMap").unwrap();
+        let config: serde_json::Value =
+            serde_json::from_str(config_map["data"]["config.json"].as_str().unwrap()).unwrap();
+        let paths = config.to_string();
+        assert!(
+            paths.contains(&serde_json::to_string(hostile).unwrap()),
+            "{paths}"
+        );
+    }
+}
+
+#[test]
+fn k3s_config_keeps_hostile_values_as_strings() {
+    let profile = profiles()
+        .into_iter()
+        .find(|(path, _)| path.ends_with("homelab-ha.toml"))
+        .unwrap()
+        .1;
+    for hostile in HOSTILE_YAML {
+        let node = NodeSettings {
+            name: hostile.to_owned(),
+            address: "10.0.0.5".parse().unwrap(),
+            role: Role::Server,
+            join: JoinMode::Join {
+                server_url: hostile.to_owned(),
+            },
+            labels: BTreeMap::from([(hostile.to_owned(), hostile.to_owned())]),
+            taints: vec![hostile.to_owned()],
+        };
+        let text = render_config(
+            &Templates::builtin(),
+            &profile,
+            &node,
+            &K3sToken::from_secret(hostile),
+        )
+        .unwrap();
+        let documents = yaml_documents(&text);
+        assert_eq!(documents.len(), 1, "{text}");
+        let config = &documents[0];
+        assert_eq!(config["node-name"].as_str(), Some(hostile));
+        assert_eq!(config["server"].as_str(), Some(hostile));
+        assert_eq!(config["token"].as_str(), Some(hostile));
+        assert_eq!(
+            config["node-label"][0].as_str(),
+            Some(format!("{hostile}={hostile}").as_str())
+        );
+        assert_eq!(config["node-taint"][0].as_str(), Some(hostile));
+        let keys: BTreeSet<&str> = config
+            .as_mapping()
+            .unwrap()
+            .keys()
+            .map(|k| k.as_str().unwrap())
+            .collect();
+        let allowed = BTreeSet::from([
+            "server",
+            "token",
+            "node-name",
+            "node-ip",
+            "node-label",
+            "node-taint",
+            "write-kubeconfig-mode",
+            "cluster-cidr",
+            "service-cidr",
+            "flannel-backend",
+            "secrets-encryption",
+            "tls-san",
+            "disable",
+        ]);
+        assert!(keys.is_subset(&allowed), "{keys:?}\n{text}");
+        for line in text.lines().filter(|l| l.starts_with('#')) {
+            assert!(
+                !line.contains('\u{2028}') && !line.contains('\u{85}'),
+                "{line:?}"
+            );
+        }
+    }
+}

@@ -123,7 +123,18 @@ pub(crate) mod sandbox {
 
     /// Tools that run for real (reading, or writing only where the relocated paths point).
     const REAL: &[&str] = &[
-        "sh", "awk", "grep", "sed", "tr", "cut", "wc", "cat", "head", "mktemp", "sha256sum", "sort",
+        "sh",
+        "awk",
+        "grep",
+        "sed",
+        "tr",
+        "cut",
+        "wc",
+        "cat",
+        "head",
+        "mktemp",
+        "sha256sum",
+        "sort",
     ];
 
     /// Tools that are shims unless a test asks for the real one (they write).
@@ -220,7 +231,10 @@ pub(crate) mod sandbox {
                 relocated = relocated.replace(prefix, &format!("\u{E000}{index}\u{E000}"));
             }
             for (index, prefix) in HOST_PREFIXES.iter().enumerate() {
-                relocated = relocated.replace(&format!("\u{E000}{index}\u{E000}"), &format!("{root}{prefix}"));
+                relocated = relocated.replace(
+                    &format!("\u{E000}{index}\u{E000}"),
+                    &format!("{root}{prefix}"),
+                );
             }
             let running_as_root = Command::new("id")
                 .arg("-u")
@@ -235,12 +249,7 @@ pub(crate) mod sandbox {
                     .unwrap();
                 assert!(chown.success());
                 let mut command = Command::new("/usr/bin/setpriv");
-                command.args([
-                    "--reuid=65534",
-                    "--regid=65534",
-                    "--clear-groups",
-                    "--",
-                ]);
+                command.args(["--reuid=65534", "--regid=65534", "--clear-groups", "--"]);
                 command.arg(bin.join("sh"));
                 command
             } else {
@@ -348,7 +357,10 @@ pub(crate) mod sandbox {
 
     /// `sh -n`: the script still parses.
     pub fn assert_syntax(script: &str) {
-        let output = Command::new("sh").args(["-n", "-c", script]).output().unwrap();
+        let output = Command::new("sh")
+            .args(["-n", "-c", script])
+            .output()
+            .unwrap();
         assert!(
             output.status.success(),
             "sh -n: {}\n{script}",

@@ -481,8 +481,14 @@ async fn no_file_content_or_token_travels_on_a_command_line() {
     let encoded_config = base64::engine::general_purpose::STANDARD.encode(config.as_bytes());
     assert!(sim.batches > 0);
     for command in &sim.command_lines {
-        assert!(!command.contains("0123abcd"), "token on a command line: {command}");
-        assert!(!command.contains(&encoded_config[..40]), "config.yaml on a command line: {command}");
+        assert!(
+            !command.contains("0123abcd"),
+            "token on a command line: {command}"
+        );
+        assert!(
+            !command.contains(&encoded_config[..40]),
+            "config.yaml on a command line: {command}"
+        );
         assert!(!command.contains("base64 -d"), "{command}");
     }
 }
