@@ -500,3 +500,116 @@ fn k3s_config_keeps_hostile_values_as_strings() {
         }
     }
 }
+
+/// k3s and SSH-executor command builders fed hostile values, run in the recording shell.
+mod hostile_values {
+    use std::collections::BTreeMap;
+
+    use proptest::prelude::*;
+
+    use crate::nodeprep::sandbox::{Sandbox, assert_syntax, hostile, hostile_dash};
+    use provision::k3s::cluster::{ClusterNode, label_taint_commands, probe_script};
+    use provision::ssh::commands;
+
+    fn config() -> ProptestConfig {
+        ProptestConfig {
+            cases: 24,
+            failure_persistence: None,
+            ..ProptestConfig::default()
+        }
+    }
+
+    fn value() -> impl Strategy<Value = String> {
+        prop_oneof![hostile(), hostile_dash()]
+    }
+
+    proptest! {
+        #![proptest_config(config())]
+
+        /// The node name comes from the guest (`kubectl get nodes`); labels and taints from the profile.
+        #[test]
+        fn label_and_taint_values_reach_kubectl_as_whole_arguments(
+            name in value(),
+            key in value(),
+            label in value(),
+            taint in value(),
+        ) {
+            let node = ClusterNode {
+                name: name.clone(),
+                ready: true,
+                etcd_member: false,
+                labels: BTreeMap::new(),
+                taints: vec![],
+            };
+            let labels = BTreeMap::from([(key.clone(), label.clone())]);
+            let commands = label_taint_commands(&node, &labels, std::slice::from_ref(&taint));
+            prop_assert_eq!(commands.len(), 2);
+            let expected = [
+                vec!["kubectl", "label", "--overwrite", "--", "node", &name, &format!("{key}={label}")]
+                    .into_iter()
+                    .map(str::to_owned)
+                    .collect::<Vec<_>>(),
+                vec!["kubectl", "taint", "--overwrite", "--", "node", &name, &taint]
+                    .into_iter()
+                    .map(str::to_owned)
+                    .collect(),
+            ];
+            for (command, expected) in commands.iter().zip(expected) {
+                assert_syntax(command);
+                let run = Sandbox::new().run(command, b"");
+                run.assert_nothing_injected(command);
+                let calls = run.calls_to("k3s");
+                prop_assert_eq!(calls.len(), 1, "{:?}", run);
+                prop_assert_eq!(&calls[0].args, &expected);
+            }
+        }
+
+        /// The probe's unit is a constant, but the token it compares arrives on stdin from the workspace:
+        /// a hostile token is compared, never run.
+        #[test]
+        fn probe_reads_the_token_as_data(token in hostile()) {
+            prop_assume!(!token.contains('\n'));
+            let script = probe_script("k3s.service");
+            assert_syntax(&script);
+            let run = Sandbox::new().run(&script, format!("{token}\n").as_bytes());
+            run.assert_nothing_injected(&script);
+            prop_assert_eq!(run.status, Some(0), "{:?}", run);
+        }
+
+        /// The SSH executor's own commands (upload staging, install, read, remove, sudo) with hostile
+        /// remote paths.
+        #[test]
+        fn executor_commands_keep_paths_as_whole_arguments(name in value()) {
+            let name = name.replace('/', "_");
+            let path = format!("/srv/{name}");
+            let staged = commands::staging_path(&path, "1");
+            let upload = format!("/tmp/.provision-upload-{name}");
+            let install = commands::verify_and_install(&staged, &path, &"0".repeat(64), 0o600);
+            let sandbox = Sandbox::new()
+                .behave("sha256sum", &"0".repeat(64), 0)
+                .behave("cat", "", 0);
+            for (command, tool, expected) in [
+                (commands::prepare_dir(&path), "mkdir", vec!["-p", "--", "/srv"]),
+                (commands::move_staged(&upload, &staged), "cp", vec!["--", upload.as_str(), staged.as_str()]),
+                (commands::read_file(&path), "cat", vec!["--", path.as_str()]),
+                (commands::remove_file(&path), "rm", vec!["-f", "--", path.as_str()]),
+                (install.clone(), "mv", vec!["-f", "--", staged.as_str(), path.as_str()]),
+            ] {
+                assert_syntax(&command);
+                let run = sandbox.run(&command, b"");
+                run.assert_nothing_injected(&command);
+                let calls = run.calls_to(tool);
+                prop_assert_eq!(calls.len(), 1, "{}: {:?}", command, run);
+                prop_assert_eq!(&calls[0].args, &expected.iter().map(|a| (*a).to_owned()).collect::<Vec<_>>());
+            }
+            let wrapped = commands::as_root(&install);
+            assert_syntax(&wrapped);
+            let run = sandbox.run(&wrapped, b"");
+            run.assert_nothing_injected(&wrapped);
+            prop_assert_eq!(
+                &run.calls_to("sudo")[0].args,
+                &vec!["-n".to_owned(), "sh".to_owned(), "-c".to_owned(), install]
+            );
+        }
+    }
+}

@@ -200,7 +200,7 @@ pub(crate) mod sandbox {
             }
         }
 
-        /// The shim `name` prints `stdout` and exits with `status`.
+        /// The shim `name` prints `stdout` and exits with `status` (a real tool becomes a shim).
         pub fn behave(mut self, name: &str, stdout: &str, status: i32) -> Self {
             self.behaviours
                 .push((name.to_owned(), stdout.to_owned(), status));
@@ -286,8 +286,11 @@ pub(crate) mod sandbox {
         }
 
         fn install_tools(&self, bin: &Path) {
-            let mut real: Vec<&str> = REAL.to_vec();
+            // A tool given a behaviour is a shim even when it is normally real.
+            let behaves = |name: &&str| self.behaviours.iter().any(|(shim, _, _)| shim == name);
+            let mut real: Vec<&str> = REAL.iter().copied().filter(|n| !behaves(n)).collect();
             let mut shims: Vec<&str> = SHIMS.to_vec();
+            shims.extend(REAL.iter().copied().filter(behaves));
             if self.real_writers {
                 real.extend(WRITERS);
             } else {
