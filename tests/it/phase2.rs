@@ -585,8 +585,8 @@ async fn profile_label_changes_go_through_the_api() {
     assert_eq!(
         report.api_commands,
         [
-            "k3s kubectl label --overwrite -- node worker-1 tier=batch",
-            "k3s kubectl label --overwrite -- node worker-2 tier=batch"
+            "k3s kubectl label node worker-1 --overwrite tier=batch",
+            "k3s kubectl label node worker-2 --overwrite tier=batch"
         ]
     );
     // The config changed too (for a future re-registration), so the agents restart once.
