@@ -11,6 +11,8 @@ use super::{OUTCOME_MARKER, Step, sha256_hex};
 pub const INLINE_FILE_MAX: usize = 16 * 1024;
 /// Upper bound on one batch script (one `sh -c` argument: Linux allows 128 KiB, sudo quoting adds some).
 pub const BATCH_SCRIPT_MAX: usize = 64 * 1024;
+/// Upper bound on the file contents one batch carries on stdin.
+pub const BATCH_STDIN_MAX: usize = 256 * 1024;
 
 /// A batch ready to send: the script (the command line) and the file contents it reads from stdin.
 #[derive(Clone, PartialEq, Eq)]
@@ -145,21 +147,30 @@ pub fn parse_batch(stdout: &str, nonce: &str) -> Vec<StepResult> {
 /// [`BATCH_SCRIPT_MAX`]; a step that cannot be batched is a group of its own (`false`).
 pub fn plan_batches(steps: &[Step]) -> Vec<(bool, std::ops::Range<usize>)> {
     let mut groups: Vec<(bool, std::ops::Range<usize>)> = Vec::new();
-    let mut size = 0;
+    let (mut size, mut stdin) = (0, 0);
     for (index, step) in steps.iter().enumerate() {
         if !batchable(step) {
             groups.push((false, index..index + 1));
             continue;
         }
         let step_size = step_script(step, index, "0123456789abcdef").len();
+        let step_stdin = match step {
+            Step::File { content, .. } => content.len(),
+            Step::Command { .. } => 0,
+        };
         match groups.last_mut() {
-            Some((true, range)) if size + step_size <= BATCH_SCRIPT_MAX => {
+            Some((true, range))
+                if size + step_size <= BATCH_SCRIPT_MAX
+                    && stdin + step_stdin <= BATCH_STDIN_MAX =>
+            {
                 range.end = index + 1;
                 size += step_size;
+                stdin += step_stdin;
             }
             _ => {
                 groups.push((true, index..index + 1));
                 size = step_size;
+                stdin = step_stdin;
             }
         }
     }
@@ -427,6 +438,14 @@ mod tests {
         // File contents travel on stdin: they do not count against the command line.
         let many: Vec<Step> = (0..8).map(|_| file("/f", INLINE_FILE_MAX)).collect();
         assert_eq!(plan_batches(&many), [(true, 0..8)]);
+        let per_batch = BATCH_STDIN_MAX / INLINE_FILE_MAX;
+        let more: Vec<Step> = (0..per_batch + 1)
+            .map(|_| file("/f", INLINE_FILE_MAX))
+            .collect();
+        assert_eq!(
+            plan_batches(&more),
+            [(true, 0..per_batch), (true, per_batch..per_batch + 1)]
+        );
         let long = "x".repeat(BATCH_SCRIPT_MAX / 3);
         let scripts: Vec<Step> = (0..4).map(|_| command(&long)).collect();
         let groups = plan_batches(&scripts);
