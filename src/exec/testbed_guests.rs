@@ -259,11 +259,26 @@ impl GuestBackend for TestbedGuests {
     }
 }
 
-/// The testbed host that has `address` (`testbed.sh name`).
+/// The testbed host that has `address` (`testbed.sh name`). The name goes back to the script as an
+/// argument (and names a machine directory there): anything but one plain word is refused, so it can
+/// never be taken for an option (`-x`) or a path (`../x`).
 fn host_for(script: &Path, address: IpAddr) -> anyhow::Result<String> {
-    Ok(run_script(script, &["name", &address.to_string()])?
-        .trim()
-        .to_owned())
+    let output = run_script(script, &["name", &address.to_string()])?;
+    plain_host_name(output.trim())
+        .map(str::to_owned)
+        .with_context(|| format!("`testbed.sh name {address}` printed {output:?}, not a host name"))
+}
+
+/// `name` when it is a host name of `[A-Za-z0-9][A-Za-z0-9._-]{0,62}` (not `.`-only segments).
+fn plain_host_name(name: &str) -> Option<&str> {
+    let first_ok = name
+        .bytes()
+        .next()
+        .is_some_and(|b| b.is_ascii_alphanumeric());
+    let rest_ok = name
+        .bytes()
+        .all(|b| b.is_ascii_alphanumeric() || b"._-".contains(&b));
+    (first_ok && rest_ok && name.len() <= 63 && !name.contains("..")).then_some(name)
 }
 
 fn boot(script: &Path, host: &str, seed: &pve_sim::NoCloudSeed) -> anyhow::Result<()> {
@@ -301,4 +316,21 @@ fn run_script(script: &Path, args: &[&str]) -> anyhow::Result<String> {
         );
     }
     Ok(String::from_utf8_lossy(&output.stdout).into_owned())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::plain_host_name;
+
+    #[test]
+    fn testbed_host_names_must_be_plain_words() {
+        assert_eq!(plain_host_name("tb-1"), Some("tb-1"));
+        assert_eq!(plain_host_name("node.a_2"), Some("node.a_2"));
+        for hostile in [
+            "", "-rf", "--wipe", "../etc", "a b", "a\nb", "a/b", "$(id)", "a;b", "a..b", "é",
+        ] {
+            assert_eq!(plain_host_name(hostile), None, "{hostile:?}");
+        }
+        assert_eq!(plain_host_name(&"a".repeat(64)), None);
+    }
 }

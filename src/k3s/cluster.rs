@@ -112,12 +112,31 @@ pub fn parse_nodes(json: &str) -> Result<Vec<ClusterNode>, K3sError> {
 
 /// Commands that bring a node's labels and taints to what the profile says (config.yaml's `node-label`
 /// and `node-taint` only apply at first registration). Labels and taints provision does not manage are left
-/// alone. Empty when nothing differs.
+/// alone. Empty when nothing differs. Every value is one quoted word; one starting with `-` (a node name
+/// the guest reports, a label or taint) would be taken for a kubectl option and is refused (Kubernetes
+/// names, label keys and taint keys never start with `-`).
 pub fn label_taint_commands(
     node: &ClusterNode,
     labels: &BTreeMap<String, String>,
     taints: &[String],
-) -> Vec<String> {
+) -> Result<Vec<String>, K3sError> {
+    let option_like = |what: &str, value: &str| {
+        if value.starts_with('-') {
+            Err(K3sError::OptionLikeValue {
+                what: what.to_owned(),
+                value: value.to_owned(),
+            })
+        } else {
+            Ok(())
+        }
+    };
+    option_like("node name", &node.name)?;
+    for (key, value) in labels {
+        option_like("label", &format!("{key}={value}"))?;
+    }
+    for taint in taints {
+        option_like("taint", taint)?;
+    }
     let mut commands = Vec::new();
     let changed_labels: Vec<String> = labels
         .iter()
@@ -143,7 +162,7 @@ pub fn label_taint_commands(
             missing_taints.join(" ")
         ));
     }
-    commands
+    Ok(commands)
 }
 
 /// What a node already has of k3s (read with [`probe_script`]).
@@ -460,11 +479,13 @@ mod tests {
         assert!(!nodes[1].ready && !nodes[1].etcd_member);
         let labels = BTreeMap::from([("tier".to_owned(), "gpu".to_owned())]);
         assert!(
-            label_taint_commands(&nodes[0], &labels, &["gpu=true:NoSchedule".into()]).is_empty()
+            label_taint_commands(&nodes[0], &labels, &["gpu=true:NoSchedule".into()])
+                .unwrap()
+                .is_empty()
         );
         let labels = BTreeMap::from([("tier".to_owned(), "cpu".to_owned())]);
         assert_eq!(
-            label_taint_commands(&nodes[0], &labels, &["dedicated:NoExecute".into()]),
+            label_taint_commands(&nodes[0], &labels, &["dedicated:NoExecute".into()]).unwrap(),
             [
                 "k3s kubectl label node s1 --overwrite tier=cpu",
                 "k3s kubectl taint node s1 --overwrite dedicated:NoExecute"

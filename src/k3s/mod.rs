@@ -64,6 +64,8 @@ pub enum K3sError {
     ForeignCluster { server: String },
     #[error("the profile has no server nodes")]
     NoServers,
+    #[error("{what} {value:?} starts with `-`: kubectl would take it for an option; refusing it")]
+    OptionLikeValue { what: String, value: String },
     #[error("kubeconfig {path}: {message}")]
     Kubeconfig { path: String, message: String },
 }

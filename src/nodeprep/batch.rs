@@ -1,6 +1,7 @@
 //! Several steps in one remote script: one SSH round trip per host instead of one (or four, for a file)
-//! per step. Each command step runs in its own `sh -c`, exactly as alone; small files travel inline
-//! (base64) and are installed only when their sha256 or mode differs, verified like an upload.
+//! per step. Each command step runs in its own `sh -c`, exactly as alone; small files travel on the
+//! script's stdin (never on its command line, where `ps` would show them: the k3s config holds the
+//! cluster token) and are installed only when their sha256 or mode differs, verified like an upload.
 //! Execution stops at the first failing step, as with one step at a time.
 
 use super::shell::quote;
@@ -10,6 +11,27 @@ use super::{OUTCOME_MARKER, Step, sha256_hex};
 pub const INLINE_FILE_MAX: usize = 16 * 1024;
 /// Upper bound on one batch script (one `sh -c` argument: Linux allows 128 KiB, sudo quoting adds some).
 pub const BATCH_SCRIPT_MAX: usize = 64 * 1024;
+/// Upper bound on the file contents one batch carries on stdin.
+pub const BATCH_STDIN_MAX: usize = 256 * 1024;
+
+/// A batch ready to send: the script (the command line) and the file contents it reads from stdin.
+#[derive(Clone, PartialEq, Eq)]
+pub struct Batch {
+    pub script: String,
+    /// The contents of the batch's files, concatenated in step order; each file step reads exactly its
+    /// own length, whether it installs the file or finds it unchanged.
+    pub stdin: Vec<u8>,
+}
+
+impl std::fmt::Debug for Batch {
+    // The stdin carries file contents, which may be secrets: show only its length.
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Batch")
+            .field("script", &self.script)
+            .field("stdin_bytes", &self.stdin.len())
+            .finish()
+    }
+}
 
 /// Whether a step can go into a batch (and how big its part of the script is).
 pub fn batchable(step: &Step) -> bool {
@@ -38,9 +60,9 @@ fn step_script(step: &Step, index: usize, nonce: &str) -> String {
     )
 }
 
-/// Installs `content` at `path` with `mode` unless identical; a corrupted transfer exits 3.
+/// Installs the next `content.len()` bytes of stdin at `path` with `mode` unless identical; a corrupted
+/// transfer exits 3. The bytes are consumed in both cases, so the next file step reads its own.
 fn inline_file_script(path: &str, content: &[u8], mode: u32) -> String {
-    use base64::Engine as _;
     let path_q = quote(path);
     let parent = std::path::Path::new(path)
         .parent()
@@ -54,29 +76,34 @@ fn inline_file_script(path: &str, content: &[u8], mode: u32) -> String {
     ));
     let sha = sha256_hex(content);
     let mode = mode & 0o7777;
-    let encoded = base64::engine::general_purpose::STANDARD.encode(content);
+    let len = content.len();
     format!(
         "set -eu\n\
-         if [ -f {path_q} ] && [ \"$(stat -c %a {path_q})\" = {mode:o} ] && \
-         [ \"$(sha256sum < {path_q} | cut -d' ' -f1)\" = {sha} ]; then echo '{OUTCOME_MARKER} unchanged'; exit 0; fi\n\
-         mkdir -p {parent_q}\n\
-         (umask 077; echo {encoded} | base64 -d > {staged})\n\
+         if [ -f {path_q} ] && [ \"$(stat -c %a -- {path_q})\" = {mode:o} ] && \
+         [ \"$(sha256sum < {path_q} | cut -d' ' -f1)\" = {sha} ]; then head -c {len} >/dev/null; echo '{OUTCOME_MARKER} unchanged'; exit 0; fi\n\
+         mkdir -p -- {parent_q}\n\
+         (umask 077; head -c {len} > {staged})\n\
          actual=\"$(sha256sum < {staged} | cut -d' ' -f1)\"\n\
-         if [ \"$actual\" != {sha} ]; then rm -f {staged}; echo \"{path} arrived with sha256 $actual, expected {sha}\" >&2; exit 3; fi\n\
-         chmod {mode:04o} {staged}\n\
-         mv -f {staged} {path_q}\n\
+         if [ \"$actual\" != {sha} ]; then rm -f -- {staged}; printf '%s arrived with sha256 %s, expected {sha}\\n' {path_q} \"$actual\" >&2; exit 3; fi\n\
+         chmod {mode:04o} -- {staged}\n\
+         mv -f -- {staged} {path_q}\n\
          echo '{OUTCOME_MARKER} changed'",
         parent_q = quote(&parent),
     )
 }
 
-/// One script running `steps` in order (all must be [`batchable`]); `nonce` makes its markers unique.
-pub fn batch_script(steps: &[Step], nonce: &str) -> String {
+/// One script running `steps` in order (all must be [`batchable`]), and the stdin it reads the file
+/// contents from; `nonce` makes its markers unique.
+pub fn batch_script(steps: &[Step], nonce: &str) -> Batch {
     let mut script = String::from("errs=\"$(mktemp)\" || exit 70\ntrap 'rm -f \"$errs\"' EXIT\n");
+    let mut stdin = Vec::new();
     for (index, step) in steps.iter().enumerate() {
         script.push_str(&step_script(step, index, nonce));
+        if let Step::File { content, .. } = step {
+            stdin.extend_from_slice(content);
+        }
     }
-    script
+    Batch { script, stdin }
 }
 
 /// What one step of a batch printed and how it ended.
@@ -120,21 +147,30 @@ pub fn parse_batch(stdout: &str, nonce: &str) -> Vec<StepResult> {
 /// [`BATCH_SCRIPT_MAX`]; a step that cannot be batched is a group of its own (`false`).
 pub fn plan_batches(steps: &[Step]) -> Vec<(bool, std::ops::Range<usize>)> {
     let mut groups: Vec<(bool, std::ops::Range<usize>)> = Vec::new();
-    let mut size = 0;
+    let (mut size, mut stdin) = (0, 0);
     for (index, step) in steps.iter().enumerate() {
         if !batchable(step) {
             groups.push((false, index..index + 1));
             continue;
         }
         let step_size = step_script(step, index, "0123456789abcdef").len();
+        let step_stdin = match step {
+            Step::File { content, .. } => content.len(),
+            Step::Command { .. } => 0,
+        };
         match groups.last_mut() {
-            Some((true, range)) if size + step_size <= BATCH_SCRIPT_MAX => {
+            Some((true, range))
+                if size + step_size <= BATCH_SCRIPT_MAX
+                    && stdin + step_stdin <= BATCH_STDIN_MAX =>
+            {
                 range.end = index + 1;
                 size += step_size;
+                stdin += step_stdin;
             }
             _ => {
                 groups.push((true, index..index + 1));
                 size = step_size;
+                stdin = step_stdin;
             }
         }
     }
@@ -142,9 +178,11 @@ pub fn plan_batches(steps: &[Step]) -> Vec<(bool, std::ops::Range<usize>)> {
 }
 
 /// Reads back the steps of a script made by [`batch_script`]: its nonce and each step with an empty
-/// description, or `None` when `script` is not a batch script. The inverse of [`batch_script`], for
-/// in-memory hosts in tests and for `--print-commands` style inspection; it never runs anything.
-pub fn decode_batch(script: &str) -> Option<(String, Vec<Step>)> {
+/// description, or `None` when `script` is not a batch script or `stdin` does not hold exactly its files'
+/// contents. The inverse of [`batch_script`], for in-memory hosts in tests and for `--print-commands`
+/// style inspection; it never runs anything.
+pub fn decode_batch(script: &str, stdin: &[u8]) -> Option<(String, Vec<Step>)> {
+    let mut stdin = stdin;
     let mut rest =
         script.strip_prefix("errs=\"$(mktemp)\" || exit 70\ntrap 'rm -f \"$errs\"' EXIT\n")?;
     let mut nonce: Option<String> = None;
@@ -172,7 +210,19 @@ pub fn decode_batch(script: &str) -> Option<(String, Vec<Step>)> {
                 after,
             )
         } else {
-            decode_inline_file(body)?
+            let (len, path, mode, after) = decode_inline_file(body)?;
+            if stdin.len() < len {
+                return None;
+            }
+            let (content, remaining) = stdin.split_at(len);
+            stdin = remaining;
+            let step = Step::File {
+                description: String::new(),
+                path,
+                content: content.to_vec(),
+                mode,
+            };
+            (step, after)
         };
         let tail = format!(
             "\n) 2>\"$errs\"; rc=$?\necho \"provision-batch-{found}: end {index} $rc\"\n\
@@ -181,32 +231,22 @@ pub fn decode_batch(script: &str) -> Option<(String, Vec<Step>)> {
         rest = after_body.strip_prefix(tail.as_str())?;
         steps.push(step);
     }
+    stdin.is_empty().then_some(())?;
     Some((nonce?, steps))
 }
 
-/// The file step of [`inline_file_script`] and the text after it.
-fn decode_inline_file(body: &str) -> Option<(Step, &str)> {
-    use base64::Engine as _;
+/// The file step of [`inline_file_script`]: its length on stdin, path, mode, and the text after it.
+fn decode_inline_file(body: &str) -> Option<(usize, String, u32, &str)> {
     let (path, _) = unquote_word(body.strip_prefix("set -eu\nif [ -f ")?)?;
-    let (_, after_echo) = body.split_once("\n(umask 077; echo ")?;
-    let (encoded, _) = after_echo.split_once(" | base64 -d > ")?;
-    let content = base64::engine::general_purpose::STANDARD
-        .decode(encoded)
-        .ok()?;
-    let (_, after_chmod) = after_echo.split_once("\nchmod ")?;
+    let (_, after_head) = body.split_once("\n(umask 077; head -c ")?;
+    let (len, _) = after_head.split_once(' ')?;
+    let len = len.parse().ok()?;
+    let (_, after_chmod) = after_head.split_once("\nchmod ")?;
     let (mode, _) = after_chmod.split_once(' ')?;
     let mode = u32::from_str_radix(mode, 8).ok()?;
     let end = format!("\necho '{OUTCOME_MARKER} changed'");
     let (_, after) = after_chmod.split_once(end.as_str())?;
-    Some((
-        Step::File {
-            description: String::new(),
-            path,
-            content,
-            mode,
-        },
-        after,
-    ))
+    Some((len, path, mode, after))
 }
 
 /// The first shell word of `text` as [`quote`] writes it (bare, or single-quoted with `'\''` escapes),
@@ -251,16 +291,76 @@ mod tests {
         }
     }
 
-    fn run_locally(script: &str) -> (i32, String, String) {
-        let output = std::process::Command::new("sh")
-            .args(["-c", script])
-            .output()
+    fn run_locally(batch: &Batch) -> (i32, String, String) {
+        use std::io::Write as _;
+        let mut child = std::process::Command::new("sh")
+            .args(["-c", &batch.script])
+            .stdin(std::process::Stdio::piped())
+            .stdout(std::process::Stdio::piped())
+            .stderr(std::process::Stdio::piped())
+            .spawn()
             .unwrap();
+        let mut stdin = child.stdin.take().unwrap();
+        // The script may stop early without reading everything (a failing step).
+        let _ignored = stdin.write_all(&batch.stdin);
+        drop(stdin);
+        let output = child.wait_with_output().unwrap();
         (
             output.status.code().unwrap(),
             String::from_utf8(output.stdout).unwrap(),
             String::from_utf8(output.stderr).unwrap(),
         )
+    }
+
+    #[test]
+    fn file_contents_travel_on_stdin_never_on_the_command_line() {
+        use base64::Engine as _;
+        let secret = b"token: \"s3cr3t-cluster-token\"\n";
+        let steps = [
+            Step::File {
+                description: "config".into(),
+                path: "/etc/rancher/k3s/config.yaml".into(),
+                content: secret.to_vec(),
+                mode: 0o600,
+            },
+            command("true"),
+        ];
+        let batch = batch_script(&steps, "n0");
+        let encoded = base64::engine::general_purpose::STANDARD.encode(secret);
+        assert!(!batch.script.contains("s3cr3t"), "{}", batch.script);
+        assert!(!batch.script.contains(&encoded), "{}", batch.script);
+        assert_eq!(batch.stdin, secret);
+        assert!(!format!("{batch:?}").contains("s3cr3t"));
+    }
+
+    #[test]
+    fn unchanged_files_still_consume_their_bytes() {
+        let dir = tempfile::tempdir().unwrap();
+        let first = dir.path().join("first").display().to_string();
+        let second = dir.path().join("second").display().to_string();
+        let steps = [
+            Step::File {
+                description: "1".into(),
+                path: first.clone(),
+                content: b"one\n".to_vec(),
+                mode: 0o644,
+            },
+            Step::File {
+                description: "2".into(),
+                path: second.clone(),
+                content: b"two\n".to_vec(),
+                mode: 0o644,
+            },
+        ];
+        let batch = batch_script(&steps, "n5");
+        assert_eq!(run_locally(&batch).0, 0);
+        std::fs::remove_file(&second).unwrap();
+        let (status, stdout, stderr) = run_locally(&batch);
+        assert_eq!(status, 0, "{stderr}");
+        let results = parse_batch(&stdout, "n5");
+        assert!(results[0].stdout.contains("unchanged"));
+        assert!(results[1].stdout.contains("provision-outcome: changed"));
+        assert_eq!(std::fs::read(&second).unwrap(), b"two\n");
     }
 
     #[test]
@@ -335,8 +435,20 @@ mod tests {
             plan_batches(&steps),
             [(true, 0..2), (false, 2..3), (true, 3..4)]
         );
+        // File contents travel on stdin: they do not count against the command line.
         let many: Vec<Step> = (0..8).map(|_| file("/f", INLINE_FILE_MAX)).collect();
-        let groups = plan_batches(&many);
+        assert_eq!(plan_batches(&many), [(true, 0..8)]);
+        let per_batch = BATCH_STDIN_MAX / INLINE_FILE_MAX;
+        let more: Vec<Step> = (0..per_batch + 1)
+            .map(|_| file("/f", INLINE_FILE_MAX))
+            .collect();
+        assert_eq!(
+            plan_batches(&more),
+            [(true, 0..per_batch), (true, per_batch..per_batch + 1)]
+        );
+        let long = "x".repeat(BATCH_SCRIPT_MAX / 3);
+        let scripts: Vec<Step> = (0..4).map(|_| command(&long)).collect();
+        let groups = plan_batches(&scripts);
         assert!(groups.len() > 1, "{groups:?}");
         assert!(groups.iter().all(|(batched, _)| *batched));
     }
@@ -354,7 +466,8 @@ mod tests {
             command("true"),
             file("/etc/plain", 3),
         ];
-        let (nonce, decoded) = decode_batch(&batch_script(&steps, "abc123")).unwrap();
+        let batch = batch_script(&steps, "abc123");
+        let (nonce, decoded) = decode_batch(&batch.script, &batch.stdin).unwrap();
         assert_eq!(nonce, "abc123");
         let expected: Vec<Step> = steps
             .iter()
@@ -377,7 +490,10 @@ mod tests {
             })
             .collect();
         assert_eq!(decoded, expected);
-        assert_eq!(decode_batch("echo hello"), None);
-        assert_eq!(decode_batch(&batch_script(&steps, "n")[..200]), None);
+        assert_eq!(decode_batch("echo hello", b""), None);
+        let batch = batch_script(&steps, "n");
+        assert_eq!(decode_batch(&batch.script[..200], &batch.stdin), None);
+        assert_eq!(decode_batch(&batch.script, &batch.stdin[1..]), None);
+        assert_eq!(decode_batch(&batch.script, b"extra"), None);
     }
 }

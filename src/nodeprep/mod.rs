@@ -309,7 +309,9 @@ async fn apply_batch(
     steps: &[Step],
 ) -> Result<Vec<StepReport>, NodePrepError> {
     let nonce = format!("{:016x}", rand::random::<u64>());
-    let output = exec.run(&batch::batch_script(steps, &nonce), None).await?;
+    let batch = batch::batch_script(steps, &nonce);
+    let stdin = (!batch.stdin.is_empty()).then_some(batch.stdin.as_slice());
+    let output = exec.run(&batch.script, stdin).await?;
     let stdout = String::from_utf8_lossy(&output.stdout);
     let results = batch::parse_batch(&stdout, &nonce);
     let mut reports = Vec::with_capacity(steps.len());

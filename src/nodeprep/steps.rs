@@ -170,7 +170,7 @@ fi
 if [ ! -d "/lib/modules/$kernel" ]; then
   echo "provision-outcome: unsupported $m cannot be loaded: no /lib/modules/$kernel"; exit 0
 fi
-modprobe "$m" || exit $?
+modprobe -- "$m" || exit $?
 echo 'provision-outcome: changed'"#
     );
     Step::Command {
@@ -204,7 +204,7 @@ want={value_q}
 if [ ! -e {proc_q} ]; then echo "provision-outcome: unsupported $key does not exist in this kernel"; exit 0; fi
 have="$(tr -s '[:space:]' ' ' < {proc_q} | sed 's/ $//')"
 if [ "$have" = "$want" ]; then echo 'provision-outcome: unchanged'; exit 0; fi
-if ! err="$(sysctl -q -w "$key=$want" 2>&1)"; then
+if ! err="$(sysctl -q -w -- "$key=$want" 2>&1)"; then
   echo "provision-outcome: unsupported $key cannot be set here: $err"; exit 0
 fi
 echo 'provision-outcome: changed'"#,
@@ -219,17 +219,27 @@ echo 'provision-outcome: changed'"#,
 }
 
 /// Format the scratch disk when it carries no filesystem, mount it by UUID via fstab.
+///
+/// The mount point reaches the script once, quoted, as `$mnt`; afterwards it is only data: fstab's
+/// second field is compared with it as a string (awk reads it from the environment, which, unlike
+/// `awk -v`, does not interpret backslashes), never as a pattern or as script text. A mount point that is
+/// not absolute or holds blanks, controls or non-ASCII is refused: it cannot be written to fstab as one field.
 pub fn scratch_disk_step(scratch: &ScratchDisk) -> Step {
     let bytes = u64::from(scratch.size_gb) * 1024 * 1024 * 1024;
     let mount = quote(&scratch.mount);
-    // fstab's mount point field, matched literally.
-    let mount_re = scratch.mount.replace('.', "\\.");
     let script = format!(
         r#"set -eu
 mnt={mount}
-if grep -Eq '^[^#][^[:space:]]*[[:space:]]+{mount_re}[[:space:]]' /etc/fstab; then
-  if mountpoint -q "$mnt"; then echo 'provision-outcome: unchanged'; exit 0; fi
-  mkdir -p "$mnt"; mount "$mnt"; echo 'provision-outcome: changed'; exit 0
+case "$mnt" in
+  /*) ;;
+  *) echo "scratch mount point $mnt is not an absolute path" >&2; exit 2 ;;
+esac
+case "$mnt" in
+  *[![:graph:]]*) echo "scratch mount point $mnt holds blanks or non-printable characters; fstab cannot hold it" >&2; exit 2 ;;
+esac
+if PROVISION_MNT="$mnt" awk '$1 !~ /^#/ && $2 == ENVIRON["PROVISION_MNT"] {{ found = 1 }} END {{ exit !found }}' /etc/fstab; then
+  if mountpoint -q -- "$mnt"; then echo 'provision-outcome: unchanged'; exit 0; fi
+  mkdir -p -- "$mnt"; mount -- "$mnt"; echo 'provision-outcome: changed'; exit 0
 fi
 candidates=""
 for dev in $(lsblk -dnbpo NAME,SIZE,TYPE | awk '$3 == "disk" && $2 == {bytes} {{print $1}}'); do
@@ -244,9 +254,9 @@ dev="$1"
 fstype="$(blkid -o value -s TYPE "$dev" || true)"
 if [ -z "$fstype" ]; then mkfs.ext4 -q -L scratch "$dev"; fstype=ext4; fi
 uuid="$(blkid -o value -s UUID "$dev")"
-mkdir -p "$mnt"
+mkdir -p -- "$mnt"
 printf 'UUID=%s %s %s defaults,nofail,noatime,x-systemd.device-timeout=30s 0 2\n' "$uuid" "$mnt" "$fstype" >> /etc/fstab
-mount "$mnt"
+mount -- "$mnt"
 echo 'provision-outcome: changed'"#,
         size = scratch.size_gb,
     );
@@ -283,16 +293,18 @@ pub fn packages_step(packages: &[String], offline: bool) -> Step {
     } else {
         String::new()
     };
+    // The missing packages collect in "$@" (one argument each: no word splitting, no globbing), and `--`
+    // ends the options, so a name starting with `-` stays a package name.
     let script = format!(
         r#"set -eu
-missing=""
+set --
 for p in {list}; do
-  if ! dpkg-query -W -f='${{Status}}' "$p" 2>/dev/null | grep -q 'install ok installed'; then missing="$missing $p"; fi
+  if ! dpkg-query -W -f='${{Status}}' -- "$p" 2>/dev/null | grep -q 'install ok installed'; then set -- "$@" "$p"; fi
 done
-if [ -z "$missing" ]; then echo 'provision-outcome: unchanged'; exit 0; fi
+if [ "$#" -eq 0 ]; then echo 'provision-outcome: unchanged'; exit 0; fi
 export DEBIAN_FRONTEND=noninteractive
 apt-get -q{apt_options} update >/dev/null
-apt-get -q -y --no-install-recommends{apt_options} install $missing >/dev/null
+apt-get -q -y --no-install-recommends{apt_options} install -- "$@" >/dev/null
 echo 'provision-outcome: changed'"#
     );
     Step::Command {
@@ -362,7 +374,7 @@ mod tests {
         assert!(script.contains("systemd-detect-virt --container"));
         assert!(script.contains("provision-outcome: builtin"));
         assert!(script.contains("provision-outcome: unsupported"));
-        assert!(script.contains("modprobe \"$m\" || exit $?"));
+        assert!(script.contains("modprobe -- \"$m\" || exit $?"));
     }
 
     #[test]
@@ -371,7 +383,7 @@ mod tests {
             panic!("command expected");
         };
         assert!(script.contains("/proc/sys/net/ipv4/ip_forward"));
-        assert!(script.contains("sysctl -q -w \"$key=$want\""));
+        assert!(script.contains("sysctl -q -w -- \"$key=$want\""));
     }
 
     #[test]

@@ -319,3 +319,299 @@ fn recorded_release_checksums_parse() {
     );
     assert!(sums.contains_key("k3s-airgap-images-amd64.tar.zst"));
 }
+
+/// Values that would add YAML keys, documents or Kubernetes objects if printed raw.
+const HOSTILE_YAML: [&str; 6] = [
+    "https://git.example/x\n---\napiVersion: rbac.authorization.k8s.io/v1\nkind: ClusterRoleBinding",
+    "a: b # c",
+    "'\"\\ {x} [y] &anchor *alias !tag |",
+    "--- \n...\n",
+    "line\u{2028}sep\u{85}next\r\nlast",
+    "\u{7f}\u{1}\u{9b}é💥",
+];
+
+/// Every document of a multi-document YAML text.
+fn yaml_documents(text: &str) -> Vec<serde_yaml_ng::Value> {
+    serde_yaml_ng::Deserializer::from_str(text)
+        .map(|document| serde_yaml_ng::Value::deserialize(document).unwrap())
+        .filter(|document| !document.is_null())
+        .collect()
+}
+
+fn kinds(documents: &[serde_yaml_ng::Value]) -> Vec<String> {
+    documents
+        .iter()
+        .map(|d| d["kind"].as_str().unwrap_or("?").to_owned())
+        .collect()
+}
+
+#[test]
+fn gitops_manifests_keep_hostile_values_as_strings() {
+    let templates = Templates::builtin();
+    for hostile in HOSTILE_YAML {
+        let context = serde_json::json!({ "repo": hostile, "branch": hostile, "path": hostile });
+        let flux = yaml_documents(
+            &templates
+                .render("manifests/flux-sync.yaml.j2", &context)
+                .unwrap(),
+        );
+        assert_eq!(
+            kinds(&flux),
+            ["GitRepository", "Kustomization"],
+            "{hostile:?}"
+        );
+        assert_eq!(flux[0]["spec"]["url"].as_str(), Some(hostile));
+        assert_eq!(flux[0]["spec"]["ref"]["branch"].as_str(), Some(hostile));
+        assert_eq!(flux[1]["spec"]["path"].as_str(), Some(hostile));
+        let argo_text = templates
+            .render("manifests/argocd-root.yaml.j2", &context)
+            .unwrap();
+        let argo = yaml_documents(&argo_text);
+        assert_eq!(kinds(&argo), ["Application"], "{argo_text}");
+        assert_eq!(argo[0]["spec"]["source"]["repoURL"].as_str(), Some(hostile));
+        let fleet = yaml_documents(
+            &templates
+                .render("manifests/fleet-gitrepo.yaml.j2", &context)
+                .unwrap(),
+        );
+        assert_eq!(kinds(&fleet), ["GitRepo"]);
+        assert_eq!(fleet[0]["spec"]["repo"].as_str(), Some(hostile));
+        assert_eq!(fleet[0]["spec"]["paths"][0].as_str(), Some(hostile));
+        assert_eq!(
+            fleet[0].as_mapping().unwrap().len(),
+            4,
+            "apiVersion, kind, metadata, spec only"
+        );
+    }
+}
+
+#[test]
+fn nfs_and_local_path_manifests_keep_hostile_values_as_strings() {
+    let templates = Templates::builtin();
+    for hostile in HOSTILE_YAML {
+        let text = templates
+            .render(
+                "manifests/nfs-provisioner.yaml.j2",
+                &serde_json::json!({
+                    "server": hostile, "path": hostile, "class_name": hostile,
+                    "default_class": true, "version": "4.0.18",
+                }),
+            )
+            .unwrap();
+        let documents = yaml_documents(&text);
+        assert_eq!(kinds(&documents), ["HelmChart"], "{text}");
+        let values: serde_yaml_ng::Value =
+            serde_yaml_ng::from_str(documents[0]["spec"]["valuesContent"].as_str().unwrap())
+                .unwrap();
+        assert_eq!(values["nfs"]["server"].as_str(), Some(hostile));
+        assert_eq!(values["nfs"]["path"].as_str(), Some(hostile));
+        assert_eq!(values["storageClass"]["name"].as_str(), Some(hostile));
+        assert_eq!(values["storageClass"]["defaultClass"].as_bool(), Some(true));
+        let text = templates
+            .render(
+                "manifests/local-path-provisioner.yaml.j2",
+                &serde_json::json!({
+                    "image": "i", "helper_image": "h",
+                    "classes": [{ "name": hostile, "path": hostile, "default": false }],
+                }),
+            )
+            .unwrap();
+        let documents = yaml_documents(&text);
+        let classes: Vec<_> = documents
+            .iter()
+            .filter(|d| d["kind"] == "StorageClass")
+            .collect();
+        assert_eq!(classes.len(), 1, "{text}");
+        assert_eq!(classes[0]["metadata"]["name"].as_str(), Some(hostile));
+        let config_map = documents.iter().find(|d| d["kind"] == "ConfigMap").unwrap();
+        let config: serde_json::Value =
+            serde_json::from_str(config_map["data"]["config.json"].as_str().unwrap()).unwrap();
+        let paths = config.to_string();
+        assert!(
+            paths.contains(&serde_json::to_string(hostile).unwrap()),
+            "{paths}"
+        );
+    }
+}
+
+#[test]
+fn k3s_config_keeps_hostile_values_as_strings() {
+    let profile = profiles()
+        .into_iter()
+        .find(|(path, _)| path.ends_with("homelab-ha.toml"))
+        .unwrap()
+        .1;
+    for hostile in HOSTILE_YAML {
+        let node = NodeSettings {
+            name: hostile.to_owned(),
+            address: "10.0.0.5".parse().unwrap(),
+            role: Role::Server,
+            join: JoinMode::Join {
+                server_url: hostile.to_owned(),
+            },
+            labels: BTreeMap::from([(hostile.to_owned(), hostile.to_owned())]),
+            taints: vec![hostile.to_owned()],
+        };
+        let text = render_config(
+            &Templates::builtin(),
+            &profile,
+            &node,
+            &K3sToken::from_secret(hostile),
+        )
+        .unwrap();
+        let documents = yaml_documents(&text);
+        assert_eq!(documents.len(), 1, "{text}");
+        let config = &documents[0];
+        assert_eq!(config["node-name"].as_str(), Some(hostile));
+        assert_eq!(config["server"].as_str(), Some(hostile));
+        assert_eq!(config["token"].as_str(), Some(hostile));
+        assert_eq!(
+            config["node-label"][0].as_str(),
+            Some(format!("{hostile}={hostile}").as_str())
+        );
+        assert_eq!(config["node-taint"][0].as_str(), Some(hostile));
+        let keys: BTreeSet<&str> = config
+            .as_mapping()
+            .unwrap()
+            .keys()
+            .map(|k| k.as_str().unwrap())
+            .collect();
+        let allowed = BTreeSet::from([
+            "server",
+            "token",
+            "node-name",
+            "node-ip",
+            "node-label",
+            "node-taint",
+            "write-kubeconfig-mode",
+            "cluster-cidr",
+            "service-cidr",
+            "flannel-backend",
+            "secrets-encryption",
+            "tls-san",
+            "disable",
+        ]);
+        assert!(keys.is_subset(&allowed), "{keys:?}\n{text}");
+        for line in text.lines().filter(|l| l.starts_with('#')) {
+            assert!(
+                !line.contains('\u{2028}') && !line.contains('\u{85}'),
+                "{line:?}"
+            );
+        }
+    }
+}
+
+/// k3s and SSH-executor command builders fed hostile values, run in the recording shell.
+mod hostile_values {
+    use std::collections::BTreeMap;
+
+    use proptest::prelude::*;
+
+    use crate::nodeprep::sandbox::{Sandbox, assert_syntax, hostile, hostile_dash};
+    use provision::k3s::cluster::{ClusterNode, label_taint_commands, probe_script};
+    use provision::ssh::commands;
+
+    fn config() -> ProptestConfig {
+        ProptestConfig {
+            cases: 24,
+            failure_persistence: None,
+            ..ProptestConfig::default()
+        }
+    }
+
+    fn value() -> impl Strategy<Value = String> {
+        prop_oneof![hostile(), hostile_dash()]
+    }
+
+    proptest! {
+        #![proptest_config(config())]
+
+        /// The node name comes from the guest (`kubectl get nodes`); labels and taints from the profile.
+        /// Each reaches kubectl as one argument; one starting with `-` (an option) is refused.
+        #[test]
+        fn label_and_taint_values_reach_kubectl_as_whole_arguments(
+            name in value(),
+            key in value(),
+            label in value(),
+            taint in value(),
+        ) {
+            let node = ClusterNode {
+                name: name.clone(),
+                ready: true,
+                etcd_member: false,
+                labels: BTreeMap::new(),
+                taints: vec![],
+            };
+            let labels = BTreeMap::from([(key.clone(), label.clone())]);
+            let result = label_taint_commands(&node, &labels, std::slice::from_ref(&taint));
+            if [&name, &key, &taint].iter().any(|v| v.starts_with('-')) {
+                let error = result.unwrap_err().to_string();
+                prop_assert!(error.contains("starts with `-`"), "{}", error);
+                return Ok(());
+            }
+            let commands = result.unwrap();
+            prop_assert_eq!(commands.len(), 2);
+            let label_arg = format!("{key}={label}");
+            let expected = [
+                ["kubectl", "label", "node", name.as_str(), "--overwrite", label_arg.as_str()],
+                ["kubectl", "taint", "node", name.as_str(), "--overwrite", taint.as_str()],
+            ];
+            for (command, expected) in commands.iter().zip(expected) {
+                assert_syntax(command);
+                let run = Sandbox::new().run(command, b"");
+                run.assert_nothing_injected(command);
+                let calls = run.calls_to("k3s");
+                prop_assert_eq!(calls.len(), 1, "{:?}", run);
+                prop_assert_eq!(&calls[0].args, &expected.map(str::to_owned).to_vec());
+            }
+        }
+
+        /// The probe's unit is a constant, but the token it compares arrives on stdin from the workspace:
+        /// a hostile token is compared, never run.
+        #[test]
+        fn probe_reads_the_token_as_data(token in hostile()) {
+            prop_assume!(!token.contains('\n'));
+            let script = probe_script("k3s.service");
+            assert_syntax(&script);
+            let run = Sandbox::new().run(&script, format!("{token}\n").as_bytes());
+            run.assert_nothing_injected(&script);
+            prop_assert_eq!(run.status, Some(0), "{:?}", run);
+        }
+
+        /// The SSH executor's own commands (upload staging, install, read, remove, sudo) with hostile
+        /// remote paths.
+        #[test]
+        fn executor_commands_keep_paths_as_whole_arguments(name in value()) {
+            let name = name.replace('/', "_");
+            let path = format!("/srv/{name}");
+            let staged = commands::staging_path(&path, "1");
+            let upload = format!("/tmp/.provision-upload-{name}");
+            let install = commands::verify_and_install(&staged, &path, &"0".repeat(64), 0o600);
+            let sandbox = Sandbox::new()
+                .behave("sha256sum", &"0".repeat(64), 0)
+                .behave("cat", "", 0);
+            for (command, tool, expected) in [
+                (commands::prepare_dir(&path), "mkdir", vec!["-p", "--", "/srv"]),
+                (commands::move_staged(&upload, &staged), "cp", vec!["--", upload.as_str(), staged.as_str()]),
+                (commands::read_file(&path), "cat", vec!["--", path.as_str()]),
+                (commands::remove_file(&path), "rm", vec!["-f", "--", path.as_str()]),
+                (install.clone(), "mv", vec!["-f", "--", staged.as_str(), path.as_str()]),
+            ] {
+                assert_syntax(&command);
+                let run = sandbox.run(&command, b"");
+                run.assert_nothing_injected(&command);
+                let calls = run.calls_to(tool);
+                prop_assert_eq!(calls.len(), 1, "{}: {:?}", command, run);
+                prop_assert_eq!(&calls[0].args, &expected.iter().map(|a| (*a).to_owned()).collect::<Vec<_>>());
+            }
+            let wrapped = commands::as_root(&install);
+            assert_syntax(&wrapped);
+            let run = sandbox.run(&wrapped, b"");
+            run.assert_nothing_injected(&wrapped);
+            prop_assert_eq!(
+                &run.calls_to("sudo")[0].args,
+                &vec!["-n".to_owned(), "sh".to_owned(), "-c".to_owned(), install]
+            );
+        }
+    }
+}

@@ -38,6 +38,8 @@ struct Sim {
     service_commands: usize,
     /// Batch scripts run (node preparation travels as one per host).
     batches: usize,
+    /// Every command line sent (what `ps` on the guest would show).
+    command_lines: Vec<String>,
 }
 
 type Shared = Arc<Mutex<Sim>>;
@@ -114,7 +116,7 @@ impl FakeExec {
         command: &str,
         stdin: Option<&[u8]>,
     ) -> Result<CommandOutput, SshError> {
-        if let Some((nonce, steps)) = decode_batch(command) {
+        if let Some((nonce, steps)) = decode_batch(command, stdin.unwrap_or_default()) {
             return self.run_batch(sim, &nonce, &steps);
         }
         let host = sim.hosts.entry(self.host.clone()).or_default();
@@ -282,6 +284,7 @@ impl RemoteExec for FakeExec {
 
     async fn run(&self, command: &str, stdin: Option<&[u8]>) -> Result<CommandOutput, SshError> {
         let mut sim = self.sim.lock().unwrap();
+        sim.command_lines.push(command.to_owned());
         self.run_one(&mut sim, command, stdin)
     }
 
@@ -466,6 +469,28 @@ async fn fresh_cluster_bootstraps_then_joins_servers_one_at_a_time_then_agents()
     assert_eq!(mode & 0o777, 0o600);
     assert!(report.changed());
     assert!(report.nodes.iter().all(|n| n.started && !n.restarted));
+}
+
+#[tokio::test]
+async fn no_file_content_or_token_travels_on_a_command_line() {
+    use base64::Engine as _;
+    let world = world();
+    world.up().await.unwrap();
+    let config = world.config("server-1");
+    let sim = world.sim.lock().unwrap();
+    let encoded_config = base64::engine::general_purpose::STANDARD.encode(config.as_bytes());
+    assert!(sim.batches > 0);
+    for command in &sim.command_lines {
+        assert!(
+            !command.contains("0123abcd"),
+            "token on a command line: {command}"
+        );
+        assert!(
+            !command.contains(&encoded_config[..40]),
+            "config.yaml on a command line: {command}"
+        );
+        assert!(!command.contains("base64 -d"), "{command}");
+    }
 }
 
 #[tokio::test]
