@@ -133,10 +133,11 @@ pub fn uninstall_commands(role: Role) -> Vec<String> {
         ),
         format!("rm -f {}", quote(BINARY_PATH)),
         format!(
-            "rm -f {} {} {}",
+            "rm -f {} {} {} {}",
             crate::nodeprep::steps::MODULES_FILE,
             crate::nodeprep::steps::SYSCTL_FILE,
-            crate::nodeprep::steps::APT_SOURCE_FILE
+            crate::nodeprep::steps::APT_SOURCE_FILE,
+            crate::nodeprep::steps::APT_SOURCE_DEB822_FILE
         ),
     ]
 }

@@ -12,6 +12,20 @@ pub const MODULES_FILE: &str = "/etc/modules-load.d/provision-k3s.conf";
 pub const SYSCTL_FILE: &str = "/etc/sysctl.d/90-provision-k3s.conf";
 /// The offline apt source, when the profile has one.
 pub const APT_SOURCE_FILE: &str = "/etc/apt/sources.list.d/provision-offline.list";
+/// The same source in deb822 form: apt picks the parser by extension (`.list` one-line,
+/// `.sources` deb822), for sources.list.d and for `Dir::Etc::SourceList` alike.
+pub const APT_SOURCE_DEB822_FILE: &str = "/etc/apt/sources.list.d/provision-offline.sources";
+
+/// Where `airgap.apt_source` goes: `.list` for a one-line `deb …` entry, `.sources` for a
+/// deb822 stanza (`Types: deb` …).
+pub fn apt_source_file(source: &str) -> &'static str {
+    let first = source.trim_start().split_whitespace().next().unwrap_or("");
+    if first == "deb" || first == "deb-src" {
+        APT_SOURCE_FILE
+    } else {
+        APT_SOURCE_DEB822_FILE
+    }
+}
 /// Default mount point of the scratch disk when the profile names none.
 pub const DEFAULT_SCRATCH_MOUNT: &str = "/mnt/scratch";
 
@@ -105,7 +119,10 @@ pub fn prepare_steps(input: &NodePrepInput) -> Vec<Step> {
         steps.push(apt_source_step(source));
     }
     if !input.packages.is_empty() {
-        steps.push(packages_step(&input.packages, input.apt_source.is_some()));
+        steps.push(packages_step(
+            &input.packages,
+            input.apt_source.as_deref().map(apt_source_file),
+        ));
     }
     steps
 }
@@ -271,27 +288,30 @@ echo 'provision-outcome: changed'"#,
 
 /// The offline apt source file.
 pub fn apt_source_step(source: &str) -> Step {
+    let path = apt_source_file(source);
     Step::File {
-        description: format!("offline apt source in {APT_SOURCE_FILE}"),
-        path: APT_SOURCE_FILE.to_owned(),
+        description: format!("offline apt source in {path}"),
+        path: path.to_owned(),
         content: format!("# Written by provision: offline package source.\n{source}\n")
             .into_bytes(),
         mode: 0o644,
     }
 }
 
-/// Install the packages `dpkg-query` does not report installed. With an offline source, apt reads only
-/// that source (no network to the distribution's mirrors).
-pub fn packages_step(packages: &[String], offline: bool) -> Step {
+/// Install the packages `dpkg-query` does not report installed. With an offline source (its file),
+/// apt reads only that source (no network to the distribution's mirrors).
+pub fn packages_step(packages: &[String], offline: Option<&str>) -> Step {
     let list = packages
         .iter()
         .map(|p| quote(p))
         .collect::<Vec<_>>()
         .join(" ");
-    let apt_options = if offline {
-        format!(" -o Dir::Etc::SourceList={APT_SOURCE_FILE} -o Dir::Etc::SourceParts=-")
-    } else {
-        String::new()
+    let apt_options = match offline {
+        Some(file) => format!(
+            " -o Dir::Etc::SourceList={} -o Dir::Etc::SourceParts=-",
+            quote(file)
+        ),
+        None => String::new(),
     };
     // The missing packages collect in "$@" (one argument each: no word splitting, no globbing), and `--`
     // ends the options, so a name starting with `-` stays a package name.
@@ -405,10 +425,23 @@ mod tests {
             script.contains("Dir::Etc::SourceList=/etc/apt/sources.list.d/provision-offline.list")
         );
         assert!(script.contains("dpkg-query -W -f='${Status}'"));
-        let Step::Command { script, .. } = packages_step(&["nfs-common".into()], false) else {
+        let Step::Command { script, .. } = packages_step(&["nfs-common".into()], None) else {
             panic!("command expected");
         };
         assert!(!script.contains("SourceList"));
+        // A deb822 stanza goes to a `.sources` file, which apt parses as deb822.
+        let deb822 = "Types: deb\nURIs: http://10.0.0.1/debian\nSuites: bookworm\nComponents: main";
+        let Step::File { path, .. } = apt_source_step(deb822) else {
+            panic!("file expected");
+        };
+        assert_eq!(path, APT_SOURCE_DEB822_FILE);
+        let Step::Command { script, .. } = packages_step(&[], Some(apt_source_file(deb822))) else {
+            panic!("command expected");
+        };
+        assert!(
+            script
+                .contains("Dir::Etc::SourceList=/etc/apt/sources.list.d/provision-offline.sources")
+        );
     }
 
     #[test]

@@ -540,7 +540,8 @@ mod hostile_values {
             packages in proptest::collection::vec(prop_oneof![hostile(), hostile_dash()], 1..4),
             offline: bool,
         ) {
-            let script = script(packages_step(&packages, offline));
+            let source = offline.then_some(provision::nodeprep::steps::APT_SOURCE_FILE);
+            let script = script(packages_step(&packages, source));
             assert_syntax(&script);
             let run = Sandbox::new().behave("dpkg-query", "", 1).run(&script, b"");
             run.assert_nothing_injected(&script);
