@@ -11,7 +11,9 @@ use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
 use anyhow::Context;
-use pve_sim::{Inventory, SimConfig, SimHandle, Simulator};
+use pve_sim::{Inventory, SimConfig, SimError, SimHandle, Simulator};
+
+use crate::commands::UserError;
 
 use crate::inventory::AuthKind;
 use crate::pve::auth::{Auth, Secret};
@@ -123,9 +125,15 @@ pub async fn start(
     config.request_log = options.request_log.clone();
     config.state_file = Some(state_file);
     config.seed = options.seed;
-    let handle = Simulator::start(config)
-        .await
-        .context("starting the Proxmox simulator")?;
+    let handle = match Simulator::start(config).await {
+        Ok(handle) => handle,
+        Err(SimError::StateParse { path, source }) => {
+            return Err(invalid_state_file(&path, &source).into());
+        }
+        Err(error) => {
+            return Err(anyhow::Error::new(error).context("starting the Proxmox simulator"));
+        }
+    };
     let client = PveClient::new(ClientConfig::new(
         handle.base_url(),
         auth,
@@ -138,6 +146,31 @@ pub async fn start(
         },
         handle,
     })
+}
+
+/// A torn or hand-edited simulator state file: what it is, and how to set it aside.
+fn invalid_state_file(path: &str, error: &serde_json::Error) -> UserError {
+    let quoted = shell_quote(path);
+    let hint = format!(
+        "this file is the --simulate simulator's own state (the simulated Proxmox cluster), not \
+         a real cluster's and not provision's state; set it aside to start with an empty \
+         simulated cluster: mv {quoted} {}",
+        shell_quote(&format!("{path}.invalid"))
+    );
+    UserError::new(
+        format!("simulator state file {path} is not valid: {error}"),
+        Some(&hint),
+    )
+}
+
+/// `text` as one shell word (single-quoted unless it only has safe characters).
+fn shell_quote(text: &str) -> String {
+    let safe = |c: char| c.is_ascii_alphanumeric() || "/._-+:,@".contains(c);
+    if !text.is_empty() && text.chars().all(safe) {
+        text.to_owned()
+    } else {
+        format!("'{}'", text.replace('\'', r"'\''"))
+    }
 }
 
 /// The fixture's full-privilege API token, else `root@pam` with a ticket.

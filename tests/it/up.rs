@@ -215,6 +215,8 @@ fn the_binary_keeps_the_simulated_proxmox_across_runs() {
     let (code, stdout, stderr) = provision(&workspace, &home, &up);
     assert_eq!(code, 0, "{stderr}");
     assert!(stdout.contains("2 VMs ready"), "{stdout}");
+    // The first run in a fresh directory saves the simulator's state without an error.
+    assert!(!stderr.contains("ERROR"), "{stderr}");
     assert!(workspace.join(".provision/sim/state.json").exists());
 
     let again: Vec<&str> = [&up[..], &["--sim-request-log", log_arg][..]].concat();
@@ -249,4 +251,34 @@ fn the_binary_keeps_the_simulated_proxmox_across_runs() {
     assert_eq!(code, 0);
     let json: serde_json::Value = serde_json::from_str(&stdout).unwrap();
     assert_eq!(json["summary"]["create"], 2);
+}
+
+#[test]
+fn a_torn_simulator_state_file_is_a_user_error_with_the_command_to_set_it_aside() {
+    let dir = tempfile::tempdir().unwrap();
+    let home = dir.path().join("home");
+    let workspace = dir.path().join("ws");
+    std::fs::create_dir_all(&home).unwrap();
+    std::fs::create_dir_all(&workspace).unwrap();
+    let (code, _, stderr) = provision(&workspace, &home, &["init"]);
+    assert_eq!(code, 0, "{stderr}");
+    let sim_dir = workspace.join(".provision/sim");
+    std::fs::create_dir_all(&sim_dir).unwrap();
+    // What a process killed mid-write used to leave: a prefix of the JSON.
+    std::fs::write(sim_dir.join("state.json"), br#"{"inventory": {"nodes": ["#).unwrap();
+
+    let plan = ["plan", "--profile", "ci-nested", "--simulate"];
+    let (code, _, stderr) = provision(&workspace, &home, &plan);
+    assert_eq!(code, 1, "{stderr}");
+    assert!(stderr.contains("state.json is not valid"), "{stderr}");
+    assert!(stderr.contains("not a real cluster"), "{stderr}");
+    let mv = stderr
+        .lines()
+        .find_map(|line| line.split_once("mv ").map(|(_, command)| command.trim()))
+        .unwrap_or_else(|| panic!("no mv command in {stderr}"));
+    let (from, to) = mv.split_once(' ').unwrap();
+    // The printed command works as printed (paths relative to the workspace).
+    std::fs::rename(workspace.join(from), workspace.join(to)).unwrap();
+    let (code, _, stderr) = provision(&workspace, &home, &plan);
+    assert_eq!(code, 0, "{stderr}");
 }
