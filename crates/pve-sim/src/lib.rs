@@ -310,6 +310,11 @@ impl SimHandle {
             .count()
     }
 
+    /// Request body bytes read so far: only authenticated requests (and logins) are read.
+    pub fn request_body_bytes(&self) -> u64 {
+        self.shared.body_bytes()
+    }
+
     pub fn stepper(&self) -> Stepper {
         Stepper {
             shared: self.shared.clone(),

@@ -363,6 +363,8 @@ pub(crate) struct Shared {
     rng: Mutex<StdRng>,
     /// The single writer of the state file, if any.
     writer: Option<crate::persist::Writer>,
+    /// Request body bytes read (after authentication).
+    body_bytes: std::sync::atomic::AtomicU64,
 }
 
 fn lock<T>(mutex: &Mutex<T>) -> MutexGuard<'_, T> {
@@ -437,6 +439,7 @@ impl Shared {
             backend: Mutex::new(None),
             rng: Mutex::new(rng),
             writer,
+            body_bytes: std::sync::atomic::AtomicU64::new(0),
         };
         if !fresh {
             shared.settle_after_load();
@@ -505,6 +508,15 @@ impl Shared {
 
     pub fn vm_config(&self, vmid: u32) -> Option<BTreeMap<String, String>> {
         self.state().vms.get(&vmid).map(|vm| vm.config.clone())
+    }
+
+    pub fn count_body_bytes(&self, bytes: usize) {
+        self.body_bytes
+            .fetch_add(bytes as u64, std::sync::atomic::Ordering::Relaxed);
+    }
+
+    pub fn body_bytes(&self) -> u64 {
+        self.body_bytes.load(std::sync::atomic::Ordering::Relaxed)
     }
 
     /// Records that the state changed: the writer thread saves a snapshot soon
