@@ -55,6 +55,21 @@ pub(crate) fn load(path: &Path) -> Result<Option<State>, SimError> {
         })
 }
 
+/// Credentials belong to this start, not to the file: the tokens' secrets and the users'
+/// passwords of `inventory` replace those a loaded state was saved with.
+pub(crate) fn apply_credentials(state: &mut State, inventory: &crate::Inventory) {
+    for token in &mut state.inventory.tokens {
+        if let Some(current) = inventory.tokens.iter().find(|t| t.tokenid == token.tokenid) {
+            token.secret.clone_from(&current.secret);
+        }
+    }
+    for user in &mut state.inventory.users {
+        if let Some(current) = inventory.users.iter().find(|u| u.userid == user.userid) {
+            user.password.clone_from(&current.password);
+        }
+    }
+}
+
 /// `.state.json.XXXXXX.tmp` beside `path`.
 fn temp_prefix(path: &Path) -> String {
     let name = path

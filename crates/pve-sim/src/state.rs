@@ -388,10 +388,13 @@ impl Shared {
 
     fn new(config: SimConfig) -> Result<Shared, SimError> {
         let mut rng = StdRng::seed_from_u64(config.seed);
-        let loaded = match &config.state_file {
+        let mut loaded = match &config.state_file {
             Some(path) => crate::persist::load(path)?,
             None => None,
         };
+        if let Some(state) = loaded.as_mut() {
+            crate::persist::apply_credentials(state, &config.inventory);
+        }
         let fresh = loaded.is_none();
         let state = loaded.unwrap_or_else(|| State {
             pools: config

@@ -173,3 +173,31 @@ async fn a_symlink_planted_at_the_old_temp_path_is_not_followed() {
     assert!(std::fs::symlink_metadata(&path).unwrap().is_file());
     assert!(state_at(&path)["pools"].get("p1").is_some());
 }
+
+#[tokio::test]
+async fn credentials_of_this_start_replace_those_saved_in_the_file() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut config = config("pve-ci");
+    config.state_file = Some(dir.path().join("state.json"));
+    let with_secret = |secret: &str| {
+        let mut config = config.clone();
+        for token in &mut config.inventory.tokens {
+            token.secret = secret.to_owned();
+        }
+        config
+    };
+    let sim = start_with(with_secret("first-secret")).await;
+    let first = "PVEAPIToken=provision@pve!ci=first-secret";
+    sim.call_as(first, "POST", "/pools", &[("poolid", "p1")])
+        .await
+        .ok();
+    sim.handle.shutdown().await;
+
+    let sim = start_with(with_secret("second-secret")).await;
+    let answer = sim.call_as(first, "GET", "/pools", &[]).await;
+    assert_eq!(answer.status, 401, "{answer:?}");
+    let second = "PVEAPIToken=provision@pve!ci=second-secret";
+    let pools = sim.call_as(second, "GET", "/pools", &[]).await.ok();
+    assert_eq!(pools[0]["poolid"], "p1", "{pools}");
+    sim.handle.shutdown().await;
+}
