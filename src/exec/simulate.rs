@@ -149,11 +149,11 @@ pub async fn start(
 }
 
 /// A torn or hand-edited simulator state file: what it is, and how to set it aside.
-fn invalid_state_file(path: &str, error: &serde_json::Error) -> UserError {
+pub(crate) fn invalid_state_file(path: &str, error: &serde_json::Error) -> UserError {
     let quoted = shell_quote(path);
     let hint = format!(
-        "this file is the --simulate simulator's own state (the simulated Proxmox cluster), not \
-         a real cluster's and not provision's state; set it aside to start with an empty \
+        "this file is the Proxmox simulator's own state (the simulated cluster), not a real \
+         cluster's and not provision's state; set it aside to start with an empty \
          simulated cluster: mv {quoted} {}",
         shell_quote(&format!("{path}.invalid"))
     );

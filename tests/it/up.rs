@@ -268,6 +268,19 @@ fn a_torn_simulator_state_file_is_a_user_error_with_the_command_to_set_it_aside(
     std::fs::write(sim_dir.join("state.json"), br#"{"inventory": {"nodes": ["#).unwrap();
 
     let plan = ["plan", "--profile", "ci-nested", "--simulate"];
+    // `sim serve --state-file` explains it the same way, before listening.
+    let serve = [
+        "sim",
+        "serve",
+        "--listen",
+        "127.0.0.1:0",
+        "--state-file",
+        ".provision/sim/state.json",
+    ];
+    let (code, _, stderr) = provision(&workspace, &home, &serve);
+    assert_eq!(code, 1, "{stderr}");
+    assert!(stderr.contains("mv .provision/sim/state.json"), "{stderr}");
+
     let (code, _, stderr) = provision(&workspace, &home, &plan);
     assert_eq!(code, 1, "{stderr}");
     assert!(stderr.contains("state.json is not valid"), "{stderr}");
