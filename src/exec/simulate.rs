@@ -208,3 +208,30 @@ fn credentials(
         AuthKind::RootTicket,
     ))
 }
+
+#[cfg(test)]
+mod tests {
+    #![allow(clippy::unwrap_used)]
+    use super::*;
+
+    #[test]
+    fn the_mv_hint_quotes_paths_for_the_shell() {
+        assert_eq!(
+            shell_quote("./.provision/sim/state.json"),
+            "./.provision/sim/state.json"
+        );
+        assert_eq!(
+            shell_quote("/tmp/my ws/state.json"),
+            "'/tmp/my ws/state.json'"
+        );
+        assert_eq!(shell_quote("it's"), r"'it'\''s'");
+        let error = serde_json::from_str::<serde_json::Value>("{").unwrap_err();
+        let hint = invalid_state_file("/tmp/a b/state.json", &error)
+            .hint
+            .unwrap_or_default();
+        assert!(
+            hint.ends_with("mv '/tmp/a b/state.json' '/tmp/a b/state.json.invalid'"),
+            "{hint}"
+        );
+    }
+}
