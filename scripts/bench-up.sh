@@ -141,8 +141,8 @@ run_case() { # NAME INVENTORY PROFILE SCALE
             >"$ws/profiles/$profile.toml"
     fi
 
-    # No --state-file: the simulator rewrites the whole file (17 MB with 200 seed ISOs) under its
-    # state lock after every change, which would make the simulator, not provision, the bottleneck.
+    # No --state-file: each run measures a fresh cluster. The credentials are random per start
+    # and read back from the lines the simulator prints.
     "$BIN" sim serve --listen "127.0.0.1:$PORT" --inventory "$inventory" --time-scale "$scale" \
         --request-log "$log" >"$out" 2>&1 &
     SIM_PID=$!

@@ -15,6 +15,9 @@ pub async fn run(_context: &Context, command: SimCommand) -> anyhow::Result<Exit
                 Some("use a built-in fixture (pve-a100, pve-sentinel, pve-sentinel-acs, pve-iommu-off, pve-cluster-4, pve-ci, pve-homelab, pve-gpu) or a TOML file"),
             )
             .into()),
+            Err(pve_sim::ServeError::Sim(pve_sim::SimError::StateParse { path, source })) => Err(
+                crate::exec::simulate::invalid_state_file(&path, &source).into(),
+            ),
             Err(error @ (pve_sim::ServeError::Sim(_) | pve_sim::ServeError::Signal(_))) => {
                 Err(error.into())
             }

@@ -11,7 +11,9 @@ use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
 use anyhow::Context;
-use pve_sim::{Inventory, SimConfig, SimHandle, Simulator};
+use pve_sim::{Inventory, SimConfig, SimError, SimHandle, Simulator};
+
+use crate::commands::UserError;
 
 use crate::cli::SimAuth;
 use crate::inventory::AuthKind;
@@ -126,9 +128,15 @@ pub async fn start(
     config.request_log = options.request_log.clone();
     config.state_file = Some(state_file);
     config.seed = options.seed;
-    let handle = Simulator::start(config)
-        .await
-        .context("starting the Proxmox simulator")?;
+    let handle = match Simulator::start(config).await {
+        Ok(handle) => handle,
+        Err(SimError::StateParse { path, source }) => {
+            return Err(invalid_state_file(&path, &source).into());
+        }
+        Err(error) => {
+            return Err(anyhow::Error::new(error).context("starting the Proxmox simulator"));
+        }
+    };
     let connect = |auth: Auth| -> anyhow::Result<Arc<dyn PveApi>> {
         Ok(Arc::new(PveClient::new(ClientConfig::new(
             handle.base_url(),
@@ -154,6 +162,21 @@ pub async fn start(
         },
     };
     Ok(Simulated { connection, handle })
+}
+
+/// A torn or hand-edited simulator state file: what it is, and how to set it aside.
+pub(crate) fn invalid_state_file(path: &str, error: &serde_json::Error) -> UserError {
+    let quoted = crate::nodeprep::shell::quote(path);
+    let hint = format!(
+        "this file is the Proxmox simulator's own state (the simulated cluster), not a real \
+         cluster's and not provision's state; set it aside to start with an empty \
+         simulated cluster: mv {quoted} {}",
+        crate::nodeprep::shell::quote(&format!("{path}.invalid"))
+    );
+    UserError::new(
+        format!("simulator state file {path} is not valid: {error}"),
+        Some(&hint),
+    )
 }
 
 /// The simulated Proxmox's credentials, as `--sim-auth` chose them.
@@ -213,4 +236,31 @@ fn credentials(
             root: root()?,
         },
     })
+}
+
+#[cfg(test)]
+mod tests {
+    #![allow(clippy::unwrap_used)]
+    use super::*;
+
+    #[test]
+    fn the_mv_hint_quotes_paths_for_the_shell() {
+        assert_eq!(
+            crate::nodeprep::shell::quote("./.provision/sim/state.json"),
+            "./.provision/sim/state.json"
+        );
+        assert_eq!(
+            crate::nodeprep::shell::quote("/tmp/my ws/state.json"),
+            "'/tmp/my ws/state.json'"
+        );
+        assert_eq!(crate::nodeprep::shell::quote("it's"), r"'it'\''s'");
+        let error = serde_json::from_str::<serde_json::Value>("{").unwrap_err();
+        let hint = invalid_state_file("/tmp/a b/state.json", &error)
+            .hint
+            .unwrap_or_default();
+        assert!(
+            hint.ends_with("mv '/tmp/a b/state.json' '/tmp/a b/state.json.invalid'"),
+            "{hint}"
+        );
+    }
 }

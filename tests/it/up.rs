@@ -217,6 +217,8 @@ fn the_binary_keeps_the_simulated_proxmox_across_runs() {
     let (code, stdout, stderr) = provision(&workspace, &home, &up);
     assert_eq!(code, 0, "{stderr}");
     assert!(stdout.contains("2 VMs ready"), "{stdout}");
+    // The first run in a fresh directory saves the simulator's state without an error.
+    assert!(!stderr.contains("ERROR"), "{stderr}");
     assert!(workspace.join(".provision/sim/state.json").exists());
 
     let again: Vec<&str> = [&up[..], &["--sim-request-log", log_arg][..]].concat();
@@ -251,4 +253,145 @@ fn the_binary_keeps_the_simulated_proxmox_across_runs() {
     assert_eq!(code, 0);
     let json: serde_json::Value = serde_json::from_str(&stdout).unwrap();
     assert_eq!(json["summary"]["create"], 2);
+}
+
+#[test]
+fn a_torn_simulator_state_file_is_a_user_error_with_the_command_to_set_it_aside() {
+    let dir = tempfile::tempdir().unwrap();
+    let home = dir.path().join("home");
+    let workspace = dir.path().join("ws");
+    std::fs::create_dir_all(&home).unwrap();
+    std::fs::create_dir_all(&workspace).unwrap();
+    let (code, _, stderr) = provision(&workspace, &home, &["init"]);
+    assert_eq!(code, 0, "{stderr}");
+    let sim_dir = workspace.join(".provision/sim");
+    std::fs::create_dir_all(&sim_dir).unwrap();
+    // What a process killed mid-write used to leave: a prefix of the JSON.
+    std::fs::write(sim_dir.join("state.json"), br#"{"inventory": {"nodes": ["#).unwrap();
+
+    let plan = ["plan", "--profile", "ci-nested", "--simulate"];
+    // `sim serve --state-file` explains it the same way, before listening.
+    let serve = [
+        "sim",
+        "serve",
+        "--listen",
+        "127.0.0.1:0",
+        "--state-file",
+        ".provision/sim/state.json",
+    ];
+    let (code, _, stderr) = provision(&workspace, &home, &serve);
+    assert_eq!(code, 1, "{stderr}");
+    assert!(stderr.contains("mv .provision/sim/state.json"), "{stderr}");
+
+    let (code, _, stderr) = provision(&workspace, &home, &plan);
+    assert_eq!(code, 1, "{stderr}");
+    assert!(stderr.contains("state.json is not valid"), "{stderr}");
+    assert!(stderr.contains("not a real cluster"), "{stderr}");
+    let mv = stderr
+        .lines()
+        .find_map(|line| line.split_once("mv ").map(|(_, command)| command.trim()))
+        .unwrap_or_else(|| panic!("no mv command in {stderr}"));
+    let (from, to) = mv.split_once(' ').unwrap();
+    // The printed command works as printed (paths relative to the workspace).
+    std::fs::rename(workspace.join(from), workspace.join(to)).unwrap();
+    let (code, _, stderr) = provision(&workspace, &home, &plan);
+    assert_eq!(code, 0, "{stderr}");
+}
+
+#[test]
+fn sim_serve_warns_off_loopback_and_its_printed_lines_connect_provision() {
+    use std::io::{BufRead, BufReader, Read};
+    let dir = tempfile::tempdir().unwrap();
+    let home = dir.path().join("home");
+    let workspace = dir.path().join("ws");
+    std::fs::create_dir_all(&home).unwrap();
+    std::fs::create_dir_all(&workspace).unwrap();
+    let (code, _, stderr) = provision(&workspace, &home, &["init"]);
+    assert_eq!(code, 0, "{stderr}");
+    std::fs::create_dir_all(home.join(".ssh")).unwrap();
+    std::fs::write(
+        home.join(".ssh/id_ed25519.pub"),
+        format!("{}\n", crate::support::sim::USER_KEY),
+    )
+    .unwrap();
+
+    let mut server = Command::new(env!("CARGO_BIN_EXE_provision"))
+        .args([
+            "sim",
+            "serve",
+            "--listen",
+            "0.0.0.0:0",
+            "--inventory",
+            "pve-ci",
+        ])
+        .env_remove("PVE_SIM_TOKEN_SECRET")
+        .env_remove("PVE_SIM_ROOT_PASSWORD")
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    let mut banner = Vec::new();
+    for line in BufReader::new(server.stdout.take().unwrap()).lines() {
+        let line = line.unwrap();
+        let last = line.starts_with("press Ctrl-C");
+        banner.push(line);
+        if last {
+            break;
+        }
+    }
+    // The fixture's published secret is not the one in use.
+    let text = banner.join("\n");
+    assert!(
+        !text.contains("5f1c3a6e-8d2b-4c71-9e0a-2b7d4f6a9c13"),
+        "{text}"
+    );
+    let exports: Vec<&str> = banner
+        .iter()
+        .map(String::as_str)
+        .filter(|l| l.starts_with("export "))
+        .collect();
+    let pin = banner
+        .iter()
+        .find_map(|l| {
+            l.split_once("[proxmox] ")
+                .map(|(_, setting)| setting.to_owned())
+        })
+        .unwrap_or_else(|| panic!("no provision.toml line in {text}"));
+    let config_path = workspace.join("provision.toml");
+    let config = std::fs::read_to_string(&config_path).unwrap();
+    std::fs::write(
+        &config_path,
+        config.replacen("[proxmox]\n", &format!("[proxmox]\n{pin}\n"), 1),
+    )
+    .unwrap();
+
+    // The export lines as printed, then provision in the same shell.
+    let script = format!(
+        "{}\nexec \"$0\" plan --profile ci-nested --output json",
+        exports.join("\n")
+    );
+    let output = Command::new("sh")
+        .args(["-c", &script, env!("CARGO_BIN_EXE_provision")])
+        .current_dir(&workspace)
+        .env("HOME", &home)
+        .env("NO_COLOR", "1")
+        .output()
+        .unwrap();
+    server.kill().unwrap();
+    server.wait().unwrap();
+    let mut server_stderr = String::new();
+    server
+        .stderr
+        .take()
+        .unwrap()
+        .read_to_string(&mut server_stderr)
+        .unwrap();
+    assert!(
+        server_stderr.contains("WARNING: listening on 0.0.0.0"),
+        "{server_stderr}"
+    );
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert_eq!(output.status.code(), Some(0), "{stderr}");
+    let json: serde_json::Value = serde_json::from_slice(&output.stdout).unwrap();
+    assert_eq!(json["summary"]["create"], 2, "{json}");
 }

@@ -10,6 +10,7 @@ pub mod propstring;
 pub mod schema;
 
 mod guest;
+mod persist;
 mod router;
 mod serve;
 mod state;
@@ -51,7 +52,8 @@ pub struct SimConfig {
     pub latency_ms: u64,
     /// One JSON line per request.
     pub request_log: Option<PathBuf>,
-    /// Loaded at start when present; written atomically after every mutation.
+    /// Loaded at start when present; written atomically by one writer thread shortly after
+    /// each change and on shutdown (see the crate README, "Persistence").
     pub state_file: Option<PathBuf>,
     pub mode: SimMode,
     pub listen: SocketAddr,
@@ -108,6 +110,8 @@ pub enum SimError {
         #[source]
         source: std::io::Error,
     },
+    #[error("cannot start the state file writer")]
+    StateWriter(#[source] std::io::Error),
     #[error("no running task {0}")]
     NoSuchTask(String),
 }
@@ -217,7 +221,7 @@ impl Simulator {
     /// Binds, generates the certificate and starts serving; returns at once.
     pub async fn start(config: SimConfig) -> Result<SimHandle, SimError> {
         let identity = tls::Identity::generate()?;
-        let shared = Arc::new(state::Shared::new(config.clone())?);
+        let shared = state::Shared::start(config.clone())?;
         let listener =
             std::net::TcpListener::bind(config.listen).map_err(|source| SimError::Listen {
                 addr: config.listen,
@@ -306,6 +310,11 @@ impl SimHandle {
             .count()
     }
 
+    /// Request body bytes read so far: only authenticated requests (and logins) are read.
+    pub fn request_body_bytes(&self) -> u64 {
+        self.shared.body_bytes()
+    }
+
     pub fn stepper(&self) -> Stepper {
         Stepper {
             shared: self.shared.clone(),
@@ -348,7 +357,7 @@ impl SimHandle {
                 tracing::warn!(%error, "simulator task ended abnormally");
             }
         }
-        self.shared.save();
+        self.shared.flush();
     }
 }
 

@@ -53,7 +53,7 @@ use std::collections::{BTreeMap, BTreeSet};
 use std::time::Duration;
 
 use axum::Router;
-use axum::body::Bytes;
+use axum::body::{Body, Bytes};
 use axum::extract::State as AxumState;
 use axum::http::{HeaderMap, Method, StatusCode, Uri, header};
 use axum::response::{IntoResponse, Response};
@@ -81,18 +81,57 @@ async fn handle(
     method: Method,
     uri: Uri,
     headers: HeaderMap,
-    body: Bytes,
+    body: Body,
 ) -> Response {
     if shared.config.latency_ms > 0 {
         tokio::time::sleep(Duration::from_millis(shared.config.latency_ms)).await;
     }
     shared.advance();
     let raw_path = uri.path();
+    let path = api_path(raw_path);
+    let route = if raw_path.starts_with("/api2/json") {
+        find_route(&method, &path)
+    } else {
+        None
+    };
+    let Some((template, vars)) = route else {
+        let error = ApiError::not_implemented(method.as_str(), &path);
+        return finish(&shared, &method, &path, Map::new(), Err(error));
+    };
+    // Authentication comes from the headers alone and is checked before the body is read: an
+    // anonymous client cannot make the simulator buffer or parse anything.
+    let identity = if template == LOGIN {
+        None
+    } else {
+        match authenticate(&shared, &method, &headers) {
+            Ok(identity) => Some(identity),
+            Err(error) => return finish(&shared, &method, &path, Map::new(), Err(error)),
+        }
+    };
+    let body = match read_body(&shared, body, template).await {
+        Ok(body) => body,
+        Err(error) => return finish(&shared, &method, &path, Map::new(), Err(error)),
+    };
+    let (params, upload) = match parse_params(&method, &uri, &headers, &body) {
+        Ok(parsed) => parsed,
+        Err(error) => return finish(&shared, &method, &path, Map::new(), Err(error)),
+    };
+    let result = match identity {
+        None => login_route(&shared, &method, template, &vars, &params),
+        Some(identity) => dispatch(
+            &shared, &method, template, &vars, &identity, &params, upload,
+        ),
+    };
+    finish(&shared, &method, &path, params, result)
+}
+
+/// The path below `/api2/json`, percent-decoded except that a `/` inside a segment (a volume
+/// id) stays `%2F`, without a trailing `/`.
+fn api_path(raw_path: &str) -> String {
     let path: String = raw_path
         .strip_prefix("/api2/json")
         .unwrap_or(raw_path)
         .split('/')
-        // Decoded, except that a `/` inside a segment (a volume id) stays `%2F`.
         .map(|segment| {
             percent_decode_str(segment)
                 .decode_utf8_lossy()
@@ -100,21 +139,37 @@ async fn handle(
         })
         .collect::<Vec<_>>()
         .join("/");
-    let path = if path.len() > 1 {
+    if path.len() > 1 {
         path.trim_end_matches('/').to_owned()
     } else {
         path
-    };
-    let (params, upload) = match parse_params(&method, &uri, &headers, &body) {
-        Ok(parsed) => parsed,
-        Err(error) => return finish(&shared, &method, &path, Map::new(), Err(error)),
-    };
-    let result = if raw_path.starts_with("/api2/json") {
-        dispatch(&shared, &method, &path, &headers, &params, upload)
+    }
+}
+
+/// The only route served without authentication.
+const LOGIN: &str = "/access/ticket";
+
+/// Largest body of an upload (a NoCloud seed is a few hundred KiB).
+pub(crate) const MAX_UPLOAD_BODY: usize = 16 << 20;
+/// Largest body of any other request (parameters only).
+pub(crate) const MAX_BODY: usize = 1 << 20;
+
+/// Reads the body, refusing more than the route's limit (413) without buffering it.
+async fn read_body(shared: &Shared, body: Body, template: &str) -> ApiResult<Bytes> {
+    let limit = if template.ends_with("/upload") {
+        MAX_UPLOAD_BODY
     } else {
-        Err(ApiError::not_implemented(method.as_str(), &path))
+        MAX_BODY
     };
-    finish(&shared, &method, &path, params, result)
+    let bytes = axum::body::to_bytes(body, limit)
+        .await
+        .map_err(|_| ApiError {
+            status: 413,
+            message: format!("request body larger than {limit} bytes or unreadable"),
+            errors: None,
+        })?;
+    shared.count_body_bytes(bytes.len());
+    Ok(bytes)
 }
 
 fn finish(
@@ -213,11 +268,8 @@ fn parse_params(
         .unwrap_or("");
     let mut upload = None;
     if *method != Method::GET && !body.is_empty() {
-        if let Some(boundary) = content_type
-            .strip_prefix("multipart/form-data")
-            .and_then(|rest| rest.split("boundary=").nth(1))
-        {
-            let boundary = boundary.trim_matches('"');
+        if let Some(parameters) = content_type.strip_prefix("multipart/form-data") {
+            let boundary = multipart_boundary(parameters)?;
             let (fields, file) = parse_multipart(body, boundary)?;
             pairs.extend(fields);
             upload = file;
@@ -254,6 +306,30 @@ fn parse_params(
         }
     }
     Ok((params, upload))
+}
+
+/// RFC 2046 §5.1.1: a boundary is 1 to 70 of these characters, not ending in a space.
+const MAX_BOUNDARY: usize = 70;
+
+/// The `boundary` parameter of a `multipart/form-data` content type (after the media type).
+fn multipart_boundary(parameters: &str) -> ApiResult<&str> {
+    let boundary = parameters
+        .split(';')
+        .find_map(|p| p.trim().strip_prefix("boundary="))
+        .map(|b| b.trim().trim_matches('"'))
+        .unwrap_or("");
+    let allowed = |c: char| c.is_ascii_alphanumeric() || "'()+_,-./:=? ".contains(c);
+    if boundary.is_empty()
+        || boundary.len() > MAX_BOUNDARY
+        || boundary.ends_with(' ')
+        || !boundary.chars().all(allowed)
+    {
+        return Err(ApiError::param(
+            "body",
+            format!("invalid multipart boundary (1 to {MAX_BOUNDARY} characters, RFC 2046)"),
+        ));
+    }
+    Ok(boundary)
 }
 
 type MultipartParts = (Vec<(String, String)>, Option<Upload>);
@@ -615,30 +691,38 @@ pub(crate) const ROUTES: &[(&str, &str)] = &[
     ("POST", "/pools"),
 ];
 
-fn dispatch(
-    shared: &Shared,
-    method: &Method,
-    path: &str,
-    headers: &HeaderMap,
-    params: &Map<String, Value>,
-    upload: Option<Upload>,
-) -> ApiResult<Reply> {
-    let Some((template, vars)) = ROUTES.iter().find_map(|(m, template)| {
+/// The route template `path` matches for `method`, and its variables.
+fn find_route(method: &Method, path: &str) -> Option<(&'static str, BTreeMap<String, String>)> {
+    ROUTES.iter().find_map(|(m, template)| {
         (*m == method.as_str())
             .then(|| matches(template, path).map(|vars| (*template, vars)))
             .flatten()
-    }) else {
-        return Err(ApiError::not_implemented(method.as_str(), path));
-    };
-    if template == "/access/ticket" {
-        if let Err(errors) = schema::validate(method.as_str(), template, &with_vars(params, &vars))
-        {
-            return Err(ApiError::params(errors));
-        }
-        return login(shared, params);
+    })
+}
+
+fn login_route(
+    shared: &Shared,
+    method: &Method,
+    template: &str,
+    vars: &BTreeMap<String, String>,
+    params: &Map<String, Value>,
+) -> ApiResult<Reply> {
+    if let Err(errors) = schema::validate(method.as_str(), template, &with_vars(params, vars)) {
+        return Err(ApiError::params(errors));
     }
-    let identity = authenticate(shared, method, headers)?;
-    let all = with_vars(params, &vars);
+    login(shared, params)
+}
+
+fn dispatch(
+    shared: &Shared,
+    method: &Method,
+    template: &str,
+    vars: &BTreeMap<String, String>,
+    identity: &Identity,
+    params: &Map<String, Value>,
+    upload: Option<Upload>,
+) -> ApiResult<Reply> {
+    let all = with_vars(params, vars);
     if let Err(errors) = schema::validate(method.as_str(), template, &all) {
         return Err(ApiError::params(errors));
     }
@@ -647,9 +731,9 @@ fn dispatch(
     }
     let request = Request {
         shared,
-        identity: &identity,
+        identity,
         params: &all,
-        vars: &vars,
+        vars,
     };
     let reply = request.route(method.as_str(), template, upload);
     if method != Method::GET && reply.is_ok() {

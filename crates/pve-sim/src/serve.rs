@@ -1,5 +1,10 @@
 //! `provision sim serve`: runs the simulator standalone until Ctrl-C, printing what a user needs
 //! to point provision (or curl) at it.
+//!
+//! Security defaults: it listens on loopback unless told otherwise (and warns loudly when not);
+//! the API token secrets and user passwords of the inventory are replaced by random ones at each
+//! start, printed once, unless given with `--token-secret` / `--root-password` (or their
+//! environment variables, which unlike flags do not show in `ps`).
 
 use std::net::SocketAddr;
 use std::path::PathBuf;
@@ -38,6 +43,13 @@ pub struct ServeArgs {
     /// Seed for failure injection and generated ids.
     #[arg(long, default_value_t = 0)]
     pub seed: u64,
+    /// Secret of every API token of the inventory (default: random at each start, printed once).
+    #[arg(long, env = "PVE_SIM_TOKEN_SECRET", hide_env_values = true)]
+    pub token_secret: Option<String>,
+    /// Password of root@pam (default: random at each start, printed once); other users of the
+    /// inventory always get random passwords.
+    #[arg(long, env = "PVE_SIM_ROOT_PASSWORD", hide_env_values = true)]
+    pub root_password: Option<String>,
 }
 
 /// Why `serve` stopped.
@@ -57,11 +69,19 @@ pub enum ServeError {
 
 /// Runs the simulator until Ctrl-C; prints URL, fingerprint and credentials to stdout.
 pub async fn serve(args: ServeArgs) -> Result<(), ServeError> {
-    let inventory =
+    let mut inventory =
         Inventory::builtin_or_load(&args.inventory).map_err(|source| ServeError::Inventory {
             name: args.inventory.clone(),
             source,
         })?;
+    set_credentials(
+        &mut inventory,
+        args.token_secret.as_deref(),
+        args.root_password.as_deref(),
+    );
+    if !args.listen.ip().is_loopback() {
+        warn_not_loopback(args.listen);
+    }
     let mut config = SimConfig::new(inventory.clone());
     config.listen = args.listen;
     config.time_scale = args.time_scale;
@@ -79,26 +99,79 @@ pub async fn serve(args: ServeArgs) -> Result<(), ServeError> {
     signal.map_err(ServeError::Signal)
 }
 
-#[allow(clippy::print_stdout)]
-fn print_banner(url: &str, fingerprint: &str, inventory: &Inventory) {
-    println!("Proxmox VE simulator listening on {url}/api2/json");
-    println!("certificate fingerprint (SHA-256): {fingerprint}");
+/// Replaces the fixture's well-known credentials: every token gets `token_secret` (else a random
+/// UUID-like secret), root@pam `root_password` (else a random password), other users a random one.
+pub(crate) fn set_credentials(
+    inventory: &mut Inventory,
+    token_secret: Option<&str>,
+    root_password: Option<&str>,
+) {
+    use rand::Rng as _;
+    use rand::distr::Alphanumeric;
+    let mut rng = rand::rng();
+    for token in &mut inventory.tokens {
+        token.secret = match token_secret {
+            Some(secret) => secret.to_owned(),
+            None => crate::state::uuid(rng.random::<[u8; 16]>()),
+        };
+    }
+    for user in &mut inventory.users {
+        user.password = match root_password {
+            Some(password) if user.userid == "root@pam" => password.to_owned(),
+            Some(_) | None => (&mut rng)
+                .sample_iter(Alphanumeric)
+                .take(24)
+                .map(char::from)
+                .collect(),
+        };
+    }
+}
+
+#[allow(clippy::print_stderr)]
+fn warn_not_loopback(listen: SocketAddr) {
+    tracing::warn!(%listen, "the simulator listens beyond loopback");
+    eprintln!(
+        "WARNING: listening on {listen}, which is not a loopback address: anyone who can reach \
+         it can use the simulated Proxmox with the credentials printed below. The simulator is a \
+         test tool; prefer --listen 127.0.0.1:PORT."
+    );
+}
+
+/// What `sim serve` prints: URL, fingerprint, credentials, and lines to paste into a shell.
+pub(crate) fn banner(url: &str, fingerprint: &str, inventory: &Inventory) -> String {
     let nodes: Vec<&str> = inventory.nodes.iter().map(|n| n.name.as_str()).collect();
-    println!("nodes: {}", nodes.join(", "));
+    let mut lines = vec![
+        format!("Proxmox VE simulator listening on {url}/api2/json"),
+        format!("certificate fingerprint (SHA-256): {fingerprint}"),
+        format!("nodes: {}", nodes.join(", ")),
+    ];
     for token in &inventory.tokens {
-        println!("token: PVEAPIToken={}={}", token.tokenid, token.secret);
+        lines.push(format!(
+            "token: PVEAPIToken={}={}",
+            token.tokenid, token.secret
+        ));
     }
     for user in &inventory.users {
-        println!("user: {} password {}", user.userid, user.password);
+        lines.push(format!("user: {} password {}", user.userid, user.password));
     }
-    println!("export PROXMOX_VE_ENDPOINT={url}/");
+    lines.push(format!("export PROXMOX_VE_ENDPOINT={url}/"));
     if let Some(token) = inventory.tokens.first() {
-        println!(
+        lines.push(format!(
             "export PROXMOX_VE_API_TOKEN='{}={}'",
             token.tokenid, token.secret
-        );
+        ));
     }
-    println!("press Ctrl-C to stop");
+    lines.push(format!("export PROXMOX_VE_FINGERPRINT='{fingerprint}'"));
+    lines.push(format!(
+        "# provision pins the certificate from provision.toml: [proxmox] fingerprint = \"{fingerprint}\""
+    ));
+    lines.push("press Ctrl-C to stop".to_owned());
+    lines.join("\n")
+}
+
+#[allow(clippy::print_stdout)]
+fn print_banner(url: &str, fingerprint: &str, inventory: &Inventory) {
+    println!("{}", banner(url, fingerprint, inventory));
 }
 
 #[cfg(test)]
@@ -145,6 +218,58 @@ mod tests {
         let defaults = Command::parse_from(["serve"]).serve;
         assert_eq!(defaults.listen.to_string(), "127.0.0.1:8006");
         assert!(defaults.state_file.is_none());
+    }
+
+    #[test]
+    fn credentials_are_random_at_each_start_unless_given() {
+        let fixture = Inventory::builtin("pve-ci").unwrap();
+        let mut first = fixture.clone();
+        let mut second = fixture.clone();
+        set_credentials(&mut first, None, None);
+        set_credentials(&mut second, None, None);
+        for ((a, b), original) in first.tokens.iter().zip(&second.tokens).zip(&fixture.tokens) {
+            assert_ne!(a.secret, original.secret);
+            assert_ne!(a.secret, b.secret);
+            assert_eq!(a.secret.len(), 36);
+        }
+        for ((a, b), original) in first.users.iter().zip(&second.users).zip(&fixture.users) {
+            assert_ne!(a.password, original.password);
+            assert_ne!(a.password, b.password);
+        }
+        let mut given = fixture;
+        set_credentials(&mut given, Some("s3cr3t"), Some("pw"));
+        assert!(given.tokens.iter().all(|t| t.secret == "s3cr3t"));
+        let root = given.users.iter().find(|u| u.userid == "root@pam").unwrap();
+        assert_eq!(root.password, "pw");
+    }
+
+    #[test]
+    fn the_export_lines_work_as_printed_in_a_shell() {
+        let mut inventory = Inventory::builtin("pve-ci").unwrap();
+        set_credentials(&mut inventory, None, None);
+        let fingerprint = "AB:CD";
+        let text = banner("https://127.0.0.1:8006", fingerprint, &inventory);
+        let exports: Vec<&str> = text
+            .lines()
+            .filter(|l| l.starts_with("export ") || l.starts_with('#'))
+            .collect();
+        assert_eq!(exports.len(), 4, "{text}");
+        let script = format!(
+            "{}\nprintf '%s\\n' \"$PROXMOX_VE_ENDPOINT\" \"$PROXMOX_VE_API_TOKEN\" \"$PROXMOX_VE_FINGERPRINT\"",
+            exports.join("\n")
+        );
+        let output = std::process::Command::new("sh")
+            .args(["-c", &script])
+            .output()
+            .unwrap();
+        let token = &inventory.tokens[0];
+        assert_eq!(
+            String::from_utf8(output.stdout).unwrap(),
+            format!(
+                "https://127.0.0.1:8006/\n{}={}\n{fingerprint}\n",
+                token.tokenid, token.secret
+            )
+        );
     }
 
     #[tokio::test]

@@ -195,33 +195,10 @@ pub(crate) struct Volume {
     #[serde(default)]
     pub vmid: Option<u32>,
     pub ctime: u64,
-    /// Kept for ISO images (NoCloud seeds) so the guest can read them.
-    #[serde(default, with = "base64_bytes")]
+    /// Kept for ISO images (NoCloud seeds) so the guest can read them; persisted as the seed's
+    /// files without private keys ([`crate::persist::volume_data`]).
+    #[serde(default, with = "crate::persist::volume_data")]
     pub data: Option<Vec<u8>>,
-}
-
-mod base64_bytes {
-    use base64::Engine as _;
-    use serde::{Deserialize, Deserializer, Serializer};
-
-    pub fn serialize<S: Serializer>(data: &Option<Vec<u8>>, s: S) -> Result<S::Ok, S::Error> {
-        match data {
-            Some(bytes) => {
-                s.serialize_some(&base64::engine::general_purpose::STANDARD.encode(bytes))
-            }
-            None => s.serialize_none(),
-        }
-    }
-
-    pub fn deserialize<'de, D: Deserializer<'de>>(d: D) -> Result<Option<Vec<u8>>, D::Error> {
-        let text: Option<String> = Option::deserialize(d)?;
-        text.map(|t| {
-            base64::engine::general_purpose::STANDARD
-                .decode(t)
-                .map_err(serde::de::Error::custom)
-        })
-        .transpose()
-    }
 }
 
 /// What a task does when it completes.
@@ -384,6 +361,10 @@ pub(crate) struct Shared {
     log_file: Mutex<Option<std::fs::File>>,
     backend: Mutex<Option<Arc<dyn GuestBackend>>>,
     rng: Mutex<StdRng>,
+    /// The single writer of the state file, if any.
+    writer: Option<crate::persist::Writer>,
+    /// Request body bytes read (after authentication).
+    body_bytes: std::sync::atomic::AtomicU64,
 }
 
 fn lock<T>(mutex: &Mutex<T>) -> MutexGuard<'_, T> {
@@ -394,23 +375,26 @@ fn lock<T>(mutex: &Mutex<T>) -> MutexGuard<'_, T> {
 }
 
 impl Shared {
-    pub fn new(config: SimConfig) -> Result<Shared, SimError> {
+    /// Loads the state file (if any) and starts its writer thread.
+    pub fn start(config: SimConfig) -> Result<Arc<Shared>, SimError> {
+        let shared = Arc::new(Shared::new(config)?);
+        if let Some(writer) = &shared.writer {
+            writer
+                .spawn(Arc::downgrade(&shared))
+                .map_err(SimError::StateWriter)?;
+        }
+        Ok(shared)
+    }
+
+    fn new(config: SimConfig) -> Result<Shared, SimError> {
         let mut rng = StdRng::seed_from_u64(config.seed);
-        let loaded = match &config.state_file {
-            Some(path) if path.exists() => {
-                let text = std::fs::read_to_string(path).map_err(|source| SimError::StateRead {
-                    path: path.display().to_string(),
-                    source,
-                })?;
-                Some(serde_json::from_str::<State>(&text).map_err(|source| {
-                    SimError::StateParse {
-                        path: path.display().to_string(),
-                        source,
-                    }
-                })?)
-            }
-            Some(_) | None => None,
+        let mut loaded = match &config.state_file {
+            Some(path) => crate::persist::load(path)?,
+            None => None,
         };
+        if let Some(state) = loaded.as_mut() {
+            crate::persist::apply_credentials(state, &config.inventory);
+        }
         let fresh = loaded.is_none();
         let state = loaded.unwrap_or_else(|| State {
             pools: config
@@ -449,6 +433,7 @@ impl Shared {
             ),
             None => None,
         };
+        let writer = config.state_file.clone().map(crate::persist::Writer::new);
         let shared = Shared {
             config,
             state: Mutex::new(state),
@@ -456,6 +441,8 @@ impl Shared {
             log_file: Mutex::new(log_file),
             backend: Mutex::new(None),
             rng: Mutex::new(rng),
+            writer,
+            body_bytes: std::sync::atomic::AtomicU64::new(0),
         };
         if !fresh {
             shared.settle_after_load();
@@ -526,24 +513,27 @@ impl Shared {
         self.state().vms.get(&vmid).map(|vm| vm.config.clone())
     }
 
-    /// Writes the state file atomically (temp file + rename).
+    pub fn count_body_bytes(&self, bytes: usize) {
+        self.body_bytes
+            .fetch_add(bytes as u64, std::sync::atomic::Ordering::Relaxed);
+    }
+
+    pub fn body_bytes(&self) -> u64 {
+        self.body_bytes.load(std::sync::atomic::Ordering::Relaxed)
+    }
+
+    /// Records that the state changed: the writer thread saves a snapshot soon
+    /// ([`crate::persist`]).
     pub fn save(&self) {
-        let Some(path) = &self.config.state_file else {
-            return;
-        };
-        let text = match serde_json::to_string(&*self.state()) {
-            Ok(text) => text,
-            Err(error) => {
-                tracing::error!(%error, "cannot serialize simulator state");
-                return;
-            }
-        };
-        let temp = path.with_extension("tmp");
-        // 0600: the state holds uploaded seed ISOs, whose user-data carries private host keys.
-        let result =
-            write_private(&temp, text.as_bytes()).and_then(|()| std::fs::rename(&temp, path));
-        if let Err(error) = result {
-            tracing::error!(%error, path = %path.display(), "cannot write simulator state");
+        if let Some(writer) = &self.writer {
+            writer.mark_dirty();
+        }
+    }
+
+    /// Writes the state file now, on the caller's thread.
+    pub fn flush(&self) {
+        if let Some(writer) = &self.writer {
+            writer.write(&self.state);
         }
     }
 
@@ -741,6 +731,11 @@ pub(crate) fn complete(
             events.clear();
         }
     }
+    // The image now lives in its volume (or was refused): the finished task keeps no copy.
+    if let TaskAction::AddVolume { volume } = &mut task.action {
+        volume.data = None;
+    }
+    crate::persist::prune_finished_tasks(&mut state.tasks);
     events
 }
 
@@ -1363,19 +1358,16 @@ pub(crate) fn referenced_volumes(config: &BTreeMap<String, String>) -> BTreeSet<
         .collect()
 }
 
-/// Writes `bytes` to a new or truncated file readable by its owner only.
-fn write_private(path: &std::path::Path, bytes: &[u8]) -> std::io::Result<()> {
-    use std::io::Write;
-    use std::os::unix::fs::{OpenOptionsExt, PermissionsExt};
-    let mut file = std::fs::OpenOptions::new()
-        .write(true)
-        .create(true)
-        .truncate(true)
-        .mode(0o600)
-        .open(path)?;
-    file.set_permissions(std::fs::Permissions::from_mode(0o600))?;
-    file.write_all(bytes)?;
-    file.sync_all()
+impl Drop for Shared {
+    /// The last changes reach the file even when the simulator is dropped without a shutdown.
+    fn drop(&mut self) {
+        if let Some(writer) = &self.writer {
+            if writer.is_dirty() {
+                writer.write(&self.state);
+            }
+            writer.stop();
+        }
+    }
 }
 
 #[cfg(test)]

@@ -264,3 +264,44 @@ pub fn gpu_vm<'a>(vmid: &'a str, hostpci: &'a str) -> Vec<(&'a str, &'a str)> {
         ("hostpci0", hostpci),
     ]
 }
+
+/// A `multipart/form-data` body: `fields`, then `data` as the file `filename`.
+pub fn multipart_body(
+    boundary: &str,
+    fields: &[(&str, &str)],
+    filename: &str,
+    data: &[u8],
+) -> Vec<u8> {
+    let mut body = Vec::new();
+    for (name, value) in fields {
+        body.extend_from_slice(
+            format!(
+                "--{boundary}\r\nContent-Disposition: form-data; name=\"{name}\"\r\n\r\n{value}\r\n"
+            )
+            .as_bytes(),
+        );
+    }
+    body.extend_from_slice(format!("--{boundary}\r\nContent-Disposition: form-data; name=\"filename\"; filename=\"{filename}\"\r\nContent-Type: application/octet-stream\r\n\r\n").as_bytes());
+    body.extend_from_slice(data);
+    body.extend_from_slice(format!("\r\n--{boundary}--\r\n").as_bytes());
+    body
+}
+
+impl Sim {
+    /// POSTs `body` as multipart with `boundary` to the `local` storage's upload route, with
+    /// `auth` (empty: no Authorization header).
+    pub async fn post_multipart(&self, auth: &str, boundary: &str, body: Vec<u8>) -> Answer {
+        let mut request = self
+            .http
+            .post(self.url("/nodes/pve1/storage/local/upload"))
+            .header(
+                "Content-Type",
+                format!("multipart/form-data; boundary={boundary}"),
+            )
+            .body(body);
+        if !auth.is_empty() {
+            request = request.header("Authorization", auth);
+        }
+        answer(request.send().await.unwrap()).await
+    }
+}
