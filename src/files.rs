@@ -109,8 +109,9 @@ pub fn create_private_dir(dir: &Path) -> Result<(), FileError> {
         create_private_dir(parent)?;
     }
     match fs::DirBuilder::new().mode(0o700).create(dir) {
-        Ok(()) => fs::set_permissions(dir, fs::Permissions::from_mode(0o700))
-            .map_err(io("restrict", dir)),
+        Ok(()) => {
+            fs::set_permissions(dir, fs::Permissions::from_mode(0o700)).map_err(io("restrict", dir))
+        }
         // Created meanwhile by another process.
         Err(error) if error.kind() == std::io::ErrorKind::AlreadyExists && dir.is_dir() => {
             check_trusted(dir)
@@ -217,7 +218,10 @@ mod tests {
         let error = create_private_dir(&dir).unwrap_err();
         assert!(error.is_untrusted());
         let message = error.to_string();
-        assert!(message.contains(&format!("chmod 700 {}", dir.display())), "{message}");
+        assert!(
+            message.contains(&format!("chmod 700 {}", dir.display())),
+            "{message}"
+        );
     }
 
     #[test]

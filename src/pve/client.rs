@@ -268,7 +268,13 @@ impl PveClient {
                 Ok(envelope) => return Ok(envelope),
                 Err(error) if self.retry.should_retry(&error, idempotent, attempt) => {
                     let delay = self.retry.delay(attempt);
-                    announce_retry(&self.retry, &format!("{method} {path}"), attempt, delay, &error);
+                    announce_retry(
+                        &self.retry,
+                        &format!("{method} {path}"),
+                        attempt,
+                        delay,
+                        &error,
+                    );
                     tokio::time::sleep(delay).await;
                     attempt += 1;
                 }

@@ -419,11 +419,17 @@ mod tests {
         assert!(error.is_user_error());
         let hint = error.hint().unwrap();
         let shown = path.display();
-        assert!(hint.contains(&format!("`mv {shown} {shown}.corrupt`")), "{hint}");
+        assert!(
+            hint.contains(&format!("`mv {shown} {shown}.corrupt`")),
+            "{hint}"
+        );
         assert!(hint.contains("re-adopts the VMs"), "{hint}");
         fs::write(backup_path(&path), b"{}").unwrap();
         let hint = load(&path).unwrap_err().hint().unwrap();
-        assert!(hint.contains(&format!("`cp {shown}.bak {shown}`")), "{hint}");
+        assert!(
+            hint.contains(&format!("`cp {shown}.bak {shown}`")),
+            "{hint}"
+        );
     }
 
     #[test]

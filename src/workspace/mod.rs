@@ -354,7 +354,9 @@ impl Workspace {
         crate::files::check_trusted(&dir)?;
         let path = dir.join(name);
         match crate::files::read_trusted(&path)? {
-            Some(bytes) => Ok(Some(Secret::new(String::from_utf8_lossy(&bytes).into_owned()))),
+            Some(bytes) => Ok(Some(Secret::new(
+                String::from_utf8_lossy(&bytes).into_owned(),
+            ))),
             None => Ok(None),
         }
     }
