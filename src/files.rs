@@ -56,7 +56,9 @@ pub fn check_trusted(path: &Path) -> Result<(), FileError> {
     use std::os::unix::fs::MetadataExt as _;
     let metadata = fs::metadata(path).map_err(io("inspect", path))?;
     let uid = current_uid();
-    let shown = path.display();
+    // The real path, so that the command in the message works from any directory.
+    let real = fs::canonicalize(path).unwrap_or_else(|_| path.to_path_buf());
+    let shown = real.display();
     let problem = if metadata.uid() != uid && metadata.uid() != 0 {
         Some(format!(
             "it is owned by uid {}, not by you (uid {uid}); fix: `chown {uid} {shown}` (or remove it)",

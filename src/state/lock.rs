@@ -3,6 +3,7 @@
 
 use std::fs::{self, File, OpenOptions, TryLockError};
 use std::io::{Read, Seek, SeekFrom, Write};
+use std::os::unix::fs::{MetadataExt as _, OpenOptionsExt as _, PermissionsExt as _};
 use std::path::{Path, PathBuf};
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
@@ -108,8 +109,17 @@ impl StateLock {
             .write(true)
             .create(true)
             .truncate(false)
+            .mode(0o600)
             .open(path)
             .map_err(io("open"))?;
+        // Whatever the umask: another user must not be able to write a fake holder into it.
+        if file
+            .metadata()
+            .is_ok_and(|m| m.uid() == crate::files::current_uid())
+        {
+            file.set_permissions(fs::Permissions::from_mode(0o600))
+                .map_err(io("restrict"))?;
+        }
         match file.try_lock() {
             Ok(()) => {}
             Err(TryLockError::WouldBlock) => {

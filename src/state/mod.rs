@@ -66,6 +66,8 @@ impl StateError {
         match self {
             StateError::Io { .. } => None,
             StateError::Corrupt { path, .. } => {
+                // The real path, so that the command works from any directory.
+                let path = &fs::canonicalize(path).unwrap_or_else(|_| path.clone());
                 let backup = backup_path(path);
                 let restore = if backup.is_file() {
                     format!(

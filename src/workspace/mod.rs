@@ -442,11 +442,12 @@ pub fn resolve_settings(
         // Only the user may have written it (a planted token would send requests as someone else).
         crate::files::check_trusted(&path).map_err(|error| failed(error.source.to_string()))?;
         if crate::files::readable_by_others(&path) {
+            let real = std::fs::canonicalize(&path).unwrap_or_else(|_| path.clone());
             tracing::warn!(
                 target: crate::reporter::SECURITY_TARGET,
                 "{} ({what}) is readable by other users; fix: `chmod 600 {}`",
-                path.display(),
-                path.display()
+                real.display(),
+                real.display()
             );
         }
         std::fs::read_to_string(&path)

@@ -9,6 +9,7 @@ mod cli;
 mod cloudinit;
 mod crash;
 mod e2e;
+mod hostile;
 mod k3s;
 mod nodeprep;
 mod phase2;
