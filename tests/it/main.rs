@@ -17,5 +17,6 @@ mod plan;
 mod profiles;
 mod pve_client;
 mod ssh;
+mod ssh_auth;
 mod testbed;
 mod up;
