@@ -217,9 +217,10 @@ impl crate::exec::ProgressSink for Reporter {
                 attempt,
                 delay,
                 error,
-            } => self.detail(&format!(
-                "{vm}: {step} failed (attempt {attempt}), retrying in {:.1}s: {error}",
-                delay.as_secs_f64()
+            } => self.status(&format!(
+                "{vm}: {step} failed (attempt {attempt}), retrying in {:.1}s (at {}): {error}",
+                delay.as_secs_f64(),
+                crate::state::human_time(std::time::SystemTime::now() + delay)
             )),
             ExecEvent::VmDone { vm, elapsed } => {
                 self.status(&format!("{vm}: done in {:.1}s", elapsed.as_secs_f64()))

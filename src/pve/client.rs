@@ -186,6 +186,8 @@ pub struct PveClient {
     request_timeout: Duration,
     upload_timeout: Duration,
     ticket_renew_after: Duration,
+    /// For the "giving up by" estimate of a retried request.
+    connect_timeout: Duration,
 }
 
 impl std::fmt::Debug for PveClient {
@@ -241,6 +243,7 @@ impl PveClient {
             request_timeout: config.request_timeout,
             upload_timeout: config.upload_timeout,
             ticket_renew_after: config.ticket_renew_after,
+            connect_timeout: config.connect_timeout,
         })
     }
 
@@ -541,7 +544,7 @@ impl PveClient {
                 // A login changes nothing on the server, so it may always be repeated.
                 Err(error) if self.retry.should_retry(&error, true, attempt) => {
                     let delay = self.retry.delay(attempt);
-                    announce_retry(&self.retry, "login", attempt, delay, &error);
+                    self.announce_retry("login", attempt, delay, &error);
                     tokio::time::sleep(delay).await;
                     attempt += 1;
                 }
@@ -668,43 +671,41 @@ pub fn is_lock_timeout(message: &str) -> bool {
 }
 
 /// Maps an HTTP error status (and Proxmox's message / `errors` map) to a [`PveError`].
-/// Says at warn level that a request failed and will be tried again (what, attempt n of m, and until
-/// when at the latest), so that an unreachable Proxmox is visible instead of a silent minute. Lock
-/// timeouts and server errors are routine under load and stay at debug level.
-fn announce_retry(
-    policy: &RetryPolicy,
-    what: &str,
-    attempt: u32,
-    delay: Duration,
-    error: &PveError,
-) {
-    let unreachable = match error {
-        PveError::NeverSent { .. } | PveError::OutcomeUnknown { .. } | PveError::Timeout { .. } => {
-            true
+impl PveClient {
+    /// Says at warn level that a request failed and will be tried again (what, attempt n of m, and
+    /// until when at the latest when each remaining connection attempt waits its full timeout), so
+    /// that an unreachable Proxmox is visible instead of a silent minute. Lock timeouts and server
+    /// errors are routine under load and stay at debug level.
+    fn announce_retry(&self, what: &str, attempt: u32, delay: Duration, error: &PveError) {
+        let unreachable = match error {
+            PveError::NeverSent { .. }
+            | PveError::OutcomeUnknown { .. }
+            | PveError::Timeout { .. } => true,
+            PveError::FingerprintMismatch { .. }
+            | PveError::BadRequest { .. }
+            | PveError::Unauthorized { .. }
+            | PveError::Forbidden { .. }
+            | PveError::NotFound { .. }
+            | PveError::LockTimeout { .. }
+            | PveError::Server { .. }
+            | PveError::TaskFailed { .. }
+            | PveError::Decode { .. }
+            | PveError::Config { .. } => false,
+        };
+        let max = self.retry.max_attempts;
+        if !unreachable {
+            tracing::debug!(what, attempt, max, ?delay, %error, "retrying Proxmox request");
+            return;
         }
-        PveError::FingerprintMismatch { .. }
-        | PveError::BadRequest { .. }
-        | PveError::Unauthorized { .. }
-        | PveError::Forbidden { .. }
-        | PveError::NotFound { .. }
-        | PveError::LockTimeout { .. }
-        | PveError::Server { .. }
-        | PveError::TaskFailed { .. }
-        | PveError::Decode { .. }
-        | PveError::Config { .. } => false,
-    };
-    let max = policy.max_attempts;
-    // The last attempt starts at the latest after the remaining (capped) backoff delays.
-    let remaining: Duration = (attempt..max).map(|n| policy.ceiling(n)).sum();
-    let until = crate::state::human_time(std::time::SystemTime::now() + remaining);
-    if unreachable {
+        let remaining: Duration = (attempt..max)
+            .map(|n| self.retry.ceiling(n) + self.connect_timeout)
+            .sum();
+        let until = crate::state::human_time(std::time::SystemTime::now() + remaining);
         tracing::warn!(
             "Proxmox request {what} failed (attempt {attempt} of {max}): {error}; retrying in \
              {:.1}s, giving up after the last attempt (by about {until})",
             delay.as_secs_f64()
         );
-    } else {
-        tracing::debug!(what, attempt, max, ?delay, %error, "retrying Proxmox request");
     }
 }
 

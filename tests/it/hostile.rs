@@ -163,6 +163,20 @@ fn security_warnings_survive_quiet_and_a_token_others_can_write_is_refused() {
         "{stderr}"
     );
     assert!(!stderr.contains("s3cr3t"), "{stderr}");
+    // Without --quiet the retries against the unreachable Proxmox are announced as they happen.
+    chmod(&token, 0o600);
+    let output = provision(dir.path(), &["plan", "--profile", PROFILE])
+        .env("HOME", dir.path())
+        .output()
+        .unwrap();
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert!(stderr.contains("(attempt 1 of 6)"), "{stderr}");
+    assert!(stderr.contains("(attempt 5 of 6)"), "{stderr}");
+    assert!(
+        stderr.contains("giving up after the last attempt (by about 20"),
+        "{stderr}"
+    );
+    assert!(!stderr.contains("readable by other users"), "{stderr}");
     chmod(&token, 0o666);
     let (code, stderr) = plan(dir.path());
     assert_eq!(code, 1, "{stderr}");
