@@ -271,13 +271,7 @@ impl PveClient {
                 Ok(envelope) => return Ok(envelope),
                 Err(error) if self.retry.should_retry(&error, idempotent, attempt) => {
                     let delay = self.retry.delay(attempt);
-                    announce_retry(
-                        &self.retry,
-                        &format!("{method} {path}"),
-                        attempt,
-                        delay,
-                        &error,
-                    );
+                    self.announce_retry(&format!("{method} {path}"), attempt, delay, &error);
                     tokio::time::sleep(delay).await;
                     attempt += 1;
                 }
