@@ -186,11 +186,22 @@ fn security_warnings_survive_quiet_and_a_token_others_can_write_is_refused() {
     );
 }
 
+/// The process holding the lock, ended (by its own pid) when the test ends, even on failure.
+struct Holder(std::process::Child);
+
+impl Drop for Holder {
+    fn drop(&mut self) {
+        if self.0.kill().is_ok() {
+            self.0.wait().ok();
+        }
+    }
+}
+
 #[test]
 fn a_held_lock_names_its_holder_in_human_time_and_never_asks_to_delete_it() {
     let dir = tempfile::tempdir().unwrap();
     // A slow simulated run holds the lock for many seconds.
-    let mut holder = provision(
+    let holder = provision(
         dir.path(),
         &[
             "up",
@@ -206,6 +217,7 @@ fn a_held_lock_names_its_holder_in_human_time_and_never_asks_to_delete_it() {
     .stderr(Stdio::null())
     .spawn()
     .unwrap();
+    let holder = Holder(holder);
     let lock = dir.path().join(".provision/lock");
     let started = Instant::now();
     while !std::fs::read_to_string(&lock).is_ok_and(|text| text.contains("pid")) {
@@ -216,10 +228,10 @@ fn a_held_lock_names_its_holder_in_human_time_and_never_asks_to_delete_it() {
         std::thread::sleep(Duration::from_millis(50));
     }
     let (code, stderr) = run(dir.path(), SIMULATED_UP);
-    holder.kill().unwrap();
-    holder.wait().unwrap();
+    let pid = holder.0.id();
+    drop(holder);
     assert_eq!(code, 1, "{stderr}");
-    assert!(stderr.contains(&format!("pid {}", holder.id())), "{stderr}");
+    assert!(stderr.contains(&format!("pid {pid}")), "{stderr}");
     assert!(
         stderr.contains(&format!("`provision up --profile {PROFILE}`")),
         "{stderr}"
