@@ -33,6 +33,12 @@ for component in rustfmt clippy; do
   fi
 done
 
+# cargo-audit for .ci/run's advisory step: used when already installed (cached in ~/.cargo/bin).
+# Building it takes minutes, so it is not installed here; .ci/run then skips the audit loudly.
+if ! cargo audit --version >/dev/null 2>&1; then
+  echo "ci-setup: cargo-audit is not installed: the advisory audit will be SKIPPED (install it once with \`cargo install --locked cargo-audit\`)" >&2
+fi
+
 here="$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)"
 # Real tools the generated files are checked with: cloud-init, isoinfo, xorriso, blkid.
 bash "$here/ci-setup-cloudinit.sh"

@@ -25,19 +25,99 @@ fn io(action: &'static str, path: &Path) -> impl FnOnce(std::io::Error) -> FileE
     }
 }
 
-/// Creates `dir` with mode 0700 when it is missing (its missing parents get the default mode); an
-/// existing directory is left as it is.
+/// The `action` of a [`FileError`] refusing a file or directory others could have written.
+pub const UNTRUSTED: &str = "trust";
+
+impl FileError {
+    /// Whether this refuses a path for its owner or mode (a user error with a fix in the message).
+    pub fn is_untrusted(&self) -> bool {
+        self.action == UNTRUSTED
+    }
+}
+
+impl FileError {
+    /// The underlying I/O error with the path and action folded into its message (for error enums
+    /// of other layers that carry a path and an `io::Error`).
+    pub fn into_io(self) -> std::io::Error {
+        let kind = self.source.kind();
+        std::io::Error::new(kind, format!("cannot {}: {}", self.action, self.source))
+    }
+}
+
+/// The effective user id of this process.
+pub fn current_uid() -> u32 {
+    rustix::process::geteuid().as_raw()
+}
+
+/// Refuses `path` (file or directory) unless it is owned by the current user (or root) and not
+/// writable by group or others: what provision trusts from there (tokens, keys, binaries pushed to
+/// every node as root) must not be replaceable by another local user. The error names the fix.
+pub fn check_trusted(path: &Path) -> Result<(), FileError> {
+    use std::os::unix::fs::MetadataExt as _;
+    let metadata = fs::metadata(path).map_err(io("inspect", path))?;
+    let uid = current_uid();
+    // The real path, so that the command in the message works from any directory.
+    let real = fs::canonicalize(path).unwrap_or_else(|_| path.to_path_buf());
+    let shown = real.display();
+    let problem = if metadata.uid() != uid && metadata.uid() != 0 {
+        Some(format!(
+            "it is owned by uid {}, not by you (uid {uid}); fix: `chown {uid} {shown}` (or remove it)",
+            metadata.uid()
+        ))
+    } else if metadata.mode() & 0o022 != 0 {
+        let narrow = if metadata.is_dir() { "700" } else { "600" };
+        Some(format!(
+            "it is writable by group or others (mode {:o}); fix: `chmod {narrow} {shown}`",
+            metadata.mode() & 0o7777
+        ))
+    } else {
+        None
+    };
+    match problem {
+        None => Ok(()),
+        Some(message) => Err(FileError {
+            action: UNTRUSTED,
+            path: path.to_path_buf(),
+            source: std::io::Error::new(std::io::ErrorKind::PermissionDenied, message),
+        }),
+    }
+}
+
+/// Whether a file can be read by users other than its owner (a token file that should be 0600).
+pub fn readable_by_others(path: &Path) -> bool {
+    fs::metadata(path).is_ok_and(|metadata| metadata.permissions().mode() & 0o044 != 0)
+}
+
+/// Reads a private file after [`check_trusted`]; `None` when it does not exist.
+pub fn read_trusted(path: &Path) -> Result<Option<Vec<u8>>, FileError> {
+    match fs::metadata(path) {
+        Err(error) if error.kind() == std::io::ErrorKind::NotFound => return Ok(None),
+        Err(error) => return Err(io("inspect", path)(error)),
+        Ok(_) => check_trusted(path)?,
+    }
+    fs::read(path).map(Some).map_err(io("read", path))
+}
+
+/// Creates `dir` and its missing parents with mode 0700, whatever the umask (the mode is set
+/// explicitly after each create). An existing `dir` is kept as the user set it, but refused by
+/// [`check_trusted`] when another user owns it or group/others may write it.
 pub fn create_private_dir(dir: &Path) -> Result<(), FileError> {
     if dir.is_dir() {
-        return Ok(());
+        return check_trusted(dir);
     }
-    if let Some(parent) = dir.parent().filter(|p| !p.as_os_str().is_empty()) {
-        fs::create_dir_all(parent).map_err(io("create", parent))?;
+    if let Some(parent) = dir.parent().filter(|p| !p.as_os_str().is_empty())
+        && !parent.is_dir()
+    {
+        create_private_dir(parent)?;
     }
     match fs::DirBuilder::new().mode(0o700).create(dir) {
-        Ok(()) => Ok(()),
+        Ok(()) => {
+            fs::set_permissions(dir, fs::Permissions::from_mode(0o700)).map_err(io("restrict", dir))
+        }
         // Created meanwhile by another process.
-        Err(error) if error.kind() == std::io::ErrorKind::AlreadyExists && dir.is_dir() => Ok(()),
+        Err(error) if error.kind() == std::io::ErrorKind::AlreadyExists && dir.is_dir() => {
+            check_trusted(dir)
+        }
         Err(error) => Err(io("create", dir)(error)),
     }
 }
@@ -126,6 +206,39 @@ mod tests {
         fs::set_permissions(&dir, fs::Permissions::from_mode(0o750)).unwrap();
         create_private_dir(&dir).unwrap();
         assert_eq!(mode(&dir), 0o750, "an existing directory is the user's");
+    }
+
+    #[test]
+    fn missing_parents_are_private_too_and_foreign_writable_dirs_are_refused() {
+        let root = tempfile::tempdir().unwrap();
+        let dir = root.path().join("a/b/c");
+        create_private_dir(&dir).unwrap();
+        for path in [root.path().join("a"), root.path().join("a/b"), dir.clone()] {
+            assert_eq!(mode(&path), 0o700, "{}", path.display());
+        }
+        fs::set_permissions(&dir, fs::Permissions::from_mode(0o777)).unwrap();
+        let error = create_private_dir(&dir).unwrap_err();
+        assert!(error.is_untrusted());
+        let message = error.to_string();
+        assert!(
+            message.contains(&format!("chmod 700 {}", dir.display())),
+            "{message}"
+        );
+    }
+
+    #[test]
+    fn trusted_reads_refuse_group_writable_files() {
+        let root = tempfile::tempdir().unwrap();
+        let path = root.path().join("token");
+        assert!(read_trusted(&path).unwrap().is_none());
+        fs::write(&path, "x").unwrap();
+        fs::set_permissions(&path, fs::Permissions::from_mode(0o600)).unwrap();
+        assert_eq!(read_trusted(&path).unwrap().unwrap(), b"x");
+        assert!(!readable_by_others(&path));
+        fs::set_permissions(&path, fs::Permissions::from_mode(0o664)).unwrap();
+        assert!(readable_by_others(&path));
+        let message = read_trusted(&path).unwrap_err().to_string();
+        assert!(message.contains("chmod 600"), "{message}");
     }
 
     #[test]

@@ -15,6 +15,10 @@ use crate::cli::{GlobalArgs, OutputFormat};
 use crate::exit::ExitStatus;
 use crate::profile::diagnostic::{self, Diagnostic};
 
+/// The `tracing` target of warnings about trust (TLS verification off, a host key accepted on first
+/// use, a token file others can read): shown even with `--quiet`, which hides progress only.
+pub const SECURITY_TARGET: &str = "provision::security";
+
 /// Where and how output goes for this run.
 #[derive(Debug, Clone)]
 pub struct Reporter {
@@ -168,7 +172,7 @@ impl Reporter {
     /// Routes `tracing` events to stderr at a level chosen by `-v` (or `RUST_LOG`).
     pub fn init_tracing(&self) {
         let level = if self.quiet {
-            "error"
+            format!("error,{SECURITY_TARGET}=warn")
         } else {
             match self.verbose {
                 0 => "warn",
@@ -176,6 +180,7 @@ impl Reporter {
                 2 => "debug",
                 _ => "trace",
             }
+            .to_owned()
         };
         let filter = tracing_subscriber::EnvFilter::try_from_default_env()
             .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new(level));
@@ -212,9 +217,10 @@ impl crate::exec::ProgressSink for Reporter {
                 attempt,
                 delay,
                 error,
-            } => self.detail(&format!(
-                "{vm}: {step} failed (attempt {attempt}), retrying in {:.1}s: {error}",
-                delay.as_secs_f64()
+            } => self.status(&format!(
+                "{vm}: {step} failed (attempt {attempt}), retrying in {:.1}s (at {}): {error}",
+                delay.as_secs_f64(),
+                crate::state::human_time(std::time::SystemTime::now() + delay)
             )),
             ExecEvent::VmDone { vm, elapsed } => {
                 self.status(&format!("{vm}: done in {:.1}s", elapsed.as_secs_f64()))

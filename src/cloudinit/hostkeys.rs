@@ -170,11 +170,8 @@ fn create_private_dir(dir: &Path) -> Result<(), CloudInitError> {
         path: dir.to_path_buf(),
         source,
     };
-    if !dir.exists() {
-        fs::create_dir_all(dir).map_err(io_error)?;
-        fs::set_permissions(dir, fs::Permissions::from_mode(0o700)).map_err(io_error)?;
-    }
-    Ok(())
+    // Every missing level 0700 whatever the umask; an existing directory others may write is refused.
+    crate::files::create_private_dir(dir).map_err(|error| io_error(error.into_io()))
 }
 
 fn temp_path(path: &Path) -> PathBuf {

@@ -102,10 +102,25 @@ pub fn report_error(reporter: &Reporter, error: &anyhow::Error) -> ExitStatus {
                 print_diagnostics(reporter, diagnostics, Some(text));
                 ExitStatus::UserError
             }
+            WorkspaceError::Untrusted { .. } => {
+                reporter.error(
+                    &chain(error),
+                    Some("provision keeps tokens, keys and the k3s binary there: only you may write it"),
+                );
+                ExitStatus::UserError
+            }
             WorkspaceError::Io { .. } | WorkspaceError::SecretName(_) => {
                 reporter.error(&chain(error), None);
                 ExitStatus::Failure
             }
+        };
+    }
+    if let Some(state_error) = error.downcast_ref::<crate::state::StateError>() {
+        reporter.error(&chain(error), state_error.hint().as_deref());
+        return if state_error.is_user_error() {
+            ExitStatus::UserError
+        } else {
+            ExitStatus::Failure
         };
     }
     if let Some(user_error) = error.downcast_ref::<UserError>() {

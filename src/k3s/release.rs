@@ -140,49 +140,82 @@ pub fn cached_binary_path(cache_dir: &Path, version: &str) -> PathBuf {
     cache_dir.join(format!("k3s-{version}"))
 }
 
+/// The release's `sha256sum-amd64.txt` as downloaded with the binary: `<cache>/k3s-<version>.sha256sum-amd64.txt`.
+pub fn cached_checksums_path(cache_dir: &Path, version: &str) -> PathBuf {
+    cache_dir.join(format!("k3s-{version}.{CHECKSUM_ASSET}"))
+}
+
 /// Resolve the binary to a verified local file, downloading the release into `cache_dir` once.
 pub async fn fetch_binary(source: &BinarySource, cache_dir: &Path) -> Result<Artifact, K3sError> {
     match source {
         BinarySource::Local { path, sha256 } => verify_file(path, sha256),
         BinarySource::Release { version } => {
-            let cached = cached_binary_path(cache_dir, version);
-            let digest_path = cached.with_extension("sha256");
-            if let (true, Ok(digest)) = (cached.is_file(), std::fs::read_to_string(&digest_path))
-                && let Ok(artifact) = verify_file(&cached, digest.trim())
-            {
-                return Ok(artifact);
-            }
-            let client = http_client()?;
-            let sums_url = release_asset_url(version, CHECKSUM_ASSET);
-            let sums = parse_checksums(&String::from_utf8_lossy(
-                &download(&client, &sums_url).await?,
-            ))?;
-            let expected = checksum_for(&sums, BINARY_ASSET)?;
-            let binary_url = release_asset_url(version, BINARY_ASSET);
-            let bytes = download(&client, &binary_url).await?;
-            let actual = crate::nodeprep::sha256_hex(&bytes);
-            if actual != expected {
-                return Err(K3sError::ChecksumMismatch {
-                    what: binary_url,
-                    expected,
-                    actual,
-                });
-            }
-            let io = |path: &Path| {
-                let path = path.display().to_string();
-                move |source| K3sError::Io { path, source }
-            };
-            std::fs::create_dir_all(cache_dir).map_err(io(cache_dir))?;
-            let temporary = cached.with_extension("part");
-            std::fs::write(&temporary, &bytes).map_err(io(&temporary))?;
-            std::fs::rename(&temporary, &cached).map_err(io(&cached))?;
-            std::fs::write(&digest_path, format!("{actual}\n")).map_err(io(&digest_path))?;
-            Ok(Artifact {
-                path: cached,
-                sha256: actual,
-            })
+            fetch_release(&http_client()?, RELEASE_BASE_URL, version, cache_dir).await
         }
     }
+}
+
+/// The release binary of `version` from `base_url`, through the cache.
+///
+/// The binary is pushed to every node and run as root, so the cache is trusted only as far as only
+/// this user could have written it: the cache directory, the binary and the kept checksum file must be
+/// owned by the user and not writable by group or others (refused otherwise, naming the fix). The
+/// expected digest is the release's own `sha256sum-amd64.txt`, kept verbatim from the download that
+/// was verified, never a digest file written next to the binary; the binary is hashed against it on
+/// every use and downloaded again when it does not match.
+pub async fn fetch_release(
+    client: &reqwest::Client,
+    base_url: &str,
+    version: &str,
+    cache_dir: &Path,
+) -> Result<Artifact, K3sError> {
+    if let Some(parent) = cache_dir.parent().filter(|parent| parent.is_dir()) {
+        crate::files::check_trusted(parent)?;
+    }
+    crate::files::create_private_dir(cache_dir)?;
+    let cached = cached_binary_path(cache_dir, version);
+    let sums_path = cached_checksums_path(cache_dir, version);
+    if let Some(sums) = crate::files::read_trusted(&sums_path)? {
+        let expected = checksum_for(
+            &parse_checksums(&String::from_utf8_lossy(&sums))?,
+            BINARY_ASSET,
+        )?;
+        if cached.exists() {
+            crate::files::check_trusted(&cached)?;
+            match verify_file(&cached, &expected) {
+                Ok(artifact) => return Ok(artifact),
+                Err(error) => tracing::warn!(
+                    "cached k3s binary does not match the release checksum, downloading it again: {error}"
+                ),
+            }
+        }
+    }
+    let sums_url = asset_url(base_url, version, CHECKSUM_ASSET);
+    let sums = download(client, &sums_url).await?;
+    let expected = checksum_for(
+        &parse_checksums(&String::from_utf8_lossy(&sums))?,
+        BINARY_ASSET,
+    )?;
+    let binary_url = asset_url(base_url, version, BINARY_ASSET);
+    let bytes = download(client, &binary_url).await?;
+    let actual = crate::nodeprep::sha256_hex(&bytes);
+    if actual != expected {
+        return Err(K3sError::ChecksumMismatch {
+            what: binary_url,
+            expected,
+            actual,
+        });
+    }
+    crate::files::write_atomic(&cached, &bytes, 0o600)?;
+    crate::files::write_atomic(&sums_path, &sums, 0o600)?;
+    Ok(Artifact {
+        path: cached,
+        sha256: actual,
+    })
+}
+
+fn asset_url(base_url: &str, version: &str, asset: &str) -> String {
+    release_asset_url(version, asset).replacen(RELEASE_BASE_URL, base_url, 1)
 }
 
 /// The air-gap image tarball, when the profile names one (its sha256 is then required).
@@ -267,6 +300,102 @@ mod tests {
         let sums = parse_checksums(&format!("{} *k3s\n", "A".repeat(64))).unwrap();
         assert_eq!(checksum_for(&sums, "k3s").unwrap(), "a".repeat(64));
         assert!(checksum_for(&sums, "k3s-arm64").is_err());
+    }
+
+    /// A loopback HTTP server with a release: `…/sha256sum-amd64.txt` and `…/k3s`; counts requests.
+    async fn release_server(
+        binary: &'static [u8],
+    ) -> (String, Arc<std::sync::atomic::AtomicUsize>) {
+        use std::sync::atomic::{AtomicUsize, Ordering};
+        let hits = Arc::new(AtomicUsize::new(0));
+        let counter = hits.clone();
+        let sums = format!(
+            "{}  k3s\n{}  k3s-arm64\n",
+            crate::nodeprep::sha256_hex(binary),
+            "0".repeat(64)
+        );
+        let app = axum::Router::new().fallback(move |uri: axum::http::Uri| {
+            let sums = sums.clone();
+            counter.fetch_add(1, Ordering::SeqCst);
+            async move {
+                if uri.path().ends_with(CHECKSUM_ASSET) {
+                    sums.into_bytes()
+                } else {
+                    binary.to_vec()
+                }
+            }
+        });
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let address = listener.local_addr().unwrap();
+        tokio::spawn(async move { axum::serve(listener, app).await.unwrap() });
+        (format!("http://{address}"), hits)
+    }
+
+    #[tokio::test]
+    async fn a_planted_cached_binary_is_never_trusted_from_a_neighbour_digest() {
+        use std::os::unix::fs::PermissionsExt as _;
+        use std::sync::atomic::Ordering;
+        let (base, hits) = release_server(b"real k3s").await;
+        // Plain HTTP on loopback; the real client is TLS-only towards GitHub.
+        let client = http_client().unwrap();
+        let root = tempfile::tempdir().unwrap();
+        let cache = root.path().join("cache");
+        let version = "v1.31.4+k3s1";
+        crate::files::create_private_dir(&cache).unwrap();
+        // What the old code trusted: a binary and a `.sha256` file next to it that match each other.
+        let planted = cached_binary_path(&cache, version);
+        std::fs::write(&planted, b"evil").unwrap();
+        std::fs::write(
+            planted.with_extension("sha256"),
+            crate::nodeprep::sha256_hex(b"evil"),
+        )
+        .unwrap();
+        let real = crate::nodeprep::sha256_hex(b"real k3s");
+        let artifact = fetch_release(&client, &base, version, &cache)
+            .await
+            .unwrap();
+        assert_eq!(artifact.sha256, real);
+        assert_eq!(std::fs::read(&artifact.path).unwrap(), b"real k3s");
+        assert_eq!(
+            hits.load(Ordering::SeqCst),
+            2,
+            "checksums and binary downloaded"
+        );
+
+        // Verified on every use: the cache serves without the network while it matches.
+        fetch_release(&client, &base, version, &cache)
+            .await
+            .unwrap();
+        assert_eq!(hits.load(Ordering::SeqCst), 2);
+        std::fs::write(&artifact.path, b"evil").unwrap();
+        let again = fetch_release(&client, &base, version, &cache)
+            .await
+            .unwrap();
+        assert_eq!(std::fs::read(&again.path).unwrap(), b"real k3s");
+        assert_eq!(
+            hits.load(Ordering::SeqCst),
+            4,
+            "a changed binary is downloaded again"
+        );
+
+        // A checksum file or a cache others may write is refused, naming the fix.
+        let sums = cached_checksums_path(&cache, version);
+        std::fs::set_permissions(&sums, std::fs::Permissions::from_mode(0o666)).unwrap();
+        let error = fetch_release(&client, &base, version, &cache)
+            .await
+            .unwrap_err();
+        assert!(error.to_string().contains("chmod 600"), "{error}");
+        std::fs::set_permissions(&sums, std::fs::Permissions::from_mode(0o600)).unwrap();
+        std::fs::set_permissions(&cache, std::fs::Permissions::from_mode(0o777)).unwrap();
+        let error = fetch_release(&client, &base, version, &cache)
+            .await
+            .unwrap_err();
+        assert!(
+            error
+                .to_string()
+                .contains(&format!("chmod 700 {}", cache.display())),
+            "{error}"
+        );
     }
 
     #[test]

@@ -186,6 +186,8 @@ pub struct PveClient {
     request_timeout: Duration,
     upload_timeout: Duration,
     ticket_renew_after: Duration,
+    /// For the "giving up by" estimate of a retried request.
+    connect_timeout: Duration,
 }
 
 impl std::fmt::Debug for PveClient {
@@ -203,6 +205,7 @@ impl PveClient {
         let base = normalize_endpoint(&config.endpoint)?;
         if config.tls == TlsMode::Insecure {
             tracing::warn!(
+                target: crate::reporter::SECURITY_TARGET,
                 endpoint = %base,
                 "TLS certificate verification is OFF (insecure): anyone on the path can read \
                  the Proxmox credentials. Pin the certificate fingerprint instead \
@@ -218,6 +221,8 @@ impl PveClient {
         };
         let http = reqwest::Client::builder()
             .use_preconfigured_tls(tls)
+            // A redirect would carry the API token or ticket to another address: never follow.
+            .redirect(reqwest::redirect::Policy::none())
             .connect_timeout(config.connect_timeout)
             .pool_idle_timeout(Duration::from_secs(10))
             .http1_only()
@@ -238,6 +243,7 @@ impl PveClient {
             request_timeout: config.request_timeout,
             upload_timeout: config.upload_timeout,
             ticket_renew_after: config.ticket_renew_after,
+            connect_timeout: config.connect_timeout,
         })
     }
 
@@ -265,9 +271,7 @@ impl PveClient {
                 Ok(envelope) => return Ok(envelope),
                 Err(error) if self.retry.should_retry(&error, idempotent, attempt) => {
                     let delay = self.retry.delay(attempt);
-                    tracing::debug!(
-                        %method, path, attempt, ?delay, %error, "retrying Proxmox request"
-                    );
+                    self.announce_retry(&format!("{method} {path}"), attempt, delay, &error);
                     tokio::time::sleep(delay).await;
                     attempt += 1;
                 }
@@ -397,6 +401,10 @@ impl PveClient {
             .extensions()
             .get::<hyper::ext::ReasonPhrase>()
             .map(|reason| String::from_utf8_lossy(reason.as_bytes()).into_owned());
+        let location = response
+            .headers()
+            .get(reqwest::header::LOCATION)
+            .map(|value| String::from_utf8_lossy(value.as_bytes()).into_owned());
         let bytes = response
             .bytes()
             .await
@@ -405,6 +413,20 @@ impl PveClient {
                 path: path.to_owned(),
                 message: format!("answer cut off: {}", error_chain(&error)),
             })?;
+        if status.is_redirection() {
+            return Err(PveError::Config {
+                message: format!(
+                    "{method} {path}: Proxmox answered HTTP {status} redirecting to {}; provision \
+                     never follows redirects (they would carry the credentials elsewhere)",
+                    location.as_deref().unwrap_or("an unnamed address")
+                ),
+                hint: Some(
+                    "set the endpoint to the API address itself (https://HOST:8006), not to a \
+                     proxy or login page that redirects"
+                        .to_owned(),
+                ),
+            });
+        }
         let envelope: Option<Value> = serde_json::from_slice(&bytes).ok();
         if status.is_success() {
             return envelope.ok_or_else(|| PveError::Decode {
@@ -515,7 +537,9 @@ impl PveClient {
                 Ok(envelope) => break envelope,
                 // A login changes nothing on the server, so it may always be repeated.
                 Err(error) if self.retry.should_retry(&error, true, attempt) => {
-                    tokio::time::sleep(self.retry.delay(attempt)).await;
+                    let delay = self.retry.delay(attempt);
+                    self.announce_retry("login", attempt, delay, &error);
+                    tokio::time::sleep(delay).await;
                     attempt += 1;
                 }
                 Err(PveError::Unauthorized { endpoint, .. }) => {
@@ -641,6 +665,44 @@ pub fn is_lock_timeout(message: &str) -> bool {
 }
 
 /// Maps an HTTP error status (and Proxmox's message / `errors` map) to a [`PveError`].
+impl PveClient {
+    /// Says at warn level that a request failed and will be tried again (what, attempt n of m, and
+    /// until when at the latest when each remaining connection attempt waits its full timeout), so
+    /// that an unreachable Proxmox is visible instead of a silent minute. Lock timeouts and server
+    /// errors are routine under load and stay at debug level.
+    fn announce_retry(&self, what: &str, attempt: u32, delay: Duration, error: &PveError) {
+        let unreachable = match error {
+            PveError::NeverSent { .. }
+            | PveError::OutcomeUnknown { .. }
+            | PveError::Timeout { .. } => true,
+            PveError::FingerprintMismatch { .. }
+            | PveError::BadRequest { .. }
+            | PveError::Unauthorized { .. }
+            | PveError::Forbidden { .. }
+            | PveError::NotFound { .. }
+            | PveError::LockTimeout { .. }
+            | PveError::Server { .. }
+            | PveError::TaskFailed { .. }
+            | PveError::Decode { .. }
+            | PveError::Config { .. } => false,
+        };
+        let max = self.retry.max_attempts;
+        if !unreachable {
+            tracing::debug!(what, attempt, max, ?delay, %error, "retrying Proxmox request");
+            return;
+        }
+        let remaining: Duration = (attempt..max)
+            .map(|n| self.retry.ceiling(n) + self.connect_timeout)
+            .sum();
+        let until = crate::state::human_time(std::time::SystemTime::now() + remaining);
+        tracing::warn!(
+            "Proxmox request {what} failed (attempt {attempt} of {max}): {error}; retrying in \
+             {:.1}s, giving up after the last attempt (by about {until})",
+            delay.as_secs_f64()
+        );
+    }
+}
+
 pub fn status_error(
     endpoint: &str,
     method: &str,

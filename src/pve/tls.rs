@@ -9,6 +9,7 @@ use rustls::client::danger::{HandshakeSignatureValid, ServerCertVerified, Server
 use rustls::crypto::WebPkiSupportedAlgorithms;
 use rustls::pki_types::{CertificateDer, ServerName, UnixTime};
 use rustls::{DigitallySignedStruct, RootCertStore, SignatureScheme};
+use rustls_pki_types::pem::PemObject as _;
 use sha2::{Digest, Sha256};
 
 use super::error::PveError;
@@ -111,8 +112,8 @@ pub fn rustls_config(
                 ),
             })?;
             let mut roots = RootCertStore::empty();
-            let mut reader = std::io::Cursor::new(pem);
-            for certificate in rustls_pemfile::certs(&mut reader) {
+            // rustls-pki-types' own PEM reader (rustls-pemfile is unmaintained, RUSTSEC-2025-0134).
+            for certificate in CertificateDer::pem_slice_iter(&pem) {
                 let certificate = certificate.map_err(|error| PveError::Config {
                     message: format!("CA file {} is not valid PEM: {error}", path.display()),
                     hint: None,

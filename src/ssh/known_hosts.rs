@@ -29,6 +29,9 @@ pub enum KnownHostsError {
     },
     #[error("cannot encode the host key of {host}: {message}")]
     Encode { host: String, message: String },
+    /// Another user could have added a key to it; the message names the fix.
+    #[error("refusing {}: {message}", path.display())]
+    Untrusted { path: PathBuf, message: String },
 }
 
 /// One usable line of a known_hosts file.
@@ -127,13 +130,18 @@ impl KnownHosts {
     }
 
     /// Loads a file; a missing file is an empty list.
+    /// Refused when another user owns it or group/others may write it (they could add a key).
     pub fn load(path: &Path) -> Result<Self, KnownHostsError> {
-        match std::fs::read_to_string(path) {
-            Ok(content) => Self::parse(path, &content),
-            Err(error) if error.kind() == std::io::ErrorKind::NotFound => Ok(Self::default()),
-            Err(source) => Err(KnownHostsError::Read {
+        match crate::files::read_trusted(path) {
+            Ok(Some(content)) => Self::parse(path, &String::from_utf8_lossy(&content)),
+            Ok(None) => Ok(Self::default()),
+            Err(error) if error.is_untrusted() => Err(KnownHostsError::Untrusted {
                 path: path.to_path_buf(),
-                source,
+                message: error.source.to_string(),
+            }),
+            Err(error) => Err(KnownHostsError::Read {
+                path: path.to_path_buf(),
+                source: error.source,
             }),
         }
     }
@@ -186,7 +194,7 @@ pub fn append(path: &Path, host: &str, port: u16, key: &PublicKey) -> Result<(),
         source,
     };
     if let Some(parent) = path.parent().filter(|p| !p.as_os_str().is_empty()) {
-        std::fs::create_dir_all(parent).map_err(write_error)?;
+        crate::files::create_private_dir(parent).map_err(|error| write_error(error.into_io()))?;
     }
     let mut options = std::fs::OpenOptions::new();
     options.create(true).append(true);
@@ -272,6 +280,21 @@ mod tests {
         );
         let missing = "10.0.0.5 ssh-ed25519\n";
         assert!(KnownHosts::parse(Path::new("kh"), missing).is_err());
+    }
+
+    #[test]
+    fn a_known_hosts_file_others_can_write_is_refused() {
+        use std::os::unix::fs::PermissionsExt as _;
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("known_hosts");
+        append(&path, "10.0.0.5", 22, &key(KEY_A)).unwrap();
+        std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o666)).unwrap();
+        let error = KnownHosts::load(&path).unwrap_err();
+        assert!(
+            matches!(error, KnownHostsError::Untrusted { .. }),
+            "{error}"
+        );
+        assert!(error.to_string().contains("chmod 600"), "{error}");
     }
 
     #[test]

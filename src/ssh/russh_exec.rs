@@ -8,7 +8,7 @@ use std::time::{Duration, Instant};
 use async_trait::async_trait;
 use russh::ChannelMsg;
 use russh::client::{self, AuthResult, Handle};
-use russh::keys::{PrivateKey, PrivateKeyWithHashAlg, PublicKeyOrCertificate};
+use russh::keys::{PrivateKey, PrivateKeyWithHashAlg, PublicKey, PublicKeyOrCertificate};
 use russh_sftp::client::SftpSession;
 use russh_sftp::protocol::{FileAttributes, OpenFlags};
 use sha2::Digest as _;
@@ -101,24 +101,82 @@ impl Default for SshOptions {
     }
 }
 
+/// Environment variable holding the passphrase of an encrypted client key (`ssh.private_key`).
+pub const PASSPHRASE_ENV: &str = "PROVISION_SSH_PASSPHRASE";
+
 /// A loaded credential (the key file is read once).
 #[derive(Clone)]
 enum Credential {
     Key(Arc<PrivateKey>),
     Agent,
+    /// An encrypted key file whose private half the ssh-agent at `socket` holds.
+    AgentKey {
+        socket: PathBuf,
+        public: Arc<PublicKey>,
+        path: PathBuf,
+    },
 }
 
-fn load_credential(key: &ClientKey) -> Result<Credential, SshError> {
+fn process_env(name: &str) -> Option<String> {
+    std::env::var(name).ok()
+}
+
+fn load_credential(
+    key: &ClientKey,
+    env: &(dyn Fn(&str) -> Option<String> + Sync),
+) -> Result<Credential, SshError> {
     match key {
-        ClientKey::File { path, passphrase } => {
-            russh::keys::load_secret_key(path, passphrase.as_deref())
-                .map(|key| Credential::Key(Arc::new(key)))
-                .map_err(|error| SshError::KeyFile {
-                    path: path.display().to_string(),
-                    message: error.to_string(),
-                })
-        }
+        ClientKey::File { path, passphrase } => load_key_file(path, passphrase.as_deref(), env),
         ClientKey::Agent => Ok(Credential::Agent),
+    }
+}
+
+/// A private key file: plain, decrypted with the given passphrase or [`PASSPHRASE_ENV`], or (encrypted
+/// and neither given) left to the ssh-agent at `SSH_AUTH_SOCK`.
+fn load_key_file(
+    path: &std::path::Path,
+    passphrase: Option<&str>,
+    env: &(dyn Fn(&str) -> Option<String> + Sync),
+) -> Result<Credential, SshError> {
+    let failed = |message: String| SshError::KeyFile {
+        path: path.display().to_string(),
+        message,
+    };
+    let text = std::fs::read_to_string(path).map_err(|error| failed(error.to_string()))?;
+    let from_env = env(PASSPHRASE_ENV).filter(|value| !value.is_empty());
+    let passphrase = passphrase.map(str::to_owned).or(from_env);
+    match russh::keys::decode_secret_key(&text, passphrase.as_deref()) {
+        Ok(key) => Ok(Credential::Key(Arc::new(key))),
+        Err(russh::keys::Error::KeyIsEncrypted) => {
+            let shown = path.display();
+            let remedies = format!(
+                "add it to an ssh-agent (`ssh-add {shown}`) and set SSH_AUTH_SOCK, or put its \
+                 passphrase in {PASSPHRASE_ENV}"
+            );
+            let Some(socket) = env("SSH_AUTH_SOCK").filter(|value| !value.is_empty()) else {
+                return Err(failed(format!(
+                    "it is encrypted with a passphrase and no ssh-agent is available: {remedies}"
+                )));
+            };
+            // OpenSSH keeps the public half in clear: the agent is asked to sign with exactly it.
+            let public = PrivateKey::from_openssh(&text)
+                .map(|key| key.public_key().clone())
+                .map_err(|error| {
+                    failed(format!(
+                        "it is encrypted and its public key cannot be read ({error}): put its \
+                         passphrase in {PASSPHRASE_ENV}"
+                    ))
+                })?;
+            Ok(Credential::AgentKey {
+                socket: PathBuf::from(socket),
+                public: Arc::new(public),
+                path: path.to_path_buf(),
+            })
+        }
+        Err(error) if passphrase.is_some() => Err(failed(format!(
+            "cannot decrypt it with the given passphrase ({PASSPHRASE_ENV}): {error}"
+        ))),
+        Err(error) => Err(failed(error.to_string())),
     }
 }
 
@@ -186,7 +244,20 @@ impl RusshExec {
         options: SshOptions,
         jump: Option<JumpHost>,
     ) -> Result<Self, SshError> {
-        let exec = Self::new(target, key, policy, options, jump)?;
+        Self::connect_with_env(target, key, policy, options, jump, &process_env).await
+    }
+
+    /// [`RusshExec::connect`] with `env` standing for the process environment (read for an encrypted
+    /// key: [`PASSPHRASE_ENV`], `SSH_AUTH_SOCK`).
+    pub async fn connect_with_env(
+        target: SshTarget,
+        key: &ClientKey,
+        policy: HostKeyPolicy,
+        options: SshOptions,
+        jump: Option<JumpHost>,
+        env: &(dyn Fn(&str) -> Option<String> + Sync),
+    ) -> Result<Self, SshError> {
+        let exec = Self::new_with_env(target, key, policy, options, jump, env)?;
         exec.connection().await?;
         Ok(exec)
     }
@@ -199,10 +270,22 @@ impl RusshExec {
         options: SshOptions,
         jump: Option<JumpHost>,
     ) -> Result<Self, SshError> {
-        let credential = load_credential(key)?;
+        Self::new_with_env(target, key, policy, options, jump, &process_env)
+    }
+
+    /// [`RusshExec::new`] with `env` standing for the process environment.
+    pub fn new_with_env(
+        target: SshTarget,
+        key: &ClientKey,
+        policy: HostKeyPolicy,
+        options: SshOptions,
+        jump: Option<JumpHost>,
+        env: &(dyn Fn(&str) -> Option<String> + Sync),
+    ) -> Result<Self, SshError> {
+        let credential = load_credential(key, env)?;
         let jump = match jump {
             Some(jump) => {
-                let credential = load_credential(&jump.key)?;
+                let credential = load_credential(&jump.key, env)?;
                 Some((jump, credential))
             }
             None => None,
@@ -595,6 +678,68 @@ async fn open_session(
                 AuthResult::Failure { .. } => Err(auth_error(
                     "the server refused the client key (is it in authorized_keys?)".to_string(),
                 )),
+            }
+        }
+        Credential::AgentKey {
+            socket,
+            public,
+            path,
+        } => {
+            let key_error = |message: String| SshError::KeyFile {
+                path: path.display().to_string(),
+                message,
+            };
+            let remedy = format!(
+                "run `ssh-add {}`, or put its passphrase in {PASSPHRASE_ENV}",
+                path.display()
+            );
+            let mut agent = russh::keys::agent::client::AgentClient::connect_uds(socket)
+                .await
+                .map_err(|error| {
+                    key_error(format!(
+                        "it is encrypted and the ssh-agent at {} cannot be reached ({error}): {remedy}",
+                        socket.display()
+                    ))
+                })?;
+            let identities = agent
+                .request_identities()
+                .await
+                .map_err(|error| auth_error(format!("ssh-agent: {error}")))?;
+            let held = identities.iter().any(|identity| match identity {
+                russh::keys::agent::AgentIdentity::PublicKey { key, .. } => {
+                    key.key_data() == public.key_data()
+                }
+                russh::keys::agent::AgentIdentity::Certificate { .. } => false,
+            });
+            if !held {
+                return Err(key_error(format!(
+                    "it is encrypted and the ssh-agent at {} does not hold it: {remedy}",
+                    socket.display()
+                )));
+            }
+            let hash = if public.algorithm().is_rsa() {
+                handle
+                    .best_supported_rsa_hash()
+                    .await
+                    .map_err(transport)?
+                    .flatten()
+            } else {
+                None
+            };
+            match handle
+                .authenticate_publickey_with(
+                    target.user.clone(),
+                    public.as_ref().clone(),
+                    hash,
+                    &mut agent,
+                )
+                .await
+            {
+                Ok(AuthResult::Success) => Ok(handle),
+                Ok(AuthResult::Failure { .. }) => Err(auth_error(
+                    "the server refused the client key (is it in authorized_keys?)".to_string(),
+                )),
+                Err(error) => Err(auth_error(format!("ssh-agent: {error}"))),
             }
         }
         Credential::Agent => {

@@ -3,8 +3,9 @@
 
 use std::fs::{self, File, OpenOptions, TryLockError};
 use std::io::{Read, Seek, SeekFrom, Write};
+use std::os::unix::fs::{MetadataExt as _, OpenOptionsExt as _, PermissionsExt as _};
 use std::path::{Path, PathBuf};
-use std::time::{SystemTime, UNIX_EPOCH};
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use serde::{Deserialize, Serialize};
 
@@ -22,12 +23,67 @@ pub struct LockHolder {
 
 impl std::fmt::Display for LockHolder {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        let since = UNIX_EPOCH + Duration::from_secs(self.since);
+        let age = SystemTime::now()
+            .duration_since(since)
+            .map(human_duration)
+            .unwrap_or_else(|_| "in the future: clocks differ".to_owned());
         write!(
             f,
-            "`provision {}` pid {} on {} since {}",
-            self.command, self.pid, self.host, self.since
+            "`provision {}` (pid {} on {}), running since {} ({age})",
+            self.command,
+            self.pid,
+            self.host,
+            human_time(since)
         )
     }
+}
+
+/// `2026-12-01 10:04:05 UTC`.
+pub fn human_time(time: SystemTime) -> String {
+    let seconds = time
+        .duration_since(UNIX_EPOCH)
+        .map(|elapsed| elapsed.as_secs())
+        .unwrap_or(0);
+    let (days, second_of_day) = (seconds / 86_400, seconds % 86_400);
+    let (year, month, day) = civil_from_days(days);
+    format!(
+        "{year:04}-{month:02}-{day:02} {:02}:{:02}:{:02} UTC",
+        second_of_day / 3600,
+        second_of_day % 3600 / 60,
+        second_of_day % 60
+    )
+}
+
+/// `42 s ago`, `3 min ago`, `2 h 5 min ago`, `3 days ago`.
+fn human_duration(age: Duration) -> String {
+    let seconds = age.as_secs();
+    match seconds {
+        0..60 => format!("{seconds} s ago"),
+        60..3600 => format!("{} min ago", seconds / 60),
+        3600..86_400 => format!("{} h {} min ago", seconds / 3600, seconds % 3600 / 60),
+        _ => format!("{} days ago", seconds / 86_400),
+    }
+}
+
+/// Days since 1970-01-01 to (year, month, day) in the proleptic Gregorian calendar (Howard
+/// Hinnant's `civil_from_days`).
+fn civil_from_days(days: u64) -> (u64, u64, u64) {
+    let z = days + 719_468;
+    let era = z / 146_097;
+    let day_of_era = z % 146_097;
+    let year_of_era =
+        (day_of_era - day_of_era / 1460 + day_of_era / 36_524 - day_of_era / 146_096) / 365;
+    let day_of_year = day_of_era - (365 * year_of_era + year_of_era / 4 - year_of_era / 100);
+    let month_index = (5 * day_of_year + 2) / 153;
+    let day = day_of_year - (153 * month_index + 2) / 5 + 1;
+    let month = if month_index < 10 {
+        month_index + 3
+    } else {
+        month_index - 9
+    };
+    let year = year_of_era + era * 400 + u64::from(month <= 2);
+    (year, month, day)
 }
 
 /// Held for as long as the value lives; the OS releases it when the process dies.
@@ -53,8 +109,17 @@ impl StateLock {
             .write(true)
             .create(true)
             .truncate(false)
+            .mode(0o600)
             .open(path)
             .map_err(io("open"))?;
+        // Whatever the umask: another user must not be able to write a fake holder into it.
+        if file
+            .metadata()
+            .is_ok_and(|m| m.uid() == crate::files::current_uid())
+        {
+            file.set_permissions(fs::Permissions::from_mode(0o600))
+                .map_err(io("restrict"))?;
+        }
         match file.try_lock() {
             Ok(()) => {}
             Err(TryLockError::WouldBlock) => {
@@ -132,5 +197,16 @@ mod tests {
         );
         drop(first);
         StateLock::acquire(&path, "down").unwrap();
+    }
+
+    #[test]
+    fn times_are_human() {
+        let at = |seconds: u64| human_time(UNIX_EPOCH + Duration::from_secs(seconds));
+        assert_eq!(at(0), "1970-01-01 00:00:00 UTC");
+        assert_eq!(at(951_782_400), "2000-02-29 00:00:00 UTC");
+        assert_eq!(at(1_796_119_445), "2026-12-01 10:04:05 UTC");
+        assert_eq!(human_duration(Duration::from_secs(42)), "42 s ago");
+        assert_eq!(human_duration(Duration::from_secs(185)), "3 min ago");
+        assert_eq!(human_duration(Duration::from_secs(7500)), "2 h 5 min ago");
     }
 }

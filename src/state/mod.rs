@@ -16,7 +16,7 @@ use serde::{Deserialize, Serialize};
 
 use crate::profile::model::Role;
 
-pub use lock::{LockHolder, StateLock};
+pub use lock::{LockHolder, StateLock, human_time};
 
 /// Current on-disk format version.
 pub const STATE_VERSION: u32 = 1;
@@ -31,7 +31,7 @@ pub enum StateError {
         #[source]
         source: std::io::Error,
     },
-    #[error("{path} is not a valid provision state file")]
+    #[error("{path} is not a valid provision state file: {source}")]
     Corrupt {
         path: PathBuf,
         #[source]
@@ -39,12 +39,80 @@ pub enum StateError {
     },
     #[error("{path} has state format version {found}; this provision understands {STATE_VERSION}")]
     Version { path: PathBuf, found: u32 },
-    #[error(
-        "another provision run holds the workspace lock ({holder}); wait for it to finish, or remove {path} if that process is gone"
-    )]
+    #[error("the workspace lock {} is held by {holder}", path.display())]
     Locked { path: PathBuf, holder: String },
     #[error("state belongs to cluster `{found}`, the profile describes `{expected}`")]
     ClusterMismatch { expected: String, found: String },
+    /// Another user could write it; the message names the `chmod`/`chown` that fixes it.
+    #[error("refusing {}: {message}", path.display())]
+    Untrusted { path: PathBuf, message: String },
+}
+
+impl StateError {
+    /// Whether the user can fix it (exit 1) rather than a failure of the machine (exit 2).
+    pub fn is_user_error(&self) -> bool {
+        match self {
+            StateError::Io { .. } => false,
+            StateError::Corrupt { .. }
+            | StateError::Version { .. }
+            | StateError::Locked { .. }
+            | StateError::ClusterMismatch { .. }
+            | StateError::Untrusted { .. } => true,
+        }
+    }
+
+    /// What to do about it, for the `hint:` line.
+    pub fn hint(&self) -> Option<String> {
+        match self {
+            StateError::Io { .. } => None,
+            StateError::Corrupt { path, .. } => {
+                // The real path, so that the command works from any directory.
+                let path = &fs::canonicalize(path).unwrap_or_else(|_| path.clone());
+                let backup = backup_path(path);
+                let restore = if backup.is_file() {
+                    format!(
+                        "restore the copy kept before the last write (`cp {} {}`), or ",
+                        backup.display(),
+                        path.display()
+                    )
+                } else {
+                    String::new()
+                };
+                Some(format!(
+                    "{restore}move it aside (`mv {} {}.corrupt`): the next `up` re-adopts the VMs \
+                     tagged for the cluster on Proxmox",
+                    path.display(),
+                    path.display()
+                ))
+            }
+            StateError::Version { .. } => {
+                Some("use the provision version that wrote this workspace".to_owned())
+            }
+            // The OS releases the lock when its holder exits: there is never a file to delete.
+            StateError::Locked { .. } => Some(
+                "wait for that run to finish (the lock is released when its process exits), \
+                 or stop it"
+                    .to_owned(),
+            ),
+            StateError::Untrusted { .. } => Some(
+                "provision keeps its state, secrets and the k3s binary cache there: only you may \
+                 write it"
+                    .to_owned(),
+            ),
+            StateError::ClusterMismatch { .. } => Some(
+                "use one workspace directory per cluster, or the profile this workspace was \
+                 created with"
+                    .to_owned(),
+            ),
+        }
+    }
+}
+
+/// The previous content of a state file, kept on every write: `state.json.bak`.
+pub fn backup_path(path: &Path) -> PathBuf {
+    let mut name = path.file_name().unwrap_or_default().to_os_string();
+    name.push(".bak");
+    path.with_file_name(name)
 }
 
 /// How far provision got with one VM.
@@ -173,10 +241,26 @@ impl StateStore {
         let mut next = self.state.clone();
         let result = change(&mut next);
         if next != self.state {
+            self.keep_backup()?;
             write_atomic(&self.path, &to_bytes(&next)?)?;
             self.state = next;
         }
         Ok(result)
+    }
+}
+
+impl StateStore {
+    /// Copies the current file to [`backup_path`] (0600, atomically) before it is replaced.
+    fn keep_backup(&self) -> Result<(), StateError> {
+        match fs::read(&self.path) {
+            Ok(previous) => write_atomic(&backup_path(&self.path), &previous),
+            Err(error) if error.kind() == std::io::ErrorKind::NotFound => Ok(()),
+            Err(source) => Err(StateError::Io {
+                action: "read",
+                path: self.path.clone(),
+                source,
+            }),
+        }
     }
 }
 
@@ -223,6 +307,12 @@ pub fn write_atomic(path: &Path, bytes: &[u8]) -> Result<(), StateError> {
 
 impl From<crate::files::FileError> for StateError {
     fn from(error: crate::files::FileError) -> Self {
+        if error.is_untrusted() {
+            return StateError::Untrusted {
+                message: error.source.to_string(),
+                path: error.path,
+            };
+        }
         StateError::Io {
             action: error.action,
             path: error.path,
@@ -297,6 +387,51 @@ mod tests {
             load(&dir.path().join("state.json")),
             Err(StateError::Corrupt { .. })
         ));
+    }
+
+    #[test]
+    fn every_write_keeps_the_previous_state_as_a_private_backup() {
+        use std::os::unix::fs::PermissionsExt as _;
+        let dir = tempfile::tempdir().unwrap();
+        let mut store = StateStore::open(dir.path(), "up").unwrap();
+        store
+            .update(|state| state.vms.insert("a".into(), record("a", 100)))
+            .unwrap();
+        let backup = backup_path(store.path());
+        assert!(!backup.exists(), "nothing to keep before the first write");
+        store
+            .update(|state| state.vms.insert("b".into(), record("b", 101)))
+            .unwrap();
+        let kept = load(&backup).unwrap();
+        assert_eq!(kept.vms.keys().collect::<Vec<_>>(), vec!["a"]);
+        let mode = fs::metadata(&backup).unwrap().permissions().mode() & 0o777;
+        assert_eq!(mode, 0o600);
+        store
+            .update(|state| state.vms.insert("c".into(), record("c", 102)))
+            .unwrap();
+        assert_eq!(load(&backup).unwrap().vms.len(), 2);
+    }
+
+    #[test]
+    fn corrupt_state_hint_moves_it_aside_with_the_real_path() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("state.json");
+        fs::write(&path, b"{not json").unwrap();
+        let error = load(&path).unwrap_err();
+        assert!(error.is_user_error());
+        let hint = error.hint().unwrap();
+        let shown = path.display();
+        assert!(
+            hint.contains(&format!("`mv {shown} {shown}.corrupt`")),
+            "{hint}"
+        );
+        assert!(hint.contains("re-adopts the VMs"), "{hint}");
+        fs::write(backup_path(&path), b"{}").unwrap();
+        let hint = load(&path).unwrap_err().hint().unwrap();
+        assert!(
+            hint.contains(&format!("`cp {shown}.bak {shown}`")),
+            "{hint}"
+        );
     }
 
     #[test]

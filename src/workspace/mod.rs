@@ -48,10 +48,19 @@ pub enum WorkspaceError {
     },
     #[error("secret name `{0}` must be a plain file name")]
     SecretName(String),
+    /// Another user could have written it: refused, the message says how to fix the mode or owner.
+    #[error("refusing {}: {message}", path.display())]
+    Untrusted { path: PathBuf, message: String },
 }
 
 impl From<crate::files::FileError> for WorkspaceError {
     fn from(error: crate::files::FileError) -> Self {
+        if error.is_untrusted() {
+            return WorkspaceError::Untrusted {
+                message: error.source.to_string(),
+                path: error.path,
+            };
+        }
         WorkspaceError::Io {
             action: error.action,
             path: error.path,
@@ -234,6 +243,13 @@ impl Workspace {
         } else {
             InitAction::Created
         };
+        if let Ok(metadata) = std::fs::metadata(&state)
+            && std::os::unix::fs::MetadataExt::uid(&metadata) == crate::files::current_uid()
+        {
+            // `init` repairs a workspace of the user's own that an earlier umask left open.
+            std::fs::set_permissions(&state, std::fs::Permissions::from_mode(0o700))
+                .map_err(WorkspaceError::io("restrict", &state))?;
+        }
         create_private_dir(&state)?;
         actions.push((state, action));
         Ok(actions)
@@ -334,26 +350,29 @@ impl Workspace {
         Ok(path)
     }
 
-    /// Reads `.provision/secrets/<name>`, `None` when it does not exist.
+    /// Reads `.provision/secrets/<name>`, `None` when it does not exist; refused when another user
+    /// could have written the file or its directories.
     pub fn read_secret(&self, name: &str) -> Result<Option<Secret>, WorkspaceError> {
-        let path = self.secrets_dir().join(name);
-        match std::fs::read_to_string(&path) {
-            Ok(text) => Ok(Some(Secret::new(text))),
-            Err(error) if error.kind() == std::io::ErrorKind::NotFound => Ok(None),
-            Err(source) => Err(WorkspaceError::Io {
-                action: "read",
-                path,
-                source,
-            }),
+        let dir = self.secrets_dir();
+        if !dir.is_dir() {
+            return Ok(None);
+        }
+        crate::files::check_trusted(&self.state_dir())?;
+        crate::files::check_trusted(&dir)?;
+        let path = dir.join(name);
+        match crate::files::read_trusted(&path)? {
+            Some(bytes) => Ok(Some(Secret::new(
+                String::from_utf8_lossy(&bytes).into_owned(),
+            ))),
+            None => Ok(None),
         }
     }
 }
 
-/// Creates `dir` 0700, and narrows an existing one to 0700 (`init` repairs a workspace).
+/// Creates `dir` 0700 whatever the umask; an existing one others could write is refused (with the
+/// `chmod`/`chown` that fixes it) rather than silently narrowed.
 fn create_private_dir(dir: &Path) -> Result<(), WorkspaceError> {
-    crate::files::create_private_dir(dir)?;
-    std::fs::set_permissions(dir, std::fs::Permissions::from_mode(0o700))
-        .map_err(WorkspaceError::io("restrict", dir))
+    Ok(crate::files::create_private_dir(dir)?)
 }
 
 /// Writes `path` only when it does not exist yet.
@@ -422,13 +441,25 @@ pub fn resolve_settings(
         } else {
             root.join(path)
         };
+        let failed = |message: String| SettingsError::SecretFile {
+            what,
+            path: path.display().to_string(),
+            message,
+        };
+        // Only the user may have written it (a planted token would send requests as someone else).
+        crate::files::check_trusted(&path).map_err(|error| failed(error.source.to_string()))?;
+        if crate::files::readable_by_others(&path) {
+            let real = std::fs::canonicalize(&path).unwrap_or_else(|_| path.clone());
+            tracing::warn!(
+                target: crate::reporter::SECURITY_TARGET,
+                "{} ({what}) is readable by other users; fix: `chmod 600 {}`",
+                real.display(),
+                real.display()
+            );
+        }
         std::fs::read_to_string(&path)
             .map(|text| text.trim().to_owned())
-            .map_err(|error| SettingsError::SecretFile {
-                what,
-                path: path.display().to_string(),
-                message: error.to_string(),
-            })
+            .map_err(|error| failed(error.to_string()))
     };
     let token = match non_empty("PROXMOX_VE_API_TOKEN") {
         Some(token) => Some(token.trim().to_owned()),

@@ -47,6 +47,8 @@ struct Shared {
     in_flight: AtomicUsize,
     max_in_flight: AtomicUsize,
     task_polls: Mutex<HashMap<String, usize>>,
+    /// Answer every request with `302 Found` to this URL.
+    redirect_to: Mutex<Option<String>>,
 }
 
 struct TestServer {
@@ -205,6 +207,13 @@ async fn handle(
     let Some(api_path) = path.strip_prefix("/api2/json") else {
         return proxmox_error(404, "not found");
     };
+    if let Some(target) = shared.redirect_to.lock().unwrap().clone() {
+        return (
+            StatusCode::FOUND,
+            [(axum::http::header::LOCATION, format!("{target}{path}"))],
+        )
+            .into_response();
+    }
 
     if method == Method::POST && api_path == "/access/ticket" {
         let form = parse_form(&body);
@@ -588,6 +597,27 @@ async fn insecure_mode_connects() {
     let mut config = server.config(token_auth());
     config.tls = TlsMode::Insecure;
     PveClient::new(config).unwrap().version().await.unwrap();
+}
+
+#[tokio::test]
+async fn redirects_are_never_followed_so_credentials_stay_with_the_endpoint() {
+    let server = TestServer::start().await;
+    let elsewhere = TestServer::start().await;
+    *server.shared.redirect_to.lock().unwrap() = Some(elsewhere.endpoint());
+    let mut config = server.config(token_auth());
+    // The other address is trusted too: only the redirect policy keeps the token from it.
+    config.tls = TlsMode::Insecure;
+    let error = PveClient::new(config).unwrap().version().await.unwrap_err();
+    assert!(
+        elsewhere.seen().is_empty(),
+        "the redirect was followed: {:?}",
+        elsewhere.seen()
+    );
+    assert_eq!(server.seen().len(), 1, "a redirect is not retried");
+    let message = error.to_string();
+    assert!(message.contains("302"), "{message}");
+    assert!(message.contains(&elsewhere.endpoint()), "{message}");
+    assert!(error.hint().unwrap().contains("endpoint"), "{error:?}");
 }
 
 #[tokio::test]
