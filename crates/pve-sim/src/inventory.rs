@@ -174,6 +174,10 @@ impl TokenSpec {
 const BUILTIN: &[(&str, &str)] = &[
     ("pve-a100", include_str!("../fixtures/pve-a100.toml")),
     (
+        "pve-a100-pcie",
+        include_str!("../fixtures/pve-a100-pcie.toml"),
+    ),
+    (
         "pve-sentinel",
         include_str!("../fixtures/pve-sentinel.toml"),
     ),
@@ -196,6 +200,7 @@ const BUILTIN: &[(&str, &str)] = &[
 
 const BUILTIN_NAMES: &[&str] = &[
     "pve-a100",
+    "pve-a100-pcie",
     "pve-sentinel",
     "pve-sentinel-acs",
     "pve-iommu-off",
