@@ -1290,8 +1290,15 @@ impl Request<'_> {
                 "refusing to override existing file '{filename}'"
             )));
         }
-        // No network: the size is derived from the URL so repeated runs agree.
-        let size = url_size(&url);
+        // No network: a known image has its size and checksums; any other URL a size derived
+        // from it so repeated runs agree.
+        let known = state
+            .inventory
+            .images
+            .iter()
+            .find(|i| i.url == url)
+            .cloned();
+        let size = known.as_ref().map_or_else(|| url_size(&url), |i| i.size);
         let volume = Volume {
             volid: volid.clone(),
             node: (!storage.shared).then(|| self.node().to_owned()),
@@ -1306,16 +1313,24 @@ impl Request<'_> {
             format!("downloading {url} to /var/lib/vz/template/{content}/{filename}.tmp"),
             "download finished".to_owned(),
         ];
-        let log = match self.text("checksum") {
-            Some(checksum) => {
-                let mut log = log;
-                log.push(format!(
-                    "calculating checksum of {filename}...OK, checksum verified ({checksum})"
-                ));
-                log
+        // pve-common PVE::Tools `download_file_from_url`: "calculating checksum..." then
+        // "OK, checksum verified" or die "checksum mismatch: got '…' != expect '…'".
+        let mut log = log;
+        let mut doomed = None;
+        if let Some(expected) = self.text("checksum") {
+            let algorithm = self.text("checksum-algorithm").unwrap_or("sha256");
+            match known.as_ref().and_then(|i| i.checksums.get(algorithm)) {
+                Some(actual) if !actual.eq_ignore_ascii_case(expected) => {
+                    log.push("calculating checksum...".to_owned());
+                    doomed = Some(format!(
+                        "checksum mismatch: got '{actual}' != expect '{expected}'"
+                    ));
+                }
+                Some(_) | None => {
+                    log.push("calculating checksum...OK, checksum verified".to_owned());
+                }
             }
-            None => log,
-        };
+        }
         let upid = self.spawn(
             &mut state,
             "download",
@@ -1324,7 +1339,7 @@ impl Request<'_> {
             TaskAction::AddVolume {
                 volume: Box::new(volume),
             },
-            None,
+            doomed,
             log,
         );
         Reply::data(json!(upid))
@@ -1708,6 +1723,16 @@ impl Request<'_> {
         }
     }
 
+    /// A requested config value; `cdrom` is an alias of `ide2` (qemu-server
+    /// `$resolve_cdrom_alias`: `ide2: VALUE,media=cdrom`).
+    fn config_value(&self, key: &str) -> Option<(String, String)> {
+        let value = self.text(key)?;
+        if key == "cdrom" {
+            return Some(("ide2".to_owned(), format!("{value},media=cdrom")));
+        }
+        Some((key.to_owned(), value.to_owned()))
+    }
+
     fn config_keys(&self) -> Vec<String> {
         const CONTROL: &[&str] = &[
             "node",
@@ -1772,18 +1797,18 @@ impl Request<'_> {
         let mut imports = false;
         let mut reserved = BTreeSet::new();
         for key in &keys {
-            let Some(value) = self.text(key) else {
+            let Some((key, value)) = self.config_value(key) else {
                 continue;
             };
             let (stored, new_volumes, imported) = self.materialize(
                 &mut state,
                 vmid,
-                key,
-                value,
+                &key,
+                &value,
                 &BTreeMap::new(),
                 &mut reserved,
             )?;
-            config.insert(key.clone(), stored);
+            config.insert(key, stored);
             volumes.extend(new_volumes);
             imports |= imported;
         }
@@ -1962,12 +1987,12 @@ impl Request<'_> {
         let mut new_volumes = Vec::new();
         let mut reserved = BTreeSet::new();
         for key in &keys {
-            let Some(value) = self.text(key) else {
+            let Some((key, value)) = self.config_value(key) else {
                 continue;
             };
             let (stored, volumes, _) =
-                self.materialize(&mut state, vmid, key, value, &vm.config, &mut reserved)?;
-            changes.insert(key.clone(), Some(stored));
+                self.materialize(&mut state, vmid, &key, &value, &vm.config, &mut reserved)?;
+            changes.insert(key, Some(stored));
             new_volumes.extend(volumes);
         }
         let mut unused_index = (0..)
@@ -2667,14 +2692,21 @@ impl Request<'_> {
     fn query_url_metadata(&self) -> ApiResult<Reply> {
         self.identity.check("/", "Sys.Audit")?;
         self.identity.check("/", "Sys.Modify")?;
-        self.shared.state().node(self.node())?;
         let url = self.text("url").unwrap_or("");
         let filename = url_filename(url);
-        let mimetype = match format_of(&filename).as_str() {
-            "iso" => "application/x-iso9660-image",
-            _ => "application/octet-stream",
+        let state = self.shared.state();
+        state.node(self.node())?;
+        let known = state.inventory.images.iter().find(|i| i.url == url);
+        let mimetype = match (
+            known.and_then(|i| i.mimetype.clone()),
+            format_of(&filename).as_str(),
+        ) {
+            (Some(mimetype), _) => mimetype,
+            (None, "iso") => "application/x-iso9660-image".to_owned(),
+            (None, _) => "application/octet-stream".to_owned(),
         };
-        Reply::data(json!({ "filename": filename, "size": url_size(url), "mimetype": mimetype }))
+        let size = known.map_or_else(|| url_size(url), |i| i.size);
+        Reply::data(json!({ "filename": filename, "size": size, "mimetype": mimetype }))
     }
 
     /// pve-manager PVE::API2::Tasks `node_tasks`: newest first; `source` active / archive

@@ -11,7 +11,7 @@ use std::path::PathBuf;
 use std::time::{Duration, Instant};
 
 use common::*;
-use pve_sim::inventory::TokenSpec;
+use pve_sim::inventory::{ImageSpec, TokenSpec};
 use pve_sim::{Inventory, SimConfig};
 use serde_json::Value;
 
@@ -738,8 +738,8 @@ async fn every_create_and_config_parameter_of_the_official_schema_is_accepted() 
         sim.wait(answer.data().as_str().unwrap()).await;
         let config = sim.handle.vm_config(vmid).unwrap();
         // qemu-server's `$resolve_cdrom_alias` stores `cdrom` as `ide2`.
-        let stored = config.contains_key(&key) || (key == "cdrom" && config.contains_key("ide2"));
-        assert!(stored, "{key} not stored: {config:?}");
+        let stored = if key == "cdrom" { "ide2" } else { key.as_str() };
+        assert!(config.contains_key(stored), "{key} not stored: {config:?}");
     }
     small_vm(&sim, "299").await;
     for method in ["PUT", "POST"] {
@@ -766,8 +766,10 @@ async fn every_create_and_config_parameter_of_the_official_schema_is_accepted() 
                 sim.wait(upid).await;
             }
             let config = sim.get("/nodes/pve1/qemu/299/config").await;
+            // `cdrom` is stored as `ide2`.
+            let stored = if key == "cdrom" { "ide2" } else { key.as_str() };
             assert!(
-                config.get(&key).is_some(),
+                config.get(stored).is_some(),
                 "{method} {key} not returned: {config}"
             );
         }
@@ -808,4 +810,63 @@ fn the_pcie_a100_fixture_has_pcie_cards_in_their_own_iommu_groups() {
             .iter()
             .any(|p| p.device == "0x20b0")
     );
+}
+
+#[tokio::test]
+async fn download_url_fails_on_a_checksum_that_known_content_does_not_have() {
+    let url = "https://images.example/debian-13-genericcloud-amd64.qcow2";
+    let sha256 = "4f3b1c9e2a7d5f60b8c1e3a9d7f2b4c6e8a0d2f4b6c8e0a2c4e6f8a0b2d4f6a8";
+    let mut config = common::config("pve-a100");
+    config.inventory.images.push(ImageSpec {
+        url: url.to_owned(),
+        size: 3_221_225_472,
+        checksums: [("sha256".to_owned(), sha256.to_owned())].into(),
+        mimetype: Some("application/x-qemu-disk".to_owned()),
+    });
+    let sim = start_with(config).await;
+    let meta = sim
+        .call("GET", "/nodes/pve1/query-url-metadata", &[("url", url)])
+        .await
+        .ok();
+    assert_eq!(meta["size"], 3_221_225_472u64);
+    assert_eq!(meta["mimetype"], "application/x-qemu-disk");
+    let wrong = "0".repeat(64);
+    let download = |checksum: String, filename: &'static str| {
+        let sim = &sim;
+        async move {
+            sim.call(
+                "POST",
+                "/nodes/pve1/storage/local/download-url",
+                &[
+                    ("url", url),
+                    ("content", "import"),
+                    ("filename", filename),
+                    ("checksum", checksum.as_str()),
+                    ("checksum-algorithm", "sha256"),
+                ],
+            )
+            .await
+            .ok()
+        }
+    };
+    let upid = download(wrong.clone(), "bad.qcow2").await;
+    let status = sim.wait(upid.as_str().unwrap()).await;
+    assert_eq!(
+        status["exitstatus"],
+        format!("checksum mismatch: got '{sha256}' != expect '{wrong}'")
+    );
+    let content = sim.get("/nodes/pve1/storage/local/content").await;
+    assert!(content.as_array().unwrap().is_empty(), "{content}");
+    let upid = download(sha256.to_uppercase(), "good.qcow2").await;
+    assert_eq!(sim.wait(upid.as_str().unwrap()).await["exitstatus"], "OK");
+    let log = sim.task_log(upid.as_str().unwrap()).await;
+    assert!(
+        log.iter()
+            .any(|l| l == "calculating checksum...OK, checksum verified")
+    );
+    let info = sim
+        .get("/nodes/pve1/storage/local/content/local:import/good.qcow2")
+        .await;
+    assert_eq!(info["size"], 3_221_225_472u64);
+    sim.handle.shutdown().await;
 }
