@@ -253,26 +253,6 @@ fn yaml_str(text: &str, key: &str) -> Option<String> {
     document.get(key)?.as_str().map(str::to_owned)
 }
 
-#[cfg(test)]
-mod tests {
-    #![allow(clippy::unwrap_used)]
-    use super::*;
-
-    #[test]
-    fn reads_v2_and_v1_network_config() {
-        let v2 = "version: 2\nethernets:\n  eth0:\n    match: {macaddress: 'bc:24:11:00:00:01'}\n    addresses: [10.0.0.21/24]\n    routes: [{to: default, via: 10.0.0.1}]\n";
-        assert_eq!(
-            network_config_addresses(v2),
-            vec![vec![("10.0.0.21".parse().unwrap(), 24)]]
-        );
-        let v1 = "version: 1\nconfig:\n  - type: physical\n    name: eth0\n    subnets:\n      - type: static\n        address: 10.0.0.22\n        netmask: 255.255.255.0\n";
-        assert_eq!(
-            network_config_addresses(v1),
-            vec![vec![("10.0.0.22".parse().unwrap(), 24)]]
-        );
-    }
-}
-
 /// qemu-server PVE::QemuServer::Cloudinit `cloudinit_userdata`, as `cloudinit/dump?type=user`
 /// shows it.
 pub(crate) fn cloudinit_user_dump(vm: &Vm) -> String {
@@ -378,4 +358,24 @@ pub(crate) fn cloudinit_meta_dump(vm: &Vm) -> String {
     }
     let digest = hex::encode(hasher.finalize());
     format!("instance-id: {}\n", &digest[..40])
+}
+
+#[cfg(test)]
+mod tests {
+    #![allow(clippy::unwrap_used)]
+    use super::*;
+
+    #[test]
+    fn reads_v2_and_v1_network_config() {
+        let v2 = "version: 2\nethernets:\n  eth0:\n    match: {macaddress: 'bc:24:11:00:00:01'}\n    addresses: [10.0.0.21/24]\n    routes: [{to: default, via: 10.0.0.1}]\n";
+        assert_eq!(
+            network_config_addresses(v2),
+            vec![vec![("10.0.0.21".parse().unwrap(), 24)]]
+        );
+        let v1 = "version: 1\nconfig:\n  - type: physical\n    name: eth0\n    subnets:\n      - type: static\n        address: 10.0.0.22\n        netmask: 255.255.255.0\n";
+        assert_eq!(
+            network_config_addresses(v1),
+            vec![vec![("10.0.0.22".parse().unwrap(), 24)]]
+        );
+    }
 }

@@ -1538,6 +1538,9 @@ impl Request<'_> {
                 self.identity
                     .check(&format!("/mapping/dir/{dirid}"), "Mapping.Use")
             }
+            // PVE::GuestHelpers `assert_tag_permissions` with the default `user-tag-access`
+            // (free): VM.Config.Options.
+            "tags" => self.identity.check(&path, "VM.Config.Options"),
             _ if is_disk_key(key) || key == "cdrom" => {
                 self.check_drive_permission(key, &entries, creating)
             }

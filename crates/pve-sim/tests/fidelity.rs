@@ -163,6 +163,11 @@ async fn config_keys_need_the_privileges_of_check_vm_modify_config_perm() {
         options.reason,
         "Permission check failed (/vms/101, VM.Config.Options)"
     );
+    let tags = sim.call_as(NO_CPU, "PUT", path, &[("tags", "gpu")]).await;
+    assert_eq!(
+        tags.reason,
+        "Permission check failed (/vms/101, VM.Config.Options)"
+    );
     let cloudinit = sim.call_as(NO_CPU, "PUT", path, &[("ciuser", "k")]).await;
     assert_eq!(
         cloudinit.reason,
