@@ -1589,6 +1589,29 @@ impl Request<'_> {
     }
 
     /// Turns requested config values into what Proxmox stores: disks allocated, MACs set.
+    /// `net0: virtio,bridge=…` gets a MAC (qemu-server `add_random_macs`), kept on an edit.
+    fn with_mac(
+        &self,
+        key: &str,
+        value: &str,
+        existing: &BTreeMap<String, String>,
+    ) -> ApiResult<String> {
+        let mut entries = propstring::parse(value)
+            .map_err(|e| ApiError::param(key, format!("invalid format - {e}")))?;
+        if let Some(index) = entries.iter().position(|(k, _)| k.is_none()) {
+            let model = entries[index].1.clone();
+            let keep = existing.get(key).and_then(|old| {
+                let old = propstring::parse(old).ok()?;
+                old.iter()
+                    .find(|(k, _)| k.as_deref() == Some(model.as_str()))
+                    .map(|(_, v)| v.clone())
+            });
+            let mac = keep.unwrap_or_else(|| mac_address(self.shared.random_bytes()));
+            entries[index] = (Some(model), mac);
+        }
+        Ok(propstring::serialize(&entries))
+    }
+
     fn materialize(
         &self,
         state: &mut State,
@@ -1601,20 +1624,7 @@ impl Request<'_> {
         let node = self.node().to_owned();
         let value = &schema::normalize_booleans(key, value);
         if key.starts_with("net") {
-            let mut entries = propstring::parse(value)
-                .map_err(|e| ApiError::param(key, format!("invalid format - {e}")))?;
-            if let Some(index) = entries.iter().position(|(k, _)| k.is_none()) {
-                let model = entries[index].1.clone();
-                let keep = existing.get(key).and_then(|old| {
-                    let old = propstring::parse(old).ok()?;
-                    old.iter()
-                        .find(|(k, _)| k.as_deref() == Some(model.as_str()))
-                        .map(|(_, v)| v.clone())
-                });
-                let mac = keep.unwrap_or_else(|| mac_address(self.shared.random_bytes()));
-                entries[index] = (Some(model), mac);
-            }
-            return Ok((propstring::serialize(&entries), Vec::new(), false));
+            return Ok((self.with_mac(key, value, existing)?, Vec::new(), false));
         }
         if !is_disk_key(key) {
             return Ok((value.to_owned(), Vec::new(), false));
@@ -1675,20 +1685,7 @@ impl Request<'_> {
         } else if key.starts_with("tpmstate") {
             bytes = 4 << 20;
         }
-        // pve-storage PVE/Storage/Plugin.pm `get_next_vm_diskname`: the lowest N unused for
-        // this VMID on this storage, counting the volumes this request allocated before
-        // (qemu-server allocates drives in sorted key order, `$foreach_volume_with_alloc`).
-        let taken: BTreeSet<&str> = state
-            .volumes
-            .values()
-            .filter(|v| storage.shared || v.node.as_deref() == Some(node.as_str()))
-            .map(|v| v.volid.as_str())
-            .chain(reserved.iter().map(String::as_str))
-            .collect();
-        let volid = (0..)
-            .map(|n| format!("{storage_name}:vm-{vmid}-disk-{n}"))
-            .find(|candidate| !taken.contains(candidate.as_str()))
-            .unwrap_or_default();
+        let volid = next_disk_name(state, &storage, &node, vmid, reserved);
         reserved.insert(volid.clone());
         let volume = self.new_volume(&storage, &volid, vmid, bytes);
         // Block storages have no image format: qemu-server's print_drive of the allocated
@@ -2876,6 +2873,29 @@ impl Request<'_> {
         }
         Reply::data(Value::Null)
     }
+}
+
+/// pve-storage PVE/Storage/Plugin.pm `get_next_vm_diskname`: `vm-VMID-disk-N` with the lowest
+/// N unused for this VMID on this storage, counting the volumes this request allocated before
+/// (qemu-server allocates drives in sorted key order, `$foreach_volume_with_alloc`).
+fn next_disk_name(
+    state: &State,
+    storage: &crate::inventory::StorageSpec,
+    node: &str,
+    vmid: u32,
+    reserved: &BTreeSet<String>,
+) -> String {
+    let taken: BTreeSet<&str> = state
+        .volumes
+        .values()
+        .filter(|v| storage.shared || v.node.as_deref() == Some(node))
+        .map(|v| v.volid.as_str())
+        .chain(reserved.iter().map(String::as_str))
+        .collect();
+    (0..)
+        .map(|n| format!("{}:vm-{vmid}-disk-{n}", storage.name))
+        .find(|candidate| !taken.contains(candidate.as_str()))
+        .unwrap_or_default()
 }
 
 /// Where a directory storage lives (`local` is `/var/lib/vz`, others `/mnt/pve/NAME`).
