@@ -253,6 +253,113 @@ fn yaml_str(text: &str, key: &str) -> Option<String> {
     document.get(key)?.as_str().map(str::to_owned)
 }
 
+/// qemu-server PVE::QemuServer::Cloudinit `cloudinit_userdata`, as `cloudinit/dump?type=user`
+/// shows it.
+pub(crate) fn cloudinit_user_dump(vm: &Vm) -> String {
+    let mut text = format!(
+        "#cloud-config\nhostname: {}\nmanage_etc_hosts: true\n",
+        vm.name()
+    );
+    if let Some(domain) = vm.config.get("searchdomain") {
+        text.push_str(&format!("fqdn: {}.{domain}\n", vm.name()));
+    }
+    if let Some(user) = vm.config.get("ciuser") {
+        text.push_str(&format!("user: {user}\n"));
+    }
+    if vm.config.contains_key("cipassword") {
+        text.push_str("password: **********\n");
+    }
+    if let Some(keys) = vm.config.get("sshkeys") {
+        let decoded = percent_encoding::percent_decode_str(keys).decode_utf8_lossy();
+        text.push_str("ssh_authorized_keys:\n");
+        for key in decoded.lines().filter(|l| !l.trim().is_empty()) {
+            text.push_str(&format!("  - {key}\n"));
+        }
+    }
+    text.push_str("chpasswd:\n  expire: False\nusers:\n  - default\n");
+    let upgrade = vm.config.get("ciupgrade").is_none_or(|v| v == "1");
+    text.push_str(&format!("package_upgrade: {upgrade}\n"));
+    text
+}
+
+fn netmask(prefix: u8) -> String {
+    let bits: u32 = if prefix == 0 {
+        0
+    } else {
+        u32::MAX << (32 - u32::from(prefix.min(32)))
+    };
+    std::net::Ipv4Addr::from(bits).to_string()
+}
+
+/// qemu-server `nocloud_network` (network-config version 1) for `cloudinit/dump?type=network`.
+pub(crate) fn cloudinit_network_dump(vm: &Vm) -> String {
+    let mut text = "version: 1\nconfig:\n".to_owned();
+    for (key, value) in &vm.config {
+        let Some(index) = key
+            .strip_prefix("net")
+            .and_then(|n| n.parse::<usize>().ok())
+        else {
+            continue;
+        };
+        let entries = propstring::parse(value).unwrap_or_default();
+        let mac = entries
+            .iter()
+            .find(|(k, v)| k.is_some() && v.len() == 17 && v.matches(':').count() == 5)
+            .map(|(_, v)| v.to_lowercase())
+            .unwrap_or_default();
+        text.push_str(&format!(
+            "    - type: physical\n      name: eth{index}\n      mac_address: '{mac}'\n      subnets:\n"
+        ));
+        let ip = vm
+            .config
+            .get(&format!("ipconfig{index}"))
+            .and_then(|v| propstring::parse(v).ok())
+            .unwrap_or_default();
+        match propstring::get(&ip, "ip", None) {
+            Some(cidr) if cidr != "dhcp" => {
+                let (address, prefix) = cidr.split_once('/').unwrap_or((cidr, "24"));
+                text.push_str(&format!(
+                    "      - type: static\n        address: '{address}'\n        netmask: '{}'\n",
+                    netmask(prefix.parse().unwrap_or(24))
+                ));
+                if let Some(gw) = propstring::get(&ip, "gw", None) {
+                    text.push_str(&format!("        gateway: '{gw}'\n"));
+                }
+            }
+            Some(_) | None => text.push_str("      - type: dhcp4\n"),
+        }
+    }
+    if let Some(servers) = vm.config.get("nameserver") {
+        text.push_str("    - type: nameserver\n      address:\n");
+        for server in servers.split([' ', ',', ';']).filter(|s| !s.is_empty()) {
+            text.push_str(&format!("      - '{server}'\n"));
+        }
+        if let Some(domain) = vm.config.get("searchdomain") {
+            text.push_str(&format!("      search:\n      - '{domain}'\n"));
+        }
+    }
+    text
+}
+
+/// `cloudinit/dump?type=meta`: the instance id changes with the cloud-init settings.
+pub(crate) fn cloudinit_meta_dump(vm: &Vm) -> String {
+    use sha2::Digest as _;
+    let mut hasher = sha2::Sha256::new();
+    for (key, value) in &vm.config {
+        if key.starts_with("ipconfig")
+            || key.starts_with("net")
+            || matches!(
+                key.as_str(),
+                "ciuser" | "cipassword" | "sshkeys" | "nameserver" | "searchdomain" | "name"
+            )
+        {
+            hasher.update(format!("{key}={value}\n"));
+        }
+    }
+    let digest = hex::encode(hasher.finalize());
+    format!("instance-id: {}\n", &digest[..40])
+}
+
 #[cfg(test)]
 mod tests {
     #![allow(clippy::unwrap_used)]

@@ -46,6 +46,24 @@ pub struct Inventory {
     /// Pools that already exist.
     #[serde(default)]
     pub pools: Vec<String>,
+    /// Images the simulator "can download": `query-url-metadata` reports their size and
+    /// `download-url` checks a given checksum against theirs. Other URLs get a size derived
+    /// from the URL and any checksum is taken as verified.
+    #[serde(default, rename = "image")]
+    pub images: Vec<ImageSpec>,
+}
+
+/// Content behind a URL that the simulator knows.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ImageSpec {
+    pub url: String,
+    pub size: u64,
+    /// Digests by algorithm (`sha256`, `sha512`, …), lowercase hex.
+    #[serde(default)]
+    pub checksums: std::collections::BTreeMap<String, String>,
+    #[serde(default)]
+    pub mimetype: Option<String>,
 }
 
 fn default_version() -> String {
@@ -182,6 +200,10 @@ impl TokenSpec {
 const BUILTIN: &[(&str, &str)] = &[
     ("pve-a100", include_str!("../fixtures/pve-a100.toml")),
     (
+        "pve-a100-pcie",
+        include_str!("../fixtures/pve-a100-pcie.toml"),
+    ),
+    (
         "pve-sentinel",
         include_str!("../fixtures/pve-sentinel.toml"),
     ),
@@ -204,6 +226,7 @@ const BUILTIN: &[(&str, &str)] = &[
 
 const BUILTIN_NAMES: &[&str] = &[
     "pve-a100",
+    "pve-a100-pcie",
     "pve-sentinel",
     "pve-sentinel-acs",
     "pve-iommu-off",
@@ -278,6 +301,11 @@ impl Inventory {
         for storage in b.storages {
             if !merged.storages.iter().any(|s| s.name == storage.name) {
                 merged.storages.push(storage);
+            }
+        }
+        for image in b.images {
+            if !merged.images.iter().any(|i| i.url == image.url) {
+                merged.images.push(image);
             }
         }
         for user in b.users {

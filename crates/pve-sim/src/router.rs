@@ -5,7 +5,8 @@
 //! Routes (all below `/api2/json`):
 //!
 //! Paths are percent-decoded per segment; a `/` inside one segment (a volume id such as
-//! `local:iso/seed.iso`) stays `%2F` in the request log.
+//! `local:iso/seed.iso`) stays `%2F` in the request log. The content routes also take a volume
+//! id with its slash unencoded (`…/content/local:import/debian.qcow2`), as pve-storage does.
 //!
 //! | Method | Path                                                   | Answer / task type        |
 //! |--------|--------------------------------------------------------|---------------------------|
@@ -48,6 +49,20 @@
 //! | GET    | /nodes/{node}/tasks/{upid}/log                         | [{n, t}]                  |
 //! | GET    | /pools                                                 | pools                     |
 //! | POST   | /pools                                                 | null                      |
+//! | GET    | /pools/{poolid}                                        | members, comment          |
+//! | PUT    | /pools/{poolid}                                        | null (vms, storage, delete)|
+//! | DELETE | /pools/{poolid}                                        | null (empty pools only)   |
+//! | GET    | /storage                                               | storage configuration     |
+//! | GET    | /nodes/{node}/network                                  | interfaces (bridges)      |
+//! | GET    | /nodes/{node}/query-url-metadata?url=                  | filename, size, mimetype  |
+//! | GET    | /nodes/{node}/tasks                                    | tasks (source, vmid, …)   |
+//! | GET    | /nodes/{node}/hardware/pci/{pci-id-or-mapping}         | [{method: mdev}]          |
+//! | GET    | /nodes/{node}/storage/{storage}/content/{volume}       | path, size, used, format  |
+//! | GET    | /nodes/{node}/qemu/{vmid}                              | directory index           |
+//! | GET    | /nodes/{node}/qemu/{vmid}/status                       | directory index           |
+//! | GET    | /nodes/{node}/qemu/{vmid}/agent                        | agent commands            |
+//! | GET    | /nodes/{node}/qemu/{vmid}/cloudinit/dump?type=         | user/network/meta text    |
+//! | PUT    | /nodes/{node}/qemu/{vmid}/unlink                       | null                      |
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::time::Duration;
@@ -116,6 +131,7 @@ async fn handle(
         Ok(parsed) => parsed,
         Err(error) => return finish(&shared, &method, &path, Map::new(), Err(error)),
     };
+    wait_for_config_lock(&shared, &method, &path).await;
     let result = match identity {
         None => login_route(&shared, &method, template, &vars, &params),
         Some(identity) => dispatch(
@@ -409,6 +425,16 @@ impl Identity {
             Some(_) => Err(ApiError::forbidden(path, privilege)),
         }
     }
+
+    /// PVE::RPCEnvironment::check_any: one of `privileges` suffices; the error lists them all
+    /// joined by `|`.
+    fn check_any(&self, path: &str, privileges: &[&str]) -> ApiResult<()> {
+        match &self.privileges {
+            None => Ok(()),
+            Some(set) if privileges.iter().any(|p| set.contains(*p)) => Ok(()),
+            Some(_) => Err(ApiError::forbidden(path, &privileges.join("|"))),
+        }
+    }
 }
 
 fn privileges(list: &[String]) -> Option<BTreeSet<String>> {
@@ -573,18 +599,31 @@ fn login(shared: &Shared, params: &Map<String, Value>) -> ApiResult<Reply> {
 /// template's variables.
 fn matches(template: &str, path: &str) -> Option<BTreeMap<String, String>> {
     let template_parts: Vec<&str> = template.trim_matches('/').split('/').collect();
-    let path_parts: Vec<&str> = path.trim_matches('/').split('/').collect();
+    let mut path_parts: Vec<String> = path
+        .trim_matches('/')
+        .split('/')
+        .map(str::to_owned)
+        .collect();
+    // pve-storage mounts the content subtree with no fragment delimiter: a volume id's slash
+    // may come unencoded (`…/content/local:import/debian.qcow2`).
+    if template_parts.last() == Some(&"{volume}") && path_parts.len() > template_parts.len() {
+        let rest = path_parts.split_off(template_parts.len() - 1).join("/");
+        path_parts.push(rest);
+    }
     if template_parts.len() != path_parts.len() {
         return None;
     }
     let mut vars = BTreeMap::new();
-    for (t, p) in template_parts.iter().zip(&path_parts) {
+    for (t, p) in template_parts
+        .iter()
+        .zip(path_parts.iter().map(String::as_str))
+    {
         if let Some(name) = t.strip_prefix('{').and_then(|t| t.strip_suffix('}')) {
             if p.is_empty() {
                 return None;
             }
             vars.insert(name.to_owned(), p.replace("%2F", "/"));
-        } else if t != p {
+        } else if *t != p {
             return None;
         }
     }
@@ -689,6 +728,19 @@ pub(crate) const ROUTES: &[(&str, &str)] = &[
     ("GET", "/nodes/{node}/tasks/{upid}/log"),
     ("GET", "/pools"),
     ("POST", "/pools"),
+    ("GET", "/pools/{poolid}"),
+    ("PUT", "/pools/{poolid}"),
+    ("DELETE", "/pools/{poolid}"),
+    ("GET", "/storage"),
+    ("GET", "/nodes/{node}/query-url-metadata"),
+    ("GET", "/nodes/{node}/tasks"),
+    ("GET", "/nodes/{node}/hardware/pci/{pci-id-or-mapping}"),
+    ("GET", "/nodes/{node}/storage/{storage}/content/{volume}"),
+    ("GET", "/nodes/{node}/qemu/{vmid}"),
+    ("GET", "/nodes/{node}/qemu/{vmid}/status"),
+    ("GET", "/nodes/{node}/qemu/{vmid}/agent"),
+    ("GET", "/nodes/{node}/qemu/{vmid}/cloudinit/dump"),
+    ("PUT", "/nodes/{node}/qemu/{vmid}/unlink"),
 ];
 
 /// The route template `path` matches for `method`, and its variables.
@@ -827,6 +879,21 @@ impl Request<'_> {
             ("GET", "/nodes/{node}/tasks/{upid}/log") => self.task_log(),
             ("GET", "/pools") => self.pools(),
             ("POST", "/pools") => self.pool_create(),
+            ("GET", "/pools/{poolid}") => self.pool_get(),
+            ("PUT", "/pools/{poolid}") => self.pool_update(),
+            ("DELETE", "/pools/{poolid}") => self.pool_delete(),
+            ("GET", "/storage") => self.storage_config_list(),
+            ("GET", "/nodes/{node}/query-url-metadata") => self.query_url_metadata(),
+            ("GET", "/nodes/{node}/tasks") => self.task_list(),
+            ("GET", "/nodes/{node}/hardware/pci/{pci-id-or-mapping}") => self.hardware_pci_index(),
+            ("GET", "/nodes/{node}/storage/{storage}/content/{volume}") => self.volume_get(),
+            ("GET", "/nodes/{node}/qemu/{vmid}") => self.vm_index(&VM_SUBDIRS, "subdir"),
+            ("GET", "/nodes/{node}/qemu/{vmid}/status") => {
+                self.vm_index(&VM_STATUS_SUBDIRS, "subdir")
+            }
+            ("GET", "/nodes/{node}/qemu/{vmid}/agent") => self.vm_index(&AGENT_COMMANDS, "name"),
+            ("GET", "/nodes/{node}/qemu/{vmid}/cloudinit/dump") => self.cloudinit_dump(),
+            ("PUT", "/nodes/{node}/qemu/{vmid}/unlink") => self.vm_unlink(),
             _ => Err(ApiError::not_implemented(method, template)),
         }
     }
@@ -1148,34 +1215,6 @@ impl Request<'_> {
         }))
     }
 
-    /// `GET /nodes/{node}/network`: the node's bridges (pve-manager's
-    /// `PVE::API2::Network::index`; any user may list them). Inventory bridges are VLAN-aware
-    /// Linux bridges with a physical port.
-    fn node_network(&self) -> ApiResult<Reply> {
-        let state = self.shared.state();
-        let node = state.node(self.node())?;
-        let wanted = self.text("type");
-        let entries: Vec<Value> = node
-            .bridges
-            .iter()
-            .filter(|_| {
-                matches!(
-                    wanted,
-                    None | Some("bridge" | "any_bridge" | "any_local_bridge")
-                )
-            })
-            .map(|bridge| {
-                json!({
-                    "iface": bridge, "type": "bridge", "active": 1, "autostart": 1,
-                    "bridge_ports": "eno1", "bridge_stp": "off", "bridge_fd": "0",
-                    "bridge_vlan_aware": 1, "families": ["inet"], "method": "manual",
-                    "method6": "manual", "priority": 3,
-                })
-            })
-            .collect();
-        Reply::data(json!(entries))
-    }
-
     fn hardware_pci(&self) -> ApiResult<Reply> {
         self.identity
             .check(&format!("/nodes/{}", self.node()), "Sys.Audit")?;
@@ -1295,6 +1334,14 @@ impl Request<'_> {
         doomed: Option<String>,
         log: Vec<String>,
     ) -> String {
+        let (seconds, doomed) = match self.lock_wait(state, kind, id) {
+            LockWait::Free => (seconds, doomed),
+            LockWait::After(wait) => (seconds + wait, doomed),
+            LockWait::Timeout(vmid) => (
+                CONFIG_LOCK_TIMEOUT_S,
+                doomed.or_else(|| Some(lock_timeout(vmid).message)),
+            ),
+        };
         self.shared.spawn_task(
             state,
             TaskSpec {
@@ -1308,6 +1355,32 @@ impl Request<'_> {
             action,
             doomed,
         )
+    }
+
+    /// A worker that runs inside `lock_config` (qemu-server: config, resize, start, stop,
+    /// shutdown, destroy) waits for a config change holding the VM's lock, at most
+    /// PVE::AbstractConfig's 10 s, then dies with "can't lock file … got timeout".
+    fn lock_wait(&self, state: &State, kind: &str, id: &str) -> LockWait {
+        if !matches!(
+            kind,
+            "qmconfig" | "qmresize" | "qmstart" | "qmstop" | "qmshutdown" | "qmdestroy"
+        ) {
+            return LockWait::Free;
+        }
+        let Ok(vmid) = id.parse::<u32>() else {
+            return LockWait::Free;
+        };
+        let Some(holder) = state.config_lock_holder(vmid) else {
+            return LockWait::Free;
+        };
+        let scale = self.shared.config.time_scale.max(f64::MIN_POSITIVE);
+        let remaining_ms = holder.due_ms.saturating_sub(now_ms());
+        let remaining_s = remaining_ms as f64 / 1000.0 / scale;
+        if holder.held || holder.due_ms == u64::MAX || remaining_s > CONFIG_LOCK_TIMEOUT_S {
+            LockWait::Timeout(vmid)
+        } else {
+            LockWait::After(remaining_s)
+        }
     }
 
     fn volume_delete(&self) -> ApiResult<Reply> {
@@ -1382,8 +1455,15 @@ impl Request<'_> {
                 "refusing to override existing file '{filename}'"
             )));
         }
-        // No network: the size is derived from the URL so repeated runs agree.
-        let size = 300 * (1 << 20) + (u64::from(Sha256::digest(url.as_bytes())[0]) << 20);
+        // No network: a known image has its size and checksums; any other URL a size derived
+        // from it so repeated runs agree.
+        let known = state
+            .inventory
+            .images
+            .iter()
+            .find(|i| i.url == url)
+            .cloned();
+        let size = known.as_ref().map_or_else(|| url_size(&url), |i| i.size);
         let volume = Volume {
             volid: volid.clone(),
             node: (!storage.shared).then(|| self.node().to_owned()),
@@ -1398,16 +1478,24 @@ impl Request<'_> {
             format!("downloading {url} to /var/lib/vz/template/{content}/{filename}.tmp"),
             "download finished".to_owned(),
         ];
-        let log = match self.text("checksum") {
-            Some(checksum) => {
-                let mut log = log;
-                log.push(format!(
-                    "calculating checksum of {filename}...OK, checksum verified ({checksum})"
-                ));
-                log
+        // pve-common PVE::Tools `download_file_from_url`: "calculating checksum..." then
+        // "OK, checksum verified" or die "checksum mismatch: got '…' != expect '…'".
+        let mut log = log;
+        let mut doomed = None;
+        if let Some(expected) = self.text("checksum") {
+            let algorithm = self.text("checksum-algorithm").unwrap_or("sha256");
+            match known.as_ref().and_then(|i| i.checksums.get(algorithm)) {
+                Some(actual) if !actual.eq_ignore_ascii_case(expected) => {
+                    log.push("calculating checksum...".to_owned());
+                    doomed = Some(format!(
+                        "checksum mismatch: got '{actual}' != expect '{expected}'"
+                    ));
+                }
+                Some(_) | None => {
+                    log.push("calculating checksum...OK, checksum verified".to_owned());
+                }
             }
-            None => log,
-        };
+        }
         let upid = self.spawn(
             &mut state,
             "download",
@@ -1416,7 +1504,7 @@ impl Request<'_> {
             TaskAction::AddVolume {
                 volume: Box::new(volume),
             },
-            None,
+            doomed,
             log,
         );
         Reply::data(json!(upid))
@@ -1489,34 +1577,206 @@ impl Request<'_> {
         Reply::data(json!(entries))
     }
 
-    /// Permission checks of a create/config request, the way qemu-server does them.
-    fn check_config_permissions(&self, vmid: u32, keys: &[String]) -> ApiResult<()> {
+    /// Permission checks of a create or config request, the way qemu-server does them
+    /// (src/PVE/API2/Qemu.pm: `check_vm_modify_config_perm` for every key, then the
+    /// value-dependent `check_vm_create_serial_perm`, `check_usb_perm`, `check_hostpci_perm`,
+    /// `check_rng_perm`, and `check_storage_access` / `check_drive_perms` for drives).
+    /// `values` holds the value of each key (the current one for a deleted key). `root@pam`
+    /// (a ticket, never a token) skips every check.
+    fn check_config_permissions(
+        &self,
+        vmid: u32,
+        keys: &[String],
+        values: &BTreeMap<String, String>,
+        creating: bool,
+    ) -> ApiResult<()> {
+        if self.identity.root {
+            return Ok(());
+        }
         let path = format!("/vms/{vmid}");
-        for key in keys {
-            if let Some(value) = self.text(key)
-                && key.starts_with("hostpci")
-            {
-                let entries = propstring::parse(value).unwrap_or_default();
-                match propstring::get(&entries, "mapping", None) {
-                    Some(mapping) => {
-                        self.identity
-                            .check(&format!("/mapping/pci/{mapping}"), "Mapping.Use")?;
-                    }
-                    None if !self.identity.root => {
-                        return Err(ApiError::internal(format!(
-                            "only root can set '{key}' config for non-mapped devices"
-                        )));
-                    }
-                    None => {}
+        let mut sorted: Vec<&String> = keys.iter().collect();
+        sorted.sort();
+        for key in &sorted {
+            match config_category(key) {
+                ConfigCategory::Privilege(privilege) => self.identity.check(&path, privilege)?,
+                ConfigCategory::Startup => {
+                    self.identity.check(&path, "VM.Config.Options")?;
+                    self.identity.check("/", "Sys.Modify")?;
+                }
+                ConfigCategory::CloudinitOrNetwork => self
+                    .identity
+                    .check_any(&path, &["VM.Config.Cloudinit", "VM.Config.Network"])?,
+                ConfigCategory::Vmstate => {
+                    self.identity.check(&path, "VM.Config.Disk")?;
+                    self.identity.check(&path, "VM.PowerMgmt")?;
+                }
+                ConfigCategory::ValueDependent => {}
+                ConfigCategory::RootOnly => {
+                    return Err(ApiError::internal(format!(
+                        "only root can set '{key}' config"
+                    )));
                 }
             }
-            let privilege = config_privilege(key);
-            self.identity.check(&path, privilege)?;
+        }
+        for key in &sorted {
+            let value = values.get(key.as_str()).map_or("", String::as_str);
+            self.check_value_permission(vmid, key, value, creating)?;
         }
         Ok(())
     }
 
+    /// The checks qemu-server makes on a key's value rather than its name.
+    fn check_value_permission(
+        &self,
+        vmid: u32,
+        key: &str,
+        value: &str,
+        creating: bool,
+    ) -> ApiResult<()> {
+        let path = format!("/vms/{vmid}");
+        let base = key.trim_end_matches(|c: char| c.is_ascii_digit());
+        let entries = propstring::parse(value).unwrap_or_default();
+        match base {
+            // `check_vm_create_serial_perm`: a socket is hardware config, a host device is root's.
+            "serial" if key != base => {
+                if value == "socket" {
+                    self.identity.check(&path, "VM.Config.HWType")
+                } else {
+                    Err(ApiError::internal(format!(
+                        "only root can set '{key}' config for real devices"
+                    )))
+                }
+            }
+            // `check_usb_perm`
+            "usb" if key != base => {
+                self.identity.check(&path, "VM.Config.HWType")?;
+                if let Some(host) = propstring::get(&entries, "host", Some("host")) {
+                    if !host.eq_ignore_ascii_case("spice") {
+                        return Err(ApiError::internal(format!(
+                            "only root can set '{key}' config for real devices"
+                        )));
+                    }
+                    Ok(())
+                } else if let Some(mapping) = propstring::get(&entries, "mapping", None) {
+                    self.identity
+                        .check(&format!("/mapping/usb/{mapping}"), "Mapping.Use")
+                } else {
+                    Err(ApiError::internal(
+                        "either 'host' or 'mapping' must be set.",
+                    ))
+                }
+            }
+            // `check_hostpci_perm`
+            "hostpci" if key != base => {
+                if propstring::get(&entries, "host", Some("host")).is_some() {
+                    return Err(ApiError::internal(format!(
+                        "only root can set '{key}' config for non-mapped devices"
+                    )));
+                }
+                let Some(mapping) = propstring::get(&entries, "mapping", None) else {
+                    return Err(ApiError::internal(
+                        "either 'host' or 'mapping' must be set.",
+                    ));
+                };
+                self.identity
+                    .check(&format!("/mapping/pci/{mapping}"), "Mapping.Use")?;
+                self.identity.check(&path, "VM.Config.HWType")?;
+                if propstring::get(&entries, "romfile", None).is_some() {
+                    return Err(ApiError::param(
+                        key,
+                        "only root@pam can set 'romfile' option",
+                    ));
+                }
+                Ok(())
+            }
+            // `check_rng_perm`
+            "rng" if key != base => {
+                if propstring::get(&entries, "source", Some("source")) == Some("/dev/hwrng") {
+                    self.identity.check("/mapping/hwrng", "Mapping.Use")?;
+                }
+                Ok(())
+            }
+            // `check_dir_perm`
+            "virtiofs" if key != base => {
+                self.identity.check(&path, "VM.Config.Disk")?;
+                let dirid = propstring::get(&entries, "dirid", Some("dirid")).unwrap_or("");
+                self.identity
+                    .check(&format!("/mapping/dir/{dirid}"), "Mapping.Use")
+            }
+            // PVE::GuestHelpers `assert_tag_permissions` with the default `user-tag-access`
+            // (free): VM.Config.Options.
+            "tags" => self.identity.check(&path, "VM.Config.Options"),
+            _ if is_disk_key(key) || key == "cdrom" => {
+                self.check_drive_permission(key, &entries, creating)
+            }
+            _ => Ok(()),
+        }
+    }
+
+    /// Drives: `check_storage_access` on create (Datastore.AllocateSpace for a new disk),
+    /// `check_drive_perms` on a config change (cloud-init / CD-ROM / disk privileges).
+    fn check_drive_permission(
+        &self,
+        key: &str,
+        entries: &[propstring::Entry],
+        creating: bool,
+    ) -> ApiResult<()> {
+        let path = format!("/vms/{}", self.vmid_or_param());
+        let file = propstring::get(entries, "file", Some("file")).unwrap_or("");
+        let cdrom = key == "cdrom" || propstring::get(entries, "media", None) == Some("cdrom");
+        let cloudinit = file.ends_with(":cloudinit") || file.ends_with("-cloudinit");
+        let new_disk = file
+            .split_once(':')
+            .is_some_and(|(_, size)| size.parse::<f64>().is_ok());
+        if new_disk && !cdrom {
+            let storage = file.split(':').next().unwrap_or("");
+            self.identity
+                .check(&format!("/storage/{storage}"), "Datastore.AllocateSpace")?;
+        }
+        if creating {
+            return Ok(());
+        }
+        if cloudinit {
+            self.identity.check(&path, "VM.Config.Cloudinit")?;
+            self.identity.check(&path, "VM.Config.CDROM")
+        } else if cdrom {
+            self.identity.check(&path, "VM.Config.CDROM")
+        } else {
+            self.identity.check(&path, "VM.Config.Disk")
+        }
+    }
+
+    fn vmid_or_param(&self) -> u32 {
+        match self.vmid() {
+            0 => self.text("vmid").and_then(|v| v.parse().ok()).unwrap_or(0),
+            vmid => vmid,
+        }
+    }
+
     /// Turns requested config values into what Proxmox stores: disks allocated, MACs set.
+    /// `net0: virtio,bridge=…` gets a MAC (qemu-server `add_random_macs`), kept on an edit.
+    fn with_mac(
+        &self,
+        key: &str,
+        value: &str,
+        existing: &BTreeMap<String, String>,
+    ) -> ApiResult<String> {
+        let mut entries = propstring::parse(value)
+            .map_err(|e| ApiError::param(key, format!("invalid format - {e}")))?;
+        if let Some(index) = entries.iter().position(|(k, _)| k.is_none()) {
+            let model = entries[index].1.clone();
+            let keep = existing.get(key).and_then(|old| {
+                let old = propstring::parse(old).ok()?;
+                old.iter()
+                    .find(|(k, _)| k.as_deref() == Some(model.as_str()))
+                    .map(|(_, v)| v.clone())
+            });
+            let mac = keep.unwrap_or_else(|| mac_address(self.shared.random_bytes()));
+            entries[index] = (Some(model), mac);
+        }
+        Ok(propstring::serialize(&entries))
+    }
+
     fn materialize(
         &self,
         state: &mut State,
@@ -1524,23 +1784,12 @@ impl Request<'_> {
         key: &str,
         value: &str,
         existing: &BTreeMap<String, String>,
+        reserved: &mut BTreeSet<String>,
     ) -> ApiResult<(String, Vec<Volume>, bool)> {
         let node = self.node().to_owned();
+        let value = &schema::normalize_booleans(key, value);
         if key.starts_with("net") {
-            let mut entries = propstring::parse(value)
-                .map_err(|e| ApiError::param(key, format!("invalid format - {e}")))?;
-            if let Some(index) = entries.iter().position(|(k, _)| k.is_none()) {
-                let model = entries[index].1.clone();
-                let keep = existing.get(key).and_then(|old| {
-                    let old = propstring::parse(old).ok()?;
-                    old.iter()
-                        .find(|(k, _)| k.as_deref() == Some(model.as_str()))
-                        .map(|(_, v)| v.clone())
-                });
-                let mac = keep.unwrap_or_else(|| mac_address(self.shared.random_bytes()));
-                entries[index] = (Some(model), mac);
-            }
-            return Ok((propstring::serialize(&entries), Vec::new(), false));
+            return Ok((self.with_mac(key, value, existing)?, Vec::new(), false));
         }
         if !is_disk_key(key) {
             return Ok((value.to_owned(), Vec::new(), false));
@@ -1601,13 +1850,20 @@ impl Request<'_> {
         } else if key.starts_with("tpmstate") {
             bytes = 4 << 20;
         }
-        let taken: BTreeSet<String> = state.volumes.values().map(|v| v.volid.clone()).collect();
-        let volid = (0..)
-            .map(|n| format!("{storage_name}:vm-{vmid}-disk-{n}"))
-            .find(|candidate| !taken.contains(candidate))
-            .unwrap_or_default();
+        let volid = next_disk_name(state, &storage, &node, vmid, reserved);
+        reserved.insert(volid.clone());
         let volume = self.new_volume(&storage, &volid, vmid, bytes);
-        entries.retain(|(k, _)| k.as_deref() != Some("import-from") && k.is_some());
+        // Block storages have no image format: qemu-server's print_drive of the allocated
+        // volume carries no `format` (PVE::Storage volume_size_info reports raw).
+        let block = matches!(
+            storage.kind.as_str(),
+            "lvmthin" | "lvm" | "zfspool" | "rbd" | "iscsidirect" | "zfs"
+        );
+        entries.retain(|(k, _)| {
+            k.is_some()
+                && k.as_deref() != Some("import-from")
+                && !(block && k.as_deref() == Some("format"))
+        });
         entries.insert(0, (None, volid));
         set_entry(&mut entries, "size", &format_size(bytes));
         Ok((propstring::serialize(&entries), vec![volume], imported))
@@ -1632,6 +1888,16 @@ impl Request<'_> {
         }
     }
 
+    /// A requested config value; `cdrom` is an alias of `ide2` (qemu-server
+    /// `$resolve_cdrom_alias`: `ide2: VALUE,media=cdrom`).
+    fn config_value(&self, key: &str) -> Option<(String, String)> {
+        let value = self.text(key)?;
+        if key == "cdrom" {
+            return Some(("ide2".to_owned(), format!("{value},media=cdrom")));
+        }
+        Some((key.to_owned(), value.to_owned()))
+    }
+
     fn config_keys(&self) -> Vec<String> {
         const CONTROL: &[&str] = &[
             "node",
@@ -1652,11 +1918,16 @@ impl Request<'_> {
             "import-working-storage",
             "ha-managed",
         ];
-        self.params
+        // Sorted like qemu-server's `$foreach_volume_with_alloc` (`sort keys`), which decides
+        // the order disks are allocated in.
+        let mut keys: Vec<String> = self
+            .params
             .keys()
             .filter(|k| !CONTROL.contains(&k.as_str()))
             .cloned()
-            .collect()
+            .collect();
+        keys.sort();
+        keys
     }
 
     fn vm_create(&self) -> ApiResult<Reply> {
@@ -1664,7 +1935,11 @@ impl Request<'_> {
         self.identity
             .check(&format!("/vms/{vmid}"), "VM.Allocate")?;
         let keys = self.config_keys();
-        self.check_config_permissions(vmid, &keys)?;
+        let values: BTreeMap<String, String> = keys
+            .iter()
+            .filter_map(|k| Some((k.clone(), self.text(k)?.to_owned())))
+            .collect();
+        self.check_config_permissions(vmid, &keys, &values, true)?;
         if let Some(pool) = self.text("pool") {
             self.identity
                 .check(&format!("/pool/{pool}"), "Pool.Allocate")?;
@@ -1685,21 +1960,34 @@ impl Request<'_> {
         let mut config = BTreeMap::new();
         let mut volumes = Vec::new();
         let mut imports = false;
+        let mut reserved = BTreeSet::new();
         for key in &keys {
-            let Some(value) = self.text(key) else {
+            let Some((key, value)) = self.config_value(key) else {
                 continue;
             };
-            let (stored, new_volumes, imported) =
-                self.materialize(&mut state, vmid, key, value, &BTreeMap::new())?;
-            config.insert(key.clone(), stored);
+            let (stored, new_volumes, imported) = self.materialize(
+                &mut state,
+                vmid,
+                &key,
+                &value,
+                &BTreeMap::new(),
+                &mut reserved,
+            )?;
+            config.insert(key, stored);
             volumes.extend(new_volumes);
             imports |= imported;
         }
-        config.insert(
-            "smbios1".to_owned(),
-            format!("uuid={}", uuid(self.shared.random_bytes())),
-        );
-        config.insert("vmgenid".to_owned(), uuid(self.shared.random_bytes()));
+        // qemu-server create_vm: a smbios1 uuid and a vmgenid unless given (`vmgenid: 1` asks
+        // for a generated one).
+        if !config.contains_key("smbios1") {
+            config.insert(
+                "smbios1".to_owned(),
+                format!("uuid={}", uuid(self.shared.random_bytes())),
+            );
+        }
+        if config.get("vmgenid").is_none_or(|v| v == "1") {
+            config.insert("vmgenid".to_owned(), uuid(self.shared.random_bytes()));
+        }
         config.insert(
             "meta".to_owned(),
             format!("creation-qemu=9.2.0,ctime={}", now_ms() / 1000),
@@ -1781,9 +2069,18 @@ impl Request<'_> {
             .config
             .iter()
             .map(|(k, v)| {
-                let value = match v.parse::<i64>() {
-                    Ok(n) if !k.starts_with("name") && !k.starts_with("tags") => json!(n),
-                    Ok(_) | Err(_) => json!(v),
+                // Numbers only where the schema says integer/number/boolean: `memory` and
+                // `hugepages` are strings in the schema and come back as strings.
+                let numeric = schema::config_param(k).is_some_and(|spec| {
+                    matches!(
+                        spec.kind,
+                        schema::Kind::Integer | schema::Kind::Number | schema::Kind::Boolean
+                    )
+                });
+                let value = match (numeric, v.parse::<i64>(), v.parse::<f64>()) {
+                    (true, Ok(n), _) => json!(n),
+                    (true, Err(_), Ok(x)) => json!(x),
+                    _ => json!(v),
                 };
                 (k.clone(), value)
             })
@@ -1817,7 +2114,19 @@ impl Request<'_> {
             .collect();
         let mut all_keys = keys.clone();
         all_keys.extend(deletes.iter().cloned());
-        self.check_config_permissions(vmid, &all_keys)?;
+        let mut values: BTreeMap<String, String> = {
+            let state = self.shared.state();
+            let vm = state.vm(self.node(), vmid)?;
+            deletes
+                .iter()
+                .filter_map(|k| Some((k.clone(), vm.config.get(k)?.clone())))
+                .collect()
+        };
+        values.extend(
+            keys.iter()
+                .filter_map(|k| Some((k.clone(), self.text(k)?.to_owned()))),
+        );
+        self.check_config_permissions(vmid, &all_keys, &values, false)?;
         let mut state = self.shared.state();
         let vm = state.vm(self.node(), vmid)?.clone();
         if let Some(lock) = vm.lock()
@@ -1841,13 +2150,14 @@ impl Request<'_> {
         }
         let mut changes: BTreeMap<String, Option<String>> = BTreeMap::new();
         let mut new_volumes = Vec::new();
+        let mut reserved = BTreeSet::new();
         for key in &keys {
-            let Some(value) = self.text(key) else {
+            let Some((key, value)) = self.config_value(key) else {
                 continue;
             };
             let (stored, volumes, _) =
-                self.materialize(&mut state, vmid, key, value, &vm.config)?;
-            changes.insert(key.clone(), Some(stored));
+                self.materialize(&mut state, vmid, &key, &value, &vm.config, &mut reserved)?;
+            changes.insert(key, Some(stored));
             new_volumes.extend(volumes);
         }
         let mut unused_index = (0..)
@@ -1870,9 +2180,6 @@ impl Request<'_> {
             state.volumes.insert(key, volume);
         }
         if asynchronous {
-            if let Some(vm) = state.vms.get_mut(&vmid) {
-                vm.config.insert("lock".to_owned(), "config".to_owned());
-            }
             let upid = self.spawn(
                 &mut state,
                 "qmconfig",
@@ -1884,6 +2191,11 @@ impl Request<'_> {
             );
             Reply::data(json!(upid))
         } else {
+            // The synchronous PUT runs `lock_config` in the request; the handler already
+            // waited the lock timeout for a holder (see `wait_for_config_lock`).
+            if state.config_lock_holder(vmid).is_some() {
+                return Err(lock_timeout(vmid));
+            }
             if let Some(vm) = state.vms.get_mut(&vmid) {
                 for (key, value) in changes {
                     match value {
@@ -2299,6 +2611,469 @@ impl Request<'_> {
     }
 }
 
+/// `GET /nodes/{node}/qemu/{vmid}` (qemu-server `vmdiridx`).
+const VM_SUBDIRS: [&str; 21] = [
+    "config",
+    "pending",
+    "cloudinit",
+    "status",
+    "unlink",
+    "vncproxy",
+    "termproxy",
+    "migrate",
+    "resize",
+    "move",
+    "rrd",
+    "rrddata",
+    "monitor",
+    "agent",
+    "snapshot",
+    "spiceproxy",
+    "sendkey",
+    "firewall",
+    "mtunnel",
+    "remote_migrate",
+    "dbus-vmstate",
+];
+/// `GET …/status` (qemu-server `vmcmdidx`).
+const VM_STATUS_SUBDIRS: [&str; 8] = [
+    "current", "start", "stop", "reset", "shutdown", "suspend", "reboot", "resume",
+];
+/// `GET …/agent` (qemu-server PVE::API2::Qemu::Agent: the commands it registers).
+const AGENT_COMMANDS: [&str; 8] = [
+    "ping",
+    "network-get-interfaces",
+    "file-read",
+    "file-write",
+    "exec",
+    "exec-status",
+    "get-osinfo",
+    "info",
+];
+
+/// A deterministic size for a URL the simulator cannot fetch (shared by `download-url` and
+/// `query-url-metadata` so both agree).
+fn url_size(url: &str) -> u64 {
+    300 * (1 << 20) + (u64::from(Sha256::digest(url.as_bytes())[0]) << 20)
+}
+
+fn url_filename(url: &str) -> String {
+    let path = url.split(['?', '#']).next().unwrap_or(url);
+    path.rsplit('/').next().unwrap_or("").to_owned()
+}
+
+impl Request<'_> {
+    fn vm_index(&self, entries: &[&str], field: &str) -> ApiResult<Reply> {
+        let vmid = self.vmid();
+        self.identity.check(&format!("/vms/{vmid}"), "VM.Audit")?;
+        let state = self.shared.state();
+        state.vm(self.node(), vmid)?;
+        let list: Vec<Value> = entries.iter().map(|e| json!({ field: e })).collect();
+        Reply::data(json!(list))
+    }
+
+    fn pool_members(state: &State, poolid: &str) -> Vec<Value> {
+        state
+            .vms
+            .values()
+            .filter(|vm| vm.pool.as_deref() == Some(poolid))
+            .map(|vm| {
+                let mut entry = state.json_vm_status(vm);
+                entry["id"] = json!(format!("qemu/{}", vm.vmid));
+                entry["type"] = json!("qemu");
+                entry["node"] = json!(vm.node);
+                entry
+            })
+            .collect()
+    }
+
+    /// pve-manager PVE::API2::Pool `read_pool`.
+    fn pool_get(&self) -> ApiResult<Reply> {
+        let poolid = self.vars.get("poolid").cloned().unwrap_or_default();
+        self.identity
+            .check(&format!("/pool/{poolid}"), "Pool.Audit")?;
+        let state = self.shared.state();
+        let pool = state
+            .pools
+            .get(&poolid)
+            .ok_or_else(|| ApiError::internal(format!("pool '{poolid}' does not exist")))?;
+        let mut answer = json!({ "members": Self::pool_members(&state, &poolid) });
+        if let Some(comment) = &pool.comment {
+            answer["comment"] = json!(comment);
+        }
+        Reply::data(answer)
+    }
+
+    /// pve-manager PVE::API2::Pool `update_pool`: `vms` are added (or removed with
+    /// `delete=1`); a VM already in another pool needs `allow-move`.
+    fn pool_update(&self) -> ApiResult<Reply> {
+        let poolid = self.vars.get("poolid").cloned().unwrap_or_default();
+        self.identity
+            .check(&format!("/pool/{poolid}"), "Pool.Allocate")?;
+        let mut state = self.shared.state();
+        if !state.pools.contains_key(&poolid) {
+            return Err(ApiError::internal(format!(
+                "pool '{poolid}' does not exist"
+            )));
+        }
+        let delete = self.flag("delete");
+        let vmids: Vec<u32> = self
+            .text("vms")
+            .unwrap_or("")
+            .split([',', ';', ' '])
+            .filter(|v| !v.is_empty())
+            .map(|v| {
+                v.parse()
+                    .map_err(|_| ApiError::param("vms", format!("invalid VMID '{v}'")))
+            })
+            .collect::<ApiResult<_>>()?;
+        for vmid in &vmids {
+            let vm = state
+                .vms
+                .get(vmid)
+                .ok_or_else(|| ApiError::internal(format!("no such VM '{vmid}'")))?;
+            if delete {
+                if vm.pool.as_deref() != Some(poolid.as_str()) {
+                    return Err(ApiError::internal(format!(
+                        "VM {vmid} is not a pool member"
+                    )));
+                }
+            } else if let Some(other) = &vm.pool
+                && *other != poolid
+                && !self.flag("allow-move")
+            {
+                return Err(ApiError::internal(format!(
+                    "VM {vmid} belongs already to pool '{other}' and 'allow-move' is not set"
+                )));
+            }
+        }
+        for vmid in vmids {
+            if let Some(vm) = state.vms.get_mut(&vmid) {
+                vm.pool = (!delete).then(|| poolid.clone());
+            }
+        }
+        if let Some(comment) = self.text("comment")
+            && let Some(pool) = state.pools.get_mut(&poolid)
+        {
+            pool.comment = Some(comment.to_owned());
+        }
+        Reply::data(Value::Null)
+    }
+
+    fn pool_delete(&self) -> ApiResult<Reply> {
+        let poolid = self.vars.get("poolid").cloned().unwrap_or_default();
+        self.identity
+            .check(&format!("/pool/{poolid}"), "Pool.Allocate")?;
+        let mut state = self.shared.state();
+        if !state.pools.contains_key(&poolid) {
+            return Err(ApiError::internal(format!(
+                "delete pool failed: pool '{poolid}' does not exist"
+            )));
+        }
+        if state
+            .vms
+            .values()
+            .any(|vm| vm.pool.as_deref() == Some(poolid.as_str()))
+        {
+            return Err(ApiError::internal(format!(
+                "delete pool failed: pool '{poolid}' is not empty"
+            )));
+        }
+        state.pools.remove(&poolid);
+        Reply::data(Value::Null)
+    }
+
+    /// `GET /storage`: the cluster's storage configuration (storage.cfg).
+    fn storage_config_list(&self) -> ApiResult<Reply> {
+        let state = self.shared.state();
+        let kind = self.text("type");
+        let entries: Vec<Value> = state
+            .inventory
+            .storages
+            .iter()
+            .filter(|s| kind.is_none_or(|k| s.kind == k))
+            .map(|s| {
+                let mut entry = json!({
+                    "storage": s.name, "type": s.kind, "content": s.content.join(","),
+                    "digest": State::digest(&BTreeMap::from([("storage".to_owned(), s.name.clone())])),
+                });
+                if s.shared {
+                    entry["shared"] = json!(1);
+                }
+                match s.kind.as_str() {
+                    "dir" => entry["path"] = json!(storage_path(s)),
+                    "lvmthin" => {
+                        entry["vgname"] = json!("pve");
+                        entry["thinpool"] = json!("data");
+                    }
+                    _ => {}
+                }
+                entry
+            })
+            .collect();
+        Reply::data(json!(entries))
+    }
+
+    /// `GET /nodes/{node}/network`: the node's bridges over one physical port each.
+    fn node_network(&self) -> ApiResult<Reply> {
+        let state = self.shared.state();
+        let node = state.node(self.node())?;
+        let kind = self.text("type");
+        let mut entries = Vec::new();
+        for (index, bridge) in node.bridges.iter().enumerate() {
+            let port = format!("eno{}", index + 1);
+            if kind.is_none_or(|k| k == "eth") {
+                entries.push(json!({
+                    "iface": port, "type": "eth", "method": "manual", "families": ["inet"],
+                    "active": 1, "exists": 1, "priority": index * 2 + 1,
+                }));
+            }
+            if kind.is_none_or(|k| matches!(k, "bridge" | "any_bridge" | "any_local_bridge")) {
+                let mut entry = json!({
+                    "iface": bridge, "type": "bridge", "method": "manual", "families": ["inet"],
+                    "active": 1, "autostart": 1, "bridge_ports": port, "bridge_stp": "off",
+                    "bridge_fd": "0", "priority": index * 2 + 2,
+                    // Inventory bridges model a GPU host set up for tagged VM traffic.
+                    "bridge_vlan_aware": 1,
+                });
+                if index == 0 {
+                    let node_index = state
+                        .inventory
+                        .nodes
+                        .iter()
+                        .position(|n| n.name == node.name)
+                        .unwrap_or(0);
+                    entry["method"] = json!("static");
+                    entry["address"] = json!(format!("10.10.0.{}", node_index + 11));
+                    entry["netmask"] = json!("24");
+                    entry["cidr"] = json!(format!("10.10.0.{}/24", node_index + 11));
+                    entry["gateway"] = json!("10.10.0.1");
+                }
+                entries.push(entry);
+            }
+        }
+        Reply::data(json!(entries))
+    }
+
+    /// pve-manager PVE::API2::Nodes `query_url_metadata` (Sys.Audit and Sys.Modify on `/`).
+    fn query_url_metadata(&self) -> ApiResult<Reply> {
+        self.identity.check("/", "Sys.Audit")?;
+        self.identity.check("/", "Sys.Modify")?;
+        let url = self.text("url").unwrap_or("");
+        let filename = url_filename(url);
+        let state = self.shared.state();
+        state.node(self.node())?;
+        let known = state.inventory.images.iter().find(|i| i.url == url);
+        let mimetype = match (
+            known.and_then(|i| i.mimetype.clone()),
+            format_of(&filename).as_str(),
+        ) {
+            (Some(mimetype), _) => mimetype,
+            (None, "iso") => "application/x-iso9660-image".to_owned(),
+            (None, _) => "application/octet-stream".to_owned(),
+        };
+        let size = known.map_or_else(|| url_size(url), |i| i.size);
+        Reply::data(json!({ "filename": filename, "size": size, "mimetype": mimetype }))
+    }
+
+    /// pve-manager PVE::API2::Tasks `node_tasks`: newest first; `source` active / archive
+    /// (default) / all, `vmid`, `typefilter`, `userfilter`, `since`, `until`, `errors`,
+    /// `start`, `limit` (default 50).
+    fn task_list(&self) -> ApiResult<Reply> {
+        let state = self.shared.state();
+        state.node(self.node())?;
+        let source = self.text("source").unwrap_or("archive");
+        let number = |key: &str| self.text(key).and_then(|v| v.parse::<u64>().ok());
+        let vmid = self.text("vmid");
+        let typefilter = self.text("typefilter");
+        let userfilter = self.text("userfilter");
+        let errors = self.flag("errors");
+        let start = number("start").unwrap_or(0) as usize;
+        let limit = number("limit").unwrap_or(50) as usize;
+        let mut tasks: Vec<&crate::state::Task> = state
+            .tasks
+            .iter()
+            .filter(|t| t.node == self.node())
+            .filter(|t| match source {
+                "active" => t.running,
+                "all" => true,
+                _ => !t.running,
+            })
+            .filter(|t| vmid.is_none_or(|id| t.id == id))
+            .filter(|t| typefilter.is_none_or(|k| t.kind.contains(k)))
+            .filter(|t| userfilter.is_none_or(|u| t.user.contains(u)))
+            .filter(|t| number("since").is_none_or(|since| t.starttime >= since))
+            .filter(|t| number("until").is_none_or(|until| t.starttime <= until))
+            .filter(|t| !errors || t.exitstatus.as_deref().is_some_and(|e| e != "OK"))
+            .collect();
+        tasks.sort_by(|a, b| b.starttime.cmp(&a.starttime).then(b.pid.cmp(&a.pid)));
+        let entries: Vec<Value> = tasks
+            .into_iter()
+            .skip(start)
+            .take(if limit == 0 { usize::MAX } else { limit })
+            .map(|t| {
+                let mut entry = json!({
+                    "upid": t.upid, "node": t.node, "pid": t.pid, "pstart": t.pstart,
+                    "starttime": t.starttime, "type": t.kind, "id": t.id, "user": t.user,
+                });
+                if let Some(status) = &t.exitstatus {
+                    entry["status"] = json!(status);
+                }
+                if let Some(endtime) = t.endtime {
+                    entry["endtime"] = json!(endtime);
+                }
+                entry
+            })
+            .collect();
+        Reply::data(json!(entries))
+    }
+
+    /// `GET /nodes/{node}/hardware/pci/{pci-id-or-mapping}`: the index below a device.
+    fn hardware_pci_index(&self) -> ApiResult<Reply> {
+        self.identity
+            .check(&format!("/nodes/{}", self.node()), "Sys.Audit")?;
+        self.shared.state().node(self.node())?;
+        Reply::data(json!([{ "method": "mdev" }]))
+    }
+
+    /// pve-storage PVE::API2::Storage::Content `info`: path, size, used, format.
+    fn volume_get(&self) -> ApiResult<Reply> {
+        let storage_name = self.vars.get("storage").cloned().unwrap_or_default();
+        self.identity
+            .check(&format!("/storage/{storage_name}"), "Datastore.Audit")?;
+        let volume = self.vars.get("volume").cloned().unwrap_or_default();
+        let volid = if volume.contains(':') {
+            volume
+        } else {
+            format!("{storage_name}:{volume}")
+        };
+        let state = self.shared.state();
+        state.node(self.node())?;
+        let found = find_volume(&state, self.node(), &volid)
+            .ok_or_else(|| ApiError::internal(format!("volume '{volid}' does not exist")))?;
+        let storage = state.storage(volid.split(':').next().unwrap_or(""))?;
+        let volname = volid.split_once(':').map_or("", |(_, name)| name);
+        let path = match storage.kind.as_str() {
+            "lvmthin" | "lvm" => format!("/dev/pve/{volname}"),
+            "zfspool" | "zfs" => format!("/dev/zvol/rpool/data/{volname}"),
+            _ => match volname.split_once('/') {
+                Some((content, file)) => {
+                    format!("{}/template/{content}/{file}", storage_path(storage))
+                        .replace("/template/import/", "/import/")
+                        .replace("/template/images/", "/images/")
+                }
+                None => format!("{}/images/{volname}", storage_path(storage)),
+            },
+        };
+        Reply::data(json!({
+            "path": path, "size": found.size, "used": found.size, "format": found.format,
+            "protected": 0,
+        }))
+    }
+
+    /// qemu-server `cloudinit_generated_config_dump`: the generated NoCloud documents.
+    fn cloudinit_dump(&self) -> ApiResult<Reply> {
+        let vmid = self.vmid();
+        self.identity.check(&format!("/vms/{vmid}"), "VM.Audit")?;
+        let state = self.shared.state();
+        let vm = state.vm(self.node(), vmid)?;
+        let text = match self.text("type").unwrap_or("user") {
+            "network" => guest::cloudinit_network_dump(vm),
+            "meta" => guest::cloudinit_meta_dump(vm),
+            _ => guest::cloudinit_user_dump(vm),
+        };
+        Reply::data(json!(text))
+    }
+
+    /// qemu-server `unlink`: removes disks from the config; with `force` the volumes are
+    /// deleted, else they stay as `unusedN`.
+    fn vm_unlink(&self) -> ApiResult<Reply> {
+        let vmid = self.vmid();
+        self.identity
+            .check(&format!("/vms/{vmid}"), "VM.Config.Disk")?;
+        let force = self.flag("force");
+        let ids: Vec<String> = self
+            .text("idlist")
+            .unwrap_or("")
+            .split([',', ';', ' '])
+            .filter(|k| !k.is_empty())
+            .map(str::to_owned)
+            .collect();
+        let mut state = self.shared.state();
+        let vm = state.vm(self.node(), vmid)?.clone();
+        if let Some(lock) = vm.lock() {
+            return Err(ApiError::internal(format!("VM is locked ({lock})")));
+        }
+        if state.config_lock_holder(vmid).is_some() {
+            return Err(lock_timeout(vmid));
+        }
+        let mut config = vm.config.clone();
+        let mut unused = (0..)
+            .find(|n| !config.contains_key(&format!("unused{n}")))
+            .unwrap_or(0);
+        let mut freed = Vec::new();
+        for key in &ids {
+            let Some(value) = config.remove(key) else {
+                continue;
+            };
+            let file = propstring::parse(&value)
+                .ok()
+                .and_then(|e| propstring::get(&e, "file", Some("file")).map(str::to_owned));
+            let Some(file) = file.filter(|f| f.contains(&format!("vm-{vmid}-"))) else {
+                continue;
+            };
+            if force || key.starts_with("unused") || file.ends_with("-cloudinit") {
+                freed.push(file);
+            } else {
+                config.insert(format!("unused{unused}"), file);
+                unused += 1;
+            }
+        }
+        for file in freed {
+            if let Some(volume) = find_volume(&state, self.node(), &file) {
+                let key = volume_key(volume.node.as_deref(), &file);
+                state.volumes.remove(&key);
+            }
+        }
+        if let Some(vm) = state.vms.get_mut(&vmid) {
+            vm.config = config;
+        }
+        Reply::data(Value::Null)
+    }
+}
+
+/// pve-storage PVE/Storage/Plugin.pm `get_next_vm_diskname`: `vm-VMID-disk-N` with the lowest
+/// N unused for this VMID on this storage, counting the volumes this request allocated before
+/// (qemu-server allocates drives in sorted key order, `$foreach_volume_with_alloc`).
+fn next_disk_name(
+    state: &State,
+    storage: &crate::inventory::StorageSpec,
+    node: &str,
+    vmid: u32,
+    reserved: &BTreeSet<String>,
+) -> String {
+    let taken: BTreeSet<&str> = state
+        .volumes
+        .values()
+        .filter(|v| storage.shared || v.node.as_deref() == Some(node))
+        .map(|v| v.volid.as_str())
+        .chain(reserved.iter().map(String::as_str))
+        .collect();
+    (0..)
+        .map(|n| format!("{}:vm-{vmid}-disk-{n}", storage.name))
+        .find(|candidate| !taken.contains(candidate.as_str()))
+        .unwrap_or_default()
+}
+
+/// Where a directory storage lives (`local` is `/var/lib/vz`, others `/mnt/pve/NAME`).
+fn storage_path(storage: &crate::inventory::StorageSpec) -> String {
+    if storage.name == "local" {
+        "/var/lib/vz".to_owned()
+    } else {
+        format!("/mnt/pve/{}", storage.name)
+    }
+}
+
 fn format_of(filename: &str) -> String {
     match filename.rsplit_once('.').map(|(_, ext)| ext) {
         Some("qcow2") => "qcow2",
@@ -2311,23 +3086,99 @@ fn format_of(filename: &str) -> String {
     .to_owned()
 }
 
-/// The privilege qemu-server requires to set a config key.
-fn config_privilege(key: &str) -> &'static str {
+/// PVE::AbstractConfig `lock_config`: `lock_config_full($vmid, 10, …)`.
+const CONFIG_LOCK_TIMEOUT_S: f64 = 10.0;
+
+enum LockWait {
+    Free,
+    /// Simulated seconds until the holder releases the lock.
+    After(f64),
+    Timeout(u32),
+}
+
+/// PVE::Tools `lock_file_full`'s message for a lock not obtained in time.
+fn lock_timeout(vmid: u32) -> ApiError {
+    ApiError::internal(format!(
+        "can't lock file '/var/lock/qemu-server/lock-{vmid}.conf' - got timeout"
+    ))
+}
+
+/// A synchronous `PUT …/config` blocks on the VM's config lock up to 10 s (scaled) before it
+/// answers, like qemu-server's `lock_config` in the API process.
+async fn wait_for_config_lock(shared: &Shared, method: &Method, path: &str) {
+    if *method != Method::PUT {
+        return;
+    }
+    let Some(vars) = matches("/nodes/{node}/qemu/{vmid}/config", path) else {
+        return;
+    };
+    let Some(vmid) = vars.get("vmid").and_then(|v| v.parse::<u32>().ok()) else {
+        return;
+    };
+    let timeout = Duration::from_secs_f64(CONFIG_LOCK_TIMEOUT_S * shared.config.time_scale);
+    let deadline = tokio::time::Instant::now() + timeout;
+    while shared.state().config_lock_holder(vmid).is_some()
+        && tokio::time::Instant::now() < deadline
+    {
+        tokio::time::sleep(Duration::from_millis(5)).await;
+        shared.advance();
+    }
+}
+
+/// How qemu-server checks a config key (src/PVE/API2/Qemu.pm: `$cpuoptions`,
+/// `$memoryoptions`, `$hwtypeoptions`, `$generaloptions`, `$vmpoweroptions`, `$diskoptions`,
+/// `$cloudinitoptions` and `check_vm_modify_config_perm`).
+enum ConfigCategory {
+    Privilege(&'static str),
+    /// VM.Config.Options and Sys.Modify on `/` ("it changes host behaviour").
+    Startup,
+    /// VM.Config.Cloudinit or VM.Config.Network (any).
+    CloudinitOrNetwork,
+    /// VM.Config.Disk and VM.PowerMgmt.
+    Vmstate,
+    /// Drives, `cdrom`, `unusedN`, `serialN`, `usbN`, `hostpciN`, `virtiofsN`, `tags`: checked
+    /// on their value elsewhere.
+    ValueDependent,
+    /// "only root can set 'KEY' config" (args, hugepages, keephugepages, affinity, lock, …).
+    RootOnly,
+}
+
+fn config_category(key: &str) -> ConfigCategory {
     let base = key.trim_end_matches(|c: char| c.is_ascii_digit());
-    match base {
-        "memory" | "balloon" | "shares" | "hugepages" | "keephugepages" => "VM.Config.Memory",
-        "cores" | "sockets" | "cpu" | "cpulimit" | "cpuunits" | "vcpus" | "numa" | "affinity" => {
-            "VM.Config.CPU"
+    let numbered = base.len() < key.len();
+    if is_disk_key(key)
+        || key == "cdrom"
+        || key == "tags"
+        || (numbered && matches!(base, "unused" | "serial" | "usb" | "hostpci" | "virtiofs"))
+    {
+        return ConfigCategory::ValueDependent;
+    }
+    match key {
+        "cores" | "cpu" | "runningcpu" | "cpulimit" | "cpuunits" | "numa" | "smp" | "sockets"
+        | "vcpus" => ConfigCategory::Privilege("VM.Config.CPU"),
+        _ if numbered && base == "numa" => ConfigCategory::Privilege("VM.Config.CPU"),
+        "memory" | "balloon" | "shares" | "allow-ksm" => {
+            ConfigCategory::Privilege("VM.Config.Memory")
         }
-        "net" => "VM.Config.Network",
-        "ipconfig" | "ciuser" | "cipassword" | "sshkeys" | "nameserver" | "searchdomain"
-        | "citype" | "ciupgrade" | "cicustom" => "VM.Config.Cloudinit",
-        "scsi" | "virtio" | "sata" | "efidisk" | "tpmstate" | "unused" => "VM.Config.Disk",
-        "ide" => "VM.Config.Disk",
-        "hostpci" | "machine" | "bios" | "vga" | "serial" | "scsihw" | "usb" | "rng" => {
-            "VM.Config.HWType"
+        "acpi" | "hotplug" | "kvm" | "machine" | "runningmachine" | "scsihw" | "smbios1"
+        | "tablet" | "vga" | "watchdog" | "audio0" | "rng0" => {
+            ConfigCategory::Privilege("VM.Config.HWType")
         }
-        _ => "VM.Config.Options",
+        "startup" => ConfigCategory::Startup,
+        "agent" | "autostart" | "bios" | "description" | "keyboard" | "localtime"
+        | "migrate_downtime" | "migrate_speed" | "name" | "onboot" | "ostype" | "protection"
+        | "reboot" | "startdate" | "tdf" | "template" => {
+            ConfigCategory::Privilege("VM.Config.Options")
+        }
+        "freeze" => ConfigCategory::Privilege("VM.PowerMgmt"),
+        "boot" | "bootdisk" | "vmstatestorage" => ConfigCategory::Privilege("VM.Config.Disk"),
+        "running-nets-host-mtu" => ConfigCategory::Privilege("VM.Config.Network"),
+        _ if numbered && base == "net" => ConfigCategory::Privilege("VM.Config.Network"),
+        "cicustom" | "cipassword" | "citype" | "ciuser" | "ciupgrade" | "nameserver"
+        | "searchdomain" | "sshkeys" => ConfigCategory::CloudinitOrNetwork,
+        _ if numbered && base == "ipconfig" => ConfigCategory::CloudinitOrNetwork,
+        "vmstate" => ConfigCategory::Vmstate,
+        _ => ConfigCategory::RootOnly,
     }
 }
 

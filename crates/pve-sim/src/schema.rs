@@ -177,6 +177,59 @@ pub fn validate(
     check_params(params, specs, &lookup, &format_of)
 }
 
+/// The description of a VM config key (as `POST /nodes/{node}/qemu` takes it).
+pub fn config_param(key: &str) -> Option<ParamSpec> {
+    let specs = description().endpoints.get("POST /nodes/{node}/qemu")?;
+    lookup_param(specs, key)
+}
+
+fn normalize_boolean(text: &str) -> Option<&'static str> {
+    match text.to_ascii_lowercase().as_str() {
+        "1" | "true" | "yes" | "on" => Some("1"),
+        "0" | "false" | "no" | "off" => Some("0"),
+        _ => None,
+    }
+}
+
+/// A config value the way qemu-server writes it: booleans as `1`/`0`, also inside property
+/// strings (PVE::JSONSchema parses `true`/`yes`/`on` and print_property_string writes `1`).
+pub fn normalize_booleans(key: &str, value: &str) -> String {
+    let Some(spec) = config_param(key) else {
+        return value.to_owned();
+    };
+    if spec.kind == Kind::Boolean {
+        return normalize_boolean(value).unwrap_or(value).to_owned();
+    }
+    let Some(format) = spec
+        .format
+        .as_ref()
+        .and_then(|name| description().formats.get(name))
+    else {
+        return value.to_owned();
+    };
+    let Ok(mut entries) = propstring::parse(value) else {
+        return value.to_owned();
+    };
+    for (entry_key, entry_value) in &mut entries {
+        let name = match entry_key {
+            Some(name) => format.alias.get(name).unwrap_or(name).clone(),
+            None => match &format.default_key {
+                Some(default) => default.clone(),
+                None => continue,
+            },
+        };
+        if format
+            .keys
+            .get(&name)
+            .is_some_and(|k| k.kind == Kind::Boolean)
+            && let Some(normal) = normalize_boolean(entry_value)
+        {
+            *entry_value = normal.to_owned();
+        }
+    }
+    propstring::serialize(&entries)
+}
+
 fn lookup_param(specs: &BTreeMap<String, ParamSpec>, name: &str) -> Option<ParamSpec> {
     if let Some(spec) = specs.get(name) {
         return Some(spec.clone());
@@ -442,7 +495,11 @@ fn check_named_format(name: &str, text: &str) -> Result<(), String> {
         }
         "mac-addr" => r"(?i)[0-9a-f]{2}(?::[0-9a-f]{2}){5}",
         "pve-bridge-id" => r"[-_.\w\d]+",
-        "pve-tag-list" => r"[a-z0-9_][a-z0-9_\-\+\.]*(?:[;, ]+[a-z0-9_][a-z0-9_\-\+\.]*)*",
+        // pve-common PVE/JSONSchema.pm: `$PVE_TAG_RE = qr/[a-z0-9_][a-z0-9_\-\+\.]*/i`, the
+        // list split by PVE::ParseUtils split_list (`[;,\s]` and NUL).
+        "pve-tag-list" => {
+            r"(?i)[;,\s]*[a-z0-9_][a-z0-9_\-+.]*(?:[;,\s]+[a-z0-9_][a-z0-9_\-+.]*)*[;,\s]*"
+        }
         "pve-cpuset" => r"\d+(?:-\d+)?(?:,\d+(?:-\d+)?)*",
         "disk-size" => r"\d+(?:\.\d+)?[KMGT]?",
         "pve-volume-id-or-qm-path" | "pve-volume-id-or-absolute-path" => {

@@ -250,6 +250,9 @@ pub(crate) struct Task {
     pub running: bool,
     #[serde(default)]
     pub exitstatus: Option<String>,
+    /// When the task stopped (seconds since the epoch), for `GET /nodes/{node}/tasks`.
+    #[serde(default)]
+    pub endtime: Option<u64>,
     pub log: Vec<String>,
     pub due_ms: u64,
     #[serde(default)]
@@ -670,6 +673,7 @@ impl Shared {
             starttime,
             running: true,
             exitstatus: None,
+            endtime: None,
             log,
             due_ms,
             held: false,
@@ -718,6 +722,7 @@ pub(crate) fn complete(
     let task = &mut state.tasks[index];
     task.running = false;
     task.held = false;
+    task.endtime = Some(now_ms() / 1000);
     match outcome {
         Ok(lines) => {
             task.log.extend(lines);
@@ -832,7 +837,6 @@ fn finish(
                     }
                 }
             }
-            vm.config.remove("lock");
             Ok(Vec::new())
         }
         TaskAction::AddVolume { volume } => {
@@ -862,12 +866,13 @@ fn rollback(state: &mut State, action: &TaskAction) {
                 vm.pci_in_use.clear();
             }
         }
-        TaskAction::Delete { vmid } | TaskAction::Config { vmid, .. } => {
+        TaskAction::Delete { vmid } => {
             if let Some(vm) = state.vms.get_mut(vmid) {
                 vm.config.remove("lock");
             }
         }
-        TaskAction::Stop { .. }
+        TaskAction::Config { .. }
+        | TaskAction::Stop { .. }
         | TaskAction::Resize { .. }
         | TaskAction::AddVolume { .. }
         | TaskAction::DeleteVolume { .. } => {}
@@ -953,6 +958,15 @@ impl State {
             .filter(|v| shared || v.node.as_deref() == Some(node))
             .map(|v| v.size)
             .sum()
+    }
+
+    /// The running task that holds `vmid`'s config file lock: an asynchronous config change
+    /// runs inside PVE::AbstractConfig `lock_config` (flock on
+    /// `/var/lock/qemu-server/lock-N.conf`); the lock is not a `lock:` value in the config.
+    pub fn config_lock_holder(&self, vmid: u32) -> Option<&Task> {
+        self.tasks.iter().find(|t| {
+            t.running && matches!(t.action, TaskAction::Config { vmid: held, .. } if held == vmid)
+        })
     }
 
     /// A running clone task whose source is `vmid`.

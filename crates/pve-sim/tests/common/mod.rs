@@ -240,7 +240,9 @@ pub async fn answer(response: reqwest::Response) -> Answer {
     }
 }
 
-/// A small GPU VM: q35/OVMF, hostpci by mapping or raw, cloud-init ipconfig.
+/// A small GPU VM: q35/OVMF, hostpci by mapping or raw, cloud-init ipconfig. No hugepages: only
+/// root@pam may set them (qemu-server `check_vm_modify_config_perm`), and these VMs are also
+/// created with tokens.
 pub fn gpu_vm<'a>(vmid: &'a str, hostpci: &'a str) -> Vec<(&'a str, &'a str)> {
     vec![
         ("vmid", vmid),
@@ -253,7 +255,6 @@ pub fn gpu_vm<'a>(vmid: &'a str, hostpci: &'a str) -> Vec<(&'a str, &'a str)> {
         ("memory", "16384"),
         ("balloon", "0"),
         ("numa", "1"),
-        ("hugepages", "1024"),
         ("efidisk0", "local-lvm:1,efitype=4m,pre-enrolled-keys=0"),
         ("scsihw", "virtio-scsi-single"),
         ("scsi0", "local-lvm:32,discard=on,ssd=1,iothread=1"),

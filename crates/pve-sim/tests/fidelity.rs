@@ -1,0 +1,877 @@
+//! Behaviour checked against Proxmox's own source: the config permission table
+//! (qemu-server `check_vm_modify_config_perm`), disk naming within one request (pve-storage
+//! `get_next_vm_diskname`), the config file lock (PVE::AbstractConfig `lock_config`), tags,
+//! volume ids with slashes, the routes tools call besides provision, stored value shapes, every
+//! parameter of the official create/config schema, and the PCIe A100 fixture.
+#![allow(clippy::unwrap_used, clippy::print_stderr)]
+
+mod common;
+
+use std::path::PathBuf;
+use std::time::{Duration, Instant};
+
+use common::*;
+use pve_sim::inventory::{ImageSpec, TokenSpec};
+use pve_sim::{Inventory, SimConfig};
+use serde_json::Value;
+
+const ROOT_TOKEN: &str = "PVEAPIToken=root@pam!tok=9d1c7a52-6b3e-4f08-a1d4-3e5f7c9b2d61";
+const NO_CPU: &str = "PVEAPIToken=ci@pve!nocpu=1f2e3d4c-5b6a-4978-8695-a4b3c2d1e0f9";
+
+fn config_with_tokens() -> SimConfig {
+    let mut inventory = Inventory::builtin("pve-a100").unwrap();
+    inventory.tokens.push(TokenSpec {
+        tokenid: "root@pam!tok".to_owned(),
+        secret: "9d1c7a52-6b3e-4f08-a1d4-3e5f7c9b2d61".to_owned(),
+        privileges: vec!["*".to_owned()],
+    });
+    inventory.tokens.push(TokenSpec {
+        tokenid: "ci@pve!nocpu".to_owned(),
+        secret: "1f2e3d4c-5b6a-4978-8695-a4b3c2d1e0f9".to_owned(),
+        privileges: [
+            "VM.Allocate",
+            "VM.Audit",
+            "VM.Config.Memory",
+            "Datastore.AllocateSpace",
+        ]
+        .iter()
+        .map(|p| (*p).to_owned())
+        .collect(),
+    });
+    let mut config = SimConfig::new(inventory);
+    config.time_scale = 0.001;
+    config
+}
+
+async fn as_root(sim: &Sim, method: &str, path: &str, params: &[(&str, &str)]) -> Answer {
+    let login = sim
+        .call_as(
+            "",
+            "POST",
+            "/access/ticket",
+            &[("username", "root@pam"), ("password", "sim-root-password")],
+        )
+        .await
+        .ok();
+    let method = reqwest::Method::from_bytes(method.as_bytes()).unwrap();
+    let mut request = sim
+        .http
+        .request(method.clone(), sim.url(path))
+        .header(
+            "Cookie",
+            format!(
+                "PVEAuthCookie={}",
+                encode(login["ticket"].as_str().unwrap())
+            ),
+        )
+        .header(
+            "CSRFPreventionToken",
+            login["CSRFPreventionToken"].as_str().unwrap(),
+        );
+    request = if method == reqwest::Method::GET {
+        request.query(params)
+    } else {
+        request.form(params)
+    };
+    answer(request.send().await.unwrap()).await
+}
+
+async fn small_vm(sim: &Sim, vmid: &str) {
+    sim.task_ok(
+        "POST",
+        "/nodes/pve1/qemu",
+        &[("vmid", vmid), ("memory", "2048"), ("scsi0", "local-lvm:8")],
+    )
+    .await;
+}
+
+#[tokio::test]
+async fn config_keys_need_the_privileges_of_check_vm_modify_config_perm() {
+    let sim = start_with(config_with_tokens()).await;
+    small_vm(&sim, "101").await;
+    let path = "/nodes/pve1/qemu/101/config";
+    // Keys outside every category are root@pam's alone, even for a token with all privileges,
+    // even root's own token.
+    for (key, value) in [
+        ("hugepages", "1024"),
+        ("keephugepages", "1"),
+        ("affinity", "0-3"),
+        ("args", "-no-reboot"),
+    ] {
+        for auth in [TOKEN, ROOT_TOKEN] {
+            let refused = sim.call_as(auth, "PUT", path, &[(key, value)]).await;
+            assert_eq!(refused.status, 500, "{key} via {auth}");
+            assert_eq!(refused.reason, format!("only root can set '{key}' config"));
+        }
+        let accepted = as_root(&sim, "PUT", path, &[(key, value)]).await;
+        assert_eq!(
+            accepted.status, 200,
+            "{key} as root@pam: {:?}",
+            accepted.body
+        );
+    }
+    let refused = sim
+        .call(
+            "POST",
+            "/nodes/pve1/qemu",
+            &[("vmid", "102"), ("memory", "1024"), ("hugepages", "2")],
+        )
+        .await;
+    assert_eq!(refused.reason, "only root can set 'hugepages' config");
+    assert!(sim.handle.vm_config(102).is_none());
+
+    // serialN: a socket is VM.Config.HWType, a host device root's.
+    let real = sim.call("PUT", path, &[("serial0", "/dev/ttyS0")]).await;
+    assert_eq!(real.status, 500);
+    assert_eq!(
+        real.reason,
+        "only root can set 'serial0' config for real devices"
+    );
+    assert_eq!(
+        sim.call("PUT", path, &[("serial0", "socket")]).await.status,
+        200
+    );
+
+    // startup also needs Sys.Modify on /.
+    let startup = sim
+        .call_as(LIMITED, "PUT", path, &[("startup", "order=1")])
+        .await;
+    assert_eq!(startup.status, 403);
+    assert_eq!(startup.reason, "Permission check failed (/, Sys.Modify)");
+
+    // Category privileges, phrased like PVE::RPCEnvironment.
+    let cpu = sim.call_as(NO_CPU, "PUT", path, &[("cores", "4")]).await;
+    assert_eq!(cpu.status, 403);
+    assert_eq!(
+        cpu.reason,
+        "Permission check failed (/vms/101, VM.Config.CPU)"
+    );
+    let numa = sim
+        .call_as(NO_CPU, "PUT", path, &[("numa0", "cpus=0,memory=512")])
+        .await;
+    assert_eq!(
+        numa.reason,
+        "Permission check failed (/vms/101, VM.Config.CPU)"
+    );
+    let hw = sim.call_as(NO_CPU, "PUT", path, &[("vga", "std")]).await;
+    assert_eq!(
+        hw.reason,
+        "Permission check failed (/vms/101, VM.Config.HWType)"
+    );
+    let options = sim.call_as(NO_CPU, "PUT", path, &[("onboot", "1")]).await;
+    assert_eq!(
+        options.reason,
+        "Permission check failed (/vms/101, VM.Config.Options)"
+    );
+    let tags = sim.call_as(NO_CPU, "PUT", path, &[("tags", "gpu")]).await;
+    assert_eq!(
+        tags.reason,
+        "Permission check failed (/vms/101, VM.Config.Options)"
+    );
+    let cloudinit = sim.call_as(NO_CPU, "PUT", path, &[("ciuser", "k")]).await;
+    assert_eq!(
+        cloudinit.reason,
+        "Permission check failed (/vms/101, VM.Config.Cloudinit|VM.Config.Network)"
+    );
+    let memory = sim.call_as(NO_CPU, "PUT", path, &[("balloon", "0")]).await;
+    assert_eq!(memory.status, 200, "{:?}", memory.body);
+
+    // hostpciN: a mapping needs Mapping.Use + HWType, a raw id root, romfile root@pam.
+    let raw = sim
+        .call_as(ROOT_TOKEN, "PUT", path, &[("hostpci0", "0000:41:00")])
+        .await;
+    assert_eq!(
+        raw.reason,
+        "only root can set 'hostpci0' config for non-mapped devices"
+    );
+    let romfile = sim
+        .call("PUT", path, &[("hostpci0", "mapping=gpu,romfile=x.rom")])
+        .await;
+    assert_eq!(romfile.status, 400);
+    assert_eq!(
+        romfile.body["errors"]["hostpci0"],
+        "only root@pam can set 'romfile' option"
+    );
+    let mapped = sim
+        .call_as(NO_CPU, "PUT", path, &[("hostpci0", "mapping=gpu")])
+        .await;
+    assert_eq!(
+        mapped.reason,
+        "Permission check failed (/mapping/pci/gpu, Mapping.Use)"
+    );
+    sim.handle.shutdown().await;
+}
+
+#[tokio::test]
+async fn disks_of_one_request_get_distinct_volumes_in_sorted_key_order() {
+    let sim = start("pve-a100").await;
+    let refused = sim
+        .call(
+            "POST",
+            "/nodes/pve1/qemu",
+            &[("vmid", "110"), ("memory", "4096"), ("hugepages", "any")],
+        )
+        .await;
+    // hugepages needs root: the token's create is refused, nothing exists.
+    assert_eq!(refused.reason, "only root can set 'hugepages' config");
+    assert!(sim.handle.vm_config(110).is_none());
+    let upid = as_root(
+        &sim,
+        "POST",
+        "/nodes/pve1/qemu",
+        &[
+            ("vmid", "110"),
+            ("scsi1", "local-lvm:4"),
+            ("scsi0", "local-lvm:8,format=raw"),
+            (
+                "efidisk0",
+                "local-lvm:1,efitype=4m,pre-enrolled-keys=false,format=raw",
+            ),
+            ("memory", "4096"),
+            ("hugepages", "any"),
+            ("onboot", "true"),
+        ],
+    )
+    .await
+    .ok();
+    sim.wait(upid.as_str().unwrap()).await;
+    let config = sim.handle.vm_config(110).unwrap();
+    assert_eq!(
+        config["efidisk0"],
+        "local-lvm:vm-110-disk-0,efitype=4m,pre-enrolled-keys=0,size=4M"
+    );
+    assert_eq!(config["scsi0"], "local-lvm:vm-110-disk-1,size=8G");
+    assert_eq!(config["scsi1"], "local-lvm:vm-110-disk-2,size=4G");
+    assert_eq!(config["onboot"], "1");
+    let upid = sim
+        .call(
+            "POST",
+            "/nodes/pve1/qemu/110/config",
+            &[("virtio0", "local-lvm:2"), ("scsi2", "local-lvm:2")],
+        )
+        .await
+        .ok();
+    sim.wait(upid.as_str().unwrap()).await;
+    let config = sim.handle.vm_config(110).unwrap();
+    assert!(config["scsi2"].starts_with("local-lvm:vm-110-disk-3,"));
+    assert!(config["virtio0"].starts_with("local-lvm:vm-110-disk-4,"));
+
+    // GET config: strings where the schema says string, numbers where it says integer.
+    let answer = sim.get("/nodes/pve1/qemu/110/config").await;
+    assert_eq!(answer["memory"], Value::from("4096"));
+    assert_eq!(answer["hugepages"], Value::from("any"));
+    assert_eq!(answer["onboot"], Value::from(1));
+    assert!(answer.get("lock").is_none());
+    sim.handle.shutdown().await;
+}
+
+#[tokio::test]
+async fn an_async_config_change_holds_the_file_lock_without_a_lock_value() {
+    let sim = start("pve-a100").await;
+    small_vm(&sim, "120").await;
+    let stepper = sim.handle.stepper();
+    let first = sim
+        .call("POST", "/nodes/pve1/qemu/120/config", &[("cores", "2")])
+        .await
+        .ok();
+    let first = first.as_str().unwrap().to_owned();
+    stepper.hold(&first).unwrap();
+    let config = sim.get("/nodes/pve1/qemu/120/config").await;
+    assert!(config.get("lock").is_none(), "{config}");
+
+    // A synchronous change waits 10 s × time_scale, then gives up.
+    let started = Instant::now();
+    let put = sim
+        .call("PUT", "/nodes/pve1/qemu/120/config", &[("cores", "3")])
+        .await;
+    assert!(started.elapsed() >= Duration::from_millis(10));
+    assert_eq!(put.status, 500);
+    assert_eq!(
+        put.reason,
+        "can't lock file '/var/lock/qemu-server/lock-120.conf' - got timeout"
+    );
+    // An asynchronous one is accepted and its worker times out.
+    let second = sim
+        .call("POST", "/nodes/pve1/qemu/120/config", &[("cores", "4")])
+        .await
+        .ok();
+    let status = sim.wait(second.as_str().unwrap()).await;
+    assert_eq!(
+        status["exitstatus"],
+        "can't lock file '/var/lock/qemu-server/lock-120.conf' - got timeout"
+    );
+    stepper.finish_ok(&first).unwrap();
+    assert_eq!(sim.handle.vm_config(120).unwrap()["cores"], "2");
+    let put = sim
+        .call("PUT", "/nodes/pve1/qemu/120/config", &[("cores", "6")])
+        .await;
+    assert_eq!(put.status, 200);
+    assert_eq!(sim.handle.vm_config(120).unwrap()["cores"], "6");
+    sim.handle.shutdown().await;
+}
+
+#[tokio::test]
+async fn tags_follow_pve_tag_case_insensitively() {
+    let sim = start("pve-a100").await;
+    small_vm(&sim, "130").await;
+    let path = "/nodes/pve1/qemu/130/config";
+    for good in ["GPU", "gpu;A100", "k3s,Server worker", "a_b+c.d-e"] {
+        let answer = sim.call("PUT", path, &[("tags", good)]).await;
+        assert_eq!(answer.status, 200, "{good}: {:?}", answer.body);
+    }
+    for bad in ["team:ml", "a=b", "-lead", "ünï"] {
+        let answer = sim.call("PUT", path, &[("tags", bad)]).await;
+        assert_eq!(answer.status, 400, "{bad}");
+        assert!(answer.body["errors"]["tags"].is_string());
+    }
+    sim.handle.shutdown().await;
+}
+
+#[tokio::test]
+async fn volume_ids_with_a_slash_and_the_routes_tools_call() {
+    let sim = start("pve-a100").await;
+    let url =
+        "https://cloud.debian.org/images/cloud/trixie/latest/debian-13-genericcloud-amd64.qcow2";
+    let meta = sim
+        .call("GET", "/nodes/pve1/query-url-metadata", &[("url", url)])
+        .await
+        .ok();
+    assert_eq!(meta["filename"], "debian-13-genericcloud-amd64.qcow2");
+    assert_eq!(meta["mimetype"], "application/octet-stream");
+    let size = meta["size"].as_u64().unwrap();
+    sim.task_ok(
+        "POST",
+        "/nodes/pve1/storage/local/download-url",
+        &[
+            ("url", url),
+            ("content", "import"),
+            ("filename", "debian-13.qcow2"),
+        ],
+    )
+    .await;
+    for path in [
+        "/nodes/pve1/storage/local/content/local:import/debian-13.qcow2",
+        "/nodes/pve1/storage/local/content/local%3Aimport%2Fdebian-13.qcow2",
+    ] {
+        let info = sim.get(path).await;
+        assert_eq!(info["size"].as_u64(), Some(size), "{path}");
+        assert_eq!(info["format"], "qcow2");
+        assert_eq!(info["path"], "/var/lib/vz/import/debian-13.qcow2");
+    }
+    let upid = sim
+        .call(
+            "DELETE",
+            "/nodes/pve1/storage/local/content/local:import/debian-13.qcow2",
+            &[],
+        )
+        .await
+        .ok();
+    sim.wait(upid.as_str().unwrap()).await;
+    let gone = sim
+        .call(
+            "GET",
+            "/nodes/pve1/storage/local/content/local:import/debian-13.qcow2",
+            &[],
+        )
+        .await;
+    assert_eq!(gone.status, 500);
+
+    // Tasks in bulk.
+    small_vm(&sim, "140").await;
+    let stepper = sim.handle.stepper();
+    let running = sim
+        .call("POST", "/nodes/pve1/qemu/140/status/start", &[])
+        .await
+        .ok();
+    stepper.hold(running.as_str().unwrap()).unwrap();
+    let active = sim
+        .call("GET", "/nodes/pve1/tasks", &[("source", "active")])
+        .await
+        .ok();
+    assert_eq!(active.as_array().unwrap().len(), 1);
+    assert_eq!(active[0]["upid"], running);
+    assert!(active[0].get("endtime").is_none());
+    let finished = sim
+        .call(
+            "GET",
+            "/nodes/pve1/tasks",
+            &[("vmid", "140"), ("typefilter", "qmcreate")],
+        )
+        .await
+        .ok();
+    let finished = finished.as_array().unwrap();
+    assert_eq!(finished.len(), 1);
+    for field in [
+        "upid",
+        "node",
+        "pid",
+        "pstart",
+        "starttime",
+        "type",
+        "id",
+        "user",
+        "status",
+        "endtime",
+    ] {
+        assert!(
+            finished[0].get(field).is_some(),
+            "{field} in {}",
+            finished[0]
+        );
+    }
+    assert_eq!(finished[0]["status"], "OK");
+    let limited = sim
+        .call(
+            "GET",
+            "/nodes/pve1/tasks",
+            &[("limit", "1"), ("source", "all")],
+        )
+        .await
+        .ok();
+    assert_eq!(limited.as_array().unwrap().len(), 1);
+    let later = sim
+        .call("GET", "/nodes/pve1/tasks", &[("since", "4102444800")])
+        .await
+        .ok();
+    assert!(later.as_array().unwrap().is_empty());
+    stepper.finish_ok(running.as_str().unwrap()).unwrap();
+
+    let storages = sim.get("/storage").await;
+    assert!(
+        storages
+            .as_array()
+            .unwrap()
+            .iter()
+            .any(|s| s["storage"] == "local-lvm" && s["type"] == "lvmthin")
+    );
+    let network = sim
+        .call("GET", "/nodes/pve1/network", &[("type", "bridge")])
+        .await
+        .ok();
+    assert_eq!(network[0]["iface"], "vmbr0");
+    let pci = sim.get("/nodes/pve1/hardware/pci/0000:41:00.0").await;
+    assert_eq!(pci[0]["method"], "mdev");
+    let index = sim.get("/nodes/pve1/qemu/140").await;
+    assert!(
+        index
+            .as_array()
+            .unwrap()
+            .iter()
+            .any(|e| e["subdir"] == "config")
+    );
+    let status = sim.get("/nodes/pve1/qemu/140/status").await;
+    assert!(
+        status
+            .as_array()
+            .unwrap()
+            .iter()
+            .any(|e| e["subdir"] == "current")
+    );
+    let agent = sim.get("/nodes/pve1/qemu/140/agent").await;
+    assert!(
+        agent
+            .as_array()
+            .unwrap()
+            .iter()
+            .any(|e| e["name"] == "ping")
+    );
+    sim.handle.shutdown().await;
+}
+
+#[tokio::test]
+async fn cloudinit_dump_unlink_and_pools() {
+    let sim = start("pve-a100").await;
+    sim.task_ok(
+        "POST",
+        "/nodes/pve1/qemu",
+        &[
+            ("vmid", "150"),
+            ("name", "node-a"),
+            ("scsi0", "local-lvm:8"),
+            ("scsi1", "local-lvm:2"),
+            ("ide2", "local-lvm:cloudinit"),
+            ("net0", "virtio,bridge=vmbr0"),
+            ("ipconfig0", "ip=10.0.0.5/24,gw=10.0.0.1"),
+            ("ciuser", "k3s"),
+            ("nameserver", "10.0.0.1"),
+        ],
+    )
+    .await;
+    let dump = |kind: &'static str| {
+        let sim = &sim;
+        async move {
+            sim.call(
+                "GET",
+                "/nodes/pve1/qemu/150/cloudinit/dump",
+                &[("type", kind)],
+            )
+            .await
+            .ok()
+        }
+    };
+    let user = dump("user").await;
+    assert!(
+        user.as_str()
+            .unwrap()
+            .starts_with("#cloud-config\nhostname: node-a\n")
+    );
+    assert!(user.as_str().unwrap().contains("user: k3s\n"));
+    let network = dump("network").await;
+    assert!(network.as_str().unwrap().contains("address: '10.0.0.5'"));
+    assert!(
+        network
+            .as_str()
+            .unwrap()
+            .contains("netmask: '255.255.255.0'")
+    );
+    assert!(
+        dump("meta")
+            .await
+            .as_str()
+            .unwrap()
+            .starts_with("instance-id: ")
+    );
+
+    sim.call("PUT", "/nodes/pve1/qemu/150/unlink", &[("idlist", "scsi1")])
+        .await
+        .ok();
+    let config = sim.handle.vm_config(150).unwrap();
+    assert!(!config.contains_key("scsi1"));
+    assert_eq!(config["unused0"], "local-lvm:vm-150-disk-1");
+    sim.call(
+        "PUT",
+        "/nodes/pve1/qemu/150/unlink",
+        &[("idlist", "unused0"), ("force", "1")],
+    )
+    .await
+    .ok();
+    let volumes = sim
+        .get("/nodes/pve1/storage/local-lvm/content?vmid=150")
+        .await;
+    assert!(
+        !volumes
+            .as_array()
+            .unwrap()
+            .iter()
+            .any(|v| v["volid"] == "local-lvm:vm-150-disk-1")
+    );
+
+    sim.call(
+        "POST",
+        "/pools",
+        &[("poolid", "k3s"), ("comment", "cluster")],
+    )
+    .await
+    .ok();
+    sim.call("PUT", "/pools/k3s", &[("vms", "150")]).await.ok();
+    let pool = sim.get("/pools/k3s").await;
+    assert_eq!(pool["comment"], "cluster");
+    assert_eq!(pool["members"][0]["id"], "qemu/150");
+    let busy = sim.call("DELETE", "/pools/k3s", &[]).await;
+    assert_eq!(busy.status, 500);
+    assert_eq!(busy.reason, "delete pool failed: pool 'k3s' is not empty");
+    sim.call("PUT", "/pools/k3s", &[("vms", "150"), ("delete", "1")])
+        .await
+        .ok();
+    assert_eq!(sim.call("DELETE", "/pools/k3s", &[]).await.status, 200);
+    assert_eq!(sim.call("GET", "/pools/k3s", &[]).await.status, 500);
+    sim.handle.shutdown().await;
+}
+
+fn official() -> Option<Value> {
+    let path =
+        PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../../../shared/pve-api/schema-9.1.json");
+    match std::fs::read_to_string(&path) {
+        Ok(text) => Some(serde_json::from_str(&text).unwrap()),
+        Err(_) => {
+            eprintln!(
+                "SKIPPED: ../shared/pve-api/schema-9.1.json not found beside the repository; \
+                 the create/config parameter walk did not run"
+            );
+            None
+        }
+    }
+}
+
+/// Hand-written values for parameters whose property strings or patterns a generic value
+/// cannot satisfy.
+fn hand_value(name: &str) -> Option<&'static str> {
+    Some(match name {
+        "agent" => "enabled=1,fstrim_cloned_disks=1",
+        "amd-sev" => "type=std",
+        "audio0" => "device=ich9-intel-hda,driver=spice",
+        "boot" => "order=scsi0",
+        "bootdisk" => "scsi0",
+        "cdrom" => "none",
+        "cicustom" => "user=local:snippets/user.yaml",
+        "cpu" => "host,flags=+aes",
+        "efidisk0" => "local-lvm:1,efitype=4m,pre-enrolled-keys=1",
+        "hookscript" => "local:snippets/hook.pl",
+        "hostpci[n]" => "0000:41:00,pcie=1",
+        "ide[n]" => "none,media=cdrom",
+        "intel-tdx" => "type=tdx,attestation=0",
+        "ipconfig[n]" => "ip=10.0.0.9/24,gw=10.0.0.1",
+        "ivshmem" => "size=32,name=shm",
+        "machine" => "q35,viommu=virtio",
+        "memory" => "2048",
+        "name" => "walk-vm",
+        "nameserver" => "10.0.0.1 10.0.0.2",
+        "net[n]" => "virtio,bridge=vmbr0,firewall=1",
+        "numa[n]" => "cpus=0-1,hostnodes=0,memory=1024,policy=bind",
+        "parallel[n]" => "/dev/parport0",
+        "rng0" => "source=/dev/urandom,max_bytes=1024,period=1000",
+        "sata[n]" | "scsi[n]" | "virtio[n]" => "local-lvm:1",
+        "serial[n]" => "socket",
+        "smbios1" => "uuid=7b3d4c2e-1f5a-4e6b-9c8d-0a1b2c3d4e5f,manufacturer=UE1V",
+        "spice_enhancements" => "foldersharing=1,videostreaming=all",
+        "sshkeys" => "ssh-ed25519%20AAAAC3NzaC1lZDI1NTE5AAAAIB%20k%40host",
+        "startdate" => "now",
+        "startup" => "order=1,up=30",
+        "affinity" => "0-3,8",
+        "args" => "-no-reboot",
+        "tags" => "gpu;A100",
+        "tpmstate0" => "local-lvm:1,version=v2.0",
+        "unused[n]" => "local-lvm:vm-999-disk-9",
+        "usb[n]" => "host=spice,usb3=1",
+        "vga" => "std,memory=32",
+        "virtiofs[n]" => "dirid=share,cache=auto",
+        "vmgenid" => "1",
+        "vmstatestorage" => "local-lvm",
+        "watchdog" => "model=i6300esb,action=reset",
+        "description" => "walked from the official schema",
+        _ => return None,
+    })
+}
+
+fn schema_value(name: &str, property: &Value) -> String {
+    if let Some(value) = hand_value(name) {
+        return value.to_owned();
+    }
+    if let Some(first) = property["enum"].as_array().and_then(|e| e.first()) {
+        return first
+            .as_str()
+            .map_or_else(|| first.to_string(), str::to_owned);
+    }
+    let number = |key: &str| {
+        property[key]
+            .as_f64()
+            .or_else(|| property[key].as_str()?.parse().ok())
+    };
+    match property["type"].as_str() {
+        Some("boolean") => "1".to_owned(),
+        Some("integer") => {
+            let value = number("minimum").unwrap_or(1.0).max(1.0);
+            (number("maximum").map_or(value, |m| value.min(m)) as i64).to_string()
+        }
+        Some("number") => number("minimum").unwrap_or(1.0).max(0.5).to_string(),
+        _ => match property["format"].as_str() {
+            Some("pve-storage-id") => "local-lvm".to_owned(),
+            _ => "walk".to_owned(),
+        },
+    }
+}
+
+fn official_properties<'a>(
+    schema: &'a Value,
+    path: &str,
+    method: &str,
+) -> &'a serde_json::Map<String, Value> {
+    fn walk<'a>(nodes: &'a Value, path: &str) -> Option<&'a Value> {
+        for node in nodes.as_array()? {
+            if node["path"] == path {
+                return Some(node);
+            }
+            if let Some(found) = walk(&node["children"], path) {
+                return Some(found);
+            }
+        }
+        None
+    }
+    walk(schema, path).unwrap()["info"][method]["parameters"]["properties"]
+        .as_object()
+        .unwrap()
+}
+
+fn concrete(name: &str) -> String {
+    name.replace("[n]", "0")
+}
+
+/// Parameters that are not config values (or act on the request itself).
+const NOT_CONFIG: &[&str] = &[
+    "node",
+    "vmid",
+    "archive",
+    "start",
+    "pool",
+    "storage",
+    "force",
+    "unique",
+    "live-restore",
+    "bwlimit",
+    "import-working-storage",
+    "ha-managed",
+    "delete",
+    "digest",
+    "revert",
+    "skiplock",
+    "background_delay",
+    "lock",
+    "template",
+];
+
+#[tokio::test]
+async fn every_create_and_config_parameter_of_the_official_schema_is_accepted() {
+    let Some(schema) = official() else { return };
+    let sim = start("pve-a100").await;
+    let create = official_properties(&schema, "/nodes/{node}/qemu", "POST");
+    let mut vmid = 300;
+    for (name, property) in create {
+        if NOT_CONFIG.contains(&name.as_str()) && name != "template" {
+            continue;
+        }
+        vmid += 1;
+        let key = concrete(name);
+        let value = schema_value(name, property);
+        let id = vmid.to_string();
+        let params = [("vmid", id.as_str()), (key.as_str(), value.as_str())];
+        let answer = as_root(&sim, "POST", "/nodes/pve1/qemu", &params).await;
+        assert_eq!(
+            answer.status, 200,
+            "create with {key}={value}: {} {:?}",
+            answer.reason, answer.body
+        );
+        sim.wait(answer.data().as_str().unwrap()).await;
+        let config = sim.handle.vm_config(vmid).unwrap();
+        // qemu-server's `$resolve_cdrom_alias` stores `cdrom` as `ide2`.
+        let stored = if key == "cdrom" { "ide2" } else { key.as_str() };
+        assert!(config.contains_key(stored), "{key} not stored: {config:?}");
+    }
+    small_vm(&sim, "299").await;
+    for method in ["PUT", "POST"] {
+        let properties = official_properties(&schema, "/nodes/{node}/qemu/{vmid}/config", method);
+        for (name, property) in properties {
+            if NOT_CONFIG.contains(&name.as_str()) {
+                continue;
+            }
+            let key = concrete(name);
+            let value = schema_value(name, property);
+            let answer = as_root(
+                &sim,
+                method,
+                "/nodes/pve1/qemu/299/config",
+                &[(key.as_str(), value.as_str())],
+            )
+            .await;
+            assert_eq!(
+                answer.status, 200,
+                "{method} config {key}={value}: {} {:?}",
+                answer.reason, answer.body
+            );
+            if let Some(upid) = answer.data().as_str() {
+                sim.wait(upid).await;
+            }
+            let config = sim.get("/nodes/pve1/qemu/299/config").await;
+            // `cdrom` is stored as `ide2`.
+            let stored = if key == "cdrom" { "ide2" } else { key.as_str() };
+            assert!(
+                config.get(stored).is_some(),
+                "{method} {key} not returned: {config}"
+            );
+        }
+    }
+    sim.handle.shutdown().await;
+}
+
+#[test]
+fn the_pcie_a100_fixture_has_pcie_cards_in_their_own_iommu_groups() {
+    let inventory = Inventory::builtin("pve-a100-pcie").unwrap();
+    let gpus: Vec<_> = inventory.nodes[0]
+        .pci_devices
+        .iter()
+        .filter(|p| p.vendor == "0x10de")
+        .collect();
+    assert_eq!(gpus.len(), 8);
+    let mut groups = std::collections::BTreeSet::new();
+    for gpu in &gpus {
+        assert_eq!(gpu.device, "0x20f1");
+        assert_eq!(gpu.subsystem_device.as_deref(), Some("0x145f"));
+        assert!(
+            groups.insert(gpu.iommugroup),
+            "shared group {}",
+            gpu.iommugroup
+        );
+        let others = inventory.nodes[0]
+            .pci_devices
+            .iter()
+            .filter(|p| p.iommugroup == gpu.iommugroup)
+            .count();
+        assert_eq!(others, 1);
+    }
+    // The SXM4 fixture the a100-8x profile filters on is unchanged.
+    let sxm = Inventory::builtin("pve-a100").unwrap();
+    assert!(
+        sxm.nodes[0]
+            .pci_devices
+            .iter()
+            .any(|p| p.device == "0x20b0")
+    );
+}
+
+#[tokio::test]
+async fn download_url_fails_on_a_checksum_that_known_content_does_not_have() {
+    let url = "https://images.example/debian-13-genericcloud-amd64.qcow2";
+    let sha256 = "4f3b1c9e2a7d5f60b8c1e3a9d7f2b4c6e8a0d2f4b6c8e0a2c4e6f8a0b2d4f6a8";
+    let mut config = common::config("pve-a100");
+    config.inventory.images.push(ImageSpec {
+        url: url.to_owned(),
+        size: 3_221_225_472,
+        checksums: [("sha256".to_owned(), sha256.to_owned())].into(),
+        mimetype: Some("application/x-qemu-disk".to_owned()),
+    });
+    let sim = start_with(config).await;
+    let meta = sim
+        .call("GET", "/nodes/pve1/query-url-metadata", &[("url", url)])
+        .await
+        .ok();
+    assert_eq!(meta["size"], 3_221_225_472u64);
+    assert_eq!(meta["mimetype"], "application/x-qemu-disk");
+    let wrong = "0".repeat(64);
+    let download = |checksum: String, filename: &'static str| {
+        let sim = &sim;
+        async move {
+            sim.call(
+                "POST",
+                "/nodes/pve1/storage/local/download-url",
+                &[
+                    ("url", url),
+                    ("content", "import"),
+                    ("filename", filename),
+                    ("checksum", checksum.as_str()),
+                    ("checksum-algorithm", "sha256"),
+                ],
+            )
+            .await
+            .ok()
+        }
+    };
+    let upid = download(wrong.clone(), "bad.qcow2").await;
+    let status = sim.wait(upid.as_str().unwrap()).await;
+    assert_eq!(
+        status["exitstatus"],
+        format!("checksum mismatch: got '{sha256}' != expect '{wrong}'")
+    );
+    let content = sim.get("/nodes/pve1/storage/local/content").await;
+    assert!(content.as_array().unwrap().is_empty(), "{content}");
+    let upid = download(sha256.to_uppercase(), "good.qcow2").await;
+    assert_eq!(sim.wait(upid.as_str().unwrap()).await["exitstatus"], "OK");
+    let log = sim.task_log(upid.as_str().unwrap()).await;
+    assert!(
+        log.iter()
+            .any(|l| l == "calculating checksum...OK, checksum verified")
+    );
+    let info = sim
+        .get("/nodes/pve1/storage/local/content/local:import/good.qcow2")
+        .await;
+    assert_eq!(info["size"], 3_221_225_472u64);
+    sim.handle.shutdown().await;
+}
