@@ -356,6 +356,7 @@ mod tests {
             starttime: 0,
             running,
             exitstatus: None,
+            endtime: None,
             log: Vec::new(),
             due_ms: 0,
             held: false,
