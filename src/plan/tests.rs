@@ -211,11 +211,31 @@ fn token_without_mapping_rights_is_refused_and_with_them_mappings_are_planned() 
     );
     assert!(error.to_string().contains("root@pam"));
 
-    let plan = plan(
+    // A token alone cannot set the GPU VMs' hugepages and affinity (root@pam only): refused,
+    // naming each VM and key.
+    let error = plan(
         &profile(),
         &inventory(AuthKind::Token {
             user: "ci@pve!provision".into(),
             may_create_mappings: true,
+        }),
+        &State::default(),
+        &context(),
+    )
+    .unwrap_err();
+    assert_eq!(
+        error,
+        PlanError::RootOnlyKeys {
+            auth: "API token ci@pve!provision".into(),
+            vms: "lab-gpu-1 (affinity, hugepages, keephugepages), lab-gpu-2 (affinity, hugepages, keephugepages)".into(),
+        }
+    );
+
+    // The token plus root@pam for the root-only keys: GPUs through mappings.
+    let plan = plan(
+        &profile(),
+        &inventory(AuthKind::TokenWithRoot {
+            user: "ci@pve!provision".into(),
         }),
         &State::default(),
         &context(),
