@@ -509,7 +509,12 @@ pub fn resolve_settings(
         Some(value) => parse_bool(&value).ok_or(SettingsError::BadInsecure(value))?,
         None => config.insecure,
     };
-    let trust = if let Some(fingerprint) = &config.fingerprint {
+    // PROXMOX_VE_FINGERPRINT (what `provision sim serve` prints) wins over the file, like the
+    // other PROXMOX_VE_* variables.
+    let fingerprint = env("PROXMOX_VE_FINGERPRINT")
+        .filter(|value| !value.trim().is_empty())
+        .or_else(|| config.fingerprint.clone());
+    let trust = if let Some(fingerprint) = &fingerprint {
         Trust::Fingerprint(
             parse_fingerprint(fingerprint)
                 .ok_or_else(|| SettingsError::BadFingerprint(fingerprint.clone()))?,
@@ -643,6 +648,36 @@ mod tests {
         )
         .unwrap();
         assert_eq!(password.trust, Trust::Insecure);
+    }
+
+    #[test]
+    fn the_fingerprint_variable_pins_the_certificate() {
+        let config = ProxmoxConfig {
+            endpoint: Some("https://pve:8006".to_owned()),
+            ..ProxmoxConfig::default()
+        };
+        let good = vec!["AB"; 32].join(":");
+        let settings = resolve_settings(
+            &config,
+            Path::new("/"),
+            env(&[
+                ("PROXMOX_VE_API_TOKEN", "provision@pve!ci=s3cr3t"),
+                ("PROXMOX_VE_FINGERPRINT", &good),
+            ]),
+        )
+        .unwrap();
+        assert_eq!(settings.trust, Trust::Fingerprint([0xAB; 32]));
+        assert_eq!(
+            resolve_settings(
+                &config,
+                Path::new("/"),
+                env(&[
+                    ("PROXMOX_VE_API_TOKEN", "provision@pve!ci=s3cr3t"),
+                    ("PROXMOX_VE_FINGERPRINT", "AB:CD"),
+                ]),
+            ),
+            Err(SettingsError::BadFingerprint("AB:CD".to_owned()))
+        );
     }
 
     #[test]

@@ -350,20 +350,8 @@ fn sim_serve_warns_off_loopback_and_its_printed_lines_connect_provision() {
         .map(String::as_str)
         .filter(|l| l.starts_with("export "))
         .collect();
-    let pin = banner
-        .iter()
-        .find_map(|l| {
-            l.split_once("[proxmox] ")
-                .map(|(_, setting)| setting.to_owned())
-        })
-        .unwrap_or_else(|| panic!("no provision.toml line in {text}"));
-    let config_path = workspace.join("provision.toml");
-    let config = std::fs::read_to_string(&config_path).unwrap();
-    std::fs::write(
-        &config_path,
-        config.replacen("[proxmox]\n", &format!("[proxmox]\n{pin}\n"), 1),
-    )
-    .unwrap();
+    // The printed provision.toml line is an alternative; the export lines alone must work.
+    assert!(text.contains("[proxmox] fingerprint = "), "{text}");
 
     // The export lines as printed, then provision in the same shell.
     let script = format!(

@@ -163,7 +163,7 @@ pub(crate) fn banner(url: &str, fingerprint: &str, inventory: &Inventory) -> Str
     }
     lines.push(format!("export PROXMOX_VE_FINGERPRINT='{fingerprint}'"));
     lines.push(format!(
-        "# provision pins the certificate from provision.toml: [proxmox] fingerprint = \"{fingerprint}\""
+        "# provision pins the certificate from PROXMOX_VE_FINGERPRINT, or from provision.toml: [proxmox] fingerprint = \"{fingerprint}\""
     ));
     lines.push("press Ctrl-C to stop".to_owned());
     lines.join("\n")
