@@ -227,10 +227,24 @@ pub async fn apply(
     let mut durations = BTreeMap::new();
     let mut destroyed = Vec::new();
     while let Some(joined) = tasks.join_next().await {
-        let (action, result, elapsed) = joined.context("a VM task panicked")?;
-        // The first failure ends the run (remaining tasks are aborted when `tasks` drops):
-        // everything done so far is in the state, and a re-run continues from there.
-        result.with_context(|| format!("{} {}", action.action.symbol(), action.vm))?;
+        let outcome = joined
+            .context("a VM task panicked")
+            .and_then(|(action, result, elapsed)| {
+                result
+                    .with_context(|| format!("{} {}", action.action.symbol(), action.vm))
+                    .map(|()| (action, elapsed))
+            });
+        // The first failure ends the run: everything done so far is in the state, and a re-run
+        // continues from there. The other tasks are cancelled and awaited before returning, so
+        // no task still holds the state (and its lock) when the caller sees the error.
+        let (action, elapsed) = match outcome {
+            Ok(done) => done,
+            Err(error) => {
+                tasks.abort_all();
+                while tasks.join_next().await.is_some() {}
+                return Err(error);
+            }
+        };
         runner.events.event(ExecEvent::VmDone {
             vm: action.vm.clone(),
             elapsed,

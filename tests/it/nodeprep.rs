@@ -567,10 +567,9 @@ mod hostile_values {
             let run = sandbox.run(&batch.script, &batch.stdin);
             run.assert_nothing_injected(&batch.script);
             prop_assert_eq!(run.status, Some(0), "{:?}", run);
-            let written = std::fs::read(
-                sandbox.root().join("etc/apt/sources.list.d/provision-offline.list"),
-            )
-            .unwrap();
+            // One-line `deb …` entries go to a .list file, anything else to a deb822 .sources.
+            let file = provision::nodeprep::steps::apt_source_file(&source);
+            let written = std::fs::read(sandbox.root().join(file.trim_start_matches('/'))).unwrap();
             prop_assert_eq!(
                 written,
                 format!("# Written by provision: offline package source.\n{source}\n").into_bytes()

@@ -1083,7 +1083,6 @@ mod simulator {
             ("memory", "65536".to_owned()),
             ("balloon", "0".to_owned()),
             ("numa", "1".to_owned()),
-            ("hugepages", "1024".to_owned()),
             ("numa0", numa0.render()),
             ("cpu", cpu.render()),
             ("hostpci0", hostpci.render()),
@@ -1523,7 +1522,32 @@ mod simulator {
             .vm_config_put(&node(), VmId(151), &update)
             .await
             .unwrap();
+        // hugepages only from root@pam: a token is refused as Proxmox refuses it, a root ticket
+        // (what provision uses for root-only keys beside a token) sets it.
+        let hugepages: BTreeMap<String, String> =
+            [("hugepages".to_owned(), "1024".to_owned())].into();
+        let refused = client
+            .vm_config_put(&node(), VmId(150), &hugepages)
+            .await
+            .unwrap_err();
+        assert!(
+            refused
+                .to_string()
+                .contains("only root can set 'hugepages' config"),
+            "{refused}"
+        );
+        assert!(
+            refused
+                .hint()
+                .unwrap()
+                .contains("PROXMOX_VE_USERNAME=root@pam")
+        );
+        let root = self::client(&sim, sim_root());
+        root.vm_config_put(&node(), VmId(150), &hugepages)
+            .await
+            .unwrap();
         let config = client.vm_config(&node(), VmId(150)).await.unwrap();
+        assert_eq!(config["hugepages"], "1024");
         assert_eq!(config["hostpci0"], "mapping=a100-0,pcie=1");
         assert_eq!(config["machine"], "q35");
 
