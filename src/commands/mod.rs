@@ -19,6 +19,7 @@ pub mod validate;
 use crate::cli::{Cli, Command, OutputFormat};
 use crate::exit::ExitStatus;
 use crate::profile::ProfileError;
+use crate::pve::PveError;
 use crate::reporter::Reporter;
 use crate::workspace::{Workspace, WorkspaceError};
 
@@ -126,6 +127,29 @@ pub fn report_error(reporter: &Reporter, error: &anyhow::Error) -> ExitStatus {
     if let Some(user_error) = error.downcast_ref::<UserError>() {
         reporter.error(&user_error.message, user_error.hint.as_deref());
         return ExitStatus::UserError;
+    }
+    // A Proxmox error anywhere in the chain carries the hint for its kind; wrong credentials, a
+    // missing privilege or a certificate that is not the pinned one are the user's to fix.
+    if let Some(pve_error) = error
+        .chain()
+        .find_map(|cause| cause.downcast_ref::<PveError>())
+    {
+        reporter.error(&chain(error), pve_error.hint().as_deref());
+        return match pve_error {
+            PveError::Unauthorized { .. }
+            | PveError::Forbidden { .. }
+            | PveError::FingerprintMismatch { .. }
+            | PveError::Config { .. } => ExitStatus::UserError,
+            PveError::NeverSent { .. }
+            | PveError::OutcomeUnknown { .. }
+            | PveError::BadRequest { .. }
+            | PveError::NotFound { .. }
+            | PveError::LockTimeout { .. }
+            | PveError::Server { .. }
+            | PveError::TaskFailed { .. }
+            | PveError::Timeout { .. }
+            | PveError::Decode { .. } => ExitStatus::Failure,
+        };
     }
     reporter.error(&chain(error), None);
     ExitStatus::Failure

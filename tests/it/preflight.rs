@@ -323,3 +323,161 @@ async fn a_limited_token_gets_one_list_of_every_missing_privilege() {
     assert_eq!(workspace.mutating_since(0), Vec::new());
     workspace.sim.shutdown().await;
 }
+
+/// A `provision sim serve` on loopback and what its banner printed.
+struct Served {
+    child: std::process::Child,
+    endpoint: String,
+    fingerprint: String,
+    /// `tokenid=secret` per token.
+    tokens: Vec<String>,
+}
+
+impl Served {
+    fn start() -> Self {
+        use std::io::{BufRead, BufReader};
+        let mut child = Command::new(env!("CARGO_BIN_EXE_provision"))
+            .args([
+                "sim",
+                "serve",
+                "--listen",
+                "127.0.0.1:0",
+                "--inventory",
+                "pve-ci",
+            ])
+            .env_remove("PVE_SIM_TOKEN_SECRET")
+            .env_remove("PVE_SIM_ROOT_PASSWORD")
+            .stdout(std::process::Stdio::piped())
+            .stderr(std::process::Stdio::null())
+            .spawn()
+            .unwrap();
+        let mut banner = Vec::new();
+        for line in BufReader::new(child.stdout.take().unwrap()).lines() {
+            let line = line.unwrap();
+            let last = line.starts_with("press Ctrl-C");
+            banner.push(line);
+            if last {
+                break;
+            }
+        }
+        let value = |prefix: &str| {
+            banner
+                .iter()
+                .find_map(|line| line.strip_prefix(prefix))
+                .map(|rest| rest.trim_matches('\'').to_owned())
+                .unwrap_or_else(|| panic!("no `{prefix}` in {banner:?}"))
+        };
+        Self {
+            endpoint: value("export PROXMOX_VE_ENDPOINT="),
+            fingerprint: value("export PROXMOX_VE_FINGERPRINT="),
+            tokens: banner
+                .iter()
+                .filter_map(|line| line.strip_prefix("token: PVEAPIToken="))
+                .map(str::to_owned)
+                .collect(),
+            child,
+        }
+    }
+
+    fn token(&self, id: &str) -> &str {
+        self.tokens
+            .iter()
+            .find(|token| token.starts_with(&format!("{id}=")))
+            .unwrap()
+    }
+
+    /// The binary against this server with `token` and `fingerprint`.
+    fn provision(
+        &self,
+        binary: &Binary,
+        token: &str,
+        fingerprint: &str,
+        args: &[&str],
+    ) -> (i32, String, String) {
+        std::fs::create_dir_all(binary.home().join(".ssh")).unwrap();
+        std::fs::write(
+            binary.home().join(".ssh/id_ed25519.pub"),
+            format!("{}\n", sim::USER_KEY),
+        )
+        .unwrap();
+        let output = Command::new(env!("CARGO_BIN_EXE_provision"))
+            .args(args)
+            .current_dir(binary.workspace())
+            .env("HOME", binary.home())
+            .env("PROXMOX_VE_ENDPOINT", &self.endpoint)
+            .env("PROXMOX_VE_API_TOKEN", token)
+            .env("PROXMOX_VE_FINGERPRINT", fingerprint)
+            .env_remove("PROXMOX_VE_USERNAME")
+            .env_remove("PROXMOX_VE_PASSWORD")
+            .env("NO_COLOR", "1")
+            .output()
+            .unwrap();
+        (
+            output.status.code().unwrap_or(-1),
+            String::from_utf8_lossy(&output.stdout).into_owned(),
+            String::from_utf8_lossy(&output.stderr).into_owned(),
+        )
+    }
+}
+
+impl Drop for Served {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+#[test]
+fn credential_certificate_and_privilege_errors_show_their_hint_and_exit_1() {
+    let served = Served::start();
+    let binary = Binary::new();
+    let plan = ["plan", "--profile", "ci-nested"];
+    let good = served.token("provision@pve!ci").to_owned();
+
+    // A wrong secret: 401.
+    let (id, _) = good.split_once('=').unwrap();
+    let wrong = format!("{id}=00000000-0000-0000-0000-000000000000");
+    let (code, _, stderr) = served.provision(&binary, &wrong, &served.fingerprint, &plan);
+    assert_eq!(code, 1, "{stderr}");
+    assert!(stderr.contains("hint:"), "{stderr}");
+    assert!(
+        stderr.contains("the credentials are wrong or expired"),
+        "{stderr}"
+    );
+
+    // Another certificate than the pinned one: nothing is sent.
+    let other = vec!["AB"; 32].join(":");
+    let (code, _, stderr) = served.provision(&binary, &good, &other, &plan);
+    assert_eq!(code, 1, "{stderr}");
+    assert!(stderr.contains("hint: nothing was sent"), "{stderr}");
+
+    // A token without the privileges the plan needs: one list, before any change.
+    let limited = served.token("ci@pve!limited").to_owned();
+    let (code, stdout, stderr) = served.provision(
+        &binary,
+        &limited,
+        &served.fingerprint,
+        &["doctor", "--profile", "ci-nested"],
+    );
+    assert_eq!(code, 1, "{stdout}{stderr}");
+    assert!(
+        stdout.contains("✗ privileges: API token ci@pve!limited lacks"),
+        "{stdout}"
+    );
+    assert!(stdout.contains("Sys.Modify on /"), "{stdout}");
+    let (code, _, stderr) = served.provision(
+        &binary,
+        &limited,
+        &served.fingerprint,
+        &["up", "--profile", "ci-nested"],
+    );
+    assert_eq!(code, 1, "{stderr}");
+    assert!(
+        stderr.contains("nothing was changed on Proxmox"),
+        "{stderr}"
+    );
+    assert!(
+        stderr.contains("SDN.Use on /sdn/zones/localnetwork/vmbr0"),
+        "{stderr}"
+    );
+}
