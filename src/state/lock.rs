@@ -11,6 +11,10 @@ use serde::{Deserialize, Serialize};
 
 use super::StateError;
 
+/// How long a lock that is being released (see [`StateLock::acquire`]) is waited for.
+const RELEASE_WAIT: Duration = Duration::from_secs(3);
+const RELEASE_POLL: Duration = Duration::from_millis(20);
+
 /// Who holds the lock (written into the lock file).
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct LockHolder {
@@ -120,20 +124,37 @@ impl StateLock {
             file.set_permissions(fs::Permissions::from_mode(0o600))
                 .map_err(io("restrict"))?;
         }
-        match file.try_lock() {
-            Ok(()) => {}
-            Err(TryLockError::WouldBlock) => {
-                let mut content = String::new();
-                file.read_to_string(&mut content).map_err(io("read"))?;
-                let holder = serde_json::from_str::<LockHolder>(&content)
-                    .map(|holder| holder.to_string())
-                    .unwrap_or_else(|_| "an unknown process".to_owned());
-                return Err(StateError::Locked {
-                    path: path.to_path_buf(),
-                    holder,
-                });
+        // A lock whose holder has already cleared its name (it is exiting), or that this very
+        // process still holds through a child between fork and exec (an flock is shared with
+        // the child until it execs), is released within moments: wait for it, briefly. A lock
+        // named by another live run fails at once.
+        let mut waited = Duration::ZERO;
+        loop {
+            match file.try_lock() {
+                Ok(()) => break,
+                Err(TryLockError::WouldBlock) => {
+                    let mut content = String::new();
+                    file.seek(SeekFrom::Start(0)).map_err(io("seek"))?;
+                    file.read_to_string(&mut content).map_err(io("read"))?;
+                    let holder = serde_json::from_str::<LockHolder>(&content).ok();
+                    let releasing = holder
+                        .as_ref()
+                        .is_none_or(|holder| holder.pid == std::process::id());
+                    if releasing && waited < RELEASE_WAIT {
+                        std::thread::sleep(RELEASE_POLL);
+                        waited += RELEASE_POLL;
+                        continue;
+                    }
+                    return Err(StateError::Locked {
+                        path: path.to_path_buf(),
+                        holder: holder.map_or_else(
+                            || "an unknown process".to_owned(),
+                            |holder| holder.to_string(),
+                        ),
+                    });
+                }
+                Err(TryLockError::Error(source)) => return Err(io("lock")(source)),
             }
-            Err(TryLockError::Error(source)) => return Err(io("lock")(source)),
         }
         let holder = LockHolder {
             pid: std::process::id(),
