@@ -42,6 +42,9 @@ fi
 here="$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)"
 # Real tools the generated files are checked with: cloud-init, isoinfo, xorriso, blkid.
 bash "$here/ci-setup-cloudinit.sh"
+# Real third-party Proxmox clients (proxmoxer, ansible-playbook with community.general's
+# proxmox_kvm) from PyPI, for the tests that drive `provision sim serve` with them.
+bash "$here/ci-setup-clients.sh"
 # Real Debian test hosts (systemd-nspawn + network namespaces + OpenSSH) for the SSH, node-prep
 # and k3s tests. Needs root; elsewhere those tests skip with a loud message.
 if [ "$(id -u)" -eq 0 ]; then

@@ -56,11 +56,14 @@ fn parts(value: &str) -> BTreeSet<String> {
         .collect()
 }
 
+/// Tags as a set, lowercased: Proxmox stores them lowercased and sorted (pve-guest-common
+/// `get_unique_tags` with datacenter.cfg's default tag-style), so `GPU;provision` comes back as
+/// `gpu;provision` and is no change.
 fn tag_set(value: &str) -> BTreeSet<String> {
     value
         .split([';', ',', ' '])
         .filter(|tag| !tag.is_empty())
-        .map(str::to_owned)
+        .map(str::to_lowercase)
         .collect()
 }
 
@@ -191,6 +194,8 @@ mod tests {
             Some("cluster-a;provision;role-agent"),
             "provision;cluster-a;role-agent"
         ));
+        assert!(same_value("tags", Some("gpu;provision"), "provision;GPU"));
+        assert!(!same_value("tags", Some("gpu;provision"), "provision"));
         assert!(same_value(
             "net0",
             Some("virtio=BC:24:11:00:00:01,bridge=vmbr0,firewall=0,tag=20"),

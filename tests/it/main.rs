@@ -21,4 +21,5 @@ mod pve_client;
 mod ssh;
 mod ssh_auth;
 mod testbed;
+mod third_party;
 mod up;

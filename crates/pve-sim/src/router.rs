@@ -1788,6 +1788,9 @@ impl Request<'_> {
     ) -> ApiResult<(String, Vec<Volume>, bool)> {
         let node = self.node().to_owned();
         let value = &schema::normalize_booleans(key, value);
+        if key == "tags" {
+            return Ok((unique_tags(value), Vec::new(), false));
+        }
         if key.starts_with("net") {
             return Ok((self.with_mac(key, value, existing)?, Vec::new(), false));
         }
@@ -2215,7 +2218,16 @@ impl Request<'_> {
         self.identity
             .check(&format!("/vms/{newid}"), "VM.Allocate")?;
         let mut state = self.shared.state();
-        let vm = state.vm(self.node(), source)?.clone();
+        // qemu-server's clone_vm asks `PVE::QemuServer::check_running($vmid)` before it loads the
+        // config (src/PVE/API2/Qemu.pm), so a missing source dies with check_running's words.
+        let vm = state
+            .vm(self.node(), source)
+            .map_err(|_| {
+                ApiError::internal(format!(
+                    "unable to find configuration file for VM {source} - no such machine"
+                ))
+            })?
+            .clone();
         if state.clone_holding(source).is_some() {
             return Err(ApiError::internal(format!(
                 "can't lock file '/var/lock/qemu-server/lock-{source}.conf' - got timeout"
@@ -3141,6 +3153,22 @@ enum ConfigCategory {
     ValueDependent,
     /// "only root can set 'KEY' config" (args, hugepages, keephugepages, affinity, lock, …).
     RootOnly,
+}
+
+/// Tags as qemu-server stores them on create and on config changes:
+/// `PVE::GuestHelpers::get_unique_tags` (pve-guest-common `src/PVE/GuestHelpers.pm`) splits the
+/// list like `split_list` (`;`, `,`, white space), and with datacenter.cfg's default `tag-style`
+/// (not case-sensitive, ordering not `config`) lowercases, sorts, drops duplicates and joins
+/// with `;`. Ansible's proxmox_kvm sends `gpu,ansible` and reads back `ansible;gpu`.
+fn unique_tags(value: &str) -> String {
+    let mut tags: Vec<String> = value
+        .split(|c: char| c == ';' || c == ',' || c == '\0' || c.is_whitespace())
+        .filter(|tag| !tag.is_empty())
+        .map(str::to_lowercase)
+        .collect();
+    tags.sort();
+    tags.dedup();
+    tags.join(";")
 }
 
 fn config_category(key: &str) -> ConfigCategory {

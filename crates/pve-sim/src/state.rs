@@ -924,12 +924,16 @@ impl State {
             .ok_or_else(|| ApiError::internal(format!("no such cluster node '{name}'")))
     }
 
+    /// The VM `vmid` on `node`. A VM missing there answers as `PVE::AbstractConfig::load_config`
+    /// dies (pve-guest-common `src/PVE/AbstractConfig.pm`), which every qemu route but clone's
+    /// source check reaches first: `Configuration file 'nodes/N/qemu-server/ID.conf' does not
+    /// exist`. Clients match on that text (proxmoxer scripts, provision's own client).
     pub fn vm(&self, node: &str, vmid: u32) -> ApiResult<&Vm> {
         self.node(node)?;
         match self.vms.get(&vmid) {
             Some(vm) if vm.node == node => Ok(vm),
             Some(_) | None => Err(ApiError::internal(format!(
-                "unable to find configuration file for VM {vmid} on node '{node}'"
+                "Configuration file 'nodes/{node}/qemu-server/{vmid}.conf' does not exist"
             ))),
         }
     }

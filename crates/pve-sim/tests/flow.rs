@@ -119,7 +119,7 @@ async fn create_start_agent_stop_delete() {
     assert_eq!(answer.status, 500);
     assert_eq!(
         answer.reason,
-        "unable to find configuration file for VM 101 on node 'pve1'"
+        "Configuration file 'nodes/pve1/qemu-server/101.conf' does not exist"
     );
     let content = sim.get("/nodes/pve1/storage/local-lvm/content").await;
     assert_eq!(content.as_array().unwrap().len(), 0, "{content}");
