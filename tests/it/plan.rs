@@ -48,7 +48,7 @@ fn delta(plan: &provision::plan::Plan) -> Vec<(String, String)> {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn scale_memory_and_gpu_changes_plan_exactly_the_delta_and_apply_reaches_it() {
-    // a100-8x on pve-a100: 4 GPU workers × 2 A100 use all 8 GPUs; scaling to 6 workers needs a
+    // a100-8x on pve-a100-pcie: 4 GPU workers × 2 A100 use all 8 GPUs; scaling to 6 workers needs a
     // fixture with more, so the GPU workers take 1 GPU each (8 available).
     let mut profile = sim::builtin("a100-8x");
     let gpu = profile
