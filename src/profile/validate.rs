@@ -1098,6 +1098,8 @@ impl Checker {
                     "use an Ubuntu 24.04 cloud image, or nvidia.mode = \"host\" (provision installs the driver with apt), or nvidia.driver = \"preinstalled\" when the image already has it",
                 ),
                 Some(_) => {}
+                // An image without any source is an error of its own already.
+                None if profile.image == Default::default() => {}
                 None => self.warning(
                     path(&["image"]),
                     "the guest OS is unknown, and the GPU Operator's driver container exists only for Ubuntu and RHEL",

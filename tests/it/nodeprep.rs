@@ -694,8 +694,10 @@ mod hostile_values {
             let run = sandbox.run(&batch.script, &batch.stdin);
             run.assert_nothing_injected(&batch.script);
             prop_assert_eq!(run.status, Some(0), "{:?}", run);
+            // `.list` for a one-line entry, `.sources` otherwise (deb822).
+            let file = provision::nodeprep::steps::apt_source_file(&source);
             let written = std::fs::read(
-                sandbox.root().join("etc/apt/sources.list.d/provision-offline.list"),
+                sandbox.root().join(file.trim_start_matches('/')),
             )
             .unwrap();
             prop_assert_eq!(
