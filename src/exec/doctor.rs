@@ -266,10 +266,10 @@ fn check_storages(profile: &Profile, node: &NodeInventory, report: &mut Report) 
     let storage = &profile.proxmox.storage;
     let mut wanted: BTreeMap<&str, Vec<&str>> = BTreeMap::new();
     wanted.entry(&storage.disks).or_default().push("images");
-    if let Some(efi) = &storage.efi {
-        if efi != &storage.disks {
-            wanted.entry(efi).or_default().push("images");
-        }
+    if let Some(efi) = &storage.efi
+        && efi != &storage.disks
+    {
+        wanted.entry(efi).or_default().push("images");
     }
     for group in &profile.node_groups {
         if let Some(scratch) = &group.disks.scratch_storage {
@@ -411,10 +411,10 @@ fn check_hugepages(profile: &Profile, plan: &Plan, report: &mut Report) {
         let (Ok(memory), Ok(page)) = (memory.parse::<u64>(), size.parse::<u64>()) else {
             continue;
         };
-        if page > 0 {
+        if let Some(pages) = memory.checked_div(page) {
             *used
                 .entry((vm.node.clone(), host, size.clone()))
-                .or_default() += memory / page;
+                .or_default() += pages;
         }
     }
     for ((node, numa, size), pages) in used {

@@ -20,7 +20,7 @@ pub const APT_SOURCE_DEB822_FILE: &str = "/etc/apt/sources.list.d/provision-offl
 /// Where `airgap.apt_source` goes: `.list` for a one-line `deb …` entry, `.sources` for a
 /// deb822 stanza (`Types: deb` …).
 pub fn apt_source_file(source: &str) -> &'static str {
-    let first = source.trim_start().split_whitespace().next().unwrap_or("");
+    let first = source.split_whitespace().next().unwrap_or("");
     if first == "deb" || first == "deb-src" {
         APT_SOURCE_FILE
     } else {
