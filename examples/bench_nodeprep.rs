@@ -55,6 +55,7 @@ async fn main() -> anyhow::Result<()> {
         scratch: None,
         packages: Vec::new(),
         apt_source: None,
+        nvidia_host: None,
     };
     let steps = prepare_steps(&input);
     let started = Instant::now();

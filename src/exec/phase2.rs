@@ -215,6 +215,13 @@ pub async fn run(
         }
         None => None,
     };
+    // NVIDIA's apt key (host mode): read here, pushed to the GPU nodes as a file.
+    let nvidia_repo_key = match &profile.nvidia.repo_key {
+        Some(path) => Some(
+            std::fs::read(path).with_context(|| format!("cannot read nvidia.repo_key {path}"))?,
+        ),
+        None => None,
+    };
     let parallelism = opts.parallelism.max(1);
 
     // Connect.
@@ -236,6 +243,7 @@ pub async fn run(
             let binary_bytes = &binary_bytes;
             let images = &images;
             let token = &token;
+            let nvidia_repo_key = nvidia_repo_key.as_deref();
             async move {
                 prepare_node(
                     profile,
@@ -244,6 +252,7 @@ pub async fn run(
                     exec.as_ref(),
                     binary_bytes,
                     images.as_ref(),
+                    nvidia_repo_key,
                     token,
                     opts,
                 )
@@ -382,6 +391,7 @@ async fn prepare_node(
     exec: &dyn RemoteExec,
     binary: &[u8],
     images: Option<&(String, Vec<u8>)>,
+    nvidia_repo_key: Option<&[u8]>,
     token: &K3sToken,
     opts: &Phase2Options,
 ) -> anyhow::Result<Prepared> {
@@ -391,7 +401,9 @@ async fn prepare_node(
     };
     wait_cloud_init(exec, opts.cloud_init_timeout).await?;
     // One round trip for all the preparation steps (bigger files still travel by upload).
-    let steps = prepare_steps(&NodePrepInput::for_group(profile, group));
+    let steps = prepare_steps(
+        &NodePrepInput::for_group(profile, group).with_nvidia_repo_key(nvidia_repo_key),
+    );
     report.steps.extend(apply_steps(exec, &steps).await?);
     let hardware = parse_hardware(&run_checked(exec, &hardware_probe_script()).await?);
     report.labels = node_labels(group, &hardware, &profile.detect);

@@ -75,7 +75,9 @@ impl From<&crate::cli::SimArgs> for SimOptions {
 /// number of Proxmox nodes).
 pub fn inventory_for(profile_nodes: &[String], cluster: &str) -> &'static str {
     match cluster {
-        "a100" => "pve-a100",
+        // PCIe A100s, as the a100-8x profile filters; `pve-a100` holds SXM4 modules (HGX boards),
+        // which the profile refuses to match.
+        "a100" => "pve-a100-pcie",
         // The working host (GPU in its own IOMMU group); `pve-sentinel` shows the shared group.
         "sentinel" => "pve-sentinel-acs",
         "ci" => "pve-ci",

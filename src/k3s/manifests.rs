@@ -59,6 +59,11 @@ pub fn render_manifests(
             "manifests/nvidia-gpu-operator.yaml.j2",
             serde_json::json!({
                 "mode": mode,
+                // The operator's driver container only in operator mode, and only when the image
+                // does not carry the driver already (`nvidia.driver = "preinstalled"`).
+                "driver_enabled": profile.nvidia.mode == NvidiaMode::Operator
+                    && !profile.nvidia.driver_preinstalled(),
+                "toolkit_enabled": profile.nvidia.mode == NvidiaMode::Operator,
                 "version": profile.nvidia.operator_version.as_deref().unwrap_or(GPU_OPERATOR_VERSION),
                 "time_slicing_replicas": profile.nvidia.time_slicing_replicas.filter(|r| *r > 1),
             }),

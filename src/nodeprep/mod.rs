@@ -6,6 +6,7 @@
 
 pub mod batch;
 pub mod hardware;
+pub mod nvidia;
 pub mod shell;
 pub mod steps;
 

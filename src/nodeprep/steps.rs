@@ -1,9 +1,10 @@
-//! The node preparation step list: swap, kernel modules, sysctls, scratch disk, packages.
+//! The node preparation step list: swap, kernel modules, sysctls, scratch disk, packages, NVIDIA (host mode).
 
 use crate::profile::Profile;
 use crate::profile::model::{NodeGroup, NvidiaMode};
 
 use super::Step;
+use super::nvidia::{NvidiaHost, nvidia_host_steps};
 use super::shell::quote;
 
 /// Where the module list is persisted (read by systemd-modules-load at boot).
@@ -63,6 +64,8 @@ pub struct NodePrepInput {
     pub packages: Vec<String>,
     /// One apt source line used instead of the distribution's repositories (air-gapped installs).
     pub apt_source: Option<String>,
+    /// The NVIDIA driver and toolkit from apt (`nvidia.mode = "host"` on a GPU node).
+    pub nvidia_host: Option<NvidiaHost>,
 }
 
 impl NodePrepInput {
@@ -73,10 +76,15 @@ impl NodePrepInput {
             packages.push("nfs-common".to_owned());
         }
         let has_gpus = group.gpus.as_ref().is_some_and(|gpus| gpus.count > 0);
-        if has_gpus && profile.nvidia.mode == NvidiaMode::Host {
-            packages.push("nvidia-driver".to_owned());
-            packages.push("nvidia-container-toolkit".to_owned());
-        }
+        // Validation refuses host mode when the guest OS is unknown.
+        let nvidia_host = (has_gpus && profile.nvidia.mode == NvidiaMode::Host)
+            .then(|| profile.image.guest_os())
+            .flatten()
+            .map(|os| NvidiaHost {
+                os,
+                driver: !profile.nvidia.driver_preinstalled(),
+                repo_key: None,
+            });
         let scratch = group.disks.scratch_gb.map(|size_gb| ScratchDisk {
             size_gb,
             mount: group
@@ -101,7 +109,16 @@ impl NodePrepInput {
             scratch,
             packages,
             apt_source: profile.airgap.apt_source.clone(),
+            nvidia_host,
         }
+    }
+
+    /// NVIDIA's apt key (the bytes of the file `nvidia.repo_key` names), read by the caller.
+    pub fn with_nvidia_repo_key(mut self, key: Option<&[u8]>) -> Self {
+        if let Some(host) = &mut self.nvidia_host {
+            host.repo_key = key.map(<[u8]>::to_vec);
+        }
+        self
     }
 }
 
@@ -121,6 +138,12 @@ pub fn prepare_steps(input: &NodePrepInput) -> Vec<Step> {
     if !input.packages.is_empty() {
         steps.push(packages_step(
             &input.packages,
+            input.apt_source.as_deref().map(apt_source_file),
+        ));
+    }
+    if let Some(host) = &input.nvidia_host {
+        steps.extend(nvidia_host_steps(
+            host,
             input.apt_source.as_deref().map(apt_source_file),
         ));
     }
@@ -306,6 +329,24 @@ pub fn packages_step(packages: &[String], offline: Option<&str>) -> Step {
         .map(|p| quote(p))
         .collect::<Vec<_>>()
         .join(" ");
+    apt_install_step(
+        format!("packages {}", packages.join(", ")),
+        "",
+        &list,
+        offline,
+    )
+}
+
+/// The install script behind [`packages_step`]: `preamble` (shell lines ending in a newline, e.g.
+/// variables the words use) runs first, then each of `words` (shell words, already quoted or
+/// expanding only variables of the preamble) that `dpkg-query` does not report installed is
+/// installed in one `apt-get install`.
+pub(crate) fn apt_install_step(
+    description: String,
+    preamble: &str,
+    words: &str,
+    offline: Option<&str>,
+) -> Step {
     let apt_options = match offline {
         Some(file) => format!(
             " -o Dir::Etc::SourceList={} -o Dir::Etc::SourceParts=-",
@@ -317,8 +358,8 @@ pub fn packages_step(packages: &[String], offline: Option<&str>) -> Step {
     // ends the options, so a name starting with `-` stays a package name.
     let script = format!(
         r#"set -eu
-set --
-for p in {list}; do
+{preamble}set --
+for p in {words}; do
   if ! dpkg-query -W -f='${{Status}}' -- "$p" 2>/dev/null | grep -q 'install ok installed'; then set -- "$@" "$p"; fi
 done
 if [ "$#" -eq 0 ]; then echo 'provision-outcome: unchanged'; exit 0; fi
@@ -328,7 +369,7 @@ apt-get -q -y --no-install-recommends{apt_options} install -- "$@" >/dev/null
 echo 'provision-outcome: changed'"#
     );
     Step::Command {
-        description: format!("packages {}", packages.join(", ")),
+        description,
         script,
     }
 }
@@ -345,6 +386,7 @@ mod tests {
             scratch: None,
             packages: vec![],
             apt_source: None,
+            nvidia_host: None,
         }
     }
 

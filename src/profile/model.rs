@@ -217,6 +217,78 @@ pub struct Image {
     /// Clone mode: an existing template VM.
     #[serde(default)]
     pub template_vmid: Option<u32>,
+    /// The guest operating system the image boots; inferred from the image's name when absent
+    /// (see [`Image::guest_os`]).
+    #[serde(default)]
+    pub os: Option<GuestOs>,
+}
+
+impl Image {
+    /// The guest OS: `os` when written, otherwise inferred from the URL, file name or volume of
+    /// a known cloud image; `None` when it cannot be told (a template VM, an unknown name).
+    pub fn guest_os(&self) -> Option<GuestOs> {
+        self.os.or_else(|| self.inferred_os())
+    }
+
+    /// What the image's names say about the guest OS, ignoring `os`.
+    pub fn inferred_os(&self) -> Option<GuestOs> {
+        [&self.url, &self.file_name, &self.volume]
+            .into_iter()
+            .flatten()
+            .find_map(|name| GuestOs::infer(name))
+    }
+}
+
+/// Guest operating systems provision prepares nodes for (`image.os`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub enum GuestOs {
+    /// Debian 12 "bookworm".
+    #[serde(rename = "debian-12")]
+    Debian12,
+    /// Ubuntu 24.04 LTS "noble".
+    #[serde(rename = "ubuntu-24.04")]
+    Ubuntu2404,
+}
+
+impl GuestOs {
+    /// As written in profiles: `debian-12`, `ubuntu-24.04`.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            GuestOs::Debian12 => "debian-12",
+            GuestOs::Ubuntu2404 => "ubuntu-24.04",
+        }
+    }
+
+    /// Whether NVIDIA publishes GPU Operator driver containers for this OS (it does for Ubuntu
+    /// and RHEL, not for Debian: NVIDIA/gpu-operator#1212).
+    pub fn has_operator_driver_images(self) -> bool {
+        match self {
+            GuestOs::Debian12 => false,
+            GuestOs::Ubuntu2404 => true,
+        }
+    }
+
+    /// The OS of a known cloud image name or URL: `debian-12…` or `…/bookworm/…` for Debian 12,
+    /// `ubuntu-24.04…`, `noble-…` or `…/noble/…` for Ubuntu 24.04.
+    pub fn infer(name: &str) -> Option<Self> {
+        let name = name.to_ascii_lowercase();
+        if name.contains("debian-12") || name.contains("/bookworm/") {
+            Some(GuestOs::Debian12)
+        } else if name.contains("ubuntu-24.04")
+            || name.contains("/noble/")
+            || name.contains("noble-server-cloudimg")
+        {
+            Some(GuestOs::Ubuntu2404)
+        } else {
+            None
+        }
+    }
+}
+
+impl std::fmt::Display for GuestOs {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(self.as_str())
+    }
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
@@ -379,6 +451,32 @@ pub struct Nvidia {
     pub time_slicing_replicas: Option<u32>,
     #[serde(default)]
     pub operator_version: Option<String>,
+    /// Who provides the kernel driver; absent = [`NvidiaDriver::Install`].
+    #[serde(default)]
+    pub driver: Option<NvidiaDriver>,
+    /// Host mode: a local file with NVIDIA's apt signing key for the nvidia-container-toolkit
+    /// repository; pushed to the nodes as a file (never fetched there).
+    #[serde(default)]
+    pub repo_key: Option<String>,
+}
+
+impl Nvidia {
+    /// Whether the image already carries the driver (`driver = "preinstalled"`).
+    pub fn driver_preinstalled(&self) -> bool {
+        self.driver == Some(NvidiaDriver::Preinstalled)
+    }
+}
+
+/// `nvidia.driver`.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum NvidiaDriver {
+    /// The GPU Operator's driver container (operator mode) or apt (host mode) installs it.
+    #[default]
+    Install,
+    /// The image already has it: the operator runs with `driver.enabled=false`, host mode
+    /// installs only the container toolkit.
+    Preinstalled,
 }
 
 #[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]

@@ -529,6 +529,15 @@ impl Checker {
                 "write STORAGE:PATH, e.g. local:import/debian-12-genericcloud-amd64.qcow2",
             );
         }
+        if let (Some(written), Some(inferred)) = (image.os, image.inferred_os())
+            && written != inferred
+        {
+            self.warning(
+                path(&["image", "os"]),
+                format!("image.os is {written} but the image's name says {inferred}"),
+                "node preparation follows image.os: check which image this really is",
+            );
+        }
         if let Some(template) = image.template_vmid {
             let range = profile.proxmox.vmid_range;
             if template < 100 {
@@ -1048,6 +1057,7 @@ impl Checker {
                 }
             }
         }
+        self.nvidia_guest(profile);
         if let Some(replicas) = nvidia.time_slicing_replicas
             && !(2..=64).contains(&replicas)
         {
@@ -1072,6 +1082,67 @@ impl Checker {
                     "use a GPU Operator chart version such as v24.9.2",
                 );
             }
+        }
+    }
+
+    /// Whether the NVIDIA driver and toolkit can really reach the guest OS the image boots.
+    fn nvidia_guest(&mut self, profile: &Profile) {
+        let nvidia = &profile.nvidia;
+        let os = profile.image.guest_os();
+        let set_os_hint = "set image.os = \"debian-12\" or \"ubuntu-24.04\"";
+        match nvidia.mode {
+            NvidiaMode::Operator if !nvidia.driver_preinstalled() => match os {
+                Some(os) if !os.has_operator_driver_images() => self.error(
+                    path(&["nvidia", "mode"]),
+                    format!("the GPU Operator has no driver container for {os} (NVIDIA publishes them for Ubuntu and RHEL only): the GPU nodes would never get a driver"),
+                    "use an Ubuntu 24.04 cloud image, or nvidia.mode = \"host\" (provision installs the driver with apt), or nvidia.driver = \"preinstalled\" when the image already has it",
+                ),
+                Some(_) => {}
+                // An image without any source is an error of its own already.
+                None if profile.image == Default::default() => {}
+                None => self.warning(
+                    path(&["image"]),
+                    "the guest OS is unknown, and the GPU Operator's driver container exists only for Ubuntu and RHEL",
+                    set_os_hint,
+                ),
+            },
+            NvidiaMode::Host => {
+                if os.is_none() {
+                    self.error(
+                        path(&["image"]),
+                        "nvidia.mode = \"host\" installs the driver with the guest's packages, but the guest OS is unknown",
+                        set_os_hint,
+                    );
+                }
+                match (&nvidia.repo_key, &profile.airgap.apt_source) {
+                    (None, None) => self.error(
+                        path(&["nvidia", "mode"]),
+                        "nvidia-container-toolkit comes only from NVIDIA's apt repository, and no signing key for it is given",
+                        "download https://nvidia.github.io/libnvidia-container/gpgkey once, check its fingerprint, and set nvidia.repo_key to that file; or set airgap.apt_source to a mirror that carries the driver and the toolkit",
+                    ),
+                    (Some(_), Some(_)) => self.warning(
+                        path(&["nvidia", "repo_key"]),
+                        "nvidia.repo_key is not used: airgap.apt_source replaces every package source",
+                        "remove repo_key, or make sure the offline mirror carries nvidia-container-toolkit",
+                    ),
+                    (Some(_), None) | (None, Some(_)) => {}
+                }
+            }
+            NvidiaMode::Operator | NvidiaMode::None => {}
+        }
+        if nvidia.mode == NvidiaMode::None && nvidia.driver.is_some() {
+            self.error(
+                path(&["nvidia", "driver"]),
+                "nvidia.driver is set but nvidia.mode is none",
+                "set nvidia.mode = \"operator\" or \"host\", or remove driver",
+            );
+        }
+        if nvidia.mode != NvidiaMode::Host && nvidia.repo_key.is_some() {
+            self.error(
+                path(&["nvidia", "repo_key"]),
+                "nvidia.repo_key is only used with nvidia.mode = \"host\"",
+                "set nvidia.mode = \"host\" or remove repo_key",
+            );
         }
     }
 

@@ -14,7 +14,7 @@ use provision::k3s::release::{checksum_for, parse_checksums};
 use provision::k3s::templates::Templates;
 use provision::k3s::token::K3sToken;
 use provision::profile::Profile;
-use provision::profile::model::Role;
+use provision::profile::model::{NvidiaDriver, NvidiaMode, Role};
 
 fn root() -> PathBuf {
     PathBuf::from(env!("CARGO_MANIFEST_DIR"))
@@ -302,9 +302,53 @@ fn gpu_operator_values_point_at_k3s_containerd() {
     );
     assert!(operator.content.contains("replicas: 4"));
     assert!(operator.content.contains("name: time-slicing-config"));
+    assert!(
+        operator
+            .content
+            .contains("driver:\n      enabled: true\n    toolkit:\n      enabled: true\n"),
+        "{}",
+        operator.content
+    );
     let config = configs(&profile);
     let disable = config[0].1["disable"].as_sequence().unwrap();
     assert!(disable.iter().any(|v| v == "local-storage"));
+}
+
+/// The `driver:` / `toolkit:` switches of the GPU Operator's values for `profile`.
+fn operator_switches(profile: &Profile) -> (bool, bool) {
+    let manifests = render_manifests(&Templates::builtin(), profile).unwrap();
+    let operator = manifests
+        .iter()
+        .find(|m| m.file_name == "provision-nvidia-gpu-operator.yaml")
+        .unwrap();
+    let chart = serde_yaml_ng::Deserializer::from_str(&operator.content)
+        .map(|document| serde_yaml_ng::Value::deserialize(document).unwrap())
+        .find(|document| document["kind"] == "HelmChart")
+        .unwrap();
+    let values: serde_yaml_ng::Value =
+        serde_yaml_ng::from_str(chart["spec"]["valuesContent"].as_str().unwrap()).unwrap();
+    (
+        values["driver"]["enabled"].as_bool().unwrap(),
+        values["toolkit"]["enabled"].as_bool().unwrap(),
+    )
+}
+
+#[test]
+fn gpu_operator_driver_container_only_when_the_image_lacks_the_driver() {
+    let mut profile = profiles()
+        .into_iter()
+        .find(|(p, _)| p.ends_with("gpu-operator.toml"))
+        .unwrap()
+        .1;
+    assert_eq!(operator_switches(&profile), (true, true));
+    // The image carries the driver: the operator still brings the toolkit.
+    profile.nvidia.driver = Some(NvidiaDriver::Preinstalled);
+    assert_eq!(operator_switches(&profile), (false, true));
+    // Host mode: provision installs both on the node.
+    profile.nvidia.mode = NvidiaMode::Host;
+    assert_eq!(operator_switches(&profile), (false, false));
+    profile.nvidia.driver = None;
+    assert_eq!(operator_switches(&profile), (false, false));
 }
 
 #[test]

@@ -32,16 +32,143 @@ fn nfs_profile_installs_nfs_common_everywhere() {
 #[test]
 fn gpu_host_mode_installs_driver_and_toolkit_from_offline_source() {
     let profile = fixture("gpu-host");
-    let input = NodePrepInput::for_group(&profile, &profile.node_groups[0]);
-    assert_eq!(
-        input.packages,
-        ["nvidia-driver", "nvidia-container-toolkit"]
-    );
+    let input = NodePrepInput::for_group(&profile, &profile.node_groups[0])
+        .with_nvidia_repo_key(Some(b"ignored: the offline source replaces every source"));
+    assert!(input.packages.is_empty());
     let steps = prepare_steps(&input);
-    let Step::Command { script, .. } = steps.last().unwrap() else {
-        panic!("packages step expected");
-    };
-    assert!(script.contains("Dir::Etc::SourceParts=-"));
+    // Only the offline source is written: no non-free file, no NVIDIA key or repository.
+    let files: Vec<_> = steps
+        .iter()
+        .filter_map(|step| match step {
+            Step::File { path, .. } => Some(path.as_str()),
+            Step::Command { .. } => None,
+        })
+        .collect();
+    assert_eq!(
+        files,
+        [
+            "/etc/modules-load.d/provision-k3s.conf",
+            "/etc/sysctl.d/90-provision-k3s.conf",
+            "/etc/apt/sources.list.d/provision-offline.list",
+        ]
+    );
+    let tail = &descriptions(&steps)[steps.len() - 3..];
+    assert_eq!(
+        tail,
+        [
+            "kernel headers for DKMS",
+            "NVIDIA driver (debian-12): nvidia-driver, firmware-misc-nonfree, nvidia-smi, libcuda1",
+            "NVIDIA container toolkit: nvidia-container-toolkit",
+        ]
+    );
+    for step in &steps[steps.len() - 3..] {
+        let Step::Command { script, .. } = step else {
+            panic!("install step expected");
+        };
+        assert!(script.contains("Dir::Etc::SourceParts=-"));
+    }
+}
+
+/// Host mode on each guest OS: the exact apt commands, run in the recording sandbox with the
+/// kernel each cloud image boots, and nothing at all once dpkg reports the packages installed.
+#[test]
+fn gpu_host_mode_runs_the_exact_apt_commands_per_os() {
+    use provision::profile::model::GuestOs;
+    let mut profile = fixture("gpu-host");
+    profile.airgap.apt_source = None;
+    profile.nvidia.repo_key = Some("keys/nvidia.asc".into());
+    let key = b"-----BEGIN PGP PUBLIC KEY BLOCK-----\nmQINBF\n-----END PGP PUBLIC KEY BLOCK-----\n";
+    let cases = [
+        (
+            GuestOs::Debian12,
+            "6.1.0-31-cloud-amd64",
+            vec![
+                vec![
+                    "linux-headers-6.1.0-31-cloud-amd64",
+                    "linux-headers-cloud-amd64",
+                ],
+                vec![
+                    "nvidia-driver",
+                    "firmware-misc-nonfree",
+                    "nvidia-smi",
+                    "libcuda1",
+                ],
+                vec!["nvidia-container-toolkit"],
+            ],
+        ),
+        (
+            GuestOs::Ubuntu2404,
+            "6.8.0-58-generic",
+            vec![
+                vec!["linux-headers-6.8.0-58-generic", "linux-headers-generic"],
+                vec!["nvidia-driver-570-server"],
+                vec!["nvidia-container-toolkit"],
+            ],
+        ),
+    ];
+    for (os, kernel, expected) in cases {
+        profile.image.os = Some(os);
+        let steps = prepare_steps(
+            &NodePrepInput::for_group(&profile, &profile.node_groups[0])
+                .with_nvidia_repo_key(Some(key)),
+        );
+        let sources: Vec<_> = steps
+            .iter()
+            .filter_map(|step| match step {
+                Step::File { path, .. } if path.starts_with("/etc/apt") => Some(path.as_str()),
+                _ => None,
+            })
+            .collect();
+        let mut want_sources = vec![
+            "/etc/apt/keyrings/provision-nvidia-container-toolkit.asc",
+            "/etc/apt/sources.list.d/provision-nvidia-container-toolkit.list",
+        ];
+        if os == GuestOs::Debian12 {
+            want_sources.insert(
+                0,
+                "/etc/apt/sources.list.d/provision-debian-non-free.sources",
+            );
+        }
+        assert_eq!(sources, want_sources, "{os}");
+        let installs: Vec<_> = steps[steps.len() - 3..]
+            .iter()
+            .map(|step| match step {
+                Step::Command { script, .. } => script.clone(),
+                Step::File { .. } => panic!("install step expected"),
+            })
+            .collect();
+        for (script, packages) in installs.iter().zip(&expected) {
+            sandbox::assert_syntax(script);
+            let run = sandbox::Sandbox::new()
+                .behave("uname", kernel, 0)
+                .behave("dpkg-query", "", 1)
+                .run(script, b"");
+            assert_eq!(run.status, Some(0), "{os}: {run:?}");
+            let apt: Vec<_> = run
+                .calls_to("apt-get")
+                .into_iter()
+                .map(|c| c.args.clone())
+                .collect();
+            let mut install = vec!["-q", "-y", "--no-install-recommends", "install", "--"];
+            install.extend(packages.iter().copied());
+            assert_eq!(apt, [vec!["-q", "update"], install], "{os}");
+            assert!(
+                run.stdout.ends_with("provision-outcome: changed\n"),
+                "{os}: {run:?}"
+            );
+            // Installed already: unchanged, and apt is not run.
+            let again = sandbox::Sandbox::new()
+                .behave("uname", kernel, 0)
+                .behave("dpkg-query", "install ok installed", 0)
+                .run(script, b"");
+            assert_eq!(again.status, Some(0), "{os}: {again:?}");
+            assert!(again.calls_to("apt-get").is_empty(), "{os}: {again:?}");
+            assert!(
+                again.stdout.ends_with("provision-outcome: unchanged\n"),
+                "{os}: {again:?}"
+            );
+        }
+    }
 }
 
 #[test]

@@ -48,7 +48,7 @@ fn delta(plan: &provision::plan::Plan) -> Vec<(String, String)> {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn scale_memory_and_gpu_changes_plan_exactly_the_delta_and_apply_reaches_it() {
-    // a100-8x on pve-a100: 4 GPU workers × 2 A100 use all 8 GPUs; scaling to 6 workers needs a
+    // a100-8x on pve-a100-pcie: 4 GPU workers × 2 A100 use all 8 GPUs; scaling to 6 workers needs a
     // fixture with more, so the GPU workers take 1 GPU each (8 available).
     let mut profile = sim::builtin("a100-8x");
     let gpu = profile
@@ -164,12 +164,19 @@ async fn scale_memory_and_gpu_changes_plan_exactly_the_delta_and_apply_reaches_i
     assert_eq!(workspace.state().vms.len(), 7);
     assert!(workspace.plan(&profile).await.unwrap().is_noop());
 
-    // GPU count 1 → 2 on the four workers (8 GPUs): exactly four replaces; each keeps its own
-    // former GPU and gets a free one, no device twice, and the workers placed where others
-    // leave wait for them.
+    // GPU count 1 → 2 on the four workers (8 GPUs): exactly four replaces, no device twice, and
+    // each worker's pair on one NUMA node. The profile's topology names the GPUs of each NUMA
+    // node, and the four single-GPU workers all sit on node 0 (its four GPUs): with NUMA pinning
+    // only two of them can stay there, so two workers move to node 1 (its four GPUs) — they
+    // cannot all keep their former GPU.
     let before_gpus: Vec<Vec<String>> = (1..=4)
         .map(|i| workspace.state().vms[&format!("a100-gpu-{i}")].gpus.clone())
         .collect();
+    let node0 = ["0000:01:00", "0000:21:00", "0000:41:00", "0000:61:00"];
+    assert_eq!(
+        before_gpus,
+        node0.map(|device| vec![device.to_owned()]).to_vec()
+    );
     profile.node_groups[gpu].gpus.as_mut().unwrap().count = 2;
     let plan = workspace.plan(&profile).await.unwrap();
     assert_eq!(
@@ -179,14 +186,27 @@ async fn scale_memory_and_gpu_changes_plan_exactly_the_delta_and_apply_reaches_i
             .collect::<Vec<_>>()
     );
     let mut assigned = std::collections::BTreeSet::new();
-    for (i, before) in before_gpus.iter().enumerate() {
-        let vm = plan.vm(&format!("a100-gpu-{}", i + 1)).unwrap();
+    let on_node0 = |device: &String| node0.contains(&device.as_str());
+    for i in 1..=4 {
+        let vm = plan.vm(&format!("a100-gpu-{i}")).unwrap();
         assert_eq!(vm.gpus.len(), 2, "{}", vm.name);
-        assert!(vm.gpus.contains(&before[0]), "{} lost {before:?}", vm.name);
+        assert_eq!(
+            on_node0(&vm.gpus[0]),
+            on_node0(&vm.gpus[1]),
+            "{}: {:?} span NUMA nodes",
+            vm.name,
+            vm.gpus
+        );
         for device in &vm.gpus {
             assert!(assigned.insert(device.clone()), "{device} assigned twice");
         }
     }
+    assert_eq!(
+        plan.vm("a100-gpu-1").unwrap().gpus,
+        ["0000:01:00", "0000:21:00"],
+        "a100-gpu-1 keeps its GPU"
+    );
+    assert_eq!(assigned.iter().filter(|d| on_node0(d)).count(), 4);
     let replace = plan.actions.iter().find(|a| a.vm == "a100-gpu-1").unwrap();
     assert_eq!(
         replace.after,

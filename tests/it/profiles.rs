@@ -205,3 +205,83 @@ proptest::proptest! {
         }
     }
 }
+
+/// The built-in GPU profiles boot a guest OS the NVIDIA stack supports, and a100-8x describes the
+/// host `--simulate` gives it: its filter matches exactly the fixture's 8 GPUs (PCIe A100s, not
+/// the SXM4 modules of `pve-a100`), and its topology puts each GPU on the fixture's NUMA node.
+#[test]
+fn gpu_builtin_profiles_match_their_guest_os_and_simulated_host() {
+    use provision::exec::simulate::inventory_for;
+    use provision::profile::model::{GuestOs, NvidiaMode};
+    for name in ["a100-8x", "sentinel", "vllm-timeslice"] {
+        let profile = profile::load(name, Path::new("/nonexistent"))
+            .unwrap()
+            .profile;
+        assert!(profile.gpu_count() > 0, "{name}");
+        assert_eq!(profile.nvidia.mode, NvidiaMode::Operator, "{name}");
+        assert_eq!(
+            profile.image.guest_os(),
+            Some(GuestOs::Ubuntu2404),
+            "{name}"
+        );
+        assert_eq!(
+            profile.image.inferred_os(),
+            Some(GuestOs::Ubuntu2404),
+            "{name}"
+        );
+    }
+    let a100 = profile::load("a100-8x", Path::new("/nonexistent"))
+        .unwrap()
+        .profile;
+    let fixture = inventory_for(&a100.proxmox.nodes, &a100.cluster.name);
+    assert_eq!(fixture, "pve-a100-pcie");
+    let inventory = pve_sim::Inventory::builtin(fixture).unwrap();
+    let filter = a100
+        .group("gpu")
+        .unwrap()
+        .gpus
+        .as_ref()
+        .unwrap()
+        .filter
+        .clone()
+        .unwrap();
+    let host = &inventory.nodes[0];
+    let matching: Vec<_> = host
+        .pci_devices
+        .iter()
+        .filter(|pci| {
+            let id = format!(
+                "{}:{}",
+                pci.vendor.trim_start_matches("0x"),
+                pci.device.trim_start_matches("0x")
+            );
+            filter.ids().contains(&id)
+        })
+        .collect();
+    assert_eq!(matching.len(), 8, "{filter}");
+    let topology = &a100.proxmox.topology[0];
+    assert_eq!(topology.node, host.name);
+    for gpu in &matching {
+        let numa = topology
+            .numa_nodes
+            .iter()
+            .find(|numa| {
+                numa.pci_devices
+                    .iter()
+                    .any(|prefix| gpu.id.starts_with(prefix.as_str()))
+            })
+            .unwrap_or_else(|| panic!("{} is in no NUMA node's pci_devices", gpu.id));
+        assert_eq!(Some(numa.id), gpu.numa_node, "{}", gpu.id);
+        let host_numa = host.numa_nodes.iter().find(|n| n.id == numa.id).unwrap();
+        assert_eq!(numa.cpus, host_numa.cpus);
+        assert_eq!(numa.hugepages_1g, Some(host_numa.hugepages_1g));
+    }
+    // The SXM4 fixture has no device the filter accepts.
+    let sxm = pve_sim::Inventory::builtin("pve-a100").unwrap();
+    assert!(
+        sxm.nodes[0]
+            .pci_devices
+            .iter()
+            .all(|pci| pci.device != "0x20f1" && pci.device != "0x20b5")
+    );
+}

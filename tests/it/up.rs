@@ -108,7 +108,7 @@ async fn impossible_plans_fail_before_any_mutating_request() {
 async fn a_token_that_cannot_create_mappings_is_refused_before_any_mutating_request() {
     let profile = sim::builtin("a100-8x");
     let workspace = SimWorkspace::start(&profile, None, sim::fast()).await;
-    let inventory = pve_sim::Inventory::builtin("pve-a100").unwrap();
+    let inventory = pve_sim::Inventory::builtin("pve-a100-pcie").unwrap();
     let limited = inventory
         .tokens
         .iter()

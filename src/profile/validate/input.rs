@@ -386,6 +386,15 @@ impl Checker {
                 );
             }
         }
+        if let Some(key) = &profile.nvidia.repo_key
+            && let Err(reason) = check_local_path(key)
+        {
+            self.error(
+                path(&["nvidia", "repo_key"]),
+                format!("nvidia.repo_key {reason}"),
+                "write a local file path of letters, digits, `.`, `_`, `-`, `+`, `~` and `/`",
+            );
+        }
         if let Some(source) = &airgap.apt_source {
             match check_apt_source(source) {
                 Err(reason) => self.error(
