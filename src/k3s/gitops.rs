@@ -153,23 +153,35 @@ pub fn credentials_manifest(
 }
 
 /// The argo-cd chart values that add the profile's known hosts to `argocd-ssh-known-hosts-cm`
-/// (`configs.ssh.extraHosts` is appended to the chart's default hosts); JSON, which is YAML.
-pub fn argocd_values(credentials: Option<&GitCredentials>) -> Option<String> {
+/// (`configs.ssh.extraHosts` is appended to the chart's default hosts).
+pub fn argocd_values(credentials: Option<&GitCredentials>) -> Result<Option<String>, K3sError> {
     match credentials {
-        Some(GitCredentials::Ssh { known_hosts, .. }) => Some(
-            serde_json::json!({ "configs": { "ssh": { "extraHosts": known_hosts } } }).to_string(),
-        ),
-        Some(GitCredentials::Https { .. }) | None => None,
+        Some(GitCredentials::Ssh { known_hosts, .. }) => flow_yaml(
+            &serde_json::json!({ "configs": { "ssh": { "extraHosts": known_hosts } } }),
+        )
+        .map(Some),
+        Some(GitCredentials::Https { .. }) | None => Ok(None),
     }
 }
 
 /// The fleet chart values that make Fleet refuse SSH hosts missing from the Secret's `known_hosts`
-/// (Fleet < 0.13 skips host key checks unless told otherwise).
-pub fn fleet_values(credentials: Option<&GitCredentials>) -> Option<String> {
+/// (before Fleet 0.13 host keys are not checked unless told so).
+pub fn fleet_values(credentials: Option<&GitCredentials>) -> Result<Option<String>, K3sError> {
     match credentials {
         Some(GitCredentials::Ssh { .. }) => {
-            Some(serde_json::json!({ "insecureSkipHostKeyChecks": false }).to_string())
+            flow_yaml(&serde_json::json!({ "insecureSkipHostKeyChecks": false })).map(Some)
         }
-        Some(GitCredentials::Https { .. }) | None => None,
+        Some(GitCredentials::Https { .. }) | None => Ok(None),
     }
+}
+
+/// Chart values as one YAML flow node that reads back unchanged, line separators included (plain
+/// JSON leaves U+2028 and U+0085 raw, which YAML parsers take as line breaks).
+fn flow_yaml(values: &serde_json::Value) -> Result<String, K3sError> {
+    crate::cloudinit::templates::json_scalar(minijinja::Value::from_serialize(values)).map_err(
+        |error| K3sError::Template {
+            name: "gitops chart values".to_owned(),
+            message: error.to_string(),
+        },
+    )
 }

@@ -150,7 +150,7 @@ pub fn render_manifests(
                 "manifests/argocd.yaml.j2",
                 serde_json::json!({
                     "version": ARGOCD_CHART_VERSION,
-                    "values": argocd_values(credentials),
+                    "values": argocd_values(credentials)?,
                 }),
             )?;
             add(
@@ -165,7 +165,7 @@ pub fn render_manifests(
                 "manifests/fleet.yaml.j2",
                 serde_json::json!({
                     "version": FLEET_CHART_VERSION,
-                    "values": fleet_values(credentials),
+                    "values": fleet_values(credentials)?,
                 }),
             )?;
             add(
