@@ -71,10 +71,13 @@ pub fn credentials_manifest(
     let mut data = BTreeMap::new();
     let mut labels = BTreeMap::new();
     let secret_type = match (engine, credentials) {
-        (GitOpsEngine::Flux, GitCredentials::Ssh {
-            identity,
-            known_hosts,
-        }) => {
+        (
+            GitOpsEngine::Flux,
+            GitCredentials::Ssh {
+                identity,
+                known_hosts,
+            },
+        ) => {
             data.insert("identity", encode(identity.expose()));
             data.insert("known_hosts", encode(known_hosts));
             "Opaque"
@@ -102,10 +105,13 @@ pub fn credentials_manifest(
             }
             "Opaque"
         }
-        (GitOpsEngine::Fleet, GitCredentials::Ssh {
-            identity,
-            known_hosts,
-        }) => {
+        (
+            GitOpsEngine::Fleet,
+            GitCredentials::Ssh {
+                identity,
+                known_hosts,
+            },
+        ) => {
             data.insert("ssh-privatekey", encode(identity.expose()));
             data.insert("known_hosts", encode(known_hosts));
             "kubernetes.io/ssh-auth"
@@ -156,10 +162,10 @@ pub fn credentials_manifest(
 /// (`configs.ssh.extraHosts` is appended to the chart's default hosts).
 pub fn argocd_values(credentials: Option<&GitCredentials>) -> Result<Option<String>, K3sError> {
     match credentials {
-        Some(GitCredentials::Ssh { known_hosts, .. }) => flow_yaml(
-            &serde_json::json!({ "configs": { "ssh": { "extraHosts": known_hosts } } }),
-        )
-        .map(Some),
+        Some(GitCredentials::Ssh { known_hosts, .. }) => {
+            flow_yaml(&serde_json::json!({ "configs": { "ssh": { "extraHosts": known_hosts } } }))
+                .map(Some)
+        }
         Some(GitCredentials::Https { .. }) | None => Ok(None),
     }
 }

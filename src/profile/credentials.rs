@@ -27,7 +27,10 @@ pub enum GitCredentials {
         /// known_hosts lines pinning the Git host (public).
         known_hosts: String,
     },
-    Https { username: Secret, password: Secret },
+    Https {
+        username: Secret,
+        password: Secret,
+    },
 }
 
 impl GitCredentials {
@@ -51,7 +54,11 @@ pub struct CredentialError {
     pub hint: String,
 }
 
-fn error(key: &'static str, message: impl Into<String>, hint: impl Into<String>) -> CredentialError {
+fn error(
+    key: &'static str,
+    message: impl Into<String>,
+    hint: impl Into<String>,
+) -> CredentialError {
     CredentialError {
         key,
         message: message.into(),
@@ -187,16 +194,15 @@ fn read_file(
     if private && mode & 0o077 != 0 {
         return Err(error(
             key,
-            format!("`{path}` holds a secret but is accessible by group or others (mode {mode:03o})"),
+            format!(
+                "`{path}` holds a secret but is accessible by group or others (mode {mode:03o})"
+            ),
             format!("run `chmod 600 {shown}`"),
         ));
     }
     let mut bytes = Vec::new();
     std::fs::File::open(&resolved)
-        .and_then(|file| {
-            file.take(MAX_CREDENTIAL_BYTES + 1)
-                .read_to_end(&mut bytes)
-        })
+        .and_then(|file| file.take(MAX_CREDENTIAL_BYTES + 1).read_to_end(&mut bytes))
         .map_err(|source| {
             error(
                 key,
@@ -390,7 +396,11 @@ mod tests {
         std::fs::set_permissions(&path, std::fs::Permissions::from_mode(mode)).unwrap();
     }
 
-    fn ssh(file: &str, known_hosts_file: Option<&str>, known_hosts: Option<&str>) -> GitOpsCredentials {
+    fn ssh(
+        file: &str,
+        known_hosts_file: Option<&str>,
+        known_hosts: Option<&str>,
+    ) -> GitOpsCredentials {
         GitOpsCredentials {
             kind: GitCredentialsKind::Ssh,
             file: file.to_owned(),
@@ -403,14 +413,26 @@ mod tests {
     fn ssh_key_and_known_hosts_are_read_relative_to_the_workspace() {
         let dir = tempfile::tempdir().unwrap();
         write(dir.path(), "key", TEST_KEY, 0o600);
-        write(dir.path(), "hosts", "git.example ssh-ed25519 AAAAC3Nz\n", 0o644);
+        write(
+            dir.path(),
+            "hosts",
+            "git.example ssh-ed25519 AAAAC3Nz\n",
+            0o644,
+        );
         let read = read(&ssh("key", Some("hosts"), None), dir.path()).unwrap();
-        let GitCredentials::Ssh { identity, known_hosts } = &read else {
+        let GitCredentials::Ssh {
+            identity,
+            known_hosts,
+        } = &read
+        else {
             panic!("{read:?}")
         };
         assert_eq!(identity.expose(), TEST_KEY);
         assert_eq!(known_hosts, "git.example ssh-ed25519 AAAAC3Nz\n");
-        assert!(!format!("{read:?}").contains("AAAAtzc2gtZW"), "Debug redacts the key");
+        assert!(
+            !format!("{read:?}").contains("AAAAtzc2gtZW"),
+            "Debug redacts the key"
+        );
     }
 
     #[test]

@@ -192,7 +192,8 @@ fn check_credential_files(
         hint: Some(problem.hint),
     };
     let locator = Locator::new(&loaded.text);
-    let mut diagnostics = locate_findings(&loaded.source_name, &loaded.text, &locator, vec![finding]);
+    let mut diagnostics =
+        locate_findings(&loaded.source_name, &loaded.text, &locator, vec![finding]);
     diagnostics.extend(loaded.warnings);
     Err(ProfileError::Invalid {
         source_name: loaded.source_name,

@@ -367,10 +367,7 @@ fn gitops_manifests_keep_hostile_values_as_strings() {
         assert_eq!(flux[0]["spec"]["url"].as_str(), Some(hostile));
         assert_eq!(flux[0]["spec"]["ref"]["branch"].as_str(), Some(hostile));
         assert_eq!(flux[1]["spec"]["path"].as_str(), Some(hostile));
-        assert_eq!(
-            flux[0]["spec"]["secretRef"]["name"].as_str(),
-            Some(hostile)
-        );
+        assert_eq!(flux[0]["spec"]["secretRef"]["name"].as_str(), Some(hostile));
         let argo_text = templates
             .render("manifests/argocd-root.yaml.j2", &context)
             .unwrap();
@@ -385,10 +382,7 @@ fn gitops_manifests_keep_hostile_values_as_strings() {
         assert_eq!(kinds(&fleet), ["GitRepo"]);
         assert_eq!(fleet[0]["spec"]["repo"].as_str(), Some(hostile));
         assert_eq!(fleet[0]["spec"]["paths"][0].as_str(), Some(hostile));
-        assert_eq!(
-            fleet[0]["spec"]["clientSecretName"].as_str(),
-            Some(hostile)
-        );
+        assert_eq!(fleet[0]["spec"]["clientSecretName"].as_str(), Some(hostile));
         assert_eq!(
             fleet[0].as_mapping().unwrap().len(),
             4,
@@ -677,7 +671,10 @@ fn secret_data(
     assert_eq!(kinds(documents), ["Namespace", "Secret"]);
     assert_eq!(documents[0]["metadata"]["name"].as_str(), Some(namespace));
     let secret = &documents[1];
-    assert_eq!(secret["metadata"]["name"].as_str(), Some("gitops-credentials"));
+    assert_eq!(
+        secret["metadata"]["name"].as_str(),
+        Some("gitops-credentials")
+    );
     assert_eq!(secret["metadata"]["namespace"].as_str(), Some(namespace));
     assert_eq!(secret["type"].as_str(), Some(secret_type));
     let data = secret["data"]
@@ -727,7 +724,10 @@ fn flux_gets_an_identity_or_basic_auth_secret_and_the_git_repository_references_
     let manifests = rendered(&profile, Some(&https_credentials("bot", "ghp_token")));
     let (data, _) = secret_data(&manifests, "flux-system", "Opaque");
     assert_eq!(keys(&data), ["password", "username"]);
-    assert_eq!((data["username"].as_str(), data["password"].as_str()), ("bot", "ghp_token"));
+    assert_eq!(
+        (data["username"].as_str(), data["password"].as_str()),
+        ("bot", "ghp_token")
+    );
 
     let public = rendered(&profile, None);
     assert!(!public.contains_key("provision-gitops-credentials.yaml"));
@@ -777,7 +777,10 @@ fn fleet_gets_ssh_auth_or_basic_auth_secrets_named_by_client_secret_name() {
     assert_eq!(keys(&data), ["known_hosts", "ssh-privatekey"]);
     assert_eq!(data["ssh-privatekey"], KEY);
     let gitrepo = &manifests["provision-fleet-gitrepo.yaml"][0];
-    assert_eq!(gitrepo["metadata"]["namespace"].as_str(), Some("fleet-local"));
+    assert_eq!(
+        gitrepo["metadata"]["namespace"].as_str(),
+        Some("fleet-local")
+    );
     assert_eq!(
         gitrepo["spec"]["clientSecretName"].as_str(),
         Some("gitops-credentials")
@@ -798,7 +801,11 @@ fn fleet_gets_ssh_auth_or_basic_auth_secrets_named_by_client_secret_name() {
 
 #[test]
 fn credential_secrets_keep_hostile_values_as_data() {
-    for engine in [GitOpsEngine::Flux, GitOpsEngine::Argocd, GitOpsEngine::Fleet] {
+    for engine in [
+        GitOpsEngine::Flux,
+        GitOpsEngine::Argocd,
+        GitOpsEngine::Fleet,
+    ] {
         for hostile in HOSTILE_YAML {
             let profile = gitops_profile(engine, hostile);
             for credentials in [
@@ -815,7 +822,10 @@ fn credential_secrets_keep_hostile_values_as_data() {
                     }
                     _ => "Opaque",
                 };
-                let namespace = documents[0]["metadata"]["name"].as_str().unwrap().to_owned();
+                let namespace = documents[0]["metadata"]["name"]
+                    .as_str()
+                    .unwrap()
+                    .to_owned();
                 let (data, _) = secret_data(&manifests, &namespace, secret_type);
                 assert!(data.values().any(|value| value == hostile), "{hostile:?}");
                 for values in manifests

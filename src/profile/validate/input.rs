@@ -550,8 +550,7 @@ fn check_url(url: &str, schemes: &[&str]) -> Result<(), String> {
 /// scp-like `git@host:org/repo` is refused with its `ssh://` spelling as the hint (Flux refuses it).
 /// The error is (reason, hint).
 fn check_git_url(repo: &str) -> Result<(), (String, String)> {
-    const HINT: &str =
-        "use https://… or ssh://… without spaces, quotes or shell characters";
+    const HINT: &str = "use https://… or ssh://… without spaces, quotes or shell characters";
     if let Some(rewritten) = scp_like_to_ssh(repo) {
         return Err((
             format!("`{repo}` is an scp-like address, which the GitOps engines do not all accept"),
@@ -821,9 +820,12 @@ mod tests {
     fn urls_refuse_whitespace_controls_and_shell_characters() {
         assert!(check_git_url("https://git.example/org/fleet.git").is_ok());
         assert!(check_git_url("ssh://git@git.example/org/fleet.git").is_ok());
-        let (reason, hint) = check_git_url("git@git.example:org/fleet.git").unwrap_err();
+        let (reason, hint) = check_git_url("git@git.example:org/fleet.git").expect_err("scp-like");
         assert!(reason.contains("scp-like"), "{reason}");
-        assert_eq!(hint, "write it as an ssh URL: ssh://git@git.example/org/fleet.git");
+        assert_eq!(
+            hint,
+            "write it as an ssh URL: ssh://git@git.example/org/fleet.git"
+        );
         assert!(check_git_url("http://git.example/org/fleet.git").is_err());
         assert_eq!(scp_like_to_ssh("https://git.example/x"), None);
         assert_eq!(
