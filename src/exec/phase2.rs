@@ -281,7 +281,8 @@ pub async fn run(
     };
     let bootstrap_index = servers[plan.bootstrap];
     let bootstrap_exec = execs[bootstrap_index].as_ref();
-    let manifests = render_manifests(&opts.templates, profile)?;
+    let credentials = gitops_credentials(profile, &opts.workspace)?;
+    let manifests = render_manifests(&opts.templates, profile, credentials.as_ref())?;
     let manifest_files = manifest_steps(&manifests);
 
     let settings = |index: usize, join: JoinMode| NodeSettings {
@@ -476,6 +477,22 @@ fn merge_install(report: &mut Phase2Report, name: &str, result: InstallResult) {
         node.steps.extend(result.steps);
         node.started |= result.started;
         node.restarted |= result.restarted;
+    }
+}
+
+/// The GitOps repository's credentials, read again from the files the profile names (they were checked
+/// when the profile was loaded, but may have changed since); `None` for a public repository.
+fn gitops_credentials(
+    profile: &Profile,
+    workspace: &Path,
+) -> anyhow::Result<Option<crate::profile::credentials::GitCredentials>> {
+    match &profile.gitops.credentials {
+        Some(reference) if profile.gitops.engine != crate::profile::model::GitOpsEngine::None => {
+            crate::profile::credentials::read(reference, workspace)
+                .map(Some)
+                .map_err(|error| anyhow!("{error} (hint: {})", error.hint))
+        }
+        Some(_) | None => Ok(None),
     }
 }
 

@@ -2,9 +2,11 @@
 //! NVIDIA, storage, GitOps handoff. Rendered from `templates/manifests/`.
 
 use crate::profile::Profile;
+use crate::profile::credentials::GitCredentials;
 use crate::profile::model::{GitOpsEngine, NvidiaMode};
 
 use super::K3sError;
+use super::gitops::{CREDENTIALS_SECRET, argocd_values, credentials_manifest, fleet_values};
 use super::templates::Templates;
 
 /// Pinned component versions (override a template to change them).
@@ -27,10 +29,13 @@ pub struct Manifest {
     pub content: String,
 }
 
-/// Every manifest the profile asks for, in apply order.
+/// Every manifest the profile asks for, in apply order. `credentials` are the GitOps repository's, as
+/// read from the files `[gitops.credentials]` names (`None` for a public repository); the Secret that
+/// carries them is its own manifest, `provision-gitops-credentials.yaml`.
 pub fn render_manifests(
     templates: &Templates,
     profile: &Profile,
+    credentials: Option<&GitCredentials>,
 ) -> Result<Vec<Manifest>, K3sError> {
     let mut manifests = Vec::new();
     let mut add = |file: &str, template: &str, context: serde_json::Value| {
@@ -109,11 +114,30 @@ pub fn render_manifests(
         )?;
     }
     let gitops = &profile.gitops;
+    let repo = gitops.repo.as_deref().unwrap_or_default();
+    let secret_name = credentials.map(|_| CREDENTIALS_SECRET);
     let repo_context = || {
         serde_json::json!({
-            "repo": gitops.repo.as_deref().unwrap_or_default(),
+            "repo": repo,
             "branch": gitops.branch.as_deref().unwrap_or("main"),
             "path": gitops.path.as_deref().unwrap_or("./"),
+            "secret_name": secret_name,
+        })
+    };
+    if let Some(credentials) = credentials
+        && let Some(content) = credentials_manifest(gitops.engine, repo, credentials)?
+    {
+        manifests.push(Manifest {
+            file_name: "provision-gitops-credentials.yaml".to_owned(),
+            content,
+        });
+    }
+    let mut add = |file: &str, template: &str, context: serde_json::Value| {
+        templates.render(template, &context).map(|content| {
+            manifests.push(Manifest {
+                file_name: format!("provision-{file}.yaml"),
+                content,
+            });
         })
     };
     match gitops.engine {
@@ -129,7 +153,10 @@ pub fn render_manifests(
             add(
                 "argocd",
                 "manifests/argocd.yaml.j2",
-                serde_json::json!({ "version": ARGOCD_CHART_VERSION }),
+                serde_json::json!({
+                    "version": ARGOCD_CHART_VERSION,
+                    "values": argocd_values(credentials)?,
+                }),
             )?;
             add(
                 "argocd-root",
@@ -141,7 +168,10 @@ pub fn render_manifests(
             add(
                 "fleet",
                 "manifests/fleet.yaml.j2",
-                serde_json::json!({ "version": FLEET_CHART_VERSION }),
+                serde_json::json!({
+                    "version": FLEET_CHART_VERSION,
+                    "values": fleet_values(credentials)?,
+                }),
             )?;
             add(
                 "fleet-gitrepo",

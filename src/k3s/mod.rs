@@ -5,6 +5,7 @@
 
 pub mod cluster;
 pub mod config;
+pub mod gitops;
 pub mod install;
 pub mod kubeconfig;
 pub mod manifests;

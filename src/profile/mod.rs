@@ -6,6 +6,7 @@
 //! diagnostics name `file:line:column`.
 
 pub mod builtin;
+pub mod credentials;
 pub mod diagnostic;
 mod locate;
 pub mod model;
@@ -161,7 +162,44 @@ pub fn load(spec: &str, workspace: &Path) -> Result<LoadedProfile, ProfileError>
             (format!("builtin:{}", profile.name), profile.text.to_owned())
         }
     };
-    parse(&source_name, text)
+    let loaded = parse(&source_name, text)?;
+    check_credential_files(loaded, workspace)
+}
+
+/// The files `[gitops.credentials]` names exist, are small, private and well formed (relative paths
+/// start at `workspace`); a problem is a located error at the key that names the file.
+fn check_credential_files(
+    loaded: LoadedProfile,
+    workspace: &Path,
+) -> Result<LoadedProfile, ProfileError> {
+    let Some(reference) = &loaded.profile.gitops.credentials else {
+        return Ok(loaded);
+    };
+    if loaded.profile.gitops.engine == model::GitOpsEngine::None {
+        return Ok(loaded);
+    }
+    let Err(problem) = credentials::read(reference, workspace) else {
+        return Ok(loaded);
+    };
+    let finding = Finding {
+        severity: Severity::Error,
+        path: KeyPath::root()
+            .key("gitops")
+            .key("credentials")
+            .key(problem.key),
+        target: Target::Value,
+        message: problem.message,
+        hint: Some(problem.hint),
+    };
+    let locator = Locator::new(&loaded.text);
+    let mut diagnostics =
+        locate_findings(&loaded.source_name, &loaded.text, &locator, vec![finding]);
+    diagnostics.extend(loaded.warnings);
+    Err(ProfileError::Invalid {
+        source_name: loaded.source_name,
+        text: loaded.text,
+        diagnostics,
+    })
 }
 
 /// Reads at most [`validate::MAX_PROFILE_BYTES`] + 1 bytes: enough to tell a file is too large

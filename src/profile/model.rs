@@ -542,6 +542,35 @@ pub struct GitOps {
     pub branch: Option<String>,
     #[serde(default)]
     pub path: Option<String>,
+    /// How the engine authenticates to a private repository; `None` = a public HTTPS repository.
+    /// Only file references: the key material itself never sits in a profile.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub credentials: Option<GitOpsCredentials>,
+}
+
+/// What kind of credentials [`GitOpsCredentials::file`] holds.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum GitCredentialsKind {
+    /// `file` is an unencrypted SSH private key; the host is pinned by `known_hosts[_file]`.
+    Ssh,
+    /// `file` holds `username=…` and `password=…` lines (a password or an access token).
+    Https,
+}
+
+/// `[gitops.credentials]`: references to local files (relative to the workspace, absolute, or `~/…`).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct GitOpsCredentials {
+    pub kind: GitCredentialsKind,
+    /// The private key (`ssh`) or the `username=` / `password=` file (`https`).
+    pub file: String,
+    /// `ssh` only: a known_hosts file pinning the Git host's key (this or `known_hosts`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub known_hosts_file: Option<String>,
+    /// `ssh` only: known_hosts lines inline (public host keys, not secrets).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub known_hosts: Option<String>,
 }
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]

@@ -14,7 +14,9 @@ use provision::k3s::release::{checksum_for, parse_checksums};
 use provision::k3s::templates::Templates;
 use provision::k3s::token::K3sToken;
 use provision::profile::Profile;
-use provision::profile::model::{NvidiaDriver, NvidiaMode, Role};
+use provision::profile::credentials::GitCredentials;
+use provision::profile::model::{GitOpsEngine, NvidiaDriver, NvidiaMode, Role};
+use provision::secret::Secret;
 
 fn root() -> PathBuf {
     PathBuf::from(env!("CARGO_MANIFEST_DIR"))
@@ -218,7 +220,7 @@ fn homelab_config_snapshot() {
 fn every_manifest_parses_with_kind_and_name() {
     let mut seen_kinds = BTreeSet::new();
     for (path, profile) in profiles() {
-        for manifest in render_manifests(&Templates::builtin(), &profile).unwrap() {
+        for manifest in render_manifests(&Templates::builtin(), &profile, None).unwrap() {
             assert!(
                 manifest.file_name.bytes().all(|b| b.is_ascii_lowercase()
                     || b.is_ascii_digit()
@@ -285,7 +287,7 @@ fn gpu_operator_values_point_at_k3s_containerd() {
         .find(|(p, _)| p.ends_with("gpu-operator.toml"))
         .unwrap()
         .1;
-    let manifests = render_manifests(&Templates::builtin(), &profile).unwrap();
+    let manifests = render_manifests(&Templates::builtin(), &profile, None).unwrap();
     let operator = manifests
         .iter()
         .find(|m| m.file_name == "provision-nvidia-gpu-operator.yaml")
@@ -316,7 +318,7 @@ fn gpu_operator_values_point_at_k3s_containerd() {
 
 /// The `driver:` / `toolkit:` switches of the GPU Operator's values for `profile`.
 fn operator_switches(profile: &Profile) -> (bool, bool) {
-    let manifests = render_manifests(&Templates::builtin(), profile).unwrap();
+    let manifests = render_manifests(&Templates::builtin(), profile, None).unwrap();
     let operator = manifests
         .iter()
         .find(|m| m.file_name == "provision-nvidia-gpu-operator.yaml")
@@ -393,7 +395,9 @@ fn kinds(documents: &[serde_yaml_ng::Value]) -> Vec<String> {
 fn gitops_manifests_keep_hostile_values_as_strings() {
     let templates = Templates::builtin();
     for hostile in HOSTILE_YAML {
-        let context = serde_json::json!({ "repo": hostile, "branch": hostile, "path": hostile });
+        let context = serde_json::json!({
+            "repo": hostile, "branch": hostile, "path": hostile, "secret_name": hostile,
+        });
         let flux = yaml_documents(
             &templates
                 .render("manifests/flux-sync.yaml.j2", &context)
@@ -407,6 +411,7 @@ fn gitops_manifests_keep_hostile_values_as_strings() {
         assert_eq!(flux[0]["spec"]["url"].as_str(), Some(hostile));
         assert_eq!(flux[0]["spec"]["ref"]["branch"].as_str(), Some(hostile));
         assert_eq!(flux[1]["spec"]["path"].as_str(), Some(hostile));
+        assert_eq!(flux[0]["spec"]["secretRef"]["name"].as_str(), Some(hostile));
         let argo_text = templates
             .render("manifests/argocd-root.yaml.j2", &context)
             .unwrap();
@@ -421,6 +426,7 @@ fn gitops_manifests_keep_hostile_values_as_strings() {
         assert_eq!(kinds(&fleet), ["GitRepo"]);
         assert_eq!(fleet[0]["spec"]["repo"].as_str(), Some(hostile));
         assert_eq!(fleet[0]["spec"]["paths"][0].as_str(), Some(hostile));
+        assert_eq!(fleet[0]["spec"]["clientSecretName"].as_str(), Some(hostile));
         assert_eq!(
             fleet[0].as_mapping().unwrap().len(),
             4,
@@ -656,6 +662,228 @@ mod hostile_values {
                 &run.calls_to("sudo")[0].args,
                 &vec!["-n".to_owned(), "sh".to_owned(), "-c".to_owned(), install]
             );
+        }
+    }
+}
+
+/// The k3s fixture profile with `engine` following `repo`.
+fn gitops_profile(engine: GitOpsEngine, repo: &str) -> Profile {
+    let mut profile = profiles()
+        .into_iter()
+        .find(|(p, _)| p.ends_with("k3s/profiles/homelab-ha.toml"))
+        .unwrap()
+        .1;
+    profile.gitops.engine = engine;
+    profile.gitops.repo = Some(repo.to_owned());
+    profile
+}
+
+fn ssh_credentials(identity: &str, known_hosts: &str) -> GitCredentials {
+    GitCredentials::Ssh {
+        identity: Secret::new(identity),
+        known_hosts: known_hosts.to_owned(),
+    }
+}
+
+fn https_credentials(username: &str, password: &str) -> GitCredentials {
+    GitCredentials::Https {
+        username: Secret::new(username),
+        password: Secret::new(password),
+    }
+}
+
+/// The manifest documents by file name.
+fn rendered(
+    profile: &Profile,
+    credentials: Option<&GitCredentials>,
+) -> BTreeMap<String, Vec<serde_yaml_ng::Value>> {
+    render_manifests(&Templates::builtin(), profile, credentials)
+        .unwrap()
+        .into_iter()
+        .map(|manifest| (manifest.file_name, yaml_documents(&manifest.content)))
+        .collect()
+}
+
+/// The credentials Secret's `data`, decoded; checks the manifest is exactly Namespace + Secret.
+fn secret_data(
+    manifests: &BTreeMap<String, Vec<serde_yaml_ng::Value>>,
+    namespace: &str,
+    secret_type: &str,
+) -> (BTreeMap<String, String>, serde_yaml_ng::Value) {
+    use base64::Engine as _;
+    let documents = &manifests["provision-gitops-credentials.yaml"];
+    assert_eq!(kinds(documents), ["Namespace", "Secret"]);
+    assert_eq!(documents[0]["metadata"]["name"].as_str(), Some(namespace));
+    let secret = &documents[1];
+    assert_eq!(
+        secret["metadata"]["name"].as_str(),
+        Some("gitops-credentials")
+    );
+    assert_eq!(secret["metadata"]["namespace"].as_str(), Some(namespace));
+    assert_eq!(secret["type"].as_str(), Some(secret_type));
+    let data = secret["data"]
+        .as_mapping()
+        .unwrap()
+        .iter()
+        .map(|(key, value)| {
+            let decoded = base64::engine::general_purpose::STANDARD
+                .decode(value.as_str().unwrap())
+                .unwrap();
+            (
+                key.as_str().unwrap().to_owned(),
+                String::from_utf8(decoded).unwrap(),
+            )
+        })
+        .collect();
+    (data, secret["metadata"]["labels"].clone())
+}
+
+fn keys(data: &BTreeMap<String, String>) -> Vec<&str> {
+    data.keys().map(String::as_str).collect()
+}
+
+const KEY: &str = "-----BEGIN OPENSSH PRIVATE KEY-----\nAAAA\n-----END OPENSSH PRIVATE KEY-----\n";
+const KNOWN_HOSTS: &str = "git.example ssh-ed25519 AAAAC3Nz\n";
+
+#[test]
+fn flux_gets_an_identity_or_basic_auth_secret_and_the_git_repository_references_it() {
+    let profile = gitops_profile(GitOpsEngine::Flux, "ssh://git@git.example/org/fleet.git");
+    let manifests = rendered(&profile, Some(&ssh_credentials(KEY, KNOWN_HOSTS)));
+    let (data, labels) = secret_data(&manifests, "flux-system", "Opaque");
+    assert_eq!(keys(&data), ["identity", "known_hosts"]);
+    assert_eq!(data["identity"], KEY);
+    assert_eq!(data["known_hosts"], KNOWN_HOSTS);
+    assert!(labels.is_null());
+    let sync = &manifests["provision-flux-sync.yaml"];
+    assert_eq!(
+        sync[0]["spec"]["secretRef"]["name"].as_str(),
+        Some("gitops-credentials")
+    );
+    assert_eq!(
+        sync[0]["spec"]["url"].as_str(),
+        Some("ssh://git@git.example/org/fleet.git")
+    );
+
+    let profile = gitops_profile(GitOpsEngine::Flux, "https://git.example/org/fleet.git");
+    let manifests = rendered(&profile, Some(&https_credentials("bot", "ghp_token")));
+    let (data, _) = secret_data(&manifests, "flux-system", "Opaque");
+    assert_eq!(keys(&data), ["password", "username"]);
+    assert_eq!(
+        (data["username"].as_str(), data["password"].as_str()),
+        ("bot", "ghp_token")
+    );
+
+    let public = rendered(&profile, None);
+    assert!(!public.contains_key("provision-gitops-credentials.yaml"));
+    assert!(public["provision-flux-sync.yaml"][0]["spec"]["secretRef"].is_null());
+}
+
+#[test]
+fn argocd_gets_a_labelled_repository_secret_and_known_hosts_through_the_chart() {
+    let repo = "ssh://git@git.example/org/fleet.git";
+    let profile = gitops_profile(GitOpsEngine::Argocd, repo);
+    let manifests = rendered(&profile, Some(&ssh_credentials(KEY, KNOWN_HOSTS)));
+    let (data, labels) = secret_data(&manifests, "argocd", "Opaque");
+    assert_eq!(keys(&data), ["sshPrivateKey", "type", "url"]);
+    assert_eq!(data["sshPrivateKey"], KEY);
+    assert_eq!(data["type"], "git");
+    assert_eq!(
+        labels["argocd.argoproj.io/secret-type"].as_str(),
+        Some("repository")
+    );
+    let application = &manifests["provision-argocd-root.yaml"][0];
+    assert_eq!(
+        application["spec"]["source"]["repoURL"].as_str(),
+        Some(data["url"].as_str()),
+        "Argo CD finds the Secret by the Application's URL"
+    );
+    let chart = &manifests["provision-argocd.yaml"][0];
+    let values: serde_yaml_ng::Value =
+        serde_yaml_ng::from_str(chart["spec"]["valuesContent"].as_str().unwrap()).unwrap();
+    assert_eq!(
+        values["configs"]["ssh"]["extraHosts"].as_str(),
+        Some(KNOWN_HOSTS)
+    );
+
+    let profile = gitops_profile(GitOpsEngine::Argocd, "https://git.example/org/fleet.git");
+    let manifests = rendered(&profile, Some(&https_credentials("bot", "ghp_token")));
+    let (data, _) = secret_data(&manifests, "argocd", "Opaque");
+    assert_eq!(keys(&data), ["password", "type", "url", "username"]);
+    assert_eq!(data["url"], "https://git.example/org/fleet.git");
+    assert!(manifests["provision-argocd.yaml"][0]["spec"]["valuesContent"].is_null());
+}
+
+#[test]
+fn fleet_gets_ssh_auth_or_basic_auth_secrets_named_by_client_secret_name() {
+    let profile = gitops_profile(GitOpsEngine::Fleet, "ssh://git@git.example/org/fleet.git");
+    let manifests = rendered(&profile, Some(&ssh_credentials(KEY, KNOWN_HOSTS)));
+    let (data, _) = secret_data(&manifests, "fleet-local", "kubernetes.io/ssh-auth");
+    assert_eq!(keys(&data), ["known_hosts", "ssh-privatekey"]);
+    assert_eq!(data["ssh-privatekey"], KEY);
+    let gitrepo = &manifests["provision-fleet-gitrepo.yaml"][0];
+    assert_eq!(
+        gitrepo["metadata"]["namespace"].as_str(),
+        Some("fleet-local")
+    );
+    assert_eq!(
+        gitrepo["spec"]["clientSecretName"].as_str(),
+        Some("gitops-credentials")
+    );
+    let fleet_chart = manifests["provision-fleet.yaml"]
+        .iter()
+        .find(|d| d["metadata"]["name"] == "fleet")
+        .unwrap();
+    let values: serde_yaml_ng::Value =
+        serde_yaml_ng::from_str(fleet_chart["spec"]["valuesContent"].as_str().unwrap()).unwrap();
+    assert_eq!(values["insecureSkipHostKeyChecks"].as_bool(), Some(false));
+
+    let profile = gitops_profile(GitOpsEngine::Fleet, "https://git.example/org/fleet.git");
+    let manifests = rendered(&profile, Some(&https_credentials("bot", "ghp_token")));
+    let (data, _) = secret_data(&manifests, "fleet-local", "kubernetes.io/basic-auth");
+    assert_eq!(keys(&data), ["password", "username"]);
+}
+
+#[test]
+fn credential_secrets_keep_hostile_values_as_data() {
+    for engine in [
+        GitOpsEngine::Flux,
+        GitOpsEngine::Argocd,
+        GitOpsEngine::Fleet,
+    ] {
+        for hostile in HOSTILE_YAML {
+            let profile = gitops_profile(engine, hostile);
+            for credentials in [
+                ssh_credentials(hostile, hostile),
+                https_credentials(hostile, hostile),
+            ] {
+                let manifests = rendered(&profile, Some(&credentials));
+                let documents = &manifests["provision-gitops-credentials.yaml"];
+                assert_eq!(kinds(documents), ["Namespace", "Secret"], "{hostile:?}");
+                let secret_type = match (engine, &credentials) {
+                    (GitOpsEngine::Fleet, GitCredentials::Ssh { .. }) => "kubernetes.io/ssh-auth",
+                    (GitOpsEngine::Fleet, GitCredentials::Https { .. }) => {
+                        "kubernetes.io/basic-auth"
+                    }
+                    _ => "Opaque",
+                };
+                let namespace = documents[0]["metadata"]["name"]
+                    .as_str()
+                    .unwrap()
+                    .to_owned();
+                let (data, _) = secret_data(&manifests, &namespace, secret_type);
+                assert!(data.values().any(|value| value == hostile), "{hostile:?}");
+                for values in manifests
+                    .values()
+                    .flatten()
+                    .filter(|d| d["kind"] == "HelmChart")
+                    .filter_map(|d| d["spec"]["valuesContent"].as_str())
+                {
+                    let values: serde_yaml_ng::Value = serde_yaml_ng::from_str(values).unwrap();
+                    if let Some(hosts) = values["configs"]["ssh"]["extraHosts"].as_str() {
+                        assert_eq!(hosts, hostile);
+                    }
+                }
+            }
         }
     }
 }

@@ -592,3 +592,81 @@ async fn profile_label_changes_go_through_the_api() {
     // The config changed too (for a future re-registration), so the agents restart once.
     assert_eq!(report.restarted(), ["worker-1", "worker-2"]);
 }
+
+/// Records every operation like `--print-commands` does, then forwards it to a [`FakeExec`].
+struct RecordingConnector(Shared, provision::ssh::recording::CommandLog);
+
+#[async_trait]
+impl Connector for RecordingConnector {
+    async fn connect(&self, node: &GuestNode) -> Result<Box<dyn RemoteExec>, SshError> {
+        let inner: Arc<dyn RemoteExec> = Arc::new(FakeExec {
+            host: node.name.clone(),
+            sim: self.0.clone(),
+        });
+        Ok(Box::new(provision::ssh::recording::RecordingExec::new(
+            inner,
+            self.1.clone(),
+        )))
+    }
+}
+
+#[tokio::test]
+async fn gitops_credentials_reach_the_bootstrap_server_0600_and_are_never_printed() {
+    use std::os::unix::fs::PermissionsExt as _;
+    let mut world = world();
+    let workspace = world.opts.workspace.clone();
+    std::fs::create_dir_all(workspace.join("secrets")).unwrap();
+    let password = "s3cret-token-value-42";
+    let credentials_file = workspace.join("secrets/git");
+    std::fs::write(
+        &credentials_file,
+        format!("username=deploy-bot\npassword={password}\n"),
+    )
+    .unwrap();
+    std::fs::set_permissions(&credentials_file, std::fs::Permissions::from_mode(0o600)).unwrap();
+    world.profile.gitops.credentials = Some(provision::profile::model::GitOpsCredentials {
+        kind: provision::profile::model::GitCredentialsKind::Https,
+        file: "secrets/git".to_owned(),
+        known_hosts_file: None,
+        known_hosts: None,
+    });
+    let log = provision::ssh::recording::CommandLog::new();
+    run(
+        &world.profile,
+        &world.nodes,
+        &RecordingConnector(world.sim.clone(), log.clone()),
+        &world.opts,
+    )
+    .await
+    .unwrap();
+
+    {
+        let path = "/var/lib/rancher/k3s/server/manifests/provision-gitops-credentials.yaml";
+        let sim = world.sim.lock().unwrap();
+        let (content, mode) = &sim.hosts["server-1"].files[path];
+        assert_eq!(*mode, 0o600);
+        let content = String::from_utf8(content.clone()).unwrap();
+        use base64::Engine as _;
+        let encoded = base64::engine::general_purpose::STANDARD.encode(password);
+        assert!(content.contains(&encoded), "{content}");
+        assert!(
+            sim.hosts
+                .iter()
+                .filter(|(name, _)| name.as_str() != "server-1")
+                .all(|(_, host)| !host.files.contains_key(path)),
+            "only the bootstrap server holds the manifests"
+        );
+        let printed: Vec<String> = log.ops().iter().map(ToString::to_string).collect();
+        assert!(!printed.is_empty());
+        for line in printed.iter().chain(&sim.command_lines) {
+            assert!(!line.contains(password), "secret printed: {line}");
+            assert!(!line.contains(&encoded), "secret printed: {line}");
+        }
+    }
+
+    // A credential file others can read stops phase 2 with an error that names the fix.
+    std::fs::set_permissions(&credentials_file, std::fs::Permissions::from_mode(0o644)).unwrap();
+    let error = format!("{:#}", world.up().await.unwrap_err());
+    assert!(error.contains("chmod 600"), "{error}");
+    assert!(!error.contains(password), "{error}");
+}

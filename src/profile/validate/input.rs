@@ -320,13 +320,29 @@ impl Checker {
     fn gitops_allow_lists(&mut self, profile: &Profile) {
         let gitops = &profile.gitops;
         if let Some(repo) = &gitops.repo
-            && let Err(reason) = check_git_url(repo)
+            && let Err((reason, hint)) = check_git_url(repo)
         {
             self.error(
                 path(&["gitops", "repo"]),
                 format!("gitops.repo {reason}"),
-                "use https://…, ssh://… or git@host:org/repo.git without spaces, quotes or shell characters",
+                &hint,
             );
+        }
+        if let Some(credentials) = &gitops.credentials {
+            for (key, value) in [
+                ("file", Some(&credentials.file)),
+                ("known_hosts_file", credentials.known_hosts_file.as_ref()),
+            ] {
+                if let Some(value) = value
+                    && let Err(reason) = check_local_path(value)
+                {
+                    self.error(
+                        path(&["gitops", "credentials", key]),
+                        format!("gitops.credentials.{key} {reason}"),
+                        "a path relative to the workspace, absolute or ~/…, of letters, digits and `._/+~-`, e.g. secrets/gitops-deploy-key",
+                    );
+                }
+            }
         }
         if let Some(branch) = &gitops.branch
             && !is_git_ref(branch)
@@ -538,28 +554,45 @@ fn check_url(url: &str, schemes: &[&str]) -> Result<(), String> {
     Ok(())
 }
 
-/// `https://…`, `http://…`, `ssh://…` or scp-like `git@host:path`.
-fn check_git_url(repo: &str) -> Result<(), String> {
-    if let Some(rest) = repo.strip_prefix("git@")
-        && !repo.contains("://")
-    {
-        let Some((host, repo_path)) = rest.split_once(':') else {
-            return Err(format!("`{repo}` has no `:` after the host"));
-        };
-        let host_ok = crate::profile::validate::is_dns_subdomain(&host.to_ascii_lowercase());
-        let path_ok = !repo_path.is_empty()
-            && repo_path.len() <= MAX_STRING
-            && repo_path.chars().all(|c| is_path_char(c) || c == '~')
-            && !repo_path.split('/').any(|part| part == "..");
-        return if host_ok && path_ok {
-            Ok(())
-        } else {
-            Err(format!(
-                "`{repo}` is not git@HOST:PATH with a plain host and path"
-            ))
-        };
+/// What the engines' CRDs all accept: `https://…` or `ssh://…`. Plain `http://` is refused (the
+/// repository drives the cluster as cluster-admin, and HTTPS credentials would travel in clear), and an
+/// scp-like `git@host:org/repo` is refused with its `ssh://` spelling as the hint (Flux refuses it).
+/// The error is (reason, hint).
+fn check_git_url(repo: &str) -> Result<(), (String, String)> {
+    const HINT: &str = "use https://… or ssh://… without spaces, quotes or shell characters";
+    if let Some(rewritten) = scp_like_to_ssh(repo) {
+        return Err((
+            format!("`{repo}` is an scp-like address, which the GitOps engines do not all accept"),
+            match check_url(&rewritten, &["ssh"]) {
+                Ok(()) => format!("write it as an ssh URL: {rewritten}"),
+                Err(_) => format!("write it as an ssh URL, ssh://USER@HOST/PATH; {HINT}"),
+            },
+        ));
     }
-    check_url(repo, &["https", "http", "ssh"])
+    check_url(repo, &["https", "http", "ssh"]).map_err(|reason| (reason, HINT.to_owned()))?;
+    if repo.starts_with("http://") {
+        return Err((
+            format!("`{repo}` is plain http"),
+            "use https:// (the repository drives the cluster, and credentials must not travel in clear)"
+                .to_owned(),
+        ));
+    }
+    Ok(())
+}
+
+/// `[user@]host:path` (Git's scp-like syntax) as `ssh://[user@]host/path`; `None` for anything else.
+fn scp_like_to_ssh(repo: &str) -> Option<String> {
+    if repo.contains("://") {
+        return None;
+    }
+    let (user_host, repo_path) = repo.split_once(':')?;
+    if user_host.is_empty() || user_host.contains('/') || repo_path.is_empty() {
+        return None;
+    }
+    Some(format!(
+        "ssh://{user_host}/{}",
+        repo_path.trim_start_matches('/')
+    ))
 }
 
 /// A Git branch name: `[A-Za-z0-9._/-]`, no `..`, not starting with `-` or `/`.
@@ -796,7 +829,18 @@ mod tests {
     fn urls_refuse_whitespace_controls_and_shell_characters() {
         assert!(check_git_url("https://git.example/org/fleet.git").is_ok());
         assert!(check_git_url("ssh://git@git.example/org/fleet.git").is_ok());
-        assert!(check_git_url("git@git.example:org/fleet.git").is_ok());
+        let (reason, hint) = check_git_url("git@git.example:org/fleet.git").expect_err("scp-like");
+        assert!(reason.contains("scp-like"), "{reason}");
+        assert_eq!(
+            hint,
+            "write it as an ssh URL: ssh://git@git.example/org/fleet.git"
+        );
+        assert!(check_git_url("http://git.example/org/fleet.git").is_err());
+        assert_eq!(scp_like_to_ssh("https://git.example/x"), None);
+        assert_eq!(
+            scp_like_to_ssh("deploy@git.example:/srv/fleet.git").as_deref(),
+            Some("ssh://deploy@git.example/srv/fleet.git")
+        );
         assert!(check_git_url("https://git.example/x\nkind: Secret").is_err());
         assert!(check_git_url("https://git.example/x y").is_err());
         assert!(check_git_url("git@host:org/$(id).git").is_err());
