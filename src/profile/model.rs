@@ -379,6 +379,10 @@ pub struct Nvidia {
     pub time_slicing_replicas: Option<u32>,
     #[serde(default)]
     pub operator_version: Option<String>,
+    /// Make `nvidia` containerd's default runtime on GPU nodes (the GPU Operator toolkit's
+    /// `CONTAINERD_SET_AS_DEFAULT`). Off by default: pods opt in with `runtimeClassName: nvidia`.
+    #[serde(default)]
+    pub default_runtime: bool,
 }
 
 #[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
