@@ -462,7 +462,7 @@ mod tests {
             plan.server_modes,
             [JoinMode::Init, via_vip.clone(), via_vip.clone()]
         );
-        assert_eq!(plan.agent_modes, [via_vip.clone()]);
+        assert_eq!(plan.agent_modes, std::slice::from_ref(&via_vip));
         // A member that joined through the first server keeps that (still valid) URL; one that
         // joined through the VIP keeps the VIP.
         let to_s1 = JoinMode::Join {

@@ -218,7 +218,8 @@ mod tests {
             (None, None, "abc123")
         );
         let hash = "AB".repeat(32);
-        let agent = parse_token(&format!("K10{hash}::node:s3cret")).unwrap();
+        let agent_token = format!("K10{hash}::node:s3cret");
+        let agent = parse_token(&agent_token).unwrap();
         assert_eq!(agent.ca_hash.unwrap().as_str(), "ab".repeat(32));
         assert_eq!(agent.user, Some("node"));
         for bad in [
