@@ -2,8 +2,11 @@
 //!
 //! Order: cloud-init finished → node preparation and binary upload on all nodes (parallel, bounded) →
 //! join plan from what the servers already hold → bootstrap server (with `cluster-init` only when no
-//! cluster exists) → further servers one at a time, each Ready and an etcd member before the next →
-//! agents in parallel → labels/taints → kubeconfig. Every remote change is reported per node; a re-run
+//! cluster exists, and the bare token secret) → the cluster CA's hash read from it → with an API VIP, a
+//! bounded wait until the VIP answers (kube-vip runs only once the bootstrap server is up) → further
+//! servers one at a time through the VIP (else the bootstrap server), each Ready and an etcd member
+//! before the next → agents in parallel → labels/taints → kubeconfig. Joining nodes get the secure
+//! token `K10<CA hash>::server:<secret>`, so they only talk to a server presenting this cluster's CA. Every remote change is reported per node; a re-run
 //! on a converged cluster writes no file and restarts no service.
 
 use std::collections::BTreeMap;
@@ -16,8 +19,8 @@ use async_trait::async_trait;
 use futures::stream::{self, StreamExt, TryStreamExt};
 
 use crate::k3s::cluster::{
-    ClusterNode, GET_NODES_COMMAND, JoinCandidate, NodeProbe, label_taint_commands, parse_nodes,
-    parse_probe, plan_joins, probe_script,
+    ClusterNode, GET_NODES_COMMAND, JoinCandidate, NodeProbe, api_ready_command,
+    label_taint_commands, parse_api_ready, parse_nodes, parse_probe, plan_joins, probe_script,
 };
 use crate::k3s::config::{
     JoinMode, NodeSettings, render_config, render_unit, server_url, unit_name,
@@ -27,10 +30,10 @@ use crate::k3s::install::{
     service_command, service_state_script,
 };
 use crate::k3s::kubeconfig::rewrite_kubeconfig;
-use crate::k3s::manifests::render_manifests;
+use crate::k3s::manifests::{render_manifests, storage_labels};
 use crate::k3s::release::{Artifact, BinarySource, fetch_binary, images_artifact};
 use crate::k3s::templates::Templates;
-use crate::k3s::token::K3sToken;
+use crate::k3s::token::{CaHash, K3sToken, parse_ca_output, read_ca_command};
 use crate::k3s::{BINARY_PATH, KUBECONFIG_PATH};
 use crate::nodeprep::{
     NodePrepInput, StepOutcome, StepReport, apply_step, apply_steps, ensure_file,
@@ -271,7 +274,11 @@ pub async fn run(
     };
     let server_candidates: Vec<JoinCandidate> = servers.iter().map(candidate).collect();
     let agent_candidates: Vec<JoinCandidate> = agents.iter().map(candidate).collect();
-    let plan = plan_joins(&server_candidates, &agent_candidates)?;
+    let plan = plan_joins(
+        &server_candidates,
+        &agent_candidates,
+        profile.cluster.api_vip,
+    )?;
 
     let mut report = Phase2Report {
         nodes: prepared.iter().map(|p| p.report.clone()).collect(),
@@ -294,7 +301,9 @@ pub async fn run(
         taints: groups[nodes[index].group.as_str()].taints.clone(),
     };
 
-    // Servers: bootstrap first, then one at a time.
+    // Servers: bootstrap first, then one at a time. The bootstrap server's CA (and, with a VIP, the VIP
+    // answering) is needed before the first node that joins.
+    let mut joining = JoinContext::default();
     let mut server_order: Vec<usize> = vec![plan.bootstrap];
     server_order.extend((0..servers.len()).filter(|i| *i != plan.bootstrap));
     for position in server_order {
@@ -305,13 +314,24 @@ pub async fn run(
         } else {
             &[]
         };
+        let join = plan.server_modes[position].clone();
+        let node_token = joining
+            .token_for(
+                &join,
+                index == bootstrap_index,
+                bootstrap_exec,
+                &token,
+                profile,
+                opts,
+            )
+            .await?;
         let installed = install_node(
             profile,
-            &settings(index, plan.server_modes[position].clone()),
+            &settings(index, join),
             execs[index].as_ref(),
             prepared[index].binary_changed,
             extra,
-            &token,
+            &node_token,
             opts,
         )
         .await
@@ -322,14 +342,23 @@ pub async fn run(
             .with_context(|| format!("node {} ({})", node.name, node.address))?;
     }
 
-    // Agents in parallel.
+    // Agents in parallel (the CA hash and the VIP check are done once, before any of them).
+    let mut agent_tokens = Vec::with_capacity(agents.len());
+    for position in 0..agents.len() {
+        let join = &plan.agent_modes[position];
+        agent_tokens.push(
+            joining
+                .token_for(join, false, bootstrap_exec, &token, profile, opts)
+                .await?,
+        );
+    }
     let installed: Vec<(usize, InstallResult)> = stream::iter(agents.iter().enumerate())
         .map(|(position, index)| {
             let node = &nodes[*index];
             let settings = settings(*index, plan.agent_modes[position].clone());
             let exec = execs[*index].as_ref();
             let binary_changed = prepared[*index].binary_changed;
-            let token = &token;
+            let token = &agent_tokens[position];
             async move {
                 install_node(profile, &settings, exec, binary_changed, &[], token, opts)
                     .await
@@ -384,6 +413,97 @@ pub async fn run(
     Ok(report)
 }
 
+/// What joining nodes need from the bootstrap server, fetched once: the CA hash for the secure token,
+/// and (with an API VIP) the knowledge that the VIP answers.
+#[derive(Default)]
+struct JoinContext {
+    ca_hash: Option<CaHash>,
+    vip_answers: bool,
+}
+
+impl JoinContext {
+    /// The token `join` needs in config.yaml: the bare secret for the bootstrap server's own
+    /// `cluster-init`, the secure form pinning the cluster CA for every node that joins. Before handing
+    /// out the first join through the VIP, waits (bounded) until the VIP answers.
+    async fn token_for(
+        &mut self,
+        join: &JoinMode,
+        is_bootstrap: bool,
+        bootstrap: &dyn RemoteExec,
+        token: &K3sToken,
+        profile: &Profile,
+        opts: &Phase2Options,
+    ) -> anyhow::Result<K3sToken> {
+        let server_url_in_use = match join {
+            JoinMode::Init => return Ok(token.clone()),
+            JoinMode::Join { server_url } => server_url,
+        };
+        let ca_hash = match &self.ca_hash {
+            Some(hash) => hash.clone(),
+            None => {
+                let output = run_checked(bootstrap, &read_ca_command())
+                    .await
+                    .with_context(|| format!("{}: reading the cluster CA", bootstrap.host()))?;
+                let hash = parse_ca_output(output.as_bytes())
+                    .with_context(|| format!("{}: reading the cluster CA", bootstrap.host()))?;
+                self.ca_hash = Some(hash.clone());
+                hash
+            }
+        };
+        if let Some(vip) = profile.cluster.api_vip
+            && !is_bootstrap
+            && !self.vip_answers
+            && *server_url_in_use == server_url(vip)
+        {
+            wait_for_api(bootstrap, vip, opts).await?;
+            self.vip_answers = true;
+        }
+        Ok(token.secure_form(&ca_hash))
+    }
+}
+
+/// Poll [`api_ready_command`] on the bootstrap server until the API answers at `vip` (kube-vip, deployed
+/// from the bootstrap server's manifests, holds it once the server runs), bounded by `ready_timeout`.
+async fn wait_for_api(
+    bootstrap: &dyn RemoteExec,
+    vip: IpAddr,
+    opts: &Phase2Options,
+) -> anyhow::Result<()> {
+    let command = api_ready_command(vip);
+    let deadline = tokio::time::Instant::now() + opts.ready_timeout;
+    loop {
+        let last = match bootstrap.run(&command, None).await {
+            Ok(output) => {
+                let stdout = String::from_utf8_lossy(&output.stdout);
+                if parse_api_ready(output.exit_status, &stdout) {
+                    return Ok(());
+                }
+                let stderr = String::from_utf8_lossy(&output.stderr);
+                format!(
+                    "exit {}: {}",
+                    output.exit_status,
+                    if stderr.trim().is_empty() {
+                        stdout.trim().to_owned()
+                    } else {
+                        stderr.trim().to_owned()
+                    }
+                )
+            }
+            Err(error) => format!("{error:#}"),
+        };
+        if tokio::time::Instant::now() >= deadline {
+            bail!(
+                "timed out after {}s waiting for the API VIP {vip} to answer (asked {}; last: {last}); \
+                 kube-vip serves it from {}: check `k3s kubectl -n kube-system get pods -l app.kubernetes.io/name=kube-vip-ds` there",
+                opts.ready_timeout.as_secs(),
+                bootstrap.host(),
+                bootstrap.host()
+            );
+        }
+        tokio::time::sleep(opts.poll_interval).await;
+    }
+}
+
 #[allow(clippy::too_many_arguments)]
 async fn prepare_node(
     profile: &Profile,
@@ -408,6 +528,7 @@ async fn prepare_node(
     report.steps.extend(apply_steps(exec, &steps).await?);
     let hardware = parse_hardware(&run_checked(exec, &hardware_probe_script()).await?);
     report.labels = node_labels(group, &hardware, &profile.detect);
+    report.labels.extend(storage_labels(profile, group));
     let outcome = ensure_file(exec, BINARY_PATH, binary, 0o755).await?;
     let binary_changed = outcome.is_change();
     report.steps.push(StepReport {

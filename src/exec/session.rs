@@ -210,9 +210,10 @@ impl WorkspaceSeeds {
         name: &str,
         address: std::net::IpAddr,
         prefix_len: u8,
+        mac: &str,
     ) -> anyhow::Result<cloudinit::Seed> {
         let host_keys = HostKeys::load_or_generate(&self.host_key_dir, name)?;
-        self.seed_with(name, address, prefix_len, &host_keys)
+        self.seed_with(name, address, prefix_len, mac, &host_keys)
     }
 
     fn seed_with(
@@ -220,6 +221,7 @@ impl WorkspaceSeeds {
         name: &str,
         address: std::net::IpAddr,
         prefix_len: u8,
+        mac: &str,
         host_keys: &HostKeys,
     ) -> anyhow::Result<cloudinit::Seed> {
         let network = &self.profile.network;
@@ -238,7 +240,8 @@ impl WorkspaceSeeds {
             dns: network.dns.clone(),
             search_domain: network.search_domain.clone(),
             mtu: network.mtu,
-            mac: None,
+            // The plan's net0 MAC: the guest's network-config matches its interface by it.
+            mac: Some(mac.to_owned()),
             host_keys,
             packages: vec!["qemu-guest-agent".to_owned()],
             extra_runcmd: Vec::new(),
@@ -262,7 +265,7 @@ impl WorkspaceSeeds {
             } else {
                 HostKeys::generate(&vm.name)?
             };
-            let seed = self.seed_with(&vm.name, vm.address, vm.prefix_len, &host_keys)?;
+            let seed = self.seed_with(&vm.name, vm.address, vm.prefix_len, &vm.mac, &host_keys)?;
             files.insert(
                 vm.name.clone(),
                 cloudinit::iso_file_name(&self.profile.cluster.name, &vm.name, &seed),
@@ -278,7 +281,7 @@ impl WorkspaceSeeds {
 
 impl SeedSource for WorkspaceSeeds {
     fn iso(&self, vm: &PlannedVm) -> anyhow::Result<Vec<u8>> {
-        let seed = self.seed(&vm.name, vm.address, vm.prefix_len)?;
+        let seed = self.seed(&vm.name, vm.address, vm.prefix_len, &vm.mac)?;
         Ok(cloudinit::build_nocloud_iso(&seed))
     }
 }
@@ -313,7 +316,7 @@ pub fn plan_for(
     seeds: &WorkspaceSeeds,
     workspace_root: &Path,
 ) -> anyhow::Result<Plan> {
-    let wanted = plan::wanted_vms(profile)?;
+    let wanted = plan::wanted_vms_observed(profile, inventory, state)?;
     let nocloud = profile.proxmox.cloud_init == crate::profile::model::CloudInitMode::NocloudIso;
     // First without storing host keys: a plan that fails (capacity, GPUs, …) writes nothing.
     let mut context = PlanContext {

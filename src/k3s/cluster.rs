@@ -235,6 +235,21 @@ pub fn parse_probe(stdout: &str) -> NodeProbe {
     probe
 }
 
+/// Asks, on the bootstrap server, whether the API answers at `address` (the VIP): kubectl with the
+/// server's admin kubeconfig, pointed at `https://<address>:6443`, so the answer also proves that the
+/// address presents this cluster's CA and a certificate valid for it (the VIP is in `tls-san`).
+pub fn api_ready_command(address: IpAddr) -> String {
+    format!(
+        "k3s kubectl --server {} --request-timeout 5s get --raw /readyz",
+        quote(&server_url(address))
+    )
+}
+
+/// Whether [`api_ready_command`] succeeded: exit 0 and `ok`.
+pub fn parse_api_ready(exit_status: u32, stdout: &str) -> bool {
+    exit_status == 0 && stdout.trim() == "ok"
+}
+
 /// A node as the join decision sees it.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct JoinCandidate {
@@ -259,11 +274,15 @@ pub struct JoinPlan {
 /// - No server holds data: the first server bootstraps with `cluster-init`, the others join it.
 /// - Otherwise the bootstrap is the first *healthy* server (data, running, our token): never
 ///   `cluster-init` on a new node when a cluster exists — a rebuilt first server joins the others.
-/// - Nodes already in the cluster keep their join settings while they stay valid (no config change, no
-///   restart on re-runs); new nodes join the bootstrap server.
+/// - New nodes join through the API VIP when there is one (`api_vip`: a fixed registration address that
+///   survives the loss of any server; the caller waits until the VIP answers before the first join),
+///   else through the bootstrap server.
+/// - Nodes already in the cluster keep their join settings while they stay valid — a server's address
+///   or the VIP — (no config change, no restart on re-runs).
 pub fn plan_joins(
     servers: &[JoinCandidate],
     agents: &[JoinCandidate],
+    api_vip: Option<IpAddr>,
 ) -> Result<JoinPlan, K3sError> {
     if servers.is_empty() {
         return Err(K3sError::NoServers);
@@ -292,8 +311,13 @@ pub fn plan_joins(
     } else {
         0
     };
-    let bootstrap_url = server_url(servers[bootstrap].address);
-    let valid_urls: Vec<String> = servers.iter().map(|s| server_url(s.address)).collect();
+    let join_url = server_url(api_vip.unwrap_or(servers[bootstrap].address));
+    let valid_urls: Vec<String> = servers
+        .iter()
+        .map(|s| s.address)
+        .chain(api_vip)
+        .map(server_url)
+        .collect();
     let keep = |candidate: &JoinCandidate, is_server: bool| -> Option<JoinMode> {
         match candidate.probe.existing_join.as_ref()? {
             JoinMode::Init if is_server && candidate.probe.has_data => Some(JoinMode::Init),
@@ -311,7 +335,7 @@ pub fn plan_joins(
         }
     };
     let join_bootstrap = || JoinMode::Join {
-        server_url: bootstrap_url.clone(),
+        server_url: join_url.clone(),
     };
     let server_modes = servers
         .iter()
@@ -365,7 +389,7 @@ mod tests {
             candidate("s2", 12, NodeProbe::default()),
         ];
         let agents = [candidate("a1", 21, NodeProbe::default())];
-        let plan = plan_joins(&servers, &agents).unwrap();
+        let plan = plan_joins(&servers, &agents, None).unwrap();
         assert_eq!(plan.bootstrap, 0);
         assert!(!plan.existing_cluster);
         assert_eq!(plan.server_modes[0], JoinMode::Init);
@@ -387,7 +411,7 @@ mod tests {
             candidate("s2", 12, healthy(to_s1.clone())),
             candidate("s3", 13, healthy(to_s1.clone())),
         ];
-        let plan = plan_joins(&servers, &[]).unwrap();
+        let plan = plan_joins(&servers, &[], None).unwrap();
         assert_eq!(plan.bootstrap, 1);
         assert!(plan.existing_cluster);
         assert_eq!(
@@ -416,9 +440,52 @@ mod tests {
             existing_join: Some(to_s1.clone()),
             ..NodeProbe::default()
         };
-        let plan = plan_joins(&servers, &[candidate("a1", 21, agent_probe)]).unwrap();
+        let plan = plan_joins(&servers, &[candidate("a1", 21, agent_probe)], None).unwrap();
         assert_eq!(plan.server_modes, [JoinMode::Init, to_s1.clone()]);
         assert_eq!(plan.agent_modes, [to_s1]);
+    }
+
+    #[test]
+    fn with_a_vip_new_nodes_join_through_it_and_nobody_else_inits() {
+        let vip = IpAddr::from([10, 0, 0, 100]);
+        let servers = [
+            candidate("s1", 11, NodeProbe::default()),
+            candidate("s2", 12, NodeProbe::default()),
+            candidate("s3", 13, NodeProbe::default()),
+        ];
+        let agents = [candidate("a1", 21, NodeProbe::default())];
+        let plan = plan_joins(&servers, &agents, Some(vip)).unwrap();
+        let via_vip = JoinMode::Join {
+            server_url: "https://10.0.0.100:6443".into(),
+        };
+        assert_eq!(
+            plan.server_modes,
+            [JoinMode::Init, via_vip.clone(), via_vip.clone()]
+        );
+        assert_eq!(plan.agent_modes, std::slice::from_ref(&via_vip));
+        // A member that joined through the first server keeps that (still valid) URL; one that
+        // joined through the VIP keeps the VIP.
+        let to_s1 = JoinMode::Join {
+            server_url: "https://10.0.0.11:6443".into(),
+        };
+        let servers = [
+            candidate("s1", 11, healthy(Some(JoinMode::Init))),
+            candidate("s2", 12, healthy(Some(to_s1.clone()))),
+            candidate("s3", 13, healthy(Some(via_vip.clone()))),
+        ];
+        let plan = plan_joins(&servers, &[], Some(vip)).unwrap();
+        assert_eq!(plan.server_modes, [JoinMode::Init, to_s1, via_vip]);
+    }
+
+    #[test]
+    fn api_ready_check_is_one_quoted_url() {
+        assert_eq!(
+            api_ready_command(IpAddr::from([10, 0, 0, 100])),
+            "k3s kubectl --server https://10.0.0.100:6443 --request-timeout 5s get --raw /readyz"
+        );
+        assert!(parse_api_ready(0, "ok\n"));
+        assert!(!parse_api_ready(1, "ok"));
+        assert!(!parse_api_ready(0, "[-]etcd failed\nreadyz check failed"));
     }
 
     #[test]
@@ -432,7 +499,7 @@ mod tests {
             candidate("s1", 11, NodeProbe::default()),
             candidate("s2", 12, stopped),
         ];
-        let error = plan_joins(&servers, &[]).unwrap_err();
+        let error = plan_joins(&servers, &[], None).unwrap_err();
         assert!(error.to_string().contains("s2"), "{error}");
         assert!(matches!(error, K3sError::NoHealthyServer { .. }));
     }
@@ -445,7 +512,7 @@ mod tests {
             token_matches: Some(false),
             existing_join: None,
         };
-        let error = plan_joins(&[candidate("s1", 11, foreign)], &[]).unwrap_err();
+        let error = plan_joins(&[candidate("s1", 11, foreign)], &[], None).unwrap_err();
         assert!(matches!(error, K3sError::ForeignCluster { ref server } if server == "s1"));
     }
 

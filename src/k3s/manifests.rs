@@ -1,9 +1,11 @@
 //! Manifests dropped into `/var/lib/rancher/k3s/server/manifests/` on the bootstrap server: kube-vip,
 //! NVIDIA, storage, GitOps handoff. Rendered from `templates/manifests/`.
 
+use std::collections::BTreeMap;
+
 use crate::profile::Profile;
 use crate::profile::credentials::GitCredentials;
-use crate::profile::model::{GitOpsEngine, NvidiaMode};
+use crate::profile::model::{GitOpsEngine, NodeGroup, NvidiaMode};
 
 use super::K3sError;
 use super::gitops::{CREDENTIALS_SECRET, argocd_values, credentials_manifest, fleet_values};
@@ -20,6 +22,31 @@ pub const ARGOCD_CHART_VERSION: &str = "7.7.16";
 pub const FLEET_CHART_VERSION: &str = "0.11.2";
 /// Where k3s's bundled local-path keeps volumes.
 pub const DEFAULT_LOCAL_PATH: &str = "/var/lib/rancher/k3s/storage";
+
+/// Node label provision sets on nodes whose scratch disk holds the `fast-scratch` path; the class's
+/// `allowedTopologies` selects it. Not under `kubernetes.io`/`k8s.io`: k3s refuses those in `node-label`.
+pub const FAST_SCRATCH_LABEL: &str = "provision.dev/fast-scratch";
+
+/// Whether `group`'s scratch disk (its `scratch_mount`) holds the `fast_scratch` path.
+pub fn holds_fast_scratch(profile: &Profile, group: &NodeGroup) -> bool {
+    let Some(scratch) = &profile.storage.fast_scratch else {
+        return false;
+    };
+    group.disks.scratch_mount.as_deref().is_some_and(|mount| {
+        let mount = mount.trim_end_matches('/');
+        scratch.path == mount || scratch.path.starts_with(&format!("{mount}/"))
+    })
+}
+
+/// Labels provision's storage needs on a node of `group`: [`FAST_SCRATCH_LABEL`] where the scratch disk
+/// holds the `fast-scratch` path.
+pub fn storage_labels(profile: &Profile, group: &NodeGroup) -> BTreeMap<String, String> {
+    let mut labels = BTreeMap::new();
+    if holds_fast_scratch(profile, group) {
+        labels.insert(FAST_SCRATCH_LABEL.to_owned(), "true".to_owned());
+    }
+    labels
+}
 
 /// One file for the manifests directory.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -71,6 +98,7 @@ pub fn render_manifests(
                 "toolkit_enabled": profile.nvidia.mode == NvidiaMode::Operator,
                 "version": profile.nvidia.operator_version.as_deref().unwrap_or(GPU_OPERATOR_VERSION),
                 "time_slicing_replicas": profile.nvidia.time_slicing_replicas.filter(|r| *r > 1),
+                "default_runtime": profile.nvidia.default_runtime,
             }),
         )?;
     }
@@ -100,6 +128,13 @@ pub fn render_manifests(
             .nfs
             .as_ref()
             .is_some_and(|n| n.default_class);
+        // Volumes of the class land only where the path is on a scratch disk. When no group has one (the
+        // validator warns: the path lives on every node's OS disk), any node will do.
+        let scratch_label = profile
+            .node_groups
+            .iter()
+            .any(|group| holds_fast_scratch(profile, group))
+            .then(|| serde_json::json!({ "key": FAST_SCRATCH_LABEL, "value": "true" }));
         add(
             "local-path-provisioner",
             "manifests/local-path-provisioner.yaml.j2",
@@ -108,7 +143,12 @@ pub fn render_manifests(
                 "helper_image": LOCAL_PATH_HELPER_IMAGE,
                 "classes": [
                     { "name": "local-path", "path": DEFAULT_LOCAL_PATH, "default": !nfs_is_default },
-                    { "name": scratch.class_name, "path": scratch.path, "default": false },
+                    {
+                        "name": scratch.class_name,
+                        "path": scratch.path,
+                        "default": false,
+                        "node_label": scratch_label,
+                    },
                 ],
             }),
         )?;

@@ -67,6 +67,8 @@ pub enum K3sError {
     NoServers,
     #[error("{what} {value:?} starts with `-`: kubectl would take it for an option; refusing it")]
     OptionLikeValue { what: String, value: String },
+    #[error("cluster CA certificate {}: {message}", token::SERVER_CA_PATH)]
+    CaCertificate { message: String },
     #[error("kubeconfig {path}: {message}")]
     Kubeconfig { path: String, message: String },
 }

@@ -13,6 +13,7 @@ use std::collections::{BTreeMap, BTreeSet};
 use std::net::IpAddr;
 
 use serde::Serialize;
+use sha2::{Digest, Sha256};
 
 use crate::inventory::{AuthKind, ExistingVm, Inventory, cluster_tag, mapping_paths};
 use crate::profile::model::{Bios, CloudInitMode, NodeGroup, Placement, Profile, Role};
@@ -248,6 +249,8 @@ pub struct PlannedVm {
     pub node: String,
     pub address: IpAddr,
     pub prefix_len: u8,
+    /// MAC of `net0` (see [`derived_mac`]); the NoCloud network-config matches the interface by it.
+    pub mac: String,
     /// Whole PCI devices passed through (`0000:41:00`).
     pub gpus: Vec<String>,
     /// Create parameters (`POST /nodes/{node}/qemu`, `vmid` included).
@@ -320,13 +323,38 @@ pub struct WantedVm {
     pub index: u32,
     pub address: IpAddr,
     pub prefix_len: u8,
+    /// `net0`'s MAC, as [`plan`] decides it for the same inventory and state.
+    pub mac: String,
 }
 
-/// The VMs `profile` describes, in plan order (for preparing seeds before planning).
+/// The VMs `profile` describes, in plan order, as if none existed yet (every MAC derived).
 pub fn wanted_vms(profile: &Profile) -> Result<Vec<WantedVm>, PlanError> {
-    Ok(expand(profile)?
+    let wanted = expand(profile)?;
+    wanted_from(profile, wanted, &BTreeMap::new())
+}
+
+/// The VMs `profile` describes, in plan order, with the MACs [`plan`] gives them for this inventory and
+/// state (existing VMs keep their live MAC): for preparing seeds before planning.
+pub fn wanted_vms_observed(
+    profile: &Profile,
+    inventory: &Inventory,
+    state: &State,
+) -> Result<Vec<WantedVm>, PlanError> {
+    let wanted = expand(profile)?;
+    let existing_for = existing_vms(profile, &wanted, inventory, state);
+    wanted_from(profile, wanted, &existing_for)
+}
+
+fn wanted_from(
+    profile: &Profile,
+    wanted: Vec<Wanted<'_>>,
+    existing_for: &BTreeMap<String, &ExistingVm>,
+) -> Result<Vec<WantedVm>, PlanError> {
+    let mut macs = assign_macs(&profile.cluster.name, &wanted, existing_for);
+    Ok(wanted
         .into_iter()
         .map(|want| WantedVm {
+            mac: macs.remove(&want.name).unwrap_or_default(),
             name: want.name,
             group: want.group.name.clone(),
             role: want.group.role,
@@ -335,6 +363,106 @@ pub fn wanted_vms(profile: &Profile) -> Result<Vec<WantedVm>, PlanError> {
             prefix_len: profile.network.cidr.prefix(),
         })
         .collect())
+}
+
+/// The existing VM (if any) each wanted VM is: the state's VMID when it still carries the name and the
+/// cluster tag, else a VM of the cluster with that name.
+fn existing_vms<'i>(
+    profile: &Profile,
+    wanted: &[Wanted<'_>],
+    inventory: &'i Inventory,
+    state: &State,
+) -> BTreeMap<String, &'i ExistingVm> {
+    let cluster = &profile.cluster.name;
+    let tag = cluster_tag(cluster);
+    let mut existing_for = BTreeMap::new();
+    for want in wanted {
+        let from_state = state.vms.get(&want.name).and_then(|record| {
+            inventory
+                .vm(record.vmid)
+                .filter(|vm| vm.name == want.name && vm.has_tag(&tag))
+        });
+        let found = from_state.or_else(|| {
+            inventory
+                .cluster_vms(cluster)
+                .find(|vm| vm.name == want.name && !vm.template)
+        });
+        if let Some(vm) = found {
+            existing_for.insert(want.name.clone(), vm);
+        }
+    }
+    existing_for
+}
+
+/// First octet of the MACs provision derives: locally administered (bit 1) and unicast (bit 0 clear), so
+/// they can never be a vendor's address, nor Proxmox's own random ones (`BC:24:11`, Proxmox's OUI).
+pub const MAC_FIRST_OCTET: u8 = 0x02;
+
+/// The MAC derived for `vm` of `cluster` (attempt 0; a later attempt only after a collision):
+/// `02:` + 5 bytes of SHA-256 over cluster and VM name, upper-case as Proxmox writes MACs.
+pub fn derived_mac(cluster: &str, vm: &str, attempt: u32) -> String {
+    let mut hasher = Sha256::new();
+    hasher.update(b"provision-mac\0");
+    hasher.update(cluster.as_bytes());
+    hasher.update([0]);
+    hasher.update(vm.as_bytes());
+    if attempt > 0 {
+        hasher.update([0]);
+        hasher.update(attempt.to_be_bytes());
+    }
+    let digest = hasher.finalize();
+    let mut octets = vec![MAC_FIRST_OCTET];
+    octets.extend_from_slice(&digest[..5]);
+    octets
+        .iter()
+        .map(|octet| format!("{octet:02X}"))
+        .collect::<Vec<_>>()
+        .join(":")
+}
+
+/// The MAC in a live `net0` (`virtio=BC:24:11:…,bridge=…` or `macaddr=…`), upper-case.
+pub fn live_mac(net0: &str) -> Option<String> {
+    net0.split(',').find_map(|part| {
+        let (key, value) = part.split_once('=')?;
+        let is_mac = value.len() == 17
+            && value
+                .split(':')
+                .all(|octet| octet.len() == 2 && octet.bytes().all(|b| b.is_ascii_hexdigit()));
+        (matches!(key, "virtio" | "e1000" | "vmxnet3" | "rtl8139" | "macaddr") && is_mac)
+            .then(|| value.to_ascii_uppercase())
+    })
+}
+
+/// Every wanted VM's `net0` MAC. A VM that exists keeps the MAC its live config has (changing it would
+/// rename the guest's interface under its network config, and is no reason to replace a VM); every
+/// other VM gets [`derived_mac`], deterministic across runs, re-derived on the rare collision with a MAC
+/// already taken in the cluster.
+fn assign_macs(
+    cluster: &str,
+    wanted: &[Wanted<'_>],
+    existing_for: &BTreeMap<String, &ExistingVm>,
+) -> BTreeMap<String, String> {
+    let mut macs = BTreeMap::new();
+    for want in wanted {
+        if let Some(mac) = existing_for
+            .get(&want.name)
+            .and_then(|vm| vm.config.get("net0"))
+            .and_then(|net0| live_mac(net0))
+        {
+            macs.insert(want.name.clone(), mac);
+        }
+    }
+    for want in wanted {
+        if macs.contains_key(&want.name) {
+            continue;
+        }
+        let mac = (0..)
+            .map(|attempt| derived_mac(cluster, &want.name, attempt))
+            .find(|mac| !macs.values().any(|taken| taken == mac))
+            .unwrap_or_default();
+        macs.insert(want.name.clone(), mac);
+    }
+    macs
 }
 
 /// One VM the profile asks for, before placement.
@@ -476,26 +604,13 @@ pub fn plan(
     let mut warnings = Vec::new();
 
     // Which existing VM (if any) each wanted VM is.
-    let mut existing_for: BTreeMap<String, &ExistingVm> = BTreeMap::new();
-    let mut adopt = Vec::new();
-    for want in &wanted {
-        let from_state = state.vms.get(&want.name).and_then(|record| {
-            inventory
-                .vm(record.vmid)
-                .filter(|vm| vm.name == want.name && vm.has_tag(&tag))
-        });
-        let found = from_state.or_else(|| {
-            inventory
-                .cluster_vms(cluster)
-                .find(|vm| vm.name == want.name && !vm.template)
-        });
-        if let Some(vm) = found {
-            if !state.vms.contains_key(&want.name) {
-                adopt.push(want.name.clone());
-            }
-            existing_for.insert(want.name.clone(), vm);
-        }
-    }
+    let existing_for = existing_vms(profile, &wanted, inventory, state);
+    let adopt: Vec<String> = wanted
+        .iter()
+        .filter(|want| existing_for.contains_key(&want.name) && !state.vms.contains_key(&want.name))
+        .map(|want| want.name.clone())
+        .collect();
+    let macs = assign_macs(cluster, &wanted, &existing_for);
     for vm in inventory.cluster_vms(cluster) {
         let known = state.vms.values().any(|record| record.vmid == vm.vmid);
         let adopted = existing_for.values().any(|e| e.vmid == vm.vmid);
@@ -771,10 +886,12 @@ pub fn plan(
             CloudInitMode::Proxmox => None,
         };
         let prefix_len = profile.network.cidr.prefix();
+        let mac = macs.get(&want.name).cloned().unwrap_or_default();
         let params = vm_params(
             profile,
             context,
             want,
+            &mac,
             vmid,
             &hostpci,
             pinning.as_ref(),
@@ -796,6 +913,7 @@ pub fn plan(
             node: node.clone(),
             address: want.address,
             prefix_len,
+            mac,
             gpus: gpu_devices.clone(),
             params: params.clone(),
             resize: resize.clone(),
@@ -1676,6 +1794,7 @@ fn vm_params(
     profile: &Profile,
     context: &PlanContext,
     want: &Wanted<'_>,
+    mac: &str,
     vmid: u32,
     hostpci: &[String],
     pinning: Option<&Pinning>,
@@ -1740,7 +1859,8 @@ fn vm_params(
         );
     }
     set("boot", "order=scsi0".into());
-    let mut net = format!("virtio,bridge={}", profile.network.bridge);
+    // The MAC is the model key's value (`virtio=02:…`, qemu-server's `net[n]` format).
+    let mut net = format!("virtio={mac},bridge={}", profile.network.bridge);
     if let Some(vlan) = profile.network.vlan {
         net.push_str(&format!(",tag={vlan}"));
     }

@@ -67,18 +67,23 @@ fn tag_set(value: &str) -> BTreeSet<String> {
         .collect()
 }
 
-/// The parts of `net0` provision sets (model, bridge, tag, mtu); Proxmox adds a MAC and
-/// `firewall`.
+/// The parts of `net0` provision sets (model and MAC, bridge, tag, mtu); Proxmox may add `firewall`.
+/// MACs compare case-insensitively (`model=virtio,macaddr=…` is the long form of `virtio=…`).
 fn net_parts(value: &str) -> BTreeSet<String> {
     value
         .split(',')
-        .filter_map(|part| {
+        .flat_map(|part| {
             let (key, val) = part.split_once('=').unwrap_or((part, ""));
+            let mac = |mac: &str| format!("mac={}", mac.to_ascii_uppercase());
             match key {
-                "virtio" | "e1000" | "vmxnet3" | "rtl8139" => Some(key.to_owned()),
-                "model" => Some(val.to_owned()),
-                "bridge" | "tag" | "mtu" => Some(part.to_owned()),
-                _ => None,
+                "virtio" | "e1000" | "vmxnet3" | "rtl8139" if !val.is_empty() => {
+                    vec![key.to_owned(), mac(val)]
+                }
+                "virtio" | "e1000" | "vmxnet3" | "rtl8139" => vec![key.to_owned()],
+                "model" => vec![val.to_owned()],
+                "macaddr" => vec![mac(val)],
+                "bridge" | "tag" | "mtu" => vec![part.to_owned()],
+                _ => Vec::new(),
             }
         })
         .collect()
@@ -199,7 +204,18 @@ mod tests {
         assert!(same_value(
             "net0",
             Some("virtio=BC:24:11:00:00:01,bridge=vmbr0,firewall=0,tag=20"),
-            "virtio,bridge=vmbr0,tag=20"
+            "virtio=bc:24:11:00:00:01,bridge=vmbr0,tag=20"
+        ));
+        assert!(same_value(
+            "net0",
+            Some("model=virtio,macaddr=02:AA:00:00:00:01,bridge=vmbr0"),
+            "virtio=02:AA:00:00:00:01,bridge=vmbr0"
+        ));
+        // The MAC is part of what provision sets: another one is a change.
+        assert!(!same_value(
+            "net0",
+            Some("virtio=BC:24:11:00:00:01,bridge=vmbr0"),
+            "virtio=02:AA:00:00:00:01,bridge=vmbr0"
         ));
         assert!(!same_value(
             "net0",

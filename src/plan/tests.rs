@@ -522,3 +522,88 @@ fn intent_vmid_is_reused_and_half_created_vm_is_replaced() {
     assert_eq!(action.action, ActionKind::Replace);
     assert_eq!(action.vmid, 7150);
 }
+
+#[test]
+fn every_nic_gets_a_fixed_locally_administered_mac() {
+    let profile = profile();
+    let inventory = inventory(AuthKind::RootTicket);
+    let first = plan(&profile, &inventory, &State::default(), &context()).unwrap();
+    let again = plan(&profile, &inventory, &State::default(), &context()).unwrap();
+    let mut seen = BTreeSet::new();
+    for vm in &first.vms {
+        // The model key carries the MAC (qemu-server's `net[n]`: `virtio=<MAC>,bridge=…`).
+        assert_eq!(
+            vm.params["net0"],
+            format!("virtio={},bridge=vmbr0", vm.mac),
+            "{}",
+            vm.name
+        );
+        assert_eq!(vm.mac, derived_mac("lab", &vm.name, 0));
+        let first_octet = u8::from_str_radix(&vm.mac[..2], 16).unwrap();
+        assert_eq!(first_octet & 0b11, 0b10, "locally administered unicast");
+        assert!(seen.insert(vm.mac.clone()), "duplicate MAC {}", vm.mac);
+        assert_eq!(
+            again.vm(&vm.name).unwrap().mac,
+            vm.mac,
+            "stable across runs"
+        );
+    }
+    // Another cluster with the same VM names gets other MACs.
+    assert_ne!(
+        derived_mac("lab", "lab-cp-1", 0),
+        derived_mac("lab2", "lab-cp-1", 0)
+    );
+    // The seeds prepared before planning use the same MACs.
+    let wanted = wanted_vms_observed(&profile, &inventory, &State::default()).unwrap();
+    for want in &wanted {
+        assert_eq!(first.vm(&want.name).unwrap().mac, want.mac);
+    }
+}
+
+#[test]
+fn an_existing_vm_keeps_its_live_mac_instead_of_being_replaced() {
+    let profile = profile();
+    let mut inventory = inventory(AuthKind::RootTicket);
+    let first = plan(&profile, &inventory, &State::default(), &context()).unwrap();
+    let state = applied(&first, &mut inventory);
+    // A VM created before MACs were fixed: Proxmox gave it a random one in its own OUI.
+    let live_mac = "BC:24:11:AA:BB:CC";
+    let cp = inventory
+        .vms
+        .iter_mut()
+        .find(|vm| vm.name == "lab-cp-1")
+        .unwrap();
+    cp.config.insert(
+        "net0".into(),
+        format!(
+            "virtio={},bridge=vmbr0,firewall=1",
+            live_mac.to_ascii_lowercase()
+        ),
+    );
+    let second = plan(&profile, &inventory, &state, &context()).unwrap();
+    assert!(second.is_noop(), "{}", render_text(&second));
+    let planned = second.vm("lab-cp-1").unwrap();
+    assert_eq!(planned.mac, live_mac);
+    assert_eq!(
+        planned.params["net0"],
+        format!("virtio={live_mac},bridge=vmbr0")
+    );
+    let wanted = wanted_vms_observed(&profile, &inventory, &state).unwrap();
+    assert_eq!(wanted[0].mac, live_mac, "its seed matches the live NIC");
+    // A derived MAC never takes one an existing VM holds.
+    let mut macs = BTreeSet::new();
+    assert!(second.vms.iter().all(|vm| macs.insert(vm.mac.clone())));
+}
+
+#[test]
+fn live_macs_are_read_in_both_property_forms() {
+    assert_eq!(
+        live_mac("virtio=bc:24:11:00:00:01,bridge=vmbr0").as_deref(),
+        Some("BC:24:11:00:00:01")
+    );
+    assert_eq!(
+        live_mac("model=virtio,macaddr=02:00:00:00:00:0A,bridge=vmbr0").as_deref(),
+        Some("02:00:00:00:00:0A")
+    );
+    assert_eq!(live_mac("virtio,bridge=vmbr0"), None);
+}

@@ -458,6 +458,10 @@ pub struct Nvidia {
     /// repository; pushed to the nodes as a file (never fetched there).
     #[serde(default)]
     pub repo_key: Option<String>,
+    /// Make `nvidia` containerd's default runtime on GPU nodes (the GPU Operator toolkit's
+    /// `CONTAINERD_SET_AS_DEFAULT`). Off by default: pods opt in with `runtimeClassName: nvidia`.
+    #[serde(default)]
+    pub default_runtime: bool,
 }
 
 impl Nvidia {

@@ -1069,6 +1069,13 @@ impl Checker {
                 "use 2 or more (e.g. 4), or remove time_slicing_replicas to give whole GPUs",
             );
         }
+        if nvidia.default_runtime && nvidia.mode != NvidiaMode::Operator {
+            self.error(
+                path(&["nvidia", "default_runtime"]),
+                "default_runtime is set but nvidia.mode is not operator",
+                "set nvidia.mode = \"operator\" (its toolkit makes nvidia containerd's default runtime) or remove default_runtime",
+            );
+        }
         if let Some(version) = &nvidia.operator_version {
             if nvidia.mode != NvidiaMode::Operator {
                 self.error(

@@ -303,6 +303,32 @@ fn gpu_operator_values_point_at_k3s_containerd() {
             .contains("/var/lib/rancher/k3s/agent/etc/containerd/config.toml")
     );
     assert!(operator.content.contains("replicas: 4"));
+    // CONTAINERD_SET_AS_DEFAULT follows nvidia.default_runtime (default false: pods opt in).
+    let set_as_default = |profile: &Profile| -> String {
+        let manifests = render_manifests(&Templates::builtin(), profile, None).unwrap();
+        let operator = manifests
+            .iter()
+            .find(|m| m.file_name == "provision-nvidia-gpu-operator.yaml")
+            .unwrap();
+        let chart = yaml_documents(&operator.content)
+            .into_iter()
+            .find(|d| d["kind"] == "HelmChart")
+            .unwrap();
+        let values: serde_yaml_ng::Value =
+            serde_yaml_ng::from_str(chart["spec"]["valuesContent"].as_str().unwrap()).unwrap();
+        let env = values["toolkit"]["env"].as_sequence().unwrap();
+        env.iter()
+            .find(|e| e["name"] == "CONTAINERD_SET_AS_DEFAULT")
+            .unwrap()["value"]
+            .as_str()
+            .unwrap()
+            .to_owned()
+    };
+    assert!(!profile.nvidia.default_runtime);
+    assert_eq!(set_as_default(&profile), "false");
+    let mut default_nvidia = profile.clone();
+    default_nvidia.nvidia.default_runtime = true;
+    assert_eq!(set_as_default(&default_nvidia), "true");
     assert!(operator.content.contains("name: time-slicing-config"));
     assert!(
         operator
@@ -351,6 +377,74 @@ fn gpu_operator_driver_container_only_when_the_image_lacks_the_driver() {
     assert_eq!(operator_switches(&profile), (false, false));
     profile.nvidia.driver = None;
     assert_eq!(operator_switches(&profile), (false, false));
+}
+
+#[test]
+fn fast_scratch_volumes_land_only_on_nodes_with_the_scratch_disk() {
+    use provision::k3s::manifests::{FAST_SCRATCH_LABEL, storage_labels};
+    let profile = profiles()
+        .into_iter()
+        .find(|(p, _)| p.ends_with("gpu-operator.toml"))
+        .unwrap()
+        .1;
+    let scratch = profile.storage.fast_scratch.as_ref().unwrap();
+    let manifests = render_manifests(&Templates::builtin(), &profile, None).unwrap();
+    let local_path = manifests
+        .iter()
+        .find(|m| m.file_name == "provision-local-path-provisioner.yaml")
+        .unwrap();
+    let documents = yaml_documents(&local_path.content);
+    let class = |name: &str| {
+        documents
+            .iter()
+            .find(|d| d["kind"] == "StorageClass" && d["metadata"]["name"] == name)
+            .unwrap()
+            .clone()
+    };
+    let fast = class(&scratch.class_name);
+    let expressions = fast["allowedTopologies"][0]["matchLabelExpressions"]
+        .as_sequence()
+        .unwrap();
+    assert_eq!(expressions.len(), 1);
+    assert_eq!(expressions[0]["key"].as_str(), Some(FAST_SCRATCH_LABEL));
+    assert_eq!(
+        expressions[0]["values"].as_sequence().unwrap(),
+        &[serde_yaml_ng::Value::from("true")]
+    );
+    assert!(
+        class("local-path").get("allowedTopologies").is_none(),
+        "local-path stays usable everywhere"
+    );
+    // The label goes exactly on the groups whose scratch disk holds the path.
+    let mut labelled = 0;
+    for group in &profile.node_groups {
+        let labels = storage_labels(&profile, group);
+        let on_scratch = group
+            .disks
+            .scratch_mount
+            .as_deref()
+            .is_some_and(|mount| scratch.path.starts_with(mount));
+        assert_eq!(
+            labels.get(FAST_SCRATCH_LABEL).map(String::as_str),
+            on_scratch.then_some("true"),
+            "{}",
+            group.name
+        );
+        labelled += usize::from(on_scratch);
+    }
+    assert!(labelled > 0, "the fixture has a scratch group");
+    // Without any scratch disk the class is not restricted (the path is on every OS disk).
+    let mut no_disk = profile.clone();
+    for group in &mut no_disk.node_groups {
+        group.disks.scratch_mount = None;
+    }
+    let manifests = render_manifests(&Templates::builtin(), &no_disk, None).unwrap();
+    let text = &manifests
+        .iter()
+        .find(|m| m.file_name == "provision-local-path-provisioner.yaml")
+        .unwrap()
+        .content;
+    assert!(!text.contains("allowedTopologies"), "{text}");
 }
 
 #[test]

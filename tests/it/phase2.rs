@@ -40,7 +40,13 @@ struct Sim {
     batches: usize,
     /// Every command line sent (what `ps` on the guest would show).
     command_lines: Vec<String>,
+    /// The cluster CA certificate, created at `cluster-init` (k3s's server-ca.crt).
+    ca: Option<Vec<u8>>,
+    /// kube-vip never takes the VIP.
+    vip_down: bool,
 }
+
+const CA_PATH: &str = "/var/lib/rancher/k3s/server/tls/server-ca.crt";
 
 type Shared = Arc<Mutex<Sim>>;
 
@@ -55,6 +61,12 @@ fn ok(stdout: impl Into<String>) -> CommandOutput {
         stdout: stdout.into().into_bytes(),
         stderr: Vec::new(),
     }
+}
+
+/// A scalar of config.yaml, unquoted.
+fn config_value(config: &str, key: &str) -> String {
+    let document: serde_yaml_ng::Value = serde_yaml_ng::from_str(config).unwrap();
+    document[key].as_str().unwrap().to_owned()
 }
 
 fn config_line<'a>(config: &'a str, key: &str) -> Option<&'a str> {
@@ -180,6 +192,53 @@ impl FakeExec {
             let init = config_line(&config, "cluster-init").is_some();
             let server = config_line(&config, "server").map(str::to_owned);
             let is_server = config.contains("write-kubeconfig-mode");
+            // The token as k3s checks it: a K10 token's hash must be the cluster CA's, or the node
+            // refuses to join ("token CA hash does not match the Cluster CA certificate hash").
+            let token = config_line(&config, "token")
+                .unwrap()
+                .trim_matches('"')
+                .to_owned();
+            if init {
+                assert_eq!(
+                    token, "0123abcd",
+                    "the bootstrap server gets the bare secret"
+                );
+                let ca = sim.ca.get_or_insert_with(|| {
+                    format!(
+                        "-----BEGIN CERTIFICATE-----\n{}\n-----END CERTIFICATE-----\n",
+                        self.host
+                    )
+                    .into_bytes()
+                });
+                let ca = ca.clone();
+                sim.hosts
+                    .get_mut(&self.host)
+                    .unwrap()
+                    .files
+                    .insert(CA_PATH.into(), (ca, 0o644));
+            } else {
+                let want = format!(
+                    "K10{}::server:0123abcd",
+                    sha256_hex(sim.ca.as_ref().unwrap())
+                );
+                if token != want {
+                    return Ok(CommandOutput {
+                        exit_status: 1,
+                        stdout: Vec::new(),
+                        stderr: b"token CA hash does not match the Cluster CA certificate hash"
+                            .to_vec(),
+                    });
+                }
+                if is_server {
+                    let ca = sim.ca.clone().unwrap();
+                    sim.hosts
+                        .get_mut(&self.host)
+                        .unwrap()
+                        .files
+                        .insert(CA_PATH.into(), (ca, 0o644));
+                }
+            }
+            let host = sim.hosts.get_mut(&self.host).unwrap();
             let verb = if command.contains("restart") {
                 "restart"
             } else {
@@ -225,6 +284,38 @@ impl FakeExec {
                 .entry(self.host.clone())
                 .or_insert((false, is_server, labels, taints));
             return Ok(ok(""));
+        }
+        if command == format!("cat -- {CA_PATH}") {
+            return Ok(match host.files.get(CA_PATH) {
+                Some((content, _)) => ok(String::from_utf8(content.clone()).unwrap()),
+                None => CommandOutput {
+                    exit_status: 1,
+                    stdout: Vec::new(),
+                    stderr: format!("cat: {CA_PATH}: No such file or directory").into_bytes(),
+                },
+            });
+        }
+        if let Some(rest) = command.strip_prefix("k3s kubectl --server ") {
+            let url = rest.split(' ').next().unwrap().to_owned();
+            assert!(
+                rest.ends_with("get --raw /readyz"),
+                "{}: unexpected kubectl {command}",
+                self.host
+            );
+            // kube-vip holds the VIP once a server runs; the first look finds it not yet up.
+            let up = sim.hosts.values().any(|h| h.active && h.has_data);
+            let first_look = !sim.events.iter().any(|e| e.starts_with("vip not yet"));
+            if !up || first_look || sim.vip_down {
+                sim.events.push(format!("vip not yet {url}"));
+                return Ok(CommandOutput {
+                    exit_status: 1,
+                    stdout: Vec::new(),
+                    stderr: b"Unable to connect to the server: dial tcp: connect: no route to host"
+                        .to_vec(),
+                });
+            }
+            sim.events.push(format!("vip answers {url}"));
+            return Ok(ok("ok"));
         }
         if command == "systemctl daemon-reload" {
             return Ok(ok(""));
@@ -404,19 +495,23 @@ async fn fresh_cluster_bootstraps_then_joins_servers_one_at_a_time_then_agents()
     assert_eq!(report.bootstrap, "server-1");
     assert!(!report.existing_cluster);
     let events = world.take_events();
-    let via = "via \"https://10.77.0.11:6443\"";
+    let vip = "https://10.77.0.5:6443";
+    let via = format!("via \"{vip}\"");
     assert_eq!(
-        events[..6],
+        events[..8],
         [
             "start server-1 cluster-init".to_owned(),
             "ready server-1".to_owned(),
+            // kube-vip runs only once the bootstrap server is up: wait for the VIP, then join through it.
+            format!("vip not yet {vip}"),
+            format!("vip answers {vip}"),
             format!("start server-2 {via}"),
             "ready server-2".to_owned(),
             format!("start server-3 {via}"),
             "ready server-3".to_owned(),
         ]
     );
-    let agent_starts: BTreeSet<_> = events[6..8].iter().cloned().collect();
+    let agent_starts: BTreeSet<_> = events[8..10].iter().cloned().collect();
     assert_eq!(
         agent_starts,
         BTreeSet::from([
@@ -424,6 +519,16 @@ async fn fresh_cluster_bootstraps_then_joins_servers_one_at_a_time_then_agents()
             format!("start worker-2 {via}")
         ])
     );
+    // The bootstrap server starts with the bare secret; every joiner pins the cluster CA.
+    let ca_hash = sha256_hex(world.sim.lock().unwrap().ca.as_ref().unwrap());
+    assert_eq!(config_value(&world.config("server-1"), "token"), "0123abcd");
+    for host in ["server-2", "server-3", "worker-1", "worker-2"] {
+        assert_eq!(
+            config_value(&world.config(host), "token"),
+            format!("K10{ca_hash}::server:0123abcd"),
+            "{host}"
+        );
+    }
     assert!(world.config("server-1").contains("cluster-init: true"));
     for host in ["server-2", "server-3", "worker-1"] {
         assert!(!world.config(host).contains("cluster-init"), "{host}");
@@ -535,7 +640,8 @@ async fn rebuilt_first_server_joins_the_healthy_servers_instead_of_cluster_init(
     assert_eq!(report.bootstrap, "server-2");
     assert!(report.existing_cluster);
     let events = world.take_events();
-    assert_eq!(events[0], "start server-1 via \"https://10.77.0.12:6443\"");
+    let starts: Vec<&String> = events.iter().filter(|e| e.starts_with("start")).collect();
+    assert_eq!(starts[0], "start server-1 via \"https://10.77.0.5:6443\"");
     assert!(
         events.iter().all(|e| !e.contains("cluster-init")),
         "{events:?}"
@@ -669,4 +775,43 @@ async fn gitops_credentials_reach_the_bootstrap_server_0600_and_are_never_printe
     let error = format!("{:#}", world.up().await.unwrap_err());
     assert!(error.contains("chmod 600"), "{error}");
     assert!(!error.contains(password), "{error}");
+}
+
+#[tokio::test]
+async fn without_a_vip_nodes_join_through_the_bootstrap_server_with_the_secure_token() {
+    let mut world = world();
+    world.profile.cluster.api_vip = None;
+    world.up().await.unwrap();
+    let events = world.take_events();
+    assert!(
+        events.iter().all(|e| !e.starts_with("vip")),
+        "no VIP to wait for: {events:?}"
+    );
+    let via = "via \"https://10.77.0.11:6443\"";
+    let starts: Vec<&String> = events.iter().filter(|e| e.starts_with("start")).collect();
+    assert_eq!(starts[0], "start server-1 cluster-init");
+    assert!(starts[1..].iter().all(|e| e.ends_with(via)), "{starts:?}");
+    assert_eq!(starts.len(), 5);
+    let ca_hash = sha256_hex(world.sim.lock().unwrap().ca.as_ref().unwrap());
+    assert_eq!(
+        config_value(&world.config("worker-1"), "token"),
+        format!("K10{ca_hash}::server:0123abcd")
+    );
+    // The CA is read once per run, never re-created: a re-run changes nothing.
+    assert!(!world.up().await.unwrap().changed());
+}
+
+#[tokio::test]
+async fn a_vip_that_never_answers_stops_before_any_node_joins() {
+    let mut world = world();
+    world.sim.lock().unwrap().vip_down = true;
+    world.opts.ready_timeout = Duration::from_millis(200);
+    let error = world.up().await.unwrap_err();
+    let message = format!("{error:#}");
+    assert!(message.contains("API VIP 10.77.0.5"), "{message}");
+    assert!(message.contains("timed out"), "{message}");
+    assert!(message.contains("kube-vip"), "{message}");
+    let events = world.take_events();
+    let starts: Vec<&String> = events.iter().filter(|e| e.starts_with("start")).collect();
+    assert_eq!(starts, ["start server-1 cluster-init"], "{events:?}");
 }
