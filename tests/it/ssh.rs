@@ -65,6 +65,7 @@ fn fingerprint_by_ssh_keygen(public_key: &str, dir: &Path) -> String {
 }
 
 #[tokio::test]
+#[ignore = "needs root and the test hosts (scripts/testbed.sh): .ci/run runs it"]
 async fn ssh_runs_commands_with_stdin_stdout_stderr_and_status() {
     let Some(testbed) = Testbed::ensure(2) else {
         return;
@@ -90,6 +91,7 @@ async fn ssh_runs_commands_with_stdin_stdout_stderr_and_status() {
 }
 
 #[tokio::test]
+#[ignore = "needs root and the test hosts (scripts/testbed.sh): .ci/run runs it"]
 async fn ssh_write_file_is_verified_atomic_and_readable() {
     let Some(testbed) = Testbed::ensure(2) else {
         return;
@@ -127,6 +129,7 @@ async fn ssh_write_file_is_verified_atomic_and_readable() {
 }
 
 #[tokio::test]
+#[ignore = "needs root and the test hosts (scripts/testbed.sh): .ci/run runs it"]
 async fn ssh_wrong_host_key_is_refused_naming_host_and_both_fingerprints() {
     let Some(testbed) = Testbed::ensure(2) else {
         return;
@@ -155,6 +158,7 @@ async fn ssh_wrong_host_key_is_refused_naming_host_and_both_fingerprints() {
 }
 
 #[tokio::test]
+#[ignore = "needs root and the test hosts (scripts/testbed.sh): .ci/run runs it"]
 async fn ssh_known_hosts_refuses_unknown_then_accepts_new_explicitly() {
     let Some(testbed) = Testbed::ensure(2) else {
         return;
@@ -194,6 +198,7 @@ async fn ssh_known_hosts_refuses_unknown_then_accepts_new_explicitly() {
 }
 
 #[tokio::test]
+#[ignore = "needs root and the test hosts (scripts/testbed.sh): .ci/run runs it"]
 async fn ssh_crashed_host_gives_named_error_and_reconnects_after_restart() {
     let Some(testbed) = Testbed::exclusive(1) else {
         return;
@@ -244,6 +249,7 @@ async fn ssh_crashed_host_gives_named_error_and_reconnects_after_restart() {
 }
 
 #[tokio::test]
+#[ignore = "needs root and the test hosts (scripts/testbed.sh): .ci/run runs it"]
 async fn ssh_partitioned_host_times_out_naming_host_and_recovers_after_heal() {
     let Some(testbed) = Testbed::exclusive(1) else {
         return;
@@ -279,6 +285,7 @@ async fn ssh_partitioned_host_times_out_naming_host_and_recovers_after_heal() {
 }
 
 #[tokio::test]
+#[ignore = "needs root and the test hosts (scripts/testbed.sh): .ci/run runs it"]
 async fn ssh_through_a_jump_host_and_in_parallel() {
     let Some(testbed) = Testbed::ensure(2) else {
         return;

@@ -10,6 +10,7 @@ use russh::keys::PublicKey;
 use crate::support::testbed::Testbed;
 
 #[test]
+#[ignore = "needs root and the test hosts (scripts/testbed.sh): .ci/run runs it"]
 fn testbed_hosts_are_separate_systemd_machines() {
     let Some(testbed) = Testbed::ensure(2) else {
         return;
@@ -39,6 +40,7 @@ fn testbed_hosts_are_separate_systemd_machines() {
 }
 
 #[test]
+#[ignore = "needs root and the test hosts (scripts/testbed.sh): .ci/run runs it"]
 fn testbed_reboot_inside_a_host_boots_it_again() {
     let Some(testbed) = Testbed::exclusive(1) else {
         return;
@@ -68,6 +70,7 @@ fn testbed_reboot_inside_a_host_boots_it_again() {
 }
 
 #[tokio::test]
+#[ignore = "needs root and the test hosts (scripts/testbed.sh): .ci/run runs it"]
 async fn testbed_cloud_init_applies_a_nocloud_seed_on_first_boot() {
     let Some(testbed) = Testbed::exclusive_stopped(1) else {
         return;
@@ -187,6 +190,7 @@ fn install_standin(testbed: &Testbed, name: &str, unit: &str, unit_text: &str, c
 }
 
 #[test]
+#[ignore = "needs root and the test hosts (scripts/testbed.sh): .ci/run runs it"]
 fn standin_k3s_server_and_agent_join_and_show_in_get_nodes() {
     let Some(testbed) = Testbed::exclusive(3) else {
         return;

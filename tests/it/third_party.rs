@@ -249,6 +249,7 @@ fn python(venv: &Path) -> PathBuf {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[ignore = "needs the clients venv (scripts/ci-setup-clients.sh): .ci/run runs it"]
 async fn proxmoxer_takes_a_gpu_vm_through_its_life() {
     let Some(venv) = venv_or_skip("third_party::proxmoxer_takes_a_gpu_vm_through_its_life") else {
         return;
@@ -304,6 +305,7 @@ async fn proxmoxer_takes_a_gpu_vm_through_its_life() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[ignore = "needs the clients venv (scripts/ci-setup-clients.sh): .ci/run runs it"]
 async fn ansible_proxmox_kvm_takes_a_gpu_vm_through_its_life() {
     let Some(venv) =
         venv_or_skip("third_party::ansible_proxmox_kvm_takes_a_gpu_vm_through_its_life")
