@@ -657,15 +657,9 @@ async fn open_session(
     };
     match credential {
         Credential::Key(key) => {
-            let hash = if key.algorithm().is_rsa() {
-                handle
-                    .best_supported_rsa_hash()
-                    .await
-                    .map_err(transport)?
-                    .flatten()
-            } else {
-                None
-            };
+            let hash = rsa_hash(&handle, key.algorithm().is_rsa())
+                .await
+                .map_err(transport)?;
             let result = handle
                 .authenticate_publickey(
                     target.user.clone(),
@@ -717,15 +711,9 @@ async fn open_session(
                     socket.display()
                 )));
             }
-            let hash = if public.algorithm().is_rsa() {
-                handle
-                    .best_supported_rsa_hash()
-                    .await
-                    .map_err(transport)?
-                    .flatten()
-            } else {
-                None
-            };
+            let hash = rsa_hash(&handle, public.algorithm().is_rsa())
+                .await
+                .map_err(transport)?;
             match handle
                 .authenticate_publickey_with(
                     target.user.clone(),
@@ -754,15 +742,9 @@ async fn open_session(
                 let russh::keys::agent::AgentIdentity::PublicKey { key, .. } = identity else {
                     continue;
                 };
-                let hash = if key.algorithm().is_rsa() {
-                    handle
-                        .best_supported_rsa_hash()
-                        .await
-                        .map_err(transport)?
-                        .flatten()
-                } else {
-                    None
-                };
+                let hash = rsa_hash(&handle, key.algorithm().is_rsa())
+                    .await
+                    .map_err(transport)?;
                 match handle
                     .authenticate_publickey_with(target.user.clone(), key, hash, &mut agent)
                     .await
@@ -854,6 +836,18 @@ impl RemoteExec for RusshExec {
             })
         }
     }
+}
+
+/// The RSA signature hash the server prefers when the client key is RSA (`None` otherwise, and
+/// when the server names none): the same answer for a key file and for an agent's key.
+async fn rsa_hash<H: client::Handler>(
+    handle: &client::Handle<H>,
+    rsa: bool,
+) -> Result<Option<russh::keys::HashAlg>, russh::Error> {
+    if !rsa {
+        return Ok(None);
+    }
+    Ok(handle.best_supported_rsa_hash().await?.flatten())
 }
 
 #[cfg(test)]
