@@ -1,5 +1,6 @@
 //! Remote execution on guests: the [`RemoteExec`] trait and its russh implementation.
 
+mod auth;
 pub mod commands;
 pub mod hostkey;
 pub mod known_hosts;

@@ -7,14 +7,16 @@ use std::time::{Duration, Instant};
 
 use async_trait::async_trait;
 use russh::ChannelMsg;
-use russh::client::{self, AuthResult, Handle};
-use russh::keys::{PrivateKey, PrivateKeyWithHashAlg, PublicKey, PublicKeyOrCertificate};
+use russh::client::{self, Handle};
+use russh::keys::PublicKeyOrCertificate;
 use russh_sftp::client::SftpSession;
 use russh_sftp::protocol::{FileAttributes, OpenFlags};
 use sha2::Digest as _;
 use tokio::io::AsyncWriteExt as _;
 use tokio::sync::{Mutex, Semaphore};
 
+pub use super::auth::PASSPHRASE_ENV;
+use super::auth::{Credential, authenticate, load_credential, process_env};
 use super::commands;
 use super::hostkey::{self, HostKeyPolicy};
 use super::{CommandOutput, RemoteExec, SshError};
@@ -98,85 +100,6 @@ impl Default for SshOptions {
             become_root: false,
             max_channels: 8,
         }
-    }
-}
-
-/// Environment variable holding the passphrase of an encrypted client key (`ssh.private_key`).
-pub const PASSPHRASE_ENV: &str = "PROVISION_SSH_PASSPHRASE";
-
-/// A loaded credential (the key file is read once).
-#[derive(Clone)]
-enum Credential {
-    Key(Arc<PrivateKey>),
-    Agent,
-    /// An encrypted key file whose private half the ssh-agent at `socket` holds.
-    AgentKey {
-        socket: PathBuf,
-        public: Arc<PublicKey>,
-        path: PathBuf,
-    },
-}
-
-fn process_env(name: &str) -> Option<String> {
-    std::env::var(name).ok()
-}
-
-fn load_credential(
-    key: &ClientKey,
-    env: &(dyn Fn(&str) -> Option<String> + Sync),
-) -> Result<Credential, SshError> {
-    match key {
-        ClientKey::File { path, passphrase } => load_key_file(path, passphrase.as_deref(), env),
-        ClientKey::Agent => Ok(Credential::Agent),
-    }
-}
-
-/// A private key file: plain, decrypted with the given passphrase or [`PASSPHRASE_ENV`], or (encrypted
-/// and neither given) left to the ssh-agent at `SSH_AUTH_SOCK`.
-fn load_key_file(
-    path: &std::path::Path,
-    passphrase: Option<&str>,
-    env: &(dyn Fn(&str) -> Option<String> + Sync),
-) -> Result<Credential, SshError> {
-    let failed = |message: String| SshError::KeyFile {
-        path: path.display().to_string(),
-        message,
-    };
-    let text = std::fs::read_to_string(path).map_err(|error| failed(error.to_string()))?;
-    let from_env = env(PASSPHRASE_ENV).filter(|value| !value.is_empty());
-    let passphrase = passphrase.map(str::to_owned).or(from_env);
-    match russh::keys::decode_secret_key(&text, passphrase.as_deref()) {
-        Ok(key) => Ok(Credential::Key(Arc::new(key))),
-        Err(russh::keys::Error::KeyIsEncrypted) => {
-            let shown = path.display();
-            let remedies = format!(
-                "add it to an ssh-agent (`ssh-add {shown}`) and set SSH_AUTH_SOCK, or put its \
-                 passphrase in {PASSPHRASE_ENV}"
-            );
-            let Some(socket) = env("SSH_AUTH_SOCK").filter(|value| !value.is_empty()) else {
-                return Err(failed(format!(
-                    "it is encrypted with a passphrase and no ssh-agent is available: {remedies}"
-                )));
-            };
-            // OpenSSH keeps the public half in clear: the agent is asked to sign with exactly it.
-            let public = PrivateKey::from_openssh(&text)
-                .map(|key| key.public_key().clone())
-                .map_err(|error| {
-                    failed(format!(
-                        "it is encrypted and its public key cannot be read ({error}): put its \
-                         passphrase in {PASSPHRASE_ENV}"
-                    ))
-                })?;
-            Ok(Credential::AgentKey {
-                socket: PathBuf::from(socket),
-                public: Arc::new(public),
-                path: path.to_path_buf(),
-            })
-        }
-        Err(error) if passphrase.is_some() => Err(failed(format!(
-            "cannot decrypt it with the given passphrase ({PASSPHRASE_ENV}): {error}"
-        ))),
-        Err(error) => Err(failed(error.to_string())),
     }
 }
 
@@ -636,7 +559,7 @@ async fn open_session(
         None => client::connect(config, (target.address.as_str(), target.port), verifier).await,
         Some(stream) => client::connect_stream(config, stream, verifier).await,
     };
-    let mut handle = match connected {
+    let handle = match connected {
         Ok(handle) => handle,
         Err(error) => {
             let refused = refusal.lock().ok().and_then(|mut slot| slot.take());
@@ -646,119 +569,7 @@ async fn open_session(
             }));
         }
     };
-    let auth_error = |message: String| SshError::Auth {
-        host: label.to_string(),
-        user: target.user.clone(),
-        message,
-    };
-    let transport = |error: russh::Error| SshError::Connect {
-        host: label.to_string(),
-        message: error.to_string(),
-    };
-    match credential {
-        Credential::Key(key) => {
-            let hash = rsa_hash(&handle, key.algorithm().is_rsa())
-                .await
-                .map_err(transport)?;
-            let result = handle
-                .authenticate_publickey(
-                    target.user.clone(),
-                    PrivateKeyWithHashAlg::new(key.clone(), hash),
-                )
-                .await
-                .map_err(transport)?;
-            match result {
-                AuthResult::Success => Ok(handle),
-                AuthResult::Failure { .. } => Err(auth_error(
-                    "the server refused the client key (is it in authorized_keys?)".to_string(),
-                )),
-            }
-        }
-        Credential::AgentKey {
-            socket,
-            public,
-            path,
-        } => {
-            let key_error = |message: String| SshError::KeyFile {
-                path: path.display().to_string(),
-                message,
-            };
-            let remedy = format!(
-                "run `ssh-add {}`, or put its passphrase in {PASSPHRASE_ENV}",
-                path.display()
-            );
-            let mut agent = russh::keys::agent::client::AgentClient::connect_uds(socket)
-                .await
-                .map_err(|error| {
-                    key_error(format!(
-                        "it is encrypted and the ssh-agent at {} cannot be reached ({error}): {remedy}",
-                        socket.display()
-                    ))
-                })?;
-            let identities = agent
-                .request_identities()
-                .await
-                .map_err(|error| auth_error(format!("ssh-agent: {error}")))?;
-            let held = identities.iter().any(|identity| match identity {
-                russh::keys::agent::AgentIdentity::PublicKey { key, .. } => {
-                    key.key_data() == public.key_data()
-                }
-                russh::keys::agent::AgentIdentity::Certificate { .. } => false,
-            });
-            if !held {
-                return Err(key_error(format!(
-                    "it is encrypted and the ssh-agent at {} does not hold it: {remedy}",
-                    socket.display()
-                )));
-            }
-            let hash = rsa_hash(&handle, public.algorithm().is_rsa())
-                .await
-                .map_err(transport)?;
-            match handle
-                .authenticate_publickey_with(
-                    target.user.clone(),
-                    public.as_ref().clone(),
-                    hash,
-                    &mut agent,
-                )
-                .await
-            {
-                Ok(AuthResult::Success) => Ok(handle),
-                Ok(AuthResult::Failure { .. }) => Err(auth_error(
-                    "the server refused the client key (is it in authorized_keys?)".to_string(),
-                )),
-                Err(error) => Err(auth_error(format!("ssh-agent: {error}"))),
-            }
-        }
-        Credential::Agent => {
-            let mut agent = russh::keys::agent::client::AgentClient::connect_env()
-                .await
-                .map_err(|error| auth_error(format!("no ssh-agent: {error}")))?;
-            let identities = agent
-                .request_identities()
-                .await
-                .map_err(|error| auth_error(format!("ssh-agent: {error}")))?;
-            for identity in identities {
-                let russh::keys::agent::AgentIdentity::PublicKey { key, .. } = identity else {
-                    continue;
-                };
-                let hash = rsa_hash(&handle, key.algorithm().is_rsa())
-                    .await
-                    .map_err(transport)?;
-                match handle
-                    .authenticate_publickey_with(target.user.clone(), key, hash, &mut agent)
-                    .await
-                {
-                    Ok(AuthResult::Success) => return Ok(handle),
-                    Ok(AuthResult::Failure { .. }) => {}
-                    Err(error) => tracing::debug!(host = label, %error, "agent key refused"),
-                }
-            }
-            Err(auth_error(
-                "the server accepted none of the ssh-agent's keys".to_string(),
-            ))
-        }
-    }
+    authenticate(handle, target, label, credential).await
 }
 
 /// A command shortened for messages (first line, at most 80 characters).
@@ -836,18 +647,6 @@ impl RemoteExec for RusshExec {
             })
         }
     }
-}
-
-/// The RSA signature hash the server prefers when the client key is RSA (`None` otherwise, and
-/// when the server names none): the same answer for a key file and for an agent's key.
-async fn rsa_hash<H: client::Handler>(
-    handle: &client::Handle<H>,
-    rsa: bool,
-) -> Result<Option<russh::keys::HashAlg>, russh::Error> {
-    if !rsa {
-        return Ok(None);
-    }
-    Ok(handle.best_supported_rsa_hash().await?.flatten())
 }
 
 #[cfg(test)]
