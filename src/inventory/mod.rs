@@ -9,7 +9,7 @@ use futures::future::try_join_all;
 use serde::{Deserialize, Serialize};
 
 use crate::profile::model::{HostTopology, Profile};
-use crate::pve::types::{PciDevice, PciMapping, StorageStatus, StorageVolume};
+use crate::pve::types::{ClusterResource, PciDevice, PciMapping, StorageStatus, StorageVolume};
 use crate::pve::{NodeName, Params, PveApi, PveError, VmId};
 
 /// Errors while observing Proxmox.
@@ -260,6 +260,12 @@ pub fn mapping_paths(mapping: &PciMapping) -> Vec<(String, String)> {
     entries
 }
 
+/// The read error for one API path.
+fn read_error(what: &str) -> impl FnOnce(PveError) -> InventoryError + use<> {
+    let what = what.to_owned();
+    move |source| InventoryError::Read { what, source }
+}
+
 /// Observe Proxmox for `profile`: nodes, storages, PCI devices, mappings, pools and every VM
 /// (configs of VMs on the profile's nodes). Only GET requests.
 pub async fn observe(
@@ -267,11 +273,7 @@ pub async fn observe(
     profile: &Profile,
     auth: AuthKind,
 ) -> Result<Inventory, InventoryError> {
-    let read = |what: &str| {
-        let what = what.to_owned();
-        move |source| InventoryError::Read { what, source }
-    };
-    let summaries = api.nodes().await.map_err(read("/nodes"))?;
+    let summaries = api.nodes().await.map_err(read_error("/nodes"))?;
     for wanted in &profile.proxmox.nodes {
         if !summaries.iter().any(|summary| &summary.node == wanted) {
             return Err(InventoryError::UnknownNode {
@@ -293,115 +295,34 @@ pub async fn observe(
     let nodes = try_join_all(profile.proxmox.nodes.iter().map(|name| {
         let summary = summaries.iter().find(|summary| &summary.node == name);
         let online = summary.is_some_and(|summary| summary.status == "online");
-        let wanted_storages = &wanted_storages;
-        async move {
-            let node = NodeName(name.clone());
-            if !online {
-                return Ok(NodeInventory {
-                    name: name.clone(),
-                    online,
-                    cpus: 0,
-                    memory_total: 0,
-                    memory_free: 0,
-                    pci: Vec::new(),
-                    storages: Vec::new(),
-                    volumes: Vec::new(),
-                });
-            }
-            let (status, pci, storages) = futures::try_join!(
-                async {
-                    api.node_status(&node)
-                        .await
-                        .map_err(read(&format!("/nodes/{name}/status")))
-                },
-                async {
-                    api.pci_devices(&node)
-                        .await
-                        .map_err(read(&format!("/nodes/{name}/hardware/pci")))
-                },
-                async {
-                    api.storages(&node)
-                        .await
-                        .map_err(read(&format!("/nodes/{name}/storage")))
-                },
-            )?;
-            let mut volumes = Vec::new();
-            for storage in wanted_storages {
-                if storages.iter().any(|s| s.storage == *storage) {
-                    volumes.extend(
-                        api.storage_content(&node, storage, None)
-                            .await
-                            .map_err(read(&format!("/nodes/{name}/storage/{storage}/content")))?,
-                    );
-                }
-            }
-            Ok::<_, InventoryError>(NodeInventory {
-                name: name.clone(),
-                online,
-                cpus: status.cpuinfo.cpus,
-                memory_total: status.memory.total,
-                memory_free: status.memory.free,
-                pci,
-                storages,
-                volumes,
-            })
-        }
+        observe_node(api, name, online, &wanted_storages)
     }))
     .await?;
     let mappings = api
         .pci_mappings()
         .await
-        .map_err(read("/cluster/mapping/pci"))?;
+        .map_err(read_error("/cluster/mapping/pci"))?;
     let pools = api
         .pools()
         .await
-        .map_err(read("/pools"))?
+        .map_err(read_error("/pools"))?
         .into_iter()
         .map(|pool| pool.poolid)
         .collect();
     let resources = api
         .cluster_resources(Some("vm"))
         .await
-        .map_err(read("/cluster/resources?type=vm"))?;
+        .map_err(read_error("/cluster/resources?type=vm"))?;
     let guests: Vec<_> = resources
         .into_iter()
         .filter(|resource| resource.kind == "qemu" || resource.kind == "lxc")
         .filter_map(|resource| resource.vmid.map(|vmid| (vmid, resource)))
         .collect();
-    let vms = try_join_all(guests.into_iter().map(|(vmid, resource)| async move {
-        let node = resource.node.clone().unwrap_or_default();
-        let on_our_nodes = profile.proxmox.nodes.contains(&node);
-        let template = resource.template.unwrap_or(0) == 1;
-        let config = if on_our_nodes && resource.kind == "qemu" && !template {
-            match api.vm_config(&NodeName(node.clone()), VmId(vmid)).await {
-                Ok(config) => config,
-                // Deleted between the listing and the read.
-                Err(PveError::NotFound { .. }) => return Ok(None),
-                Err(source) => {
-                    return Err(InventoryError::Read {
-                        what: format!("/nodes/{node}/qemu/{vmid}/config"),
-                        source,
-                    });
-                }
-            }
-        } else {
-            Params::new()
-        };
-        let tags = resource.tag_list().into_iter().map(str::to_owned).collect();
-        Ok(Some(ExistingVm {
-            vmid,
-            node,
-            name: resource.name.clone().unwrap_or_default(),
-            tags,
-            status: resource.status.clone().unwrap_or_default(),
-            lock: resource
-                .lock
-                .clone()
-                .or_else(|| config.get("lock").cloned()),
-            template,
-            config,
-        }))
-    }))
+    let vms = try_join_all(
+        guests
+            .into_iter()
+            .map(|(vmid, resource)| observe_vm(api, profile, vmid, resource)),
+    )
     .await?
     .into_iter()
     .flatten()
@@ -414,6 +335,110 @@ pub async fn observe(
         auth,
         topology: profile.proxmox.topology.clone(),
     })
+}
+
+/// One Proxmox node: status, PCI devices, storages and the volumes on the profile's storages.
+/// An offline node is recorded with nothing else.
+async fn observe_node(
+    api: &dyn PveApi,
+    name: &str,
+    online: bool,
+    wanted_storages: &BTreeSet<&str>,
+) -> Result<NodeInventory, InventoryError> {
+    let node = NodeName(name.to_owned());
+    if !online {
+        return Ok(NodeInventory {
+            name: name.to_owned(),
+            online,
+            cpus: 0,
+            memory_total: 0,
+            memory_free: 0,
+            pci: Vec::new(),
+            storages: Vec::new(),
+            volumes: Vec::new(),
+        });
+    }
+    let (status, pci, storages) = futures::try_join!(
+        async {
+            api.node_status(&node)
+                .await
+                .map_err(read_error(&format!("/nodes/{name}/status")))
+        },
+        async {
+            api.pci_devices(&node)
+                .await
+                .map_err(read_error(&format!("/nodes/{name}/hardware/pci")))
+        },
+        async {
+            api.storages(&node)
+                .await
+                .map_err(read_error(&format!("/nodes/{name}/storage")))
+        },
+    )?;
+    let mut volumes = Vec::new();
+    for storage in wanted_storages {
+        if storages.iter().any(|s| s.storage == *storage) {
+            volumes.extend(
+                api.storage_content(&node, storage, None)
+                    .await
+                    .map_err(read_error(&format!(
+                        "/nodes/{name}/storage/{storage}/content"
+                    )))?,
+            );
+        }
+    }
+    Ok(NodeInventory {
+        name: name.to_owned(),
+        online,
+        cpus: status.cpuinfo.cpus,
+        memory_total: status.memory.total,
+        memory_free: status.memory.free,
+        pci,
+        storages,
+        volumes,
+    })
+}
+
+/// One guest from the cluster resource list, with its config when it is a QEMU VM (not a
+/// template) on one of the profile's nodes. `None` when it was deleted in between.
+async fn observe_vm(
+    api: &dyn PveApi,
+    profile: &Profile,
+    vmid: u32,
+    resource: ClusterResource,
+) -> Result<Option<ExistingVm>, InventoryError> {
+    let node = resource.node.clone().unwrap_or_default();
+    let on_our_nodes = profile.proxmox.nodes.contains(&node);
+    let template = resource.template.unwrap_or(0) == 1;
+    let config = if on_our_nodes && resource.kind == "qemu" && !template {
+        match api.vm_config(&NodeName(node.clone()), VmId(vmid)).await {
+            Ok(config) => config,
+            // Deleted between the listing and the read.
+            Err(PveError::NotFound { .. }) => return Ok(None),
+            Err(source) => {
+                return Err(InventoryError::Read {
+                    what: format!("/nodes/{node}/qemu/{vmid}/config"),
+                    source,
+                });
+            }
+        }
+    } else {
+        Params::new()
+    };
+    let tags = resource.tag_list().into_iter().map(str::to_owned).collect();
+    Ok(Some(ExistingVm {
+        vmid,
+        node,
+        name: resource.name.clone().unwrap_or_default(),
+        tags,
+        status: resource.status.clone().unwrap_or_default(),
+        lock: resource
+            .lock
+            .clone()
+            .or_else(|| config.get("lock").cloned()),
+        template,
+        config,
+    }))
 }
 
 #[cfg(test)]
