@@ -8,16 +8,16 @@ pub mod cli;
 pub mod cloudinit;
 pub mod commands;
 pub mod exec;
-pub mod exit;
-pub mod files;
 pub mod inventory;
 pub mod k3s;
 pub mod nodeprep;
 pub mod plan;
 pub mod profile;
-pub mod pve;
 pub mod reporter;
-pub mod secret;
-pub mod ssh;
 pub mod state;
 pub mod workspace;
+
+// The lower layers are crates of their own; these names keep `crate::pve::…` paths stable.
+pub use provision_base::{exit, files, secret};
+pub use provision_pve as pve;
+pub use provision_ssh as ssh;

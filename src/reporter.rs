@@ -15,9 +15,7 @@ use crate::cli::{GlobalArgs, OutputFormat};
 use crate::exit::ExitStatus;
 use crate::profile::diagnostic::{self, Diagnostic};
 
-/// The `tracing` target of warnings about trust (TLS verification off, a host key accepted on first
-/// use, a token file others can read): shown even with `--quiet`, which hides progress only.
-pub const SECURITY_TARGET: &str = "provision::security";
+pub use provision_base::SECURITY_TARGET;
 
 /// Where and how output goes for this run.
 #[derive(Debug, Clone)]

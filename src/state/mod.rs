@@ -16,7 +16,8 @@ use serde::{Deserialize, Serialize};
 
 use crate::profile::model::Role;
 
-pub use lock::{LockHolder, StateLock, human_time};
+pub use lock::{LockHolder, StateLock};
+pub use provision_base::time::human_time;
 
 /// Current on-disk format version.
 pub const STATE_VERSION: u32 = 1;

@@ -304,7 +304,7 @@ mod tests {
 
     #[test]
     fn permissions_propagate_from_ancestors() {
-        let permissions: crate::pve::types::Permissions = serde_json::from_str(
+        let permissions: crate::types::Permissions = serde_json::from_str(
             r#"{"/": {"Sys.Audit": 1}, "/vms": {"VM.Allocate": 1, "VM.Audit": 0}, "/storage/local": {"Datastore.AllocateSpace": 1}}"#,
         )
         .unwrap();

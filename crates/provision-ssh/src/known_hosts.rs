@@ -132,7 +132,7 @@ impl KnownHosts {
     /// Loads a file; a missing file is an empty list.
     /// Refused when another user owns it or group/others may write it (they could add a key).
     pub fn load(path: &Path) -> Result<Self, KnownHostsError> {
-        match crate::files::read_trusted(path) {
+        match provision_base::files::read_trusted(path) {
             Ok(Some(content)) => Self::parse(path, &String::from_utf8_lossy(&content)),
             Ok(None) => Ok(Self::default()),
             Err(error) if error.is_untrusted() => Err(KnownHostsError::Untrusted {
@@ -194,7 +194,8 @@ pub fn append(path: &Path, host: &str, port: u16, key: &PublicKey) -> Result<(),
         source,
     };
     if let Some(parent) = path.parent().filter(|p| !p.as_os_str().is_empty()) {
-        crate::files::create_private_dir(parent).map_err(|error| write_error(error.into_io()))?;
+        provision_base::files::create_private_dir(parent)
+            .map_err(|error| write_error(error.into_io()))?;
     }
     let mut options = std::fs::OpenOptions::new();
     options.create(true).append(true);

@@ -3,8 +3,8 @@
 use std::fmt;
 use std::time::{Duration, Instant};
 
-/// A credential value (the crate-wide redacting [`crate::secret::Secret`]).
-pub use crate::secret::Secret;
+/// A credential value (the crate-wide redacting [`provision_base::secret::Secret`]).
+pub use provision_base::secret::Secret;
 
 /// How the client proves who it is.
 #[derive(Debug, Clone, PartialEq, Eq)]
