@@ -7,6 +7,7 @@ mod support {
 
 mod cli;
 mod cloudinit;
+mod code_shape;
 mod crash;
 mod e2e;
 mod hostile;
