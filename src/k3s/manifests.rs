@@ -64,53 +64,82 @@ pub fn render_manifests(
     profile: &Profile,
     credentials: Option<&GitCredentials>,
 ) -> Result<Vec<Manifest>, K3sError> {
-    let mut manifests = Vec::new();
-    let mut add = |file: &str, template: &str, context: serde_json::Value| {
-        templates.render(template, &context).map(|content| {
-            manifests.push(Manifest {
-                file_name: format!("provision-{file}.yaml"),
-                content,
-            });
-        })
+    let mut out = Collector {
+        templates,
+        manifests: Vec::new(),
     };
     if let Some(vip) = profile.cluster.api_vip {
-        add(
+        out.add(
             "kube-vip",
             "manifests/kube-vip.yaml.j2",
             serde_json::json!({ "vip": vip.to_string(), "image": KUBE_VIP_IMAGE, "interface": "" }),
         )?;
     }
-    let nvidia_mode = match profile.nvidia.mode {
-        NvidiaMode::Operator => Some("operator"),
-        NvidiaMode::Host => Some("host"),
-        NvidiaMode::None => None,
-    };
-    if let Some(mode) = nvidia_mode {
-        add(
-            "nvidia-gpu-operator",
-            "manifests/nvidia-gpu-operator.yaml.j2",
-            serde_json::json!({
-                "mode": mode,
-                // The operator's driver container only in operator mode, and only when the image
-                // does not carry the driver already (`nvidia.driver = "preinstalled"`).
-                "driver_enabled": profile.nvidia.mode == NvidiaMode::Operator
-                    && !profile.nvidia.driver_preinstalled(),
-                "toolkit_enabled": profile.nvidia.mode == NvidiaMode::Operator,
-                "version": profile.nvidia.operator_version.as_deref().unwrap_or(GPU_OPERATOR_VERSION),
-                "time_slicing_replicas": profile.nvidia.time_slicing_replicas.filter(|r| *r > 1),
-                "default_runtime": profile.nvidia.default_runtime,
-            }),
-        )?;
+    add_nvidia(&mut out, profile)?;
+    add_storage(&mut out, profile)?;
+    add_gitops(&mut out, profile, credentials)?;
+    Ok(out.manifests)
+}
+
+/// Manifests rendered so far, in apply order.
+struct Collector<'t> {
+    templates: &'t Templates,
+    manifests: Vec<Manifest>,
+}
+
+impl Collector<'_> {
+    /// Renders `template` as `provision-{file}.yaml`.
+    fn add(
+        &mut self,
+        file: &str,
+        template: &str,
+        context: serde_json::Value,
+    ) -> Result<(), K3sError> {
+        let content = self.templates.render(template, &context)?;
+        self.manifests.push(Manifest {
+            file_name: format!("provision-{file}.yaml"),
+            content,
+        });
+        Ok(())
     }
+}
+
+/// The GPU operator (operator and host mode) and, in host mode, the `nvidia` RuntimeClass.
+fn add_nvidia(out: &mut Collector<'_>, profile: &Profile) -> Result<(), K3sError> {
+    let mode = match profile.nvidia.mode {
+        NvidiaMode::Operator => "operator",
+        NvidiaMode::Host => "host",
+        NvidiaMode::None => return Ok(()),
+    };
+    out.add(
+        "nvidia-gpu-operator",
+        "manifests/nvidia-gpu-operator.yaml.j2",
+        serde_json::json!({
+            "mode": mode,
+            // The operator's driver container only in operator mode, and only when the image
+            // does not carry the driver already (`nvidia.driver = "preinstalled"`).
+            "driver_enabled": profile.nvidia.mode == NvidiaMode::Operator
+                && !profile.nvidia.driver_preinstalled(),
+            "toolkit_enabled": profile.nvidia.mode == NvidiaMode::Operator,
+            "version": profile.nvidia.operator_version.as_deref().unwrap_or(GPU_OPERATOR_VERSION),
+            "time_slicing_replicas": profile.nvidia.time_slicing_replicas.filter(|r| *r > 1),
+            "default_runtime": profile.nvidia.default_runtime,
+        }),
+    )?;
     if profile.nvidia.mode == NvidiaMode::Host {
-        add(
+        out.add(
             "nvidia-runtimeclass",
             "manifests/nvidia-runtimeclass.yaml.j2",
             serde_json::json!({}),
         )?;
     }
+    Ok(())
+}
+
+/// The NFS provisioner and the local-path provisioner with the `fast-scratch` class.
+fn add_storage(out: &mut Collector<'_>, profile: &Profile) -> Result<(), K3sError> {
     if let Some(nfs) = &profile.storage.nfs {
-        add(
+        out.add(
             "nfs-provisioner",
             "manifests/nfs-provisioner.yaml.j2",
             serde_json::json!({
@@ -122,37 +151,46 @@ pub fn render_manifests(
             }),
         )?;
     }
-    if let Some(scratch) = &profile.storage.fast_scratch {
-        let nfs_is_default = profile
-            .storage
-            .nfs
-            .as_ref()
-            .is_some_and(|n| n.default_class);
-        // Volumes of the class land only where the path is on a scratch disk. When no group has one (the
-        // validator warns: the path lives on every node's OS disk), any node will do.
-        let scratch_label = profile
-            .node_groups
-            .iter()
-            .any(|group| holds_fast_scratch(profile, group))
-            .then(|| serde_json::json!({ "key": FAST_SCRATCH_LABEL, "value": "true" }));
-        add(
-            "local-path-provisioner",
-            "manifests/local-path-provisioner.yaml.j2",
-            serde_json::json!({
-                "image": LOCAL_PATH_IMAGE,
-                "helper_image": LOCAL_PATH_HELPER_IMAGE,
-                "classes": [
-                    { "name": "local-path", "path": DEFAULT_LOCAL_PATH, "default": !nfs_is_default },
-                    {
-                        "name": scratch.class_name,
-                        "path": scratch.path,
-                        "default": false,
-                        "node_label": scratch_label,
-                    },
-                ],
-            }),
-        )?;
-    }
+    let Some(scratch) = &profile.storage.fast_scratch else {
+        return Ok(());
+    };
+    let nfs_is_default = profile
+        .storage
+        .nfs
+        .as_ref()
+        .is_some_and(|n| n.default_class);
+    // Volumes of the class land only where the path is on a scratch disk. When no group has one (the
+    // validator warns: the path lives on every node's OS disk), any node will do.
+    let scratch_label = profile
+        .node_groups
+        .iter()
+        .any(|group| holds_fast_scratch(profile, group))
+        .then(|| serde_json::json!({ "key": FAST_SCRATCH_LABEL, "value": "true" }));
+    out.add(
+        "local-path-provisioner",
+        "manifests/local-path-provisioner.yaml.j2",
+        serde_json::json!({
+            "image": LOCAL_PATH_IMAGE,
+            "helper_image": LOCAL_PATH_HELPER_IMAGE,
+            "classes": [
+                { "name": "local-path", "path": DEFAULT_LOCAL_PATH, "default": !nfs_is_default },
+                {
+                    "name": scratch.class_name,
+                    "path": scratch.path,
+                    "default": false,
+                    "node_label": scratch_label,
+                },
+            ],
+        }),
+    )
+}
+
+/// The GitOps engine, its repository credentials Secret (first) and the repository it syncs.
+fn add_gitops(
+    out: &mut Collector<'_>,
+    profile: &Profile,
+    credentials: Option<&GitCredentials>,
+) -> Result<(), K3sError> {
     let gitops = &profile.gitops;
     let repo = gitops.repo.as_deref().unwrap_or_default();
     let secret_name = credentials.map(|_| CREDENTIALS_SECRET);
@@ -167,59 +205,39 @@ pub fn render_manifests(
     if let Some(credentials) = credentials
         && let Some(content) = credentials_manifest(gitops.engine, repo, credentials)?
     {
-        manifests.push(Manifest {
+        out.manifests.push(Manifest {
             file_name: "provision-gitops-credentials.yaml".to_owned(),
             content,
         });
     }
-    let mut add = |file: &str, template: &str, context: serde_json::Value| {
-        templates.render(template, &context).map(|content| {
-            manifests.push(Manifest {
-                file_name: format!("provision-{file}.yaml"),
-                content,
-            });
-        })
+    let (engine, engine_values, sync) = match gitops.engine {
+        GitOpsEngine::Flux => (
+            "flux",
+            serde_json::json!({ "version": FLUX_CHART_VERSION }),
+            "flux-sync",
+        ),
+        GitOpsEngine::Argocd => (
+            "argocd",
+            serde_json::json!({
+                "version": ARGOCD_CHART_VERSION,
+                "values": argocd_values(credentials)?,
+            }),
+            "argocd-root",
+        ),
+        GitOpsEngine::Fleet => (
+            "fleet",
+            serde_json::json!({
+                "version": FLEET_CHART_VERSION,
+                "values": fleet_values(credentials)?,
+            }),
+            "fleet-gitrepo",
+        ),
+        GitOpsEngine::None => return Ok(()),
     };
-    match gitops.engine {
-        GitOpsEngine::Flux => {
-            add(
-                "flux",
-                "manifests/flux.yaml.j2",
-                serde_json::json!({ "version": FLUX_CHART_VERSION }),
-            )?;
-            add("flux-sync", "manifests/flux-sync.yaml.j2", repo_context())?;
-        }
-        GitOpsEngine::Argocd => {
-            add(
-                "argocd",
-                "manifests/argocd.yaml.j2",
-                serde_json::json!({
-                    "version": ARGOCD_CHART_VERSION,
-                    "values": argocd_values(credentials)?,
-                }),
-            )?;
-            add(
-                "argocd-root",
-                "manifests/argocd-root.yaml.j2",
-                repo_context(),
-            )?;
-        }
-        GitOpsEngine::Fleet => {
-            add(
-                "fleet",
-                "manifests/fleet.yaml.j2",
-                serde_json::json!({
-                    "version": FLEET_CHART_VERSION,
-                    "values": fleet_values(credentials)?,
-                }),
-            )?;
-            add(
-                "fleet-gitrepo",
-                "manifests/fleet-gitrepo.yaml.j2",
-                repo_context(),
-            )?;
-        }
-        GitOpsEngine::None => {}
-    }
-    Ok(manifests)
+    out.add(
+        engine,
+        &format!("manifests/{engine}.yaml.j2"),
+        engine_values,
+    )?;
+    out.add(sync, &format!("manifests/{sync}.yaml.j2"), repo_context())
 }
