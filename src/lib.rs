@@ -5,8 +5,10 @@
 //! `ssh` / `nodeprep` / `k3s` (phase 2), `state` / `workspace` (local files).
 
 pub mod cli;
+pub mod clock;
 pub mod cloudinit;
 pub mod commands;
+pub mod error;
 pub mod exec;
 pub mod exit;
 pub mod files;

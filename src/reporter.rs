@@ -15,9 +15,7 @@ use crate::cli::{GlobalArgs, OutputFormat};
 use crate::exit::ExitStatus;
 use crate::profile::diagnostic::{self, Diagnostic};
 
-/// The `tracing` target of warnings about trust (TLS verification off, a host key accepted on first
-/// use, a token file others can read): shown even with `--quiet`, which hides progress only.
-pub const SECURITY_TARGET: &str = "provision::security";
+pub use crate::secret::SECURITY_TARGET;
 
 /// Where and how output goes for this run.
 #[derive(Debug, Clone)]
@@ -220,7 +218,7 @@ impl crate::exec::ProgressSink for Reporter {
             } => self.status(&format!(
                 "{vm}: {step} failed (attempt {attempt}), retrying in {:.1}s (at {}): {error}",
                 delay.as_secs_f64(),
-                crate::state::human_time(std::time::SystemTime::now() + delay)
+                crate::clock::human_time(std::time::SystemTime::now() + delay)
             )),
             ExecEvent::VmDone { vm, elapsed } => {
                 self.status(&format!("{vm}: done in {:.1}s", elapsed.as_secs_f64()))

@@ -3,6 +3,11 @@
 
 use std::fmt;
 
+/// The `tracing` target of warnings about trust (TLS verification off, a host key accepted on first
+/// use, a token file others can read): shown even with `--quiet`, which hides progress only. It
+/// lives here, low, so that every layer can log to it; the reporter decides how it is shown.
+pub const SECURITY_TARGET: &str = "provision::security";
+
 /// A secret string; [`Secret::expose`] is the one way to read it.
 #[derive(Clone, PartialEq, Eq)]
 pub struct Secret(String);

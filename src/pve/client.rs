@@ -205,7 +205,7 @@ impl PveClient {
         let base = normalize_endpoint(&config.endpoint)?;
         if config.tls == TlsMode::Insecure {
             tracing::warn!(
-                target: crate::reporter::SECURITY_TARGET,
+                target: crate::secret::SECURITY_TARGET,
                 endpoint = %base,
                 "TLS certificate verification is OFF (insecure): anyone on the path can read \
                  the Proxmox credentials. Pin the certificate fingerprint instead \
@@ -694,7 +694,7 @@ impl PveClient {
         let remaining: Duration = (attempt..max)
             .map(|n| self.retry.ceiling(n) + self.connect_timeout)
             .sum();
-        let until = crate::state::human_time(std::time::SystemTime::now() + remaining);
+        let until = crate::clock::human_time(std::time::SystemTime::now() + remaining);
         tracing::warn!(
             "Proxmox request {what} failed (attempt {attempt} of {max}): {error}; retrying in \
              {:.1}s, giving up after the last attempt (by about {until})",

@@ -72,7 +72,7 @@ pub fn verify(
                             message: error.to_string(),
                         }
                     })?;
-                    tracing::warn!(target: crate::reporter::SECURITY_TARGET, host = label, fingerprint = %actual, file = %file.display(),
+                    tracing::warn!(target: crate::secret::SECURITY_TARGET, host = label, fingerprint = %actual, file = %file.display(),
                         "accepted new host key (first use)");
                     Ok(HostKeyVerdict::AcceptedNew {
                         fingerprint: actual,

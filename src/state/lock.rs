@@ -10,6 +10,7 @@ use std::time::{Duration, SystemTime, UNIX_EPOCH};
 use serde::{Deserialize, Serialize};
 
 use super::StateError;
+use crate::clock::human_time;
 
 /// How long a lock that is being released (see [`StateLock::acquire`]) is waited for.
 const RELEASE_WAIT: Duration = Duration::from_secs(3);
@@ -43,22 +44,6 @@ impl std::fmt::Display for LockHolder {
     }
 }
 
-/// `2026-12-01 10:04:05 UTC`.
-pub fn human_time(time: SystemTime) -> String {
-    let seconds = time
-        .duration_since(UNIX_EPOCH)
-        .map(|elapsed| elapsed.as_secs())
-        .unwrap_or(0);
-    let (days, second_of_day) = (seconds / 86_400, seconds % 86_400);
-    let (year, month, day) = civil_from_days(days);
-    format!(
-        "{year:04}-{month:02}-{day:02} {:02}:{:02}:{:02} UTC",
-        second_of_day / 3600,
-        second_of_day % 3600 / 60,
-        second_of_day % 60
-    )
-}
-
 /// `42 s ago`, `3 min ago`, `2 h 5 min ago`, `3 days ago`.
 fn human_duration(age: Duration) -> String {
     let seconds = age.as_secs();
@@ -68,26 +53,6 @@ fn human_duration(age: Duration) -> String {
         3600..86_400 => format!("{} h {} min ago", seconds / 3600, seconds % 3600 / 60),
         _ => format!("{} days ago", seconds / 86_400),
     }
-}
-
-/// Days since 1970-01-01 to (year, month, day) in the proleptic Gregorian calendar (Howard
-/// Hinnant's `civil_from_days`).
-fn civil_from_days(days: u64) -> (u64, u64, u64) {
-    let z = days + 719_468;
-    let era = z / 146_097;
-    let day_of_era = z % 146_097;
-    let year_of_era =
-        (day_of_era - day_of_era / 1460 + day_of_era / 36_524 - day_of_era / 146_096) / 365;
-    let day_of_year = day_of_era - (365 * year_of_era + year_of_era / 4 - year_of_era / 100);
-    let month_index = (5 * day_of_year + 2) / 153;
-    let day = day_of_year - (153 * month_index + 2) / 5 + 1;
-    let month = if month_index < 10 {
-        month_index + 3
-    } else {
-        month_index - 9
-    };
-    let year = year_of_era + era * 400 + u64::from(month <= 2);
-    (year, month, day)
 }
 
 /// Held for as long as the value lives; the OS releases it when the process dies.

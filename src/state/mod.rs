@@ -16,7 +16,8 @@ use serde::{Deserialize, Serialize};
 
 use crate::profile::model::Role;
 
-pub use lock::{LockHolder, StateLock, human_time};
+pub use crate::clock::human_time;
+pub use lock::{LockHolder, StateLock};
 
 /// Current on-disk format version.
 pub const STATE_VERSION: u32 = 1;
@@ -105,6 +106,20 @@ impl StateError {
                     .to_owned(),
             ),
         }
+    }
+}
+
+impl crate::error::UserFacing for StateError {
+    fn exit_status(&self) -> crate::exit::ExitStatus {
+        if self.is_user_error() {
+            crate::exit::ExitStatus::UserError
+        } else {
+            crate::exit::ExitStatus::Failure
+        }
+    }
+
+    fn hint(&self) -> Option<String> {
+        StateError::hint(self)
     }
 }
 

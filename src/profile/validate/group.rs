@@ -3,11 +3,11 @@
 
 use std::collections::BTreeSet;
 
+use super::Checker;
 use super::formats::{
     is_absolute_path, is_cpu_type, is_machine_type, is_pci_filter, is_storage_id,
 };
 use super::labels::{check_label_key, check_label_value, parse_taint};
-use super::Checker;
 use crate::profile::diagnostic::KeyPath;
 use crate::profile::model::{Bios, NodeGroup, Profile, Role};
 use crate::profile::nodes::{address_number, parse_address_range};
