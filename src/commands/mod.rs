@@ -241,6 +241,21 @@ mod tests {
     }
 
     #[test]
+    fn the_command_line_default_time_scale_is_the_simulators() {
+        use clap::Parser as _;
+        let cli = Cli::try_parse_from(["provision", "status", "--profile", "p", "--simulate"])
+            .unwrap_or_else(|error| panic!("{error}"));
+        let Command::Status(args) = cli.command else {
+            panic!("not status");
+        };
+        let Some(options) = simulator(&args.sim) else {
+            panic!("--simulate gives simulator options");
+        };
+        assert_eq!(options.time_scale, simulate::DEFAULT_TIME_SCALE);
+        assert_eq!(options.auth, simulate::SimAuth::TokenRoot);
+    }
+
+    #[test]
     fn errors_no_layer_knows_are_failures() {
         let error = anyhow::anyhow!("something broke");
         assert_eq!(report_error(&reporter(), &error), ExitStatus::Failure);
