@@ -122,7 +122,8 @@ pub struct SimArgs {
     #[arg(long, value_name = "FILE", requires = "simulate")]
     pub sim_request_log: Option<PathBuf>,
     /// Simulated task durations × X (1.0 = realistic).
-    #[arg(long, value_name = "X", default_value_t = crate::exec::simulate::DEFAULT_TIME_SCALE, requires = "simulate")]
+    // The simulator's DEFAULT_TIME_SCALE; a test in `commands` keeps the two equal.
+    #[arg(long, value_name = "X", default_value_t = 0.02, requires = "simulate")]
     pub sim_time_scale: f64,
     /// Probability that a simulated request answers 500.
     #[arg(long, value_name = "P", default_value_t = 0.0, requires = "simulate")]

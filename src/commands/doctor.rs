@@ -22,7 +22,12 @@ pub async fn run(context: &Context, args: ClusterArgs) -> anyhow::Result<ExitSta
     let loaded = profile::load(&args.profile, &context.workspace.root)?;
     let profile = &loaded.profile;
     let state = crate::state::load(&context.workspace.state_dir().join("state.json"))?;
-    let opened = session::open(&context.workspace, profile, &args.sim).await?;
+    let opened = session::open(
+        &context.workspace,
+        profile,
+        super::simulator(&args.sim).as_ref(),
+    )
+    .await?;
     let seeds = session::WorkspaceSeeds::for_run(profile, &context.workspace, args.sim.simulate)?;
     let report = doctor::run(
         opened.connection.api.as_ref(),

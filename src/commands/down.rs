@@ -55,7 +55,12 @@ pub async fn run(context: &Context, args: DownArgs) -> anyhow::Result<ExitStatus
             return Err(UserError::new("not confirmed; nothing was changed", None).into());
         }
     }
-    let opened = session::open(&context.workspace, &loaded.profile, &args.cluster.sim).await?;
+    let opened = session::open(
+        &context.workspace,
+        &loaded.profile,
+        super::simulator(&args.cluster.sim).as_ref(),
+    )
+    .await?;
     let guests = super::up_phase2::attach_guests(&opened, args.guests)?;
     if let Some(guests) = &guests {
         for vm in store.state().vms.values() {

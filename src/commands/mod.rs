@@ -16,10 +16,14 @@ pub mod up;
 pub mod up_phase2;
 pub mod validate;
 
-use crate::cli::{Cli, Command, OutputFormat};
+use std::error::Error;
+
+use crate::cli::{Cli, Command, OutputFormat, SimArgs, SimAuth};
+pub use crate::error::UserError;
+use crate::error::UserFacing;
+use crate::exec::simulate::{self, SimOptions};
 use crate::exit::ExitStatus;
 use crate::profile::ProfileError;
-use crate::pve::PveError;
 use crate::reporter::Reporter;
 use crate::workspace::{Workspace, WorkspaceError};
 
@@ -30,21 +34,22 @@ pub struct Context {
     pub workspace: Workspace,
 }
 
-/// A mistake the user can fix (bad flag combination, missing file…): printed with its hint, exit 1.
-#[derive(Debug, thiserror::Error)]
-#[error("{message}")]
-pub struct UserError {
-    pub message: String,
-    pub hint: Option<String>,
-}
-
-impl UserError {
-    pub fn new(message: impl Into<String>, hint: Option<&str>) -> Self {
-        Self {
-            message: message.into(),
-            hint: hint.map(str::to_owned),
-        }
-    }
+/// The simulator options of `--simulate` and `--sim-*`, or `None` without `--simulate`: the
+/// command line's types stop here, `exec` has its own.
+pub fn simulator(args: &SimArgs) -> Option<SimOptions> {
+    args.simulate.then(|| SimOptions {
+        inventory: args.sim_inventory.clone(),
+        request_log: args.sim_request_log.clone(),
+        time_scale: args.sim_time_scale,
+        fail_rate: args.sim_fail_rate,
+        task_fail_rate: args.sim_task_fail_rate,
+        seed: args.sim_seed,
+        auth: match args.sim_auth {
+            SimAuth::Token => simulate::SimAuth::Token,
+            SimAuth::Root => simulate::SimAuth::Root,
+            SimAuth::TokenRoot => simulate::SimAuth::TokenRoot,
+        },
+    })
 }
 
 /// Runs the parsed command line to completion.
@@ -90,69 +95,54 @@ async fn dispatch(context: &Context, command: Command) -> anyhow::Result<ExitSta
 }
 
 /// Prints an error the way its kind deserves and picks the exit code.
+///
+/// The chain is walked once, outermost first (see `crate::error`): the first error that is
+/// [`UserFacing`] decides the exit status and the `hint:` line. Profile and workspace files with
+/// located diagnostics print those instead of an `error:` line; without any [`UserFacing`]
+/// error in the chain it is a failure without a hint.
 pub fn report_error(reporter: &Reporter, error: &anyhow::Error) -> ExitStatus {
-    if let Some(profile_error) = error.downcast_ref::<ProfileError>() {
-        print_diagnostics(reporter, &profile_error.diagnostics(), profile_error.text());
-        return ExitStatus::UserError;
-    }
-    if let Some(workspace_error) = error.downcast_ref::<WorkspaceError>() {
-        return match workspace_error {
-            WorkspaceError::Invalid {
-                text, diagnostics, ..
-            } => {
-                print_diagnostics(reporter, diagnostics, Some(text));
-                ExitStatus::UserError
-            }
-            WorkspaceError::Untrusted { .. } => {
-                reporter.error(
-                    &chain(error),
-                    Some("provision keeps tokens, keys and the k3s binary there: only you may write it"),
-                );
-                ExitStatus::UserError
-            }
-            WorkspaceError::Io { .. } | WorkspaceError::SecretName(_) => {
-                reporter.error(&chain(error), None);
-                ExitStatus::Failure
-            }
-        };
-    }
-    if let Some(state_error) = error.downcast_ref::<crate::state::StateError>() {
-        reporter.error(&chain(error), state_error.hint().as_deref());
-        return if state_error.is_user_error() {
-            ExitStatus::UserError
-        } else {
-            ExitStatus::Failure
-        };
-    }
-    if let Some(user_error) = error.downcast_ref::<UserError>() {
-        reporter.error(&user_error.message, user_error.hint.as_deref());
-        return ExitStatus::UserError;
-    }
-    // A Proxmox error anywhere in the chain carries the hint for its kind; wrong credentials, a
-    // missing privilege or a certificate that is not the pinned one are the user's to fix.
-    if let Some(pve_error) = error
+    let Some((cause, user_facing)) = error
         .chain()
-        .find_map(|cause| cause.downcast_ref::<PveError>())
+        .find_map(|cause| user_facing(cause).map(|found| (cause, found)))
+    else {
+        reporter.error(&chain(error), None);
+        return ExitStatus::Failure;
+    };
+    if let Some(profile_error) = cause.downcast_ref::<ProfileError>() {
+        print_diagnostics(reporter, &profile_error.diagnostics(), profile_error.text());
+    } else if let Some(WorkspaceError::Invalid {
+        text, diagnostics, ..
+    }) = cause.downcast_ref::<WorkspaceError>()
     {
-        reporter.error(&chain(error), pve_error.hint().as_deref());
-        return match pve_error {
-            PveError::Unauthorized { .. }
-            | PveError::Forbidden { .. }
-            | PveError::FingerprintMismatch { .. }
-            | PveError::Config { .. } => ExitStatus::UserError,
-            PveError::NeverSent { .. }
-            | PveError::OutcomeUnknown { .. }
-            | PveError::BadRequest { .. }
-            | PveError::NotFound { .. }
-            | PveError::LockTimeout { .. }
-            | PveError::Server { .. }
-            | PveError::TaskFailed { .. }
-            | PveError::Timeout { .. }
-            | PveError::Decode { .. } => ExitStatus::Failure,
-        };
+        print_diagnostics(reporter, diagnostics, Some(text));
+    } else {
+        reporter.error(&chain(error), user_facing.hint().as_deref());
     }
-    reporter.error(&chain(error), None);
-    ExitStatus::Failure
+    user_facing.exit_status()
+}
+
+/// `cause` as a [`UserFacing`] error when it is one of the layers' error types.
+///
+/// A wrapper that only adds context (anyhow's `.context`, `InventoryError::Read`) is not listed:
+/// the walk goes on to the error it wraps.
+fn user_facing<'a>(cause: &'a (dyn Error + 'static)) -> Option<&'a dyn UserFacing> {
+    fn find<'a, E: UserFacing + 'static>(
+        cause: &'a (dyn Error + 'static),
+    ) -> Option<&'a dyn UserFacing> {
+        cause
+            .downcast_ref::<E>()
+            .map(|error| error as &dyn UserFacing)
+    }
+    find::<UserError>(cause)
+        .or_else(|| find::<ProfileError>(cause))
+        .or_else(|| find::<crate::profile::credentials::CredentialError>(cause))
+        .or_else(|| find::<WorkspaceError>(cause))
+        .or_else(|| find::<crate::state::StateError>(cause))
+        .or_else(|| find::<crate::plan::PlanError>(cause))
+        .or_else(|| find::<crate::pve::PveError>(cause))
+        .or_else(|| find::<crate::ssh::SshError>(cause))
+        .or_else(|| find::<crate::nodeprep::NodePrepError>(cause))
+        .or_else(|| find::<crate::k3s::K3sError>(cause))
 }
 
 /// Diagnostics on stderr (text) or as `{"valid": false, "diagnostics": […]}` on stdout (json).
@@ -177,4 +167,97 @@ fn chain(error: &anyhow::Error) -> String {
         .map(ToString::to_string)
         .collect::<Vec<_>>()
         .join(": ")
+}
+
+#[cfg(test)]
+mod tests {
+    use std::path::PathBuf;
+
+    use super::*;
+    use crate::cli::GlobalArgs;
+    use crate::plan::PlanError;
+    use crate::pve::PveError;
+
+    fn reporter() -> Reporter {
+        Reporter::new(&GlobalArgs {
+            workspace: PathBuf::from("."),
+            verbose: 0,
+            quiet: true,
+            output: OutputFormat::Text,
+            no_color: true,
+        })
+    }
+
+    fn unauthorized() -> PveError {
+        PveError::Unauthorized {
+            endpoint: "https://pve1:8006/".to_owned(),
+            message: "authentication failure".to_owned(),
+        }
+    }
+
+    #[test]
+    fn a_refused_plan_stays_a_user_error() {
+        let error = anyhow::Error::new(PlanError::TemplateMissing { vmid: 9000 });
+        assert_eq!(report_error(&reporter(), &error), ExitStatus::UserError);
+    }
+
+    #[test]
+    fn the_walk_looks_through_context_and_wrapping_errors() {
+        let wrapped = crate::inventory::InventoryError::Read {
+            what: "/nodes".to_owned(),
+            source: unauthorized(),
+        };
+        let error = anyhow::Error::new(wrapped).context("observing Proxmox");
+        assert_eq!(report_error(&reporter(), &error), ExitStatus::UserError);
+        let found = error.chain().find_map(user_facing);
+        assert!(
+            found
+                .and_then(UserFacing::hint)
+                .is_some_and(|hint| hint.contains("credentials are wrong or expired"))
+        );
+    }
+
+    #[test]
+    fn a_transparent_wrapper_answers_for_the_error_it_wraps() {
+        let ssh = crate::ssh::SshError::Auth {
+            host: "node-1".to_owned(),
+            user: "provision".to_owned(),
+            message: "no key accepted".to_owned(),
+        };
+        let error = anyhow::Error::new(crate::nodeprep::NodePrepError::Ssh(ssh));
+        let found = error.chain().find_map(user_facing);
+        assert!(
+            found
+                .and_then(UserFacing::hint)
+                .is_some_and(|hint| hint.contains("ssh.private_key"))
+        );
+        assert_eq!(report_error(&reporter(), &error), ExitStatus::Failure);
+        let timeout = PveError::Timeout {
+            what: "task".to_owned(),
+            seconds: 5,
+        };
+        let error = anyhow::Error::new(timeout).context("waiting");
+        assert_eq!(report_error(&reporter(), &error), ExitStatus::Failure);
+    }
+
+    #[test]
+    fn the_command_line_default_time_scale_is_the_simulators() {
+        use clap::Parser as _;
+        let cli = Cli::try_parse_from(["provision", "status", "--profile", "p", "--simulate"])
+            .unwrap_or_else(|error| panic!("{error}"));
+        let Command::Status(args) = cli.command else {
+            panic!("not status");
+        };
+        let Some(options) = simulator(&args.sim) else {
+            panic!("--simulate gives simulator options");
+        };
+        assert_eq!(options.time_scale, simulate::DEFAULT_TIME_SCALE);
+        assert_eq!(options.auth, simulate::SimAuth::TokenRoot);
+    }
+
+    #[test]
+    fn errors_no_layer_knows_are_failures() {
+        let error = anyhow::anyhow!("something broke");
+        assert_eq!(report_error(&reporter(), &error), ExitStatus::Failure);
+    }
 }

@@ -9,7 +9,12 @@ use super::Context;
 
 pub async fn run(context: &Context, args: ClusterArgs) -> anyhow::Result<ExitStatus> {
     let loaded = profile::load(&args.profile, &context.workspace.root)?;
-    let opened = session::open(&context.workspace, &loaded.profile, &args.sim).await?;
+    let opened = session::open(
+        &context.workspace,
+        &loaded.profile,
+        super::simulator(&args.sim).as_ref(),
+    )
+    .await?;
     let state = crate::state::load(&context.workspace.state_dir().join("state.json"))?;
     // `plan` changes nothing: host keys are previewed, not stored (`up` stores them).
     let seeds =

@@ -10,7 +10,12 @@ use super::Context;
 pub async fn run(context: &Context, args: ClusterArgs) -> anyhow::Result<ExitStatus> {
     let loaded = profile::load(&args.profile, &context.workspace.root)?;
     let state = crate::state::load(&context.workspace.state_dir().join("state.json"))?;
-    let opened = session::open(&context.workspace, &loaded.profile, &args.sim).await?;
+    let opened = session::open(
+        &context.workspace,
+        &loaded.profile,
+        super::simulator(&args.sim).as_ref(),
+    )
+    .await?;
     let resources = opened.connection.api.cluster_resources(Some("vm")).await?;
     let mut rows = Vec::new();
     for record in state.vms.values() {

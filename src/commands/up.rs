@@ -21,7 +21,12 @@ pub async fn run(context: &Context, up_args: UpArgs) -> anyhow::Result<ExitStatu
         &context.workspace.state_dir(),
         &format!("up --profile {}", args.profile),
     )?;
-    let opened = session::open(&context.workspace, profile, &args.sim).await?;
+    let opened = session::open(
+        &context.workspace,
+        profile,
+        super::simulator(&args.sim).as_ref(),
+    )
+    .await?;
     let guests = super::up_phase2::attach_guests(&opened, up_args.phase2.guests)?;
     let seeds = Arc::new(session::WorkspaceSeeds::for_run(
         profile,

@@ -5,7 +5,7 @@ use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
-use anyhow::{Context, bail};
+use anyhow::Context;
 
 use crate::cloudinit::{self, HostKeys, SeedInput};
 use crate::inventory::{self, AuthKind, Inventory};
@@ -32,7 +32,7 @@ pub fn connect_real(workspace: &Workspace) -> anyhow::Result<Connection> {
     let settings = match workspace.proxmox_settings()? {
         Ok(settings) => settings,
         Err(error) => {
-            return Err(crate::commands::UserError::new(
+            return Err(crate::error::UserError::new(
                 error.to_string(),
                 Some(crate::pve::client::NO_ENDPOINT_HINT),
             )
@@ -91,7 +91,7 @@ pub fn connect_real(workspace: &Workspace) -> anyhow::Result<Connection> {
 
 fn token_auth(secret: &crate::workspace::Secret) -> anyhow::Result<Auth> {
     Auth::parse_api_token(secret.expose()).ok_or_else(|| {
-        crate::commands::UserError::new(
+        crate::error::UserError::new(
             "the Proxmox API token is not in USER@REALM!TOKENID=SECRET form",
             None,
         )
@@ -140,7 +140,7 @@ impl WorkspaceSeeds {
         let private = crate::files::expand_home(&profile.ssh.private_key);
         let public = PathBuf::from(format!("{}.pub", private.display()));
         let key = std::fs::read_to_string(&public).map_err(|error| {
-            crate::commands::UserError::new(
+            crate::error::UserError::new(
                 format!(
                     "cannot read the SSH public key {}: {error}",
                     public.display()
@@ -333,19 +333,14 @@ pub fn plan_for(
             BTreeMap::new()
         },
     };
-    let mut plan = match plan::plan(profile, inventory, state, &context) {
-        Ok(plan) => plan,
-        Err(error) => bail!(crate::commands::UserError::new(error.to_string(), None)),
-    };
+    // A refused plan stays a typed [`plan::PlanError`]: the top level reads its exit status.
+    let mut plan = plan::plan(profile, inventory, state, &context)?;
     if nocloud && seeds.persist_host_keys {
         // The plan holds: now store the missing host keys and plan with the real ISO names.
         let stored = seeds.iso_files(&wanted, true)?;
         if stored != context.iso_files {
             context.iso_files = stored;
-            plan = match plan::plan(profile, inventory, state, &context) {
-                Ok(plan) => plan,
-                Err(error) => bail!(crate::commands::UserError::new(error.to_string(), None)),
-            };
+            plan = plan::plan(profile, inventory, state, &context)?;
         }
     }
     Ok(plan)
@@ -367,18 +362,19 @@ impl Opened {
     }
 }
 
-/// Connect for a command: the simulator with `--simulate`, else the configured Proxmox.
+/// Connect for a command: the simulator when `simulator` is given (`--simulate`), else the
+/// configured Proxmox.
 pub async fn open(
     workspace: &Workspace,
     profile: &Profile,
-    sim: &crate::cli::SimArgs,
+    simulator: Option<&super::simulate::SimOptions>,
 ) -> anyhow::Result<Opened> {
-    if sim.simulate {
+    if let Some(options) = simulator {
         let simulated = super::simulate::start(
             &workspace.state_dir(),
             &profile.proxmox.nodes,
             &profile.cluster.name,
-            &super::simulate::SimOptions::from(sim),
+            options,
         )
         .await?;
         return Ok(Opened {

@@ -13,9 +13,7 @@ use std::sync::Arc;
 use anyhow::Context;
 use pve_sim::{Inventory, SimConfig, SimError, SimHandle, Simulator};
 
-use crate::commands::UserError;
-
-use crate::cli::SimAuth;
+use crate::error::UserError;
 use crate::inventory::AuthKind;
 use crate::pve::PveApi;
 use crate::pve::auth::{Auth, Secret};
@@ -40,6 +38,17 @@ pub struct SimOptions {
     pub auth: SimAuth,
 }
 
+/// Which of the simulated Proxmox's credentials provision logs in with (`--sim-auth`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum SimAuth {
+    /// The full-privilege API token (GPUs through resource mappings; no root-only keys).
+    Token,
+    /// `root@pam` with a ticket (raw PCI ids, every key).
+    Root,
+    /// The token, plus `root@pam` for requests with root-only keys.
+    TokenRoot,
+}
+
 impl Default for SimOptions {
     fn default() -> Self {
         Self {
@@ -56,20 +65,6 @@ impl Default for SimOptions {
 
 /// Task durations × this by default: a 20 s disk import takes 0.4 s.
 pub const DEFAULT_TIME_SCALE: f64 = 0.02;
-
-impl From<&crate::cli::SimArgs> for SimOptions {
-    fn from(args: &crate::cli::SimArgs) -> Self {
-        Self {
-            inventory: args.sim_inventory.clone(),
-            request_log: args.sim_request_log.clone(),
-            time_scale: args.sim_time_scale,
-            fail_rate: args.sim_fail_rate,
-            task_fail_rate: args.sim_task_fail_rate,
-            seed: args.sim_seed,
-            auth: args.sim_auth,
-        }
-    }
-}
 
 /// The builtin simulator inventory that fits a built-in profile (by cluster name, then by the
 /// number of Proxmox nodes).

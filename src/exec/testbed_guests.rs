@@ -72,7 +72,7 @@ impl TestbedGuests {
                 .join("scripts/testbed.sh"),
         };
         if !script.is_file() {
-            bail!(crate::commands::UserError::new(
+            bail!(crate::error::UserError::new(
                 format!(
                     "--guests testbed needs the testbed script, not found at {}",
                     script.display()

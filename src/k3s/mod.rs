@@ -73,6 +73,36 @@ pub enum K3sError {
     Kubeconfig { path: String, message: String },
 }
 
+/// k3s failures end the run as failures (exit 2): a re-run continues where this one stopped.
+impl crate::error::UserFacing for K3sError {
+    fn exit_status(&self) -> crate::exit::ExitStatus {
+        crate::exit::ExitStatus::Failure
+    }
+
+    fn hint(&self) -> Option<String> {
+        let hint = match self {
+            K3sError::ChecksumMismatch { .. } => {
+                "the file is not the one the checksum names: download it again, or check the sha256 in the profile"
+            }
+            K3sError::MissingSha256 { .. } => {
+                "add airgap.k3s_sha256 (`sha256sum` of the binary): every file that reaches a node is checked"
+            }
+            K3sError::Template { .. }
+            | K3sError::Io { .. }
+            | K3sError::Checksums { .. }
+            | K3sError::Download { .. }
+            | K3sError::NodeList { .. }
+            | K3sError::NoHealthyServer { .. }
+            | K3sError::ForeignCluster { .. }
+            | K3sError::NoServers
+            | K3sError::OptionLikeValue { .. }
+            | K3sError::CaCertificate { .. }
+            | K3sError::Kubeconfig { .. } => return None,
+        };
+        Some(hint.to_owned())
+    }
+}
+
 impl From<crate::files::FileError> for K3sError {
     fn from(error: crate::files::FileError) -> Self {
         K3sError::Io {

@@ -149,6 +149,27 @@ pub enum NodePrepError {
     },
 }
 
+/// A failed node preparation step is a failure of the node (exit 2); SSH errors keep their own.
+impl crate::error::UserFacing for NodePrepError {
+    fn exit_status(&self) -> crate::exit::ExitStatus {
+        match self {
+            NodePrepError::Ssh(error) => crate::error::UserFacing::exit_status(error),
+            NodePrepError::StepFailed { .. }
+            | NodePrepError::NoOutcome { .. }
+            | NodePrepError::FileState { .. } => crate::exit::ExitStatus::Failure,
+        }
+    }
+
+    fn hint(&self) -> Option<String> {
+        match self {
+            NodePrepError::Ssh(error) => crate::error::UserFacing::hint(error),
+            NodePrepError::StepFailed { .. }
+            | NodePrepError::NoOutcome { .. }
+            | NodePrepError::FileState { .. } => None,
+        }
+    }
+}
+
 /// Parse the last `provision-outcome:` line of a script's stdout.
 pub fn parse_outcome(stdout: &str) -> Option<StepOutcome> {
     let line = stdout

@@ -8,6 +8,7 @@ mod numa;
 mod params;
 pub mod privileges;
 mod render;
+mod user_facing;
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::net::IpAddr;

@@ -54,6 +54,16 @@ pub struct CredentialError {
     pub hint: String,
 }
 
+impl crate::error::UserFacing for CredentialError {
+    fn exit_status(&self) -> crate::exit::ExitStatus {
+        crate::exit::ExitStatus::UserError
+    }
+
+    fn hint(&self) -> Option<String> {
+        Some(self.hint.clone())
+    }
+}
+
 fn error(
     key: &'static str,
     message: impl Into<String>,

@@ -108,6 +108,18 @@ impl ProfileError {
     }
 }
 
+/// Every profile error is the user's to fix; its hints are in its [`ProfileError::diagnostics`],
+/// which the top level prints instead of an `error:` line.
+impl crate::error::UserFacing for ProfileError {
+    fn exit_status(&self) -> crate::exit::ExitStatus {
+        crate::exit::ExitStatus::UserError
+    }
+
+    fn hint(&self) -> Option<String> {
+        None
+    }
+}
+
 /// Where a `--profile` value points.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum ProfileSource {

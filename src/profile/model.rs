@@ -2,7 +2,7 @@
 //!
 //! Field by field documentation lives in `profiles/README.md`; keep the two in step.
 //! Unknown keys are refused everywhere (`deny_unknown_fields`). Semantic rules live in
-//! `validate.rs`; this file only says what can be written.
+//! `validate/`; this file only says what can be written.
 
 use std::collections::BTreeMap;
 use std::net::IpAddr;

@@ -109,6 +109,20 @@ impl StateError {
     }
 }
 
+impl crate::error::UserFacing for StateError {
+    fn exit_status(&self) -> crate::exit::ExitStatus {
+        if self.is_user_error() {
+            crate::exit::ExitStatus::UserError
+        } else {
+            crate::exit::ExitStatus::Failure
+        }
+    }
+
+    fn hint(&self) -> Option<String> {
+        StateError::hint(self)
+    }
+}
+
 /// The previous content of a state file, kept on every write: `state.json.bak`.
 pub fn backup_path(path: &Path) -> PathBuf {
     let mut name = path.file_name().unwrap_or_default().to_os_string();

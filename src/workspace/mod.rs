@@ -53,6 +53,33 @@ pub enum WorkspaceError {
     Untrusted { path: PathBuf, message: String },
 }
 
+/// An invalid or untrusted workspace is the user's to fix; a failed file operation is not.
+impl crate::error::UserFacing for WorkspaceError {
+    fn exit_status(&self) -> crate::exit::ExitStatus {
+        match self {
+            WorkspaceError::Invalid { .. } | WorkspaceError::Untrusted { .. } => {
+                crate::exit::ExitStatus::UserError
+            }
+            WorkspaceError::Io { .. } | WorkspaceError::SecretName(_) => {
+                crate::exit::ExitStatus::Failure
+            }
+        }
+    }
+
+    /// `Invalid` carries its hints in its diagnostics.
+    fn hint(&self) -> Option<String> {
+        match self {
+            WorkspaceError::Untrusted { .. } => Some(
+                "provision keeps tokens, keys and the k3s binary there: only you may write it"
+                    .to_owned(),
+            ),
+            WorkspaceError::Invalid { .. }
+            | WorkspaceError::Io { .. }
+            | WorkspaceError::SecretName(_) => None,
+        }
+    }
+}
+
 impl From<crate::files::FileError> for WorkspaceError {
     fn from(error: crate::files::FileError) -> Self {
         if error.is_untrusted() {
@@ -451,7 +478,7 @@ pub fn resolve_settings(
         if crate::files::readable_by_others(&path) {
             let real = std::fs::canonicalize(&path).unwrap_or_else(|_| path.clone());
             tracing::warn!(
-                target: crate::reporter::SECURITY_TARGET,
+                target: provision_base::SECURITY_TARGET,
                 "{} ({what}) is readable by other users; fix: `chmod 600 {}`",
                 real.display(),
                 real.display()

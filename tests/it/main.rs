@@ -13,6 +13,7 @@ mod e2e;
 mod hostile;
 mod hostile_workspace;
 mod k3s;
+mod layers;
 mod nodeprep;
 mod phase2;
 mod plan;

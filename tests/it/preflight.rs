@@ -335,6 +335,11 @@ struct Served {
 
 impl Served {
     fn start() -> Self {
+        Self::start_with("pve-ci")
+    }
+
+    /// `provision sim serve` with `inventory`: a built-in name or a TOML file.
+    fn start_with(inventory: &str) -> Self {
         use std::io::{BufRead, BufReader};
         let mut child = Command::new(env!("CARGO_BIN_EXE_provision"))
             .args([
@@ -343,7 +348,7 @@ impl Served {
                 "--listen",
                 "127.0.0.1:0",
                 "--inventory",
-                "pve-ci",
+                inventory,
             ])
             .env_remove("PVE_SIM_TOKEN_SECRET")
             .env_remove("PVE_SIM_ROOT_PASSWORD")
@@ -480,4 +485,96 @@ fn credential_certificate_and_privilege_errors_show_their_hint_and_exit_1() {
         stderr.contains("SDN.Use on /sdn/zones/localnetwork/vmbr0"),
         "{stderr}"
     );
+}
+
+/// Exit code, stdout and stderr of a run, with what changes between runs filtered: the
+/// simulator's endpoint and certificate fingerprint, the temporary directory.
+fn rendered(
+    served: &Served,
+    binary: &Binary,
+    (code, stdout, stderr): (i32, String, String),
+) -> String {
+    let filter = |text: &str| {
+        text.replace(&served.endpoint, "[ENDPOINT]")
+            .replace(&served.fingerprint, "[FINGERPRINT]")
+            .replace(&binary.dir.path().display().to_string(), "[TEMP]")
+    };
+    format!(
+        "exit: {code}\n----- stdout -----\n{}----- stderr -----\n{}",
+        filter(&stdout),
+        filter(&stderr)
+    )
+}
+
+/// The built-in `pve-ci` inventory plus a token that may read nothing.
+const BLIND_TOKEN: &str = r#"
+[[token]]
+tokenid = "ci@pve!blind"
+secret = "7d0c9f1e-2b6a-4e3d-8c5f-1a9b3e7d2c64"
+privileges = []
+"#;
+
+#[test]
+fn wrong_token_secret_snapshot() {
+    let served = Served::start();
+    let binary = Binary::new();
+    let good = served.token("provision@pve!ci").to_owned();
+    let (id, _) = good.split_once('=').unwrap();
+    let wrong = format!("{id}=00000000-0000-0000-0000-000000000000");
+    let output = served.provision(
+        &binary,
+        &wrong,
+        &served.fingerprint,
+        &["plan", "--profile", "ci-nested"],
+    );
+    assert_eq!(output.0, 1, "{output:?}");
+    insta::assert_snapshot!(rendered(&served, &binary, output));
+}
+
+#[test]
+fn missing_privilege_snapshot() {
+    let binary = Binary::new();
+    let inventory = binary.file(
+        "pve-ci-blind.toml",
+        &format!(
+            "{}{BLIND_TOKEN}",
+            include_str!("../../crates/pve-sim/fixtures/pve-ci.toml")
+        ),
+    );
+    let served = Served::start_with(&inventory);
+    let blind = served.token("ci@pve!blind").to_owned();
+    let output = served.provision(
+        &binary,
+        &blind,
+        &served.fingerprint,
+        &["plan", "--profile", "ci-nested"],
+    );
+    assert_eq!(output.0, 1, "{output:?}");
+    insta::assert_snapshot!(rendered(&served, &binary, output));
+}
+
+#[test]
+fn wrong_certificate_fingerprint_snapshot() {
+    let served = Served::start();
+    let binary = Binary::new();
+    let good = served.token("provision@pve!ci").to_owned();
+    let other = vec!["AB"; 32].join(":");
+    let output = served.provision(&binary, &good, &other, &["plan", "--profile", "ci-nested"]);
+    assert_eq!(output.0, 1, "{output:?}");
+    insta::assert_snapshot!(rendered(&served, &binary, output));
+}
+
+#[test]
+fn doctor_missing_privileges_snapshot() {
+    let served = Served::start();
+    let binary = Binary::new();
+    let limited = served.token("ci@pve!limited").to_owned();
+    let output = served.provision(
+        &binary,
+        &limited,
+        &served.fingerprint,
+        &["doctor", "--profile", "ci-nested"],
+    );
+    assert_eq!(output.0, 1, "{output:?}");
+    insta::assert_snapshot!(rendered(&served, &binary, output));
 }

@@ -1,6 +1,7 @@
 //! The foundation every provision crate stands on: private and atomic local files, secrets that
 //! never print, the process exit status, human-readable times and the security log target.
 
+pub mod error;
 pub mod exit;
 pub mod files;
 pub mod secret;

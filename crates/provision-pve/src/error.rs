@@ -186,3 +186,30 @@ impl PveError {
         }
     }
 }
+
+/// Wrong credentials, a missing privilege, a certificate that is not the pinned one or a bad
+/// local configuration are the user's to fix; everything else failed on the way or on Proxmox.
+impl provision_base::error::UserFacing for PveError {
+    fn exit_status(&self) -> provision_base::exit::ExitStatus {
+        use provision_base::exit::ExitStatus;
+        match self {
+            PveError::Unauthorized { .. }
+            | PveError::Forbidden { .. }
+            | PveError::FingerprintMismatch { .. }
+            | PveError::Config { .. } => ExitStatus::UserError,
+            PveError::NeverSent { .. }
+            | PveError::OutcomeUnknown { .. }
+            | PveError::BadRequest { .. }
+            | PveError::NotFound { .. }
+            | PveError::LockTimeout { .. }
+            | PveError::Server { .. }
+            | PveError::TaskFailed { .. }
+            | PveError::Timeout { .. }
+            | PveError::Decode { .. } => ExitStatus::Failure,
+        }
+    }
+
+    fn hint(&self) -> Option<String> {
+        PveError::hint(self)
+    }
+}

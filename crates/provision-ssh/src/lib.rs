@@ -101,6 +101,41 @@ impl SshError {
     }
 }
 
+/// SSH failures end the run as failures (exit 2): the VMs exist and a re-run continues where
+/// this one stopped. The hint says what to look at.
+impl provision_base::error::UserFacing for SshError {
+    fn exit_status(&self) -> provision_base::exit::ExitStatus {
+        provision_base::exit::ExitStatus::Failure
+    }
+
+    fn hint(&self) -> Option<String> {
+        let hint = match self {
+            SshError::Connect { .. } => {
+                "check that the VM is running and port 22 is reachable from here (or through ssh.jump_host)"
+            }
+            SshError::HostKeyMismatch { .. } => {
+                "the VM was re-created, or this is not the host you expect: compare the fingerprint on the VM's console before replacing the stored key"
+            }
+            SshError::HostKeyRevoked { .. } => {
+                "the key was revoked on purpose: find out why before trusting this host"
+            }
+            SshError::Auth { .. } => {
+                "check ssh.user and ssh.private_key: the key's public half must be the one cloud-init put on the VM"
+            }
+            SshError::KeyFile { .. } => {
+                "check ssh.private_key; an encrypted key is opened through the ssh-agent that holds it or PROVISION_SSH_PASSPHRASE"
+            }
+            SshError::HostKeyUnknown { .. }
+            | SshError::KnownHosts { .. }
+            | SshError::Channel { .. }
+            | SshError::Timeout { .. }
+            | SshError::ConnectionLost { .. }
+            | SshError::UploadCorrupted { .. } => return None,
+        };
+        Some(hint.to_owned())
+    }
+}
+
 /// Run commands and move files on one host. Domain code builds commands with pure functions and
 /// hands them to this trait; it never formats shell strings inline.
 #[async_trait]

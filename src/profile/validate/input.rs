@@ -1,33 +1,8 @@
-//! Hostile-input rules: bounds on every count and size, and allow-lists for every string that
-//! reaches a shell, a path, a YAML document or the Proxmox API.
-//!
-//! Everything here runs before any other rule walks a list, so a profile asking for 4 billion
-//! VMs or 100 000 tags is refused after a bounded amount of work. The bounds and rules are listed
-//! in `profiles/README.md` ("Validation rules"); keep the two in step.
+//! Hostile-input checks on single strings: control characters, safe paths and mount points,
+//! URLs, Git URLs and refs, jump hosts, PCI prefixes and apt sources. The allow-lists
+//! (`allow_lists.rs`) apply them to a profile's fields.
 
-use super::{Checker, path};
-use crate::profile::diagnostic::KeyPath;
-use crate::profile::model::{NodeGroup, Profile};
-
-/// A profile file larger than this is refused before it is parsed.
-pub const MAX_PROFILE_BYTES: usize = 1024 * 1024;
-/// `[[node_groups]]` tables per profile.
-pub const MAX_NODE_GROUPS: usize = 100;
-/// VMs per group and in the whole profile.
-pub const MAX_VMS: u64 = 1000;
-/// Entries of short lists: tags, labels, taints, cpu_flags, tls_san, dns, disable, proxmox
-/// nodes, topology entries, NUMA nodes and a group's proxmox_nodes.
-pub const MAX_LIST: usize = 64;
-/// PCI devices listed per NUMA node.
-pub const MAX_PCI_DEVICES: usize = 256;
-/// Memory per VM: qemu-server's maximum (4 TiB).
-pub const MAX_MEMORY_MIB: u64 = 4 * 1024 * 1024;
-/// OS and scratch disk size (1 PiB): far above any real disk, low enough that byte sizes fit in `u64`.
-pub const MAX_DISK_GB: u32 = 1024 * 1024;
-/// Any free-form string (paths, URLs, descriptions).
-pub const MAX_STRING: usize = 4096;
-/// A Linux cpulist (`0-31,64-95`).
-pub const MAX_CPULIST: usize = 1024;
+use super::bounds::MAX_STRING;
 
 /// Directories a scratch disk must never be mounted on (nor local-path point at).
 const SYSTEM_DIRS: &[&str] = &[
@@ -64,378 +39,13 @@ const SYSTEM_TREES: &[&str] = &[
     "/bin", "/boot", "/dev", "/etc", "/lib", "/lib64", "/proc", "/run", "/sbin", "/sys", "/usr",
 ];
 
-impl Checker {
-    /// Count and size bounds. Returns false when the profile is too large for the other rules to
-    /// walk (more groups or VMs than the bounds): those rules are then skipped.
-    pub(super) fn bounds(&mut self, profile: &Profile) -> bool {
-        let mut walkable = true;
-        let groups = profile.node_groups.len();
-        if groups > MAX_NODE_GROUPS {
-            self.error(
-                path(&["node_groups"]),
-                format!("{groups} node groups; at most {MAX_NODE_GROUPS} are supported"),
-                "merge groups that share a shape: a group's count says how many VMs it has",
-            );
-            walkable = false;
-        }
-        for (index, group) in profile.node_groups.iter().take(MAX_NODE_GROUPS).enumerate() {
-            if !self.group_bounds(&path(&["node_groups"]).index(index), group) {
-                walkable = false;
-            }
-        }
-        let total = profile.vm_count();
-        if total > MAX_VMS && walkable {
-            self.error(
-                path(&["node_groups"]),
-                format!("the profile asks for {total} VMs; at most {MAX_VMS} are supported"),
-                "split the cluster into several profiles or lower the groups' counts",
-            );
-            walkable = false;
-        }
-        let cluster = &profile.cluster;
-        self.list_bound(
-            path(&["cluster", "tls_san"]),
-            cluster.tls_san.len(),
-            MAX_LIST,
-        );
-        self.list_bound(
-            path(&["cluster", "disable"]),
-            cluster.disable.len(),
-            MAX_LIST,
-        );
-        self.list_bound(
-            path(&["network", "dns"]),
-            profile.network.dns.len(),
-            MAX_LIST,
-        );
-        let proxmox = &profile.proxmox;
-        self.list_bound(path(&["proxmox", "nodes"]), proxmox.nodes.len(), MAX_LIST);
-        self.list_bound(path(&["proxmox", "tags"]), proxmox.tags.len(), MAX_LIST);
-        self.list_bound(
-            path(&["proxmox", "topology"]),
-            proxmox.topology.len(),
-            MAX_LIST,
-        );
-        for (index, host) in proxmox.topology.iter().take(MAX_LIST).enumerate() {
-            let host_path = path(&["proxmox", "topology"]).index(index);
-            self.list_bound(host_path.key("numa_nodes"), host.numa_nodes.len(), MAX_LIST);
-            for (numa_index, numa) in host.numa_nodes.iter().take(MAX_LIST).enumerate() {
-                let numa_path = host_path.key("numa_nodes").index(numa_index);
-                self.list_bound(
-                    numa_path.key("pci_devices"),
-                    numa.pci_devices.len(),
-                    MAX_PCI_DEVICES,
-                );
-                if numa.cpus.len() > MAX_CPULIST {
-                    self.error(
-                        numa_path.key("cpus"),
-                        format!(
-                            "CPU list of {} characters; at most {MAX_CPULIST}",
-                            numa.cpus.len()
-                        ),
-                        "write ranges such as 0-31,64-95 instead of single CPUs",
-                    );
-                }
-                for (pci_index, device) in numa.pci_devices.iter().take(MAX_PCI_DEVICES).enumerate()
-                {
-                    if !is_pci_prefix(device) {
-                        self.error(
-                            numa_path.key("pci_devices").index(pci_index),
-                            format!("`{device}` is not a PCI address or bus prefix"),
-                            "write DDDD:BB, DDDD:BB:SS or DDDD:BB:SS.F in hex, e.g. 0000:41:00",
-                        );
-                    }
-                }
-            }
-        }
-        walkable
-    }
-
-    /// Bounds of one group; false when its count is beyond [`MAX_VMS`].
-    fn group_bounds(&mut self, group_path: &KeyPath, group: &NodeGroup) -> bool {
-        let mut walkable = true;
-        if u64::from(group.count) > MAX_VMS {
-            self.error(
-                group_path.key("count"),
-                format!(
-                    "count {} is above the limit of {MAX_VMS} VMs per group",
-                    group.count
-                ),
-                "lower count; a profile holds at most 1000 VMs",
-            );
-            walkable = false;
-        }
-        if group.addresses.len() as u64 > MAX_VMS {
-            self.error(
-                group_path.key("addresses"),
-                format!(
-                    "{} addresses; a group holds at most {MAX_VMS} VMs",
-                    group.addresses.len()
-                ),
-                "give exactly one address per VM, or use address_range",
-            );
-            walkable = false;
-        }
-        if group.memory_mib > MAX_MEMORY_MIB {
-            self.error(
-                group_path.key("memory_mib"),
-                format!(
-                    "{} MiB is above Proxmox's maximum of {MAX_MEMORY_MIB} MiB (4 TiB) per VM",
-                    group.memory_mib
-                ),
-                "give the VM at most 4194304 MiB",
-            );
-        }
-        let disks = group_path.key("disks");
-        for (key, size) in [
-            ("os_gb", Some(group.disks.os_gb)),
-            ("scratch_gb", group.disks.scratch_gb),
-        ] {
-            if let Some(size) = size
-                && size > MAX_DISK_GB
-            {
-                self.error(
-                    disks.key(key),
-                    format!("{size} GB is above the limit of {MAX_DISK_GB} GB per disk"),
-                    "size disks in GB: 1000 is one terabyte",
-                );
-            }
-        }
-        for (key, len) in [
-            ("labels", group.labels.len()),
-            ("taints", group.taints.len()),
-            ("cpu_flags", group.cpu_flags.len()),
-            ("proxmox_nodes", group.proxmox_nodes.len()),
-        ] {
-            self.list_bound(group_path.key(key), len, MAX_LIST);
-        }
-        walkable
-    }
-
-    fn list_bound(&mut self, list_path: KeyPath, len: usize, max: usize) {
-        if len > max {
-            self.error(
-                list_path,
-                format!("{len} entries; at most {max} are supported"),
-                "shorten the list",
-            );
-        }
-    }
-
-    /// Allow-lists for the string fields no other rule fully constrains.
-    pub(super) fn allow_lists(&mut self, profile: &Profile) {
-        if let Err(reason) = check_text(&profile.description, 512) {
-            self.error(
-                path(&["description"]),
-                format!("description {reason}"),
-                "write one line of plain text",
-            );
-        }
-        for (index, group) in profile.node_groups.iter().take(MAX_NODE_GROUPS).enumerate() {
-            if let Some(mount) = &group.disks.scratch_mount
-                && mount.starts_with('/')
-                && let Err(reason) = check_mount_path(mount)
-            {
-                self.error(
-                    path(&["node_groups"]).index(index).key("disks").key("scratch_mount"),
-                    format!("scratch_mount `{mount}` {reason}"),
-                    "write an absolute path of letters, digits, `.`, `_`, `-` and `/` outside system directories, e.g. /mnt/scratch",
-                );
-            }
-        }
-        self.image_allow_lists(profile);
-        self.storage_allow_lists(profile);
-        self.gitops_allow_lists(profile);
-        self.ssh_allow_lists(profile);
-        self.airgap_allow_lists(profile);
-    }
-
-    fn image_allow_lists(&mut self, profile: &Profile) {
-        let image = &profile.image;
-        if let Some(url) = &image.url
-            && (url.starts_with("http://") || url.starts_with("https://"))
-            && let Err(reason) = check_url(url, &["http", "https"])
-        {
-            self.error(
-                path(&["image", "url"]),
-                format!("image url {reason}"),
-                "write a plain http(s) URL; percent-encode spaces and quotes",
-            );
-        }
-        if let Some(name) = &image.file_name
-            && !is_file_name(name)
-        {
-            self.error(
-                path(&["image", "file_name"]),
-                format!("image file name `{name}` is not a plain file name"),
-                "letters, digits, `.`, `_` and `-`, not starting with `.`, e.g. debian-12.qcow2",
-            );
-        } else if image.file_name.is_none()
-            && let Some(url) = &image.url
-        {
-            let derived = url.rsplit('/').next().unwrap_or_default();
-            if !derived.is_empty() && !is_file_name(derived) {
-                self.error(
-                    path(&["image", "url"]),
-                    format!("the URL's last segment `{derived}` is not a plain file name"),
-                    "set image.file_name, e.g. file_name = \"debian-12.qcow2\"",
-                );
-            }
-        }
-        if let Some(volume) = &image.volume
-            && let Some((_, volume_path)) = volume.split_once(':')
-            && !is_relative_path(volume_path)
-        {
-            self.error(
-                path(&["image", "volume"]),
-                format!("volume path `{volume_path}` is not a plain relative path"),
-                "write STORAGE:import/FILE with letters, digits, `.`, `_`, `-` and `/`, no `..`",
-            );
-        }
-    }
-
-    fn storage_allow_lists(&mut self, profile: &Profile) {
-        if let Some(nfs) = &profile.storage.nfs
-            && nfs.path.starts_with('/')
-            && let Err(reason) = check_safe_path(&nfs.path)
-        {
-            self.error(
-                path(&["storage", "nfs", "path"]),
-                format!("NFS export path `{}` {reason}", nfs.path),
-                "write the export as the server lists it, e.g. /export/k3s (letters, digits, `.`, `_`, `-`, `/`)",
-            );
-        }
-        if let Some(scratch) = &profile.storage.fast_scratch
-            && scratch.path.starts_with('/')
-            && let Err(reason) = check_mount_path(&scratch.path)
-        {
-            self.error(
-                path(&["storage", "fast_scratch", "path"]),
-                format!("fast_scratch path `{}` {reason}", scratch.path),
-                "write an absolute path of letters, digits, `.`, `_`, `-` and `/` outside system directories, e.g. /mnt/scratch",
-            );
-        }
-    }
-
-    fn gitops_allow_lists(&mut self, profile: &Profile) {
-        let gitops = &profile.gitops;
-        if let Some(repo) = &gitops.repo
-            && let Err((reason, hint)) = check_git_url(repo)
-        {
-            self.error(
-                path(&["gitops", "repo"]),
-                format!("gitops.repo {reason}"),
-                &hint,
-            );
-        }
-        if let Some(credentials) = &gitops.credentials {
-            for (key, value) in [
-                ("file", Some(&credentials.file)),
-                ("known_hosts_file", credentials.known_hosts_file.as_ref()),
-            ] {
-                if let Some(value) = value
-                    && let Err(reason) = check_local_path(value)
-                {
-                    self.error(
-                        path(&["gitops", "credentials", key]),
-                        format!("gitops.credentials.{key} {reason}"),
-                        "a path relative to the workspace, absolute or ~/…, of letters, digits and `._/+~-`, e.g. secrets/gitops-deploy-key",
-                    );
-                }
-            }
-        }
-        if let Some(branch) = &gitops.branch
-            && !is_git_ref(branch)
-        {
-            self.error(
-                path(&["gitops", "branch"]),
-                format!("`{branch}` is not a plain Git branch name"),
-                "letters, digits, `.`, `_`, `-` and `/`, no `..`, e.g. main",
-            );
-        }
-        if let Some(repo_path) = &gitops.path
-            && !repo_path.starts_with('/')
-            && !is_relative_path(repo_path)
-        {
-            self.error(
-                path(&["gitops", "path"]),
-                format!("gitops.path `{repo_path}` is not a plain relative path"),
-                "letters, digits, `.`, `_`, `-` and `/`, no `..`, e.g. clusters/a100-8x",
-            );
-        }
-    }
-
-    fn ssh_allow_lists(&mut self, profile: &Profile) {
-        let ssh = &profile.ssh;
-        if let Err(reason) = check_text(&ssh.private_key, MAX_STRING) {
-            self.error(
-                path(&["ssh", "private_key"]),
-                format!("ssh.private_key {reason}"),
-                "point at a private key file, e.g. ~/.ssh/id_ed25519",
-            );
-        }
-        if let Some(jump) = &ssh.jump_host
-            && jump.contains('@')
-            && !is_jump_host(jump)
-        {
-            self.error(
-                path(&["ssh", "jump_host"]),
-                format!("jump host `{jump}` holds characters a user, host or port cannot"),
-                "e.g. root@pve1 or admin@bastion.example.com:2222",
-            );
-        }
-    }
-
-    fn airgap_allow_lists(&mut self, profile: &Profile) {
-        let airgap = &profile.airgap;
-        for (key, value) in [
-            ("k3s_binary", &airgap.k3s_binary),
-            ("images", &airgap.images),
-        ] {
-            if let Some(value) = value
-                && let Err(reason) = check_local_path(value)
-            {
-                self.error(
-                    path(&["airgap", key]),
-                    format!("airgap.{key} {reason}"),
-                    "write a local file path of letters, digits, `.`, `_`, `-`, `+`, `~` and `/`",
-                );
-            }
-        }
-        if let Some(key) = &profile.nvidia.repo_key
-            && let Err(reason) = check_local_path(key)
-        {
-            self.error(
-                path(&["nvidia", "repo_key"]),
-                format!("nvidia.repo_key {reason}"),
-                "write a local file path of letters, digits, `.`, `_`, `-`, `+`, `~` and `/`",
-            );
-        }
-        if let Some(source) = &airgap.apt_source {
-            match check_apt_source(source) {
-                Err(reason) => self.error(
-                    path(&["airgap", "apt_source"]),
-                    format!("airgap.apt_source {reason}"),
-                    "write one line `deb [signed-by=/path] http://mirror/debian bookworm main` or one deb822 stanza (Types:, URIs:, Suites:, Components:)",
-                ),
-                Ok(true) => self.warning(
-                    path(&["airgap", "apt_source"]),
-                    "airgap.apt_source trusts the repository without signatures (trusted=yes)",
-                    "sign the mirror and use signed-by=/path/to/key.gpg instead",
-                ),
-                Ok(false) => {}
-            }
-        }
-    }
-}
-
 /// Whether `text` contains a control character (including newlines and escape sequences).
 pub fn has_control(text: &str) -> bool {
     text.chars().any(char::is_control)
 }
 
 /// One line of printable text of at most `max` bytes.
-fn check_text(text: &str, max: usize) -> Result<(), String> {
+pub(super) fn check_text(text: &str, max: usize) -> Result<(), String> {
     if text.len() > max {
         Err(format!("is {} bytes long; at most {max}", text.len()))
     } else if has_control(text) {
@@ -445,12 +55,12 @@ fn check_text(text: &str, max: usize) -> Result<(), String> {
     }
 }
 
-fn is_path_char(c: char) -> bool {
+pub(super) fn is_path_char(c: char) -> bool {
     c.is_ascii_alphanumeric() || matches!(c, '.' | '_' | '-' | '/')
 }
 
 /// `^/[A-Za-z0-9._/-]+$` with no empty, `.` or `..` component.
-fn check_safe_path(path: &str) -> Result<(), String> {
+pub(super) fn check_safe_path(path: &str) -> Result<(), String> {
     if path.len() > MAX_STRING {
         return Err(format!(
             "is {} bytes long; at most {MAX_STRING}",
@@ -471,7 +81,7 @@ fn check_safe_path(path: &str) -> Result<(), String> {
 }
 
 /// [`check_safe_path`] plus: not a system directory, not inside /proc, /sys, /dev, /etc, ….
-fn check_mount_path(path: &str) -> Result<(), String> {
+pub(super) fn check_mount_path(path: &str) -> Result<(), String> {
     check_safe_path(path)?;
     let normal = match path.trim_end_matches('/') {
         "" => "/",
@@ -490,7 +100,7 @@ fn check_mount_path(path: &str) -> Result<(), String> {
 }
 
 /// A relative path of `[A-Za-z0-9._/-]` without empty, `.` or `..` components.
-fn is_relative_path(path: &str) -> bool {
+pub(super) fn is_relative_path(path: &str) -> bool {
     !path.is_empty()
         && path.len() <= MAX_STRING
         && !path.starts_with('/')
@@ -512,7 +122,7 @@ pub fn is_file_name(name: &str) -> bool {
 }
 
 /// A local file path (read by provision itself): printable, no shell characters.
-fn check_local_path(path: &str) -> Result<(), String> {
+pub(super) fn check_local_path(path: &str) -> Result<(), String> {
     if path.is_empty() || path.len() > MAX_STRING {
         return Err("is empty or longer than 4096 bytes".to_owned());
     }
@@ -530,7 +140,7 @@ fn check_local_path(path: &str) -> Result<(), String> {
 const URL_FORBIDDEN: &[char] = &['`', '$', '\'', '"', '\\', '<', '>', '{', '}', '|', '^', ';'];
 
 /// A URL of one of `schemes` with a host, no whitespace, controls or shell characters.
-fn check_url(url: &str, schemes: &[&str]) -> Result<(), String> {
+pub(super) fn check_url(url: &str, schemes: &[&str]) -> Result<(), String> {
     if url.len() > MAX_STRING {
         return Err(format!("is {} bytes long; at most {MAX_STRING}", url.len()));
     }
@@ -558,7 +168,7 @@ fn check_url(url: &str, schemes: &[&str]) -> Result<(), String> {
 /// repository drives the cluster as cluster-admin, and HTTPS credentials would travel in clear), and an
 /// scp-like `git@host:org/repo` is refused with its `ssh://` spelling as the hint (Flux refuses it).
 /// The error is (reason, hint).
-fn check_git_url(repo: &str) -> Result<(), (String, String)> {
+pub(super) fn check_git_url(repo: &str) -> Result<(), (String, String)> {
     const HINT: &str = "use https://… or ssh://… without spaces, quotes or shell characters";
     if let Some(rewritten) = scp_like_to_ssh(repo) {
         return Err((
@@ -581,7 +191,7 @@ fn check_git_url(repo: &str) -> Result<(), (String, String)> {
 }
 
 /// `[user@]host:path` (Git's scp-like syntax) as `ssh://[user@]host/path`; `None` for anything else.
-fn scp_like_to_ssh(repo: &str) -> Option<String> {
+pub(super) fn scp_like_to_ssh(repo: &str) -> Option<String> {
     if repo.contains("://") {
         return None;
     }
@@ -596,7 +206,7 @@ fn scp_like_to_ssh(repo: &str) -> Option<String> {
 }
 
 /// A Git branch name: `[A-Za-z0-9._/-]`, no `..`, not starting with `-` or `/`.
-fn is_git_ref(branch: &str) -> bool {
+pub(super) fn is_git_ref(branch: &str) -> bool {
     !branch.is_empty()
         && branch.len() <= 255
         && !branch.starts_with(['-', '/', '.'])
@@ -608,7 +218,7 @@ fn is_git_ref(branch: &str) -> bool {
 }
 
 /// `user@host[:port]`: a plain user, a DNS name / IPv4 / `[IPv6]`, a port 1-65535.
-fn is_jump_host(spec: &str) -> bool {
+pub(super) fn is_jump_host(spec: &str) -> bool {
     let Some((user, rest)) = spec.split_once('@') else {
         return false;
     };
@@ -635,7 +245,7 @@ fn is_jump_host(spec: &str) -> bool {
 }
 
 /// `DDDD:BB`, `DDDD:BB:SS` or `DDDD:BB:SS.F` in hex.
-fn is_pci_prefix(device: &str) -> bool {
+pub(super) fn is_pci_prefix(device: &str) -> bool {
     let hex =
         |text: &str, len: usize| text.len() == len && text.chars().all(|c| c.is_ascii_hexdigit());
     let parts: Vec<&str> = device.split(':').collect();
@@ -656,14 +266,14 @@ fn is_pci_prefix(device: &str) -> bool {
     }
 }
 
-fn is_apt_word(word: &str) -> bool {
+pub(super) fn is_apt_word(word: &str) -> bool {
     !word.is_empty()
         && word
             .chars()
             .all(|c| c.is_ascii_alphanumeric() || matches!(c, '.' | '_' | '-' | '/' | '+'))
 }
 
-fn check_apt_uri(uri: &str) -> Result<(), String> {
+pub(super) fn check_apt_uri(uri: &str) -> Result<(), String> {
     check_url(uri, &["http", "https", "file"])
 }
 
@@ -687,7 +297,7 @@ pub fn check_apt_source(source: &str) -> Result<bool, String> {
     }
 }
 
-fn check_one_line(line: &str) -> Result<bool, String> {
+pub(super) fn check_one_line(line: &str) -> Result<bool, String> {
     let mut rest = line.trim();
     let kind = rest.split(' ').next().unwrap_or_default();
     if kind != "deb" && kind != "deb-src" {
@@ -728,7 +338,7 @@ fn check_one_line(line: &str) -> Result<bool, String> {
     Ok(trusted)
 }
 
-fn check_deb822(stanza: &str) -> Result<bool, String> {
+pub(super) fn check_deb822(stanza: &str) -> Result<bool, String> {
     let mut trusted = false;
     let mut seen = (false, false, false);
     for line in stanza.lines() {
