@@ -173,3 +173,21 @@ fn completions_for_every_shell() {
     let (code, _) = run(&["completions", "tcsh"], dir.path());
     assert_eq!(code, 1);
 }
+
+/// `--guests` is a test facility: accepted (it still needs `--simulate`), but not in `up --help`.
+#[test]
+fn guests_option_is_hidden_but_accepted() {
+    let dir = tempfile::tempdir().unwrap();
+    for verb in ["up", "down"] {
+        let (code, output) = run(&[verb, "--help"], dir.path());
+        assert_eq!(code, 0, "{output}");
+        assert!(!output.contains("--guests"), "{output}");
+        let (code, output) = run(
+            &[verb, "--profile", "homelab-ha", "--guests", "testbed"],
+            dir.path(),
+        );
+        assert_eq!(code, 1, "{output}");
+        assert!(output.contains("--simulate"), "{output}");
+        assert!(!output.contains("unexpected argument"), "{output}");
+    }
+}
