@@ -20,4 +20,5 @@ pub mod reporter;
 pub mod secret;
 pub mod ssh;
 pub mod state;
+pub mod templates;
 pub mod workspace;
