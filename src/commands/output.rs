@@ -9,6 +9,7 @@ use std::path::Path;
 use serde::Serialize;
 
 use crate::exec::ProvisionedVm;
+use crate::exec::doctor::Check;
 use crate::exec::phase2::Phase2Report;
 use crate::nodeprep::StepOutcome;
 use crate::profile::{Diagnostic, LoadedProfile, PlannedNode};
@@ -50,6 +51,54 @@ impl InitOutput {
             .collect();
         lines.push("next: set PROXMOX_VE_ENDPOINT and PROXMOX_VE_API_TOKEN (or edit provision.toml), then run `provision validate --profile a100-8x`".to_owned());
         lines
+    }
+}
+
+/// `provision profiles`: one listing per profile, workspace profiles first (a JSON array).
+#[derive(Debug, Serialize)]
+#[serde(transparent)]
+pub struct ProfilesOutput(pub Vec<Listing>);
+
+#[derive(Debug, Serialize)]
+pub struct Listing {
+    pub name: String,
+    /// `workspace` or `builtin`.
+    pub source: String,
+    /// The profile's description, or why it does not load.
+    pub description: String,
+    pub vms: Option<u64>,
+    pub gpus: Option<u64>,
+}
+
+impl fmt::Display for ProfilesOutput {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        let width = self.0.iter().map(|l| l.name.len()).max().unwrap_or(0);
+        for listing in &self.0 {
+            let marker = if listing.source == "workspace" {
+                " (workspace)"
+            } else {
+                ""
+            };
+            writeln!(
+                f,
+                "{:<width$}  {}{marker}",
+                listing.name, listing.description
+            )?;
+        }
+        Ok(())
+    }
+}
+
+/// `provision doctor`: whether anything blocks `up`, and every check.
+#[derive(Debug, Serialize)]
+pub struct DoctorOutput<'a> {
+    pub ok: bool,
+    pub checks: &'a [Check],
+}
+
+impl fmt::Display for DoctorOutput<'_> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(&super::doctor::render(self.checks))
     }
 }
 
