@@ -168,8 +168,9 @@ pub struct Phase2Args {
     #[arg(long)]
     pub vms_only: bool,
     /// What plays the simulated VMs' guests: nothing, or the real test hosts of scripts/testbed.sh (the VM
-    /// with address 10.77.0.(10+I) boots host tbI with its cloud-init seed; root only).
-    #[arg(long, value_enum, default_value_t = Guests::None, requires = "simulate")]
+    /// with address 10.77.0.(10+I) boots host tbI with its cloud-init seed; root only). A test facility,
+    /// hidden from `--help` (README, "How it is tested").
+    #[arg(long, value_enum, default_value_t = Guests::None, requires = "simulate", hide = true)]
     pub guests: Guests,
     /// Trust and record (in .provision/known_hosts) the host key of a host provision did not create
     /// (first use); keys provision generated are always checked.
@@ -205,7 +206,8 @@ pub struct DownArgs {
     #[arg(long)]
     pub yes: bool,
     /// The simulated VMs' guests (as on `up`): with `testbed`, the hosts of the destroyed VMs are stopped.
-    #[arg(long, value_enum, default_value_t = Guests::None, requires = "simulate")]
+    /// Hidden from `--help`, like `up --guests`.
+    #[arg(long, value_enum, default_value_t = Guests::None, requires = "simulate", hide = true)]
     pub guests: Guests,
 }
 

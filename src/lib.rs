@@ -39,6 +39,7 @@ pub mod plan;
 pub mod profile;
 pub mod reporter;
 pub mod state;
+pub mod templates;
 pub mod workspace;
 
 // The lower layers are crates of their own; these names keep `crate::pve::…` paths stable.

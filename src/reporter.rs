@@ -75,9 +75,21 @@ impl Reporter {
     }
 
     /// One JSON document on stdout.
-    pub fn json(&self, value: &serde_json::Value) {
-        let text = serde_json::to_string_pretty(value).unwrap_or_else(|_| value.to_string());
-        println!("{text}");
+    pub fn json<T: serde::Serialize + ?Sized>(&self, value: &T) {
+        match serde_json::to_string_pretty(value) {
+            Ok(text) => println!("{text}"),
+            // Only a map with non-string keys fails; say so rather than print nothing.
+            Err(error) => self.error(&format!("cannot encode the result as JSON: {error}"), None),
+        }
+    }
+
+    /// A command's result on stdout, from one value: its JSON with `--output json`, its text
+    /// ([`std::fmt::Display`]) otherwise.
+    pub fn result<T: serde::Serialize + std::fmt::Display>(&self, value: &T) {
+        match self.format {
+            OutputFormat::Json => self.json(value),
+            OutputFormat::Text => self.data(&value.to_string()),
+        }
     }
 
     /// A progress or status line on stderr (hidden by `--quiet`).

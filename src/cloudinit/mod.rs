@@ -4,7 +4,7 @@
 //! [`Templates::with_overrides`] (reads a user template directory). The flow for one VM:
 //!
 //! 1. [`HostKeys::load_or_generate`] — the VM's ed25519 host key, created once per workspace.
-//! 2. [`build_seed`] — [`SeedInput`] → [`Seed`] (three YAML documents rendered from `cloud-init/`).
+//! 2. [`build_seed`] — [`SeedInput`] → [`Seed`] (three YAML documents rendered from `templates/cloud-init/`).
 //! 3. [`build_nocloud_iso`] + [`iso_file_name`] — the bytes to upload as `content=iso`, and a
 //!    name that changes exactly when the seed changes (so re-uploads are skipped when unchanged).
 //!

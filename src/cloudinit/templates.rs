@@ -1,79 +1,89 @@
-//! The minijinja templates behind the seed documents: built in from `cloud-init/` at compile time,
-//! each replaceable by a file of the same name in a user's override directory.
+//! The seed documents' templates (`templates/cloud-init/`): the three built-ins, each replaceable by
+//! `<override dir>/cloud-init/<name>`, compiled once per seed builder in the cloud-init dialect
+//! (see [`crate::templates`]), and every render checked to be a YAML mapping.
 
+use std::collections::BTreeMap;
 use std::path::Path;
 
-use minijinja::{AutoEscape, Environment, Output, State, UndefinedBehavior, Value};
+use minijinja::{Environment, Value};
 
 use super::CloudInitError;
+use crate::templates::{Dialect, Sources, TemplateError};
 
-pub(crate) const USER_DATA: &str = "user-data.yaml.j2";
-pub(crate) const NETWORK_CONFIG: &str = "network-config.yaml.j2";
-pub(crate) const META_DATA: &str = "meta-data.yaml.j2";
+pub(crate) const USER_DATA: &str = "cloud-init/user-data.yaml.j2";
+pub(crate) const NETWORK_CONFIG: &str = "cloud-init/network-config.yaml.j2";
+pub(crate) const META_DATA: &str = "cloud-init/meta-data.yaml.j2";
 
-const BUILTIN: [(&str, &str); 3] = [
-    (
-        USER_DATA,
-        include_str!("../../cloud-init/user-data.yaml.j2"),
-    ),
-    (
-        NETWORK_CONFIG,
-        include_str!("../../cloud-init/network-config.yaml.j2"),
-    ),
-    (
-        META_DATA,
-        include_str!("../../cloud-init/meta-data.yaml.j2"),
-    ),
-];
+const NAMES: [&str; 3] = [USER_DATA, NETWORK_CONFIG, META_DATA];
 
 /// The set of seed templates. Every `{{ value }}` is rendered as a quoted YAML flow node (auto-escape,
-/// see [`yaml_formatter`]), and the `yaml` filter does the same explicitly, so user-controlled strings can
-/// never break the document structure, not even inside a comment.
+/// see [`crate::templates::escape`]), and the `yaml` filter does the same explicitly, so user-controlled
+/// strings can never break the document structure, not even inside a comment.
 #[derive(Debug)]
 pub struct Templates {
     environment: Environment<'static>,
+    /// Per template, what errors call it: the override file, or the built-in's name.
+    labels: BTreeMap<&'static str, String>,
 }
 
 impl Templates {
-    /// The templates shipped in `cloud-init/`.
+    /// The templates shipped in `templates/cloud-init/`.
     pub fn builtin() -> Templates {
-        let mut environment = base_environment();
-        for (name, source) in BUILTIN {
+        match Self::load(&Sources::builtin()) {
+            Ok(templates) => templates,
             // The built-in templates are compiled into the binary and covered by tests.
-            if let Err(error) = environment.add_template(name, source) {
-                unreachable!("built-in template {name} does not parse: {error}");
-            }
+            Err(error) => unreachable!("built-in cloud-init templates do not load: {error}"),
         }
-        Templates { environment }
     }
 
-    /// The built-in templates, with each of `user-data.yaml.j2`, `network-config.yaml.j2` and
-    /// `meta-data.yaml.j2` found in `dir` taking precedence.
+    /// The built-in templates, each of `cloud-init/user-data.yaml.j2`,
+    /// `cloud-init/network-config.yaml.j2` and `cloud-init/meta-data.yaml.j2` found under `dir` (a
+    /// workspace's `templates/`) taking precedence. A file that cannot be read or compiled is an
+    /// error naming it.
     pub fn with_overrides(dir: &Path) -> Result<Templates, CloudInitError> {
-        let mut environment = base_environment();
-        for (name, builtin_source) in BUILTIN {
-            let path = dir.join(name);
-            let source = match std::fs::read_to_string(&path) {
-                Ok(source) => source,
-                Err(error) if error.kind() == std::io::ErrorKind::NotFound => {
-                    builtin_source.to_owned()
-                }
-                Err(source) => return Err(CloudInitError::Io { path, source }),
-            };
-            environment
-                .add_template_owned(name.to_owned(), source)
-                .map_err(|source| CloudInitError::Template {
-                    name: path.display().to_string(),
-                    source,
+        Self::load(&Sources::with_overrides(dir))
+    }
+
+    fn load(sources: &Sources) -> Result<Templates, CloudInitError> {
+        let mut environment = crate::templates::environment(Dialect::CloudInit);
+        let mut labels = BTreeMap::new();
+        for name in NAMES {
+            let label = sources
+                .add_to(&mut environment, name)
+                .map_err(|error| match error {
+                    TemplateError::Io { path, source } => CloudInitError::Io { path, source },
+                    TemplateError::Syntax { label, source } => CloudInitError::Template {
+                        name: label,
+                        source,
+                    },
+                    TemplateError::Unknown { name } => CloudInitError::Template {
+                        source: minijinja::Error::new(
+                            minijinja::ErrorKind::TemplateNotFound,
+                            "no such template",
+                        ),
+                        name,
+                    },
                 })?;
+            labels.insert(name, label);
         }
-        Ok(Templates { environment })
+        Ok(Templates {
+            environment,
+            labels,
+        })
+    }
+
+    /// What errors call template `name`: its override file, or the built-in's name.
+    pub(crate) fn label(&self, name: &str) -> String {
+        self.labels
+            .get(name)
+            .cloned()
+            .unwrap_or_else(|| name.to_owned())
     }
 
     /// Render `name` and check that the result is a YAML mapping.
     pub(crate) fn render_yaml(&self, name: &str, context: Value) -> Result<String, CloudInitError> {
         let template_error = |source| CloudInitError::Template {
-            name: name.to_owned(),
+            name: self.label(name),
             source,
         };
         let rendered = self
@@ -83,12 +93,12 @@ impl Templates {
             .map_err(template_error)?;
         let document: serde_yaml_ng::Value =
             serde_yaml_ng::from_str(&rendered).map_err(|source| CloudInitError::InvalidYaml {
-                name: name.to_owned(),
+                name: self.label(name),
                 source,
             })?;
         if !document.is_mapping() {
             return Err(CloudInitError::UnexpectedDocument {
-                name: name.to_owned(),
+                name: self.label(name),
                 message: "a document that is not a YAML mapping".to_owned(),
             });
         }
@@ -96,189 +106,11 @@ impl Templates {
     }
 }
 
-fn base_environment() -> Environment<'static> {
-    let mut environment = Environment::new();
-    environment.set_trim_blocks(true);
-    environment.set_lstrip_blocks(true);
-    environment.set_keep_trailing_newline(true);
-    environment.set_undefined_behavior(UndefinedBehavior::Strict);
-    environment.set_auto_escape_callback(|_| YAML_ESCAPE);
-    environment.set_formatter(yaml_formatter);
-    environment.add_filter("yaml", yaml_filter);
-    environment
-}
-
-/// The auto-escape mode of YAML templates: every value printed is a quoted YAML flow node.
-pub(crate) const YAML_ESCAPE: AutoEscape = AutoEscape::Custom("yaml");
-
-/// Output formatter: under [`YAML_ESCAPE`], a value not marked safe (by the `yaml`/`tojson` filters) is
-/// emitted as a YAML flow node, so a raw `{{ value }}` cannot add lines, keys or documents; in any other
-/// mode minijinja's own escaping applies.
-fn yaml_formatter(out: &mut Output, state: &State, value: &Value) -> Result<(), minijinja::Error> {
-    if state.auto_escape() == YAML_ESCAPE && !value.is_safe() {
-        let rendered = yaml_scalar(value.clone())?;
-        return out.write_str(&rendered).map_err(minijinja::Error::from);
-    }
-    minijinja::escape_formatter(out, state, value)
-}
-
-/// `{{ value | yaml }}`: [`yaml_scalar`], marked safe so auto-escape leaves it alone.
-fn yaml_filter(value: Value) -> Result<Value, minijinja::Error> {
-    yaml_scalar(value).map(Value::from_safe_string)
-}
-
-/// `{{ value | yaml }}`: the value as a YAML flow node whose strings are double-quoted with every
-/// non-printable or non-ASCII character escaped (`\\xXX`, `\\uXXXX`, `\\UXXXXXXXX`). Plain JSON is
-/// not enough: YAML folds U+0085/U+2028/U+2029 inside quotes and rejects C1 controls.
-pub(crate) fn yaml_scalar(value: Value) -> Result<String, minijinja::Error> {
-    flow_node(&value, emit_yaml_string)
-}
-
-/// Like [`yaml_scalar`], but also valid JSON (for JSON documents embedded in YAML): strings are
-/// double-quoted with controls, DEL, C1 controls, U+2028/U+2029 and non-characters as `\uXXXX`; every
-/// other character stays as it is.
-pub(crate) fn json_scalar(value: Value) -> Result<String, minijinja::Error> {
-    flow_node(&value, emit_json_string)
-}
-
-fn flow_node(value: &Value, string: fn(&str, &mut String)) -> Result<String, minijinja::Error> {
-    let json = serde_json::to_value(value).map_err(|error| {
-        minijinja::Error::new(minijinja::ErrorKind::InvalidOperation, error.to_string())
-    })?;
-    let mut out = String::new();
-    emit_yaml(&json, &mut out, string);
-    Ok(out)
-}
-
-fn emit_yaml(value: &serde_json::Value, out: &mut String, string: fn(&str, &mut String)) {
-    match value {
-        serde_json::Value::Null => out.push_str("null"),
-        serde_json::Value::Bool(flag) => out.push_str(if *flag { "true" } else { "false" }),
-        serde_json::Value::Number(number) => out.push_str(&number.to_string()),
-        serde_json::Value::String(text) => string(text, out),
-        serde_json::Value::Array(items) => {
-            out.push('[');
-            for (index, item) in items.iter().enumerate() {
-                if index > 0 {
-                    out.push_str(", ");
-                }
-                emit_yaml(item, out, string);
-            }
-            out.push(']');
-        }
-        serde_json::Value::Object(entries) => {
-            out.push('{');
-            for (index, (key, item)) in entries.iter().enumerate() {
-                if index > 0 {
-                    out.push_str(", ");
-                }
-                string(key, out);
-                out.push_str(": ");
-                emit_yaml(item, out, string);
-            }
-            out.push('}');
-        }
-    }
-}
-
-/// A JSON string literal that YAML 1.1 and 1.2 parsers read back unchanged (see [`json_scalar`]).
-pub(crate) fn emit_json_string(text: &str, out: &mut String) {
-    out.push('"');
-    for character in text.chars() {
-        match character {
-            '"' => out.push_str("\\\""),
-            '\\' => out.push_str("\\\\"),
-            '\n' => out.push_str("\\n"),
-            '\t' => out.push_str("\\t"),
-            '\r' => out.push_str("\\r"),
-            '\u{0}'..='\u{1F}'
-            | '\u{7F}'..='\u{9F}'
-            | '\u{2028}'
-            | '\u{2029}'
-            | '\u{FEFF}'
-            | '\u{FFFE}'
-            | '\u{FFFF}' => out.push_str(&format!("\\u{:04X}", u32::from(character))),
-            _ => out.push(character),
-        }
-    }
-    out.push('"');
-}
-
-pub(crate) fn emit_yaml_string(text: &str, out: &mut String) {
-    out.push('"');
-    for character in text.chars() {
-        match character {
-            '"' => out.push_str("\\\""),
-            '\\' => out.push_str("\\\\"),
-            '\n' => out.push_str("\\n"),
-            '\t' => out.push_str("\\t"),
-            ' '..='~' => out.push(character),
-            _ => {
-                let code = u32::from(character);
-                let escaped = match code {
-                    0..=0xFF => format!("\\x{code:02X}"),
-                    0x100..=0xFFFF => format!("\\u{code:04X}"),
-                    _ => format!("\\U{code:08X}"),
-                };
-                out.push_str(&escaped);
-            }
-        }
-    }
-    out.push('"');
-}
-
 #[cfg(test)]
 mod tests {
     #![allow(clippy::unwrap_used)]
 
     use super::*;
-
-    #[test]
-    fn yaml_filter_quotes_hostile_strings() {
-        let templates = Templates::builtin();
-        let mut environment = templates.environment.clone();
-        environment
-            .add_template("t", "key: {{ value | yaml }}\n")
-            .unwrap();
-        let hostile = "a\"\nb: c # d\n- e";
-        let rendered = environment
-            .get_template("t")
-            .unwrap()
-            .render(minijinja::context! { value => hostile })
-            .unwrap();
-        let parsed: serde_yaml_ng::Value = serde_yaml_ng::from_str(&rendered).unwrap();
-        assert_eq!(parsed["key"].as_str(), Some(hostile));
-    }
-
-    proptest::proptest! {
-        #[test]
-        fn json_strings_round_trip_through_yaml_and_json(text in "\\PC*|[\\x00-\\x{10FFFF}]{0,40}") {
-            let mut quoted = String::new();
-            emit_json_string(&text, &mut quoted);
-            let rendered = format!("# {quoted}\nkey: {quoted}\n");
-            let parsed: serde_yaml_ng::Value = serde_yaml_ng::from_str(&rendered).unwrap();
-            proptest::prop_assert_eq!(parsed["key"].as_str(), Some(text.as_str()));
-            proptest::prop_assert_eq!(parsed.as_mapping().map(|m| m.len()), Some(1));
-            let json: String = serde_json::from_str(&quoted).unwrap();
-            proptest::prop_assert_eq!(json, text);
-        }
-
-        #[test]
-        fn yaml_filter_round_trips_any_string(text in "\\PC*|[\\x00-\\x{10FFFF}]{0,40}") {
-            let mut rendered = "key: ".to_owned();
-            emit_yaml_string(&text, &mut rendered);
-            rendered.push('\n');
-            let parsed: serde_yaml_ng::Value = serde_yaml_ng::from_str(&rendered).unwrap();
-            proptest::prop_assert_eq!(parsed["key"].as_str(), Some(text.as_str()));
-        }
-    }
-
-    #[test]
-    fn yaml_filter_escapes_line_separators_and_controls() {
-        let mut rendered = String::new();
-        emit_yaml_string("a\u{85}b\u{2028}c\u{1}d\u{1F600}\"\\", &mut rendered);
-        assert_eq!(rendered, r#""a\x85b\u2028c\x01d\U0001F600\"\\""#);
-    }
 
     /// Every value of every seed template, hostile (also the comment line's hostname): the documents keep
     /// exactly their keys and the values come back unchanged.
@@ -365,9 +197,16 @@ mod tests {
         }
     }
 
+    /// An override directory (a workspace's `templates/`) with its `cloud-init/` subdirectory.
+    fn override_dir() -> tempfile::TempDir {
+        let dir = tempfile::tempdir().unwrap();
+        std::fs::create_dir(dir.path().join("cloud-init")).unwrap();
+        dir
+    }
+
     #[test]
     fn override_directory_replaces_only_present_templates() {
-        let dir = tempfile::tempdir().unwrap();
+        let dir = override_dir();
         std::fs::write(
             dir.path().join(META_DATA),
             "instance-id: {{ instance_id | yaml }}\nlocal-hostname: custom\n",
@@ -393,7 +232,7 @@ mod tests {
 
     #[test]
     fn override_rendering_invalid_yaml_is_an_error() {
-        let dir = tempfile::tempdir().unwrap();
+        let dir = override_dir();
         std::fs::write(dir.path().join(META_DATA), "a: [unclosed\n").unwrap();
         let templates = Templates::with_overrides(dir.path()).unwrap();
         let error = templates
@@ -403,13 +242,21 @@ mod tests {
             matches!(error, CloudInitError::InvalidYaml { .. }),
             "{error}"
         );
+        assert!(
+            error.to_string().contains(dir.path().to_str().unwrap()),
+            "{error}"
+        );
     }
 
     #[test]
     fn override_with_syntax_error_names_the_file() {
-        let dir = tempfile::tempdir().unwrap();
-        std::fs::write(dir.path().join(USER_DATA), "{% if %}").unwrap();
+        let dir = override_dir();
+        let path = dir.path().join(USER_DATA);
+        std::fs::write(&path, "{% if %}").unwrap();
         let error = Templates::with_overrides(dir.path()).unwrap_err();
-        assert!(error.to_string().contains(USER_DATA), "{error}");
+        assert!(
+            error.to_string().contains(&path.display().to_string()),
+            "{error}"
+        );
     }
 }

@@ -147,7 +147,7 @@ pub(crate) fn render(
     )?;
     if !rendered.starts_with("#cloud-config\n") {
         return Err(CloudInitError::UnexpectedDocument {
-            name: templates::USER_DATA.to_owned(),
+            name: templates.label(templates::USER_DATA),
             message: "user-data whose first line is not `#cloud-config`".to_owned(),
         });
     }

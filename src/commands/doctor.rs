@@ -1,22 +1,14 @@
 //! `provision doctor --profile P`: the read-only preflight of the Proxmox side, one line per
 //! check (✓ pass, ! warning, ✗ blocks `up`) with its fix; exit 1 when anything blocks `up`.
 
-use serde::Serialize;
-
-use crate::cli::{ClusterArgs, OutputFormat};
+use crate::cli::ClusterArgs;
 use crate::exec::doctor::{self, Check, DoctorInput, Outcome};
 use crate::exec::session;
 use crate::exit::ExitStatus;
 use crate::profile;
 
 use super::Context;
-
-/// `--output json`.
-#[derive(Serialize)]
-struct DoctorOutput<'a> {
-    ok: bool,
-    checks: &'a [Check],
-}
+use super::output::DoctorOutput;
 
 pub async fn run(context: &Context, args: ClusterArgs) -> anyhow::Result<ExitStatus> {
     let loaded = profile::load(&args.profile, &context.workspace.root)?;
@@ -41,13 +33,10 @@ pub async fn run(context: &Context, args: ClusterArgs) -> anyhow::Result<ExitSta
     )
     .await;
     opened.close().await;
-    match context.reporter.format() {
-        OutputFormat::Json => context.reporter.json(&serde_json::to_value(DoctorOutput {
-            ok: !report.blocks(),
-            checks: &report.checks,
-        })?),
-        OutputFormat::Text => context.reporter.data(&render(&report.checks)),
-    }
+    context.reporter.result(&DoctorOutput {
+        ok: !report.blocks(),
+        checks: &report.checks,
+    });
     Ok(if report.blocks() {
         ExitStatus::UserError
     } else {

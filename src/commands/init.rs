@@ -7,6 +7,7 @@ use crate::exit::ExitStatus;
 use crate::workspace::{InitAction, Workspace};
 
 use super::Context;
+use super::output::{InitFile, InitFileAction, InitOutput};
 
 pub async fn run(context: &Context, args: InitArgs) -> anyhow::Result<ExitStatus> {
     let workspace = match args.dir {
@@ -24,38 +25,25 @@ pub async fn run(context: &Context, args: InitArgs) -> anyhow::Result<ExitStatus
             shown.display().to_string()
         }
     };
+    let output = InitOutput {
+        workspace: workspace.root.display().to_string(),
+        files: actions
+            .iter()
+            .map(|(path, action)| InitFile {
+                path: relative(path),
+                action: match action {
+                    InitAction::Created => InitFileAction::Created,
+                    InitAction::Kept => InitFileAction::Kept,
+                },
+            })
+            .collect(),
+    };
     match context.reporter.format() {
-        OutputFormat::Json => {
-            let files: Vec<serde_json::Value> = actions
-                .iter()
-                .map(|(path, action)| {
-                    serde_json::json!({
-                        "path": relative(path),
-                        "action": match action {
-                            InitAction::Created => "created",
-                            InitAction::Kept => "kept",
-                        },
-                    })
-                })
-                .collect();
-            context.reporter.json(&serde_json::json!({
-                "workspace": workspace.root.display().to_string(),
-                "files": files,
-            }));
-        }
+        OutputFormat::Json => context.reporter.json(&output),
         OutputFormat::Text => {
-            for (path, action) in &actions {
-                let line = match action {
-                    InitAction::Created => format!("created {}", relative(path)),
-                    InitAction::Kept => {
-                        format!("kept    {} (already there, not changed)", relative(path))
-                    }
-                };
+            for line in output.text_lines() {
                 context.reporter.status(&line);
             }
-            context.reporter.status(
-                "next: set PROXMOX_VE_ENDPOINT and PROXMOX_VE_API_TOKEN (or edit provision.toml), then run `provision validate --profile a100-8x`",
-            );
         }
     }
     Ok(ExitStatus::Success)

@@ -4,10 +4,11 @@ use std::path::{Path, PathBuf};
 
 use anyhow::Context as _;
 
-use crate::cli::{KubeconfigArgs, OutputFormat};
+use crate::cli::KubeconfigArgs;
 use crate::exit::ExitStatus;
 use crate::k3s::kubeconfig::{merge_kubeconfig_text, sanitize_kubeconfig};
 
+use super::output::KubeconfigOutput;
 use super::{Context, UserError};
 
 /// Prints the workspace kubeconfig's path (stdout); with `--merge`, merges its context first.
@@ -40,16 +41,11 @@ pub async fn run(context: &Context, args: KubeconfigArgs) -> anyhow::Result<Exit
     } else {
         None
     };
-    match context.reporter.format() {
-        OutputFormat::Json => context.reporter.json(&serde_json::json!({
-            "kubeconfig": workspace_kubeconfig,
-            "context": cluster,
-            "merged_into": merged_into,
-        })),
-        OutputFormat::Text => context
-            .reporter
-            .data(&workspace_kubeconfig.display().to_string()),
-    }
+    context.reporter.result(&KubeconfigOutput {
+        kubeconfig: &workspace_kubeconfig,
+        context: &cluster,
+        merged_into: merged_into.as_deref(),
+    });
     Ok(ExitStatus::Success)
 }
 

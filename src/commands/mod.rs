@@ -8,6 +8,7 @@ pub mod doctor;
 pub mod down;
 pub mod init;
 pub mod kubeconfig;
+pub mod output;
 pub mod plan;
 pub mod profiles;
 pub mod sim;
@@ -153,10 +154,10 @@ pub fn print_diagnostics(
 ) {
     match reporter.format() {
         OutputFormat::Text => reporter.diagnostics(diagnostics, text),
-        OutputFormat::Json => reporter.json(&serde_json::json!({
-            "valid": false,
-            "diagnostics": diagnostics,
-        })),
+        OutputFormat::Json => reporter.json(&output::InvalidOutput {
+            valid: false,
+            diagnostics,
+        }),
     }
 }
 

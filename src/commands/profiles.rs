@@ -1,21 +1,10 @@
 //! `provision profiles`: the built-in profiles and the workspace's own `profiles/*.toml`.
 
-use serde::Serialize;
-
-use crate::cli::OutputFormat;
 use crate::exit::ExitStatus;
 use crate::profile::{self, BUILTIN_PROFILES};
 
 use super::Context;
-
-#[derive(Debug, Serialize)]
-struct Listing {
-    name: String,
-    source: String,
-    description: String,
-    vms: Option<u64>,
-    gpus: Option<u64>,
-}
+use super::output::{Listing, ProfilesOutput};
 
 pub async fn run(context: &Context) -> anyhow::Result<ExitStatus> {
     let mut listings = Vec::new();
@@ -46,25 +35,7 @@ pub async fn run(context: &Context) -> anyhow::Result<ExitStatus> {
         }
         listings.push(describe(context, builtin.name, "builtin"));
     }
-    match context.reporter.format() {
-        OutputFormat::Json => context.reporter.json(&serde_json::to_value(&listings)?),
-        OutputFormat::Text => {
-            let width = listings.iter().map(|l| l.name.len()).max().unwrap_or(0);
-            let mut out = String::new();
-            for listing in &listings {
-                let marker = if listing.source == "workspace" {
-                    " (workspace)"
-                } else {
-                    ""
-                };
-                out += &format!(
-                    "{:<width$}  {}{marker}\n",
-                    listing.name, listing.description
-                );
-            }
-            context.reporter.data(&out);
-        }
-    }
+    context.reporter.result(&ProfilesOutput(listings));
     Ok(ExitStatus::Success)
 }
 

@@ -10,6 +10,7 @@ use crate::exit::ExitStatus;
 use crate::profile;
 use crate::state::StateStore;
 
+use super::output::{PhaseOneOutput, UpOutput};
 use super::{Context, UserError};
 
 pub async fn run(context: &Context, up_args: UpArgs) -> anyhow::Result<ExitStatus> {
@@ -106,35 +107,15 @@ pub async fn run(context: &Context, up_args: UpArgs) -> anyhow::Result<ExitStatu
         },
     )
     .await?;
-    let mut json = serde_json::json!({
-        "cluster": plan.cluster,
-        "vms": report.vms,
-        "destroyed": report.destroyed,
-        "mutating_calls": report.mutating_calls,
-        "seconds": report.seconds,
-    });
-    match context.reporter.format() {
-        OutputFormat::Json => {}
-        OutputFormat::Text => {
-            let mut out = String::new();
-            for vm in &report.vms {
-                out += &format!(
-                    "{:<28} vmid {:<6} {:<10} {:<16} {}\n",
-                    vm.name,
-                    vm.vmid,
-                    vm.node,
-                    vm.address,
-                    vm.gpus.join(",")
-                );
-            }
-            out += &format!(
-                "{} VMs ready in {:.1}s ({} mutating requests)\n",
-                report.vms.len(),
-                report.seconds,
-                report.mutating_calls
-            );
-            context.reporter.data(&out);
-        }
+    let phase1 = PhaseOneOutput {
+        cluster: &plan.cluster,
+        vms: &report.vms,
+        destroyed: &report.destroyed,
+        mutating_calls: report.mutating_calls,
+        seconds: report.seconds,
+    };
+    if context.reporter.format() == OutputFormat::Text {
+        context.reporter.data(&phase1.to_string());
     }
     let phase2 = super::up_phase2::run(
         context,
@@ -146,15 +127,12 @@ pub async fn run(context: &Context, up_args: UpArgs) -> anyhow::Result<ExitStatu
     )
     .await;
     opened.close().await;
-    let phase2 = match phase2? {
-        super::up_phase2::Phase2Result::Done(value) => value,
-        super::up_phase2::Phase2Result::Skipped(reason) => serde_json::json!({ "skipped": reason }),
-    };
-    if let Some(map) = json.as_object_mut() {
-        map.insert("phase2".into(), phase2);
-    }
+    let phase2 = phase2?;
     if context.reporter.format() == OutputFormat::Json {
-        context.reporter.json(&json);
+        context.reporter.json(&UpOutput {
+            phase1,
+            phase2: phase2.output(),
+        });
     }
     Ok(ExitStatus::Success)
 }

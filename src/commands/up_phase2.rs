@@ -7,11 +7,13 @@ use std::time::Duration;
 use crate::cli::{Guests, OutputFormat, Phase2Args};
 use crate::exec::ProvisionedVm;
 use crate::exec::cluster::{self, ClusterOptions};
+use crate::exec::phase2::Phase2Report;
 use crate::exec::session::Opened;
 use crate::exec::testbed_guests::TestbedGuests;
 use crate::profile::Profile;
 
 use super::Context;
+use super::output::{Phase2Output, Phase2Summary};
 
 /// Said when `--simulate` runs without guests.
 pub const SKIPPED_SIMULATED: &str = "simulated VMs have no guests: phase 2 (SSH, k3s) skipped; add --guests testbed to run it on real test hosts";
@@ -39,11 +41,27 @@ pub fn attach_guests(
 pub enum Phase2Result {
     /// Phase 2 did not run, and why.
     Skipped(&'static str),
-    Done(serde_json::Value),
+    Done {
+        report: Box<Phase2Report>,
+        /// Every remote operation, with `--print-commands`.
+        commands: Option<Vec<String>>,
+    },
+}
+
+impl Phase2Result {
+    /// The `phase2` part of `up`'s output.
+    pub fn output(&self) -> Phase2Output<'_> {
+        match self {
+            Phase2Result::Skipped(reason) => Phase2Output::Skipped { skipped: reason },
+            Phase2Result::Done { report, commands } => {
+                Phase2Output::Done(Phase2Summary::new(report, commands.as_deref()))
+            }
+        }
+    }
 }
 
 /// Runs phase 2 unless it is skipped; prints the per-node report (text) and, with `--print-commands`,
-/// every remote operation. Returns the JSON part of the report.
+/// every remote operation. Returns the report for the JSON output.
 pub async fn run(
     context: &Context,
     profile: &Profile,
@@ -96,14 +114,13 @@ pub async fn run(
         }
     }
     let done = outcome.map_err(|failure| failure.error.context("phase 2 (SSH, k3s)"))?;
-    let mut json = cluster::report_json(&done.report);
-    if args.print_commands
-        && let Some(map) = json.as_object_mut()
-    {
-        map.insert("commands".into(), serde_json::json!(done.commands));
-    }
     if context.reporter.format() == OutputFormat::Text {
-        context.reporter.data(&cluster::report_text(&done.report));
+        context
+            .reporter
+            .data(&Phase2Summary::new(&done.report, None).to_string());
     }
-    Ok(Phase2Result::Done(json))
+    Ok(Phase2Result::Done {
+        report: Box::new(done.report),
+        commands: args.print_commands.then_some(done.commands),
+    })
 }

@@ -5,6 +5,7 @@ use crate::exit::ExitStatus;
 use crate::profile;
 
 use super::Context;
+use super::output::ValidateOutput;
 
 pub async fn run(context: &Context, args: ValidateArgs) -> anyhow::Result<ExitStatus> {
     let loaded = profile::load(&args.profile, &context.workspace.root)?;
@@ -13,60 +14,12 @@ pub async fn run(context: &Context, args: ValidateArgs) -> anyhow::Result<ExitSt
         loaded.source_name,
         loaded.text.len()
     ));
-    let profile = &loaded.profile;
-    let nodes = profile.nodes();
-    let range = profile.proxmox.vmid_range;
-    match context.reporter.format() {
-        OutputFormat::Json => {
-            context.reporter.json(&serde_json::json!({
-                "valid": true,
-                "profile": args.profile,
-                "source": loaded.source_name,
-                "summary": {
-                    "cluster": profile.cluster.name,
-                    "servers": profile.server_count(),
-                    "agents": profile.vm_count() - profile.server_count(),
-                    "gpus": profile.gpu_count(),
-                    "vmid_range": [range.start, range.end],
-                    "proxmox_nodes": profile.proxmox.nodes,
-                    "nodes": nodes,
-                },
-                "diagnostics": loaded.warnings,
-            }));
-        }
-        OutputFormat::Text => {
-            context
-                .reporter
-                .diagnostics(&loaded.warnings, Some(&loaded.text));
-            let mut out = format!(
-                "{}: valid, {}\ncluster {}: {} ({}, {}), {}, VMIDs {}-{} on {}\n",
-                loaded.source_name,
-                plural(loaded.warnings.len() as u64, "warning"),
-                profile.cluster.name,
-                plural(profile.vm_count(), "VM"),
-                plural(profile.server_count(), "server"),
-                plural(profile.vm_count() - profile.server_count(), "agent"),
-                plural(profile.gpu_count(), "GPU"),
-                range.start,
-                range.end,
-                profile.proxmox.nodes.join(", "),
-            );
-            let width = nodes.iter().map(|node| node.name.len()).max().unwrap_or(0);
-            for node in &nodes {
-                let role = node.role.as_str();
-                out += &format!("  {:<width$}  {role:<6}  {}\n", node.name, node.address);
-            }
-            context.reporter.data(&out);
-        }
+    let output = ValidateOutput::new(&args.profile, &loaded);
+    if context.reporter.format() == OutputFormat::Text {
+        context
+            .reporter
+            .diagnostics(&loaded.warnings, Some(&loaded.text));
     }
+    context.reporter.result(&output);
     Ok(ExitStatus::Success)
-}
-
-/// `1 server`, `3 servers`.
-fn plural(count: u64, noun: &str) -> String {
-    if count == 1 {
-        format!("{count} {noun}")
-    } else {
-        format!("{count} {noun}s")
-    }
 }

@@ -132,6 +132,8 @@ pub struct WorkspaceSeeds {
     /// Whether planning may store host keys for VMs that have none yet (`up`); `plan` only
     /// previews them and writes nothing.
     persist_host_keys: bool,
+    /// The seed templates: built-in, or the workspace's `templates/cloud-init/` overrides.
+    templates: cloudinit::Templates,
 }
 
 impl WorkspaceSeeds {
@@ -154,6 +156,7 @@ impl WorkspaceSeeds {
             profile: profile.clone(),
             host_key_dir: host_key_dir(workspace),
             persist_host_keys: true,
+            templates: cloudinit::Templates::with_overrides(&workspace.templates_dir())?,
             authorized_keys: key
                 .lines()
                 .map(str::trim)
@@ -177,11 +180,8 @@ impl WorkspaceSeeds {
             return Self::new(profile, workspace);
         }
         let keys = HostKeys::load_or_generate(&workspace.secrets_dir(), "sim-user-key")?;
-        Ok(Self::with_keys(
-            profile,
-            host_key_dir(workspace),
-            vec![keys.public_openssh],
-        ))
+        Self::with_keys(profile, host_key_dir(workspace), vec![keys.public_openssh])
+            .with_workspace_templates(workspace)
     }
 
     /// With explicit keys (tests).
@@ -195,7 +195,14 @@ impl WorkspaceSeeds {
             host_key_dir,
             authorized_keys,
             persist_host_keys: true,
+            templates: cloudinit::Templates::builtin(),
         }
+    }
+
+    /// Render the seeds with the workspace's template overrides (`templates/cloud-init/`).
+    pub fn with_workspace_templates(mut self, workspace: &Workspace) -> anyhow::Result<Self> {
+        self.templates = cloudinit::Templates::with_overrides(&workspace.templates_dir())?;
+        Ok(self)
     }
 
     /// For `plan`: ISO names of VMs without stored host keys are previewed with throwaway keys,
@@ -247,7 +254,7 @@ impl WorkspaceSeeds {
             extra_runcmd: Vec::new(),
             write_files: Vec::new(),
         };
-        Ok(cloudinit::build_seed(&input)?)
+        Ok(cloudinit::build_seed_with(&self.templates, &input)?)
     }
 
     /// ISO file names per VM (they hash the seed), for [`PlanContext::iso_files`]. Stored host

@@ -184,7 +184,7 @@ pub fn fleet_values(credentials: Option<&GitCredentials>) -> Result<Option<Strin
 /// Chart values as one YAML flow node that reads back unchanged, line separators included (plain
 /// JSON leaves U+2028 and U+0085 raw, which YAML parsers take as line breaks).
 fn flow_yaml(values: &serde_json::Value) -> Result<String, K3sError> {
-    crate::cloudinit::templates::json_scalar(minijinja::Value::from_serialize(values)).map_err(
+    crate::templates::escape::json_scalar(minijinja::Value::from_serialize(values)).map_err(
         |error| K3sError::Template {
             name: "gitops chart values".to_owned(),
             message: error.to_string(),

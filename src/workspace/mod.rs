@@ -246,6 +246,12 @@ impl Workspace {
         self.state_dir().join("secrets")
     }
 
+    /// `templates/`: files here replace the built-in templates of the same relative path
+    /// (see [`crate::templates`]).
+    pub fn templates_dir(&self) -> PathBuf {
+        self.root.join(crate::templates::OVERRIDE_DIR)
+    }
+
     /// Where `up` writes the cluster's kubeconfig.
     pub fn kubeconfig_path(&self) -> PathBuf {
         self.state_dir().join("kubeconfig")

@@ -2,26 +2,13 @@
 #![allow(clippy::unwrap_used)]
 
 use std::path::Path;
-use std::process::Command;
+
+use crate::support::cli::{Provision, provision_snapshot};
 
 /// Runs the binary in `cwd` and renders exit code + stdout + stderr, `cwd` replaced by `[TEMP]`.
 fn run(args: &[&str], cwd: &Path) -> (i32, String) {
-    let output = Command::new(env!("CARGO_BIN_EXE_provision"))
-        .args(args)
-        .current_dir(cwd)
-        .env("NO_COLOR", "1")
-        .env_remove("RUST_LOG")
-        .output()
-        .unwrap();
-    let code = output.status.code().unwrap_or(-1);
-    let temp = cwd.display().to_string();
-    let filter = |bytes: &[u8]| String::from_utf8_lossy(bytes).replace(&temp, "[TEMP]");
-    let rendered = format!(
-        "exit: {code}\n----- stdout -----\n{}----- stderr -----\n{}",
-        filter(&output.stdout),
-        filter(&output.stderr)
-    );
-    (code, rendered)
+    let run = Provision::new(args).cwd(cwd).run();
+    (run.code, run.render(&[(cwd, "[TEMP]")]))
 }
 
 fn fixture(name: &str) -> String {
@@ -172,4 +159,19 @@ fn completions_for_every_shell() {
     }
     let (code, _) = run(&["completions", "tcsh"], dir.path());
     assert_eq!(code, 1);
+}
+
+/// `--guests` is a test facility: accepted (it still needs `--simulate`), but not in `--help`.
+#[test]
+fn guests_option_is_hidden_but_accepted() {
+    let dir = tempfile::tempdir().unwrap();
+    for verb in ["up", "down"] {
+        let (code, output) = run(&[verb, "--help"], dir.path());
+        assert_eq!(code, 0, "{output}");
+        assert!(!output.contains("--guests"), "{output}");
+    }
+    let up = Provision::new(&["up", "--profile", "homelab-ha", "--guests", "testbed"])
+        .cwd(dir.path())
+        .run();
+    provision_snapshot!(up, &[(dir.path(), "[TEMP]")]);
 }

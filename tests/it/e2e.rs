@@ -14,20 +14,19 @@ use std::path::Path;
 use std::process::{Command, Output};
 use std::time::{Duration, Instant};
 
+use crate::support::cli::Provision;
 use crate::support::testbed::{self, Testbed};
 
+/// `provision --workspace WORKSPACE ARGS` with the test hosts' script and `env`.
 fn provision(workspace: &Path, args: &[&str], env: &[(&str, &Path)]) -> Output {
-    let mut command = Command::new(env!("CARGO_BIN_EXE_provision"));
-    command
-        .arg("--workspace")
-        .arg(workspace)
-        .args(args)
-        .env("PROVISION_TESTBED_SCRIPT", testbed::script())
-        .env("NO_COLOR", "1");
-    for (key, value) in env {
-        command.env(key, value);
-    }
-    command.output().unwrap()
+    env.iter()
+        .fold(
+            Provision::new(args)
+                .workspace(workspace)
+                .env("PROVISION_TESTBED_SCRIPT", testbed::script()),
+            |command, (key, value)| command.env(key, value),
+        )
+        .output()
 }
 
 fn up_args(profile: &Path) -> Vec<String> {

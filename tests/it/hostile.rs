@@ -4,23 +4,12 @@
 //! arbitrary bytes and property strings never panic the parsers (proptest, part of `cargo test`).
 #![allow(clippy::unwrap_used, clippy::print_stderr)]
 
-use std::path::Path;
-use std::process::{Command, Output};
 use std::time::{Duration, Instant};
 
 use provision::profile::{self, BUILTIN_PROFILES};
 use provision::pve::propstr::{self, PropertyFormat};
 
-fn provision(args: &[&str], workspace: &Path) -> Output {
-    Command::new(env!("CARGO_BIN_EXE_provision"))
-        .args(args)
-        .arg("--workspace")
-        .arg(workspace)
-        .env("NO_COLOR", "1")
-        .env_remove("RUST_LOG")
-        .output()
-        .unwrap()
-}
+use crate::support::cli::Provision;
 
 /// Strings that try to escape a shell, a path, a YAML document or the terminal.
 const INJECTIONS: &[&str] = &[
@@ -220,10 +209,9 @@ fn mutated_builtin_profiles_pass_or_fail_with_a_located_error_never_crash() {
             let path = dir.path().join(format!("{}-{index}.toml", builtin.name));
             std::fs::write(&path, bytes).unwrap();
             let started = Instant::now();
-            let output = provision(
-                &["validate", "--profile", path.to_str().unwrap()],
-                dir.path(),
-            );
+            let output = Provision::new(&["validate", "--profile", path.to_str().unwrap()])
+                .workspace(dir.path())
+                .output();
             let elapsed = started.elapsed();
             if elapsed > slowest.0 {
                 slowest = (elapsed, format!("{} / {name}", builtin.name));
@@ -398,10 +386,9 @@ fn plan_and_up_of_an_impossible_profile_store_no_host_keys() {
     );
     let host_keys = workspace.path().join(".provision/secrets/host-keys");
     for command in ["plan", "up"] {
-        let output = provision(
-            &[command, "--profile", spec, "--simulate"],
-            workspace.path(),
-        );
+        let output = Provision::new(&[command, "--profile", spec, "--simulate"])
+            .workspace(workspace.path())
+            .output();
         let stderr = String::from_utf8_lossy(&output.stderr);
         assert_eq!(output.status.code(), Some(1), "{command}: {stderr}");
         assert!(stderr.contains("memory"), "{command}: {stderr}");
@@ -414,10 +401,9 @@ fn plan_and_up_of_an_impossible_profile_store_no_host_keys() {
         );
     }
     // `plan` of a possible profile previews the keys without storing them either.
-    let output = provision(
-        &["plan", "--profile", "homelab-ha", "--simulate"],
-        workspace.path(),
-    );
+    let output = Provision::new(&["plan", "--profile", "homelab-ha", "--simulate"])
+        .workspace(workspace.path())
+        .output();
     assert!(
         output.status.success(),
         "{}",

@@ -7,25 +7,13 @@ use std::path::Path;
 use std::process::{Command, Output, Stdio};
 use std::time::{Duration, Instant};
 
+use crate::support::cli::Provision;
+
 const PROFILE: &str = "ci-nested";
 
 /// `provision ARGS` in `cwd` under `umask 000`, as a careless shell would start it.
 fn provision(cwd: &Path, args: &[&str]) -> Command {
-    let mut command = Command::new("sh");
-    command
-        .arg("-c")
-        .arg("umask 000; exec \"$0\" \"$@\"")
-        .arg(env!("CARGO_BIN_EXE_provision"))
-        .args(args)
-        .current_dir(cwd)
-        .env("NO_COLOR", "1")
-        .env_remove("RUST_LOG")
-        .env_remove("PROXMOX_VE_ENDPOINT")
-        .env_remove("PROXMOX_VE_API_TOKEN")
-        .env_remove("PROXMOX_VE_USERNAME")
-        .env_remove("PROXMOX_VE_PASSWORD")
-        .env_remove("PROXMOX_VE_INSECURE");
-    command
+    Provision::under_umask_000(args).cwd(cwd).command()
 }
 
 fn run(cwd: &Path, args: &[&str]) -> (i32, String) {

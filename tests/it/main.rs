@@ -1,7 +1,10 @@
 //! Integration tests: one binary.
 
 mod support {
+    pub mod cli;
+    pub mod fake_cluster;
     pub mod sim;
+    pub mod sim_serve;
     pub mod testbed;
 }
 
@@ -22,6 +25,7 @@ mod profiles;
 mod pve_client;
 mod ssh;
 mod ssh_auth;
+mod templates;
 mod testbed;
 mod third_party;
 mod up;

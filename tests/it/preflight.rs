@@ -4,8 +4,7 @@
 //! shared group, hugepages — each refused before any mutating request, with its fix.
 #![allow(clippy::unwrap_used)]
 
-use std::path::{Path, PathBuf};
-use std::process::Command;
+use std::path::Path;
 use std::sync::Arc;
 
 use provision::exec::doctor::{self, DoctorInput, Outcome};
@@ -15,71 +14,9 @@ use provision::pve::auth::Auth;
 use provision::pve::client::{ClientConfig, PveClient};
 use provision::pve::tls::TlsMode;
 
+use crate::support::cli::BinaryWorkspace as Binary;
 use crate::support::sim::{self, SimWorkspace};
-
-/// A workspace (after `provision init`) and a HOME for the binary.
-struct Binary {
-    dir: tempfile::TempDir,
-}
-
-impl Binary {
-    fn new() -> Self {
-        let binary = Self {
-            dir: tempfile::tempdir().unwrap(),
-        };
-        std::fs::create_dir_all(binary.home()).unwrap();
-        std::fs::create_dir_all(binary.workspace()).unwrap();
-        let (code, _, stderr) = binary.run(&["init"]);
-        assert_eq!(code, 0, "{stderr}");
-        binary
-    }
-
-    fn home(&self) -> PathBuf {
-        self.dir.path().join("home")
-    }
-
-    fn workspace(&self) -> PathBuf {
-        self.dir.path().join("ws")
-    }
-
-    /// Writes `text` next to the workspace and returns its path.
-    fn file(&self, name: &str, text: &str) -> String {
-        let path = self.dir.path().join(name);
-        std::fs::write(&path, text).unwrap();
-        path.to_str().unwrap().to_owned()
-    }
-
-    fn run(&self, args: &[&str]) -> (i32, String, String) {
-        let output = Command::new(env!("CARGO_BIN_EXE_provision"))
-            .args(args)
-            .current_dir(self.workspace())
-            .env("HOME", self.home())
-            .env_remove("PROXMOX_VE_ENDPOINT")
-            .env_remove("PROXMOX_VE_API_TOKEN")
-            .env_remove("PROXMOX_VE_USERNAME")
-            .env_remove("PROXMOX_VE_PASSWORD")
-            .env("NO_COLOR", "1")
-            .output()
-            .unwrap();
-        (
-            output.status.code().unwrap_or(-1),
-            String::from_utf8_lossy(&output.stdout).into_owned(),
-            String::from_utf8_lossy(&output.stderr).into_owned(),
-        )
-    }
-
-    /// `provision doctor` against the simulator with `inventory` (a name or a file).
-    fn doctor(&self, profile: &str, inventory: &str) -> (i32, String, String) {
-        self.run(&[
-            "doctor",
-            "--profile",
-            profile,
-            "--simulate",
-            "--sim-inventory",
-            inventory,
-        ])
-    }
-}
+use crate::support::sim_serve::SimServer as Served;
 
 fn builtin_text(name: &str) -> &'static str {
     provision::profile::builtin::builtin(name).unwrap().text
@@ -103,7 +40,7 @@ fn only_reads(log: &Path) -> bool {
 #[test]
 fn a_token_alone_cannot_set_hugepages_and_is_refused_before_any_change() {
     let binary = Binary::new();
-    let log = binary.dir.path().join("requests.jsonl");
+    let log = binary.dir().join("requests.jsonl");
     let (code, _, stderr) = binary.run(&[
         "up",
         "--profile",
@@ -324,117 +261,9 @@ async fn a_limited_token_gets_one_list_of_every_missing_privilege() {
     workspace.sim.shutdown().await;
 }
 
-/// A `provision sim serve` on loopback and what its banner printed.
-struct Served {
-    child: std::process::Child,
-    endpoint: String,
-    fingerprint: String,
-    /// `tokenid=secret` per token.
-    tokens: Vec<String>,
-}
-
-impl Served {
-    fn start() -> Self {
-        Self::start_with("pve-ci")
-    }
-
-    /// `provision sim serve` with `inventory`: a built-in name or a TOML file.
-    fn start_with(inventory: &str) -> Self {
-        use std::io::{BufRead, BufReader};
-        let mut child = Command::new(env!("CARGO_BIN_EXE_provision"))
-            .args([
-                "sim",
-                "serve",
-                "--listen",
-                "127.0.0.1:0",
-                "--inventory",
-                inventory,
-            ])
-            .env_remove("PVE_SIM_TOKEN_SECRET")
-            .env_remove("PVE_SIM_ROOT_PASSWORD")
-            .stdout(std::process::Stdio::piped())
-            .stderr(std::process::Stdio::null())
-            .spawn()
-            .unwrap();
-        let mut banner = Vec::new();
-        for line in BufReader::new(child.stdout.take().unwrap()).lines() {
-            let line = line.unwrap();
-            let last = line.starts_with("press Ctrl-C");
-            banner.push(line);
-            if last {
-                break;
-            }
-        }
-        let value = |prefix: &str| {
-            banner
-                .iter()
-                .find_map(|line| line.strip_prefix(prefix))
-                .map(|rest| rest.trim_matches('\'').to_owned())
-                .unwrap_or_else(|| panic!("no `{prefix}` in {banner:?}"))
-        };
-        Self {
-            endpoint: value("export PROXMOX_VE_ENDPOINT="),
-            fingerprint: value("export PROXMOX_VE_FINGERPRINT="),
-            tokens: banner
-                .iter()
-                .filter_map(|line| line.strip_prefix("token: PVEAPIToken="))
-                .map(str::to_owned)
-                .collect(),
-            child,
-        }
-    }
-
-    fn token(&self, id: &str) -> &str {
-        self.tokens
-            .iter()
-            .find(|token| token.starts_with(&format!("{id}=")))
-            .unwrap()
-    }
-
-    /// The binary against this server with `token` and `fingerprint`.
-    fn provision(
-        &self,
-        binary: &Binary,
-        token: &str,
-        fingerprint: &str,
-        args: &[&str],
-    ) -> (i32, String, String) {
-        std::fs::create_dir_all(binary.home().join(".ssh")).unwrap();
-        std::fs::write(
-            binary.home().join(".ssh/id_ed25519.pub"),
-            format!("{}\n", sim::USER_KEY),
-        )
-        .unwrap();
-        let output = Command::new(env!("CARGO_BIN_EXE_provision"))
-            .args(args)
-            .current_dir(binary.workspace())
-            .env("HOME", binary.home())
-            .env("PROXMOX_VE_ENDPOINT", &self.endpoint)
-            .env("PROXMOX_VE_API_TOKEN", token)
-            .env("PROXMOX_VE_FINGERPRINT", fingerprint)
-            .env_remove("PROXMOX_VE_USERNAME")
-            .env_remove("PROXMOX_VE_PASSWORD")
-            .env("NO_COLOR", "1")
-            .output()
-            .unwrap();
-        (
-            output.status.code().unwrap_or(-1),
-            String::from_utf8_lossy(&output.stdout).into_owned(),
-            String::from_utf8_lossy(&output.stderr).into_owned(),
-        )
-    }
-}
-
-impl Drop for Served {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
-}
-
 #[test]
 fn credential_certificate_and_privilege_errors_show_their_hint_and_exit_1() {
-    let served = Served::start();
+    let served = Served::start("127.0.0.1:0", "pve-ci");
     let binary = Binary::new();
     let plan = ["plan", "--profile", "ci-nested"];
     let good = served.token("provision@pve!ci").to_owned();
@@ -497,7 +326,7 @@ fn rendered(
     let filter = |text: &str| {
         text.replace(&served.endpoint, "[ENDPOINT]")
             .replace(&served.fingerprint, "[FINGERPRINT]")
-            .replace(&binary.dir.path().display().to_string(), "[TEMP]")
+            .replace(&binary.dir().display().to_string(), "[TEMP]")
     };
     format!(
         "exit: {code}\n----- stdout -----\n{}----- stderr -----\n{}",
@@ -516,7 +345,7 @@ privileges = []
 
 #[test]
 fn wrong_token_secret_snapshot() {
-    let served = Served::start();
+    let served = Served::start("127.0.0.1:0", "pve-ci");
     let binary = Binary::new();
     let good = served.token("provision@pve!ci").to_owned();
     let (id, _) = good.split_once('=').unwrap();
@@ -541,7 +370,7 @@ fn missing_privilege_snapshot() {
             include_str!("../../crates/pve-sim/fixtures/pve-ci.toml")
         ),
     );
-    let served = Served::start_with(&inventory);
+    let served = Served::start("127.0.0.1:0", &inventory);
     let blind = served.token("ci@pve!blind").to_owned();
     let output = served.provision(
         &binary,
@@ -555,7 +384,7 @@ fn missing_privilege_snapshot() {
 
 #[test]
 fn wrong_certificate_fingerprint_snapshot() {
-    let served = Served::start();
+    let served = Served::start("127.0.0.1:0", "pve-ci");
     let binary = Binary::new();
     let good = served.token("provision@pve!ci").to_owned();
     let other = vec!["AB"; 32].join(":");
@@ -566,7 +395,7 @@ fn wrong_certificate_fingerprint_snapshot() {
 
 #[test]
 fn doctor_missing_privileges_snapshot() {
-    let served = Served::start();
+    let served = Served::start("127.0.0.1:0", "pve-ci");
     let binary = Binary::new();
     let limited = served.token("ci@pve!limited").to_owned();
     let output = served.provision(

@@ -2,29 +2,18 @@
 #![allow(clippy::unwrap_used)]
 
 use std::path::{Path, PathBuf};
-use std::process::Command;
 
 use provision::profile::{self, BUILTIN_PROFILES, ProfileError, Severity};
 
-fn provision(args: &[&str], workspace: &Path) -> std::process::Output {
-    Command::new(env!("CARGO_BIN_EXE_provision"))
-        .args(args)
-        .arg("--workspace")
-        .arg(workspace)
-        .env("NO_COLOR", "1")
-        .env_remove("RUST_LOG")
-        .output()
-        .unwrap()
-}
+use crate::support::cli::Provision;
 
 #[test]
 fn every_builtin_profile_validates_and_its_json_is_stable() {
     let workspace = tempfile::tempdir().unwrap();
     for builtin in BUILTIN_PROFILES {
-        let output = provision(
-            &["validate", "--profile", builtin.name, "--output", "json"],
-            workspace.path(),
-        );
+        let output = Provision::new(&["validate", "--profile", builtin.name, "--output", "json"])
+            .workspace(workspace.path())
+            .output();
         let stdout = String::from_utf8(output.stdout).unwrap();
         assert_eq!(
             output.status.code(),

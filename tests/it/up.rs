@@ -12,7 +12,9 @@ use provision::pve::auth::Auth;
 use provision::pve::client::{ClientConfig, PveClient};
 use provision::pve::tls::TlsMode;
 
+use crate::support::cli::BinaryWorkspace;
 use crate::support::sim::{self, SimWorkspace};
+use crate::support::sim_serve::SimServer;
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn second_up_makes_zero_mutating_requests_and_down_empties_proxmox() {
@@ -173,48 +175,22 @@ async fn up_converges_despite_injected_server_errors_and_task_failures() {
     workspace.sim.shutdown().await;
 }
 
-fn provision(
-    workspace: &std::path::Path,
-    home: &std::path::Path,
-    args: &[&str],
-) -> (i32, String, String) {
-    let output = Command::new(env!("CARGO_BIN_EXE_provision"))
-        .args(args)
-        .current_dir(workspace)
-        .env("HOME", home)
-        .env_remove("PROXMOX_VE_ENDPOINT")
-        .env_remove("PROXMOX_VE_API_TOKEN")
-        .env("NO_COLOR", "1")
-        .output()
-        .unwrap();
-    (
-        output.status.code().unwrap_or(-1),
-        String::from_utf8_lossy(&output.stdout).into_owned(),
-        String::from_utf8_lossy(&output.stderr).into_owned(),
-    )
-}
-
 #[test]
 fn the_binary_keeps_the_simulated_proxmox_across_runs() {
-    let dir = tempfile::tempdir().unwrap();
-    let home = dir.path().join("home");
-    let workspace = dir.path().join("ws");
-    std::fs::create_dir_all(&home).unwrap();
-    std::fs::create_dir_all(&workspace).unwrap();
-    let (code, _, stderr) = provision(&workspace, &home, &["init"]);
-    assert_eq!(code, 0, "{stderr}");
+    let binary = BinaryWorkspace::new();
+    let workspace = binary.workspace();
 
     // Without an endpoint and without --simulate: a user error with the hint.
-    let (code, _, stderr) = provision(&workspace, &home, &["plan", "--profile", "ci-nested"]);
+    let (code, _, stderr) = binary.run(&["plan", "--profile", "ci-nested"]);
     assert_eq!(code, 1, "{stderr}");
     assert!(stderr.contains("PROXMOX_VE_ENDPOINT"), "{stderr}");
     assert!(stderr.contains("--simulate"), "{stderr}");
 
-    let log = dir.path().join("requests.jsonl");
+    let log = binary.dir().join("requests.jsonl");
     let log_arg = log.to_str().unwrap();
     let sim = ["--simulate", "--sim-time-scale", "0.005"];
     let up: Vec<&str> = [&["up", "--profile", "ci-nested"][..], &sim[..]].concat();
-    let (code, stdout, stderr) = provision(&workspace, &home, &up);
+    let (code, stdout, stderr) = binary.run(&up);
     assert_eq!(code, 0, "{stderr}");
     assert!(stdout.contains("2 VMs ready"), "{stdout}");
     // The first run in a fresh directory saves the simulator's state without an error.
@@ -222,7 +198,7 @@ fn the_binary_keeps_the_simulated_proxmox_across_runs() {
     assert!(workspace.join(".provision/sim/state.json").exists());
 
     let again: Vec<&str> = [&up[..], &["--sim-request-log", log_arg][..]].concat();
-    let (code, stdout, stderr) = provision(&workspace, &home, &again);
+    let (code, stdout, stderr) = binary.run(&again);
     assert_eq!(code, 0, "{stderr}");
     assert!(stderr.contains("no changes made to Proxmox"), "{stderr}");
     assert!(stdout.contains("(0 mutating requests)"), "{stdout}");
@@ -240,16 +216,16 @@ fn the_binary_keeps_the_simulated_proxmox_across_runs() {
         &sim[..],
     ]
     .concat();
-    let (code, stdout, stderr) = provision(&workspace, &home, &plan);
+    let (code, stdout, stderr) = binary.run(&plan);
     assert_eq!(code, 0, "{stderr}");
     let json: serde_json::Value = serde_json::from_str(&stdout).unwrap();
     assert_eq!(json["actions"], serde_json::json!([]));
 
     let down: Vec<&str> = [&["down", "--profile", "ci-nested", "--yes"][..], &sim[..]].concat();
-    let (code, stdout, stderr) = provision(&workspace, &home, &down);
+    let (code, stdout, stderr) = binary.run(&down);
     assert_eq!(code, 0, "{stderr}");
     assert!(stdout.contains("destroyed 2 VMs"), "{stdout}");
-    let (code, stdout, _) = provision(&workspace, &home, &plan);
+    let (code, stdout, _) = binary.run(&plan);
     assert_eq!(code, 0);
     let json: serde_json::Value = serde_json::from_str(&stdout).unwrap();
     assert_eq!(json["summary"]["create"], 2);
@@ -257,13 +233,8 @@ fn the_binary_keeps_the_simulated_proxmox_across_runs() {
 
 #[test]
 fn a_torn_simulator_state_file_is_a_user_error_with_the_command_to_set_it_aside() {
-    let dir = tempfile::tempdir().unwrap();
-    let home = dir.path().join("home");
-    let workspace = dir.path().join("ws");
-    std::fs::create_dir_all(&home).unwrap();
-    std::fs::create_dir_all(&workspace).unwrap();
-    let (code, _, stderr) = provision(&workspace, &home, &["init"]);
-    assert_eq!(code, 0, "{stderr}");
+    let binary = BinaryWorkspace::new();
+    let workspace = binary.workspace();
     let sim_dir = workspace.join(".provision/sim");
     std::fs::create_dir_all(&sim_dir).unwrap();
     // What a process killed mid-write used to leave: a prefix of the JSON.
@@ -279,11 +250,11 @@ fn a_torn_simulator_state_file_is_a_user_error_with_the_command_to_set_it_aside(
         "--state-file",
         ".provision/sim/state.json",
     ];
-    let (code, _, stderr) = provision(&workspace, &home, &serve);
+    let (code, _, stderr) = binary.run(&serve);
     assert_eq!(code, 1, "{stderr}");
     assert!(stderr.contains("mv .provision/sim/state.json"), "{stderr}");
 
-    let (code, _, stderr) = provision(&workspace, &home, &plan);
+    let (code, _, stderr) = binary.run(&plan);
     assert_eq!(code, 1, "{stderr}");
     assert!(stderr.contains("state.json is not valid"), "{stderr}");
     assert!(stderr.contains("not a real cluster"), "{stderr}");
@@ -294,62 +265,24 @@ fn a_torn_simulator_state_file_is_a_user_error_with_the_command_to_set_it_aside(
     let (from, to) = mv.split_once(' ').unwrap();
     // The printed command works as printed (paths relative to the workspace).
     std::fs::rename(workspace.join(from), workspace.join(to)).unwrap();
-    let (code, _, stderr) = provision(&workspace, &home, &plan);
+    let (code, _, stderr) = binary.run(&plan);
     assert_eq!(code, 0, "{stderr}");
 }
 
 #[test]
 fn sim_serve_warns_off_loopback_and_its_printed_lines_connect_provision() {
-    use std::io::{BufRead, BufReader, Read};
-    let dir = tempfile::tempdir().unwrap();
-    let home = dir.path().join("home");
-    let workspace = dir.path().join("ws");
-    std::fs::create_dir_all(&home).unwrap();
-    std::fs::create_dir_all(&workspace).unwrap();
-    let (code, _, stderr) = provision(&workspace, &home, &["init"]);
-    assert_eq!(code, 0, "{stderr}");
-    std::fs::create_dir_all(home.join(".ssh")).unwrap();
-    std::fs::write(
-        home.join(".ssh/id_ed25519.pub"),
-        format!("{}\n", crate::support::sim::USER_KEY),
-    )
-    .unwrap();
+    let binary = BinaryWorkspace::new();
+    let workspace = binary.workspace();
+    binary.user_key();
 
-    let mut server = Command::new(env!("CARGO_BIN_EXE_provision"))
-        .args([
-            "sim",
-            "serve",
-            "--listen",
-            "0.0.0.0:0",
-            "--inventory",
-            "pve-ci",
-        ])
-        .env_remove("PVE_SIM_TOKEN_SECRET")
-        .env_remove("PVE_SIM_ROOT_PASSWORD")
-        .stdout(std::process::Stdio::piped())
-        .stderr(std::process::Stdio::piped())
-        .spawn()
-        .unwrap();
-    let mut banner = Vec::new();
-    for line in BufReader::new(server.stdout.take().unwrap()).lines() {
-        let line = line.unwrap();
-        let last = line.starts_with("press Ctrl-C");
-        banner.push(line);
-        if last {
-            break;
-        }
-    }
+    let server = SimServer::start("0.0.0.0:0", "pve-ci");
     // The fixture's published secret is not the one in use.
-    let text = banner.join("\n");
+    let text = server.banner.join("\n");
     assert!(
         !text.contains("5f1c3a6e-8d2b-4c71-9e0a-2b7d4f6a9c13"),
         "{text}"
     );
-    let exports: Vec<&str> = banner
-        .iter()
-        .map(String::as_str)
-        .filter(|l| l.starts_with("export "))
-        .collect();
+    let exports = server.exports();
     // The printed provision.toml line is an alternative; the export lines alone must work.
     assert!(text.contains("[proxmox] fingerprint = "), "{text}");
 
@@ -361,19 +294,11 @@ fn sim_serve_warns_off_loopback_and_its_printed_lines_connect_provision() {
     let output = Command::new("sh")
         .args(["-c", &script, env!("CARGO_BIN_EXE_provision")])
         .current_dir(&workspace)
-        .env("HOME", &home)
+        .env("HOME", binary.home())
         .env("NO_COLOR", "1")
         .output()
         .unwrap();
-    server.kill().unwrap();
-    server.wait().unwrap();
-    let mut server_stderr = String::new();
-    server
-        .stderr
-        .take()
-        .unwrap()
-        .read_to_string(&mut server_stderr)
-        .unwrap();
+    let server_stderr = server.stop();
     assert!(
         server_stderr.contains("WARNING: listening on 0.0.0.0"),
         "{server_stderr}"

@@ -1,0 +1,684 @@
+//! What each command prints as its result: one struct per command, serialized for
+//! `--output json` (field order is output order) and rendered as text from the same fields, so
+//! the two never drift apart. `plan` and `down` have their own, in `plan::render`.
+
+use std::collections::BTreeMap;
+use std::fmt;
+use std::path::Path;
+
+use serde::Serialize;
+
+use crate::exec::ProvisionedVm;
+use crate::exec::doctor::Check;
+use crate::exec::phase2::Phase2Report;
+use crate::nodeprep::StepOutcome;
+use crate::profile::{Diagnostic, LoadedProfile, PlannedNode};
+use crate::state::{VmPhase, VmRecord};
+
+/// `provision init`: the workspace and what happened to each of its files.
+#[derive(Debug, Serialize)]
+pub struct InitOutput {
+    pub workspace: String,
+    pub files: Vec<InitFile>,
+}
+
+#[derive(Debug, Serialize)]
+pub struct InitFile {
+    /// Relative to the workspace; directories end in `/`.
+    pub path: String,
+    pub action: InitFileAction,
+}
+
+#[derive(Debug, Clone, Copy, Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum InitFileAction {
+    Created,
+    Kept,
+}
+
+impl InitOutput {
+    /// The text form: status lines (stderr), one per file, then what to do next.
+    pub fn text_lines(&self) -> Vec<String> {
+        let mut lines: Vec<String> = self
+            .files
+            .iter()
+            .map(|file| match file.action {
+                InitFileAction::Created => format!("created {}", file.path),
+                InitFileAction::Kept => {
+                    format!("kept    {} (already there, not changed)", file.path)
+                }
+            })
+            .collect();
+        lines.push("next: set PROXMOX_VE_ENDPOINT and PROXMOX_VE_API_TOKEN (or edit provision.toml), then run `provision validate --profile a100-8x`".to_owned());
+        lines
+    }
+}
+
+/// `provision profiles`: one listing per profile, workspace profiles first (a JSON array).
+#[derive(Debug, Serialize)]
+#[serde(transparent)]
+pub struct ProfilesOutput(pub Vec<Listing>);
+
+#[derive(Debug, Serialize)]
+pub struct Listing {
+    pub name: String,
+    /// `workspace` or `builtin`.
+    pub source: String,
+    /// The profile's description, or why it does not load.
+    pub description: String,
+    pub vms: Option<u64>,
+    pub gpus: Option<u64>,
+}
+
+impl fmt::Display for ProfilesOutput {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        let width = self.0.iter().map(|l| l.name.len()).max().unwrap_or(0);
+        for listing in &self.0 {
+            let marker = if listing.source == "workspace" {
+                " (workspace)"
+            } else {
+                ""
+            };
+            writeln!(
+                f,
+                "{:<width$}  {}{marker}",
+                listing.name, listing.description
+            )?;
+        }
+        Ok(())
+    }
+}
+
+/// `provision doctor`: whether anything blocks `up`, and every check.
+#[derive(Debug, Serialize)]
+pub struct DoctorOutput<'a> {
+    pub ok: bool,
+    pub checks: &'a [Check],
+}
+
+impl fmt::Display for DoctorOutput<'_> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(&super::doctor::render(self.checks))
+    }
+}
+
+/// `provision kubeconfig`: the workspace kubeconfig, its context, and where it was merged.
+#[derive(Debug, Serialize)]
+pub struct KubeconfigOutput<'a> {
+    pub kubeconfig: &'a Path,
+    pub context: &'a str,
+    pub merged_into: Option<&'a Path>,
+}
+
+impl fmt::Display for KubeconfigOutput<'_> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{}", self.kubeconfig.display())
+    }
+}
+
+/// `provision status`: each VM in the state next to what Proxmox says.
+#[derive(Debug, Serialize)]
+pub struct StatusOutput<'a> {
+    pub vms: Vec<StatusRow<'a>>,
+}
+
+#[derive(Debug, Serialize)]
+pub struct StatusRow<'a> {
+    pub name: &'a str,
+    pub vmid: u32,
+    /// The Proxmox node it runs on (as Proxmox reports it, else as recorded).
+    pub node: String,
+    pub phase: VmPhase,
+    /// Proxmox's status, or `missing`.
+    pub proxmox: String,
+    pub address: Option<&'a str>,
+    pub gpus: &'a [String],
+}
+
+impl<'a> StatusRow<'a> {
+    /// A recorded VM with Proxmox's `node` and `status` when it still exists there.
+    pub fn new(record: &'a VmRecord, live: Option<(Option<String>, Option<String>)>) -> Self {
+        let (node, status) = live.unwrap_or_default();
+        Self {
+            name: &record.name,
+            vmid: record.vmid,
+            node: node.unwrap_or_else(|| record.node.clone()),
+            phase: record.phase,
+            proxmox: status.unwrap_or_else(|| "missing".to_owned()),
+            address: record.address.as_deref(),
+            gpus: &record.gpus,
+        }
+    }
+}
+
+/// The name `--output json` uses for a phase (serde's kebab-case).
+fn phase_name(phase: VmPhase) -> &'static str {
+    match phase {
+        VmPhase::Intent => "intent",
+        VmPhase::Created => "created",
+        VmPhase::Ready => "ready",
+    }
+}
+
+impl fmt::Display for StatusOutput<'_> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        if self.vms.is_empty() {
+            return writeln!(f, "no VMs in the state");
+        }
+        for row in &self.vms {
+            // The VMID column has never been padded (it was printed as a JSON value).
+            writeln!(
+                f,
+                "{:<28} vmid {} {:<10} {:<8} {:<8} {}",
+                row.name,
+                row.vmid,
+                row.node,
+                phase_name(row.phase),
+                row.proxmox,
+                row.address.unwrap_or_default(),
+            )?;
+        }
+        Ok(())
+    }
+}
+
+/// `provision validate` of a valid profile: a summary and the warnings.
+#[derive(Debug, Serialize)]
+pub struct ValidateOutput<'a> {
+    pub valid: bool,
+    /// The `--profile` argument as given.
+    pub profile: &'a str,
+    pub source: &'a str,
+    pub summary: ValidateSummary<'a>,
+    pub diagnostics: &'a [Diagnostic],
+}
+
+#[derive(Debug, Serialize)]
+pub struct ValidateSummary<'a> {
+    pub cluster: &'a str,
+    pub servers: u64,
+    pub agents: u64,
+    pub gpus: u64,
+    pub vmid_range: [u32; 2],
+    pub proxmox_nodes: &'a [String],
+    pub nodes: Vec<PlannedNode>,
+}
+
+impl<'a> ValidateOutput<'a> {
+    pub fn new(spec: &'a str, loaded: &'a LoadedProfile) -> Self {
+        let profile = &loaded.profile;
+        let range = profile.proxmox.vmid_range;
+        Self {
+            valid: true,
+            profile: spec,
+            source: &loaded.source_name,
+            summary: ValidateSummary {
+                cluster: &profile.cluster.name,
+                servers: profile.server_count(),
+                agents: profile.vm_count() - profile.server_count(),
+                gpus: profile.gpu_count(),
+                vmid_range: [range.start, range.end],
+                proxmox_nodes: &profile.proxmox.nodes,
+                nodes: profile.nodes(),
+            },
+            diagnostics: &loaded.warnings,
+        }
+    }
+}
+
+impl fmt::Display for ValidateOutput<'_> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        let summary = &self.summary;
+        writeln!(
+            f,
+            "{}: valid, {}\ncluster {}: {} ({}, {}), {}, VMIDs {}-{} on {}",
+            self.source,
+            plural(self.diagnostics.len() as u64, "warning"),
+            summary.cluster,
+            plural(summary.servers + summary.agents, "VM"),
+            plural(summary.servers, "server"),
+            plural(summary.agents, "agent"),
+            plural(summary.gpus, "GPU"),
+            summary.vmid_range[0],
+            summary.vmid_range[1],
+            summary.proxmox_nodes.join(", "),
+        )?;
+        let width = summary
+            .nodes
+            .iter()
+            .map(|node| node.name.len())
+            .max()
+            .unwrap_or(0);
+        for node in &summary.nodes {
+            let role = node.role.as_str();
+            writeln!(f, "  {:<width$}  {role:<6}  {}", node.name, node.address)?;
+        }
+        Ok(())
+    }
+}
+
+/// `1 server`, `3 servers`.
+fn plural(count: u64, noun: &str) -> String {
+    if count == 1 {
+        format!("{count} {noun}")
+    } else {
+        format!("{count} {noun}s")
+    }
+}
+
+/// A profile that does not validate: `{"valid": false, "diagnostics": […]}` (the text form is the
+/// located diagnostics on stderr).
+#[derive(Debug, Serialize)]
+pub struct InvalidOutput<'a> {
+    pub valid: bool,
+    pub diagnostics: &'a [Diagnostic],
+}
+
+/// `provision up`, phase 1: the VMs provision made ready. Its text is printed as soon as phase 1
+/// ends; the JSON waits for phase 2 ([`UpOutput`]).
+#[derive(Debug, Serialize)]
+pub struct PhaseOneOutput<'a> {
+    pub cluster: &'a str,
+    pub vms: &'a [ProvisionedVm],
+    pub destroyed: &'a [String],
+    pub mutating_calls: usize,
+    pub seconds: f64,
+}
+
+impl fmt::Display for PhaseOneOutput<'_> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        for vm in self.vms {
+            writeln!(
+                f,
+                "{:<28} vmid {:<6} {:<10} {:<16} {}",
+                vm.name,
+                vm.vmid,
+                vm.node,
+                vm.address,
+                vm.gpus.join(",")
+            )?;
+        }
+        writeln!(
+            f,
+            "{} VMs ready in {:.1}s ({} mutating requests)",
+            self.vms.len(),
+            self.seconds,
+            self.mutating_calls
+        )
+    }
+}
+
+/// `provision up --output json`: phase 1's fields, then `phase2`.
+#[derive(Debug, Serialize)]
+pub struct UpOutput<'a> {
+    #[serde(flatten)]
+    pub phase1: PhaseOneOutput<'a>,
+    pub phase2: Phase2Output<'a>,
+}
+
+/// Phase 2 in `up`'s output: why it was skipped, or what it did.
+#[derive(Debug, Serialize)]
+#[serde(untagged)]
+pub enum Phase2Output<'a> {
+    Skipped { skipped: &'static str },
+    Done(Phase2Summary<'a>),
+}
+
+/// What phase 2 did, per node; the text is the per-node report.
+#[derive(Debug, Serialize)]
+pub struct Phase2Summary<'a> {
+    pub bootstrap: &'a str,
+    pub existing_cluster: bool,
+    pub changed: bool,
+    pub restarted: Vec<&'a str>,
+    pub api_commands: &'a [String],
+    pub kubeconfig: &'a Path,
+    pub kubeconfig_changed: bool,
+    pub nodes: Vec<NodeSummary<'a>>,
+    /// Every remote operation, with `--print-commands`.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub commands: Option<&'a [String]>,
+}
+
+#[derive(Debug, Serialize)]
+pub struct NodeSummary<'a> {
+    pub name: &'a str,
+    pub changed: bool,
+    pub started: bool,
+    pub restarted: bool,
+    pub labels: &'a BTreeMap<String, String>,
+    pub steps: Vec<StepSummary<'a>>,
+}
+
+#[derive(Debug, Serialize)]
+pub struct StepSummary<'a> {
+    pub description: &'a str,
+    pub outcome: String,
+    pub changed: bool,
+    /// Neither a change nor `unchanged` (built in, unsupported): shown in the text report.
+    #[serde(skip)]
+    pub noteworthy: bool,
+}
+
+impl<'a> Phase2Summary<'a> {
+    pub fn new(report: &'a Phase2Report, commands: Option<&'a [String]>) -> Self {
+        Self {
+            bootstrap: &report.bootstrap,
+            existing_cluster: report.existing_cluster,
+            changed: report.changed(),
+            restarted: report.restarted(),
+            api_commands: &report.api_commands,
+            kubeconfig: &report.kubeconfig,
+            kubeconfig_changed: report.kubeconfig_changed,
+            nodes: report
+                .nodes
+                .iter()
+                .map(|node| NodeSummary {
+                    name: &node.name,
+                    changed: node.changed(),
+                    started: node.started,
+                    restarted: node.restarted,
+                    labels: &node.labels,
+                    steps: node
+                        .steps
+                        .iter()
+                        .map(|step| StepSummary {
+                            description: &step.description,
+                            outcome: step.outcome.to_string(),
+                            changed: step.outcome.is_change(),
+                            noteworthy: !step.outcome.is_change()
+                                && step.outcome != StepOutcome::Unchanged,
+                        })
+                        .collect(),
+                })
+                .collect(),
+            commands,
+        }
+    }
+}
+
+/// One line per node, then each step that did something; `api:` commands; a closing line.
+impl fmt::Display for Phase2Summary<'_> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        for node in &self.nodes {
+            let changes = node.steps.iter().filter(|step| step.changed);
+            let notes = node.steps.iter().filter(|step| step.noteworthy);
+            let change_count = changes.clone().count();
+            let service = if node.started {
+                ", k3s started"
+            } else if node.restarted {
+                ", k3s restarted"
+            } else {
+                ""
+            };
+            let summary = if change_count == 0 {
+                "unchanged".to_owned()
+            } else {
+                format!("{change_count} changes")
+            };
+            writeln!(f, "{:<28} {summary}{service}", node.name)?;
+            for step in changes.chain(notes) {
+                writeln!(f, "  {:<60} {}", step.description, step.outcome)?;
+            }
+        }
+        for command in self.api_commands {
+            writeln!(f, "api: {command}")?;
+        }
+        writeln!(
+            f,
+            "cluster {} around {}: {}; kubeconfig {}{}",
+            if self.existing_cluster {
+                "converged"
+            } else {
+                "created"
+            },
+            self.bootstrap,
+            if self.changed {
+                "changes made"
+            } else {
+                "nothing changed"
+            },
+            self.kubeconfig.display(),
+            if self.kubeconfig_changed {
+                " (written)"
+            } else {
+                ""
+            }
+        )
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    #![allow(clippy::unwrap_used)]
+
+    use super::*;
+
+    use crate::nodeprep::StepReport;
+    use crate::profile::Role;
+
+    /// The pretty JSON of `value`, as the reporter prints it.
+    fn pretty<T: Serialize>(value: &T) -> String {
+        serde_json::to_string_pretty(value).unwrap()
+    }
+
+    fn record(name: &str, address: Option<&str>) -> VmRecord {
+        VmRecord {
+            name: name.to_owned(),
+            vmid: 9001,
+            node: "pve1".to_owned(),
+            group: "servers".to_owned(),
+            role: Role::Server,
+            phase: VmPhase::Ready,
+            params_hash: "abc".to_owned(),
+            address: address.map(str::to_owned),
+            gpus: vec!["0000:41:00".to_owned()],
+            iso: None,
+        }
+    }
+
+    fn phase2_report() -> Phase2Report {
+        Phase2Report {
+            nodes: vec![crate::exec::phase2::NodeReport {
+                name: "ci-server-1".to_owned(),
+                steps: vec![
+                    StepReport {
+                        description: "write /etc/rancher/k3s/config.yaml".to_owned(),
+                        outcome: StepOutcome::Changed,
+                    },
+                    StepReport {
+                        description: "load br_netfilter".to_owned(),
+                        outcome: StepOutcome::BuiltIn("in the kernel".to_owned()),
+                    },
+                    StepReport {
+                        description: "sysctl".to_owned(),
+                        outcome: StepOutcome::Unchanged,
+                    },
+                ],
+                started: true,
+                restarted: false,
+                labels: BTreeMap::from([("a".to_owned(), "b".to_owned())]),
+            }],
+            bootstrap: "ci-server-1".to_owned(),
+            existing_cluster: false,
+            api_commands: vec!["kubectl label node x a=b".to_owned()],
+            kubeconfig: "/ws/.provision/kubeconfig".into(),
+            kubeconfig_changed: true,
+        }
+    }
+
+    /// The JSON is what the hand-assembled `json!` values printed before (same keys, order and
+    /// values); those values are written out here as they were.
+    #[test]
+    fn json_matches_the_former_hand_built_documents() {
+        let ready = record("ci-server-1", Some("10.0.0.11"));
+        let missing = record("ci-agent-1", None);
+        let status = StatusOutput {
+            vms: vec![
+                StatusRow::new(
+                    &ready,
+                    Some((Some("pve2".to_owned()), Some("running".to_owned()))),
+                ),
+                StatusRow::new(&missing, None),
+            ],
+        };
+        let rows: Vec<serde_json::Value> = [
+            (&ready, Some("pve2"), "running"),
+            (&missing, None, "missing"),
+        ]
+        .iter()
+        .map(|(record, node, proxmox)| {
+            serde_json::json!({
+                "name": record.name,
+                "vmid": record.vmid,
+                "node": node.map(str::to_owned).unwrap_or_else(|| record.node.clone()),
+                "phase": record.phase,
+                "proxmox": proxmox,
+                "address": record.address,
+                "gpus": record.gpus,
+            })
+        })
+        .collect();
+        assert_eq!(pretty(&status), pretty(&serde_json::json!({ "vms": rows })));
+        assert_eq!(
+            status.to_string(),
+            "ci-server-1                  vmid 9001 pve2       ready    running  10.0.0.11\n\
+             ci-agent-1                   vmid 9001 pve1       ready    missing  \n"
+        );
+
+        let kubeconfig = Path::new("/ws/.provision/kubeconfig");
+        let merged = Path::new("/home/u/.kube/config");
+        assert_eq!(
+            pretty(&KubeconfigOutput {
+                kubeconfig,
+                context: "ci",
+                merged_into: Some(merged),
+            }),
+            pretty(&serde_json::json!({
+                "kubeconfig": kubeconfig,
+                "context": "ci",
+                "merged_into": Some(merged),
+            }))
+        );
+
+        let init = InitOutput {
+            workspace: "ws".to_owned(),
+            files: vec![InitFile {
+                path: ".provision/".to_owned(),
+                action: InitFileAction::Kept,
+            }],
+        };
+        assert_eq!(
+            pretty(&init),
+            pretty(&serde_json::json!({
+                "workspace": "ws",
+                "files": [{ "path": ".provision/", "action": "kept" }],
+            }))
+        );
+    }
+
+    #[test]
+    fn up_json_matches_the_former_hand_built_document() {
+        let vms = vec![ProvisionedVm {
+            name: "ci-server-1".to_owned(),
+            vmid: 9001,
+            node: "pve1".to_owned(),
+            address: "10.0.0.11".parse().unwrap(),
+            role: Role::Server,
+            group: "servers".to_owned(),
+            gpus: vec![],
+            seconds: 1.25,
+        }];
+        let destroyed = vec!["old".to_owned()];
+        let phase1 = || PhaseOneOutput {
+            cluster: "ci",
+            vms: &vms,
+            destroyed: &destroyed,
+            mutating_calls: 7,
+            seconds: 3.5,
+        };
+        let former = |phase2: serde_json::Value| {
+            let mut json = serde_json::json!({
+                "cluster": "ci",
+                "vms": vms,
+                "destroyed": destroyed,
+                "mutating_calls": 7,
+                "seconds": 3.5,
+            });
+            json.as_object_mut()
+                .unwrap()
+                .insert("phase2".into(), phase2);
+            pretty(&json)
+        };
+        let skipped = UpOutput {
+            phase1: phase1(),
+            phase2: Phase2Output::Skipped {
+                skipped: "--vms-only",
+            },
+        };
+        assert_eq!(
+            pretty(&skipped),
+            former(serde_json::json!({ "skipped": "--vms-only" }))
+        );
+
+        let report = phase2_report();
+        let commands = vec!["ssh ci-server-1 true".to_owned()];
+        let former_phase2 = |with_commands: bool| {
+            let mut json = serde_json::json!({
+                "bootstrap": report.bootstrap,
+                "existing_cluster": report.existing_cluster,
+                "changed": report.changed(),
+                "restarted": report.restarted(),
+                "api_commands": report.api_commands,
+                "kubeconfig": report.kubeconfig,
+                "kubeconfig_changed": report.kubeconfig_changed,
+                "nodes": report.nodes.iter().map(|node| serde_json::json!({
+                    "name": node.name,
+                    "changed": node.changed(),
+                    "started": node.started,
+                    "restarted": node.restarted,
+                    "labels": node.labels,
+                    "steps": node.steps.iter().map(|step| serde_json::json!({
+                        "description": step.description,
+                        "outcome": step.outcome.to_string(),
+                        "changed": step.outcome.is_change(),
+                    })).collect::<Vec<_>>(),
+                })).collect::<Vec<_>>(),
+            });
+            if with_commands {
+                json.as_object_mut()
+                    .unwrap()
+                    .insert("commands".into(), serde_json::json!(commands));
+            }
+            json
+        };
+        for with_commands in [false, true] {
+            let done = UpOutput {
+                phase1: phase1(),
+                phase2: Phase2Output::Done(Phase2Summary::new(
+                    &report,
+                    with_commands.then_some(commands.as_slice()),
+                )),
+            };
+            assert_eq!(pretty(&done), former(former_phase2(with_commands)));
+        }
+        assert_eq!(
+            Phase2Summary::new(&report, None).to_string(),
+            "ci-server-1                  1 changes, k3s started\n\
+             \x20 write /etc/rancher/k3s/config.yaml                           changed\n\
+             \x20 load br_netfilter                                            built in (in the kernel)\n\
+             api: kubectl label node x a=b\n\
+             cluster created around ci-server-1: changes made; kubeconfig /ws/.provision/kubeconfig (written)\n"
+        );
+    }
+
+    #[test]
+    fn phase_names_are_the_serialized_ones() {
+        for phase in [VmPhase::Intent, VmPhase::Created, VmPhase::Ready] {
+            assert_eq!(
+                serde_json::to_value(phase).unwrap().as_str(),
+                Some(phase_name(phase))
+            );
+        }
+    }
+}
