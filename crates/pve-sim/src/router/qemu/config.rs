@@ -5,7 +5,9 @@ use std::collections::{BTreeMap, BTreeSet};
 
 use serde_json::{Map, Value, json};
 
-use crate::state::{ApiError, ApiResult, State, TaskAction, durations, is_disk_key, volume_key};
+use crate::state::{
+    ApiError, ApiResult, State, TaskAction, Vm, durations, is_disk_key, volume_key,
+};
 use crate::{guest, propstring, schema};
 
 use crate::router::tasks::lock_timeout;
@@ -96,16 +98,45 @@ impl Request<'_> {
         Reply::data(json!(entries))
     }
 
-    pub(in crate::router) fn vm_config_update(&self, asynchronous: bool) -> ApiResult<Reply> {
-        let vmid = self.vmid();
-        let keys = self.config_keys();
-        let deletes: Vec<String> = self
-            .text("delete")
+    /// The keys of a config change's `delete` list.
+    fn deleted_keys(&self) -> Vec<String> {
+        self.text("delete")
             .unwrap_or("")
             .split([',', ';', ' '])
             .filter(|k| !k.is_empty())
             .map(str::to_owned)
-            .collect();
+            .collect()
+    }
+
+    /// A config change is refused on a locked VM (unless `skiplock`), with a stale `digest`,
+    /// or when it sets and deletes one key.
+    fn check_config_update(&self, vm: &Vm, keys: &[String], deletes: &[String]) -> ApiResult<()> {
+        if let Some(lock) = vm.lock()
+            && !self.flag("skiplock")
+        {
+            return Err(ApiError::internal(format!("VM is locked ({lock})")));
+        }
+        if let Some(digest) = self.text("digest")
+            && digest != State::digest(&vm.config)
+        {
+            return Err(ApiError::internal(
+                "detected modified configuration - file changed by other user? Try again.",
+            ));
+        }
+        for key in deletes {
+            if keys.contains(key) {
+                return Err(ApiError::internal(format!(
+                    "you can't modify '{key}' and delete it at the same time"
+                )));
+            }
+        }
+        Ok(())
+    }
+
+    pub(in crate::router) fn vm_config_update(&self, asynchronous: bool) -> ApiResult<Reply> {
+        let vmid = self.vmid();
+        let keys = self.config_keys();
+        let deletes = self.deleted_keys();
         let mut all_keys = keys.clone();
         all_keys.extend(deletes.iter().cloned());
         let mut values: BTreeMap<String, String> = {
@@ -123,25 +154,7 @@ impl Request<'_> {
         self.check_config_permissions(vmid, &all_keys, &values, false)?;
         let mut state = self.shared.state();
         let vm = state.vm(self.node(), vmid)?.clone();
-        if let Some(lock) = vm.lock()
-            && !self.flag("skiplock")
-        {
-            return Err(ApiError::internal(format!("VM is locked ({lock})")));
-        }
-        if let Some(digest) = self.text("digest")
-            && digest != State::digest(&vm.config)
-        {
-            return Err(ApiError::internal(
-                "detected modified configuration - file changed by other user? Try again.",
-            ));
-        }
-        for key in &deletes {
-            if keys.contains(key) {
-                return Err(ApiError::internal(format!(
-                    "you can't modify '{key}' and delete it at the same time"
-                )));
-            }
-        }
+        self.check_config_update(&vm, &keys, &deletes)?;
         let mut changes: BTreeMap<String, Option<String>> = BTreeMap::new();
         let mut new_volumes = Vec::new();
         let mut reserved = BTreeSet::new();
