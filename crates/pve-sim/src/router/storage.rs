@@ -347,7 +347,7 @@ pub(super) fn url_filename(url: &str) -> String {
 }
 
 /// Where a directory storage lives (`local` is `/var/lib/vz`, others `/mnt/pve/NAME`).
-pub(super) fn storage_path(storage: &crate::inventory::StorageSpec) -> String {
+fn storage_path(storage: &crate::inventory::StorageSpec) -> String {
     if storage.name == "local" {
         "/var/lib/vz".to_owned()
     } else {
