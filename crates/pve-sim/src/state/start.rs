@@ -104,7 +104,7 @@ fn pci_candidates(
     key: &str,
     entries: &[propstring::Entry],
 ) -> Result<Vec<String>, StartFailure> {
-    let candidates = match propstring::get(&entries, "mapping", None) {
+    let candidates = match propstring::get(entries, "mapping", None) {
         Some(mapping_id) => {
             let Some(mapping) = state.mappings.get(mapping_id) else {
                 return Err((
@@ -132,7 +132,7 @@ fn pci_candidates(
             }
             paths
         }
-        None => match propstring::get(&entries, "host", Some("host")) {
+        None => match propstring::get(entries, "host", Some("host")) {
             Some(host) => vec![host.split(';').next().unwrap_or(host).to_owned()],
             None => return Err((format!("{key}: no host or mapping"), Vec::new())),
         },
@@ -229,7 +229,7 @@ fn check_free_memory(state: &State, vm: &Vm, node: &NodeSpec) -> Result<(), Star
     let vmid = vm.vmid;
     let memory = vm.memory_mib();
     let total = node.memory_gib * 1024;
-    let free = total.saturating_sub(state.memory_used_mib(&node));
+    let free = total.saturating_sub(state.memory_used_mib(node));
     if memory > free {
         return Err((
             "start failed: QEMU exited with code 1".to_owned(),
