@@ -288,6 +288,15 @@ async fn tags_follow_pve_tag_case_insensitively() {
 #[tokio::test]
 async fn volume_ids_with_a_slash_and_the_routes_tools_call() {
     let sim = start("pve-a100").await;
+    an_imported_image_answers_to_both_volume_id_forms(&sim).await;
+    the_task_list_filters_like_node_tasks(&sim).await;
+    the_indexes_and_listings_tools_read_answer(&sim).await;
+    sim.handle.shutdown().await;
+}
+
+/// `download-url` into `local:import`, then the volume read and deleted by its id with the
+/// slash as is and `%2F`-encoded.
+async fn an_imported_image_answers_to_both_volume_id_forms(sim: &Sim) {
     let url =
         "https://cloud.debian.org/images/cloud/trixie/latest/debian-13-genericcloud-amd64.qcow2";
     let meta = sim
@@ -333,9 +342,12 @@ async fn volume_ids_with_a_slash_and_the_routes_tools_call() {
         )
         .await;
     assert_eq!(gone.status, 500);
+}
 
-    // Tasks in bulk.
-    small_vm(&sim, "140").await;
+/// Tasks in bulk, around a new VM 140: `source=active` shows a held start, `vmid` +
+/// `typefilter` the finished create with every field, `limit` and `since` cut the list.
+async fn the_task_list_filters_like_node_tasks(sim: &Sim) {
+    small_vm(sim, "140").await;
     let stepper = sim.handle.stepper();
     let running = sim
         .call("POST", "/nodes/pve1/qemu/140/status/start", &[])
@@ -393,7 +405,10 @@ async fn volume_ids_with_a_slash_and_the_routes_tools_call() {
         .ok();
     assert!(later.as_array().unwrap().is_empty());
     stepper.finish_ok(running.as_str().unwrap()).unwrap();
+}
 
+/// `/storage`, a node's bridges, a PCI device's mdev types, and VM 140's directory indexes.
+async fn the_indexes_and_listings_tools_read_answer(sim: &Sim) {
     let storages = sim.get("/storage").await;
     assert!(
         storages
@@ -433,7 +448,6 @@ async fn volume_ids_with_a_slash_and_the_routes_tools_call() {
             .iter()
             .any(|e| e["name"] == "ping")
     );
-    sim.handle.shutdown().await;
 }
 
 #[tokio::test]
