@@ -1,17 +1,14 @@
 //! Tasks: how a handler starts one (waiting for a VM's config lock as qemu-server's workers
 //! do), and the `/nodes/{node}/tasks` routes that list tasks and show their status and log.
 
-use serde_json::{Value, json};
-
-use crate::state::{ApiError, ApiResult, State, TaskAction, now_ms};
-
 use std::time::Duration;
 
 use axum::http::Method;
+use serde_json::{Value, json};
 
 use super::{Reply, Request, matches};
 use crate::Shared;
-use crate::state::TaskSpec;
+use crate::state::{ApiError, ApiResult, State, TaskAction, TaskSpec, now_ms};
 
 impl Request<'_> {
     // Every argument is a distinct part of the task (identity, timing, effect, outcome, log);
