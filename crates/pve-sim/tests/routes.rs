@@ -298,6 +298,17 @@ async fn config_resize_clone_mappings_pools() {
         ],
     )
     .await;
+    config_changes_check_the_digest_and_keep_the_mac(&sim).await;
+    resize_grows_and_refuses_to_shrink(&sim).await;
+    a_clone_gets_its_name_and_a_new_mac(&sim).await;
+    pci_mappings_are_created_updated_and_deleted(&sim).await;
+    pools_hold_new_vms(&sim).await;
+    sim.handle.shutdown().await;
+}
+
+/// A synchronous change with a stale `digest` is refused; an edited NIC keeps its MAC; a deleted
+/// disk stays as `unused0`.
+async fn config_changes_check_the_digest_and_keep_the_mac(sim: &Sim) {
     let config = sim.get("/nodes/pve1/qemu/101/config").await;
     let digest = config["digest"].as_str().unwrap().to_owned();
     sim.call(
@@ -344,6 +355,10 @@ async fn config_resize_clone_mappings_pools() {
         .ok();
     let config = sim.get("/nodes/pve1/qemu/101/config").await;
     assert_eq!(config["unused0"], "local-lvm:vm-101-disk-1");
+}
+
+/// `+22G` grows `scsi0` to 32G; a smaller size is refused.
+async fn resize_grows_and_refuses_to_shrink(sim: &Sim) {
     sim.task_ok(
         "PUT",
         "/nodes/pve1/qemu/101/resize",
@@ -366,6 +381,10 @@ async fn config_resize_clone_mappings_pools() {
             .reason
             .starts_with("shrinking disks is not supported")
     );
+}
+
+/// A clone of VM 101 as 102 gets its name and a new MAC; both VMs are listed with their tags.
+async fn a_clone_gets_its_name_and_a_new_mac(sim: &Sim) {
     sim.task_ok(
         "POST",
         "/nodes/pve1/qemu/101/clone",
@@ -384,7 +403,10 @@ async fn config_resize_clone_mappings_pools() {
         sim.get("/cluster/resources?type=vm").await[0]["tags"],
         "provision"
     );
+}
 
+/// A PCI mapping: created (a second with its id refused), given a second path, deleted.
+async fn pci_mappings_are_created_updated_and_deleted(sim: &Sim) {
     sim.call(
         "POST",
         "/cluster/mapping/pci",
@@ -434,7 +456,10 @@ async fn config_resize_clone_mappings_pools() {
             .len(),
         0
     );
+}
 
+/// A pool: created once, listed, given a new VM; an unknown pool refuses a create.
+async fn pools_hold_new_vms(sim: &Sim) {
     sim.call(
         "POST",
         "/pools",
@@ -459,7 +484,6 @@ async fn config_resize_clone_mappings_pools() {
         )
         .await;
     assert_eq!(unknown_pool.status, 500);
-    sim.handle.shutdown().await;
 }
 
 #[tokio::test]

@@ -306,3 +306,47 @@ impl Sim {
         answer(request.send().await.unwrap()).await
     }
 }
+
+/// A request as `root@pam` with a ticket (the only identity that is root).
+pub async fn as_root(sim: &Sim, method: &str, path: &str, params: &[(&str, &str)]) -> Answer {
+    let login = sim
+        .call_as(
+            "",
+            "POST",
+            "/access/ticket",
+            &[("username", "root@pam"), ("password", "sim-root-password")],
+        )
+        .await
+        .ok();
+    let method = reqwest::Method::from_bytes(method.as_bytes()).unwrap();
+    let mut request = sim
+        .http
+        .request(method.clone(), sim.url(path))
+        .header(
+            "Cookie",
+            format!(
+                "PVEAuthCookie={}",
+                encode(login["ticket"].as_str().unwrap())
+            ),
+        )
+        .header(
+            "CSRFPreventionToken",
+            login["CSRFPreventionToken"].as_str().unwrap(),
+        );
+    request = if method == reqwest::Method::GET {
+        request.query(params)
+    } else {
+        request.form(params)
+    };
+    answer(request.send().await.unwrap()).await
+}
+
+/// A 2 GiB VM with one 8 GiB disk on `pve1`.
+pub async fn small_vm(sim: &Sim, vmid: &str) {
+    sim.task_ok(
+        "POST",
+        "/nodes/pve1/qemu",
+        &[("vmid", vmid), ("memory", "2048"), ("scsi0", "local-lvm:8")],
+    )
+    .await;
+}

@@ -1,0 +1,366 @@
+//! [`Shared`]: the state behind its lock, with what surrounds it at run time: configuration,
+//! randomness, the request log, the persistence writer, the guest backend, and the clock that
+//! completes due tasks.
+
+use std::collections::BTreeMap;
+use std::io::Write as _;
+use std::sync::{Arc, Mutex, MutexGuard};
+
+use rand::rngs::StdRng;
+use rand::{Rng, SeedableRng};
+
+use crate::{GuestBackend, GuestBoot, LoggedRequest, RunningTask, SimConfig, SimError, SimMode};
+
+use super::{Pool, State, Task, TaskAction, TaskSpec, complete, now_ms};
+
+/// Events delivered to the guest backend once the state lock is released.
+pub(crate) enum Event {
+    Started(Box<GuestBoot>),
+    Stopped(String, u32),
+}
+
+pub(crate) struct Shared {
+    pub config: SimConfig,
+    state: Mutex<State>,
+    log: Mutex<Vec<LoggedRequest>>,
+    log_file: Mutex<Option<std::fs::File>>,
+    backend: Mutex<Option<Arc<dyn GuestBackend>>>,
+    rng: Mutex<StdRng>,
+    /// The single writer of the state file, if any.
+    writer: Option<crate::persist::Writer>,
+    /// Request body bytes read (after authentication).
+    body_bytes: std::sync::atomic::AtomicU64,
+}
+
+fn lock<T>(mutex: &Mutex<T>) -> MutexGuard<'_, T> {
+    match mutex.lock() {
+        Ok(guard) => guard,
+        Err(poisoned) => poisoned.into_inner(),
+    }
+}
+
+impl Shared {
+    /// Loads the state file (if any) and starts its writer thread.
+    pub fn start(config: SimConfig) -> Result<Arc<Shared>, SimError> {
+        let shared = Arc::new(Shared::new(config)?);
+        if let Some(writer) = &shared.writer {
+            writer
+                .spawn(Arc::downgrade(&shared))
+                .map_err(SimError::StateWriter)?;
+        }
+        Ok(shared)
+    }
+
+    fn new(config: SimConfig) -> Result<Shared, SimError> {
+        let mut rng = StdRng::seed_from_u64(config.seed);
+        let mut loaded = match &config.state_file {
+            Some(path) => crate::persist::load(path)?,
+            None => None,
+        };
+        if let Some(state) = loaded.as_mut() {
+            crate::persist::apply_credentials(state, &config.inventory);
+        }
+        let fresh = loaded.is_none();
+        let state = loaded.unwrap_or_else(|| State {
+            pools: config
+                .inventory
+                .pools
+                .iter()
+                .map(|p| {
+                    (
+                        p.clone(),
+                        Pool {
+                            poolid: p.clone(),
+                            comment: None,
+                        },
+                    )
+                })
+                .collect(),
+            inventory: config.inventory.clone(),
+            vms: BTreeMap::new(),
+            volumes: BTreeMap::new(),
+            tasks: Vec::new(),
+            mappings: BTreeMap::new(),
+            secret: hex::encode(rng.random::<[u8; 16]>()),
+            next_pid: 0x1000 + (config.seed % 0x1000) as u32,
+            boot_ms: now_ms().saturating_sub(3 * 86_400_000),
+        });
+        let log_file = match &config.request_log {
+            Some(path) => Some(
+                std::fs::OpenOptions::new()
+                    .create(true)
+                    .append(true)
+                    .open(path)
+                    .map_err(|source| SimError::RequestLog {
+                        path: path.display().to_string(),
+                        source,
+                    })?,
+            ),
+            None => None,
+        };
+        let writer = config.state_file.clone().map(crate::persist::Writer::new);
+        let shared = Shared {
+            config,
+            state: Mutex::new(state),
+            log: Mutex::new(Vec::new()),
+            log_file: Mutex::new(log_file),
+            backend: Mutex::new(None),
+            rng: Mutex::new(rng),
+            writer,
+            body_bytes: std::sync::atomic::AtomicU64::new(0),
+        };
+        if !fresh {
+            shared.settle_after_load();
+        }
+        Ok(shared)
+    }
+
+    /// Tasks that were running when the previous process stopped complete now, in order, as
+    /// they would have (a doomed task fails); VMs that were booting count as booted.
+    fn settle_after_load(&self) {
+        let mut state = lock(&self.state);
+        let upids: Vec<String> = state
+            .tasks
+            .iter()
+            .filter(|t| t.running)
+            .map(|t| t.upid.clone())
+            .collect();
+        for upid in upids {
+            let doomed = state
+                .tasks
+                .iter()
+                .find(|t| t.upid == upid)
+                .and_then(|t| t.doomed.clone());
+            // No guest backend exists yet: events are dropped on purpose.
+            let _events = complete(&mut state, &upid, doomed, self.config.time_scale);
+        }
+        let now = now_ms();
+        for vm in state.vms.values_mut() {
+            if let Some(booted) = vm.booted_at_ms.as_mut() {
+                *booted = (*booted).min(now);
+            }
+        }
+        drop(state);
+        self.save();
+    }
+
+    pub fn state(&self) -> MutexGuard<'_, State> {
+        lock(&self.state)
+    }
+
+    pub fn set_backend(&self, backend: Arc<dyn GuestBackend>) {
+        *lock(&self.backend) = Some(backend);
+    }
+
+    pub fn random_unit(&self) -> f64 {
+        lock(&self.rng).random::<f64>()
+    }
+
+    pub fn random_bytes<const N: usize>(&self) -> [u8; N] {
+        lock(&self.rng).random::<[u8; N]>()
+    }
+
+    pub fn log_request(&self, entry: LoggedRequest) {
+        if let Some(file) = lock(&self.log_file).as_mut()
+            && let Ok(line) = serde_json::to_string(&entry)
+            && let Err(error) = writeln!(file, "{line}")
+        {
+            tracing::warn!(%error, "cannot write the request log");
+        }
+        lock(&self.log).push(entry);
+    }
+
+    pub fn request_log(&self) -> Vec<LoggedRequest> {
+        lock(&self.log).clone()
+    }
+
+    pub fn vm_config(&self, vmid: u32) -> Option<BTreeMap<String, String>> {
+        self.state().vms.get(&vmid).map(|vm| vm.config.clone())
+    }
+
+    pub fn count_body_bytes(&self, bytes: usize) {
+        self.body_bytes
+            .fetch_add(bytes as u64, std::sync::atomic::Ordering::Relaxed);
+    }
+
+    pub fn body_bytes(&self) -> u64 {
+        self.body_bytes.load(std::sync::atomic::Ordering::Relaxed)
+    }
+
+    /// Records that the state changed: the writer thread saves a snapshot soon
+    /// ([`crate::persist`]).
+    pub fn save(&self) {
+        if let Some(writer) = &self.writer {
+            writer.mark_dirty();
+        }
+    }
+
+    /// Writes the state file now, on the caller's thread.
+    pub fn flush(&self) {
+        if let Some(writer) = &self.writer {
+            writer.write(&self.state);
+        }
+    }
+
+    /// Completes every task that is due; delivers guest events; saves when anything changed.
+    pub fn advance(&self) {
+        if self.config.mode == SimMode::Explicit {
+            return;
+        }
+        let now = now_ms();
+        let mut events = Vec::new();
+        let mut changed = false;
+        {
+            let mut state = self.state();
+            let due: Vec<(String, Option<String>)> = state
+                .tasks
+                .iter()
+                .filter(|t| t.running && !t.held && t.due_ms <= now)
+                .map(|t| (t.upid.clone(), t.doomed.clone()))
+                .collect();
+            for (upid, doomed) in due {
+                events.extend(complete(&mut state, &upid, doomed, self.config.time_scale));
+                changed = true;
+            }
+        }
+        if changed {
+            self.save();
+        }
+        self.deliver(events);
+    }
+
+    pub fn deliver(&self, events: Vec<Event>) {
+        if events.is_empty() {
+            return;
+        }
+        let backend = lock(&self.backend).clone();
+        let Some(backend) = backend else {
+            return;
+        };
+        for event in events {
+            match event {
+                Event::Started(boot) => backend.vm_started(&boot),
+                Event::Stopped(node, vmid) => backend.vm_stopped(&node, vmid),
+            }
+        }
+    }
+
+    /// A file the guest backend serves for `agent/file-read`, if any.
+    pub fn backend_read_file(&self, node: &str, vmid: u32, path: &str) -> Option<Vec<u8>> {
+        let backend = lock(&self.backend).clone()?;
+        backend.read_file(node, vmid, path)
+    }
+
+    pub fn running_tasks(&self) -> Vec<RunningTask> {
+        self.state()
+            .tasks
+            .iter()
+            .filter(|t| t.running)
+            .map(|t| RunningTask {
+                upid: t.upid.clone(),
+                node: t.node.clone(),
+                kind: t.kind.clone(),
+                id: t.id.clone(),
+                held: t.held,
+            })
+            .collect()
+    }
+
+    pub fn hold_task(&self, upid: &str) -> Result<(), SimError> {
+        let mut state = self.state();
+        let task = state
+            .tasks
+            .iter_mut()
+            .find(|t| t.upid == upid && t.running)
+            .ok_or_else(|| SimError::NoSuchTask(upid.to_owned()))?;
+        task.held = true;
+        Ok(())
+    }
+
+    pub fn complete_task(&self, upid: &str, failure: Option<String>) -> Result<(), SimError> {
+        let events = {
+            let mut state = self.state();
+            let task = state
+                .tasks
+                .iter()
+                .find(|t| t.upid == upid && t.running)
+                .ok_or_else(|| SimError::NoSuchTask(upid.to_owned()))?;
+            let failure = failure.or_else(|| task.doomed.clone());
+            complete(&mut state, upid, failure, self.config.time_scale)
+        };
+        self.save();
+        self.deliver(events);
+        Ok(())
+    }
+
+    /// Registers a task; in Auto mode it completes after `seconds × time_scale`.
+    pub fn spawn_task(
+        &self,
+        state: &mut State,
+        spec: TaskSpec,
+        action: TaskAction,
+        mut doomed: Option<String>,
+    ) -> String {
+        if doomed.is_none()
+            && self.config.task_fail_rate > 0.0
+            && self.random_unit() < self.config.task_fail_rate
+        {
+            doomed = Some("simulated task failure (--task-fail-rate)".to_owned());
+        }
+        state.next_pid += 1 + (self.random_unit() * 16.0) as u32;
+        let now = now_ms();
+        let starttime = now / 1000;
+        let pstart = (now.saturating_sub(state.boot_ms)) / 10;
+        let pid = state.next_pid;
+        let upid = format!(
+            "UPID:{}:{:08X}:{:08X}:{:08X}:{}:{}:{}:",
+            spec.node, pid, pstart, starttime, spec.kind, spec.id, spec.user
+        );
+        let due_ms = match self.config.mode {
+            SimMode::Auto => now + (spec.seconds * self.config.time_scale * 1000.0) as u64,
+            SimMode::Explicit => u64::MAX,
+        };
+        let mut log = spec.log;
+        if log.is_empty() {
+            log.push(format!("starting task {}", spec.kind));
+        }
+        state.tasks.push(Task {
+            upid: upid.clone(),
+            node: spec.node,
+            kind: spec.kind,
+            id: spec.id,
+            user: spec.user,
+            pid,
+            pstart,
+            starttime,
+            running: true,
+            exitstatus: None,
+            endtime: None,
+            log,
+            due_ms,
+            held: false,
+            doomed,
+            action,
+        });
+        // Keep the task list bounded like Proxmox's active task index.
+        if state.tasks.len() > 5000 {
+            let finished = state.tasks.iter().position(|t| !t.running);
+            if let Some(index) = finished {
+                state.tasks.remove(index);
+            }
+        }
+        upid
+    }
+}
+
+impl Drop for Shared {
+    /// The last changes reach the file even when the simulator is dropped without a shutdown.
+    fn drop(&mut self) {
+        if let Some(writer) = &self.writer {
+            if writer.is_dirty() {
+                writer.write(&self.state);
+            }
+            writer.stop();
+        }
+    }
+}

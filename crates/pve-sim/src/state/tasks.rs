@@ -1,0 +1,281 @@
+//! Tasks: what each does when it completes (the *finish* part of a mutating operation) and how
+//! a failed one rolls the *begin* part back.
+
+use std::collections::BTreeMap;
+
+use serde::{Deserialize, Serialize};
+
+use crate::guest;
+use crate::propstring;
+
+use super::{
+    Event, PowerState, State, Volume, durations, find_volume_mut, format_size, now_ms, set_entry,
+    stop_vm, volume_key,
+};
+
+/// What a task does when it completes.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub(crate) enum TaskAction {
+    Create {
+        vmid: u32,
+    },
+    Clone {
+        source: u32,
+        target: u32,
+    },
+    Start {
+        vmid: u32,
+    },
+    Stop {
+        vmid: u32,
+    },
+    Delete {
+        vmid: u32,
+    },
+    Resize {
+        vmid: u32,
+        disk: String,
+        bytes: u64,
+    },
+    Config {
+        vmid: u32,
+        changes: BTreeMap<String, Option<String>>,
+    },
+    AddVolume {
+        volume: Box<Volume>,
+    },
+    DeleteVolume {
+        key: String,
+    },
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub(crate) struct Task {
+    pub upid: String,
+    pub node: String,
+    pub kind: String,
+    pub id: String,
+    pub user: String,
+    pub pid: u32,
+    pub pstart: u64,
+    pub starttime: u64,
+    pub running: bool,
+    #[serde(default)]
+    pub exitstatus: Option<String>,
+    /// When the task stopped (seconds since the epoch), for `GET /nodes/{node}/tasks`.
+    #[serde(default)]
+    pub endtime: Option<u64>,
+    pub log: Vec<String>,
+    pub due_ms: u64,
+    #[serde(default)]
+    pub held: bool,
+    /// A failure decided when the task was accepted (start checks, injected failures).
+    #[serde(default)]
+    pub doomed: Option<String>,
+    pub action: TaskAction,
+}
+
+pub(crate) struct TaskSpec {
+    pub node: String,
+    pub kind: String,
+    pub id: String,
+    pub user: String,
+    pub seconds: f64,
+    pub log: Vec<String>,
+}
+
+/// Finishes (or fails and rolls back) a running task.
+pub(crate) fn complete(
+    state: &mut State,
+    upid: &str,
+    failure: Option<String>,
+    time_scale: f64,
+) -> Vec<Event> {
+    let Some(index) = state.tasks.iter().position(|t| t.upid == upid && t.running) else {
+        return Vec::new();
+    };
+    let action = state.tasks[index].action.clone();
+    let mut events = Vec::new();
+    let outcome = match failure {
+        Some(message) => {
+            rollback(state, &action);
+            Err(message)
+        }
+        None => finish(state, &action, time_scale, &mut events),
+    };
+    let task = &mut state.tasks[index];
+    task.running = false;
+    task.held = false;
+    task.endtime = Some(now_ms() / 1000);
+    match outcome {
+        Ok(lines) => {
+            task.log.extend(lines);
+            task.log.push("TASK OK".to_owned());
+            task.exitstatus = Some("OK".to_owned());
+        }
+        Err(message) => {
+            task.log.push(message.clone());
+            task.log.push(format!("TASK ERROR: {message}"));
+            task.exitstatus = Some(message);
+            events.clear();
+        }
+    }
+    // The image now lives in its volume (or was refused): the finished task keeps no copy.
+    if let TaskAction::AddVolume { volume } = &mut task.action {
+        volume.data = None;
+    }
+    crate::persist::prune_finished_tasks(&mut state.tasks);
+    events
+}
+
+fn finish(
+    state: &mut State,
+    action: &TaskAction,
+    time_scale: f64,
+    events: &mut Vec<Event>,
+) -> Result<Vec<String>, String> {
+    match action {
+        TaskAction::Create { vmid } => {
+            if let Some(vm) = state.vms.get_mut(vmid) {
+                vm.config.remove("lock");
+            }
+            Ok(Vec::new())
+        }
+        TaskAction::Clone { source, target } => {
+            if let Some(vm) = state.vms.get_mut(target) {
+                vm.config.remove("lock");
+            }
+            Ok(vec![format!("clone of VM {source} to {target} finished")])
+        }
+        TaskAction::Start { vmid } => finish_start(state, *vmid, time_scale, events),
+        TaskAction::Stop { vmid } => {
+            if let Some(vm) = state.vms.get_mut(vmid) {
+                stop_vm(vm);
+                events.push(Event::Stopped(vm.node.clone(), *vmid));
+            }
+            Ok(Vec::new())
+        }
+        TaskAction::Delete { vmid } => {
+            if let Some(vm) = state.vms.remove(vmid) {
+                let node = vm.node.clone();
+                state.volumes.retain(|_, volume| {
+                    !(volume.vmid == Some(*vmid)
+                        && volume.content == "images"
+                        && volume.node.as_deref().is_none_or(|n| n == node))
+                });
+            }
+            Ok(vec![format!("destroyed VM {vmid}")])
+        }
+        TaskAction::Resize { vmid, disk, bytes } => finish_resize(state, *vmid, disk, *bytes),
+        TaskAction::Config { vmid, changes } => {
+            let Some(vm) = state.vms.get_mut(vmid) else {
+                return Err(format!("VM {vmid} does not exist"));
+            };
+            for (key, value) in changes {
+                match value {
+                    Some(value) => {
+                        vm.config.insert(key.clone(), value.clone());
+                    }
+                    None => {
+                        vm.config.remove(key);
+                    }
+                }
+            }
+            Ok(Vec::new())
+        }
+        TaskAction::AddVolume { volume } => {
+            let key = volume_key(volume.node.as_deref(), &volume.volid);
+            state.volumes.insert(key, (**volume).clone());
+            Ok(vec![format!("added volume {}", volume.volid)])
+        }
+        TaskAction::DeleteVolume { key } => {
+            state.volumes.remove(key);
+            Ok(Vec::new())
+        }
+    }
+}
+
+/// A start task ends: the VM runs, its guest boots [`durations::BOOT`] later, the backend hears
+/// of it, and the seed's network config is kept for the agent.
+fn finish_start(
+    state: &mut State,
+    vmid: u32,
+    time_scale: f64,
+    events: &mut Vec<Event>,
+) -> Result<Vec<String>, String> {
+    let Some(vm) = state.vms.get_mut(&vmid) else {
+        return Err(format!("VM {vmid} does not exist"));
+    };
+    vm.starting = false;
+    vm.power = PowerState::Running;
+    let now = now_ms();
+    vm.started_at_ms = Some(now);
+    vm.booted_at_ms = Some(now + (durations::BOOT * time_scale * 1000.0) as u64);
+    let snapshot = vm.clone();
+    let boot = guest::boot_info(state, &snapshot);
+    if let Some(network) = boot.seed.as_ref().and_then(|s| s.network_config.clone())
+        && let Some(vm) = state.vms.get_mut(&vmid)
+        && vm.guest_network_config.is_none()
+    {
+        vm.guest_network_config = Some(network);
+    }
+    events.push(Event::Started(Box::new(boot)));
+    Ok(Vec::new())
+}
+
+/// A resize task ends: the disk's `size=` and its volume grow.
+fn finish_resize(
+    state: &mut State,
+    vmid: u32,
+    disk: &str,
+    bytes: u64,
+) -> Result<Vec<String>, String> {
+    let Some(vm) = state.vms.get_mut(&vmid) else {
+        return Err(format!("VM {vmid} does not exist"));
+    };
+    let Some(value) = vm.config.get(disk).cloned() else {
+        return Err(format!("disk '{disk}' does not exist"));
+    };
+    let Ok(mut entries) = propstring::parse(&value) else {
+        return Err(format!("unable to parse drive options '{value}'"));
+    };
+    set_entry(&mut entries, "size", &format_size(bytes));
+    let volid = propstring::get(&entries, "file", Some("file")).map(str::to_owned);
+    vm.config
+        .insert(disk.to_owned(), propstring::serialize(&entries));
+    let node = vm.node.clone();
+    if let Some(volid) = volid
+        && let Some(volume) = find_volume_mut(state, &node, &volid)
+    {
+        volume.size = bytes;
+    }
+    Ok(vec![format!("resized {disk} to {}", format_size(bytes))])
+}
+
+fn rollback(state: &mut State, action: &TaskAction) {
+    match action {
+        TaskAction::Create { vmid } | TaskAction::Clone { target: vmid, .. } => {
+            state.vms.remove(vmid);
+            state
+                .volumes
+                .retain(|_, volume| !(volume.vmid == Some(*vmid) && volume.content == "images"));
+        }
+        TaskAction::Start { vmid } => {
+            if let Some(vm) = state.vms.get_mut(vmid) {
+                vm.starting = false;
+                vm.hugepages.clear();
+                vm.pci_in_use.clear();
+            }
+        }
+        TaskAction::Delete { vmid } => {
+            if let Some(vm) = state.vms.get_mut(vmid) {
+                vm.config.remove("lock");
+            }
+        }
+        TaskAction::Config { .. }
+        | TaskAction::Stop { .. }
+        | TaskAction::Resize { .. }
+        | TaskAction::AddVolume { .. }
+        | TaskAction::DeleteVolume { .. } => {}
+    }
+}
