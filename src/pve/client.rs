@@ -13,7 +13,7 @@ use serde_json::Value;
 use super::api::PveApi;
 use super::auth::{Auth, Secret, TICKET_RENEW_AFTER, TicketSession};
 use super::error::PveError;
-use super::retry::{ConcurrencyLimits, RetryPolicy, method_is_idempotent};
+use super::retry::{ConcurrencyLimits, RetryPolicy, find_lock_timeout, method_is_idempotent};
 use super::tls::{MismatchSlot, TlsMode, normalize_fingerprint, rustls_config};
 use super::types::{
     ClusterResource, GuestInterface, NetworkInterface, NodeName, NodeStatus, NodeSummary, Params,
@@ -652,18 +652,6 @@ fn decode_data<T: DeserializeOwned>(
     })
 }
 
-/// The lock file named in `can't lock file '/var/lock/…' - got timeout`.
-fn lock_file_of(message: &str) -> Option<&str> {
-    let start = message.find("can't lock file '")? + "can't lock file '".len();
-    let rest = &message[start..];
-    Some(&rest[..rest.find('\'')?])
-}
-
-/// Whether a message is Proxmox's lock timeout.
-pub fn is_lock_timeout(message: &str) -> bool {
-    message.contains("can't lock file") && message.contains("got timeout")
-}
-
 /// Maps an HTTP error status (and Proxmox's message / `errors` map) to a [`PveError`].
 impl PveClient {
     /// Says at warn level that a request failed and will be tried again (what, attempt n of m, and
@@ -713,12 +701,13 @@ pub fn status_error(
 ) -> PveError {
     let method = method.to_owned();
     let path = path.to_owned();
-    if is_lock_timeout(&message) || errors.values().any(|error| is_lock_timeout(error)) {
-        let lock = lock_file_of(&message)
-            .or_else(|| errors.values().find_map(|error| lock_file_of(error)))
-            .map_or_else(|| path.clone(), str::to_owned);
+    let lock = find_lock_timeout(
+        std::iter::once(message.as_str()).chain(errors.values().map(String::as_str)),
+    )
+    .map(|(_, file)| file.map(str::to_owned));
+    if let Some(file) = lock {
         return PveError::LockTimeout {
-            path: lock,
+            path: file.unwrap_or_else(|| path.clone()),
             message,
         };
     }
