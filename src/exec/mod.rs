@@ -371,45 +371,19 @@ impl Runner {
         Ok(semaphore.acquire_owned().await?)
     }
 
-    /// Wait for a task to stop; `Ok` only for exit status `OK`.
+    /// Wait for a task to stop; `Ok` only for exit status `OK` (or `WARNINGS`).
     async fn wait_task(&self, node: &str, upid: &Upid) -> Result<(), PveError> {
         let node_name = NodeName(upid.node().unwrap_or(node).to_owned());
-        let started = Instant::now();
-        let mut interval = self.options.poll(Duration::from_millis(20));
-        let max_interval = self.options.poll(Duration::from_millis(500));
-        loop {
-            let status = self.api.task_status(&node_name, upid).await?;
-            if status.status == "stopped" {
-                let exitstatus = status.exitstatus.unwrap_or_default();
-                if exitstatus == "OK" || exitstatus.starts_with("WARNINGS") {
-                    return Ok(());
-                }
-                let log_tail = self
-                    .api
-                    .task_log(&node_name, upid, 20)
-                    .await
-                    .unwrap_or_default();
-                if exitstatus.contains("got timeout") && exitstatus.contains("lock") {
-                    return Err(PveError::LockTimeout {
-                        path: upid.to_string(),
-                        message: exitstatus,
-                    });
-                }
-                return Err(PveError::TaskFailed {
-                    upid: upid.to_string(),
-                    exitstatus,
-                    log_tail,
-                });
-            }
-            if started.elapsed() > self.options.task_timeout {
-                return Err(PveError::Timeout {
-                    what: format!("task {upid}"),
-                    seconds: self.options.task_timeout.as_secs(),
-                });
-            }
-            tokio::time::sleep(interval).await;
-            interval = (interval * 3 / 2).min(max_interval);
-        }
+        let wait = crate::pve::WaitOptions {
+            timeout: self.options.task_timeout,
+            initial_interval: self.options.poll(Duration::from_millis(20)),
+            max_interval: self.options.poll(Duration::from_millis(500)),
+            growth: 1.5,
+            poll_scale: 1.0,
+            log_lines: 20,
+        };
+        crate::pve::wait_for_task_on(self.api.as_ref(), &node_name, upid, &wait, &|_| {}).await?;
+        Ok(())
     }
 
     async fn record_converged(&self, plan: &Plan) -> anyhow::Result<()> {

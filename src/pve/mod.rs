@@ -11,12 +11,13 @@ pub mod split;
 pub mod task;
 pub mod tls;
 pub mod types;
+pub mod wait;
 
 pub use api::PveApi;
 pub use auth::{Auth, Secret};
 pub use client::{ClientConfig, PveClient, normalize_endpoint};
 pub use error::PveError;
 pub use retry::RetryPolicy;
-pub use task::{WaitOptions, wait_for_task};
+pub use task::{WaitOptions, wait_for_task, wait_for_task_on};
 pub use tls::{TlsMode, fingerprint_of};
 pub use types::{NodeName, Params, PciAddress, Upid, VmId, VolumeId};
