@@ -323,8 +323,8 @@ impl Runner {
                     if decision == Decision::Fail || number >= self.options.max_attempts {
                         return Err(error.context(format!("{step} of {vm}")));
                     }
-                    let delay = crate::pve::RetryPolicy::doubling(self.options.backoff)
-                        .delay(number);
+                    let delay =
+                        crate::pve::RetryPolicy::doubling(self.options.backoff).delay(number);
                     self.events.event(ExecEvent::Retry {
                         vm: vm.to_owned(),
                         step,

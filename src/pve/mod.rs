@@ -3,6 +3,7 @@
 pub mod api;
 pub mod auth;
 pub mod client;
+pub mod cpulist;
 pub mod error;
 pub mod privileges;
 pub mod propstr;
@@ -16,6 +17,7 @@ pub mod wait;
 pub use api::PveApi;
 pub use auth::{Auth, Secret};
 pub use client::{ClientConfig, PveClient, normalize_endpoint};
+pub use cpulist::CpuList;
 pub use error::PveError;
 pub use retry::RetryPolicy;
 pub use task::{WaitOptions, wait_for_task, wait_for_task_on};

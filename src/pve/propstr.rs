@@ -12,6 +12,8 @@ use std::str::FromStr;
 
 use ipnetwork::{Ipv4Network, Ipv6Network};
 
+use super::cpulist::{CpuList, ListSyntax, format_items, parse_items};
+
 /// A property string that does not parse or has a bad value.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 pub enum PropStrError {
@@ -199,39 +201,33 @@ pub struct IdList(pub Vec<(u32, Option<u32>)>);
 
 impl fmt::Display for IdList {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        let parts: Vec<String> = self
-            .0
-            .iter()
-            .map(|(start, end)| match end {
-                Some(end) => format!("{start}-{end}"),
-                None => start.to_string(),
-            })
-            .collect();
-        f.write_str(&parts.join(";"))
+        f.write_str(&format_items(&self.0, ListSyntax::Property))
     }
 }
 
 impl FromStr for IdList {
     type Err = ();
     fn from_str(text: &str) -> Result<Self, ()> {
-        let ranges = text
-            .split(';')
-            .map(|part| match part.split_once('-') {
-                Some((start, end)) => {
-                    let start: u32 = start.parse().map_err(|_| ())?;
-                    let end: u32 = end.parse().map_err(|_| ())?;
-                    if end < start {
-                        return Err(());
-                    }
-                    Ok((start, Some(end)))
-                }
-                None => Ok((part.parse().map_err(|_| ())?, None)),
-            })
-            .collect::<Result<Vec<_>, ()>>()?;
-        if ranges.is_empty() {
-            return Err(());
-        }
-        Ok(IdList(ranges))
+        parse_items(text, ListSyntax::Property, u32::MAX)
+            .map(IdList)
+            .map_err(|_| ())
+    }
+}
+
+impl IdList {
+    /// The CPUs (or node ids) the list names.
+    pub fn to_cpu_list(&self) -> CpuList {
+        self.0
+            .iter()
+            .flat_map(|&(first, last)| first..=last.unwrap_or(first))
+            .collect()
+    }
+}
+
+/// Canonical ranges (`0-7;16-23`).
+impl From<&CpuList> for IdList {
+    fn from(cpus: &CpuList) -> Self {
+        IdList(cpus.ranges())
     }
 }
 

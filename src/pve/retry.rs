@@ -221,7 +221,8 @@ mod tests {
 
     #[test]
     fn lock_timeouts_are_recognised_with_their_file() {
-        let message = "clone failed: can't lock file '/var/lock/qemu-server/lock-9000.conf' - got timeout";
+        let message =
+            "clone failed: can't lock file '/var/lock/qemu-server/lock-9000.conf' - got timeout";
         assert!(is_lock_timeout(message));
         assert!(!is_lock_timeout("can't lock file '/x' - permission denied"));
         assert_eq!(

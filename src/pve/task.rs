@@ -98,11 +98,16 @@ pub async fn wait_for_task_on(
     observe: &(dyn Fn(&TaskStatus) + Sync),
 ) -> Result<TaskStatus, PveError> {
     let what = format!("task {upid}");
-    let stopped = await_condition(&what, opts.scaled(opts.timeout), opts.interval(), || async {
-        let status = api.task_status(node, upid).await?;
-        observe(&status);
-        Ok(task_finished(status))
-    })
+    let stopped = await_condition(
+        &what,
+        opts.scaled(opts.timeout),
+        opts.interval(),
+        || async {
+            let status = api.task_status(node, upid).await?;
+            observe(&status);
+            Ok(task_finished(status))
+        },
+    )
     .await;
     match stopped {
         Ok(status) => finished(api, node, upid, status, opts.log_lines).await,

@@ -198,8 +198,12 @@ mod tests {
         assert_eq!(*seen.last().unwrap(), Duration::from_millis(500));
         let fixed = PollInterval::fixed(Duration::from_secs(2));
         assert_eq!(fixed.next(Duration::from_secs(2)), Duration::from_secs(2));
-        let odd = PollInterval::growing(Duration::from_millis(10), Duration::from_secs(1), f64::NAN);
-        assert_eq!(odd.next(Duration::from_millis(10)), Duration::from_millis(10));
+        let odd =
+            PollInterval::growing(Duration::from_millis(10), Duration::from_secs(1), f64::NAN);
+        assert_eq!(
+            odd.next(Duration::from_millis(10)),
+            Duration::from_millis(10)
+        );
     }
 
     #[tokio::test]
