@@ -794,53 +794,47 @@ impl Runner {
 
     /// Bounded wait: the guest agent answers and reports the planned address.
     async fn wait_guest(&self, vm: &PlannedVm) -> anyhow::Result<()> {
+        use crate::pve::wait::{
+            Check, PollInterval, WaitError, agent_error_is_final, agent_reports_address,
+            await_condition,
+        };
         let node = NodeName(vm.node.clone());
         let vmid = VmId(vm.vmid);
-        let started = Instant::now();
-        let mut interval = self.options.poll(Duration::from_millis(50));
+        let wanted = vm.address.to_string();
         // The agent answers some 15 s after boot on real hardware; 1 s keeps the overshoot
         // small without flooding pveproxy.
-        let max_interval = self.options.poll(Duration::from_secs(1));
-        let mut last;
-        let wanted = vm.address.to_string();
-        loop {
+        let interval = PollInterval::growing(
+            self.options.poll(Duration::from_millis(50)),
+            self.options.poll(Duration::from_secs(1)),
+            1.5,
+        );
+        let what = format!("the guest agent of {} to report {wanted}", vm.name);
+        let waited = await_condition(&what, self.options.guest_timeout, interval, || async {
             match self.api.agent_ping(&node, vmid).await {
                 Ok(()) => match self.api.agent_network_interfaces(&node, vmid).await {
-                    Ok(interfaces) => {
-                        let addresses: Vec<&str> = interfaces
-                            .iter()
-                            .flat_map(|i| i.ip_addresses.iter().map(|a| a.ip_address.as_str()))
-                            .collect();
-                        if addresses.contains(&wanted.as_str()) {
-                            return Ok(());
-                        }
-                        last = format!("agent reports {}", addresses.join(", "));
-                    }
-                    Err(error) => last = error.to_string(),
+                    Ok(interfaces) => Ok(agent_reports_address(&interfaces, &wanted)),
+                    Err(error) => Ok(Check::Pending(error.to_string())),
                 },
-                Err(error) => {
-                    if decide(&error) == Decision::Fail
-                        && !matches!(error, PveError::Server { .. } | PveError::BadRequest { .. })
-                    {
-                        return Err(error).context(format!("guest agent of {}", vm.name));
-                    }
-                    last = error.to_string();
-                }
+                Err(error) if agent_error_is_final(&error) => Err(error),
+                Err(error) => Ok(Check::Pending(error.to_string())),
             }
-            if started.elapsed() > self.options.guest_timeout {
-                bail!(
-                    "{} (vmid {} on {}) did not report {} through the guest agent within {}s ({last}); check its console: `qm terminal {}` on {}",
-                    vm.name,
-                    vm.vmid,
-                    vm.node,
-                    wanted,
-                    self.options.guest_timeout.as_secs(),
-                    vm.vmid,
-                    vm.node
-                );
+        })
+        .await;
+        match waited {
+            Ok(()) => Ok(()),
+            Err(WaitError::Failed(error)) => {
+                Err(error).context(format!("guest agent of {}", vm.name))
             }
-            tokio::time::sleep(interval).await;
-            interval = (interval * 3 / 2).min(max_interval);
+            Err(WaitError::TimedOut { timeout, last, .. }) => bail!(
+                "{} (vmid {} on {}) did not report {} through the guest agent within {}s ({last}); check its console: `qm terminal {}` on {}",
+                vm.name,
+                vm.vmid,
+                vm.node,
+                wanted,
+                timeout.as_secs(),
+                vm.vmid,
+                vm.node
+            ),
         }
     }
 

@@ -19,8 +19,8 @@ use async_trait::async_trait;
 use futures::stream::{self, StreamExt, TryStreamExt};
 
 use crate::k3s::cluster::{
-    ClusterNode, GET_NODES_COMMAND, JoinCandidate, NodeProbe, api_ready_command,
-    label_taint_commands, parse_api_ready, parse_nodes, parse_probe, plan_joins, probe_script,
+    ClusterNode, GET_NODES_COMMAND, JoinCandidate, NodeProbe, label_taint_commands, parse_nodes,
+    parse_probe, plan_joins, probe_script,
 };
 use crate::k3s::config::{
     JoinMode, NodeSettings, render_config, render_unit, server_url, unit_name,
@@ -42,6 +42,9 @@ use crate::nodeprep::{
 use crate::profile::Profile;
 use crate::profile::model::{NodeGroup, Role};
 use crate::ssh::{RemoteExec, SshError};
+
+mod waits;
+use waits::{wait_for_api, wait_until};
 
 /// A guest VM phase 2 works on.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -462,48 +465,6 @@ impl JoinContext {
     }
 }
 
-/// Poll [`api_ready_command`] on the bootstrap server until the API answers at `vip` (kube-vip, deployed
-/// from the bootstrap server's manifests, holds it once the server runs), bounded by `ready_timeout`.
-async fn wait_for_api(
-    bootstrap: &dyn RemoteExec,
-    vip: IpAddr,
-    opts: &Phase2Options,
-) -> anyhow::Result<()> {
-    let command = api_ready_command(vip);
-    let deadline = tokio::time::Instant::now() + opts.ready_timeout;
-    loop {
-        let last = match bootstrap.run(&command, None).await {
-            Ok(output) => {
-                let stdout = String::from_utf8_lossy(&output.stdout);
-                if parse_api_ready(output.exit_status, &stdout) {
-                    return Ok(());
-                }
-                let stderr = String::from_utf8_lossy(&output.stderr);
-                format!(
-                    "exit {}: {}",
-                    output.exit_status,
-                    if stderr.trim().is_empty() {
-                        stdout.trim().to_owned()
-                    } else {
-                        stderr.trim().to_owned()
-                    }
-                )
-            }
-            Err(error) => format!("{error:#}"),
-        };
-        if tokio::time::Instant::now() >= deadline {
-            bail!(
-                "timed out after {}s waiting for the API VIP {vip} to answer (asked {}; last: {last}); \
-                 kube-vip serves it from {}: check `k3s kubectl -n kube-system get pods -l app.kubernetes.io/name=kube-vip-ds` there",
-                opts.ready_timeout.as_secs(),
-                bootstrap.host(),
-                bootstrap.host()
-            );
-        }
-        tokio::time::sleep(opts.poll_interval).await;
-    }
-}
-
 #[allow(clippy::too_many_arguments)]
 async fn prepare_node(
     profile: &Profile,
@@ -699,63 +660,4 @@ async fn run_checked(exec: &dyn RemoteExec, command: &str) -> anyhow::Result<Str
 async fn get_nodes(bootstrap: &dyn RemoteExec) -> anyhow::Result<Vec<ClusterNode>> {
     let stdout = run_checked(bootstrap, GET_NODES_COMMAND).await?;
     Ok(parse_nodes(&stdout)?)
-}
-
-/// Poll the node list on the bootstrap server until every node in `names` is Ready (and, for servers,
-/// an etcd member), bounded by `ready_timeout`; the error names the node and the missing condition.
-async fn wait_until(
-    bootstrap: &dyn RemoteExec,
-    names: &[&str],
-    etcd_member: bool,
-    opts: &Phase2Options,
-) -> anyhow::Result<()> {
-    let condition = if etcd_member {
-        "Ready and an etcd member"
-    } else {
-        "Ready"
-    };
-    let deadline = tokio::time::Instant::now() + opts.ready_timeout;
-    loop {
-        let (missing, last_seen) = match get_nodes(bootstrap).await {
-            Ok(cluster) => {
-                let mut missing = Vec::new();
-                let mut seen = Vec::new();
-                for name in names {
-                    match cluster.iter().find(|n| n.name == *name) {
-                        Some(n) if n.ready && (!etcd_member || n.etcd_member) => {}
-                        Some(n) => {
-                            missing.push(*name);
-                            seen.push(format!(
-                                "{name}: {}{}",
-                                if n.ready { "Ready" } else { "NotReady" },
-                                if etcd_member && !n.etcd_member {
-                                    ", not an etcd member"
-                                } else {
-                                    ""
-                                }
-                            ));
-                        }
-                        None => {
-                            missing.push(*name);
-                            seen.push(format!("{name}: not registered"));
-                        }
-                    }
-                }
-                (missing, seen.join("; "))
-            }
-            Err(error) => (names.to_vec(), format!("API not answering: {error:#}")),
-        };
-        if missing.is_empty() {
-            return Ok(());
-        }
-        if tokio::time::Instant::now() >= deadline {
-            bail!(
-                "timed out after {}s waiting for {} to be {condition} (asked {}; last seen: {last_seen})",
-                opts.ready_timeout.as_secs(),
-                missing.join(", "),
-                bootstrap.host()
-            );
-        }
-        tokio::time::sleep(opts.poll_interval).await;
-    }
 }
