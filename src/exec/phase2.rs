@@ -165,6 +165,9 @@ struct Prepared {
 }
 
 /// Converge the cluster described by `profile` on `nodes`.
+// Longer than 120 lines on purpose: it reads as the phase-2 order from top to bottom, and the
+// server and agent phases share a dozen locals (nodes, connections, preparations, the join
+// plan) that a further split would pass around as long argument lists.
 pub async fn run(
     profile: &Profile,
     nodes: &[GuestNode],
@@ -195,39 +198,12 @@ pub async fn run(
         bail!("phase 2 needs at least one server node");
     }
 
-    let token = K3sToken::load_or_create(&opts.secrets_dir)
-        .context("cannot read or create the cluster token")?;
-    let binary = match &opts.binary {
-        Some(artifact) => artifact.clone(),
-        None => fetch_binary(&BinarySource::from_profile(profile)?, &opts.cache_dir)
-            .await
-            .context("cannot obtain the k3s binary")?,
-    };
-    let binary_bytes = std::fs::read(&binary.path)
-        .with_context(|| format!("cannot read {}", binary.path.display()))?;
-    if crate::nodeprep::sha256_hex(&binary_bytes) != binary.sha256 {
-        bail!("{} changed since it was verified", binary.path.display());
-    }
-    let images = match images_artifact(profile)? {
-        Some(artifact) => {
-            let name = artifact
-                .path
-                .file_name()
-                .map(|n| n.to_string_lossy().into_owned())
-                .ok_or_else(|| anyhow!("air-gap images path has no file name"))?;
-            let bytes = std::fs::read(&artifact.path)
-                .with_context(|| format!("cannot read {}", artifact.path.display()))?;
-            Some((images_path(&name), bytes))
-        }
-        None => None,
-    };
-    // NVIDIA's apt key (host mode): read here, pushed to the GPU nodes as a file.
-    let nvidia_repo_key = match &profile.nvidia.repo_key {
-        Some(path) => Some(
-            std::fs::read(path).with_context(|| format!("cannot read nvidia.repo_key {path}"))?,
-        ),
-        None => None,
-    };
+    let Inputs {
+        token,
+        binary_bytes,
+        images,
+        nvidia_repo_key,
+    } = load_inputs(profile, opts).await?;
     let parallelism = opts.parallelism.max(1);
 
     // Connect.
@@ -383,6 +359,75 @@ pub async fn run(
     }
 
     // Labels and taints changed after registration go through the API.
+    update_labels_and_taints(bootstrap_exec, nodes, &groups, &prepared, &mut report).await?;
+
+    // Kubeconfig.
+    let api_address = profile.cluster.api_vip.unwrap_or(nodes[servers[0]].address);
+    write_kubeconfig(profile, bootstrap_exec, api_address, opts, &mut report).await?;
+    Ok(report)
+}
+
+/// What every node receives, read and checked once before any node is touched.
+struct Inputs {
+    token: K3sToken,
+    binary_bytes: Vec<u8>,
+    /// Air-gap images: remote path and bytes.
+    images: Option<(String, Vec<u8>)>,
+    nvidia_repo_key: Option<Vec<u8>>,
+}
+
+/// The cluster token, the verified k3s binary, the air-gap images and NVIDIA's apt key.
+async fn load_inputs(profile: &Profile, opts: &Phase2Options) -> anyhow::Result<Inputs> {
+    let token = K3sToken::load_or_create(&opts.secrets_dir)
+        .context("cannot read or create the cluster token")?;
+    let binary = match &opts.binary {
+        Some(artifact) => artifact.clone(),
+        None => fetch_binary(&BinarySource::from_profile(profile)?, &opts.cache_dir)
+            .await
+            .context("cannot obtain the k3s binary")?,
+    };
+    let binary_bytes = std::fs::read(&binary.path)
+        .with_context(|| format!("cannot read {}", binary.path.display()))?;
+    if crate::nodeprep::sha256_hex(&binary_bytes) != binary.sha256 {
+        bail!("{} changed since it was verified", binary.path.display());
+    }
+    let images = match images_artifact(profile)? {
+        Some(artifact) => {
+            let name = artifact
+                .path
+                .file_name()
+                .map(|n| n.to_string_lossy().into_owned())
+                .ok_or_else(|| anyhow!("air-gap images path has no file name"))?;
+            let bytes = std::fs::read(&artifact.path)
+                .with_context(|| format!("cannot read {}", artifact.path.display()))?;
+            Some((images_path(&name), bytes))
+        }
+        None => None,
+    };
+    // NVIDIA's apt key (host mode): read here, pushed to the GPU nodes as a file.
+    let nvidia_repo_key = match &profile.nvidia.repo_key {
+        Some(path) => Some(
+            std::fs::read(path).with_context(|| format!("cannot read nvidia.repo_key {path}"))?,
+        ),
+        None => None,
+    };
+    Ok(Inputs {
+        token,
+        binary_bytes,
+        images,
+        nvidia_repo_key,
+    })
+}
+
+/// Labels and taints changed after registration, applied through the API on the bootstrap
+/// server; every command run is recorded in the report.
+async fn update_labels_and_taints(
+    bootstrap_exec: &dyn RemoteExec,
+    nodes: &[GuestNode],
+    groups: &BTreeMap<&str, &NodeGroup>,
+    prepared: &[Prepared],
+    report: &mut Phase2Report,
+) -> anyhow::Result<()> {
     let cluster_nodes = get_nodes(bootstrap_exec).await?;
     for (index, node) in nodes.iter().enumerate() {
         let Some(current) = cluster_nodes.iter().find(|n| n.name == node.name) else {
@@ -398,9 +443,17 @@ pub async fn run(
             report.api_commands.push(command);
         }
     }
+    Ok(())
+}
 
-    // Kubeconfig.
-    let api_address = profile.cluster.api_vip.unwrap_or(nodes[servers[0]].address);
+/// The bootstrap server's kubeconfig, pointed at `api_address`, written to the workspace.
+async fn write_kubeconfig(
+    profile: &Profile,
+    bootstrap_exec: &dyn RemoteExec,
+    api_address: IpAddr,
+    opts: &Phase2Options,
+    report: &mut Phase2Report,
+) -> anyhow::Result<()> {
     let k3s_yaml = bootstrap_exec
         .read_file(KUBECONFIG_PATH)
         .await
@@ -413,7 +466,7 @@ pub async fn run(
     report.kubeconfig = opts.workspace.join("kubeconfig");
     report.kubeconfig_changed =
         crate::files::write_private_if_changed(&report.kubeconfig, kubeconfig.as_bytes())?;
-    Ok(report)
+    Ok(())
 }
 
 /// What joining nodes need from the bootstrap server, fetched once: the CA hash for the secure token,
