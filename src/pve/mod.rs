@@ -1,4 +1,5 @@
-//! Proxmox VE API: the [`PveApi`] trait, its reqwest client, typed ids and task waiting.
+//! Proxmox VE API: the [`PveApi`] trait, its reqwest client, typed ids, property strings and CPU
+//! lists, retry policy, and bounded condition-based waiting (tasks, guest agent).
 
 pub mod api;
 pub mod auth;
