@@ -323,7 +323,8 @@ impl Runner {
                     if decision == Decision::Fail || number >= self.options.max_attempts {
                         return Err(error.context(format!("{step} of {vm}")));
                     }
-                    let delay = retry::backoff(self.options.backoff, number);
+                    let delay =
+                        crate::pve::RetryPolicy::doubling(self.options.backoff).delay(number);
                     self.events.event(ExecEvent::Retry {
                         vm: vm.to_owned(),
                         step,
@@ -370,45 +371,19 @@ impl Runner {
         Ok(semaphore.acquire_owned().await?)
     }
 
-    /// Wait for a task to stop; `Ok` only for exit status `OK`.
+    /// Wait for a task to stop; `Ok` only for exit status `OK` (or `WARNINGS`).
     async fn wait_task(&self, node: &str, upid: &Upid) -> Result<(), PveError> {
         let node_name = NodeName(upid.node().unwrap_or(node).to_owned());
-        let started = Instant::now();
-        let mut interval = self.options.poll(Duration::from_millis(20));
-        let max_interval = self.options.poll(Duration::from_millis(500));
-        loop {
-            let status = self.api.task_status(&node_name, upid).await?;
-            if status.status == "stopped" {
-                let exitstatus = status.exitstatus.unwrap_or_default();
-                if exitstatus == "OK" || exitstatus.starts_with("WARNINGS") {
-                    return Ok(());
-                }
-                let log_tail = self
-                    .api
-                    .task_log(&node_name, upid, 20)
-                    .await
-                    .unwrap_or_default();
-                if exitstatus.contains("got timeout") && exitstatus.contains("lock") {
-                    return Err(PveError::LockTimeout {
-                        path: upid.to_string(),
-                        message: exitstatus,
-                    });
-                }
-                return Err(PveError::TaskFailed {
-                    upid: upid.to_string(),
-                    exitstatus,
-                    log_tail,
-                });
-            }
-            if started.elapsed() > self.options.task_timeout {
-                return Err(PveError::Timeout {
-                    what: format!("task {upid}"),
-                    seconds: self.options.task_timeout.as_secs(),
-                });
-            }
-            tokio::time::sleep(interval).await;
-            interval = (interval * 3 / 2).min(max_interval);
-        }
+        let wait = crate::pve::WaitOptions {
+            timeout: self.options.task_timeout,
+            initial_interval: self.options.poll(Duration::from_millis(20)),
+            max_interval: self.options.poll(Duration::from_millis(500)),
+            growth: 1.5,
+            poll_scale: 1.0,
+            log_lines: 20,
+        };
+        crate::pve::wait_for_task_on(self.api.as_ref(), &node_name, upid, &wait, &|_| {}).await?;
+        Ok(())
     }
 
     async fn record_converged(&self, plan: &Plan) -> anyhow::Result<()> {
@@ -819,53 +794,47 @@ impl Runner {
 
     /// Bounded wait: the guest agent answers and reports the planned address.
     async fn wait_guest(&self, vm: &PlannedVm) -> anyhow::Result<()> {
+        use crate::pve::wait::{
+            Check, PollInterval, WaitError, agent_error_is_final, agent_reports_address,
+            await_condition,
+        };
         let node = NodeName(vm.node.clone());
         let vmid = VmId(vm.vmid);
-        let started = Instant::now();
-        let mut interval = self.options.poll(Duration::from_millis(50));
+        let wanted = vm.address.to_string();
         // The agent answers some 15 s after boot on real hardware; 1 s keeps the overshoot
         // small without flooding pveproxy.
-        let max_interval = self.options.poll(Duration::from_secs(1));
-        let mut last;
-        let wanted = vm.address.to_string();
-        loop {
+        let interval = PollInterval::growing(
+            self.options.poll(Duration::from_millis(50)),
+            self.options.poll(Duration::from_secs(1)),
+            1.5,
+        );
+        let what = format!("the guest agent of {} to report {wanted}", vm.name);
+        let waited = await_condition(&what, self.options.guest_timeout, interval, || async {
             match self.api.agent_ping(&node, vmid).await {
                 Ok(()) => match self.api.agent_network_interfaces(&node, vmid).await {
-                    Ok(interfaces) => {
-                        let addresses: Vec<&str> = interfaces
-                            .iter()
-                            .flat_map(|i| i.ip_addresses.iter().map(|a| a.ip_address.as_str()))
-                            .collect();
-                        if addresses.contains(&wanted.as_str()) {
-                            return Ok(());
-                        }
-                        last = format!("agent reports {}", addresses.join(", "));
-                    }
-                    Err(error) => last = error.to_string(),
+                    Ok(interfaces) => Ok(agent_reports_address(&interfaces, &wanted)),
+                    Err(error) => Ok(Check::Pending(error.to_string())),
                 },
-                Err(error) => {
-                    if decide(&error) == Decision::Fail
-                        && !matches!(error, PveError::Server { .. } | PveError::BadRequest { .. })
-                    {
-                        return Err(error).context(format!("guest agent of {}", vm.name));
-                    }
-                    last = error.to_string();
-                }
+                Err(error) if agent_error_is_final(&error) => Err(error),
+                Err(error) => Ok(Check::Pending(error.to_string())),
             }
-            if started.elapsed() > self.options.guest_timeout {
-                bail!(
-                    "{} (vmid {} on {}) did not report {} through the guest agent within {}s ({last}); check its console: `qm terminal {}` on {}",
-                    vm.name,
-                    vm.vmid,
-                    vm.node,
-                    wanted,
-                    self.options.guest_timeout.as_secs(),
-                    vm.vmid,
-                    vm.node
-                );
+        })
+        .await;
+        match waited {
+            Ok(()) => Ok(()),
+            Err(WaitError::Failed(error)) => {
+                Err(error).context(format!("guest agent of {}", vm.name))
             }
-            tokio::time::sleep(interval).await;
-            interval = (interval * 3 / 2).min(max_interval);
+            Err(WaitError::TimedOut { timeout, last, .. }) => bail!(
+                "{} (vmid {} on {}) did not report {} through the guest agent within {}s ({last}); check its console: `qm terminal {}` on {}",
+                vm.name,
+                vm.vmid,
+                vm.node,
+                wanted,
+                timeout.as_secs(),
+                vm.vmid,
+                vm.node
+            ),
         }
     }
 

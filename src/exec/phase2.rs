@@ -19,8 +19,8 @@ use async_trait::async_trait;
 use futures::stream::{self, StreamExt, TryStreamExt};
 
 use crate::k3s::cluster::{
-    ClusterNode, GET_NODES_COMMAND, JoinCandidate, NodeProbe, api_ready_command,
-    label_taint_commands, parse_api_ready, parse_nodes, parse_probe, plan_joins, probe_script,
+    ClusterNode, GET_NODES_COMMAND, JoinCandidate, NodeProbe, label_taint_commands, parse_nodes,
+    parse_probe, plan_joins, probe_script,
 };
 use crate::k3s::config::{
     JoinMode, NodeSettings, render_config, render_unit, server_url, unit_name,
@@ -42,6 +42,9 @@ use crate::nodeprep::{
 use crate::profile::Profile;
 use crate::profile::model::{NodeGroup, Role};
 use crate::ssh::{RemoteExec, SshError};
+
+mod waits;
+use waits::{wait_for_api, wait_until};
 
 /// A guest VM phase 2 works on.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -162,6 +165,9 @@ struct Prepared {
 }
 
 /// Converge the cluster described by `profile` on `nodes`.
+// Longer than 120 lines on purpose: it reads as the phase-2 order from top to bottom, and the
+// server and agent phases share a dozen locals (nodes, connections, preparations, the join
+// plan) that a further split would pass around as long argument lists.
 pub async fn run(
     profile: &Profile,
     nodes: &[GuestNode],
@@ -192,39 +198,12 @@ pub async fn run(
         bail!("phase 2 needs at least one server node");
     }
 
-    let token = K3sToken::load_or_create(&opts.secrets_dir)
-        .context("cannot read or create the cluster token")?;
-    let binary = match &opts.binary {
-        Some(artifact) => artifact.clone(),
-        None => fetch_binary(&BinarySource::from_profile(profile)?, &opts.cache_dir)
-            .await
-            .context("cannot obtain the k3s binary")?,
-    };
-    let binary_bytes = std::fs::read(&binary.path)
-        .with_context(|| format!("cannot read {}", binary.path.display()))?;
-    if crate::nodeprep::sha256_hex(&binary_bytes) != binary.sha256 {
-        bail!("{} changed since it was verified", binary.path.display());
-    }
-    let images = match images_artifact(profile)? {
-        Some(artifact) => {
-            let name = artifact
-                .path
-                .file_name()
-                .map(|n| n.to_string_lossy().into_owned())
-                .ok_or_else(|| anyhow!("air-gap images path has no file name"))?;
-            let bytes = std::fs::read(&artifact.path)
-                .with_context(|| format!("cannot read {}", artifact.path.display()))?;
-            Some((images_path(&name), bytes))
-        }
-        None => None,
-    };
-    // NVIDIA's apt key (host mode): read here, pushed to the GPU nodes as a file.
-    let nvidia_repo_key = match &profile.nvidia.repo_key {
-        Some(path) => Some(
-            std::fs::read(path).with_context(|| format!("cannot read nvidia.repo_key {path}"))?,
-        ),
-        None => None,
-    };
+    let Inputs {
+        token,
+        binary_bytes,
+        images,
+        nvidia_repo_key,
+    } = load_inputs(profile, opts).await?;
     let parallelism = opts.parallelism.max(1);
 
     // Connect.
@@ -380,6 +359,75 @@ pub async fn run(
     }
 
     // Labels and taints changed after registration go through the API.
+    update_labels_and_taints(bootstrap_exec, nodes, &groups, &prepared, &mut report).await?;
+
+    // Kubeconfig.
+    let api_address = profile.cluster.api_vip.unwrap_or(nodes[servers[0]].address);
+    write_kubeconfig(profile, bootstrap_exec, api_address, opts, &mut report).await?;
+    Ok(report)
+}
+
+/// What every node receives, read and checked once before any node is touched.
+struct Inputs {
+    token: K3sToken,
+    binary_bytes: Vec<u8>,
+    /// Air-gap images: remote path and bytes.
+    images: Option<(String, Vec<u8>)>,
+    nvidia_repo_key: Option<Vec<u8>>,
+}
+
+/// The cluster token, the verified k3s binary, the air-gap images and NVIDIA's apt key.
+async fn load_inputs(profile: &Profile, opts: &Phase2Options) -> anyhow::Result<Inputs> {
+    let token = K3sToken::load_or_create(&opts.secrets_dir)
+        .context("cannot read or create the cluster token")?;
+    let binary = match &opts.binary {
+        Some(artifact) => artifact.clone(),
+        None => fetch_binary(&BinarySource::from_profile(profile)?, &opts.cache_dir)
+            .await
+            .context("cannot obtain the k3s binary")?,
+    };
+    let binary_bytes = std::fs::read(&binary.path)
+        .with_context(|| format!("cannot read {}", binary.path.display()))?;
+    if crate::nodeprep::sha256_hex(&binary_bytes) != binary.sha256 {
+        bail!("{} changed since it was verified", binary.path.display());
+    }
+    let images = match images_artifact(profile)? {
+        Some(artifact) => {
+            let name = artifact
+                .path
+                .file_name()
+                .map(|n| n.to_string_lossy().into_owned())
+                .ok_or_else(|| anyhow!("air-gap images path has no file name"))?;
+            let bytes = std::fs::read(&artifact.path)
+                .with_context(|| format!("cannot read {}", artifact.path.display()))?;
+            Some((images_path(&name), bytes))
+        }
+        None => None,
+    };
+    // NVIDIA's apt key (host mode): read here, pushed to the GPU nodes as a file.
+    let nvidia_repo_key = match &profile.nvidia.repo_key {
+        Some(path) => Some(
+            std::fs::read(path).with_context(|| format!("cannot read nvidia.repo_key {path}"))?,
+        ),
+        None => None,
+    };
+    Ok(Inputs {
+        token,
+        binary_bytes,
+        images,
+        nvidia_repo_key,
+    })
+}
+
+/// Labels and taints changed after registration, applied through the API on the bootstrap
+/// server; every command run is recorded in the report.
+async fn update_labels_and_taints(
+    bootstrap_exec: &dyn RemoteExec,
+    nodes: &[GuestNode],
+    groups: &BTreeMap<&str, &NodeGroup>,
+    prepared: &[Prepared],
+    report: &mut Phase2Report,
+) -> anyhow::Result<()> {
     let cluster_nodes = get_nodes(bootstrap_exec).await?;
     for (index, node) in nodes.iter().enumerate() {
         let Some(current) = cluster_nodes.iter().find(|n| n.name == node.name) else {
@@ -395,9 +443,17 @@ pub async fn run(
             report.api_commands.push(command);
         }
     }
+    Ok(())
+}
 
-    // Kubeconfig.
-    let api_address = profile.cluster.api_vip.unwrap_or(nodes[servers[0]].address);
+/// The bootstrap server's kubeconfig, pointed at `api_address`, written to the workspace.
+async fn write_kubeconfig(
+    profile: &Profile,
+    bootstrap_exec: &dyn RemoteExec,
+    api_address: IpAddr,
+    opts: &Phase2Options,
+    report: &mut Phase2Report,
+) -> anyhow::Result<()> {
     let k3s_yaml = bootstrap_exec
         .read_file(KUBECONFIG_PATH)
         .await
@@ -410,7 +466,7 @@ pub async fn run(
     report.kubeconfig = opts.workspace.join("kubeconfig");
     report.kubeconfig_changed =
         crate::files::write_private_if_changed(&report.kubeconfig, kubeconfig.as_bytes())?;
-    Ok(report)
+    Ok(())
 }
 
 /// What joining nodes need from the bootstrap server, fetched once: the CA hash for the secure token,
@@ -459,48 +515,6 @@ impl JoinContext {
             self.vip_answers = true;
         }
         Ok(token.secure_form(&ca_hash))
-    }
-}
-
-/// Poll [`api_ready_command`] on the bootstrap server until the API answers at `vip` (kube-vip, deployed
-/// from the bootstrap server's manifests, holds it once the server runs), bounded by `ready_timeout`.
-async fn wait_for_api(
-    bootstrap: &dyn RemoteExec,
-    vip: IpAddr,
-    opts: &Phase2Options,
-) -> anyhow::Result<()> {
-    let command = api_ready_command(vip);
-    let deadline = tokio::time::Instant::now() + opts.ready_timeout;
-    loop {
-        let last = match bootstrap.run(&command, None).await {
-            Ok(output) => {
-                let stdout = String::from_utf8_lossy(&output.stdout);
-                if parse_api_ready(output.exit_status, &stdout) {
-                    return Ok(());
-                }
-                let stderr = String::from_utf8_lossy(&output.stderr);
-                format!(
-                    "exit {}: {}",
-                    output.exit_status,
-                    if stderr.trim().is_empty() {
-                        stdout.trim().to_owned()
-                    } else {
-                        stderr.trim().to_owned()
-                    }
-                )
-            }
-            Err(error) => format!("{error:#}"),
-        };
-        if tokio::time::Instant::now() >= deadline {
-            bail!(
-                "timed out after {}s waiting for the API VIP {vip} to answer (asked {}; last: {last}); \
-                 kube-vip serves it from {}: check `k3s kubectl -n kube-system get pods -l app.kubernetes.io/name=kube-vip-ds` there",
-                opts.ready_timeout.as_secs(),
-                bootstrap.host(),
-                bootstrap.host()
-            );
-        }
-        tokio::time::sleep(opts.poll_interval).await;
     }
 }
 
@@ -699,63 +713,4 @@ async fn run_checked(exec: &dyn RemoteExec, command: &str) -> anyhow::Result<Str
 async fn get_nodes(bootstrap: &dyn RemoteExec) -> anyhow::Result<Vec<ClusterNode>> {
     let stdout = run_checked(bootstrap, GET_NODES_COMMAND).await?;
     Ok(parse_nodes(&stdout)?)
-}
-
-/// Poll the node list on the bootstrap server until every node in `names` is Ready (and, for servers,
-/// an etcd member), bounded by `ready_timeout`; the error names the node and the missing condition.
-async fn wait_until(
-    bootstrap: &dyn RemoteExec,
-    names: &[&str],
-    etcd_member: bool,
-    opts: &Phase2Options,
-) -> anyhow::Result<()> {
-    let condition = if etcd_member {
-        "Ready and an etcd member"
-    } else {
-        "Ready"
-    };
-    let deadline = tokio::time::Instant::now() + opts.ready_timeout;
-    loop {
-        let (missing, last_seen) = match get_nodes(bootstrap).await {
-            Ok(cluster) => {
-                let mut missing = Vec::new();
-                let mut seen = Vec::new();
-                for name in names {
-                    match cluster.iter().find(|n| n.name == *name) {
-                        Some(n) if n.ready && (!etcd_member || n.etcd_member) => {}
-                        Some(n) => {
-                            missing.push(*name);
-                            seen.push(format!(
-                                "{name}: {}{}",
-                                if n.ready { "Ready" } else { "NotReady" },
-                                if etcd_member && !n.etcd_member {
-                                    ", not an etcd member"
-                                } else {
-                                    ""
-                                }
-                            ));
-                        }
-                        None => {
-                            missing.push(*name);
-                            seen.push(format!("{name}: not registered"));
-                        }
-                    }
-                }
-                (missing, seen.join("; "))
-            }
-            Err(error) => (names.to_vec(), format!("API not answering: {error:#}")),
-        };
-        if missing.is_empty() {
-            return Ok(());
-        }
-        if tokio::time::Instant::now() >= deadline {
-            bail!(
-                "timed out after {}s waiting for {} to be {condition} (asked {}; last seen: {last_seen})",
-                opts.ready_timeout.as_secs(),
-                missing.join(", "),
-                bootstrap.host()
-            );
-        }
-        tokio::time::sleep(opts.poll_interval).await;
-    }
 }

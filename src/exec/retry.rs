@@ -1,7 +1,5 @@
 //! Retry decided by the error: every [`PveError`] variant is matched by name.
 
-use std::time::Duration;
-
 use crate::pve::PveError;
 
 /// What to do after a step failed.
@@ -64,16 +62,6 @@ pub fn decide(error: &PveError) -> Decision {
     }
 }
 
-/// Exponential backoff: `base · 2^(attempt-1)`, capped at 10 s, with ±25 % jitter.
-pub fn backoff(base: Duration, attempt: u32) -> Duration {
-    let exponent = attempt.saturating_sub(1).min(8);
-    let delay = base
-        .saturating_mul(1 << exponent)
-        .min(Duration::from_secs(10));
-    let jitter = rand::random_range(0.75..1.25);
-    delay.mul_f64(jitter)
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -105,12 +93,5 @@ mod tests {
             message: "no".into(),
         };
         assert_eq!(decide(&forbidden), Decision::Fail);
-    }
-
-    #[test]
-    fn backoff_grows_and_is_capped() {
-        let base = Duration::from_millis(100);
-        assert!(backoff(base, 1) <= Duration::from_millis(125));
-        assert!(backoff(base, 20) <= Duration::from_millis(12_500));
     }
 }

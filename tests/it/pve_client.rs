@@ -18,7 +18,7 @@ use axum::response::{IntoResponse, Response};
 use provision::pve::types::{PciMapping, UploadContent};
 use provision::pve::{
     Auth, ClientConfig, NodeName, PveApi, PveClient, PveError, RetryPolicy, Secret, TlsMode, Upid,
-    VmId, WaitOptions, fingerprint_of, wait_for_task,
+    VmId, WaitOptions, fingerprint_of, wait_for_task, wait_for_task_on,
 };
 use serde_json::{Value, json};
 
@@ -383,6 +383,7 @@ async fn handle(
                 "qmclone" => {
                     "clone failed: can't lock file '/var/lock/qemu-server/lock-9000.conf' - got timeout"
                 }
+                "qmwarn" => "WARNINGS: 2",
                 _ => "OK",
             };
             let mut status = json!({
@@ -868,6 +869,7 @@ fn fast_wait() -> WaitOptions {
         timeout: Duration::from_secs(5),
         initial_interval: Duration::from_millis(5),
         max_interval: Duration::from_millis(20),
+        growth: 2.0,
         poll_scale: 1.0,
         log_lines: 20,
     }
@@ -881,6 +883,22 @@ async fn wait_for_task_polls_until_ok() {
     let status = wait_for_task(&client, &upid, &fast_wait()).await.unwrap();
     assert_eq!(status.exitstatus.as_deref(), Some("OK"));
     assert_eq!(server.shared.task_polls.lock().unwrap()[&upid.0], 3);
+}
+
+#[tokio::test]
+async fn task_with_warnings_succeeds_and_every_poll_is_observed() {
+    let server = TestServer::start().await;
+    let client = server.client(token_auth());
+    let upid = Upid("UPID:pve1:0000123a:0000567e:66000007:qmwarn:120:root@pam:".to_owned());
+    let polls = std::sync::atomic::AtomicU32::new(0);
+    let status = wait_for_task_on(&client, &node(), &upid, &fast_wait(), &|status| {
+        assert_eq!(status.upid, upid.0);
+        polls.fetch_add(1, Ordering::SeqCst);
+    })
+    .await
+    .unwrap();
+    assert_eq!(status.exitstatus.as_deref(), Some("WARNINGS: 2"));
+    assert_eq!(polls.load(Ordering::SeqCst), 3);
 }
 
 #[tokio::test]
@@ -1016,6 +1034,7 @@ mod simulator {
             timeout: Duration::from_secs(30),
             initial_interval: Duration::from_millis(10),
             max_interval: Duration::from_millis(100),
+            growth: 2.0,
             poll_scale: 1.0,
             log_lines: 20,
         }

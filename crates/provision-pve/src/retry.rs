@@ -1,5 +1,5 @@
-//! Retry with jittered exponential backoff (decided by [`PveError::retryable`]) and the
-//! per-Proxmox-node request limits.
+//! Retry with jittered exponential backoff (decided by [`PveError::retryable`]), the one
+//! detector of Proxmox's lock timeout, and the per-Proxmox-node request limits.
 
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
@@ -40,6 +40,16 @@ impl RetryPolicy {
         }
     }
 
+    /// Delays from `base` doubling up to 10 s (the pause between attempts of a whole step;
+    /// the caller counts the attempts).
+    pub fn doubling(base: Duration) -> Self {
+        RetryPolicy {
+            base_delay: base,
+            max_delay: Duration::from_secs(10),
+            max_attempts: u32::MAX,
+        }
+    }
+
     /// The upper bound of the delay after failed attempt `attempt` (1-based), before jitter.
     pub fn ceiling(&self, attempt: u32) -> Duration {
         let factor = 2u32.saturating_pow(attempt.saturating_sub(1).min(20));
@@ -64,6 +74,30 @@ impl RetryPolicy {
     pub fn should_retry(&self, error: &PveError, idempotent: bool, attempt: u32) -> bool {
         attempt < self.max_attempts && error.retryable(idempotent)
     }
+}
+
+/// Whether a message is Proxmox's lock timeout (`PVE::Tools::lock_file_full`:
+/// `can't lock file '/var/lock/qemu-server/lock-100.conf' - got timeout`), as an HTTP error
+/// message, a task's exit status or a task log line.
+pub fn is_lock_timeout(message: &str) -> bool {
+    message.contains("can't lock file") && message.contains("got timeout")
+}
+
+/// The lock file a lock-timeout message names.
+pub fn lock_file_of(message: &str) -> Option<&str> {
+    let start = message.find("can't lock file '")? + "can't lock file '".len();
+    let rest = &message[start..];
+    Some(&rest[..rest.find('\'')?])
+}
+
+/// The first of `messages` that is a lock timeout, with the lock file it names (if any).
+pub fn find_lock_timeout<'a>(
+    messages: impl IntoIterator<Item = &'a str>,
+) -> Option<(&'a str, Option<&'a str>)> {
+    messages
+        .into_iter()
+        .find(|message| is_lock_timeout(message))
+        .map(|message| (message, lock_file_of(message)))
 }
 
 /// Whether an HTTP method can be repeated after an unknown outcome without changing the result.
@@ -183,6 +217,23 @@ mod tests {
         assert!(!policy.should_retry(&unknown, method_is_idempotent("POST"), 1));
         assert!(policy.should_retry(&unknown, method_is_idempotent("GET"), 1));
         assert!(policy.should_retry(&unknown, method_is_idempotent("PUT"), 1));
+    }
+
+    #[test]
+    fn lock_timeouts_are_recognised_with_their_file() {
+        let message =
+            "clone failed: can't lock file '/var/lock/qemu-server/lock-9000.conf' - got timeout";
+        assert!(is_lock_timeout(message));
+        assert!(!is_lock_timeout("can't lock file '/x' - permission denied"));
+        assert_eq!(
+            find_lock_timeout(["TASK OK", message]),
+            Some((message, Some("/var/lock/qemu-server/lock-9000.conf")))
+        );
+        assert_eq!(
+            find_lock_timeout(["can't lock file - got timeout"]),
+            Some(("can't lock file - got timeout", None))
+        );
+        assert_eq!(find_lock_timeout(["TASK ERROR: no space left"]), None);
     }
 
     #[test]

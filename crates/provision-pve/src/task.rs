@@ -5,16 +5,19 @@ use std::time::Duration;
 
 use super::api::PveApi;
 use super::error::PveError;
+use super::retry::find_lock_timeout;
 use super::types::{NodeName, TaskStatus, Upid};
+use super::wait::{Check, PollInterval, WaitError, await_condition};
 
 /// How [`wait_for_task`] polls.
 #[derive(Debug, Clone, PartialEq)]
 pub struct WaitOptions {
     /// Give up (with [`PveError::Timeout`]) after this long.
     pub timeout: Duration,
-    /// First poll interval; doubles after each poll up to `max_interval`.
+    /// First poll interval; multiplied by `growth` after each poll up to `max_interval`.
     pub initial_interval: Duration,
     pub max_interval: Duration,
+    pub growth: f64,
     /// Multiplies the intervals (and the timeout): below 1 for a time-scaled simulator.
     pub poll_scale: f64,
     /// Lines of the task log kept on failure.
@@ -27,6 +30,7 @@ impl Default for WaitOptions {
             timeout: Duration::from_secs(15 * 60),
             initial_interval: Duration::from_millis(50),
             max_interval: Duration::from_secs(2),
+            growth: 2.0,
             poll_scale: 1.0,
             log_lines: 20,
         }
@@ -42,6 +46,15 @@ impl WaitOptions {
         }
     }
 
+    /// The poll intervals, scaled.
+    pub fn interval(&self) -> PollInterval {
+        PollInterval::growing(
+            self.scaled(self.initial_interval),
+            self.scaled(self.max_interval),
+            self.growth,
+        )
+    }
+
     fn scaled(&self, duration: Duration) -> Duration {
         if self.poll_scale.is_finite() && self.poll_scale > 0.0 {
             duration.mul_f64(self.poll_scale)
@@ -53,9 +66,11 @@ impl WaitOptions {
 
 /// Polls `GET /nodes/{node}/tasks/{upid}/status` until the task stops.
 ///
-/// Ok when its exit status is `OK`; [`PveError::TaskFailed`] with the exit status and the
-/// last lines of the task log otherwise ([`PveError::LockTimeout`] when the task could not
-/// take its lock); [`PveError::Timeout`] naming the task when it runs too long.
+/// Ok when its exit status is `OK` or `WARNINGS: n` (Proxmox's own test,
+/// `PVE::Tools::upid_status_is_error`); [`PveError::TaskFailed`] with the exit status and the
+/// last lines of the task log otherwise ([`PveError::LockTimeout`] when the exit status or the
+/// log says the task could not take its lock); [`PveError::Timeout`] naming the task when it
+/// runs too long. Dropping the future stops the polling (the task itself runs on).
 pub async fn wait_for_task(
     api: &dyn PveApi,
     upid: &Upid,
@@ -70,25 +85,52 @@ pub async fn wait_for_task(
             })?
             .to_owned(),
     );
-    let timeout = opts.scaled(opts.timeout);
-    let started = tokio::time::Instant::now();
-    let mut interval = opts.scaled(opts.initial_interval);
-    let max_interval = opts.scaled(opts.max_interval);
-    loop {
-        let status = api.task_status(&node, upid).await?;
-        if status.status == "stopped" {
-            return finished(api, &node, upid, status, opts.log_lines).await;
-        }
-        let elapsed = started.elapsed();
-        if elapsed >= timeout {
-            return Err(PveError::Timeout {
-                what: describe(upid, &status),
-                seconds: timeout.as_secs(),
-            });
-        }
-        tokio::time::sleep(interval.min(timeout - elapsed)).await;
-        interval = (interval * 2).min(max_interval);
+    wait_for_task_on(api, &node, upid, opts, &|_| {}).await
+}
+
+/// [`wait_for_task`] on an explicit node, calling `observe` with every status polled (for
+/// progress events).
+pub async fn wait_for_task_on(
+    api: &dyn PveApi,
+    node: &NodeName,
+    upid: &Upid,
+    opts: &WaitOptions,
+    observe: &(dyn Fn(&TaskStatus) + Sync),
+) -> Result<TaskStatus, PveError> {
+    let what = format!("task {upid}");
+    let stopped = await_condition(
+        &what,
+        opts.scaled(opts.timeout),
+        opts.interval(),
+        || async {
+            let status = api.task_status(node, upid).await?;
+            observe(&status);
+            Ok(task_finished(status))
+        },
+    )
+    .await;
+    match stopped {
+        Ok(status) => finished(api, node, upid, status, opts.log_lines).await,
+        Err(WaitError::Failed(error)) => Err(error),
+        Err(WaitError::TimedOut { timeout, last, .. }) => Err(PveError::Timeout {
+            what: describe(upid, &last),
+            seconds: timeout.as_secs(),
+        }),
     }
+}
+
+/// Condition: the task has stopped (whatever its exit status).
+pub fn task_finished(status: TaskStatus) -> Check<TaskStatus, TaskStatus> {
+    if status.status == "stopped" {
+        Check::Met(status)
+    } else {
+        Check::Pending(status)
+    }
+}
+
+/// Whether a stopped task's exit status means success.
+pub fn exit_status_is_ok(exitstatus: &str) -> bool {
+    exitstatus == "OK" || exitstatus.starts_with("WARNINGS")
 }
 
 async fn finished(
@@ -99,19 +141,19 @@ async fn finished(
     log_lines: u32,
 ) -> Result<TaskStatus, PveError> {
     let exitstatus = status.exitstatus.clone().unwrap_or_default();
-    if exitstatus == "OK" {
+    if exit_status_is_ok(&exitstatus) {
         return Ok(status);
     }
     let log_tail = match api.task_log(node, upid, log_lines).await {
         Ok(lines) => lines,
         Err(error) => vec![format!("(task log unavailable: {error})")],
     };
-    let lock_message = std::iter::once(exitstatus.as_str())
-        .chain(log_tail.iter().map(String::as_str))
-        .find(|line| line.contains("can't lock file") && line.contains("got timeout"));
-    if let Some(message) = lock_message {
+    let lock = find_lock_timeout(
+        std::iter::once(exitstatus.as_str()).chain(log_tail.iter().map(String::as_str)),
+    );
+    if let Some((message, file)) = lock {
         return Err(PveError::LockTimeout {
-            path: lock_file(message).unwrap_or(&upid.0).to_owned(),
+            path: file.unwrap_or(&upid.0).to_owned(),
             message: format!("{} ({})", message.trim(), describe(upid, &status)),
         });
     }
@@ -124,12 +166,6 @@ async fn finished(
         },
         log_tail,
     })
-}
-
-fn lock_file(message: &str) -> Option<&str> {
-    let start = message.find("can't lock file '")? + "can't lock file '".len();
-    let rest = &message[start..];
-    Some(&rest[..rest.find('\'')?])
 }
 
 /// `task qmclone 9000 (UPID:…)` for messages.
