@@ -333,7 +333,16 @@ pub fn plan_for(
             BTreeMap::new()
         },
     };
-    let mut plan = match plan::plan(profile, inventory, state, &context) {
+    let converge = |context: &PlanContext| {
+        let input = plan::PlanInput {
+            profile,
+            inventory,
+            state,
+            context,
+        };
+        plan::plan(&input, plan::Intent::Converge)
+    };
+    let mut plan = match converge(&context) {
         Ok(plan) => plan,
         Err(error) => bail!(crate::commands::UserError::new(error.to_string(), None)),
     };
@@ -342,7 +351,7 @@ pub fn plan_for(
         let stored = seeds.iso_files(&wanted, true)?;
         if stored != context.iso_files {
             context.iso_files = stored;
-            plan = match plan::plan(profile, inventory, state, &context) {
+            plan = match converge(&context) {
                 Ok(plan) => plan,
                 Err(error) => bail!(crate::commands::UserError::new(error.to_string(), None)),
             };

@@ -1,9 +1,12 @@
-//! Pure planning: (profile, inventory, state) → [`Plan`]. No IO, deterministic.
+//! Pure planning: (profile, inventory, state) and an [`Intent`] → [`Plan`]. No IO, deterministic.
 //!
-//! Every decision is made here (VMIDs, Proxmox node, GPUs, host cores, hugepages, the exact
+//! [`plan`] is the one entry: every command states its intent and gets the actions `exec` carries
+//! out. Every decision is made here (VMIDs, Proxmox node, GPUs, host cores, hugepages, the exact
 //! Proxmox parameters) so that executing a plan leaves no choices. `provision plan` prints it.
 
+mod down;
 mod gpu;
+mod intent;
 mod numa;
 mod params;
 pub mod privileges;
@@ -22,6 +25,7 @@ use crate::pve::types::PciMapping;
 use crate::state::{State, VmPhase};
 
 pub use gpu::{Rejection, candidates as gpu_candidates, is_nvidia_gpu, matches_filter};
+pub use intent::{Intent, PlanInput};
 pub use numa::{format_cpulist, parse_cpulist};
 pub use params::{disk_size_gib, disk_storage, hostpci_targets, params_hash, same_value};
 pub use render::{render_json, render_text};
@@ -172,6 +176,13 @@ impl ActionKind {
     }
 }
 
+impl Action {
+    /// Whether the action removes a VM first (destroy, or the destroy half of a replace).
+    pub fn removes_vm(&self) -> bool {
+        matches!(self.action, ActionKind::Destroy | ActionKind::Replace)
+    }
+}
+
 /// A disk to grow after create (`PUT …/resize`).
 #[derive(Debug, Clone, PartialEq, Eq, Serialize)]
 pub struct Resize {
@@ -258,18 +269,39 @@ pub struct PlannedVm {
     pub resize: Vec<Resize>,
     pub image: ImageSource,
     pub iso: Option<IsoUpload>,
+    /// The download (node, storage) whose image this VM's create imports, if one is planned.
+    #[serde(skip)]
+    pub image_download: Option<(String, String)>,
     /// Already exists on Proxmox and is kept (possibly updated).
     pub exists: bool,
     /// Exists, kept, and nothing to do except maybe recording it in the state.
     pub converged: bool,
 }
 
+/// A VM the state records that is no longer this cluster's on Proxmox (gone, renamed or
+/// untagged): dropped from the state, only its seed ISO deleted ([`Intent::Down`]).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct Forget {
+    pub vm: String,
+    pub vmid: u32,
+    /// The node the state recorded (where its seed ISO was uploaded).
+    pub node: String,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub iso: Option<String>,
+}
+
 /// The whole plan.
 #[derive(Debug, Clone, PartialEq, Serialize)]
 pub struct Plan {
+    /// What the plan was made for.
+    #[serde(skip)]
+    pub intent: Intent,
     pub cluster: String,
     pub vms: Vec<PlannedVm>,
     pub actions: Vec<Action>,
+    /// State records to drop without touching their VM ([`Intent::Down`]).
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub forget: Vec<Forget>,
     pub downloads: Vec<ImageDownload>,
     /// PCI resource mappings to create before the VMs.
     pub mappings: Vec<PciMapping>,
@@ -590,13 +622,22 @@ struct Pinning {
     numa_node: u32,
 }
 
-/// Plan `profile` against what `inventory` shows and `state` remembers.
-pub fn plan(
-    profile: &Profile,
-    inventory: &Inventory,
-    state: &State,
-    context: &PlanContext,
-) -> Result<Plan, PlanError> {
+/// Plan `intent` against what the input's inventory shows and its state remembers.
+pub fn plan(input: &PlanInput<'_>, intent: Intent) -> Result<Plan, PlanError> {
+    match intent {
+        Intent::Converge => converge(input),
+        Intent::Down => Ok(down::plan_down(input)),
+    }
+}
+
+/// The [`Intent::Converge`] plan: make Proxmox match the profile.
+fn converge(input: &PlanInput<'_>) -> Result<Plan, PlanError> {
+    let PlanInput {
+        profile,
+        inventory,
+        state,
+        context,
+    } = *input;
     let cluster = &profile.cluster.name;
     let tag = cluster_tag(cluster);
     let wanted = expand(profile)?;
@@ -839,10 +880,12 @@ pub fn plan(
             )?,
         };
 
-        // Image per node.
+        // Image per node, and the download (if any) this VM's create waits for.
+        let mut image_key = None;
         let vm_image = match &image {
             ImageSource::Import { volid } => {
                 if let Some(download) = image_download(profile, &node, volid, inventory) {
+                    image_key = Some((download.node.clone(), download.storage.clone()));
                     downloads
                         .entry((download.node.clone(), download.storage.clone()))
                         .or_insert(download);
@@ -919,6 +962,7 @@ pub fn plan(
             resize: resize.clone(),
             image: vm_image,
             iso,
+            image_download: image_key,
             exists: false,
             converged: false,
         };
@@ -1026,21 +1070,29 @@ pub fn plan(
         .pool
         .clone()
         .filter(|pool| !inventory.pools.contains(pool));
-    // A download is needed only when some VM is created or replaced on that node.
-    let creating_nodes: BTreeSet<&str> = actions
+    // A download is needed only when a VM that is created or replaced imports from it.
+    let creating: BTreeSet<&str> = actions
         .iter()
         .filter(|a| matches!(a.action, ActionKind::Create | ActionKind::Replace))
-        .map(|a| a.node.as_str())
+        .map(|a| a.vm.as_str())
+        .collect();
+    let needed: BTreeSet<&(String, String)> = vms
+        .iter()
+        .filter(|vm| creating.contains(vm.name.as_str()))
+        .filter_map(|vm| vm.image_download.as_ref())
         .collect();
     let downloads = downloads
-        .into_values()
-        .filter(|d| creating_nodes.contains(d.node.as_str()))
+        .into_iter()
+        .filter(|(key, _)| needed.contains(key))
+        .map(|(_, download)| download)
         .collect();
     check_root_only_keys(&actions, &inventory.auth)?;
     Ok(Plan {
+        intent: Intent::Converge,
         cluster: cluster.clone(),
         vms,
         actions,
+        forget: Vec::new(),
         downloads,
         mappings: mappings_to_create,
         pool,

@@ -4,7 +4,7 @@ use std::fmt::Write as _;
 
 use serde_json::json;
 
-use super::{ActionKind, Plan};
+use super::{ActionKind, Intent, Plan};
 
 /// The diff, one block per action, and the summary line.
 pub fn render_text(plan: &Plan) -> String {
@@ -78,6 +78,13 @@ pub fn render_text(plan: &Plan) -> String {
             ActionKind::Destroy => {}
         }
     }
+    for forget in &plan.forget {
+        let _ = writeln!(
+            out,
+            "  forget {} (vmid {} is gone from Proxmox or no longer this cluster's; dropped from the state)",
+            forget.vm, forget.vmid
+        );
+    }
     let _ = writeln!(
         out,
         "Plan: {} to create, {} to update, {} to replace, {} to destroy.",
@@ -87,14 +94,26 @@ pub fn render_text(plan: &Plan) -> String {
         plan.count(ActionKind::Destroy)
     );
     if plan.is_noop() {
-        let _ = writeln!(out, "No changes: the cluster matches the profile.");
+        match plan.intent {
+            Intent::Converge => {
+                let _ = writeln!(out, "No changes: the cluster matches the profile.");
+            }
+            Intent::Down => {
+                let _ = writeln!(
+                    out,
+                    "No changes: no VM of cluster {} is on Proxmox.",
+                    plan.cluster
+                );
+            }
+        }
     }
     out
 }
 
-/// `{"actions":[{"action","vm","node","vmid","params"}…], …}`.
+/// `{"actions":[{"action","vm","node","vmid","params"}…], …}`, plus `"forget"` when a down
+/// plan drops records without touching their VM.
 pub fn render_json(plan: &Plan) -> serde_json::Value {
-    json!({
+    let mut rendered = json!({
         "cluster": plan.cluster,
         "actions": plan.actions,
         "downloads": plan.downloads,
@@ -108,5 +127,12 @@ pub fn render_json(plan: &Plan) -> serde_json::Value {
             "replace": plan.count(ActionKind::Replace),
             "destroy": plan.count(ActionKind::Destroy),
         },
-    })
+    });
+    // Only a down plan forgets; converge plans keep their shape.
+    if !plan.forget.is_empty()
+        && let Some(object) = rendered.as_object_mut()
+    {
+        object.insert("forget".to_owned(), json!(plan.forget));
+    }
+    rendered
 }

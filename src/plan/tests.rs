@@ -131,6 +131,24 @@ fn inventory(auth: AuthKind) -> Inventory {
     }
 }
 
+/// The converge plan of one input.
+fn plan(
+    profile: &Profile,
+    inventory: &Inventory,
+    state: &State,
+    context: &PlanContext,
+) -> Result<Plan, PlanError> {
+    super::plan(
+        &PlanInput {
+            profile,
+            inventory,
+            state,
+            context,
+        },
+        Intent::Converge,
+    )
+}
+
 fn context() -> PlanContext {
     PlanContext {
         workspace: "lab-ws".into(),
@@ -183,7 +201,7 @@ fn fresh_plan_creates_every_vm_with_exact_params() {
     assert_eq!(plan.downloads.len(), 1);
     assert_eq!(plan.downloads[0].params["checksum-algorithm"], "sha256");
     // Deterministic.
-    let again = super::plan(
+    let again = self::plan(
         &profile(),
         &inventory(AuthKind::RootTicket),
         &State::default(),
@@ -318,7 +336,7 @@ fn existing_gpu_in_use_is_never_assigned_twice() {
     let plan = plan(&profile, &inventory, &State::default(), &context()).unwrap();
     assert_eq!(plan.vm("lab-gpu-1").unwrap().gpus, vec!["0000:81:00"]);
     profile.node_groups[1].count = 2;
-    assert!(super::plan(&profile, &inventory, &State::default(), &context()).is_err());
+    assert!(self::plan(&profile, &inventory, &State::default(), &context()).is_err());
 }
 
 /// Pretend the plan was applied: VMs exist with the planned config, state says ready.
