@@ -2,7 +2,9 @@
 #![allow(clippy::unwrap_used)]
 
 use super::*;
-use crate::inventory::{AuthKind, NodeInventory};
+use crate::inventory::{AuthKind, ExistingVm, Inventory, NodeInventory};
+use crate::profile::model::Profile;
+use crate::state::{State, VmPhase};
 use crate::pve::types::{PciDevice, StorageStatus};
 
 const PROFILE: &str = r#"
