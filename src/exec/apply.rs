@@ -28,14 +28,7 @@ pub async fn apply(
     options: ExecOptions,
 ) -> anyhow::Result<(ApplyReport, StateStore)> {
     let started = Instant::now();
-    let runner = Arc::new(Runner::new(
-        api,
-        plan,
-        store,
-        Some(seeds),
-        events,
-        options,
-    ));
+    let runner = Arc::new(Runner::new(api, plan, store, Some(seeds), events, options));
     {
         let mut store = runner.store.lock().await;
         store.update(|state| {
@@ -44,7 +37,7 @@ pub async fn apply(
             }
         })?;
     }
-    let worked: Vec<String> = plan.actions.iter().map(|a| a.vm.clone()).collect();
+    let worked: Vec<String> = plan.actions.iter().map(|a| a.vm().to_owned()).collect();
     runner.events.event(ExecEvent::Started { vms: worked });
 
     // Converged VMs found on Proxmox but not in the state are recorded (no API call).
@@ -55,10 +48,11 @@ pub async fn apply(
     let mut durations = BTreeMap::new();
     let mut destroyed = Vec::new();
     for finished in done {
-        if finished.action.action == ActionKind::Destroy {
-            destroyed.push(finished.action.vm.clone());
+        let name = finished.action.vm().to_owned();
+        if finished.action.kind() == ActionKind::Destroy {
+            destroyed.push(name.clone());
         }
-        durations.insert(finished.action.vm, finished.elapsed.as_secs_f64());
+        durations.insert(name, finished.elapsed.as_secs_f64());
     }
     let vms = plan
         .vms
@@ -212,33 +206,50 @@ impl Runner {
         Ok(())
     }
 
-    pub(super) async fn run_action(&self, action: &Action, planned: Option<&PlannedVm>) -> anyhow::Result<()> {
-        match (action.action, planned) {
-            (ActionKind::Destroy, _) => {
-                self.destroy(&action.vm, &action.node, action.vmid).await?;
-                self.mark_gone(&action.vm);
+    pub(super) async fn run_action(
+        &self,
+        action: &Action,
+        planned: Option<&PlannedVm>,
+    ) -> anyhow::Result<()> {
+        match (action, planned) {
+            (Action::Destroy { target }, _) => {
+                self.destroy(&target.name, &target.node, target.vmid)
+                    .await?;
+                self.mark_gone(&target.name);
                 Ok(())
             }
-            (ActionKind::Create, Some(vm)) => self.create_chain(vm, &action.after).await,
-            (ActionKind::Replace, Some(vm)) => {
+            (Action::Create { after, .. }, Some(vm)) => self.create_chain(vm, after).await,
+            (Action::Replace { target, after, .. }, Some(vm)) => {
                 // The old VM may live on another node than the new placement.
                 let old_node = self
-                    .locate(action.vmid)
+                    .locate(target.vmid)
                     .await?
                     .unwrap_or_else(|| vm.node.clone());
-                self.destroy_vm_only(&vm.name, &old_node, action.vmid)
+                self.destroy_vm_only(&vm.name, &old_node, target.vmid)
                     .await?;
                 self.mark_gone(&vm.name);
                 self.boundary()?;
-                self.create_chain(vm, &action.after).await
+                self.create_chain(vm, after).await
             }
-            (ActionKind::Update, Some(vm)) => self.update_chain(action, vm).await,
-            (ActionKind::Create | ActionKind::Replace | ActionKind::Update, None) => {
-                bail!("internal: no planned VM for {}", action.vm)
+            (
+                Action::Update {
+                    changes,
+                    delete,
+                    restart,
+                    ..
+                },
+                Some(vm),
+            ) => self.update_chain(vm, changes, delete, *restart).await,
+            (Action::Create { .. } | Action::Replace { .. } | Action::Update { .. }, None) => {
+                bail!("internal: no planned VM for {}", action.vm())
             }
         }
     }
-    pub(super) async fn create_chain(&self, vm: &PlannedVm, after: &[String]) -> anyhow::Result<()> {
+    pub(super) async fn create_chain(
+        &self,
+        vm: &PlannedVm,
+        after: &[String],
+    ) -> anyhow::Result<()> {
         self.ensure_image(vm).await?;
         self.boundary()?;
         self.ensure_iso(vm).await?;
@@ -304,7 +315,15 @@ impl Runner {
         })?;
         Ok(())
     }
-    pub(super) async fn update_chain(&self, action: &Action, vm: &PlannedVm) -> anyhow::Result<()> {
+    /// Apply the changed keys and deletions (each re-checked against the live config),
+    /// restart when the plan says so, then finish the VM like a created one.
+    pub(super) async fn update_chain(
+        &self,
+        vm: &PlannedVm,
+        wanted: &Params,
+        delete: &[String],
+        restart: bool,
+    ) -> anyhow::Result<()> {
         {
             let mut store = self.store.lock().await;
             store.update(|state| {
@@ -316,18 +335,17 @@ impl Runner {
         }
         let node = NodeName(vm.node.clone());
         let vmid = VmId(vm.vmid);
-        if !action.params.is_empty() || !action.delete.is_empty() {
+        if !wanted.is_empty() || !delete.is_empty() {
             self.step(&vm.name, "update");
             self.retrying(&vm.name, "update", || async {
                 let live = self.api.vm_config(&node, vmid).await?;
                 let mut changes = Params::new();
-                for (key, value) in &action.params {
+                for (key, value) in wanted {
                     if !crate::plan::same_value(key, live.get(key).map(String::as_str), value) {
                         changes.insert(key.clone(), value.clone());
                     }
                 }
-                let delete: Vec<&String> = action
-                    .delete
+                let delete: Vec<&String> = delete
                     .iter()
                     .filter(|key| live.contains_key(*key))
                     .collect();
@@ -351,7 +369,7 @@ impl Runner {
             .await?;
             self.boundary()?;
         }
-        if action.restart {
+        if restart {
             self.step(&vm.name, "restart");
             self.retrying(&vm.name, "restart", || async {
                 let status = self.api.vm_status(&node, vmid).await?;
@@ -370,4 +388,5 @@ impl Runner {
             self.boundary()?;
         }
         self.finish_chain(vm).await
-    }}
+    }
+}

@@ -83,13 +83,13 @@ pub async fn destroy(
             }
         })?;
     }
-    let worked: Vec<String> = plan.actions.iter().map(|a| a.vm.clone()).collect();
+    let worked: Vec<String> = plan.actions.iter().map(|a| a.vm().to_owned()).collect();
     runner.events.event(ExecEvent::Started { vms: worked });
     let destroyed = runner
         .run_actions(plan)
         .await?
         .into_iter()
-        .map(|done| done.action.vm)
+        .map(|done| done.action.vm().to_owned())
         .collect();
     let mut mutating = runner.mutating.load(Ordering::SeqCst);
     let runner =
@@ -152,7 +152,12 @@ impl Runner {
     }
 
     /// Hard stop (bounded) and purge; only a VM that still carries this cluster's tag.
-    pub(super) async fn destroy_vm_only(&self, name: &str, node: &str, vmid: u32) -> anyhow::Result<()> {
+    pub(super) async fn destroy_vm_only(
+        &self,
+        name: &str,
+        node: &str,
+        vmid: u32,
+    ) -> anyhow::Result<()> {
         self.step(name, "destroy");
         let tag = cluster_tag(&self.cluster);
         self.retrying(name, "destroy", || async {
@@ -187,4 +192,5 @@ impl Runner {
             Ok(())
         })
         .await
-    }}
+    }
+}

@@ -113,4 +113,3 @@ pub struct ApplyReport {
 #[derive(Debug, thiserror::Error)]
 #[error("injected failure at step boundary {0}")]
 pub struct InjectedCrash(pub usize);
-

@@ -58,7 +58,7 @@ impl Runner {
             .vms
             .iter()
             .map(|vm| vm.node.clone())
-            .chain(plan.actions.iter().map(|a| a.node.clone()))
+            .chain(plan.actions.iter().map(|a| a.node().to_owned()))
             .map(|node| (node, Arc::new(Semaphore::new(options.per_node.max(1)))))
             .collect();
         let images = plan
@@ -88,7 +88,7 @@ impl Runner {
                 .actions
                 .iter()
                 .filter(|a| a.removes_vm())
-                .map(|a| (a.vm.clone(), tokio::sync::watch::Sender::new(false)))
+                .map(|a| (a.vm().to_owned(), tokio::sync::watch::Sender::new(false)))
                 .collect(),
         }
     }
@@ -104,7 +104,7 @@ impl Runner {
         let mut tasks = tokio::task::JoinSet::new();
         for action in plan.actions.iter().cloned() {
             let runner = Arc::clone(self);
-            let planned = plan.vm(&action.vm).cloned();
+            let planned = plan.vm(action.vm()).cloned();
             tasks.spawn(async move {
                 let started = Instant::now();
                 let result = runner.run_action(&action, planned.as_ref()).await;
@@ -113,17 +113,18 @@ impl Runner {
         }
         let mut done = Vec::new();
         while let Some(joined) = tasks.join_next().await {
-            let outcome = joined
-                .context("a VM task panicked")
-                .and_then(|(action, result, elapsed)| {
-                    result
-                        .with_context(|| format!("{} {}", action.action.symbol(), action.vm))
-                        .map(|()| ActionDone { action, elapsed })
-                });
+            let outcome =
+                joined
+                    .context("a VM task panicked")
+                    .and_then(|(action, result, elapsed)| {
+                        result
+                            .with_context(|| format!("{} {}", action.kind().symbol(), action.vm()))
+                            .map(|()| ActionDone { action, elapsed })
+                    });
             match outcome {
                 Ok(action_done) => {
                     self.events.event(ExecEvent::VmDone {
-                        vm: action_done.action.vm.clone(),
+                        vm: action_done.action.vm().to_owned(),
                         elapsed: action_done.elapsed,
                     });
                     done.push(action_done);
@@ -196,7 +197,10 @@ impl Runner {
         }
     }
 
-    pub(super) async fn node_slot(&self, node: &str) -> anyhow::Result<tokio::sync::OwnedSemaphorePermit> {
+    pub(super) async fn node_slot(
+        &self,
+        node: &str,
+    ) -> anyhow::Result<tokio::sync::OwnedSemaphorePermit> {
         let semaphore = self
             .node_slots
             .get(node)
@@ -300,7 +304,8 @@ impl Runner {
                 .map_err(|_| anyhow!("{other} was not removed, so {vm} cannot take its place"))?;
         }
         Ok(())
-    }}
+    }
+}
 
 pub(super) fn record_for(vm: &PlannedVm, phase: VmPhase) -> VmRecord {
     VmRecord {

@@ -72,7 +72,12 @@ impl Runner {
         self.delete_iso(&vm.node, &iso.storage, &iso.volid).await
     }
 
-    pub(super) async fn delete_iso(&self, node: &str, storage: &str, volid: &str) -> anyhow::Result<()> {
+    pub(super) async fn delete_iso(
+        &self,
+        node: &str,
+        storage: &str,
+        volid: &str,
+    ) -> anyhow::Result<()> {
         let node_name = NodeName(node.to_owned());
         let present = self
             .api
@@ -94,4 +99,5 @@ impl Runner {
             Err(error) => return Err(error.into()),
         }
         Ok(())
-    }}
+    }
+}

@@ -176,4 +176,5 @@ impl Runner {
             tokio::time::sleep(interval).await;
             interval = (interval * 3 / 2).min(max_interval);
         }
-    }}
+    }
+}

@@ -14,7 +14,7 @@ use super::ledger::{Ledger, half_created};
 use super::vm::VmPass;
 use super::wanted::{Wanted, assign_macs, existing_vms, expand};
 use super::{
-    Action, ActionKind, ImageDownload, Intent, Plan, PlanError, PlanInput, PlannedVm,
+    Action, ActionKind, ImageDownload, Intent, Plan, PlanError, PlanInput, PlannedVm, VmRef,
     hostpci_targets,
 };
 
@@ -103,7 +103,11 @@ fn stray_warnings(
     let tag = cluster_tag(cluster);
     let mut warnings = Vec::new();
     for vm in input.inventory.cluster_vms(cluster) {
-        let known = input.state.vms.values().any(|record| record.vmid == vm.vmid);
+        let known = input
+            .state
+            .vms
+            .values()
+            .any(|record| record.vmid == vm.vmid);
         let adopted = existing_for.values().any(|e| e.vmid == vm.vmid);
         if !known && !adopted {
             warnings.push(format!(
@@ -188,17 +192,12 @@ fn scale_down(input: &PlanInput<'_>, wanted_names: &BTreeSet<&str>) -> Vec<Actio
                 .inventory
                 .vm(record.vmid)
                 .filter(|vm| vm.has_tag(&tag))?;
-            Some(Action {
-                action: ActionKind::Destroy,
-                vm: name.clone(),
-                node: vm.node.clone(),
-                vmid: vm.vmid,
-                params: Params::new(),
-                delete: Vec::new(),
-                resize: Vec::new(),
-                reason: None,
-                restart: false,
-                after: Vec::new(),
+            Some(Action::Destroy {
+                target: VmRef {
+                    name: name.clone(),
+                    node: vm.node.clone(),
+                    vmid: vm.vmid,
+                },
             })
         })
         .collect()
@@ -218,13 +217,14 @@ pub(super) fn order_after_leaving(
             .insert(name.as_str());
     }
     for action in actions {
-        if matches!(action.action, ActionKind::Create | ActionKind::Replace)
-            && placed.contains(&action.vm)
-            && let Some(names) = leaving_on.get(action.node.as_str())
+        let target = action.target().clone();
+        if placed.contains(&target.name)
+            && let Some(names) = leaving_on.get(target.node.as_str())
+            && let Some(after) = action.after_mut()
         {
-            action.after = names
+            *after = names
                 .iter()
-                .filter(|name| **name != action.vm)
+                .filter(|name| **name != target.name)
                 .map(|name| (*name).to_owned())
                 .collect();
         }
@@ -239,8 +239,8 @@ fn needed_downloads(
 ) -> Vec<ImageDownload> {
     let creating: BTreeSet<&str> = actions
         .iter()
-        .filter(|a| matches!(a.action, ActionKind::Create | ActionKind::Replace))
-        .map(|a| a.vm.as_str())
+        .filter(|a| matches!(a.kind(), ActionKind::Create | ActionKind::Replace))
+        .map(Action::vm)
         .collect();
     let needed: BTreeSet<&(String, String)> = vms
         .iter()

@@ -7,8 +7,8 @@ use crate::pve::Params;
 use crate::state::{State, VmPhase};
 
 use super::{
-    Action, ActionKind, PlanError, PlannedVm, Resize, disk_size_gib, disk_storage,
-    hostpci_targets, params, same_value,
+    Action, PlanError, PlannedVm, Resize, VmRef, disk_size_gib, disk_storage, hostpci_targets,
+    params, same_value,
 };
 
 /// Refuse, before anything changes, a plan whose requests carry keys only `root@pam` may set
@@ -21,8 +21,8 @@ pub(super) fn check_root_only_keys(actions: &[Action], auth: &AuthKind) -> Resul
     let offending: Vec<String> = actions
         .iter()
         .filter_map(|action| {
-            let keys = crate::pve::privileges::root_only_keys(&action.params);
-            (!keys.is_empty()).then(|| format!("{} ({})", action.vm, keys.join(", ")))
+            let keys = crate::pve::privileges::root_only_keys(action.params()?);
+            (!keys.is_empty()).then(|| format!("{} ({})", action.vm(), keys.join(", ")))
         })
         .collect();
     if offending.is_empty() {
@@ -144,16 +144,16 @@ pub(super) fn update_action(vm: &ExistingVm, planned: &PlannedVm, state: &State)
     } else {
         None
     };
-    Some(Action {
-        action: ActionKind::Update,
-        vm: planned.name.clone(),
-        node: planned.node.clone(),
-        vmid: planned.vmid,
-        params: changed,
+    Some(Action::Update {
+        target: VmRef {
+            name: planned.name.clone(),
+            node: planned.node.clone(),
+            vmid: planned.vmid,
+        },
+        changes: changed,
         delete,
         resize,
         reason,
         restart,
-        after: Vec::new(),
     })
 }

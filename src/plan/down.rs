@@ -5,8 +5,7 @@ use std::collections::BTreeSet;
 
 use crate::inventory::cluster_tag;
 
-use super::{Action, ActionKind, Forget, Intent, Plan, PlanInput};
-use crate::pve::Params;
+use super::{Action, Forget, Intent, Plan, PlanInput, VmRef};
 
 /// Destroy every VM the state records that Proxmox still shows with the cluster's tag and the
 /// recorded name (on the node it is on now); forget the others (gone, renamed or no longer
@@ -22,21 +21,16 @@ pub(super) fn plan_down(input: &PlanInput<'_>) -> Plan {
             .vm(record.vmid)
             .filter(|vm| vm.has_tag(&tag) && vm.name == record.name);
         match live {
-            Some(vm) => actions.push(Action {
-                action: ActionKind::Destroy,
-                vm: record.name.clone(),
-                node: if vm.node.is_empty() {
-                    record.node.clone()
-                } else {
-                    vm.node.clone()
+            Some(vm) => actions.push(Action::Destroy {
+                target: VmRef {
+                    name: record.name.clone(),
+                    node: if vm.node.is_empty() {
+                        record.node.clone()
+                    } else {
+                        vm.node.clone()
+                    },
+                    vmid: record.vmid,
                 },
-                vmid: record.vmid,
-                params: Params::new(),
-                delete: Vec::new(),
-                resize: Vec::new(),
-                reason: None,
-                restart: false,
-                after: Vec::new(),
             }),
             None => forget.push(Forget {
                 vm: record.name.clone(),

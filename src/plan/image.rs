@@ -7,7 +7,10 @@ use crate::pve::Params;
 
 use super::{ImageDownload, ImageSource, PlanError};
 
-pub(super) fn image_source(profile: &Profile, inventory: &Inventory) -> Result<ImageSource, PlanError> {
+pub(super) fn image_source(
+    profile: &Profile,
+    inventory: &Inventory,
+) -> Result<ImageSource, PlanError> {
     if let Some(template) = profile.image.template_vmid {
         let vm = inventory
             .vm(template)

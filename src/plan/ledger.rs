@@ -122,10 +122,11 @@ impl Ledger {
         for topology in &inventory.topology {
             let mut nodes = Vec::new();
             for numa_node in &topology.numa_nodes {
-                let cpus = parse_cpulist(&numa_node.cpus).ok_or_else(|| PlanError::BadTopology {
-                    node: topology.node.clone(),
-                    cpus: numa_node.cpus.clone(),
-                })?;
+                let cpus =
+                    parse_cpulist(&numa_node.cpus).ok_or_else(|| PlanError::BadTopology {
+                        node: topology.node.clone(),
+                        cpus: numa_node.cpus.clone(),
+                    })?;
                 nodes.push(NumaCapacity {
                     id: numa_node.id,
                     all_cpus: cpus.clone(),
@@ -163,7 +164,8 @@ impl Ledger {
         }
         // Kept GPUs stay with their VM.
         for want in wanted {
-            if let (Some(vm), Some(targets)) = (existing_for.get(&want.name), keep_gpus.get(&want.name))
+            if let (Some(vm), Some(targets)) =
+                (existing_for.get(&want.name), keep_gpus.get(&want.name))
             {
                 for target in targets {
                     for device in resolve_target(target, &vm.node, inventory) {
@@ -424,7 +426,11 @@ pub(super) fn resolve_target(target: &str, node: &str, inventory: &Inventory) ->
     }
 }
 
-pub(super) fn allocate_vmid(profile: &Profile, vm: &str, ledger: &mut Ledger) -> Result<u32, PlanError> {
+pub(super) fn allocate_vmid(
+    profile: &Profile,
+    vm: &str,
+    ledger: &mut Ledger,
+) -> Result<u32, PlanError> {
     let range = profile.proxmox.vmid_range;
     let vmid = (range.start..=range.end)
         .find(|id| !ledger.used_vmids.contains(id))

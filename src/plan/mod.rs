@@ -4,6 +4,7 @@
 //! out. Every decision is made here (VMIDs, Proxmox node, GPUs, host cores, hugepages, the exact
 //! Proxmox parameters) so that executing a plan leaves no choices. `provision plan` prints it.
 
+mod action;
 mod converge;
 mod diff;
 mod down;
@@ -29,13 +30,16 @@ use crate::profile::model::Role;
 use crate::pve::Params;
 use crate::pve::types::PciMapping;
 
+pub use action::{Action, ActionKind, Resize, VmRef};
 pub use gpu::{Rejection, candidates as gpu_candidates, is_nvidia_gpu, matches_filter};
 pub use image::image_file_name;
 pub use intent::{Intent, PlanInput};
 pub use numa::{format_cpulist, parse_cpulist};
 pub use params::{disk_size_gib, disk_storage, hostpci_targets, params_hash, same_value};
 pub use render::{render_json, render_text};
-pub use wanted::{MAC_FIRST_OCTET, WantedVm, derived_mac, live_mac, wanted_vms, wanted_vms_observed};
+pub use wanted::{
+    MAC_FIRST_OCTET, WantedVm, derived_mac, live_mac, wanted_vms, wanted_vms_observed,
+};
 
 /// A plan refused before anything is changed; every variant names what and says what to do.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
@@ -162,69 +166,6 @@ pub enum PlanError {
     RootOnlyKeys { auth: String, vms: String },
 }
 
-/// What the plan does to one VM.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Serialize)]
-#[serde(rename_all = "kebab-case")]
-pub enum ActionKind {
-    Create,
-    Update,
-    Replace,
-    Destroy,
-}
-
-impl ActionKind {
-    pub fn symbol(self) -> &'static str {
-        match self {
-            ActionKind::Create => "+",
-            ActionKind::Update => "~",
-            ActionKind::Replace => "-/+",
-            ActionKind::Destroy => "-",
-        }
-    }
-}
-
-impl Action {
-    /// Whether the action removes a VM first (destroy, or the destroy half of a replace).
-    pub fn removes_vm(&self) -> bool {
-        matches!(self.action, ActionKind::Destroy | ActionKind::Replace)
-    }
-}
-
-/// A disk to grow after create (`PUT …/resize`).
-#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
-pub struct Resize {
-    pub disk: String,
-    /// Proxmox size string (`64G`).
-    pub size: String,
-}
-
-/// One line of the diff.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
-pub struct Action {
-    pub action: ActionKind,
-    pub vm: String,
-    pub node: String,
-    pub vmid: u32,
-    /// Exactly what is sent: create parameters (`POST /nodes/{node}/qemu`) for create and
-    /// replace, the changed keys (`PUT …/config`) for update, nothing for destroy.
-    pub params: Params,
-    /// Keys removed from the config (update only).
-    #[serde(skip_serializing_if = "Vec::is_empty")]
-    pub delete: Vec<String>,
-    #[serde(skip_serializing_if = "Vec::is_empty")]
-    pub resize: Vec<Resize>,
-    /// Why (replace, repair, resume).
-    #[serde(skip_serializing_if = "Option::is_none")]
-    pub reason: Option<String>,
-    /// Whether the update needs a restart to take effect (non-metadata keys on a running VM).
-    #[serde(skip_serializing_if = "std::ops::Not::not")]
-    pub restart: bool,
-    /// VMs whose removal (destroy, or the destroy half of a replace) must finish before this
-    /// VM is created: it may get GPUs, host cores, hugepages or memory they release.
-    #[serde(skip_serializing_if = "Vec::is_empty")]
-    pub after: Vec<String>,
-}
-
 /// Where a VM's OS disk comes from.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize)]
 #[serde(rename_all = "kebab-case", tag = "kind")]
@@ -333,7 +274,7 @@ impl Plan {
     }
 
     pub fn count(&self, kind: ActionKind) -> usize {
-        self.actions.iter().filter(|a| a.action == kind).count()
+        self.actions.iter().filter(|a| a.kind() == kind).count()
     }
 
     pub fn vm(&self, name: &str) -> Option<&PlannedVm> {

@@ -4,7 +4,7 @@ use std::fmt::Write as _;
 
 use serde_json::json;
 
-use super::{ActionKind, Intent, Plan};
+use super::{Action, ActionKind, Intent, Plan};
 
 /// The diff, one block per action, and the summary line.
 pub fn render_text(plan: &Plan) -> String {
@@ -39,44 +39,7 @@ pub fn render_text(plan: &Plan) -> String {
         );
     }
     for action in &plan.actions {
-        let _ = write!(
-            out,
-            "{} {} (vmid {} on {})",
-            action.action.symbol(),
-            action.vm,
-            action.vmid,
-            action.node
-        );
-        if let Some(reason) = &action.reason {
-            let _ = write!(out, ": {reason}");
-        }
-        out.push('\n');
-        let indent = "      ";
-        match action.action {
-            ActionKind::Create | ActionKind::Replace => {
-                for (key, value) in &action.params {
-                    let _ = writeln!(out, "{indent}{key}: {value}");
-                }
-                for resize in &action.resize {
-                    let _ = writeln!(out, "{indent}resize {} → {}", resize.disk, resize.size);
-                }
-            }
-            ActionKind::Update => {
-                for (key, value) in &action.params {
-                    let _ = writeln!(out, "{indent}~ {key}: {value}");
-                }
-                for key in &action.delete {
-                    let _ = writeln!(out, "{indent}- {key}");
-                }
-                for resize in &action.resize {
-                    let _ = writeln!(out, "{indent}~ resize {} → {}", resize.disk, resize.size);
-                }
-                if action.restart {
-                    let _ = writeln!(out, "{indent}(restart to apply)");
-                }
-            }
-            ActionKind::Destroy => {}
-        }
+        render_action(&mut out, action);
     }
     for forget in &plan.forget {
         let _ = writeln!(
@@ -108,6 +71,54 @@ pub fn render_text(plan: &Plan) -> String {
         }
     }
     out
+}
+
+/// One action: its line, then what it sends.
+fn render_action(out: &mut String, action: &Action) {
+    let _ = write!(
+        out,
+        "{} {} (vmid {} on {})",
+        action.kind().symbol(),
+        action.vm(),
+        action.vmid(),
+        action.node()
+    );
+    if let Some(reason) = action.reason() {
+        let _ = write!(out, ": {reason}");
+    }
+    out.push('\n');
+    let indent = "      ";
+    match action {
+        Action::Create { params, resize, .. } | Action::Replace { params, resize, .. } => {
+            for (key, value) in params {
+                let _ = writeln!(out, "{indent}{key}: {value}");
+            }
+            for resize in resize {
+                let _ = writeln!(out, "{indent}resize {} → {}", resize.disk, resize.size);
+            }
+        }
+        Action::Update {
+            changes,
+            delete,
+            resize,
+            restart,
+            ..
+        } => {
+            for (key, value) in changes {
+                let _ = writeln!(out, "{indent}~ {key}: {value}");
+            }
+            for key in delete {
+                let _ = writeln!(out, "{indent}- {key}");
+            }
+            for resize in resize {
+                let _ = writeln!(out, "{indent}~ resize {} → {}", resize.disk, resize.size);
+            }
+            if *restart {
+                let _ = writeln!(out, "{indent}(restart to apply)");
+            }
+        }
+        Action::Destroy { .. } => {}
+    }
 }
 
 /// `{"actions":[{"action","vm","node","vmid","params"}…], …}`, plus `"forget"` when a down

@@ -4,8 +4,8 @@
 use super::*;
 use crate::inventory::{AuthKind, ExistingVm, Inventory, NodeInventory};
 use crate::profile::model::Profile;
-use crate::state::{State, VmPhase};
 use crate::pve::types::{PciDevice, StorageStatus};
+use crate::state::{State, VmPhase};
 
 const PROFILE: &str = r#"
 [cluster]
@@ -418,12 +418,15 @@ fn converged_cluster_plans_nothing_and_deltas_are_exact() {
     bigger.node_groups[0].memory_mib = 16384;
     let delta = plan(&bigger, &inventory, &state, &context()).unwrap();
     assert_eq!(delta.actions.len(), 1, "{}", render_text(&delta));
-    assert_eq!(delta.actions[0].action, ActionKind::Update);
+    assert_eq!(delta.actions[0].kind(), ActionKind::Update);
     assert_eq!(
-        delta.actions[0].params,
-        Params::from([("memory".into(), "16384".into())])
+        delta.actions[0].params().unwrap(),
+        &Params::from([("memory".into(), "16384".into())])
     );
-    assert!(delta.actions[0].restart);
+    assert!(matches!(
+        delta.actions[0],
+        Action::Update { restart: true, .. }
+    ));
 
     // GPU count change: replace exactly the GPU VMs.
     let mut no_gpus = profile.clone();
@@ -444,8 +447,8 @@ fn converged_cluster_plans_nothing_and_deltas_are_exact() {
     smaller.node_groups[1].count = 1;
     let delta = plan(&smaller, &inventory, &state, &context()).unwrap();
     assert_eq!(delta.actions.len(), 1, "{}", render_text(&delta));
-    assert_eq!(delta.actions[0].action, ActionKind::Destroy);
-    assert_eq!(delta.actions[0].vm, "lab-gpu-2");
+    assert_eq!(delta.actions[0].kind(), ActionKind::Destroy);
+    assert_eq!(delta.actions[0].vm(), "lab-gpu-2");
 }
 
 #[test]
@@ -538,9 +541,13 @@ fn intent_vmid_is_reused_and_half_created_vm_is_replaced() {
         config: Params::new(),
     });
     let replan = plan(&profile, &half, &state, &context()).unwrap();
-    let action = replan.actions.iter().find(|a| a.vm == "lab-cp-1").unwrap();
-    assert_eq!(action.action, ActionKind::Replace);
-    assert_eq!(action.vmid, 7150);
+    let action = replan
+        .actions
+        .iter()
+        .find(|a| a.vm() == "lab-cp-1")
+        .unwrap();
+    assert_eq!(action.kind(), ActionKind::Replace);
+    assert_eq!(action.vmid(), 7150);
 }
 
 #[test]

@@ -19,8 +19,8 @@ use super::placement::{pin_on_node, place};
 use super::vm_params::{gpu_params, vm_params};
 use super::wanted::Wanted;
 use super::{
-    Action, ActionKind, ImageDownload, ImageSource, IsoUpload, PlanError, PlanInput, PlannedVm,
-    Resize, hostpci_targets,
+    Action, ImageDownload, ImageSource, IsoUpload, PlanError, PlanInput, PlannedVm, Resize, VmRef,
+    hostpci_targets,
 };
 
 /// What the placement pass carries from one wanted VM to the next.
@@ -291,23 +291,22 @@ impl VmPass<'_, '_> {
         let PlanInput { profile, state, .. } = *self.input;
         let group = want.group;
         let record = state.vms.get(&want.name);
-        let whole = |kind: ActionKind, reason: Option<String>| Action {
-            action: kind,
-            vm: planned.name.clone(),
+        let target = VmRef {
+            name: planned.name.clone(),
             node: planned.node.clone(),
             vmid: planned.vmid,
-            params: planned.params.clone(),
-            delete: Vec::new(),
-            resize: planned.resize.clone(),
-            reason,
-            restart: false,
-            after: Vec::new(),
         };
         let Some(vm) = existing else {
             let reason = record
                 .filter(|r| r.phase == VmPhase::Intent)
                 .map(|_| "an earlier run recorded the intent but the VM does not exist".to_owned());
-            let action = whole(ActionKind::Create, reason);
+            let action = Action::Create {
+                target,
+                params: planned.params.clone(),
+                resize: planned.resize.clone(),
+                reason,
+                after: Vec::new(),
+            };
             return (planned, Some(action));
         };
         let replace_reason = if half {
@@ -322,7 +321,13 @@ impl VmPass<'_, '_> {
             layout_change(&vm.config, &planned.params, profile, group)
         };
         if let Some(reason) = replace_reason {
-            let action = whole(ActionKind::Replace, Some(reason));
+            let action = Action::Replace {
+                target,
+                params: planned.params.clone(),
+                resize: planned.resize.clone(),
+                reason,
+                after: Vec::new(),
+            };
             return (planned, Some(action));
         }
         planned.exists = true;

@@ -39,8 +39,8 @@ fn delta(plan: &provision::plan::Plan) -> Vec<(String, String)> {
         .iter()
         .map(|action| {
             (
-                format!("{:?}", action.action).to_lowercase(),
-                action.vm.clone(),
+                format!("{:?}", action.kind()).to_lowercase(),
+                action.vm().to_owned(),
             )
         })
         .collect()
@@ -102,10 +102,15 @@ async fn scale_memory_and_gpu_changes_plan_exactly_the_delta_and_apply_reaches_i
     );
     for action in &plan.actions {
         assert_eq!(
-            action.params.keys().map(String::as_str).collect::<Vec<_>>(),
+            action
+                .params()
+                .unwrap()
+                .keys()
+                .map(String::as_str)
+                .collect::<Vec<_>>(),
             vec!["memory"],
             "{}",
-            action.vm
+            action.vm()
         );
     }
     let before = workspace.log().len();
@@ -207,9 +212,13 @@ async fn scale_memory_and_gpu_changes_plan_exactly_the_delta_and_apply_reaches_i
         "a100-gpu-1 keeps its GPU"
     );
     assert_eq!(assigned.iter().filter(|d| on_node0(d)).count(), 4);
-    let replace = plan.actions.iter().find(|a| a.vm == "a100-gpu-1").unwrap();
+    let replace = plan
+        .actions
+        .iter()
+        .find(|a| a.vm() == "a100-gpu-1")
+        .unwrap();
     assert_eq!(
-        replace.after,
+        replace.after(),
         vec!["a100-gpu-2", "a100-gpu-3", "a100-gpu-4"]
     );
     let report = workspace.up(&profile, sim::exec_options()).await.unwrap();
@@ -342,7 +351,10 @@ async fn plan_destroy_lists_exactly_what_down_does() {
     destroyed.sort();
     assert_eq!(
         destroyed,
-        planned.iter().map(|(vm, _, _)| vm.clone()).collect::<Vec<_>>()
+        planned
+            .iter()
+            .map(|(vm, _, _)| vm.clone())
+            .collect::<Vec<_>>()
     );
     assert_eq!(report.forgotten, ["ci-gone"]);
     let mut deleted: Vec<(String, u64)> = workspace

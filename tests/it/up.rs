@@ -251,7 +251,11 @@ fn the_binary_keeps_the_simulated_proxmox_across_runs() {
     assert_eq!(code, 0, "{stderr}");
     let json: serde_json::Value = serde_json::from_str(&stdout).unwrap();
     assert_eq!(json["summary"]["destroy"], 2, "{stdout}");
-    let text: Vec<&str> = [&["plan", "--profile", "ci-nested", "--destroy"][..], &sim[..]].concat();
+    let text: Vec<&str> = [
+        &["plan", "--profile", "ci-nested", "--destroy"][..],
+        &sim[..],
+    ]
+    .concat();
     let (code, stdout, stderr) = provision(&workspace, &home, &text);
     assert_eq!(code, 0, "{stderr}");
     assert!(
