@@ -9,7 +9,7 @@ use crate::state::{State, VmPhase};
 
 use super::converge::Leaving;
 use super::wanted::Wanted;
-use super::{PlanError, PlanInput, parse_cpulist};
+use super::{PlanError, PlanInput, parse_cpulist, propstrings};
 
 /// NUMA capacity left on one host NUMA node.
 #[derive(Debug, Clone)]
@@ -207,10 +207,7 @@ pub(super) fn charge_existing_hugepages(vm: &ExistingVm, ledger: &mut Ledger) {
     let Ok(memory) = memory.parse::<u64>() else {
         return;
     };
-    let host_node = numa0
-        .split(',')
-        .find_map(|part| part.strip_prefix("hostnodes="))
-        .and_then(|n| n.parse::<u32>().ok());
+    let host_node = propstrings::numa_host_node(numa0);
     if let (Some(host_node), Some(numa)) = (host_node, ledger.numa.get_mut(&vm.node))
         && let Some(capacity) = numa.iter_mut().find(|c| c.id == host_node)
     {
@@ -398,13 +395,7 @@ pub(super) fn existing_pinning(vm: &ExistingVm, group: &NodeGroup) -> Option<Pin
     if cpus.len() as u64 != vcpu_count(group) {
         return None;
     }
-    let numa_node = vm
-        .config
-        .get("numa0")?
-        .split(',')
-        .find_map(|part| part.strip_prefix("hostnodes="))?
-        .parse()
-        .ok()?;
+    let numa_node = propstrings::numa_host_node(vm.config.get("numa0")?)?;
     Some(Pinning {
         affinity: affinity.clone(),
         numa_node,

@@ -16,6 +16,7 @@ mod numa;
 mod params;
 mod placement;
 pub mod privileges;
+mod propstrings;
 mod render;
 mod vm;
 mod vm_params;

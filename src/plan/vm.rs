@@ -16,6 +16,7 @@ use super::ledger::{
     regrow_hugepages, resolve_target,
 };
 use super::placement::{pin_on_node, place};
+use super::propstrings;
 use super::vm_params::{gpu_params, vm_params};
 use super::wanted::Wanted;
 use super::{
@@ -73,7 +74,10 @@ impl VmPass<'_, '_> {
             .or_default() += 1;
         self.check_storages(&placement.node)?;
         let hostpci = match kept_gpus.filter(|_| !half && existing.is_some()) {
-            Some(targets) => targets.iter().map(|t| format!("{t},pcie=1")).collect(),
+            Some(targets) => targets
+                .iter()
+                .map(|target| propstrings::hostpci_for_target(target))
+                .collect(),
             None => gpu_params(
                 profile,
                 group,

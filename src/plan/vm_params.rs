@@ -8,7 +8,7 @@ use crate::pve::types::PciMapping;
 
 use super::ledger::{Pinning, vcpu_count};
 use super::wanted::Wanted;
-use super::{ImageSource, IsoUpload, PlanContext, PlanError, is_nvidia_gpu, params};
+use super::{ImageSource, IsoUpload, PlanContext, PlanError, is_nvidia_gpu, params, propstrings};
 
 /// `hostpciN` values for freshly allocated devices (raw ids or mappings), planning mapping
 /// creation when the credentials need and may.
@@ -26,13 +26,13 @@ pub(super) fn gpu_params(
     if let Some(mapping) = &gpus.mapping {
         return Ok(devices
             .iter()
-            .map(|_| format!("mapping={mapping},pcie=1"))
+            .map(|_| propstrings::hostpci_mapping(mapping))
             .collect());
     }
     let mut values = Vec::new();
     for device in devices {
         if inventory.auth.may_use_raw_pci() {
-            values.push(format!("{device},pcie=1"));
+            values.push(propstrings::hostpci_device(device));
             continue;
         }
         // An existing mapping whose only path on this node is this device.
@@ -44,7 +44,7 @@ pub(super) fn gpu_params(
             paths.len() == 1 && paths[0].1 == *device
         });
         if let Some(mapping) = existing {
-            values.push(format!("mapping={},pcie=1", mapping.id));
+            values.push(propstrings::hostpci_mapping(&mapping.id));
             continue;
         }
         if !inventory.auth.may_create_mappings() {
@@ -84,7 +84,7 @@ pub(super) fn gpu_params(
                 map: vec![entry],
             });
         }
-        values.push(format!("mapping={id},pcie=1"));
+        values.push(propstrings::hostpci_mapping(&id));
     }
     Ok(values)
 }
@@ -117,19 +117,12 @@ pub(super) fn vm_params(
             set("bios", "ovmf".into());
             set(
                 "efidisk0",
-                format!(
-                    "{}:1,efitype=4m,pre-enrolled-keys=0",
-                    storage.efi.as_deref().unwrap_or(&storage.disks)
-                ),
+                propstrings::efi_disk(storage.efi.as_deref().unwrap_or(&storage.disks)),
             );
         }
         Bios::Seabios => set("bios", "seabios".into()),
     }
-    let mut cpu = group.cpu_type.clone();
-    if !group.cpu_flags.is_empty() {
-        cpu.push_str(&format!(",flags={}", group.cpu_flags.join(";")));
-    }
-    set("cpu", cpu);
+    set("cpu", propstrings::cpu(&group.cpu_type, &group.cpu_flags));
     set("cores", group.cores.to_string());
     set("sockets", group.sockets.to_string());
     set("memory", group.memory_mib.to_string());
@@ -138,36 +131,32 @@ pub(super) fn vm_params(
     match image {
         ImageSource::Import { volid } => set(
             "scsi0",
-            format!(
-                "{}:0,import-from={volid},iothread=1,discard=on,ssd=1",
-                storage.disks
-            ),
+            propstrings::scsi_disk(format!("{}:0", storage.disks), Some(volid)),
         ),
         ImageSource::Clone { .. } => {}
     }
     if let Some(scratch) = group.disks.scratch_gb {
+        let scratch_storage = group
+            .disks
+            .scratch_storage
+            .as_deref()
+            .unwrap_or(&storage.disks);
         set(
             "scsi1",
-            format!(
-                "{}:{scratch},iothread=1,discard=on,ssd=1",
-                group
-                    .disks
-                    .scratch_storage
-                    .as_deref()
-                    .unwrap_or(&storage.disks)
-            ),
+            propstrings::scsi_disk(format!("{scratch_storage}:{scratch}"), None),
         );
     }
     set("boot", "order=scsi0".into());
     // The MAC is the model key's value (`virtio=02:…`, qemu-server's `net[n]` format).
-    let mut net = format!("virtio={mac},bridge={}", profile.network.bridge);
-    if let Some(vlan) = profile.network.vlan {
-        net.push_str(&format!(",tag={vlan}"));
-    }
-    if let Some(mtu) = profile.network.mtu {
-        net.push_str(&format!(",mtu={mtu}"));
-    }
-    set("net0", net);
+    set(
+        "net0",
+        propstrings::net_virtio(
+            mac,
+            &profile.network.bridge,
+            profile.network.vlan,
+            profile.network.mtu,
+        ),
+    );
     set("agent", "enabled=1".into());
     set("serial0", "socket".into());
     set("vga", "serial0".into());
@@ -212,12 +201,7 @@ pub(super) fn vm_params(
         set("affinity", pinning.affinity.clone());
         set(
             "numa0",
-            format!(
-                "cpus=0-{},hostnodes={},memory={},policy=bind",
-                vcpu_count(group).saturating_sub(1),
-                pinning.numa_node,
-                group.memory_mib
-            ),
+            propstrings::numa_binding(vcpu_count(group), pinning.numa_node, group.memory_mib),
         );
     }
     match (profile.proxmox.cloud_init, iso) {
@@ -230,13 +214,12 @@ pub(super) fn vm_params(
             if let Some(key) = &context.ssh_public_key {
                 set("sshkeys", params::encode_ssh_keys(key.trim_end()));
             }
-            set(
-                "ipconfig0",
-                format!(
-                    "ip={}/{prefix_len},gw={}",
-                    want.address, profile.network.gateway
-                ),
-            );
+            // Validation keeps addresses inside the network's CIDR, so the prefix fits.
+            if let Some(ipconfig) =
+                propstrings::ip_config(want.address, prefix_len, profile.network.gateway)
+            {
+                set("ipconfig0", ipconfig);
+            }
             if !profile.network.dns.is_empty() {
                 set(
                     "nameserver",

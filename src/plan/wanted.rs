@@ -121,15 +121,7 @@ pub fn derived_mac(cluster: &str, vm: &str, attempt: u32) -> String {
 
 /// The MAC in a live `net0` (`virtio=BC:24:11:…,bridge=…` or `macaddr=…`), upper-case.
 pub fn live_mac(net0: &str) -> Option<String> {
-    net0.split(',').find_map(|part| {
-        let (key, value) = part.split_once('=')?;
-        let is_mac = value.len() == 17
-            && value
-                .split(':')
-                .all(|octet| octet.len() == 2 && octet.bytes().all(|b| b.is_ascii_hexdigit()));
-        (matches!(key, "virtio" | "e1000" | "vmxnet3" | "rtl8139" | "macaddr") && is_mac)
-            .then(|| value.to_ascii_uppercase())
-    })
+    super::propstrings::net_mac(net0)
 }
 
 /// Every wanted VM's `net0` MAC. A VM that exists keeps the MAC its live config has (changing it would
