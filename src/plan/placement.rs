@@ -55,37 +55,11 @@ pub(super) fn place(
     let mut first_gpu_error: Option<Box<PlanError>> = None;
     let mut first_capacity_error: Option<PlanError> = None;
     for (_, node) in order {
-        let Some(node_inventory) = inventory.node(node).filter(|n| n.online) else {
-            reasons.push(format!("{node}: offline"));
-            continue;
-        };
-        let vcpus = vcpu_count(group);
-        if node_inventory.cpus > 0 && vcpus > node_inventory.cpus {
-            reasons.push(format!(
-                "{node}: {} logical CPUs, {vcpus} vCPUs wanted",
-                node_inventory.cpus
-            ));
+        if let Some(reason) = cpu_or_memory_short(want, node, inventory, ledger) {
+            reasons.push(format!("{node}: {reason}"));
             continue;
         }
-        // Memory (hugepage-backed memory is accounted in the NUMA ledger instead); what
-        // leaving VMs release counts, creates there wait for them.
         let memory = mib_to_bytes(group.memory_mib);
-        let promised = ledger.new_memory.get(node.as_str()).copied().unwrap_or(0);
-        let released = ledger
-            .released_memory
-            .get(node.as_str())
-            .copied()
-            .unwrap_or(0);
-        if group.hugepages.is_none()
-            && promised.saturating_add(memory) > node_inventory.memory_free.saturating_add(released)
-        {
-            reasons.push(format!(
-                "{node}: {} MiB memory free, {} MiB already planned",
-                node_inventory.memory_free / 1024 / 1024,
-                promised / 1024 / 1024
-            ));
-            continue;
-        }
         let devices = if wants_gpus > 0 {
             match pick_gpus(want, node, inventory, ledger) {
                 Ok(devices) => devices,
@@ -139,6 +113,41 @@ pub(super) fn place(
         group: group.name.clone(),
         details: reasons.join("; "),
     })
+}
+
+/// Why `node` cannot take `want` for its vCPUs or memory (offline, too few logical CPUs, not
+/// enough memory), if it cannot. Hugepage-backed memory is accounted in the NUMA ledger
+/// instead; what leaving VMs release counts, creates there wait for them.
+fn cpu_or_memory_short(
+    want: &Wanted<'_>,
+    node: &str,
+    inventory: &Inventory,
+    ledger: &Ledger,
+) -> Option<String> {
+    let group = want.group;
+    let Some(node_inventory) = inventory.node(node).filter(|n| n.online) else {
+        return Some("offline".to_owned());
+    };
+    let vcpus = vcpu_count(group);
+    if node_inventory.cpus > 0 && vcpus > node_inventory.cpus {
+        return Some(format!(
+            "{} logical CPUs, {vcpus} vCPUs wanted",
+            node_inventory.cpus
+        ));
+    }
+    let memory = mib_to_bytes(group.memory_mib);
+    let promised = ledger.new_memory.get(node).copied().unwrap_or(0);
+    let released = ledger.released_memory.get(node).copied().unwrap_or(0);
+    if group.hugepages.is_none()
+        && promised.saturating_add(memory) > node_inventory.memory_free.saturating_add(released)
+    {
+        return Some(format!(
+            "{} MiB memory free, {} MiB already planned",
+            node_inventory.memory_free / 1024 / 1024,
+            promised / 1024 / 1024
+        ));
+    }
+    None
 }
 
 /// Free GPUs for `want` on `node`, or why not (and an error worth showing when nothing fits).

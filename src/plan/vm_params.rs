@@ -204,6 +204,24 @@ pub(super) fn vm_params(
             propstrings::numa_binding(vcpu_count(group), pinning.numa_node, group.memory_mib),
         );
     }
+    cloud_init_params(&mut p, profile, context, want, iso, prefix_len);
+    p
+}
+
+/// The cloud-init part: the NoCloud seed ISO as a CD-ROM, or Proxmox's own cloud-init drive
+/// with user, key, address and DNS.
+fn cloud_init_params(
+    p: &mut Params,
+    profile: &Profile,
+    context: &PlanContext,
+    want: &Wanted<'_>,
+    iso: Option<&IsoUpload>,
+    prefix_len: u8,
+) {
+    let storage = &profile.proxmox.storage;
+    let mut set = |key: &str, value: String| {
+        p.insert(key.to_owned(), value);
+    };
     match (profile.proxmox.cloud_init, iso) {
         (CloudInitMode::NocloudIso, Some(iso)) => {
             set("ide2", format!("{},media=cdrom", iso.volid));
@@ -237,5 +255,4 @@ pub(super) fn vm_params(
             }
         }
     }
-    p
 }
