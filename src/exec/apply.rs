@@ -10,8 +10,8 @@ use std::time::Instant;
 use anyhow::{anyhow, bail};
 
 use crate::plan::{Action, ActionKind, ImageDownload, Plan, PlannedVm, params_hash};
+use crate::pve::Params;
 use crate::pve::types::PciMapping;
-use crate::pve::{NodeName, Params, VmId};
 use crate::state::{StateStore, VmPhase, VolumeRecord};
 
 use super::retry::is_already_exists;
@@ -59,8 +59,8 @@ pub async fn apply(
         .iter()
         .map(|vm| ProvisionedVm {
             name: vm.name.clone(),
-            vmid: vm.vmid,
-            node: vm.node.clone(),
+            vmid: vm.vmid.0,
+            node: vm.node.0.clone(),
             address: vm.address,
             role: vm.role,
             group: vm.group.clone(),
@@ -89,7 +89,7 @@ impl Runner {
                     .vms
                     .entry(vm.name.clone())
                     .or_insert_with(|| record_for(vm, VmPhase::Ready));
-                if record.phase != VmPhase::Ready || record.vmid != vm.vmid {
+                if record.phase != VmPhase::Ready || record.vmid != vm.vmid.0 {
                     *record = record_for(vm, VmPhase::Ready);
                 }
             }
@@ -167,12 +167,12 @@ impl Runner {
             self.events.event(ExecEvent::Global {
                 what: format!("download {} on {}", download.volid, download.node),
             });
-            self.retrying(&download.node, "image", || self.download(download))
+            self.retrying(&download.node.0, "image", || self.download(download))
                 .await?;
             let mut store = self.store.lock().await;
             store.update(|state| {
                 let record = VolumeRecord {
-                    node: download.node.clone(),
+                    node: download.node.0.clone(),
                     volid: download.volid.clone(),
                 };
                 if !state.images.contains(&record) {
@@ -186,7 +186,7 @@ impl Runner {
     }
 
     pub(super) async fn download(&self, download: &ImageDownload) -> anyhow::Result<()> {
-        let node = NodeName(download.node.clone());
+        let node = download.node.clone();
         let present = self
             .api
             .storage_content(&node, &download.storage, Some("import"))
@@ -202,7 +202,7 @@ impl Runner {
             .api
             .download_url(&node, &download.storage, &download.params)
             .await?;
-        self.wait_task(&download.node, &upid).await?;
+        self.wait_task(&download.node.0, &upid).await?;
         Ok(())
     }
 
@@ -263,10 +263,10 @@ impl Runner {
                     .vms
                     .entry(vm.name.clone())
                     .or_insert_with(|| record_for(vm, VmPhase::Intent));
-                if record.vmid != vm.vmid || record.phase == VmPhase::Ready {
+                if record.vmid != vm.vmid.0 || record.phase == VmPhase::Ready {
                     *record = record_for(vm, VmPhase::Intent);
                 }
-                record.node = vm.node.clone();
+                record.node = vm.node.0.clone();
                 record.params_hash = params_hash(&vm.params);
                 record.iso = vm.iso.as_ref().map(|iso| iso.volid.clone());
             })?;
@@ -311,7 +311,7 @@ impl Runner {
             record.phase = VmPhase::Ready;
             record.address = Some(vm.address.to_string());
             record.gpus = vm.gpus.clone();
-            record.node = vm.node.clone();
+            record.node = vm.node.0.clone();
         })?;
         Ok(())
     }
@@ -333,8 +333,8 @@ impl Runner {
                     .or_insert_with(|| record_for(vm, VmPhase::Created));
             })?;
         }
-        let node = NodeName(vm.node.clone());
-        let vmid = VmId(vm.vmid);
+        let node = vm.node.clone();
+        let vmid = vm.vmid;
         if !wanted.is_empty() || !delete.is_empty() {
             self.step(&vm.name, "update");
             self.retrying(&vm.name, "update", || async {
@@ -381,7 +381,7 @@ impl Runner {
                     .api
                     .vm_shutdown(&node, vmid, self.options.stop_timeout_secs)
                     .await?;
-                self.wait_task(&vm.node, &upid).await?;
+                self.wait_task(&vm.node.0, &upid).await?;
                 Ok(())
             })
             .await?;

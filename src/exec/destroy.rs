@@ -98,7 +98,7 @@ pub async fn destroy(
     // Seeds of VMs that are gone (or not ours any more) are still ours to remove.
     for forget in &plan.forget {
         if let Some(volid) = &forget.iso {
-            let node = NodeName(forget.node.clone());
+            let node = forget.node.clone();
             let volume = VolumeId(volid.clone());
             if api
                 .storage_content(&node, volume.storage(), Some("iso"))
@@ -131,7 +131,12 @@ pub async fn destroy(
 }
 
 impl Runner {
-    pub(super) async fn destroy(&self, name: &str, node: &str, vmid: u32) -> anyhow::Result<()> {
+    pub(super) async fn destroy(
+        &self,
+        name: &str,
+        node: &NodeName,
+        vmid: VmId,
+    ) -> anyhow::Result<()> {
         self.destroy_vm_only(name, node, vmid).await?;
         let iso = {
             let store = self.store.lock().await;
@@ -155,8 +160,8 @@ impl Runner {
     pub(super) async fn destroy_vm_only(
         &self,
         name: &str,
-        node: &str,
-        vmid: u32,
+        node: &NodeName,
+        vmid: VmId,
     ) -> anyhow::Result<()> {
         self.step(name, "destroy");
         let tag = cluster_tag(&self.cluster);
@@ -166,7 +171,7 @@ impl Runner {
                 .cluster_resources(Some("vm"))
                 .await?
                 .into_iter()
-                .find(|r| r.vmid == Some(vmid))
+                .find(|r| r.vmid == Some(vmid.0))
             else {
                 return Ok(());
             };
@@ -176,18 +181,18 @@ impl Runner {
                     resource.node.unwrap_or_default()
                 );
             }
-            let node = NodeName(resource.node.clone().unwrap_or_else(|| node.to_owned()));
-            let _slot = self.node_slot(&node.0).await?;
+            let node = resource.node.clone().map_or_else(|| node.clone(), NodeName);
+            let _slot = self.node_slot(&node).await?;
             if resource.status.as_deref() == Some("running") {
                 self.mutated();
                 let upid = self
                     .api
-                    .vm_stop(&node, VmId(vmid), Some(self.options.stop_timeout_secs))
+                    .vm_stop(&node, vmid, Some(self.options.stop_timeout_secs))
                     .await?;
                 self.wait_task(&node.0, &upid).await?;
             }
             self.mutated();
-            let upid = self.api.vm_delete(&node, VmId(vmid)).await?;
+            let upid = self.api.vm_delete(&node, vmid).await?;
             self.wait_task(&node.0, &upid).await?;
             Ok(())
         })

@@ -12,11 +12,15 @@ use anyhow::{Context as _, anyhow};
 use tokio::sync::{Mutex, OnceCell, Semaphore};
 
 use crate::plan::{Action, ImageDownload, Plan, PlannedVm, params_hash};
-use crate::pve::{NodeName, PveApi, PveError, Upid};
+use crate::pve::{NodeName, PveApi, PveError, Upid, VmId};
 use crate::state::{StateStore, VmPhase, VmRecord};
 
 use super::retry::{self, Decision, decide};
 use super::{ExecEvent, ExecOptions, InjectedCrash, ProgressSink, SeedSource};
+
+/// A storage's slot key: (node, storage) for a node-local storage, (`None`, storage) for a
+/// shared one.
+type StorageKey = (Option<NodeName>, String);
 
 pub(super) struct Runner {
     pub(super) api: Arc<dyn PveApi>,
@@ -26,12 +30,12 @@ pub(super) struct Runner {
     pub(super) events: Arc<dyn ProgressSink>,
     pub(super) options: ExecOptions,
     pub(super) cluster: String,
-    node_slots: BTreeMap<String, Arc<Semaphore>>,
+    node_slots: BTreeMap<NodeName, Arc<Semaphore>>,
     /// Per storage: shared storages by name, node-local ones by (node, storage).
-    storage_slots: Mutex<BTreeMap<(String, String), Arc<Semaphore>>>,
+    storage_slots: Mutex<BTreeMap<StorageKey, Arc<Semaphore>>>,
     shared_storages: BTreeSet<String>,
     /// The plan's downloads by (node, storage), each run at most once.
-    pub(super) images: BTreeMap<(String, String), (ImageDownload, OnceCell<()>)>,
+    pub(super) images: BTreeMap<(NodeName, String), (ImageDownload, OnceCell<()>)>,
     pub(super) mutating: AtomicUsize,
     boundaries: AtomicUsize,
     /// Per VM that goes away (destroy or the destroy half of a replace): set once it is gone,
@@ -199,7 +203,7 @@ impl Runner {
 
     pub(super) async fn node_slot(
         &self,
-        node: &str,
+        node: &NodeName,
     ) -> anyhow::Result<tokio::sync::OwnedSemaphorePermit> {
         let semaphore = self
             .node_slots
@@ -213,14 +217,10 @@ impl Runner {
     /// dir, ZFS) is a separate disk on every node, a shared one is one for the cluster.
     pub(super) async fn storage_slot(
         &self,
-        node: &str,
+        node: &NodeName,
         storage: &str,
     ) -> anyhow::Result<tokio::sync::OwnedSemaphorePermit> {
-        let owner = if self.shared_storages.contains(storage) {
-            String::new()
-        } else {
-            node.to_owned()
-        };
+        let owner = (!self.shared_storages.contains(storage)).then(|| node.clone());
         let semaphore = {
             let mut slots = self.storage_slots.lock().await;
             Arc::clone(
@@ -273,14 +273,14 @@ impl Runner {
         }
     }
     /// Which node a VMID lives on now (cluster-wide), if it exists.
-    pub(super) async fn locate(&self, vmid: u32) -> Result<Option<String>, PveError> {
+    pub(super) async fn locate(&self, vmid: VmId) -> Result<Option<NodeName>, PveError> {
         Ok(self
             .api
             .cluster_resources(Some("vm"))
             .await?
             .into_iter()
-            .find(|r| r.vmid == Some(vmid))
-            .and_then(|r| r.node))
+            .find(|r| r.vmid == Some(vmid.0))
+            .and_then(|r| r.node.map(NodeName)))
     }
 
     pub(super) fn mark_gone(&self, vm: &str) {
@@ -310,8 +310,8 @@ impl Runner {
 pub(super) fn record_for(vm: &PlannedVm, phase: VmPhase) -> VmRecord {
     VmRecord {
         name: vm.name.clone(),
-        vmid: vm.vmid,
-        node: vm.node.clone(),
+        vmid: vm.vmid.0,
+        node: vm.node.0.clone(),
         group: vm.group.clone(),
         role: vm.role,
         phase,

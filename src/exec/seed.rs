@@ -5,7 +5,7 @@ use anyhow::{Context as _, anyhow};
 
 use crate::plan::PlannedVm;
 use crate::pve::types::UploadContent;
-use crate::pve::{NodeName, Params, PveError, VmId, VolumeId};
+use crate::pve::{NodeName, Params, PveError, VolumeId};
 
 use super::runner::Runner;
 
@@ -24,7 +24,7 @@ impl Runner {
             .with_context(|| format!("building the cloud-init seed of {}", vm.name))?;
         let sha256 = hex::encode(<sha2::Sha256 as sha2::Digest>::digest(&bytes));
         self.retrying(&vm.name, "iso", || async {
-            let node = NodeName(vm.node.clone());
+            let node = vm.node.clone();
             let present = self
                 .api
                 .storage_content(&node, &iso.storage, Some("iso"))
@@ -47,7 +47,7 @@ impl Runner {
                     &sha256,
                 )
                 .await?;
-            self.wait_task(&vm.node, &upid).await?;
+            self.wait_task(&vm.node.0, &upid).await?;
             Ok(())
         })
         .await
@@ -58,8 +58,8 @@ impl Runner {
         let Some(iso) = &vm.iso else {
             return Ok(());
         };
-        let node = NodeName(vm.node.clone());
-        let config = self.api.vm_config(&node, VmId(vm.vmid)).await?;
+        let node = vm.node.clone();
+        let config = self.api.vm_config(&node, vm.vmid).await?;
         if config
             .get("ide2")
             .is_some_and(|value| value.starts_with(&iso.volid))
@@ -67,21 +67,20 @@ impl Runner {
             let mut eject = Params::new();
             eject.insert("ide2".into(), "none,media=cdrom".into());
             self.mutated();
-            self.api.vm_config_put(&node, VmId(vm.vmid), &eject).await?;
+            self.api.vm_config_put(&node, vm.vmid, &eject).await?;
         }
         self.delete_iso(&vm.node, &iso.storage, &iso.volid).await
     }
 
     pub(super) async fn delete_iso(
         &self,
-        node: &str,
+        node: &NodeName,
         storage: &str,
         volid: &str,
     ) -> anyhow::Result<()> {
-        let node_name = NodeName(node.to_owned());
         let present = self
             .api
-            .storage_content(&node_name, storage, Some("iso"))
+            .storage_content(node, storage, Some("iso"))
             .await?
             .iter()
             .any(|volume| volume.volid == volid);
@@ -91,10 +90,10 @@ impl Runner {
         self.mutated();
         match self
             .api
-            .delete_volume(&node_name, &VolumeId(volid.to_owned()))
+            .delete_volume(node, &VolumeId(volid.to_owned()))
             .await
         {
-            Ok(Some(upid)) => self.wait_task(node, &upid).await?,
+            Ok(Some(upid)) => self.wait_task(&node.0, &upid).await?,
             Ok(None) | Err(PveError::NotFound { .. }) => {}
             Err(error) => return Err(error.into()),
         }

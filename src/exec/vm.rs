@@ -7,7 +7,7 @@ use anyhow::{Context as _, bail};
 
 use crate::inventory::cluster_tag;
 use crate::plan::{ImageSource, PlannedVm, disk_size_gib};
-use crate::pve::{NodeName, Params, PveError, VmId};
+use crate::pve::{Params, PveError};
 
 use super::retry::{Decision, decide};
 use super::runner::Runner;
@@ -15,15 +15,15 @@ use super::runner::Runner;
 impl Runner {
     /// Create the VM unless it exists; an existing VMID that is not ours is an error.
     pub(super) async fn create(&self, vm: &PlannedVm) -> anyhow::Result<()> {
-        let node = NodeName(vm.node.clone());
-        let vmid = VmId(vm.vmid);
+        let node = vm.node.clone();
+        let vmid = vm.vmid;
         let tag = cluster_tag(&self.cluster);
         if let Some(existing) = self
             .api
             .cluster_resources(Some("vm"))
             .await?
             .into_iter()
-            .find(|r| r.vmid == Some(vm.vmid))
+            .find(|r| r.vmid == Some(vm.vmid.0))
         {
             let ours = existing.name.as_deref() == Some(vm.name.as_str())
                 && existing.tag_list().contains(&tag.as_str());
@@ -55,7 +55,7 @@ impl Runner {
             ImageSource::Import { .. } => {
                 self.mutated();
                 let upid = self.api.vm_create(&node, &vm.params).await?;
-                self.wait_task(&vm.node, &upid).await?;
+                self.wait_task(&vm.node.0, &upid).await?;
             }
             ImageSource::Clone {
                 template,
@@ -65,28 +65,25 @@ impl Runner {
                 clone.insert("newid".into(), vm.vmid.to_string());
                 clone.insert("name".into(), vm.name.clone());
                 clone.insert("full".into(), "1".into());
-                clone.insert("target".into(), vm.node.clone());
+                clone.insert("target".into(), vm.node.0.clone());
                 clone.insert("storage".into(), storage.clone());
                 self.mutated();
-                let upid = self
-                    .api
-                    .vm_clone(&NodeName(template_node.clone()), VmId(*template), &clone)
-                    .await?;
-                self.wait_task(template_node, &upid).await?;
+                let upid = self.api.vm_clone(template_node, *template, &clone).await?;
+                self.wait_task(&template_node.0, &upid).await?;
                 let mut config = vm.params.clone();
                 config.remove("vmid");
                 config.remove("pool");
                 self.mutated();
                 let upid = self.api.vm_config_post(&node, vmid, &config).await?;
-                self.wait_task(&vm.node, &upid).await?;
+                self.wait_task(&vm.node.0, &upid).await?;
             }
         }
         Ok(())
     }
 
     pub(super) async fn resize(&self, vm: &PlannedVm) -> anyhow::Result<()> {
-        let node = NodeName(vm.node.clone());
-        let config = self.api.vm_config(&node, VmId(vm.vmid)).await?;
+        let node = vm.node.clone();
+        let config = self.api.vm_config(&node, vm.vmid).await?;
         for resize in &vm.resize {
             let want: u64 = resize.size.trim_end_matches('G').parse().unwrap_or(0);
             let have = config
@@ -106,30 +103,30 @@ impl Runner {
             self.mutated();
             let upid = self
                 .api
-                .vm_resize(&node, VmId(vm.vmid), &resize.disk, &resize.size)
+                .vm_resize(&node, vm.vmid, &resize.disk, &resize.size)
                 .await?;
-            self.wait_task(&vm.node, &upid).await?;
+            self.wait_task(&vm.node.0, &upid).await?;
         }
         Ok(())
     }
 
     pub(super) async fn start(&self, vm: &PlannedVm) -> anyhow::Result<()> {
-        let node = NodeName(vm.node.clone());
-        let status = self.api.vm_status(&node, VmId(vm.vmid)).await?;
+        let node = vm.node.clone();
+        let status = self.api.vm_status(&node, vm.vmid).await?;
         if status.status == "running" {
             return Ok(());
         }
         let _slot = self.node_slot(&vm.node).await?;
         self.mutated();
-        let upid = self.api.vm_start(&node, VmId(vm.vmid)).await?;
-        self.wait_task(&vm.node, &upid).await?;
+        let upid = self.api.vm_start(&node, vm.vmid).await?;
+        self.wait_task(&vm.node.0, &upid).await?;
         Ok(())
     }
 
     /// Bounded wait: the guest agent answers and reports the planned address.
     pub(super) async fn wait_guest(&self, vm: &PlannedVm) -> anyhow::Result<()> {
-        let node = NodeName(vm.node.clone());
-        let vmid = VmId(vm.vmid);
+        let node = vm.node.clone();
+        let vmid = vm.vmid;
         let started = Instant::now();
         let mut interval = self.options.poll(Duration::from_millis(50));
         // The agent answers some 15 s after boot on real hardware; 1 s keeps the overshoot

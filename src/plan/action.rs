@@ -3,7 +3,7 @@
 
 use serde::{Serialize, Serializer};
 
-use crate::pve::Params;
+use crate::pve::{NodeName, Params, VmId};
 
 /// The kind of an [`Action`], for symbols, counts and summaries.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Serialize)]
@@ -38,8 +38,8 @@ pub struct Resize {
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct VmRef {
     pub name: String,
-    pub node: String,
-    pub vmid: u32,
+    pub node: NodeName,
+    pub vmid: VmId,
 }
 
 /// One line of the diff.
@@ -105,11 +105,11 @@ impl Action {
         &self.target().name
     }
 
-    pub fn node(&self) -> &str {
+    pub fn node(&self) -> &NodeName {
         &self.target().node
     }
 
-    pub fn vmid(&self) -> u32 {
+    pub fn vmid(&self) -> VmId {
         self.target().vmid
     }
 
@@ -168,8 +168,8 @@ impl Action {
 struct ActionJson<'a> {
     action: ActionKind,
     vm: &'a str,
-    node: &'a str,
-    vmid: u32,
+    node: &'a NodeName,
+    vmid: VmId,
     params: &'a Params,
     #[serde(skip_serializing_if = "<[String]>::is_empty")]
     delete: &'a [String],

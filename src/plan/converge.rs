@@ -5,7 +5,7 @@
 use std::collections::{BTreeMap, BTreeSet};
 
 use crate::inventory::{ExistingVm, cluster_tag};
-use crate::pve::Params;
+use crate::pve::{NodeName, Params, VmId};
 use crate::state::State;
 
 use super::diff::check_root_only_keys;
@@ -195,8 +195,8 @@ fn scale_down(input: &PlanInput<'_>, wanted_names: &BTreeSet<&str>) -> Vec<Actio
             Some(Action::Destroy {
                 target: VmRef {
                     name: name.clone(),
-                    node: vm.node.clone(),
-                    vmid: vm.vmid,
+                    node: NodeName(vm.node.clone()),
+                    vmid: VmId(vm.vmid),
                 },
             })
         })
@@ -219,7 +219,7 @@ pub(super) fn order_after_leaving(
     for action in actions {
         let target = action.target().clone();
         if placed.contains(&target.name)
-            && let Some(names) = leaving_on.get(target.node.as_str())
+            && let Some(names) = leaving_on.get(target.node.0.as_str())
             && let Some(after) = action.after_mut()
         {
             *after = names
@@ -233,7 +233,7 @@ pub(super) fn order_after_leaving(
 
 /// The downloads some created or replaced VM imports from (the others are not needed).
 fn needed_downloads(
-    downloads: BTreeMap<(String, String), ImageDownload>,
+    downloads: BTreeMap<(NodeName, String), ImageDownload>,
     vms: &[PlannedVm],
     actions: &[Action],
 ) -> Vec<ImageDownload> {
@@ -242,7 +242,7 @@ fn needed_downloads(
         .filter(|a| matches!(a.kind(), ActionKind::Create | ActionKind::Replace))
         .map(Action::vm)
         .collect();
-    let needed: BTreeSet<&(String, String)> = vms
+    let needed: BTreeSet<&(NodeName, String)> = vms
         .iter()
         .filter(|vm| creating.contains(vm.name.as_str()))
         .filter_map(|vm| vm.image_download.as_ref())

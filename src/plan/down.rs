@@ -4,6 +4,7 @@
 use std::collections::BTreeSet;
 
 use crate::inventory::cluster_tag;
+use crate::pve::{NodeName, VmId};
 
 use super::{Action, Forget, Intent, Plan, PlanInput, VmRef};
 
@@ -24,18 +25,18 @@ pub(super) fn plan_down(input: &PlanInput<'_>) -> Plan {
             Some(vm) => actions.push(Action::Destroy {
                 target: VmRef {
                     name: record.name.clone(),
-                    node: if vm.node.is_empty() {
+                    node: NodeName(if vm.node.is_empty() {
                         record.node.clone()
                     } else {
                         vm.node.clone()
-                    },
-                    vmid: record.vmid,
+                    }),
+                    vmid: VmId(record.vmid),
                 },
             }),
             None => forget.push(Forget {
                 vm: record.name.clone(),
-                vmid: record.vmid,
-                node: record.node.clone(),
+                vmid: VmId(record.vmid),
+                node: NodeName(record.node.clone()),
                 iso: record.iso.clone(),
             }),
         }

@@ -3,7 +3,7 @@
 
 use crate::inventory::Inventory;
 use crate::profile::model::Profile;
-use crate::pve::Params;
+use crate::pve::{NodeName, Params, VmId};
 
 use super::{ImageDownload, ImageSource, PlanError};
 
@@ -16,8 +16,8 @@ pub(super) fn image_source(
             .vm(template)
             .ok_or(PlanError::TemplateMissing { vmid: template })?;
         return Ok(ImageSource::Clone {
-            template,
-            template_node: vm.node.clone(),
+            template: VmId(template),
+            template_node: NodeName(vm.node.clone()),
         });
     }
     if let Some(volume) = &profile.image.volume {
@@ -86,7 +86,7 @@ pub(super) fn image_download(
         params.insert("checksum-algorithm".into(), "sha256".into());
     }
     Some(ImageDownload {
-        node: download_node,
+        node: NodeName(download_node),
         storage,
         volid: volid.to_owned(),
         params,

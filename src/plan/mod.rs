@@ -28,8 +28,8 @@ use std::net::IpAddr;
 use serde::Serialize;
 
 use crate::profile::model::Role;
-use crate::pve::Params;
 use crate::pve::types::PciMapping;
+use crate::pve::{NodeName, Params, VmId};
 
 pub use action::{Action, ActionKind, Resize, VmRef};
 pub use gpu::{Rejection, candidates as gpu_candidates, is_nvidia_gpu, matches_filter};
@@ -175,15 +175,15 @@ pub enum ImageSource {
     Import { volid: String },
     /// Full clone of a template VM, then reconfigured.
     Clone {
-        template: u32,
-        template_node: String,
+        template: VmId,
+        template_node: NodeName,
     },
 }
 
 /// A cloud image download (`download-url`, content `import`) on one node/storage.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize)]
 pub struct ImageDownload {
-    pub node: String,
+    pub node: NodeName,
     pub storage: String,
     pub volid: String,
     pub params: Params,
@@ -205,8 +205,8 @@ pub struct PlannedVm {
     pub role: Role,
     /// 1-based index in its group.
     pub index: u32,
-    pub vmid: u32,
-    pub node: String,
+    pub vmid: VmId,
+    pub node: NodeName,
     pub address: IpAddr,
     pub prefix_len: u8,
     /// MAC of `net0` (see [`derived_mac`]); the NoCloud network-config matches the interface by it.
@@ -220,7 +220,7 @@ pub struct PlannedVm {
     pub iso: Option<IsoUpload>,
     /// The download (node, storage) whose image this VM's create imports, if one is planned.
     #[serde(skip)]
-    pub image_download: Option<(String, String)>,
+    pub image_download: Option<(NodeName, String)>,
     /// Already exists on Proxmox and is kept (possibly updated).
     pub exists: bool,
     /// Exists, kept, and nothing to do except maybe recording it in the state.
@@ -232,9 +232,9 @@ pub struct PlannedVm {
 #[derive(Debug, Clone, PartialEq, Eq, Serialize)]
 pub struct Forget {
     pub vm: String,
-    pub vmid: u32,
+    pub vmid: VmId,
     /// The node the state recorded (where its seed ISO was uploaded).
-    pub node: String,
+    pub node: NodeName,
     #[serde(skip_serializing_if = "Option::is_none")]
     pub iso: Option<String>,
 }

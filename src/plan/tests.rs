@@ -169,8 +169,8 @@ fn fresh_plan_creates_every_vm_with_exact_params() {
     .unwrap();
     assert_eq!(plan.count(ActionKind::Create), 3);
     let gpu1 = plan.vm("lab-gpu-1").unwrap();
-    assert_eq!(gpu1.node, "pve1");
-    assert_eq!(gpu1.vmid, 7101);
+    assert_eq!(gpu1.node.0, "pve1");
+    assert_eq!(gpu1.vmid.0, 7101);
     assert_eq!(gpu1.params["hostpci0"], "0000:41:00,pcie=1");
     assert_eq!(
         gpu1.params["numa0"],
@@ -198,7 +198,7 @@ fn fresh_plan_creates_every_vm_with_exact_params() {
     assert_eq!(gpu2.params["affinity"], "24-31");
     let cp = plan.vm("lab-cp-1").unwrap();
     assert!(!cp.params.contains_key("hostpci0"));
-    assert_eq!(cp.node, "pve1", "spread starts on the first node");
+    assert_eq!(cp.node.0, "pve1", "spread starts on the first node");
     // One download for pve1 only: nothing is created on pve2.
     assert_eq!(plan.downloads.len(), 1);
     assert_eq!(plan.downloads[0].params["checksum-algorithm"], "sha256");
@@ -372,8 +372,8 @@ fn applied(plan: &Plan, inventory: &mut Inventory) -> State {
             );
         }
         inventory.vms.push(ExistingVm {
-            vmid: vm.vmid,
-            node: vm.node.clone(),
+            vmid: vm.vmid.0,
+            node: vm.node.0.clone(),
             name: vm.name.clone(),
             tags: vm.params["tags"].split(';').map(str::to_owned).collect(),
             status: "running".into(),
@@ -385,8 +385,8 @@ fn applied(plan: &Plan, inventory: &mut Inventory) -> State {
             vm.name.clone(),
             crate::state::VmRecord {
                 name: vm.name.clone(),
-                vmid: vm.vmid,
-                node: vm.node.clone(),
+                vmid: vm.vmid.0,
+                node: vm.node.0.clone(),
                 group: vm.group.clone(),
                 role: vm.role,
                 phase: VmPhase::Ready,
@@ -515,7 +515,7 @@ fn intent_vmid_is_reused_and_half_created_vm_is_replaced() {
         crate::state::VmRecord {
             name: cp.name.clone(),
             vmid: 7150,
-            node: cp.node.clone(),
+            node: cp.node.0.clone(),
             group: cp.group.clone(),
             role: cp.role,
             phase: VmPhase::Intent,
@@ -526,13 +526,13 @@ fn intent_vmid_is_reused_and_half_created_vm_is_replaced() {
         },
     );
     let replan = plan(&profile, &inventory_fresh, &state, &context()).unwrap();
-    assert_eq!(replan.vm("lab-cp-1").unwrap().vmid, 7150);
+    assert_eq!(replan.vm("lab-cp-1").unwrap().vmid.0, 7150);
     assert_eq!(replan.count(ActionKind::Create), 3);
 
     let mut half = inventory(AuthKind::RootTicket);
     half.vms.push(ExistingVm {
         vmid: 7150,
-        node: cp.node.clone(),
+        node: cp.node.0.clone(),
         name: cp.name.clone(),
         tags: vec!["provision".into(), "cluster-lab".into()],
         status: "stopped".into(),
@@ -547,7 +547,7 @@ fn intent_vmid_is_reused_and_half_created_vm_is_replaced() {
         .find(|a| a.vm() == "lab-cp-1")
         .unwrap();
     assert_eq!(action.kind(), ActionKind::Replace);
-    assert_eq!(action.vmid(), 7150);
+    assert_eq!(action.vmid().0, 7150);
 }
 
 #[test]

@@ -7,6 +7,7 @@ use std::collections::{BTreeMap, BTreeSet};
 use crate::inventory::ExistingVm;
 use crate::profile::model::CloudInitMode;
 use crate::pve::types::PciMapping;
+use crate::pve::{NodeName, VmId};
 use crate::state::VmPhase;
 
 use super::diff::{layout_change, update_action};
@@ -35,7 +36,7 @@ pub(super) struct VmPass<'a, 'i> {
     /// Passthrough targets kept per wanted VM (keep-GPUs pass).
     pub(super) keep_gpus: BTreeMap<String, Vec<String>>,
     /// Image downloads by (node, storage).
-    pub(super) downloads: BTreeMap<(String, String), ImageDownload>,
+    pub(super) downloads: BTreeMap<(NodeName, String), ImageDownload>,
     /// PCI resource mappings to create.
     pub(super) mappings: Vec<PciMapping>,
     /// The VMs that went through placement (they may use what leaving VMs release).
@@ -108,8 +109,8 @@ impl VmPass<'_, '_> {
             group: group.name.clone(),
             role: group.role,
             index: want.index,
-            vmid: placement.vmid,
-            node: placement.node,
+            vmid: VmId(placement.vmid),
+            node: NodeName(placement.node),
             address: want.address,
             prefix_len,
             mac,
@@ -230,7 +231,7 @@ impl VmPass<'_, '_> {
     fn vm_image(
         &mut self,
         node: &str,
-    ) -> Result<(ImageSource, Option<(String, String)>), PlanError> {
+    ) -> Result<(ImageSource, Option<(NodeName, String)>), PlanError> {
         let PlanInput {
             profile, inventory, ..
         } = *self.input;
