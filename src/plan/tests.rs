@@ -634,3 +634,48 @@ fn live_macs_are_read_in_both_property_forms() {
     );
     assert_eq!(live_mac("virtio,bridge=vmbr0"), None);
 }
+
+#[test]
+fn down_destroys_what_is_still_ours_and_forgets_the_rest() {
+    let profile = profile();
+    let mut inventory = inventory(AuthKind::RootTicket);
+    let first = plan(&profile, &inventory, &State::default(), &context()).unwrap();
+    let mut state = applied(&first, &mut inventory);
+    // Gone from Proxmox, and renamed on Proxmox: both only forgotten.
+    let mut gone = state.vms["lab-cp-1"].clone();
+    gone.name = "lab-gone".into();
+    gone.vmid = 7190;
+    state.vms.insert(gone.name.clone(), gone);
+    let renamed = state.vms["lab-gpu-2"].vmid;
+    inventory
+        .vms
+        .iter_mut()
+        .find(|vm| vm.vmid == renamed)
+        .unwrap()
+        .name = "someone-else".into();
+    let input = PlanInput {
+        profile: &profile,
+        inventory: &inventory,
+        state: &state,
+        context: &context(),
+    };
+    let down = super::plan(&input, Intent::Down).unwrap();
+    let destroyed: Vec<(&str, &str)> = down
+        .actions
+        .iter()
+        .map(|action| {
+            assert_eq!(action.kind(), ActionKind::Destroy);
+            (action.vm(), action.node().0.as_str())
+        })
+        .collect();
+    assert_eq!(destroyed, [("lab-cp-1", "pve1"), ("lab-gpu-1", "pve1")]);
+    let forgotten: Vec<&str> = down.forget.iter().map(|f| f.vm.as_str()).collect();
+    assert_eq!(forgotten, ["lab-gone", "lab-gpu-2"]);
+    assert!(down.vms.is_empty() && down.downloads.is_empty() && down.pool.is_none());
+    let text = render_text(&down);
+    assert!(
+        text.contains("Plan: 0 to create, 0 to update, 0 to replace, 2 to destroy."),
+        "{text}"
+    );
+    assert_eq!(render_json(&down)["forget"][0]["vm"], "lab-gone");
+}
