@@ -68,7 +68,7 @@ pub enum Command {
     /// Print a shell completion script.
     Completions(CompletionsArgs),
     /// Show what `up` would change on Proxmox (terraform-like diff, or --output json).
-    Plan(ClusterArgs),
+    Plan(PlanArgs),
     /// Create or converge the cluster: VMs on Proxmox (phase 1), then over SSH node preparation and
     /// HA k3s (phase 2); writes the kubeconfig.
     Up(UpArgs),
@@ -196,6 +196,15 @@ pub struct KubeconfigArgs {
     /// other entry.
     #[arg(long)]
     pub merge: bool,
+}
+
+#[derive(Debug, Args)]
+pub struct PlanArgs {
+    #[command(flatten)]
+    pub cluster: ClusterArgs,
+    /// Show what `down` would destroy instead.
+    #[arg(long)]
+    pub destroy: bool,
 }
 
 #[derive(Debug, Args)]

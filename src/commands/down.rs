@@ -1,5 +1,6 @@
-//! `provision down --profile P [--yes]`: hard stop and purge the cluster's VMs (and, with `--simulate
-//! --guests testbed`, stop the testbed hosts that played them).
+//! `provision down --profile P [--yes]`: plan the teardown (`plan --destroy` shows it), hard stop
+//! and purge the cluster's VMs (and, with `--simulate --guests testbed`, stop the testbed hosts
+//! that played them).
 
 use std::io::IsTerminal as _;
 use std::sync::Arc;
@@ -73,9 +74,17 @@ pub async fn run(context: &Context, args: DownArgs) -> anyhow::Result<ExitStatus
             guests.remember(vm.vmid, address)?;
         }
     }
-    let (report, _store) = exec::destroy_all(
+    // The same plan `plan --destroy` prints.
+    let (_inventory, plan) = exec::observe_and_plan_down(
+        opened.connection.api.as_ref(),
+        opened.connection.auth.clone(),
+        &loaded.profile,
+        store.state(),
+    )
+    .await?;
+    let (report, _store) = exec::destroy(
         Arc::clone(&opened.connection.api),
-        &cluster,
+        &plan,
         store,
         Arc::new(context.reporter.clone()),
         ExecOptions::default(),

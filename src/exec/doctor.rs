@@ -413,7 +413,7 @@ fn check_hugepages(profile: &Profile, plan: &Plan, report: &mut Report) {
         };
         if let Some(pages) = memory.checked_div(page) {
             *used
-                .entry((vm.node.clone(), host, size.clone()))
+                .entry((vm.node.0.clone(), host, size.clone()))
                 .or_default() += pages;
         }
     }

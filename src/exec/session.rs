@@ -340,14 +340,23 @@ pub fn plan_for(
             BTreeMap::new()
         },
     };
+    let converge = |context: &PlanContext| {
+        let input = plan::PlanInput {
+            profile,
+            inventory,
+            state,
+            context,
+        };
+        plan::plan(&input, plan::Intent::Converge)
+    };
     // A refused plan stays a typed [`plan::PlanError`]: the top level reads its exit status.
-    let mut plan = plan::plan(profile, inventory, state, &context)?;
+    let mut plan = converge(&context)?;
     if nocloud && seeds.persist_host_keys {
         // The plan holds: now store the missing host keys and plan with the real ISO names.
         let stored = seeds.iso_files(&wanted, true)?;
         if stored != context.iso_files {
             context.iso_files = stored;
-            plan = plan::plan(profile, inventory, state, &context)?;
+            plan = converge(&context)?;
         }
     }
     Ok(plan)

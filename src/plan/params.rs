@@ -135,9 +135,8 @@ pub fn disk_storage(value: &str) -> &str {
 
 /// Size in GiB of a live disk (`…,size=64G`), rounded up; `None` when absent.
 pub fn disk_size_gib(value: &str) -> Option<u64> {
-    let size = value
-        .split(',')
-        .find_map(|part| part.strip_prefix("size="))?;
+    use crate::pve::propstr::{Disk, PropertyFormat as _};
+    let size = Disk::parse(value).ok()?.size?;
     let (number, unit) = size.split_at(size.find(|c: char| c.is_ascii_alphabetic())?);
     let number: f64 = number.parse().ok()?;
     let gib = match unit {
@@ -155,19 +154,7 @@ pub fn hostpci_targets(params: &Params) -> Vec<String> {
     let mut targets: Vec<String> = params
         .iter()
         .filter(|(key, _)| key.starts_with("hostpci"))
-        .filter_map(|(_, value)| {
-            value.split(',').find_map(|part| {
-                if let Some(mapping) = part.strip_prefix("mapping=") {
-                    Some(format!("mapping={mapping}"))
-                } else if let Some(host) = part.strip_prefix("host=") {
-                    Some(crate::inventory::whole_device(host))
-                } else if !part.contains('=') {
-                    Some(crate::inventory::whole_device(part))
-                } else {
-                    None
-                }
-            })
-        })
+        .filter_map(|(_, value)| super::propstrings::hostpci_target(value))
         .collect();
     targets.sort();
     targets

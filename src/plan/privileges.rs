@@ -76,7 +76,7 @@ pub fn required_privileges(plan: &Plan, bridge: &str, vlan: Option<u16>) -> Vec<
     let creates = plan
         .actions
         .iter()
-        .any(|action| matches!(action.action, ActionKind::Create | ActionKind::Replace));
+        .any(|action| matches!(action.kind(), ActionKind::Create | ActionKind::Replace));
     if creates {
         let zone = match vlan {
             Some(tag) => format!("/sdn/zones/localnetwork/{bridge}/{tag}"),
@@ -106,15 +106,15 @@ pub fn required_privileges(plan: &Plan, bridge: &str, vlan: Option<u16>) -> Vec<
 }
 
 fn action_needs(action: &Action, pool: Option<&str>, needs: &mut Needs) {
-    let vm_path = format!("/vms/{}", action.vmid);
-    let vm = &action.vm;
-    match action.action {
-        ActionKind::Destroy => {
+    let vm_path = format!("/vms/{}", action.vmid());
+    let vm = action.vm();
+    match action {
+        Action::Destroy { .. } => {
             needs.add(&vm_path, "VM.PowerMgmt", format!("stop {vm}"));
             needs.add(&vm_path, "VM.Allocate", format!("destroy {vm}"));
             return;
         }
-        ActionKind::Create | ActionKind::Replace => {
+        Action::Create { .. } | Action::Replace { .. } => {
             needs.add(&vm_path, "VM.Allocate", format!("create {vm}"));
             if let Some(pool) = pool {
                 needs.add(
@@ -129,20 +129,20 @@ fn action_needs(action: &Action, pool: Option<&str>, needs: &mut Needs) {
                 "VM.GuestAgent.Audit",
                 format!("wait for {vm}'s guest agent"),
             );
-            if action.action == ActionKind::Replace {
+            if action.kind() == ActionKind::Replace {
                 needs.add(&vm_path, "VM.PowerMgmt", format!("stop {vm}"));
             }
         }
-        ActionKind::Update => {
-            if action.restart {
+        Action::Update { restart, .. } => {
+            if *restart {
                 needs.add(&vm_path, "VM.PowerMgmt", format!("restart {vm}"));
             }
         }
     }
-    if !action.resize.is_empty() {
+    if !action.resize().is_empty() {
         needs.add(&vm_path, "VM.Config.Disk", format!("resize {vm}'s disks"));
     }
-    for (key, value) in &action.params {
+    for (key, value) in action.params().into_iter().flatten() {
         let why = format!("set {key} on {vm}");
         match key_requirement(key, value) {
             KeyRequirement::Vm(privilege) => needs.add(&vm_path, privilege, why),

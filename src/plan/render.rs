@@ -4,7 +4,7 @@ use std::fmt::Write as _;
 
 use serde_json::json;
 
-use super::{ActionKind, Plan};
+use super::{Action, ActionKind, Intent, Plan};
 
 /// The diff, one block per action, and the summary line.
 pub fn render_text(plan: &Plan) -> String {
@@ -39,44 +39,14 @@ pub fn render_text(plan: &Plan) -> String {
         );
     }
     for action in &plan.actions {
-        let _ = write!(
+        render_action(&mut out, action);
+    }
+    for forget in &plan.forget {
+        let _ = writeln!(
             out,
-            "{} {} (vmid {} on {})",
-            action.action.symbol(),
-            action.vm,
-            action.vmid,
-            action.node
+            "  forget {} (vmid {} is gone from Proxmox or no longer this cluster's; dropped from the state)",
+            forget.vm, forget.vmid
         );
-        if let Some(reason) = &action.reason {
-            let _ = write!(out, ": {reason}");
-        }
-        out.push('\n');
-        let indent = "      ";
-        match action.action {
-            ActionKind::Create | ActionKind::Replace => {
-                for (key, value) in &action.params {
-                    let _ = writeln!(out, "{indent}{key}: {value}");
-                }
-                for resize in &action.resize {
-                    let _ = writeln!(out, "{indent}resize {} → {}", resize.disk, resize.size);
-                }
-            }
-            ActionKind::Update => {
-                for (key, value) in &action.params {
-                    let _ = writeln!(out, "{indent}~ {key}: {value}");
-                }
-                for key in &action.delete {
-                    let _ = writeln!(out, "{indent}- {key}");
-                }
-                for resize in &action.resize {
-                    let _ = writeln!(out, "{indent}~ resize {} → {}", resize.disk, resize.size);
-                }
-                if action.restart {
-                    let _ = writeln!(out, "{indent}(restart to apply)");
-                }
-            }
-            ActionKind::Destroy => {}
-        }
     }
     let _ = writeln!(
         out,
@@ -87,14 +57,74 @@ pub fn render_text(plan: &Plan) -> String {
         plan.count(ActionKind::Destroy)
     );
     if plan.is_noop() {
-        let _ = writeln!(out, "No changes: the cluster matches the profile.");
+        match plan.intent {
+            Intent::Converge => {
+                let _ = writeln!(out, "No changes: the cluster matches the profile.");
+            }
+            Intent::Down => {
+                let _ = writeln!(
+                    out,
+                    "No changes: no VM of cluster {} is on Proxmox.",
+                    plan.cluster
+                );
+            }
+        }
     }
     out
 }
 
-/// `{"actions":[{"action","vm","node","vmid","params"}…], …}`.
+/// One action: its line, then what it sends.
+fn render_action(out: &mut String, action: &Action) {
+    let _ = write!(
+        out,
+        "{} {} (vmid {} on {})",
+        action.kind().symbol(),
+        action.vm(),
+        action.vmid(),
+        action.node()
+    );
+    if let Some(reason) = action.reason() {
+        let _ = write!(out, ": {reason}");
+    }
+    out.push('\n');
+    let indent = "      ";
+    match action {
+        Action::Create { params, resize, .. } | Action::Replace { params, resize, .. } => {
+            for (key, value) in params {
+                let _ = writeln!(out, "{indent}{key}: {value}");
+            }
+            for resize in resize {
+                let _ = writeln!(out, "{indent}resize {} → {}", resize.disk, resize.size);
+            }
+        }
+        Action::Update {
+            changes,
+            delete,
+            resize,
+            restart,
+            ..
+        } => {
+            for (key, value) in changes {
+                let _ = writeln!(out, "{indent}~ {key}: {value}");
+            }
+            for key in delete {
+                let _ = writeln!(out, "{indent}- {key}");
+            }
+            for resize in resize {
+                let _ = writeln!(out, "{indent}~ resize {} → {}", resize.disk, resize.size);
+            }
+            if *restart {
+                let _ = writeln!(out, "{indent}(restart to apply)");
+            }
+        }
+        Action::Destroy { .. } => {}
+    }
+}
+
+/// `{"actions":[{"action","vm","node","vmid","params"}…], …}`, plus `"forget"` when a down
+/// plan drops records without touching their VM.
 pub fn render_json(plan: &Plan) -> serde_json::Value {
-    json!({
+    let mut rendered = json!({
         "cluster": plan.cluster,
         "actions": plan.actions,
         "downloads": plan.downloads,
@@ -108,5 +138,12 @@ pub fn render_json(plan: &Plan) -> serde_json::Value {
             "replace": plan.count(ActionKind::Replace),
             "destroy": plan.count(ActionKind::Destroy),
         },
-    })
+    });
+    // Only a down plan forgets; converge plans keep their shape.
+    if !plan.forget.is_empty()
+        && let Some(object) = rendered.as_object_mut()
+    {
+        object.insert("forget".to_owned(), json!(plan.forget));
+    }
+    rendered
 }

@@ -2,8 +2,10 @@
 #![allow(clippy::unwrap_used)]
 
 use super::*;
-use crate::inventory::{AuthKind, NodeInventory};
+use crate::inventory::{AuthKind, ExistingVm, Inventory, NodeInventory};
+use crate::profile::model::Profile;
 use crate::pve::types::{PciDevice, StorageStatus};
+use crate::state::{State, VmPhase};
 
 const PROFILE: &str = r#"
 [cluster]
@@ -131,6 +133,24 @@ fn inventory(auth: AuthKind) -> Inventory {
     }
 }
 
+/// The converge plan of one input.
+fn plan(
+    profile: &Profile,
+    inventory: &Inventory,
+    state: &State,
+    context: &PlanContext,
+) -> Result<Plan, PlanError> {
+    super::plan(
+        &PlanInput {
+            profile,
+            inventory,
+            state,
+            context,
+        },
+        Intent::Converge,
+    )
+}
+
 fn context() -> PlanContext {
     PlanContext {
         workspace: "lab-ws".into(),
@@ -149,8 +169,8 @@ fn fresh_plan_creates_every_vm_with_exact_params() {
     .unwrap();
     assert_eq!(plan.count(ActionKind::Create), 3);
     let gpu1 = plan.vm("lab-gpu-1").unwrap();
-    assert_eq!(gpu1.node, "pve1");
-    assert_eq!(gpu1.vmid, 7101);
+    assert_eq!(gpu1.node.0, "pve1");
+    assert_eq!(gpu1.vmid.0, 7101);
     assert_eq!(gpu1.params["hostpci0"], "0000:41:00,pcie=1");
     assert_eq!(
         gpu1.params["numa0"],
@@ -178,12 +198,12 @@ fn fresh_plan_creates_every_vm_with_exact_params() {
     assert_eq!(gpu2.params["affinity"], "24-31");
     let cp = plan.vm("lab-cp-1").unwrap();
     assert!(!cp.params.contains_key("hostpci0"));
-    assert_eq!(cp.node, "pve1", "spread starts on the first node");
+    assert_eq!(cp.node.0, "pve1", "spread starts on the first node");
     // One download for pve1 only: nothing is created on pve2.
     assert_eq!(plan.downloads.len(), 1);
     assert_eq!(plan.downloads[0].params["checksum-algorithm"], "sha256");
     // Deterministic.
-    let again = super::plan(
+    let again = self::plan(
         &profile(),
         &inventory(AuthKind::RootTicket),
         &State::default(),
@@ -318,7 +338,7 @@ fn existing_gpu_in_use_is_never_assigned_twice() {
     let plan = plan(&profile, &inventory, &State::default(), &context()).unwrap();
     assert_eq!(plan.vm("lab-gpu-1").unwrap().gpus, vec!["0000:81:00"]);
     profile.node_groups[1].count = 2;
-    assert!(super::plan(&profile, &inventory, &State::default(), &context()).is_err());
+    assert!(self::plan(&profile, &inventory, &State::default(), &context()).is_err());
 }
 
 /// Pretend the plan was applied: VMs exist with the planned config, state says ready.
@@ -352,8 +372,8 @@ fn applied(plan: &Plan, inventory: &mut Inventory) -> State {
             );
         }
         inventory.vms.push(ExistingVm {
-            vmid: vm.vmid,
-            node: vm.node.clone(),
+            vmid: vm.vmid.0,
+            node: vm.node.0.clone(),
             name: vm.name.clone(),
             tags: vm.params["tags"].split(';').map(str::to_owned).collect(),
             status: "running".into(),
@@ -365,8 +385,8 @@ fn applied(plan: &Plan, inventory: &mut Inventory) -> State {
             vm.name.clone(),
             crate::state::VmRecord {
                 name: vm.name.clone(),
-                vmid: vm.vmid,
-                node: vm.node.clone(),
+                vmid: vm.vmid.0,
+                node: vm.node.0.clone(),
                 group: vm.group.clone(),
                 role: vm.role,
                 phase: VmPhase::Ready,
@@ -398,12 +418,15 @@ fn converged_cluster_plans_nothing_and_deltas_are_exact() {
     bigger.node_groups[0].memory_mib = 16384;
     let delta = plan(&bigger, &inventory, &state, &context()).unwrap();
     assert_eq!(delta.actions.len(), 1, "{}", render_text(&delta));
-    assert_eq!(delta.actions[0].action, ActionKind::Update);
+    assert_eq!(delta.actions[0].kind(), ActionKind::Update);
     assert_eq!(
-        delta.actions[0].params,
-        Params::from([("memory".into(), "16384".into())])
+        delta.actions[0].params().unwrap(),
+        &Params::from([("memory".into(), "16384".into())])
     );
-    assert!(delta.actions[0].restart);
+    assert!(matches!(
+        delta.actions[0],
+        Action::Update { restart: true, .. }
+    ));
 
     // GPU count change: replace exactly the GPU VMs.
     let mut no_gpus = profile.clone();
@@ -424,8 +447,8 @@ fn converged_cluster_plans_nothing_and_deltas_are_exact() {
     smaller.node_groups[1].count = 1;
     let delta = plan(&smaller, &inventory, &state, &context()).unwrap();
     assert_eq!(delta.actions.len(), 1, "{}", render_text(&delta));
-    assert_eq!(delta.actions[0].action, ActionKind::Destroy);
-    assert_eq!(delta.actions[0].vm, "lab-gpu-2");
+    assert_eq!(delta.actions[0].kind(), ActionKind::Destroy);
+    assert_eq!(delta.actions[0].vm(), "lab-gpu-2");
 }
 
 #[test]
@@ -492,7 +515,7 @@ fn intent_vmid_is_reused_and_half_created_vm_is_replaced() {
         crate::state::VmRecord {
             name: cp.name.clone(),
             vmid: 7150,
-            node: cp.node.clone(),
+            node: cp.node.0.clone(),
             group: cp.group.clone(),
             role: cp.role,
             phase: VmPhase::Intent,
@@ -503,13 +526,13 @@ fn intent_vmid_is_reused_and_half_created_vm_is_replaced() {
         },
     );
     let replan = plan(&profile, &inventory_fresh, &state, &context()).unwrap();
-    assert_eq!(replan.vm("lab-cp-1").unwrap().vmid, 7150);
+    assert_eq!(replan.vm("lab-cp-1").unwrap().vmid.0, 7150);
     assert_eq!(replan.count(ActionKind::Create), 3);
 
     let mut half = inventory(AuthKind::RootTicket);
     half.vms.push(ExistingVm {
         vmid: 7150,
-        node: cp.node.clone(),
+        node: cp.node.0.clone(),
         name: cp.name.clone(),
         tags: vec!["provision".into(), "cluster-lab".into()],
         status: "stopped".into(),
@@ -518,9 +541,13 @@ fn intent_vmid_is_reused_and_half_created_vm_is_replaced() {
         config: Params::new(),
     });
     let replan = plan(&profile, &half, &state, &context()).unwrap();
-    let action = replan.actions.iter().find(|a| a.vm == "lab-cp-1").unwrap();
-    assert_eq!(action.action, ActionKind::Replace);
-    assert_eq!(action.vmid, 7150);
+    let action = replan
+        .actions
+        .iter()
+        .find(|a| a.vm() == "lab-cp-1")
+        .unwrap();
+    assert_eq!(action.kind(), ActionKind::Replace);
+    assert_eq!(action.vmid().0, 7150);
 }
 
 #[test]
@@ -606,4 +633,49 @@ fn live_macs_are_read_in_both_property_forms() {
         Some("02:00:00:00:00:0A")
     );
     assert_eq!(live_mac("virtio,bridge=vmbr0"), None);
+}
+
+#[test]
+fn down_destroys_what_is_still_ours_and_forgets_the_rest() {
+    let profile = profile();
+    let mut inventory = inventory(AuthKind::RootTicket);
+    let first = plan(&profile, &inventory, &State::default(), &context()).unwrap();
+    let mut state = applied(&first, &mut inventory);
+    // Gone from Proxmox, and renamed on Proxmox: both only forgotten.
+    let mut gone = state.vms["lab-cp-1"].clone();
+    gone.name = "lab-gone".into();
+    gone.vmid = 7190;
+    state.vms.insert(gone.name.clone(), gone);
+    let renamed = state.vms["lab-gpu-2"].vmid;
+    inventory
+        .vms
+        .iter_mut()
+        .find(|vm| vm.vmid == renamed)
+        .unwrap()
+        .name = "someone-else".into();
+    let input = PlanInput {
+        profile: &profile,
+        inventory: &inventory,
+        state: &state,
+        context: &context(),
+    };
+    let down = super::plan(&input, Intent::Down).unwrap();
+    let destroyed: Vec<(&str, &str)> = down
+        .actions
+        .iter()
+        .map(|action| {
+            assert_eq!(action.kind(), ActionKind::Destroy);
+            (action.vm(), action.node().0.as_str())
+        })
+        .collect();
+    assert_eq!(destroyed, [("lab-cp-1", "pve1"), ("lab-gpu-1", "pve1")]);
+    let forgotten: Vec<&str> = down.forget.iter().map(|f| f.vm.as_str()).collect();
+    assert_eq!(forgotten, ["lab-gone", "lab-gpu-2"]);
+    assert!(down.vms.is_empty() && down.downloads.is_empty() && down.pool.is_none());
+    let text = render_text(&down);
+    assert!(
+        text.contains("Plan: 0 to create, 0 to update, 0 to replace, 2 to destroy."),
+        "{text}"
+    );
+    assert_eq!(render_json(&down)["forget"][0]["vm"], "lab-gone");
 }

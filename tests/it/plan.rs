@@ -39,8 +39,8 @@ fn delta(plan: &provision::plan::Plan) -> Vec<(String, String)> {
         .iter()
         .map(|action| {
             (
-                format!("{:?}", action.action).to_lowercase(),
-                action.vm.clone(),
+                format!("{:?}", action.kind()).to_lowercase(),
+                action.vm().to_owned(),
             )
         })
         .collect()
@@ -102,10 +102,15 @@ async fn scale_memory_and_gpu_changes_plan_exactly_the_delta_and_apply_reaches_i
     );
     for action in &plan.actions {
         assert_eq!(
-            action.params.keys().map(String::as_str).collect::<Vec<_>>(),
+            action
+                .params()
+                .unwrap()
+                .keys()
+                .map(String::as_str)
+                .collect::<Vec<_>>(),
             vec!["memory"],
             "{}",
-            action.vm
+            action.vm()
         );
     }
     let before = workspace.log().len();
@@ -207,9 +212,13 @@ async fn scale_memory_and_gpu_changes_plan_exactly_the_delta_and_apply_reaches_i
         "a100-gpu-1 keeps its GPU"
     );
     assert_eq!(assigned.iter().filter(|d| on_node0(d)).count(), 4);
-    let replace = plan.actions.iter().find(|a| a.vm == "a100-gpu-1").unwrap();
+    let replace = plan
+        .actions
+        .iter()
+        .find(|a| a.vm() == "a100-gpu-1")
+        .unwrap();
     assert_eq!(
-        replace.after,
+        replace.after(),
         vec!["a100-gpu-2", "a100-gpu-3", "a100-gpu-4"]
     );
     let report = workspace.up(&profile, sim::exec_options()).await.unwrap();
@@ -226,5 +235,160 @@ async fn scale_memory_and_gpu_changes_plan_exactly_the_delta_and_apply_reaches_i
     assert!(plan.is_noop(), "{:?}", delta(&plan));
     workspace.up(&profile, sim::exec_options()).await.unwrap();
     assert!(workspace.mutating_since(before).is_empty());
+    workspace.sim.shutdown().await;
+}
+
+/// `plan --destroy` (the down plan, as JSON) lists exactly what `down` then does: the same VMs
+/// destroyed (checked against the simulator's DELETE requests) and the same records forgotten,
+/// including a half-created VM (in the state as an intent, created without its disks) and a
+/// record whose VM is gone.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn plan_destroy_lists_exactly_what_down_does() {
+    use provision::pve::{NodeName, Params};
+    use provision::state::{StateStore, VmPhase, VmRecord};
+
+    let profile = sim::builtin("ci-nested");
+    let workspace = SimWorkspace::start(&profile, None, sim::fast()).await;
+    workspace.up(&profile, sim::exec_options()).await.unwrap();
+    let node = profile.proxmox.nodes[0].clone();
+    let record = |name: &str, vmid: u32| VmRecord {
+        name: name.to_owned(),
+        vmid,
+        node: node.clone(),
+        group: "agent".to_owned(),
+        role: provision::profile::model::Role::Agent,
+        phase: VmPhase::Intent,
+        params_hash: String::new(),
+        address: None,
+        gpus: Vec::new(),
+        iso: None,
+    };
+    // Half-created: the create of an interrupted run got as far as the VM, not its disks.
+    let tag = provision::inventory::cluster_tag(&profile.cluster.name);
+    let half_vmid = profile.proxmox.vmid_range.end;
+    let params = Params::from([
+        ("vmid".to_owned(), half_vmid.to_string()),
+        ("name".to_owned(), "ci-half".to_owned()),
+        ("tags".to_owned(), format!("provision;{tag}")),
+    ]);
+    let upid = workspace
+        .api
+        .vm_create(&NodeName(node.clone()), &params)
+        .await
+        .unwrap();
+    let state_path = workspace.state_dir();
+    for _ in 0..200 {
+        let status = workspace
+            .api
+            .task_status(&NodeName(node.clone()), &upid)
+            .await
+            .unwrap();
+        if status.status == "stopped" {
+            break;
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(10)).await;
+    }
+    {
+        let mut store = StateStore::open(&state_path, "test").unwrap();
+        store
+            .update(|state| {
+                state
+                    .vms
+                    .insert("ci-half".to_owned(), record("ci-half", half_vmid));
+                // Gone: recorded, never created.
+                state
+                    .vms
+                    .insert("ci-gone".to_owned(), record("ci-gone", half_vmid - 1));
+            })
+            .unwrap();
+    }
+
+    let state = workspace.state();
+    let (_, plan) = provision::exec::observe_and_plan_down(
+        workspace.api.as_ref(),
+        workspace.auth.clone(),
+        &profile,
+        &state,
+    )
+    .await
+    .unwrap();
+    let json = provision::plan::render_json(&plan);
+    let mut planned: Vec<(String, String, u64)> = json["actions"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|action| {
+            assert_eq!(action["action"], "destroy");
+            (
+                action["vm"].as_str().unwrap().to_owned(),
+                action["node"].as_str().unwrap().to_owned(),
+                action["vmid"].as_u64().unwrap(),
+            )
+        })
+        .collect();
+    planned.sort();
+    let forget: Vec<&str> = json["forget"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|forget| forget["vm"].as_str().unwrap())
+        .collect();
+    assert_eq!(forget, ["ci-gone"]);
+    let wanted = provision::plan::wanted_vms(&profile).unwrap().len();
+    assert_eq!(planned.len(), wanted + 1, "{planned:?}");
+    assert!(planned.iter().any(|(vm, _, _)| vm == "ci-half"));
+    assert_eq!(json["summary"]["destroy"], planned.len());
+    let text = provision::plan::render_text(&plan);
+    assert!(text.contains("  forget ci-gone (vmid"), "{text}");
+    assert!(
+        text.contains(&format!("- ci-half (vmid {half_vmid} on {node})")),
+        "{text}"
+    );
+
+    let before = workspace.log().len();
+    let report = workspace.down(&profile).await.unwrap();
+    let mut destroyed = report.destroyed.clone();
+    destroyed.sort();
+    assert_eq!(
+        destroyed,
+        planned
+            .iter()
+            .map(|(vm, _, _)| vm.clone())
+            .collect::<Vec<_>>()
+    );
+    assert_eq!(report.forgotten, ["ci-gone"]);
+    let mut deleted: Vec<(String, u64)> = workspace
+        .mutating_since(before)
+        .into_iter()
+        .filter(|request| request.method == "DELETE" && request.path.contains("/qemu/"))
+        .map(|request| {
+            let parts: Vec<&str> = request.path.split('/').collect();
+            (parts[2].to_owned(), parts[4].parse().unwrap())
+        })
+        .collect();
+    deleted.sort();
+    let mut expected: Vec<(String, u64)> = planned
+        .iter()
+        .map(|(_, node, vmid)| (node.clone(), *vmid))
+        .collect();
+    expected.sort();
+    assert_eq!(deleted, expected);
+    assert!(workspace.state().vms.is_empty());
+
+    // Nothing left: the down plan is empty.
+    let (_, plan) = provision::exec::observe_and_plan_down(
+        workspace.api.as_ref(),
+        workspace.auth.clone(),
+        &profile,
+        &workspace.state(),
+    )
+    .await
+    .unwrap();
+    assert!(plan.is_noop());
+    assert!(
+        provision::plan::render_text(&plan).contains("No changes: no VM of cluster"),
+        "{}",
+        provision::plan::render_text(&plan)
+    );
     workspace.sim.shutdown().await;
 }

@@ -221,6 +221,24 @@ fn the_binary_keeps_the_simulated_proxmox_across_runs() {
     let json: serde_json::Value = serde_json::from_str(&stdout).unwrap();
     assert_eq!(json["actions"], serde_json::json!([]));
 
+    // `plan --destroy` previews `down`: the two VMs, as JSON and as text.
+    let preview: Vec<&str> = [&plan[..], &["--destroy"][..]].concat();
+    let (code, stdout, stderr) = binary.run(&preview);
+    assert_eq!(code, 0, "{stderr}");
+    let json: serde_json::Value = serde_json::from_str(&stdout).unwrap();
+    assert_eq!(json["summary"]["destroy"], 2, "{stdout}");
+    let text: Vec<&str> = [
+        &["plan", "--profile", "ci-nested", "--destroy"][..],
+        &sim[..],
+    ]
+    .concat();
+    let (code, stdout, stderr) = binary.run(&text);
+    assert_eq!(code, 0, "{stderr}");
+    assert!(
+        stdout.contains("Plan: 0 to create, 0 to update, 0 to replace, 2 to destroy."),
+        "{stdout}"
+    );
+
     let down: Vec<&str> = [&["down", "--profile", "ci-nested", "--yes"][..], &sim[..]].concat();
     let (code, stdout, stderr) = binary.run(&down);
     assert_eq!(code, 0, "{stderr}");

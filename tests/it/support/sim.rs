@@ -143,9 +143,16 @@ impl SimWorkspace {
     /// `provision down --yes`.
     pub async fn down(&self, profile: &Profile) -> anyhow::Result<DestroyReport> {
         let store = StateStore::open(&self.state_dir(), "down (test)")?;
-        let (report, _store) = exec::destroy_all(
+        let (_, plan) = exec::observe_and_plan_down(
+            self.api.as_ref(),
+            self.auth.clone(),
+            profile,
+            store.state(),
+        )
+        .await?;
+        let (report, _store) = exec::destroy(
             Arc::clone(&self.api),
-            &profile.cluster.name,
+            &plan,
             store,
             Arc::new(NoProgress),
             exec_options(),

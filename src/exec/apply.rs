@@ -1,0 +1,392 @@
+//! `apply`: run a converge plan. Global steps (pool, PCI mappings) first, then per VM the
+//! chain image → ISO upload → intent (state) → create → resize → start → guest agent → seed
+//! cleanup → ready, or an in-place update, or a destroy.
+
+use std::collections::BTreeMap;
+use std::sync::Arc;
+use std::sync::atomic::Ordering;
+use std::time::Instant;
+
+use anyhow::{anyhow, bail};
+
+use crate::plan::{Action, ActionKind, ImageDownload, Plan, PlannedVm, params_hash};
+use crate::pve::Params;
+use crate::pve::types::PciMapping;
+use crate::state::{StateStore, VmPhase, VolumeRecord};
+
+use super::retry::is_already_exists;
+use super::runner::{Runner, record_for};
+use super::{ApplyReport, ExecEvent, ExecOptions, ProgressSink, ProvisionedVm, SeedSource};
+
+/// Execute `plan`. The state store stays locked by the caller for the whole run.
+pub async fn apply(
+    api: Arc<dyn crate::pve::PveApi>,
+    plan: &Plan,
+    store: StateStore,
+    seeds: Arc<dyn SeedSource>,
+    events: Arc<dyn ProgressSink>,
+    options: ExecOptions,
+) -> anyhow::Result<(ApplyReport, StateStore)> {
+    let started = Instant::now();
+    let runner = Arc::new(Runner::new(api, plan, store, Some(seeds), events, options));
+    {
+        let mut store = runner.store.lock().await;
+        store.update(|state| {
+            if state.cluster.is_empty() {
+                state.cluster = plan.cluster.clone();
+            }
+        })?;
+    }
+    let worked: Vec<String> = plan.actions.iter().map(|a| a.vm().to_owned()).collect();
+    runner.events.event(ExecEvent::Started { vms: worked });
+
+    // Converged VMs found on Proxmox but not in the state are recorded (no API call).
+    runner.record_converged(plan).await?;
+    runner.global_steps(plan).await?;
+
+    let done = runner.run_actions(plan).await?;
+    let mut durations = BTreeMap::new();
+    let mut destroyed = Vec::new();
+    for finished in done {
+        let name = finished.action.vm().to_owned();
+        if finished.action.kind() == ActionKind::Destroy {
+            destroyed.push(name.clone());
+        }
+        durations.insert(name, finished.elapsed.as_secs_f64());
+    }
+    let vms = plan
+        .vms
+        .iter()
+        .map(|vm| ProvisionedVm {
+            name: vm.name.clone(),
+            vmid: vm.vmid.0,
+            node: vm.node.0.clone(),
+            address: vm.address,
+            role: vm.role,
+            group: vm.group.clone(),
+            gpus: vm.gpus.clone(),
+            seconds: durations.get(&vm.name).copied().unwrap_or(0.0),
+        })
+        .collect();
+    let report = ApplyReport {
+        vms,
+        destroyed,
+        mutating_calls: runner.mutating.load(Ordering::SeqCst),
+        seconds: started.elapsed().as_secs_f64(),
+    };
+    let runner =
+        Arc::try_unwrap(runner).map_err(|_| anyhow!("internal: VM tasks still hold the runner"))?;
+    Ok((report, runner.store.into_inner()))
+}
+
+impl Runner {
+    pub(super) async fn record_converged(&self, plan: &Plan) -> anyhow::Result<()> {
+        let converged: Vec<&PlannedVm> = plan.vms.iter().filter(|vm| vm.converged).collect();
+        let mut store = self.store.lock().await;
+        store.update(|state| {
+            for vm in converged {
+                let record = state
+                    .vms
+                    .entry(vm.name.clone())
+                    .or_insert_with(|| record_for(vm, VmPhase::Ready));
+                if record.phase != VmPhase::Ready || record.vmid != vm.vmid.0 {
+                    *record = record_for(vm, VmPhase::Ready);
+                }
+            }
+        })?;
+        Ok(())
+    }
+
+    /// Pool, PCI mappings: before any VM needs them.
+    pub(super) async fn global_steps(&self, plan: &Plan) -> anyhow::Result<()> {
+        if let Some(pool) = &plan.pool {
+            self.events.event(ExecEvent::Global {
+                what: format!("pool {pool}"),
+            });
+            self.retrying("cluster", "pool", || async {
+                if self.api.pools().await?.iter().any(|p| &p.poolid == pool) {
+                    return Ok(());
+                }
+                self.mutated();
+                self.api
+                    .pool_create(pool, Some("provision-managed VMs"))
+                    .await?;
+                Ok(())
+            })
+            .await?;
+        }
+        for mapping in &plan.mappings {
+            self.events.event(ExecEvent::Global {
+                what: format!("pci mapping {}", mapping.id),
+            });
+            self.ensure_mapping(mapping).await?;
+            self.boundary()?;
+        }
+        Ok(())
+    }
+
+    pub(super) async fn ensure_mapping(&self, mapping: &PciMapping) -> anyhow::Result<()> {
+        self.retrying("cluster", "mapping", || async {
+            if !self
+                .api
+                .pci_mappings()
+                .await?
+                .iter()
+                .any(|m| m.id == mapping.id)
+            {
+                self.mutated();
+                match self.api.pci_mapping_create(mapping).await {
+                    Ok(()) => {}
+                    Err(error) if is_already_exists(&error) => {}
+                    Err(error) => return Err(error.into()),
+                }
+            }
+            Ok(())
+        })
+        .await?;
+        let mut store = self.store.lock().await;
+        store.update(|state| {
+            if !state.mappings.contains(&mapping.id) {
+                state.mappings.push(mapping.id.clone());
+            }
+        })?;
+        Ok(())
+    }
+
+    /// The cloud image the plan gives `vm`, downloaded at most once (concurrent callers wait).
+    pub(super) async fn ensure_image(&self, vm: &PlannedVm) -> anyhow::Result<()> {
+        let Some((download, cell)) = vm
+            .image_download
+            .as_ref()
+            .and_then(|key| self.images.get(key))
+        else {
+            return Ok(());
+        };
+        self.step(&vm.name, "image");
+        cell.get_or_try_init(|| async {
+            self.events.event(ExecEvent::Global {
+                what: format!("download {} on {}", download.volid, download.node),
+            });
+            self.retrying(&download.node.0, "image", || self.download(download))
+                .await?;
+            let mut store = self.store.lock().await;
+            store.update(|state| {
+                let record = VolumeRecord {
+                    node: download.node.0.clone(),
+                    volid: download.volid.clone(),
+                };
+                if !state.images.contains(&record) {
+                    state.images.push(record);
+                }
+            })?;
+            Ok::<_, anyhow::Error>(())
+        })
+        .await?;
+        Ok(())
+    }
+
+    pub(super) async fn download(&self, download: &ImageDownload) -> anyhow::Result<()> {
+        let node = download.node.clone();
+        let present = self
+            .api
+            .storage_content(&node, &download.storage, Some("import"))
+            .await?
+            .iter()
+            .any(|volume| volume.volid == download.volid);
+        if present {
+            return Ok(());
+        }
+        let _slot = self.node_slot(&download.node).await?;
+        self.mutated();
+        let upid = self
+            .api
+            .download_url(&node, &download.storage, &download.params)
+            .await?;
+        self.wait_task(&download.node.0, &upid).await?;
+        Ok(())
+    }
+
+    pub(super) async fn run_action(
+        &self,
+        action: &Action,
+        planned: Option<&PlannedVm>,
+    ) -> anyhow::Result<()> {
+        match (action, planned) {
+            (Action::Destroy { target }, _) => {
+                self.destroy(&target.name, &target.node, target.vmid)
+                    .await?;
+                self.mark_gone(&target.name);
+                Ok(())
+            }
+            (Action::Create { after, .. }, Some(vm)) => self.create_chain(vm, after).await,
+            (Action::Replace { target, after, .. }, Some(vm)) => {
+                // The old VM may live on another node than the new placement.
+                let old_node = self
+                    .locate(target.vmid)
+                    .await?
+                    .unwrap_or_else(|| vm.node.clone());
+                self.destroy_vm_only(&vm.name, &old_node, target.vmid)
+                    .await?;
+                self.mark_gone(&vm.name);
+                self.boundary()?;
+                self.create_chain(vm, after).await
+            }
+            (
+                Action::Update {
+                    changes,
+                    delete,
+                    restart,
+                    ..
+                },
+                Some(vm),
+            ) => self.update_chain(vm, changes, delete, *restart).await,
+            (Action::Create { .. } | Action::Replace { .. } | Action::Update { .. }, None) => {
+                bail!("internal: no planned VM for {}", action.vm())
+            }
+        }
+    }
+    pub(super) async fn create_chain(
+        &self,
+        vm: &PlannedVm,
+        after: &[String],
+    ) -> anyhow::Result<()> {
+        self.ensure_image(vm).await?;
+        self.boundary()?;
+        self.ensure_iso(vm).await?;
+        self.boundary()?;
+        self.wait_gone(&vm.name, after).await?;
+        // Intent before create: a crash from here on leaves a record naming the VMID.
+        {
+            let mut store = self.store.lock().await;
+            store.update(|state| {
+                let record = state
+                    .vms
+                    .entry(vm.name.clone())
+                    .or_insert_with(|| record_for(vm, VmPhase::Intent));
+                if record.vmid != vm.vmid.0 || record.phase == VmPhase::Ready {
+                    *record = record_for(vm, VmPhase::Intent);
+                }
+                record.node = vm.node.0.clone();
+                record.params_hash = params_hash(&vm.params);
+                record.iso = vm.iso.as_ref().map(|iso| iso.volid.clone());
+            })?;
+        }
+        self.boundary()?;
+        self.step(&vm.name, "create");
+        self.retrying(&vm.name, "create", || self.create(vm))
+            .await?;
+        {
+            let mut store = self.store.lock().await;
+            store.update(|state| {
+                if let Some(record) = state.vms.get_mut(&vm.name) {
+                    record.phase = VmPhase::Created;
+                }
+            })?;
+        }
+        self.boundary()?;
+        self.finish_chain(vm).await
+    }
+
+    /// Resize → start → guest → seed cleanup → ready.
+    pub(super) async fn finish_chain(&self, vm: &PlannedVm) -> anyhow::Result<()> {
+        self.step(&vm.name, "resize");
+        self.retrying(&vm.name, "resize", || self.resize(vm))
+            .await?;
+        self.boundary()?;
+        self.step(&vm.name, "start");
+        self.retrying(&vm.name, "start", || self.start(vm)).await?;
+        self.boundary()?;
+        self.step(&vm.name, "guest");
+        self.wait_guest(vm).await?;
+        self.boundary()?;
+        self.step(&vm.name, "seed cleanup");
+        self.retrying(&vm.name, "seed cleanup", || self.cleanup_seed(vm))
+            .await?;
+        let mut store = self.store.lock().await;
+        store.update(|state| {
+            let record = state
+                .vms
+                .entry(vm.name.clone())
+                .or_insert_with(|| record_for(vm, VmPhase::Ready));
+            record.phase = VmPhase::Ready;
+            record.address = Some(vm.address.to_string());
+            record.gpus = vm.gpus.clone();
+            record.node = vm.node.0.clone();
+        })?;
+        Ok(())
+    }
+    /// Apply the changed keys and deletions (each re-checked against the live config),
+    /// restart when the plan says so, then finish the VM like a created one.
+    pub(super) async fn update_chain(
+        &self,
+        vm: &PlannedVm,
+        wanted: &Params,
+        delete: &[String],
+        restart: bool,
+    ) -> anyhow::Result<()> {
+        {
+            let mut store = self.store.lock().await;
+            store.update(|state| {
+                state
+                    .vms
+                    .entry(vm.name.clone())
+                    .or_insert_with(|| record_for(vm, VmPhase::Created));
+            })?;
+        }
+        let node = vm.node.clone();
+        let vmid = vm.vmid;
+        if !wanted.is_empty() || !delete.is_empty() {
+            self.step(&vm.name, "update");
+            self.retrying(&vm.name, "update", || async {
+                let live = self.api.vm_config(&node, vmid).await?;
+                let mut changes = Params::new();
+                for (key, value) in wanted {
+                    if !crate::plan::same_value(key, live.get(key).map(String::as_str), value) {
+                        changes.insert(key.clone(), value.clone());
+                    }
+                }
+                let delete: Vec<&String> = delete
+                    .iter()
+                    .filter(|key| live.contains_key(*key))
+                    .collect();
+                if !delete.is_empty() {
+                    changes.insert(
+                        "delete".into(),
+                        delete
+                            .iter()
+                            .map(|k| k.as_str())
+                            .collect::<Vec<_>>()
+                            .join(","),
+                    );
+                }
+                if changes.is_empty() {
+                    return Ok(());
+                }
+                self.mutated();
+                self.api.vm_config_put(&node, vmid, &changes).await?;
+                Ok(())
+            })
+            .await?;
+            self.boundary()?;
+        }
+        if restart {
+            self.step(&vm.name, "restart");
+            self.retrying(&vm.name, "restart", || async {
+                let status = self.api.vm_status(&node, vmid).await?;
+                if status.status != "running" {
+                    return Ok(());
+                }
+                self.mutated();
+                let upid = self
+                    .api
+                    .vm_shutdown(&node, vmid, self.options.stop_timeout_secs)
+                    .await?;
+                self.wait_task(&vm.node.0, &upid).await?;
+                Ok(())
+            })
+            .await?;
+            self.boundary()?;
+        }
+        self.finish_chain(vm).await
+    }
+}

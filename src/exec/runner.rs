@@ -1,0 +1,298 @@
+//! The [`Runner`] every run shares: the Proxmox client, the locked state, per-node and
+//! per-storage slots, retries by error kind, task waiting, and the loop that runs a plan's
+//! actions in parallel (`apply` and `down` both go through it).
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::future::Future;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::time::{Duration, Instant};
+
+use anyhow::{Context as _, anyhow};
+use tokio::sync::{Mutex, OnceCell, Semaphore};
+
+use crate::plan::{Action, ImageDownload, Plan, PlannedVm, params_hash};
+use crate::pve::{NodeName, PveApi, PveError, Upid, VmId};
+use crate::state::{StateStore, VmPhase, VmRecord};
+
+use super::retry::{Decision, decide};
+use super::{ExecEvent, ExecOptions, InjectedCrash, ProgressSink, SeedSource};
+
+/// A storage's slot key: (node, storage) for a node-local storage, (`None`, storage) for a
+/// shared one.
+type StorageKey = (Option<NodeName>, String);
+
+pub(super) struct Runner {
+    pub(super) api: Arc<dyn PveApi>,
+    pub(super) store: Mutex<StateStore>,
+    /// Seed ISOs; a run that creates nothing (`down`) has none.
+    pub(super) seeds: Option<Arc<dyn SeedSource>>,
+    pub(super) events: Arc<dyn ProgressSink>,
+    pub(super) options: ExecOptions,
+    pub(super) cluster: String,
+    node_slots: BTreeMap<NodeName, Arc<Semaphore>>,
+    /// Per storage: shared storages by name, node-local ones by (node, storage).
+    storage_slots: Mutex<BTreeMap<StorageKey, Arc<Semaphore>>>,
+    shared_storages: BTreeSet<String>,
+    /// The plan's downloads by (node, storage), each run at most once.
+    pub(super) images: BTreeMap<(NodeName, String), (ImageDownload, OnceCell<()>)>,
+    pub(super) mutating: AtomicUsize,
+    boundaries: AtomicUsize,
+    /// Per VM that goes away (destroy or the destroy half of a replace): set once it is gone,
+    /// for the creates that wait on it ([`crate::plan::Action::after`]).
+    gone: BTreeMap<String, tokio::sync::watch::Sender<bool>>,
+}
+
+/// How one action of a run ended.
+pub(super) struct ActionDone {
+    pub(super) action: Action,
+    pub(super) elapsed: Duration,
+}
+
+impl Runner {
+    pub(super) fn new(
+        api: Arc<dyn PveApi>,
+        plan: &Plan,
+        store: StateStore,
+        seeds: Option<Arc<dyn SeedSource>>,
+        events: Arc<dyn ProgressSink>,
+        options: ExecOptions,
+    ) -> Self {
+        let node_slots = plan
+            .vms
+            .iter()
+            .map(|vm| vm.node.clone())
+            .chain(plan.actions.iter().map(|a| a.node().to_owned()))
+            .map(|node| (node, Arc::new(Semaphore::new(options.per_node.max(1)))))
+            .collect();
+        let images = plan
+            .downloads
+            .iter()
+            .map(|download| {
+                (
+                    (download.node.clone(), download.storage.clone()),
+                    (download.clone(), OnceCell::new()),
+                )
+            })
+            .collect();
+        Self {
+            api,
+            store: Mutex::new(store),
+            seeds,
+            events,
+            options,
+            cluster: plan.cluster.clone(),
+            node_slots,
+            storage_slots: Mutex::new(BTreeMap::new()),
+            shared_storages: plan.shared_storages.clone(),
+            images,
+            mutating: AtomicUsize::new(0),
+            boundaries: AtomicUsize::new(0),
+            gone: plan
+                .actions
+                .iter()
+                .filter(|a| a.removes_vm())
+                .map(|a| (a.vm().to_owned(), tokio::sync::watch::Sender::new(false)))
+                .collect(),
+        }
+    }
+
+    /// Run every action of `plan` in parallel (each VM's chain in order). The first failure
+    /// ends the run: everything done so far is in the state, and a re-run continues from
+    /// there. The other tasks are cancelled and awaited before returning, so no task still
+    /// holds the state (and its lock) when the caller sees the error.
+    pub(super) async fn run_actions(
+        self: &Arc<Self>,
+        plan: &Plan,
+    ) -> anyhow::Result<Vec<ActionDone>> {
+        let mut tasks = tokio::task::JoinSet::new();
+        for action in plan.actions.iter().cloned() {
+            let runner = Arc::clone(self);
+            let planned = plan.vm(action.vm()).cloned();
+            tasks.spawn(async move {
+                let started = Instant::now();
+                let result = runner.run_action(&action, planned.as_ref()).await;
+                (action, result, started.elapsed())
+            });
+        }
+        let mut done = Vec::new();
+        while let Some(joined) = tasks.join_next().await {
+            let outcome =
+                joined
+                    .context("a VM task panicked")
+                    .and_then(|(action, result, elapsed)| {
+                        result
+                            .with_context(|| format!("{} {}", action.kind().symbol(), action.vm()))
+                            .map(|()| ActionDone { action, elapsed })
+                    });
+            match outcome {
+                Ok(action_done) => {
+                    self.events.event(ExecEvent::VmDone {
+                        vm: action_done.action.vm().to_owned(),
+                        elapsed: action_done.elapsed,
+                    });
+                    done.push(action_done);
+                }
+                Err(error) => {
+                    tasks.abort_all();
+                    while tasks.join_next().await.is_some() {}
+                    return Err(error);
+                }
+            }
+        }
+        Ok(done)
+    }
+
+    /// A step boundary: where a crash may happen (test hook).
+    pub(super) fn boundary(&self) -> anyhow::Result<()> {
+        let index = self.boundaries.fetch_add(1, Ordering::SeqCst);
+        match self.options.fail_after_step {
+            Some(limit) if index >= limit => Err(InjectedCrash(index).into()),
+            Some(_) | None => Ok(()),
+        }
+    }
+
+    pub(super) fn mutated(&self) {
+        self.mutating.fetch_add(1, Ordering::SeqCst);
+    }
+
+    pub(super) fn step(&self, vm: &str, step: &'static str) {
+        self.events.event(ExecEvent::Step {
+            vm: vm.to_owned(),
+            step,
+        });
+    }
+
+    /// Run `attempt` until it succeeds, retrying by error kind.
+    pub(super) async fn retrying<T, F, Fut>(
+        &self,
+        vm: &str,
+        step: &'static str,
+        mut attempt: F,
+    ) -> anyhow::Result<T>
+    where
+        F: FnMut() -> Fut,
+        Fut: Future<Output = anyhow::Result<T>>,
+    {
+        let mut number = 1;
+        loop {
+            match attempt().await {
+                Ok(value) => return Ok(value),
+                Err(error) => {
+                    let decision = match error.downcast_ref::<PveError>() {
+                        Some(pve) => decide(pve),
+                        None => Decision::Fail,
+                    };
+                    if decision == Decision::Fail || number >= self.options.max_attempts {
+                        return Err(error.context(format!("{step} of {vm}")));
+                    }
+                    let delay =
+                        crate::pve::RetryPolicy::doubling(self.options.backoff).delay(number);
+                    self.events.event(ExecEvent::Retry {
+                        vm: vm.to_owned(),
+                        step,
+                        attempt: number,
+                        delay,
+                        error: format!("{error:#}"),
+                    });
+                    tokio::time::sleep(delay).await;
+                    number += 1;
+                }
+            }
+        }
+    }
+
+    pub(super) async fn node_slot(
+        &self,
+        node: &NodeName,
+    ) -> anyhow::Result<tokio::sync::OwnedSemaphorePermit> {
+        let semaphore = self
+            .node_slots
+            .get(node)
+            .cloned()
+            .unwrap_or_else(|| Arc::new(Semaphore::new(1)));
+        Ok(semaphore.acquire_owned().await?)
+    }
+
+    /// A disk-allocation slot on `storage` as seen from `node`: a node-local storage (lvmthin,
+    /// dir, ZFS) is a separate disk on every node, a shared one is one for the cluster.
+    pub(super) async fn storage_slot(
+        &self,
+        node: &NodeName,
+        storage: &str,
+    ) -> anyhow::Result<tokio::sync::OwnedSemaphorePermit> {
+        let owner = (!self.shared_storages.contains(storage)).then(|| node.clone());
+        let semaphore = {
+            let mut slots = self.storage_slots.lock().await;
+            Arc::clone(
+                slots
+                    .entry((owner, storage.to_owned()))
+                    .or_insert_with(|| Arc::new(Semaphore::new(self.options.per_storage.max(1)))),
+            )
+        };
+        Ok(semaphore.acquire_owned().await?)
+    }
+
+    /// Wait for a task to stop; `Ok` only for exit status `OK` (or `WARNINGS`).
+    pub(super) async fn wait_task(&self, node: &str, upid: &Upid) -> Result<(), PveError> {
+        let node_name = NodeName(upid.node().unwrap_or(node).to_owned());
+        let wait = crate::pve::WaitOptions {
+            timeout: self.options.task_timeout,
+            initial_interval: self.options.poll(Duration::from_millis(20)),
+            max_interval: self.options.poll(Duration::from_millis(500)),
+            growth: 1.5,
+            poll_scale: 1.0,
+            log_lines: 20,
+        };
+        crate::pve::wait_for_task_on(self.api.as_ref(), &node_name, upid, &wait, &|_| {}).await?;
+        Ok(())
+    }
+    /// Which node a VMID lives on now (cluster-wide), if it exists.
+    pub(super) async fn locate(&self, vmid: VmId) -> Result<Option<NodeName>, PveError> {
+        Ok(self
+            .api
+            .cluster_resources(Some("vm"))
+            .await?
+            .into_iter()
+            .find(|r| r.vmid == Some(vmid.0))
+            .and_then(|r| r.node.map(NodeName)))
+    }
+
+    pub(super) fn mark_gone(&self, vm: &str) {
+        if let Some(gone) = self.gone.get(vm) {
+            gone.send_replace(true);
+        }
+    }
+
+    /// Wait until the VMs in `after` are gone (they free what `vm` is planned to use).
+    pub(super) async fn wait_gone(&self, vm: &str, after: &[String]) -> anyhow::Result<()> {
+        for other in after {
+            let Some(gone) = self.gone.get(other) else {
+                continue;
+            };
+            if !*gone.borrow() {
+                self.step(vm, "wait");
+            }
+            gone.subscribe()
+                .wait_for(|done| *done)
+                .await
+                .map_err(|_| anyhow!("{other} was not removed, so {vm} cannot take its place"))?;
+        }
+        Ok(())
+    }
+}
+
+pub(super) fn record_for(vm: &PlannedVm, phase: VmPhase) -> VmRecord {
+    VmRecord {
+        name: vm.name.clone(),
+        vmid: vm.vmid.0,
+        node: vm.node.0.clone(),
+        group: vm.group.clone(),
+        role: vm.role,
+        phase,
+        params_hash: params_hash(&vm.params),
+        address: Some(vm.address.to_string()),
+        gpus: vm.gpus.clone(),
+        iso: vm.iso.as_ref().map(|iso| iso.volid.clone()),
+    }
+}

@@ -1,0 +1,170 @@
+//! The steps that make one VM exist and run: create (or clone), resize, start, and the
+//! bounded wait for its guest agent to report the planned address.
+
+use std::time::Duration;
+
+use anyhow::{Context as _, bail};
+
+use crate::inventory::cluster_tag;
+use crate::plan::{ImageSource, PlannedVm, disk_size_gib};
+use crate::pve::{Params, PveError};
+
+use super::runner::Runner;
+
+impl Runner {
+    /// Create the VM unless it exists; an existing VMID that is not ours is an error.
+    pub(super) async fn create(&self, vm: &PlannedVm) -> anyhow::Result<()> {
+        let node = vm.node.clone();
+        let vmid = vm.vmid;
+        let tag = cluster_tag(&self.cluster);
+        if let Some(existing) = self
+            .api
+            .cluster_resources(Some("vm"))
+            .await?
+            .into_iter()
+            .find(|r| r.vmid == Some(vm.vmid.0))
+        {
+            let ours = existing.name.as_deref() == Some(vm.name.as_str())
+                && existing.tag_list().contains(&tag.as_str());
+            if !ours {
+                bail!(
+                    "VMID {} is taken by `{}` on {} (not this cluster's); re-run `provision plan` to pick another id",
+                    vm.vmid,
+                    existing.name.unwrap_or_default(),
+                    existing.node.unwrap_or_default()
+                );
+            }
+            if existing.lock.as_deref() == Some("create") {
+                // A create from an interrupted run is still running: wait for it to end.
+                return Err(PveError::LockTimeout {
+                    path: format!("/nodes/{}/qemu/{}", vm.node, vm.vmid),
+                    message: "VM is still being created".to_owned(),
+                }
+                .into());
+            }
+            return Ok(());
+        }
+        let storage =
+            crate::plan::disk_storage(vm.params.get("scsi0").map_or("", String::as_str)).to_owned();
+        // Storage first: a create queued for its disk must not hold one of the node's slots,
+        // which the resizes and starts of the VMs already created need.
+        let _storage_slot = self.storage_slot(&vm.node, &storage).await?;
+        let _node_slot = self.node_slot(&vm.node).await?;
+        match &vm.image {
+            ImageSource::Import { .. } => {
+                self.mutated();
+                let upid = self.api.vm_create(&node, &vm.params).await?;
+                self.wait_task(&vm.node.0, &upid).await?;
+            }
+            ImageSource::Clone {
+                template,
+                template_node,
+            } => {
+                let mut clone = Params::new();
+                clone.insert("newid".into(), vm.vmid.to_string());
+                clone.insert("name".into(), vm.name.clone());
+                clone.insert("full".into(), "1".into());
+                clone.insert("target".into(), vm.node.0.clone());
+                clone.insert("storage".into(), storage.clone());
+                self.mutated();
+                let upid = self.api.vm_clone(template_node, *template, &clone).await?;
+                self.wait_task(&template_node.0, &upid).await?;
+                let mut config = vm.params.clone();
+                config.remove("vmid");
+                config.remove("pool");
+                self.mutated();
+                let upid = self.api.vm_config_post(&node, vmid, &config).await?;
+                self.wait_task(&vm.node.0, &upid).await?;
+            }
+        }
+        Ok(())
+    }
+
+    pub(super) async fn resize(&self, vm: &PlannedVm) -> anyhow::Result<()> {
+        let node = vm.node.clone();
+        let config = self.api.vm_config(&node, vm.vmid).await?;
+        for resize in &vm.resize {
+            let want: u64 = resize.size.trim_end_matches('G').parse().unwrap_or(0);
+            let have = config
+                .get(&resize.disk)
+                .and_then(|value| disk_size_gib(value));
+            if have.is_some_and(|have| have >= want) {
+                continue;
+            }
+            if have.is_none() && !config.contains_key(&resize.disk) {
+                bail!(
+                    "{} of {} is missing after create; `provision up` will replace the VM",
+                    resize.disk,
+                    vm.name
+                );
+            }
+            let _slot = self.node_slot(&vm.node).await?;
+            self.mutated();
+            let upid = self
+                .api
+                .vm_resize(&node, vm.vmid, &resize.disk, &resize.size)
+                .await?;
+            self.wait_task(&vm.node.0, &upid).await?;
+        }
+        Ok(())
+    }
+
+    pub(super) async fn start(&self, vm: &PlannedVm) -> anyhow::Result<()> {
+        let node = vm.node.clone();
+        let status = self.api.vm_status(&node, vm.vmid).await?;
+        if status.status == "running" {
+            return Ok(());
+        }
+        let _slot = self.node_slot(&vm.node).await?;
+        self.mutated();
+        let upid = self.api.vm_start(&node, vm.vmid).await?;
+        self.wait_task(&vm.node.0, &upid).await?;
+        Ok(())
+    }
+
+    /// Bounded wait: the guest agent answers and reports the planned address.
+    pub(super) async fn wait_guest(&self, vm: &PlannedVm) -> anyhow::Result<()> {
+        use crate::pve::wait::{
+            Check, PollInterval, WaitError, agent_error_is_final, agent_reports_address,
+            await_condition,
+        };
+        let node = vm.node.clone();
+        let vmid = vm.vmid;
+        let wanted = vm.address.to_string();
+        // The agent answers some 15 s after boot on real hardware; 1 s keeps the overshoot
+        // small without flooding pveproxy.
+        let interval = PollInterval::growing(
+            self.options.poll(Duration::from_millis(50)),
+            self.options.poll(Duration::from_secs(1)),
+            1.5,
+        );
+        let what = format!("the guest agent of {} to report {wanted}", vm.name);
+        let waited = await_condition(&what, self.options.guest_timeout, interval, || async {
+            match self.api.agent_ping(&node, vmid).await {
+                Ok(()) => match self.api.agent_network_interfaces(&node, vmid).await {
+                    Ok(interfaces) => Ok(agent_reports_address(&interfaces, &wanted)),
+                    Err(error) => Ok(Check::Pending(error.to_string())),
+                },
+                Err(error) if agent_error_is_final(&error) => Err(error),
+                Err(error) => Ok(Check::Pending(error.to_string())),
+            }
+        })
+        .await;
+        match waited {
+            Ok(()) => Ok(()),
+            Err(WaitError::Failed(error)) => {
+                Err(error).context(format!("guest agent of {}", vm.name))
+            }
+            Err(WaitError::TimedOut { timeout, last, .. }) => bail!(
+                "{} (vmid {} on {}) did not report {} through the guest agent within {}s ({last}); check its console: `qm terminal {}` on {}",
+                vm.name,
+                vm.vmid,
+                vm.node,
+                wanted,
+                timeout.as_secs(),
+                vm.vmid,
+                vm.node
+            ),
+        }
+    }
+}
