@@ -16,12 +16,13 @@
 /// the lower layers' own types: nothing below `cli` may see a clap type.
 pub const LAYERS: &[&[&str]] = &[
     &["files", "secret", "exit", "error"],
+    &["pve", "ssh"],
+    &["templates"],
     &["profile"],
-    &["pve"],
     &["inventory"],
     &["state", "workspace"],
     &["plan"],
-    &["cloudinit", "nodeprep", "k3s", "ssh"],
+    &["cloudinit", "nodeprep", "k3s"],
     &["exec"],
     &["cli"],
     &["reporter"],

@@ -72,25 +72,7 @@ pub async fn run(context: &Context, up_args: UpArgs) -> anyhow::Result<ExitStatu
             .into());
         }
     };
-    for warning in &plan.warnings {
-        context.reporter.status(&format!("warning: {warning}"));
-    }
-    if plan.is_noop() {
-        context
-            .reporter
-            .status("cluster already matches the profile: no changes made to Proxmox");
-    } else {
-        // Warnings were printed above; the parameters of each VM only with -v (`plan` shows
-        // them all).
-        let text = profile::diagnostic::neutralise_lines(&crate::plan::render_text(&plan));
-        let verbose = context.reporter.verbose() > 0;
-        let shown: Vec<&str> = text
-            .lines()
-            .filter(|line| !line.starts_with("warning: "))
-            .filter(|line| verbose || !line.starts_with("      "))
-            .collect();
-        context.reporter.status(&shown.join("\n"));
-    }
+    show_plan(context, &plan);
     let (report, _store) = exec::apply(
         Arc::clone(&opened.connection.api),
         &plan,
@@ -135,4 +117,28 @@ pub async fn run(context: &Context, up_args: UpArgs) -> anyhow::Result<ExitStatu
         });
     }
     Ok(ExitStatus::Success)
+}
+
+/// The plan's warnings and summary on stderr before anything changes; each VM's parameters only
+/// with -v (`plan` shows them all).
+fn show_plan(context: &Context, plan: &crate::plan::Plan) {
+    for warning in &plan.warnings {
+        context.reporter.status(&format!("warning: {warning}"));
+    }
+    if plan.is_noop() {
+        context
+            .reporter
+            .status("cluster already matches the profile: no changes made to Proxmox");
+    } else {
+        // Warnings were printed above; the parameters of each VM only with -v (`plan` shows
+        // them all).
+        let text = profile::diagnostic::neutralise_lines(&crate::plan::render_text(plan));
+        let verbose = context.reporter.verbose() > 0;
+        let shown: Vec<&str> = text
+            .lines()
+            .filter(|line| !line.starts_with("warning: "))
+            .filter(|line| verbose || !line.starts_with("      "))
+            .collect();
+        context.reporter.status(&shown.join("\n"));
+    }
 }

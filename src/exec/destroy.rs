@@ -48,7 +48,7 @@ pub async fn observe_and_plan_down(
     };
     let plan = match plan::plan(&input, Intent::Down) {
         Ok(plan) => plan,
-        Err(error) => bail!(crate::commands::UserError::new(error.to_string(), None)),
+        Err(error) => return Err(error.into()),
     };
     Ok((inventory, plan))
 }

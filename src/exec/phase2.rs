@@ -165,7 +165,7 @@ struct Prepared {
 }
 
 /// Converge the cluster described by `profile` on `nodes`.
-// Longer than 120 lines on purpose: it reads as the phase-2 order from top to bottom, and the
+// Long by design: it reads as the phase-2 order from top to bottom, and the
 // server and agent phases share a dozen locals (nodes, connections, preparations, the join
 // plan) that a further split would pass around as long argument lists.
 pub async fn run(

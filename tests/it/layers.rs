@@ -121,10 +121,10 @@ fn the_scan_sees_upward_imports_and_skips_comments_and_tests() {
                 let api = crate::exec::session::open;\n\
                 #[cfg(test)]\n\
                 mod tests { use crate::commands::UserError; }\n";
-    let found = violations(Path::new("pve/client.rs"), text);
+    let found = violations(Path::new("plan/mod.rs"), text);
     assert_eq!(found.len(), 1, "{found:?}");
     assert!(
-        found[0].starts_with("src/pve/client.rs:3: `pve` imports `exec`"),
+        found[0].starts_with("src/plan/mod.rs:3: `plan` imports `exec`"),
         "{found:?}"
     );
     assert_eq!(
