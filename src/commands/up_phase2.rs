@@ -9,8 +9,8 @@ use crate::exec::ProvisionedVm;
 use crate::exec::cluster::{self, ClusterOptions};
 use crate::exec::phase2::Phase2Report;
 use crate::exec::session::Opened;
-use crate::exec::testbed_guests::TestbedGuests;
 use crate::profile::Profile;
+use provision_testbed::TestbedGuests;
 
 use super::Context;
 use super::output::{Phase2Output, Phase2Summary};

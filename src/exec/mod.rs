@@ -17,7 +17,6 @@ mod runner;
 mod seed;
 pub mod session;
 pub mod simulate;
-pub mod testbed_guests;
 mod vm;
 
 use std::net::IpAddr;

@@ -1,5 +1,7 @@
-//! `--simulate --guests testbed`: the simulated VMs' guests are real testbed hosts (systemd-nspawn Debian
-//! machines with OpenSSH and cloud-init, see `scripts/testbed.sh`). When the simulator starts a VM, its
+//! A test facility (`publish = false`): real test hosts as the guests of simulated VMs.
+//!
+//! `--simulate --guests testbed`: the simulated VMs' guests are real testbed hosts (systemd-nspawn
+//! Debian machines with OpenSSH and cloud-init, see `scripts/testbed.sh`). When the simulator starts a VM, its
 //! NoCloud seed goes to the testbed host that has the VM's address (`testbed.sh seed NAME DIR --wipe`,
 //! then `start NAME`); when it stops the VM, the host is shut down. Phase 2 then runs against real hosts.
 //!
@@ -72,7 +74,7 @@ impl TestbedGuests {
                 .join("scripts/testbed.sh"),
         };
         if !script.is_file() {
-            bail!(crate::error::UserError::new(
+            bail!(provision_base::error::UserError::new(
                 format!(
                     "--guests testbed needs the testbed script, not found at {}",
                     script.display()
