@@ -22,6 +22,7 @@ mod profiles;
 mod pve_client;
 mod ssh;
 mod ssh_auth;
+mod standin;
 mod testbed;
 mod third_party;
 mod up;
