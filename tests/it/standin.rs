@@ -204,7 +204,36 @@ fn standin_servers_form_a_real_etcd_cluster_with_learners_removal_and_quorum() {
         vec![s1.clone(), s2.clone(), s4.clone()]
     );
 
-    // 6. Quorum loss is real: with 2 of 3 members stopped writes fail; one back restores them.
+    // 6. A partitioned minority cannot write, while the majority goes on.
+    testbed.ssh_ok(
+        s4,
+        &format!(
+            "setsid -f sh -c 'sleep 2; k3s kubectl label node {s4} side=minority >/root/minority.out 2>&1; \
+             echo exit=$? >>/root/minority.out' </dev/null >/dev/null 2>&1"
+        ),
+    );
+    testbed.partition(s4);
+    std::thread::sleep(Duration::from_secs(3));
+    testbed.ssh_ok(s1, &format!("k3s kubectl label node {s1} side=majority"));
+    std::thread::sleep(Duration::from_secs(20));
+    testbed.heal(s4);
+    testbed.wait_ssh(s4, 30);
+    let minority = testbed.ssh_ok(s4, "cat /root/minority.out");
+    assert!(
+        minority.starts_with("Error from server: etcdserver:") && minority.ends_with("exit=1\n"),
+        "{minority}"
+    );
+    wait_until("the healed member to catch up", 30, || {
+        testbed
+            .ssh(
+                s4,
+                &format!("k3s kubectl get node {s1} -o json | grep -q '\"side\": \"majority\"'"),
+            )
+            .status
+            .success()
+    });
+
+    // 7. Quorum loss is real: with 2 of 3 members stopped writes fail; one back restores them.
     std::thread::sleep(Duration::from_secs(6)); // etcd wants every member connected for 5 s before changes
     testbed.ssh_ok(s2, "systemctl stop k3s");
     testbed.ssh_ok(s4, "systemctl stop k3s");
@@ -229,7 +258,7 @@ fn standin_servers_form_a_real_etcd_cluster_with_learners_removal_and_quorum() {
     testbed.ssh_ok(s2, "systemctl start k3s");
     eprintln!("quorum lost and restored after {:?}", started.elapsed());
 
-    // 7. The removal annotation removes a member without deleting the Node and records its name.
+    // 8. The removal annotation removes a member without deleting the Node and records its name.
     std::thread::sleep(Duration::from_secs(6));
     testbed.ssh_ok(
         s1,
