@@ -25,7 +25,8 @@
 #: Hosts: tbI has address 10.77.0.(10+I)/24, default route via 10.77.0.1 (the machine; no forwarding).
 #: Hosts without a seed get per-host ed25519 host keys at first start and cloud-init disabled; seeded hosts get
 #: their keys and users from cloud-init. The stand-in k3s (scripts/k3s-standin/k3s) is installed in the base at
-#: /usr/local/lib/k3s-standin/k3s -- not at /usr/local/bin/k3s, which is provision's to install.
+#: /usr/local/lib/k3s-standin/k3s -- not at /usr/local/bin/k3s, which is provision's to install -- with Debian's
+#: etcd-server and etcd-client for its datastore (the package's own etcd.service is masked).
 set -euo pipefail
 
 TESTBED_DIR="${TESTBED_DIR:-/var/lib/provision-testbed}"
