@@ -25,7 +25,8 @@
 #: Hosts: tbI has address 10.77.0.(10+I)/24, default route via 10.77.0.1 (the machine; no forwarding).
 #: Hosts without a seed get per-host ed25519 host keys at first start and cloud-init disabled; seeded hosts get
 #: their keys and users from cloud-init. The stand-in k3s (scripts/k3s-standin/k3s) is installed in the base at
-#: /usr/local/lib/k3s-standin/k3s -- not at /usr/local/bin/k3s, which is provision's to install.
+#: /usr/local/lib/k3s-standin/k3s -- not at /usr/local/bin/k3s, which is provision's to install -- with Debian's
+#: etcd-server and etcd-client for its datastore (the package's own etcd.service is masked).
 set -euo pipefail
 
 TESTBED_DIR="${TESTBED_DIR:-/var/lib/provision-testbed}"
@@ -35,17 +36,19 @@ BRIDGE_ADDR=10.77.0.1
 PREFIX=24
 BASE="$TESTBED_DIR/base"
 # Bump when the base's content changes: an older base is rebuilt (when no host runs on it).
-BASE_VERSION=4
+BASE_VERSION=5
 HOSTS_DIR="$TESTBED_DIR/hosts"
 CLIENT_KEY="$TESTBED_DIR/client_key"
 SCRIPT_DIR="$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)"
 STANDIN="$SCRIPT_DIR/k3s-standin/k3s"
-BASE_PACKAGES=systemd,systemd-sysv,dbus,openssh-server,iproute2,procps,kmod,ca-certificates,python3,python3-yaml,python3-cffi-backend,sudo,cloud-init,locales,util-linux,e2fsprogs,qemu-guest-agent
+BASE_PACKAGES=systemd,systemd-sysv,dbus,openssh-server,iproute2,procps,kmod,ca-certificates,python3,python3-yaml,python3-cffi-backend,sudo,cloud-init,locales,util-linux,e2fsprogs,qemu-guest-agent,etcd-server,etcd-client
 # Packages provision's cloud-init user-data asks for: the hosts have no network, so cloud-init's package
 # module only succeeds when they are already installed (as on an image with the guest agent baked in).
 # A base built before they were added gets them in place (see ensure_base_extras).
 BASE_EXTRAS=(qemu-guest-agent)
 # locales: cloud-init's locale module runs update-locale, as on Debian's cloud images.
+# etcd-server, etcd-client: the stand-in k3s keeps its datastore in a real etcd cluster (a member per
+# server, started by the stand-in itself: the package's own etcd.service is disabled in the base).
 # python3-cffi-backend: debootstrap does not resolve virtual packages (python3-cryptography needs its api-min/max).
 
 log() { echo "testbed: $*" >&2; }
@@ -124,6 +127,10 @@ network: {config: disabled}
 # As on Debian's cloud images: the host name resolves locally (sudo looks it up).
 manage_etc_hosts: true
 EOF
+        # The stand-in k3s starts and supervises its own etcd member: the package's unit must not run.
+        rm -f "$BASE"/etc/systemd/system/*.wants/etcd.service
+        ln -sf /dev/null "$BASE/etc/systemd/system/etcd.service"
+        ln -sf /dev/null "$BASE/etc/systemd/system/etcd2.service"
         # No DNS on the testbed: with no nameserver, lookups fail at once instead of timing out.
         rm -f "$BASE/etc/resolv.conf"
         : >"$BASE/etc/resolv.conf"
