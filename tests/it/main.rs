@@ -25,6 +25,7 @@ mod profiles;
 mod pve_client;
 mod ssh;
 mod ssh_auth;
+mod status;
 mod templates;
 mod testbed;
 mod third_party;
