@@ -226,8 +226,7 @@ fn write_cluster(f: &mut fmt::Formatter<'_>, cluster: &ClusterObservation) -> fm
         } else {
             node.roles.join(",")
         };
-        writeln!(
-            f,
+        let line = format!(
             "  {:<28} {:<8} {:<12} {:<16} {:<26} {}",
             node.name,
             if node.ready { "Ready" } else { "NotReady" },
@@ -242,7 +241,8 @@ fn write_cluster(f: &mut fmt::Formatter<'_>, cluster: &ClusterObservation) -> fm
                 .as_ref()
                 .map(|member| format!("etcd {}", member.name))
                 .unwrap_or_default(),
-        )?;
+        );
+        writeln!(f, "{}", line.trim_end())?;
     }
     let etcd = match &view.etcd {
         EtcdHealth::Ok => "ok".to_owned(),

@@ -201,3 +201,39 @@ async fn a_node_missing_from_kubernetes_is_unhealthy() {
     assert_eq!(view.findings[0].kind, FindingKind::MissingNode);
     assert_eq!(view.findings[0].node.as_deref(), Some("worker-1"));
 }
+
+#[test]
+fn status_of_a_simulated_workspace_says_why_the_cluster_is_not_checked() {
+    let workspace = crate::support::cli::BinaryWorkspace::new();
+    let (code, stdout, stderr) =
+        workspace.run(&["status", "--profile", "homelab-ha", "--simulate"]);
+    assert_eq!(code, 0, "{stderr}");
+    assert_eq!(
+        stdout,
+        "no VMs in the state\ncluster: not checked: no VMs in the state\n"
+    );
+    let (code, stdout, stderr) = workspace.run(&[
+        "status",
+        "--profile",
+        "homelab-ha",
+        "--simulate",
+        "--output",
+        "json",
+    ]);
+    assert_eq!(code, 0, "{stderr}");
+    let json: serde_json::Value = serde_json::from_str(&stdout).unwrap();
+    assert_eq!(
+        json,
+        serde_json::json!({
+            "vms": [],
+            "cluster": {"state": "not-checked", "reason": "no VMs in the state"},
+        })
+    );
+    let (code, help, _) = workspace.run(&["status", "--help"]);
+    assert_eq!(code, 0);
+    let help = help.split_whitespace().collect::<Vec<_>>().join(" ");
+    assert!(
+        help.contains("3 when a VM is not running or the cluster is unhealthy"),
+        "{help}"
+    );
+}
