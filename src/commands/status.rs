@@ -36,7 +36,19 @@ pub async fn run(context: &Context, args: ClusterArgs) -> anyhow::Result<ExitSta
         context
             .reporter
             .status("asking the servers about the cluster over SSH");
-        cluster_status::observe_over_ssh(&loaded.profile, &context.workspace, &records).await
+        match cluster_status::observe_over_ssh(&loaded.profile, &context.workspace, &records).await
+        {
+            ClusterObservation::Unreachable { reason }
+                if !context.workspace.kubeconfig_path().exists() =>
+            {
+                ClusterObservation::Unreachable {
+                    reason: format!(
+                        "{reason} (no kubeconfig in the workspace: phase 2 has not completed; run `provision up`)"
+                    ),
+                }
+            }
+            observed => observed,
+        }
     };
     let output = StatusOutput {
         vms: records
