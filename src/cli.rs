@@ -16,7 +16,8 @@ Examples:
   provision sim serve --inventory pve-a100    a simulated Proxmox for other tools
   provision completions bash > ~/.local/share/bash-completion/completions/provision
 
-Exit codes: 0 success, 1 user or profile error, 2 remote or internal failure.";
+Exit codes: 0 success, 1 user or profile error, 2 remote or internal failure, 3 unhealthy
+(status: reached, but a VM or the cluster is unhealthy).";
 
 /// Build GPU Kubernetes (HA K3s) clusters on Proxmox VE from one profile.
 #[derive(Debug, Parser)]
@@ -74,7 +75,16 @@ pub enum Command {
     Up(UpArgs),
     /// Stop and purge the cluster's VMs (only those in the state carrying its tag).
     Down(DownArgs),
-    /// Show the VMs in the state and what Proxmox says about them.
+    /// Show the state's VMs as Proxmox sees them and the cluster as its servers see it: nodes, etcd,
+    /// findings.
+    ///
+    /// Per node: Ready, cordoned, kubelet version, roles, etcd member; etcd's health from the API
+    /// server's readiness checks.
+    ///
+    /// The cluster is asked over SSH on the first server that answers. Exit codes: 0 healthy (a
+    /// cordoned or unknown node, or mixed minor versions, is reported as degraded), 2 when no server
+    /// answers, 3 when a VM is not running or the cluster is unhealthy (a node NotReady or missing, a
+    /// server without its etcd member, etcd not ok, a kubelet newer than the servers).
     Status(ClusterArgs),
     /// Check the Proxmox side read-only: API, credentials and privileges, storages, bridge,
     /// virtualisation, GPUs and IOMMU groups, hugepages, the plan; exit 1 when `up` would stop.

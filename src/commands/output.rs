@@ -9,8 +9,11 @@ use std::path::Path;
 use serde::Serialize;
 
 use crate::exec::ProvisionedVm;
+use crate::exec::cluster_status::ClusterObservation;
 use crate::exec::doctor::Check;
 use crate::exec::phase2::Phase2Report;
+use crate::exit::ExitStatus;
+use crate::k3s::status::{EtcdHealth, Health, Severity};
 use crate::nodeprep::StepOutcome;
 use crate::profile::{Diagnostic, LoadedProfile, PlannedNode};
 use crate::state::{VmPhase, VmRecord};
@@ -120,6 +123,23 @@ impl fmt::Display for KubeconfigOutput<'_> {
 #[derive(Debug, Serialize)]
 pub struct StatusOutput<'a> {
     pub vms: Vec<StatusRow<'a>>,
+    /// What the servers say about the Kubernetes cluster.
+    pub cluster: ClusterObservation,
+}
+
+impl StatusOutput<'_> {
+    /// 3 when a VM is not running or the cluster is unhealthy, 2 when no server answered, else 0.
+    pub fn exit_status(&self) -> ExitStatus {
+        if self.cluster.is_unhealthy() || self.vms.iter().any(|row| row.proxmox != "running") {
+            return ExitStatus::Unhealthy;
+        }
+        match self.cluster {
+            ClusterObservation::Unreachable { .. } => ExitStatus::Failure,
+            ClusterObservation::NotChecked { .. } | ClusterObservation::Reached { .. } => {
+                ExitStatus::Success
+            }
+        }
+    }
 }
 
 #[derive(Debug, Serialize)]
@@ -163,7 +183,7 @@ fn phase_name(phase: VmPhase) -> &'static str {
 impl fmt::Display for StatusOutput<'_> {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         if self.vms.is_empty() {
-            return writeln!(f, "no VMs in the state");
+            writeln!(f, "no VMs in the state")?;
         }
         for row in &self.vms {
             // The VMID column has never been padded (it was printed as a JSON value).
@@ -178,8 +198,66 @@ impl fmt::Display for StatusOutput<'_> {
                 row.address.unwrap_or_default(),
             )?;
         }
-        Ok(())
+        write_cluster(f, &self.cluster)
     }
+}
+
+/// The cluster block of `status`: one line when it was not reached, else a node table, etcd's
+/// health and the findings.
+fn write_cluster(f: &mut fmt::Formatter<'_>, cluster: &ClusterObservation) -> fmt::Result {
+    let (server, view) = match cluster {
+        ClusterObservation::NotChecked { reason } => {
+            return writeln!(f, "cluster: not checked: {reason}");
+        }
+        ClusterObservation::Unreachable { reason } => {
+            return writeln!(f, "cluster: unreachable: {reason}");
+        }
+        ClusterObservation::Reached { server, view } => (server, view),
+    };
+    let health = match view.health {
+        Health::Healthy => "healthy",
+        Health::Degraded => "degraded",
+        Health::Unhealthy => "unhealthy",
+    };
+    writeln!(f, "cluster (asked {server}): {health}")?;
+    for node in &view.nodes {
+        let roles = if node.roles.is_empty() {
+            "<none>".to_owned()
+        } else {
+            node.roles.join(",")
+        };
+        let line = format!(
+            "  {:<28} {:<8} {:<12} {:<16} {:<26} {}",
+            node.name,
+            if node.ready { "Ready" } else { "NotReady" },
+            if node.cordoned {
+                "cordoned"
+            } else {
+                "schedulable"
+            },
+            node.kubelet_version,
+            roles,
+            node.etcd
+                .as_ref()
+                .map(|member| format!("etcd {}", member.name))
+                .unwrap_or_default(),
+        );
+        writeln!(f, "{}", line.trim_end())?;
+    }
+    let etcd = match &view.etcd {
+        EtcdHealth::Ok => "ok".to_owned(),
+        EtcdHealth::Failed(detail) => format!("failed: {detail}"),
+        EtcdHealth::Unknown => "unknown".to_owned(),
+    };
+    writeln!(f, "  etcd: {etcd}")?;
+    for finding in &view.findings {
+        let severity = match finding.severity {
+            Severity::Degraded => "degraded",
+            Severity::Unhealthy => "unhealthy",
+        };
+        writeln!(f, "  {severity}: {}", finding.message)?;
+    }
+    Ok(())
 }
 
 /// `provision validate` of a valid profile: a summary and the warnings.
@@ -521,6 +599,9 @@ mod tests {
                 ),
                 StatusRow::new(&missing, None),
             ],
+            cluster: ClusterObservation::NotChecked {
+                reason: "simulated VMs have no guests".to_owned(),
+            },
         };
         let rows: Vec<serde_json::Value> = [
             (&ready, Some("pve2"), "running"),
@@ -539,11 +620,23 @@ mod tests {
             })
         })
         .collect();
-        assert_eq!(pretty(&status), pretty(&serde_json::json!({ "vms": rows })));
+        assert_eq!(
+            pretty(&status),
+            pretty(&serde_json::json!({
+                "vms": rows,
+                "cluster": {"state": "not-checked", "reason": "simulated VMs have no guests"},
+            }))
+        );
         assert_eq!(
             status.to_string(),
             "ci-server-1                  vmid 9001 pve2       ready    running  10.0.0.11\n\
-             ci-agent-1                   vmid 9001 pve1       ready    missing  \n"
+             ci-agent-1                   vmid 9001 pve1       ready    missing  \n\
+             cluster: not checked: simulated VMs have no guests\n"
+        );
+        assert_eq!(
+            status.exit_status(),
+            ExitStatus::Unhealthy,
+            "a VM is missing"
         );
 
         let kubeconfig = Path::new("/ws/.provision/kubeconfig");

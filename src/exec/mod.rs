@@ -8,6 +8,7 @@
 
 mod apply;
 pub mod cluster;
+pub mod cluster_status;
 mod destroy;
 pub mod doctor;
 pub mod phase2;

@@ -26,6 +26,7 @@ mod pve_client;
 mod ssh;
 mod ssh_auth;
 mod standin;
+mod status;
 mod templates;
 mod testbed;
 mod third_party;

@@ -1,4 +1,4 @@
-//! Process exit codes: one enum, three meanings.
+//! Process exit codes: one enum, four meanings.
 
 use std::process::ExitCode;
 
@@ -11,6 +11,9 @@ pub enum ExitStatus {
     UserError,
     /// A remote system or provision itself failed.
     Failure,
+    /// The command ran and reached what it looks at, which is unhealthy (`provision status`:
+    /// a node NotReady, cordoned, without its etcd member, version skew…).
+    Unhealthy,
 }
 
 impl From<ExitStatus> for ExitCode {
@@ -19,6 +22,7 @@ impl From<ExitStatus> for ExitCode {
             ExitStatus::Success => ExitCode::from(0),
             ExitStatus::UserError => ExitCode::from(1),
             ExitStatus::Failure => ExitCode::from(2),
+            ExitStatus::Unhealthy => ExitCode::from(3),
         }
     }
 }
