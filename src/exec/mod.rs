@@ -10,6 +10,7 @@ mod apply;
 pub mod cluster;
 mod destroy;
 pub mod doctor;
+pub mod drain;
 pub mod phase2;
 pub mod progress;
 pub mod retry;
