@@ -261,3 +261,25 @@ fn the_cli_refuses_unknown_nodes_and_bad_timeouts_before_connecting() {
     let stderr = String::from_utf8_lossy(&output.stderr);
     assert!(stderr.contains("is not a duration like 90s"), "{stderr}");
 }
+
+#[test]
+fn timeouts_read_like_kubectls() {
+    use provision::cli::parse_timeout;
+    let secs = |s: u64| Ok(Duration::from_secs(s));
+    assert_eq!(parse_timeout("90s"), secs(90));
+    assert_eq!(parse_timeout("10m"), secs(600));
+    assert_eq!(parse_timeout("1h30m"), secs(5400));
+    assert_eq!(parse_timeout("45"), secs(45));
+    for bad in [
+        "",
+        "0",
+        "0s",
+        "m",
+        "10x",
+        "1.5h",
+        "-5s",
+        "99999999999999999999h",
+    ] {
+        assert!(parse_timeout(bad).is_err(), "{bad:?}");
+    }
+}
