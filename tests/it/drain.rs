@@ -109,6 +109,15 @@ async fn a_dry_run_shows_every_pod_and_changes_nothing() {
     );
     // Read through another server than the node being drained.
     assert_eq!(report.server, "server-2");
+    let json = serde_json::to_value(&report).unwrap();
+    assert_eq!(json["outcome"], "dry-run");
+    assert_eq!(json["server"], "server-2");
+    assert_eq!(json["preflight"]["node"], NODE);
+    assert_eq!(json["preflight"]["pods"][0]["fate"], "refuse");
+    assert_eq!(
+        json["preflight"]["pods"][0]["reasons"],
+        json!([{"kind": "unmanaged", "allowed": false}])
+    );
     assert!(changes(&world).is_empty(), "{:?}", changes(&world));
     let sim = world.sim.lock().unwrap();
     assert!(sim.cordoned.is_empty());
