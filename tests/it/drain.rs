@@ -292,3 +292,73 @@ fn timeouts_read_like_kubectls() {
         assert!(parse_timeout(bad).is_err(), "{bad:?}");
     }
 }
+
+/// Connects like [`FakeConnector`], except to the hosts in `down`.
+struct PartlyDown(crate::support::fake_cluster::Shared, Vec<&'static str>);
+
+#[async_trait::async_trait]
+impl provision::exec::phase2::Connector for PartlyDown {
+    async fn connect(
+        &self,
+        node: &provision::exec::phase2::GuestNode,
+    ) -> Result<Box<dyn provision::ssh::RemoteExec>, provision::ssh::SshError> {
+        if self.1.contains(&node.name.as_str()) {
+            return Err(provision::ssh::SshError::Connect {
+                host: node.name.clone(),
+                message: "no route to host".to_owned(),
+            });
+        }
+        FakeConnector(self.0.clone()).connect(node).await
+    }
+}
+
+#[tokio::test]
+async fn with_the_other_servers_down_the_node_itself_answers() {
+    let world = cluster();
+    let connector = PartlyDown(world.sim.clone(), vec!["server-2", "server-3"]);
+    let report = drain::drain(&world.nodes, &connector, &request(force(), true))
+        .await
+        .unwrap();
+    assert_eq!(report.server, "server-1");
+    let nobody = PartlyDown(world.sim.clone(), vec!["server-1", "server-2", "server-3"]);
+    let error = drain::drain(&world.nodes, &nobody, &request(force(), true))
+        .await
+        .unwrap_err()
+        .to_string();
+    assert!(error.contains("no server answers"), "{error}");
+    assert!(error.contains("server-3: "), "{error}");
+}
+
+#[test]
+fn nodes_the_state_still_records_can_be_drained() {
+    let world = world();
+    let mut state = provision::state::State {
+        cluster: world.profile.cluster.name.clone(),
+        ..provision::state::State::default()
+    };
+    state.vms.insert(
+        "homelab-old-1".to_owned(),
+        provision::state::VmRecord {
+            name: "homelab-old-1".to_owned(),
+            vmid: 150,
+            node: "pve1".to_owned(),
+            group: "old".to_owned(),
+            role: provision::profile::model::Role::Agent,
+            phase: provision::state::VmPhase::Ready,
+            params_hash: String::new(),
+            address: Some("10.77.0.99".to_owned()),
+            gpus: Vec::new(),
+            iso: None,
+        },
+    );
+    let keys = tempfile::tempdir().unwrap();
+    let nodes = drain::known_nodes(&world.profile, &state, keys.path()).unwrap();
+    let last = nodes.last().unwrap();
+    assert_eq!(last.name, "homelab-old-1");
+    assert_eq!(last.address.to_string(), "10.77.0.99");
+    assert!(nodes.iter().any(|n| n.name.contains("server")));
+    // Another cluster's state adds nothing.
+    state.cluster = "elsewhere".to_owned();
+    let nodes = drain::known_nodes(&world.profile, &state, keys.path()).unwrap();
+    assert!(nodes.iter().all(|n| n.name != "homelab-old-1"));
+}
