@@ -91,6 +91,11 @@ pub enum Command {
     Doctor(ClusterArgs),
     /// Print the workspace kubeconfig's path, or merge its context into ~/.kube/config.
     Kubeconfig(KubeconfigArgs),
+    /// Cordon a node and evict its pods like `kubectl drain`, after a preflight that lists every
+    /// pod's fate and refuses (changing nothing) when a pod needs a flag not given.
+    Drain(DrainArgs),
+    /// Make a drained (cordoned) node schedulable again; a no-op on a schedulable node.
+    Uncordon(UncordonArgs),
     /// The Proxmox VE simulator (what `--simulate` runs in-process).
     #[command(subcommand)]
     Sim(SimCommand),
@@ -228,6 +233,78 @@ pub struct DownArgs {
     /// Hidden from `--help`, like `up --guests`.
     #[arg(long, value_enum, default_value_t = Guests::None, requires = "simulate", hide = true)]
     pub guests: Guests,
+}
+
+/// `provision drain --profile P NODE …`
+#[derive(Debug, Args)]
+pub struct DrainArgs {
+    /// A built-in profile name, a workspace profile or a path to a TOML file.
+    #[arg(short, long, value_name = "NAME|PATH")]
+    pub profile: String,
+    /// The node to drain (a VM name of the cluster).
+    pub node: String,
+    /// How long kubectl may take to evict every pod (e.g. 90s, 10m, 1h30m); the node stays
+    /// cordoned when it runs out.
+    #[arg(long, value_name = "DURATION", default_value = "10m", value_parser = parse_timeout)]
+    pub timeout: std::time::Duration,
+    /// Also delete pods that no controller recreates (kubectl's --force).
+    #[arg(long)]
+    pub force: bool,
+    /// Also evict pods with emptyDir volumes, whose data is lost (kubectl's flag).
+    #[arg(long)]
+    pub delete_emptydir_data: bool,
+    /// Also evict pods whose volumes are bound to this node (their replacements stay Pending
+    /// until the node is back).
+    #[arg(long)]
+    pub allow_local_volumes: bool,
+    /// Print the preflight (every pod on the node and its fate) and change nothing.
+    #[arg(long)]
+    pub dry_run: bool,
+}
+
+/// `provision uncordon --profile P NODE`
+#[derive(Debug, Args)]
+pub struct UncordonArgs {
+    /// A built-in profile name, a workspace profile or a path to a TOML file.
+    #[arg(short, long, value_name = "NAME|PATH")]
+    pub profile: String,
+    /// The node to make schedulable again.
+    pub node: String,
+}
+
+/// A duration as kubectl takes it: whole seconds, minutes and hours (`90s`, `10m`, `1h30m`), at
+/// least one second; a bare number is seconds.
+pub fn parse_timeout(text: &str) -> Result<std::time::Duration, String> {
+    let invalid = || format!("{text:?} is not a duration like 90s, 10m or 1h30m");
+    if let Ok(seconds) = text.parse::<u64>() {
+        return (seconds > 0)
+            .then(|| std::time::Duration::from_secs(seconds))
+            .ok_or_else(invalid);
+    }
+    let mut total: u64 = 0;
+    let mut number = String::new();
+    for c in text.chars() {
+        if c.is_ascii_digit() {
+            number.push(c);
+            continue;
+        }
+        let unit = match c {
+            'h' => 3600,
+            'm' => 60,
+            's' => 1,
+            _ => return Err(invalid()),
+        };
+        let value: u64 = number.parse().map_err(|_| invalid())?;
+        number.clear();
+        total = value
+            .checked_mul(unit)
+            .and_then(|part| total.checked_add(part))
+            .ok_or_else(invalid)?;
+    }
+    if !number.is_empty() || total == 0 {
+        return Err(invalid());
+    }
+    Ok(std::time::Duration::from_secs(total))
 }
 
 #[derive(Debug, Args)]

@@ -6,6 +6,7 @@
 pub mod completions;
 pub mod doctor;
 pub mod down;
+pub mod drain;
 pub mod init;
 pub mod kubeconfig;
 pub mod output;
@@ -13,6 +14,7 @@ pub mod plan;
 pub mod profiles;
 pub mod sim;
 pub mod status;
+pub mod uncordon;
 pub mod up;
 pub mod up_phase2;
 pub mod validate;
@@ -88,6 +90,8 @@ async fn dispatch(context: &Context, command: Command) -> anyhow::Result<ExitSta
         Command::Plan(args) => plan::run(context, args).await,
         Command::Up(args) => up::run(context, args).await,
         Command::Kubeconfig(args) => kubeconfig::run(context, args).await,
+        Command::Drain(args) => drain::run(context, args).await,
+        Command::Uncordon(args) => uncordon::run(context, args).await,
         Command::Down(args) => down::run(context, args).await,
         Command::Status(args) => status::run(context, args).await,
         Command::Doctor(args) => doctor::run(context, args).await,
@@ -144,6 +148,7 @@ fn user_facing<'a>(cause: &'a (dyn Error + 'static)) -> Option<&'a dyn UserFacin
         .or_else(|| find::<crate::ssh::SshError>(cause))
         .or_else(|| find::<crate::nodeprep::NodePrepError>(cause))
         .or_else(|| find::<crate::k3s::K3sError>(cause))
+        .or_else(|| find::<crate::k3s::drain::DrainError>(cause))
 }
 
 /// Diagnostics on stderr (text) or as `{"valid": false, "diagnostics": […]}` on stdout (json).

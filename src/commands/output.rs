@@ -775,3 +775,62 @@ mod tests {
         }
     }
 }
+
+/// `provision drain`: the preflight table and how the drain ended.
+#[derive(Debug, Serialize)]
+#[serde(transparent)]
+pub struct DrainOutput<'a> {
+    pub report: &'a crate::exec::drain::DrainReport,
+}
+
+impl fmt::Display for DrainOutput<'_> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        use crate::exec::drain::DrainOutcome;
+        let report = self.report;
+        let node = &report.preflight.node;
+        write!(f, "{}", report.preflight)?;
+        match &report.outcome {
+            DrainOutcome::DryRun => write!(
+                f,
+                "dry run (read through {}): nothing changed",
+                report.server
+            ),
+            DrainOutcome::Refused => write!(f, "refused: {node} was not changed"),
+            DrainOutcome::Drained => write!(
+                f,
+                "drained {node} through {}: cordoned, its pods evicted; `provision uncordon` gives it back",
+                report.server
+            ),
+            DrainOutcome::Incomplete {
+                still_on_node,
+                kubectl,
+            } => write!(
+                f,
+                "{node} stays cordoned; still on it: {}\nkubectl: {kubectl}",
+                still_on_node.join(", ")
+            ),
+        }
+    }
+}
+
+/// `provision uncordon`.
+#[derive(Debug, Serialize)]
+#[serde(transparent)]
+pub struct UncordonOutput<'a> {
+    pub report: &'a crate::exec::drain::UncordonReport,
+}
+
+impl fmt::Display for UncordonOutput<'_> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        let report = self.report;
+        if report.was_cordoned {
+            write!(f, "uncordoned {} (through {})", report.node, report.server)
+        } else {
+            write!(
+                f,
+                "{} was already schedulable: nothing changed (through {})",
+                report.node, report.server
+            )
+        }
+    }
+}

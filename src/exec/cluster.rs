@@ -81,29 +81,38 @@ pub fn known_hosts_path(workspace: &Workspace) -> PathBuf {
 /// (absent = not created by provision: the known_hosts file decides).
 pub fn guest_nodes(vms: &[ProvisionedVm], host_key_dir: &Path) -> anyhow::Result<Vec<GuestNode>> {
     vms.iter()
-        .map(|vm| {
-            let path = host_key_dir.join(format!("{}.pub", vm.name));
-            let expected_host_keys = match std::fs::read_to_string(&path) {
-                Ok(text) => text
-                    .lines()
-                    .map(str::trim)
-                    .filter(|line| !line.is_empty() && !line.starts_with('#'))
-                    .map(str::to_owned)
-                    .collect(),
-                Err(error) if error.kind() == std::io::ErrorKind::NotFound => Vec::new(),
-                Err(error) => {
-                    return Err(error).with_context(|| format!("cannot read {}", path.display()));
-                }
-            };
-            Ok(GuestNode {
-                name: vm.name.clone(),
-                address: vm.address,
-                role: vm.role,
-                group: vm.group.clone(),
-                expected_host_keys,
-            })
-        })
+        .map(|vm| guest_node(&vm.name, vm.address, vm.role, &vm.group, host_key_dir))
         .collect()
+}
+
+/// One node, with the host keys provision generated for it (`host_key_dir/<name>.pub`), if any.
+pub fn guest_node(
+    name: &str,
+    address: IpAddr,
+    role: Role,
+    group: &str,
+    host_key_dir: &Path,
+) -> anyhow::Result<GuestNode> {
+    let path = host_key_dir.join(format!("{name}.pub"));
+    let expected_host_keys = match std::fs::read_to_string(&path) {
+        Ok(text) => text
+            .lines()
+            .map(str::trim)
+            .filter(|line| !line.is_empty() && !line.starts_with('#'))
+            .map(str::to_owned)
+            .collect(),
+        Err(error) if error.kind() == std::io::ErrorKind::NotFound => Vec::new(),
+        Err(error) => {
+            return Err(error).with_context(|| format!("cannot read {}", path.display()));
+        }
+    };
+    Ok(GuestNode {
+        name: name.to_owned(),
+        address,
+        role,
+        group: group.to_owned(),
+        expected_host_keys,
+    })
 }
 
 /// Connects to the plan's VMs only, as the profile's SSH user, verifying host keys.

@@ -11,6 +11,7 @@ pub mod cluster;
 pub mod cluster_status;
 mod destroy;
 pub mod doctor;
+pub mod drain;
 pub mod phase2;
 pub mod progress;
 pub mod retry;

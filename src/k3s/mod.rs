@@ -5,6 +5,7 @@
 
 pub mod cluster;
 pub mod config;
+pub mod drain;
 pub mod gitops;
 pub mod install;
 pub mod kubeconfig;

@@ -45,6 +45,15 @@ pub struct Sim {
     pub ca: Option<Vec<u8>>,
     /// kube-vip never takes the VIP.
     pub vip_down: bool,
+    /// The API's pods, PodDisruptionBudgets, claims and volumes (`kubectl get … -o json` items).
+    pub pods: Vec<serde_json::Value>,
+    pub pdbs: Vec<serde_json::Value>,
+    pub pvcs: Vec<serde_json::Value>,
+    pub pvs: Vec<serde_json::Value>,
+    /// Nodes with `spec.unschedulable` (cordoned).
+    pub cordoned: BTreeSet<String>,
+    /// Pods (`namespace/name`) whose eviction a PodDisruptionBudget refuses until drain's timeout.
+    pub unevictable: BTreeSet<String>,
 }
 
 pub const CA_PATH: &str = "/var/lib/rancher/k3s/server/tls/server-ca.crt";
@@ -326,7 +335,10 @@ impl FakeExec {
         if command == "k3s kubectl get nodes -o json" {
             let mut items = Vec::new();
             let mut became_ready = Vec::new();
-            for (name, (ready, etcd, labels, taints)) in sim.cluster.iter_mut() {
+            let Sim {
+                cluster, cordoned, ..
+            } = &mut *sim;
+            for (name, (ready, etcd, labels, taints)) in cluster.iter_mut() {
                 if !*ready {
                     *ready = true;
                     became_ready.push(format!("ready {name}"));
@@ -343,9 +355,10 @@ impl FakeExec {
                         serde_json::json!({"key": key, "value": value, "effect": effect})
                     })
                     .collect();
+                let unschedulable = cordoned.contains(name);
                 items.push(serde_json::json!({
                     "metadata": {"name": name, "labels": labels},
-                    "spec": {"taints": taints},
+                    "spec": {"taints": taints, "unschedulable": unschedulable},
                     "status": {"conditions": [{"type": "Ready", "status": "True"}]}
                 }));
             }
@@ -366,8 +379,110 @@ impl FakeExec {
             sim.events.push(command.to_owned());
             return Ok(ok(""));
         }
+        if let Some(output) = kubectl_day2(sim, command) {
+            return Ok(output);
+        }
         panic!("{}: unexpected command {command}", self.host);
     }
+}
+
+fn failed(stderr: String) -> CommandOutput {
+    CommandOutput {
+        exit_status: 1,
+        stdout: Vec::new(),
+        stderr: stderr.into_bytes(),
+    }
+}
+
+fn pod_id(pod: &serde_json::Value) -> String {
+    format!(
+        "{}/{}",
+        pod["metadata"]["namespace"].as_str().unwrap(),
+        pod["metadata"]["name"].as_str().unwrap()
+    )
+}
+
+/// kubectl's day-2 verbs: the lists the drain preflight reads, `drain` with kubectl's own checks
+/// (unmanaged pods need `--force`, emptyDir `--delete-emptydir-data`; DaemonSet and mirror pods
+/// stay; a pod in `unevictable` holds until the timeout) and `uncordon`.
+fn kubectl_day2(sim: &mut Sim, command: &str) -> Option<CommandOutput> {
+    let list = |items: &[serde_json::Value]| {
+        ok(serde_json::json!({"apiVersion": "v1", "kind": "List", "items": items}).to_string())
+    };
+    if let Some(node) =
+        command.strip_prefix("k3s kubectl get pods -A -o json --field-selector spec.nodeName=")
+    {
+        let on_node: Vec<_> = sim
+            .pods
+            .iter()
+            .filter(|pod| pod["spec"]["nodeName"] == node)
+            .cloned()
+            .collect();
+        return Some(list(&on_node));
+    }
+    match command {
+        "k3s kubectl get pdb -A -o json" => return Some(list(&sim.pdbs)),
+        "k3s kubectl get pvc -A -o json" => return Some(list(&sim.pvcs)),
+        "k3s kubectl get pv -o json" => return Some(list(&sim.pvs)),
+        _ => {}
+    }
+    if let Some(node) = command.strip_prefix("k3s kubectl uncordon ") {
+        sim.events.push(format!("uncordon {node}"));
+        let was = sim.cordoned.remove(node);
+        return Some(ok(if was {
+            format!("node/{node} uncordoned\n")
+        } else {
+            format!("node/{node} already uncordoned\n")
+        }));
+    }
+    let rest = command.strip_prefix("k3s kubectl drain ")?;
+    let words: Vec<&str> = rest.split(' ').collect();
+    let node = words[0];
+    assert!(words.contains(&"--ignore-daemonsets"), "{command}");
+    let timeout = words[words.iter().position(|w| *w == "--timeout").unwrap() + 1];
+    let force = words.contains(&"--force");
+    let emptydir = words.contains(&"--delete-emptydir-data");
+    sim.events.push(command.to_owned());
+    sim.cordoned.insert(node.to_owned());
+    let on_node = |pod: &serde_json::Value| pod["spec"]["nodeName"] == node;
+    let stays = |pod: &serde_json::Value| {
+        pod["metadata"]["annotations"]["kubernetes.io/config.mirror"].is_string()
+            || pod["metadata"]["ownerReferences"][0]["kind"] == "DaemonSet"
+    };
+    for pod in sim.pods.iter().filter(|p| on_node(p) && !stays(p)) {
+        if pod["metadata"]["ownerReferences"].is_null() && !force {
+            return Some(failed(format!(
+                "error: unable to drain node \"{node}\" due to error: cannot delete Pods that declare no controller (use --force to override): {}",
+                pod_id(pod)
+            )));
+        }
+        let has_emptydir = pod["spec"]["volumes"]
+            .as_array()
+            .is_some_and(|volumes| volumes.iter().any(|v| v["emptyDir"].is_object()));
+        if has_emptydir && !emptydir {
+            return Some(failed(format!(
+                "error: unable to drain node \"{node}\" due to error: cannot delete Pods with local storage (use --delete-emptydir-data to override): {}",
+                pod_id(pod)
+            )));
+        }
+    }
+    let unevictable = sim.unevictable.clone();
+    let before = sim.pods.len();
+    sim.pods
+        .retain(|pod| !on_node(pod) || stays(pod) || unevictable.contains(&pod_id(pod)));
+    let evicted = before - sim.pods.len();
+    sim.events.push(format!("evicted {evicted} from {node}"));
+    if let Some(stuck) = sim
+        .pods
+        .iter()
+        .find(|pod| on_node(pod) && unevictable.contains(&pod_id(pod)))
+    {
+        let name = stuck["metadata"]["name"].as_str().unwrap();
+        return Some(failed(format!(
+            "error when evicting pods/\"{name}\" (will retry after 5s): Cannot evict pod as it would violate the pod's disruption budget.\nThere are pending pods in node \"{node}\" when an error occurred: error when waiting for pod \"{name}\" terminating: global timeout reached: {timeout}"
+        )));
+    }
+    Some(ok(format!("node/{node} cordoned\nnode/{node} drained\n")))
 }
 
 #[async_trait]
