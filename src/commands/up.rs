@@ -46,6 +46,7 @@ pub async fn run(context: &Context, up_args: UpArgs) -> anyhow::Result<ExitStatu
             state: store.state(),
             seeds: &seeds,
             workspace_root: &context.workspace.root,
+            rolling: super::plan::rolling_options(context, &up_args.rolling),
         },
     )
     .await;
@@ -73,6 +74,23 @@ pub async fn run(context: &Context, up_args: UpArgs) -> anyhow::Result<ExitStatu
         }
     };
     show_plan(context, &plan);
+    if !plan.rolling.is_empty() {
+        let disrupted: usize = plan.rolling.iter().map(|wave| wave.vms.len()).sum();
+        let confirmed = super::confirm::confirm(
+            context,
+            &format!(
+                "restart, replace or remove {disrupted} running VMs of cluster {} in {} waves",
+                plan.cluster,
+                plan.rolling.len()
+            ),
+            "",
+            up_args.confirm.yes,
+        );
+        if let Err(error) = confirmed {
+            opened.close().await;
+            return Err(error);
+        }
+    }
     let (report, _store) = exec::apply(
         Arc::clone(&opened.connection.api),
         &plan,

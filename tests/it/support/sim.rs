@@ -110,6 +110,7 @@ impl SimWorkspace {
             &state,
             &self.seeds(profile),
             &self.root,
+            provision::plan::RollingOptions::default(),
         )
         .await?;
         Ok(plan)
@@ -126,6 +127,7 @@ impl SimWorkspace {
             store.state(),
             &seeds,
             &self.root,
+            provision::plan::RollingOptions::default(),
         )
         .await?;
         let (report, _store) = exec::apply(
