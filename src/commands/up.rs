@@ -91,7 +91,25 @@ pub async fn run(context: &Context, up_args: UpArgs) -> anyhow::Result<ExitStatu
             return Err(error);
         }
     }
-    let (report, _store) = exec::apply(
+    let gate = if plan.rolling.is_empty() {
+        Arc::new(exec::NoGate)
+    } else {
+        match super::up_phase2::rolling_gate(
+            context,
+            profile,
+            &up_args.phase2,
+            args.sim.simulate,
+            guests.as_deref(),
+            store.state(),
+        ) {
+            Ok(gate) => gate,
+            Err(error) => {
+                opened.close().await;
+                return Err(error);
+            }
+        }
+    };
+    let (report, _store) = exec::apply_with_gate(
         Arc::clone(&opened.connection.api),
         &plan,
         store,
@@ -105,6 +123,7 @@ pub async fn run(context: &Context, up_args: UpArgs) -> anyhow::Result<ExitStatu
             },
             ..ExecOptions::default()
         },
+        gate,
     )
     .await?;
     let phase1 = PhaseOneOutput {

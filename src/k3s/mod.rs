@@ -10,6 +10,7 @@ pub mod install;
 pub mod kubeconfig;
 pub mod manifests;
 pub mod release;
+pub mod rolling;
 pub mod templates;
 pub mod token;
 

@@ -109,7 +109,7 @@ pub(super) fn check_server_count(
         .iter()
         .position(|group| group.role == Role::Server)
         .unwrap_or(0);
-    if wanted % 2 == 0 {
+    if wanted.is_multiple_of(2) {
         return Err(PlanError::EvenServerScaleDown {
             from: existing,
             to: wanted,
