@@ -56,6 +56,7 @@ pub fn other_servers_not_ready(
 }
 
 #[cfg(test)]
+#[allow(clippy::unwrap_used)]
 mod tests {
     use std::collections::BTreeMap;
 
