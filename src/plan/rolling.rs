@@ -150,84 +150,14 @@ pub(super) fn waves(
             })
             .unwrap_or(Role::Agent)
     };
-    let mut disruptive: Vec<(Role, &Action)> = actions
-        .iter()
-        .filter(|action| disrupts(action))
-        .map(|action| (role_of(action.vm()), action))
-        .collect();
-    let rank = |kind: ActionKind| match kind {
-        ActionKind::Destroy => 0,
-        ActionKind::Replace => 1,
-        ActionKind::Update | ActionKind::Create => 2,
-    };
-    disruptive.sort_by(|(role_a, a), (role_b, b)| {
-        let role_rank = |role: &Role| u8::from(*role == Role::Agent);
-        role_rank(role_a)
-            .cmp(&role_rank(role_b))
-            .then(rank(a.kind()).cmp(&rank(b.kind())))
-            .then_with(|| match a.kind() {
-                ActionKind::Destroy => name_index(b.vm()).cmp(&name_index(a.vm())),
-                ActionKind::Create | ActionKind::Update | ActionKind::Replace => {
-                    name_index(a.vm()).cmp(&name_index(b.vm()))
-                }
-            })
-            .then(a.vm().cmp(b.vm()))
-    });
-
-    // First assignment: one server per wave, agents in batches.
-    let batch = options.max_unavailable.max(1) as usize;
-    let mut wave_of: BTreeMap<&str, u32> = BTreeMap::new();
-    let mut next = 1;
-    let mut in_batch = 0;
-    for (role, action) in &disruptive {
-        match role {
-            Role::Server => {
-                if in_batch > 0 {
-                    next += 1;
-                    in_batch = 0;
-                }
-                wave_of.insert(action.vm(), next);
-                next += 1;
-            }
-            Role::Agent => {
-                wave_of.insert(action.vm(), next);
-                in_batch += 1;
-                if in_batch == batch {
-                    next += 1;
-                    in_batch = 0;
-                }
-            }
-        }
-    }
-    // A VM re-created where another leaves waits for it to be gone: that one may not roll
-    // later, or neither would ever run. Such pairs share the later wave.
-    loop {
-        let mut moved = false;
-        for (_, action) in &disruptive {
-            let own = wave_of[action.vm()];
-            let latest = action
-                .after()
-                .iter()
-                .filter_map(|other| wave_of.get(other.as_str()).copied())
-                .max()
-                .unwrap_or(own);
-            if latest > own {
-                wave_of.insert(action.vm(), latest);
-                moved = true;
-            }
-        }
-        if !moved {
-            break;
-        }
-    }
-    let used: BTreeSet<u32> = wave_of.values().copied().collect();
-    let renumber: BTreeMap<u32, u32> = used.iter().zip(1..).map(|(old, new)| (*old, new)).collect();
-
+    let disruptive = order_disruptive(actions, &role_of);
+    let renumbered = assign_waves(&disruptive, options);
+    let wave_of = |vm: &str| renumbered.get(vm).copied().unwrap_or(1);
     let servers = count_role(input, Role::Server);
     let agents = count_role(input, Role::Agent);
     let mut waves: Vec<Wave> = Vec::new();
     for (role, action) in &disruptive {
-        let number = renumber[&wave_of[action.vm()]];
+        let number = wave_of(action.vm());
         if waves.last().is_none_or(|wave| wave.number != number) {
             waves.push(Wave {
                 number,
@@ -255,12 +185,105 @@ pub(super) fn waves(
         ] {
             let count = down(role);
             if count > 0 {
-                parts.push(format!("{count} of {total} {noun} unavailable"));
+                parts.push(format!("{count} of {total} {noun}"));
             }
         }
         wave.disruption = parts.join(", ");
     }
     waves
+}
+
+/// The disruptive actions in the order they roll: servers, then agents; destroys (newest
+/// first), then replaces, then restarts.
+fn order_disruptive<'a>(
+    actions: &'a [Action],
+    role_of: &dyn Fn(&str) -> Role,
+) -> Vec<(Role, &'a Action)> {
+    let mut disruptive: Vec<(Role, &Action)> = actions
+        .iter()
+        .filter(|action| disrupts(action))
+        .map(|action| (role_of(action.vm()), action))
+        .collect();
+    let rank = |kind: ActionKind| match kind {
+        ActionKind::Destroy => 0,
+        ActionKind::Replace => 1,
+        ActionKind::Update | ActionKind::Create => 2,
+    };
+    disruptive.sort_by(|(role_a, a), (role_b, b)| {
+        let role_rank = |role: &Role| u8::from(*role == Role::Agent);
+        role_rank(role_a)
+            .cmp(&role_rank(role_b))
+            .then(rank(a.kind()).cmp(&rank(b.kind())))
+            .then_with(|| match a.kind() {
+                ActionKind::Destroy => name_index(b.vm()).cmp(&name_index(a.vm())),
+                ActionKind::Create | ActionKind::Update | ActionKind::Replace => {
+                    name_index(a.vm()).cmp(&name_index(b.vm()))
+                }
+            })
+            .then(a.vm().cmp(b.vm()))
+    });
+
+    disruptive
+}
+
+/// Wave numbers (1, 2, …) by VM name: one server per wave, agents in batches, and a VM that
+/// waits for another's removal in that one's wave.
+fn assign_waves<'a>(
+    disruptive: &[(Role, &'a Action)],
+    options: &RollingOptions,
+) -> BTreeMap<&'a str, u32> {
+    // First assignment: one server per wave, agents in batches.
+    let batch = options.max_unavailable.max(1) as usize;
+    let mut wave_of: BTreeMap<&str, u32> = BTreeMap::new();
+    let mut next = 1;
+    let mut in_batch = 0;
+    for (role, action) in disruptive {
+        match role {
+            Role::Server => {
+                if in_batch > 0 {
+                    next += 1;
+                    in_batch = 0;
+                }
+                wave_of.insert(action.vm(), next);
+                next += 1;
+            }
+            Role::Agent => {
+                wave_of.insert(action.vm(), next);
+                in_batch += 1;
+                if in_batch == batch {
+                    next += 1;
+                    in_batch = 0;
+                }
+            }
+        }
+    }
+    // A VM re-created where another leaves waits for it to be gone: that one may not roll
+    // later, or neither would ever run. Such pairs share the later wave.
+    loop {
+        let mut moved = false;
+        for (_, action) in disruptive {
+            let own = wave_of[action.vm()];
+            let latest = action
+                .after()
+                .iter()
+                .filter_map(|other| wave_of.get(other.as_str()).copied())
+                .max()
+                .unwrap_or(own);
+            if latest > own {
+                wave_of.insert(action.vm(), latest);
+                moved = true;
+            }
+        }
+        if !moved {
+            break;
+        }
+    }
+    let used: BTreeSet<u32> = wave_of.values().copied().collect();
+    let renumber: BTreeMap<u32, u32> = used.iter().zip(1..).map(|(old, new)| (*old, new)).collect();
+    wave_of
+        .into_iter()
+        .map(|(vm, wave)| (vm, renumber[&wave]))
+        .collect()
 }
 
 /// The VMs of `role` that exist now.

@@ -51,7 +51,7 @@ fn a_restart_of_every_server_rolls_one_server_per_wave() {
     let first = &delta.rolling[0];
     assert_eq!(first.vms[0].why, "restart: cores 4 → 8");
     assert!(first.vms[0].drain);
-    assert_eq!(first.disruption, "1 of 3 servers unavailable");
+    assert_eq!(first.disruption, "1 of 3 servers");
     let text = render_text(&delta);
     assert!(
         text.contains("  1.  lab-cp-1 (restart: cores 4 → 8), drain: yes\n"),
@@ -74,7 +74,7 @@ fn agents_roll_in_batches_of_max_unavailable() {
         "{}",
         render_text(&delta)
     );
-    assert_eq!(delta.rolling[0].disruption, "2 of 4 agents unavailable");
+    assert_eq!(delta.rolling[0].disruption, "2 of 4 agents");
     // The default: one agent at a time.
     let delta = plan(&profile, &inventory, &state, &context()).unwrap();
     assert_eq!(delta.rolling.len(), 4);
