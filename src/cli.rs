@@ -174,6 +174,29 @@ pub struct UpArgs {
     pub cluster: ClusterArgs,
     #[command(flatten)]
     pub phase2: Phase2Args,
+    #[command(flatten)]
+    pub rolling: RollingArgs,
+    #[command(flatten)]
+    pub confirm: ConfirmArgs,
+}
+
+/// How `up` disrupts running VMs (README, "Rolling changes").
+#[derive(Debug, Clone, Args)]
+pub struct RollingArgs {
+    /// Agents restarted, replaced or removed at once (servers always go one at a time).
+    #[arg(long, default_value_t = 1, value_parser = clap::value_parser!(u32).range(1..))]
+    pub max_unavailable: u32,
+    /// Allow scaling the servers down to a single one.
+    #[arg(long)]
+    pub force: bool,
+}
+
+/// Confirmation before a disruptive change.
+#[derive(Debug, Clone, Args)]
+pub struct ConfirmArgs {
+    /// Do not ask for confirmation (required when stdin is not a terminal).
+    #[arg(long, short = 'y', visible_alias = "auto-approve")]
+    pub yes: bool,
 }
 
 /// Phase 2 options of `up`.
@@ -220,15 +243,16 @@ pub struct PlanArgs {
     /// Show what `down` would destroy instead.
     #[arg(long)]
     pub destroy: bool,
+    #[command(flatten)]
+    pub rolling: RollingArgs,
 }
 
 #[derive(Debug, Args)]
 pub struct DownArgs {
     #[command(flatten)]
     pub cluster: ClusterArgs,
-    /// Do not ask for confirmation (required when stdin is not a terminal).
-    #[arg(long)]
-    pub yes: bool,
+    #[command(flatten)]
+    pub confirm: ConfirmArgs,
     /// The simulated VMs' guests (as on `up`): with `testbed`, the hosts of the destroyed VMs are stopped.
     /// Hidden from `--help`, like `up --guests`.
     #[arg(long, value_enum, default_value_t = Guests::None, requires = "simulate", hide = true)]

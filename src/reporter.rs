@@ -99,6 +99,11 @@ impl Reporter {
         }
     }
 
+    /// A question on stderr (shown even with `--quiet`: the answer is needed).
+    pub fn prompt(&self, text: &str) {
+        self.line(text);
+    }
+
     /// Detail shown only with `-v`.
     pub fn detail(&self, text: &str) {
         if self.verbose > 0 && !self.quiet {

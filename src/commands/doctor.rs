@@ -29,6 +29,7 @@ pub async fn run(context: &Context, args: ClusterArgs) -> anyhow::Result<ExitSta
             state: &state,
             seeds: &seeds,
             workspace_root: &context.workspace.root,
+            rolling: crate::plan::RollingOptions::default(),
         },
     )
     .await;

@@ -2,7 +2,6 @@
 //! and purge the cluster's VMs (and, with `--simulate --guests testbed`, stop the testbed hosts
 //! that played them).
 
-use std::io::IsTerminal as _;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -14,7 +13,7 @@ use crate::exit::ExitStatus;
 use crate::profile;
 use crate::state::StateStore;
 
-use super::{Context, UserError};
+use super::Context;
 
 /// How long the testbed may take to stop the destroyed VMs' hosts.
 const GUESTS_SETTLE: Duration = Duration::from_secs(120);
@@ -34,28 +33,15 @@ pub async fn run(context: &Context, args: DownArgs) -> anyhow::Result<ExitStatus
         ));
         return Ok(ExitStatus::Success);
     }
-    if !args.yes {
-        if !std::io::stdin().is_terminal() {
-            return Err(UserError::new(
-                format!(
-                    "refusing to destroy {} VMs of cluster {cluster} without confirmation",
-                    names.len()
-                ),
-                Some("pass --yes"),
-            )
-            .into());
-        }
-        context.reporter.status(&format!(
-            "This stops and purges {} VMs of cluster {cluster}: {}\nType the cluster name to confirm:",
-            names.len(),
-            names.join(", ")
-        ));
-        let mut answer = String::new();
-        std::io::stdin().read_line(&mut answer)?;
-        if answer.trim() != cluster {
-            return Err(UserError::new("not confirmed; nothing was changed", None).into());
-        }
-    }
+    super::confirm::confirm(
+        context,
+        &format!(
+            "hard-stop and purge {} VMs of cluster {cluster}",
+            names.len()
+        ),
+        &format!("VMs: {}", names.join(", ")),
+        args.confirm.yes,
+    )?;
     let opened = session::open(
         &context.workspace,
         &loaded.profile,

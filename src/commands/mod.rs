@@ -4,6 +4,7 @@
 //! and one arm in [`dispatch`].
 
 pub mod completions;
+pub mod confirm;
 pub mod doctor;
 pub mod down;
 pub mod drain;

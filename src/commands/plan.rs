@@ -41,6 +41,7 @@ pub async fn run(context: &Context, args: PlanArgs) -> anyhow::Result<ExitStatus
             &state,
             &seeds,
             &context.workspace.root,
+            rolling_options(context, &args.rolling),
         )
         .await?
     };
@@ -55,4 +56,17 @@ pub async fn run(context: &Context, args: PlanArgs) -> anyhow::Result<ExitStatus
     }
     opened.close().await;
     Ok(ExitStatus::Success)
+}
+
+/// The planner's rolling options from the command line and the workspace: drains are planned
+/// once phase 2 has written the cluster's kubeconfig (the cluster runs).
+pub(super) fn rolling_options(
+    context: &Context,
+    args: &crate::cli::RollingArgs,
+) -> crate::plan::RollingOptions {
+    crate::plan::RollingOptions {
+        max_unavailable: args.max_unavailable,
+        force: args.force,
+        cluster_running: context.workspace.kubeconfig_path().exists(),
+    }
 }

@@ -46,6 +46,7 @@ pub async fn run(context: &Context, up_args: UpArgs) -> anyhow::Result<ExitStatu
             state: store.state(),
             seeds: &seeds,
             workspace_root: &context.workspace.root,
+            rolling: super::plan::rolling_options(context, &up_args.rolling),
         },
     )
     .await;
@@ -72,8 +73,21 @@ pub async fn run(context: &Context, up_args: UpArgs) -> anyhow::Result<ExitStatu
             .into());
         }
     };
-    show_plan(context, &plan);
-    let (report, _store) = exec::apply(
+    let gate = match disruption_gate(
+        context,
+        &up_args,
+        profile,
+        &plan,
+        guests.as_deref(),
+        store.state(),
+    ) {
+        Ok(gate) => gate,
+        Err(error) => {
+            opened.close().await;
+            return Err(error);
+        }
+    };
+    let (report, _store) = exec::apply_with_gate(
         Arc::clone(&opened.connection.api),
         &plan,
         store,
@@ -87,6 +101,7 @@ pub async fn run(context: &Context, up_args: UpArgs) -> anyhow::Result<ExitStatu
             },
             ..ExecOptions::default()
         },
+        gate,
     )
     .await?;
     let phase1 = PhaseOneOutput {
@@ -117,6 +132,41 @@ pub async fn run(context: &Context, up_args: UpArgs) -> anyhow::Result<ExitStatu
         });
     }
     Ok(ExitStatus::Success)
+}
+
+/// The plan is shown; one that disrupts running VMs is confirmed (`--yes` answers for it);
+/// then the gate around each disruption: k3s drains once the cluster runs, else nothing.
+fn disruption_gate(
+    context: &Context,
+    up_args: &UpArgs,
+    profile: &crate::profile::Profile,
+    plan: &crate::plan::Plan,
+    guests: Option<&provision_testbed::TestbedGuests>,
+    state: &crate::state::State,
+) -> anyhow::Result<Arc<dyn exec::RollingGate>> {
+    show_plan(context, plan);
+    if plan.rolling.is_empty() {
+        return Ok(Arc::new(exec::NoGate));
+    }
+    let disrupted: usize = plan.rolling.iter().map(|wave| wave.vms.len()).sum();
+    super::confirm::confirm(
+        context,
+        &format!(
+            "restart, replace or remove {disrupted} running VMs of cluster {} in {} waves",
+            plan.cluster,
+            plan.rolling.len()
+        ),
+        "",
+        up_args.confirm.yes,
+    )?;
+    super::up_phase2::rolling_gate(
+        context,
+        profile,
+        &up_args.phase2,
+        up_args.cluster.sim.simulate,
+        guests,
+        state,
+    )
 }
 
 /// The plan's warnings and summary on stderr before anything changes; each VM's parameters only

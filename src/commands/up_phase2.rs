@@ -5,10 +5,12 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use crate::cli::{Guests, OutputFormat, Phase2Args};
-use crate::exec::ProvisionedVm;
+use anyhow::Context as _;
+
 use crate::exec::cluster::{self, ClusterOptions};
 use crate::exec::phase2::Phase2Report;
 use crate::exec::session::Opened;
+use crate::exec::{NoGate, ProvisionedVm, RollingGate};
 use crate::profile::Profile;
 use provision_testbed::TestbedGuests;
 
@@ -35,6 +37,50 @@ pub fn attach_guests(
         }
         (Guests::Testbed, None) | (Guests::None, _) => Ok(None),
     }
+}
+
+/// What `up` asks around each disruption of a running VM: the k3s gate (drain, wait Ready,
+/// uncordon) once phase 2 has bootstrapped the cluster and would run now, else nothing.
+pub fn rolling_gate(
+    context: &Context,
+    profile: &Profile,
+    args: &Phase2Args,
+    simulate: bool,
+    guests: Option<&TestbedGuests>,
+    state: &crate::state::State,
+) -> anyhow::Result<Arc<dyn RollingGate>> {
+    let skipped = args.vms_only || (simulate && guests.is_none());
+    if skipped || !context.workspace.kubeconfig_path().exists() {
+        return Ok(Arc::new(NoGate));
+    }
+    let mut vms = Vec::new();
+    for record in state.vms.values() {
+        let Some(address) = &record.address else {
+            continue;
+        };
+        vms.push(ProvisionedVm {
+            name: record.name.clone(),
+            vmid: record.vmid,
+            node: record.node.clone(),
+            address: address
+                .parse()
+                .with_context(|| format!("VM {}: address {address:?} in the state", record.name))?,
+            role: record.role,
+            group: record.group.clone(),
+            gpus: record.gpus.clone(),
+            seconds: 0.0,
+        });
+    }
+    let options = ClusterOptions {
+        accept_new_host_keys: args.accept_new_host_keys,
+        ..ClusterOptions::default()
+    };
+    Ok(Arc::new(cluster::rolling_gate(
+        profile,
+        &vms,
+        &context.workspace,
+        &options,
+    )?))
 }
 
 /// What phase 2 produced for the command's output.

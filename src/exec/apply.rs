@@ -15,10 +15,12 @@ use crate::pve::types::PciMapping;
 use crate::state::{StateStore, VmPhase, VolumeRecord};
 
 use super::retry::is_already_exists;
+use super::rolling::{NoGate, RollingGate};
 use super::runner::{Runner, record_for};
 use super::{ApplyReport, ExecEvent, ExecOptions, ProgressSink, ProvisionedVm, SeedSource};
 
-/// Execute `plan`. The state store stays locked by the caller for the whole run.
+/// Execute `plan` with no cluster to drain ([`NoGate`]). The state store stays locked by the
+/// caller for the whole run.
 pub async fn apply(
     api: Arc<dyn crate::pve::PveApi>,
     plan: &Plan,
@@ -27,8 +29,22 @@ pub async fn apply(
     events: Arc<dyn ProgressSink>,
     options: ExecOptions,
 ) -> anyhow::Result<(ApplyReport, StateStore)> {
+    apply_with_gate(api, plan, store, seeds, events, options, Arc::new(NoGate)).await
+}
+
+/// Execute `plan`, asking `gate` around every disruptive action of its waves.
+pub async fn apply_with_gate(
+    api: Arc<dyn crate::pve::PveApi>,
+    plan: &Plan,
+    store: StateStore,
+    seeds: Arc<dyn SeedSource>,
+    events: Arc<dyn ProgressSink>,
+    options: ExecOptions,
+    gate: Arc<dyn RollingGate>,
+) -> anyhow::Result<(ApplyReport, StateStore)> {
     let started = Instant::now();
-    let runner = Arc::new(Runner::new(api, plan, store, Some(seeds), events, options));
+    let runner =
+        Arc::new(Runner::new(api, plan, store, Some(seeds), events, options).with_gate(gate));
     {
         let mut store = runner.store.lock().await;
         store.update(|state| {

@@ -256,6 +256,28 @@ pub async fn converge(
     }
 }
 
+/// The k3s gate for a rolling `up` of a running cluster: it reaches the servers among `vms`
+/// (the cluster as the state knows it, leaving VMs included) over SSH.
+pub fn rolling_gate(
+    profile: &Profile,
+    vms: &[ProvisionedVm],
+    workspace: &Workspace,
+    options: &ClusterOptions,
+) -> anyhow::Result<phase2::K3sGate<SshConnector>> {
+    let nodes = guest_nodes(vms, &host_key_dir(workspace))?;
+    let connector = SshConnector::new(profile, workspace, &nodes, options, None)?;
+    let mut phase2_options = options
+        .phase2
+        .clone()
+        .unwrap_or_else(|| Phase2Options::new(&workspace.root));
+    phase2_options.workspace = workspace.state_dir();
+    Ok(phase2::K3sGate {
+        nodes,
+        connector,
+        options: phase2_options,
+    })
+}
+
 /// One recorded operation as `--print-commands` shows it: multi-line scripts are shown whole.
 fn render_op(op: &RecordedOp) -> String {
     op.to_string()

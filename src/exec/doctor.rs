@@ -96,6 +96,8 @@ pub struct DoctorInput<'a> {
     pub state: &'a State,
     pub seeds: &'a WorkspaceSeeds,
     pub workspace_root: &'a Path,
+    /// How disruptions roll (`up --max-unavailable`, `--force`).
+    pub rolling: crate::plan::RollingOptions,
 }
 
 /// Run every check. Stops early only where later checks cannot run (API unreachable,
@@ -135,6 +137,7 @@ pub async fn run(api: &dyn PveApi, auth: &AuthKind, input: &DoctorInput<'_>) -> 
         input.state,
         input.seeds,
         input.workspace_root,
+        input.rolling,
     ) {
         Ok(plan) => plan,
         Err(error) => {

@@ -15,6 +15,7 @@ pub mod drain;
 pub mod phase2;
 pub mod progress;
 pub mod retry;
+pub mod rolling;
 mod runner;
 mod seed;
 pub mod session;
@@ -29,9 +30,10 @@ use serde::Serialize;
 use crate::plan::PlannedVm;
 use crate::profile::model::Role;
 
-pub use apply::apply;
+pub use apply::{apply, apply_with_gate};
 pub use destroy::{DestroyReport, destroy, observe_and_plan_down};
 pub use progress::{CollectProgress, ExecEvent, NoProgress, ProgressSink};
+pub use rolling::{NoGate, RollingGate};
 
 /// Knobs of one run.
 #[derive(Debug, Clone)]

@@ -43,7 +43,9 @@ use crate::profile::Profile;
 use crate::profile::model::{NodeGroup, Role};
 use crate::ssh::{RemoteExec, SshError};
 
+mod gate;
 mod waits;
+pub use gate::K3sGate;
 use waits::{wait_for_api, wait_until};
 
 /// A guest VM phase 2 works on.

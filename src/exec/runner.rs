@@ -11,11 +11,12 @@ use std::time::{Duration, Instant};
 use anyhow::{Context as _, anyhow};
 use tokio::sync::{Mutex, OnceCell, Semaphore};
 
-use crate::plan::{Action, ImageDownload, Plan, PlannedVm, params_hash};
+use crate::plan::{Action, ImageDownload, Plan, PlannedVm, WaveVm, params_hash};
 use crate::pve::{NodeName, PveApi, PveError, Upid, VmId};
 use crate::state::{StateStore, VmPhase, VmRecord};
 
 use super::retry::{Decision, decide};
+use super::rolling::{NoGate, RollingGate};
 use super::{ExecEvent, ExecOptions, InjectedCrash, ProgressSink, SeedSource};
 
 /// A storage's slot key: (node, storage) for a node-local storage, (`None`, storage) for a
@@ -41,6 +42,11 @@ pub(super) struct Runner {
     /// Per VM that goes away (destroy or the destroy half of a replace): set once it is gone,
     /// for the creates that wait on it ([`crate::plan::Action::after`]).
     gone: BTreeMap<String, tokio::sync::watch::Sender<bool>>,
+    /// The rolling waves' members by VM name: (wave number, member).
+    wave_of: BTreeMap<String, (u32, WaveVm)>,
+    /// Per wave: how many of its actions are not done yet.
+    wave_left: BTreeMap<u32, tokio::sync::watch::Sender<usize>>,
+    gate: Arc<dyn RollingGate>,
 }
 
 /// How one action of a run ended.
@@ -94,7 +100,60 @@ impl Runner {
                 .filter(|a| a.removes_vm())
                 .map(|a| (a.vm().to_owned(), tokio::sync::watch::Sender::new(false)))
                 .collect(),
+            wave_of: plan
+                .rolling
+                .iter()
+                .flat_map(|wave| {
+                    wave.vms
+                        .iter()
+                        .map(|member| (member.vm.clone(), (wave.number, member.clone())))
+                })
+                .collect(),
+            wave_left: plan
+                .rolling
+                .iter()
+                .map(|wave| (wave.number, tokio::sync::watch::Sender::new(wave.vms.len())))
+                .collect(),
+            gate: Arc::new(NoGate),
         }
+    }
+
+    /// Ask `gate` around each disruptive action (the default, [`NoGate`], asks nothing).
+    pub(super) fn with_gate(mut self, gate: Arc<dyn RollingGate>) -> Self {
+        self.gate = gate;
+        self
+    }
+
+    /// Run one action; a disruptive one waits for the earlier waves, goes through the gate,
+    /// and counts towards its wave being done.
+    async fn run_rolling(
+        &self,
+        action: &Action,
+        planned: Option<&PlannedVm>,
+    ) -> anyhow::Result<()> {
+        let Some((number, member)) = self.wave_of.get(action.vm()) else {
+            return self.run_action(action, planned).await;
+        };
+        for (earlier, left) in self.wave_left.range(..*number) {
+            if *left.borrow() > 0 {
+                self.step(action.vm(), "wave");
+            }
+            left.subscribe()
+                .wait_for(|left| *left == 0)
+                .await
+                .map_err(|_| anyhow!("wave {earlier} did not finish, so {} waits", action.vm()))?;
+        }
+        self.step(action.vm(), "before disruption");
+        self.gate.before_disruption(member).await?;
+        self.run_action(action, planned).await?;
+        if !matches!(action, Action::Destroy { .. }) {
+            self.step(action.vm(), "after recovery");
+            self.gate.after_recovery(member).await?;
+        }
+        if let Some(left) = self.wave_left.get(number) {
+            left.send_modify(|left| *left = left.saturating_sub(1));
+        }
+        Ok(())
     }
 
     /// Run every action of `plan` in parallel (each VM's chain in order). The first failure
@@ -111,7 +170,7 @@ impl Runner {
             let planned = plan.vm(action.vm()).cloned();
             tasks.spawn(async move {
                 let started = Instant::now();
-                let result = runner.run_action(&action, planned.as_ref()).await;
+                let result = runner.run_rolling(&action, planned.as_ref()).await;
                 (action, result, started.elapsed())
             });
         }

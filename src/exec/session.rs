@@ -306,12 +306,13 @@ pub async fn observe_and_plan(
     state: &State,
     seeds: &WorkspaceSeeds,
     workspace_root: &Path,
+    rolling: plan::RollingOptions,
 ) -> anyhow::Result<(Inventory, Plan)> {
     state.check_cluster(&profile.cluster.name)?;
     let inventory = inventory::observe(api, profile, auth)
         .await
         .context("observing Proxmox")?;
-    let plan = plan_for(profile, &inventory, state, seeds, workspace_root)?;
+    let plan = plan_for(profile, &inventory, state, seeds, workspace_root, rolling)?;
     Ok((inventory, plan))
 }
 
@@ -322,6 +323,7 @@ pub fn plan_for(
     state: &State,
     seeds: &WorkspaceSeeds,
     workspace_root: &Path,
+    rolling: plan::RollingOptions,
 ) -> anyhow::Result<Plan> {
     let wanted = plan::wanted_vms_observed(profile, inventory, state)?;
     let nocloud = profile.proxmox.cloud_init == crate::profile::model::CloudInitMode::NocloudIso;
@@ -339,6 +341,7 @@ pub fn plan_for(
         } else {
             BTreeMap::new()
         },
+        rolling,
     };
     let converge = |context: &PlanContext| {
         let input = plan::PlanInput {

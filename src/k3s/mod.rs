@@ -12,6 +12,7 @@ pub mod kubeconfig;
 pub mod manifests;
 pub mod release;
 pub mod status;
+pub mod rolling;
 pub mod templates;
 pub mod token;
 

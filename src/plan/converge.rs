@@ -31,6 +31,7 @@ pub(super) fn converge(input: &PlanInput<'_>) -> Result<Plan, PlanError> {
     } = *input;
     let cluster = &profile.cluster.name;
     let wanted = expand(profile)?;
+    super::rolling::check_server_count(input, &input.context.rolling)?;
     let wanted_names: BTreeSet<&str> = wanted.iter().map(|w| w.name.as_str()).collect();
 
     // Match existing VMs: which existing VM (if any) each wanted VM is.
@@ -73,6 +74,7 @@ pub(super) fn converge(input: &PlanInput<'_>) -> Result<Plan, PlanError> {
         .filter(|pool| !inventory.pools.contains(pool));
     let downloads = needed_downloads(pass.downloads, &vms, &actions);
     check_root_only_keys(&actions, &inventory.auth)?;
+    let rolling = super::rolling::waves(input, &actions, &input.context.rolling);
     Ok(Plan {
         intent: Intent::Converge,
         cluster: cluster.clone(),
@@ -91,6 +93,7 @@ pub(super) fn converge(input: &PlanInput<'_>) -> Result<Plan, PlanError> {
             .filter(|storage| storage.shared == Some(1))
             .map(|storage| storage.storage.clone())
             .collect(),
+        rolling,
     })
 }
 

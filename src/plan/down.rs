@@ -53,5 +53,6 @@ pub(super) fn plan_down(input: &PlanInput<'_>) -> Plan {
         adopt: Vec::new(),
         warnings: Vec::new(),
         shared_storages: BTreeSet::new(),
+        rolling: Vec::new(),
     }
 }

@@ -18,6 +18,7 @@ mod placement;
 pub mod privileges;
 mod propstrings;
 mod render;
+mod rolling;
 mod user_facing;
 mod vm;
 mod vm_params;
@@ -39,6 +40,7 @@ pub use intent::{Intent, PlanInput};
 pub use numa::{format_cpulist, parse_cpulist};
 pub use params::{disk_size_gib, disk_storage, hostpci_targets, params_hash, same_value};
 pub use render::{render_json, render_text};
+pub use rolling::{RollingOptions, Wave, WaveVm, disrupts};
 pub use wanted::{
     MAC_FIRST_OCTET, WantedVm, derived_mac, live_mac, wanted_vms, wanted_vms_observed,
 };
@@ -166,6 +168,15 @@ pub enum PlanError {
         remedy = crate::pve::privileges::ROOT_ONLY_REMEDY
     )]
     RootOnlyKeys { auth: String, vms: String },
+    #[error(
+        "node_groups[{group}].count: scaling the servers down from {from} to {to} leaves an even number, and etcd with {to} members tolerates no more failures than with {lower}; use an odd count",
+        lower = to.saturating_sub(1)
+    )]
+    EvenServerScaleDown { from: u32, to: u32, group: usize },
+    #[error(
+        "node_groups[{group}].count: scaling the servers down from {from} to 1 ends high availability (one server, no etcd quorum to lose); pass --force to do it anyway"
+    )]
+    SingleServerScaleDown { from: u32, group: usize },
 }
 
 /// Where a VM's OS disk comes from.
@@ -264,9 +275,20 @@ pub struct Plan {
     /// is a separate one on each node. Bounds concurrent disk allocations in `exec`.
     #[serde(skip)]
     pub shared_storages: BTreeSet<String>,
+    /// The disruptive actions in waves (see [`Wave`]); empty when nothing running is disrupted.
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub rolling: Vec<Wave>,
 }
 
 impl Plan {
+    /// The wave of a disruptive action on `vm` (1-based), if it has one.
+    pub fn wave_of(&self, vm: &str) -> Option<u32> {
+        self.rolling
+            .iter()
+            .find(|wave| wave.vms.iter().any(|member| member.vm == vm))
+            .map(|wave| wave.number)
+    }
+
     /// Nothing on Proxmox changes when this plan runs.
     pub fn is_noop(&self) -> bool {
         self.actions.is_empty()
@@ -294,6 +316,8 @@ pub struct PlanContext {
     /// NoCloud seed ISO file name per VM name (it hashes the seed content, see
     /// `cloudinit::iso_file_name`); VMs not listed get `provision-<cluster>-<vm>.iso`.
     pub iso_files: BTreeMap<String, String>,
+    /// How disruptions of running VMs roll.
+    pub rolling: RollingOptions,
 }
 
 /// Plan `intent` against what the input's inventory shows and its state remembers.

@@ -48,6 +48,7 @@ pub fn render_text(plan: &Plan) -> String {
             forget.vm, forget.vmid
         );
     }
+    render_rolling(&mut out, plan);
     let _ = writeln!(
         out,
         "Plan: {} to create, {} to update, {} to replace, {} to destroy.",
@@ -71,6 +72,35 @@ pub fn render_text(plan: &Plan) -> String {
         }
     }
     out
+}
+
+/// The waves of disruptive actions, in the order they run.
+fn render_rolling(out: &mut String, plan: &Plan) {
+    if plan.rolling.is_empty() {
+        return;
+    }
+    let _ = writeln!(
+        out,
+        "Rolling: {} waves; each starts when the one before is back (started, guest agent answering)",
+        plan.rolling.len()
+    );
+    for wave in &plan.rolling {
+        for (position, member) in wave.vms.iter().enumerate() {
+            let number = if position == 0 {
+                format!("{}.", wave.number)
+            } else {
+                String::new()
+            };
+            let _ = writeln!(
+                out,
+                "  {number:<3} {} ({}), drain: {}",
+                member.vm,
+                member.why,
+                if member.drain { "yes" } else { "no" }
+            );
+        }
+        let _ = writeln!(out, "      unavailable: {}", wave.disruption);
+    }
 }
 
 /// One action: its line, then what it sends.
@@ -139,6 +169,11 @@ pub fn render_json(plan: &Plan) -> serde_json::Value {
             "destroy": plan.count(ActionKind::Destroy),
         },
     });
+    if !plan.rolling.is_empty()
+        && let Some(object) = rendered.as_object_mut()
+    {
+        object.insert("rolling".to_owned(), json!(plan.rolling));
+    }
     // Only a down plan forgets; converge plans keep their shape.
     if !plan.forget.is_empty()
         && let Some(object) = rendered.as_object_mut()

@@ -28,7 +28,9 @@ impl UserFacing for PlanError {
             | PlanError::StorageMissing { .. }
             | PlanError::MemoryDoesNotFit { .. }
             | PlanError::TooManyVcpus { .. }
-            | PlanError::RootOnlyKeys { .. } => ExitStatus::UserError,
+            | PlanError::RootOnlyKeys { .. }
+            | PlanError::EvenServerScaleDown { .. }
+            | PlanError::SingleServerScaleDown { .. } => ExitStatus::UserError,
         }
     }
 

@@ -24,6 +24,7 @@ mod plan;
 mod preflight;
 mod profiles;
 mod pve_client;
+mod rolling;
 mod ssh;
 mod ssh_auth;
 mod standin;

@@ -229,6 +229,7 @@ async fn a_limited_token_gets_one_list_of_every_missing_privilege() {
             state: &state,
             seeds: &seeds,
             workspace_root: &workspace.root,
+            rolling: provision::plan::RollingOptions::default(),
         },
     )
     .await;

@@ -326,3 +326,55 @@ fn sim_serve_warns_off_loopback_and_its_printed_lines_connect_provision() {
     let json: serde_json::Value = serde_json::from_slice(&output.stdout).unwrap();
     assert_eq!(json["summary"]["create"], 2, "{json}");
 }
+
+#[test]
+fn a_disruptive_up_off_a_terminal_needs_yes_and_changes_nothing_without_it() {
+    let binary = BinaryWorkspace::new();
+    let workspace = binary.workspace();
+    let sim = ["--simulate", "--sim-time-scale", "0.005"];
+    let up: Vec<&str> = [&["up", "--profile", "ci-nested"][..], &sim[..]].concat();
+    let (code, _, stderr) = binary.run(&up);
+    assert_eq!(code, 0, "{stderr}");
+
+    // More cores for every VM: each restarts, one at a time.
+    let profile = std::fs::read_to_string("profiles/ci-nested.toml")
+        .unwrap()
+        .replace("cores = 2", "cores = 4");
+    std::fs::create_dir_all(workspace.join("profiles")).unwrap();
+    std::fs::write(workspace.join("profiles/ci-nested.toml"), profile).unwrap();
+
+    let plan: Vec<&str> = [&["plan", "--profile", "ci-nested"][..], &sim[..]].concat();
+    let (code, stdout, stderr) = binary.run(&plan);
+    assert_eq!(code, 0, "{stderr}");
+    assert!(stdout.contains("Rolling: 2 waves"), "{stdout}");
+    assert!(
+        stdout.contains("  1.  ci-server-1 (restart: cores 2 → 4), drain: no\n"),
+        "{stdout}"
+    );
+
+    let log = binary.dir().join("requests.jsonl");
+    let logged: Vec<&str> = [&up[..], &["--sim-request-log", log.to_str().unwrap()][..]].concat();
+    let (code, stdout, stderr) = binary.run(&logged);
+    assert_eq!(code, 1, "{stderr}");
+    assert!(stdout.is_empty(), "{stdout}");
+    assert!(
+        stderr.contains("refusing to restart, replace or remove 2 running VMs of cluster ci in 2 waves without confirmation; nothing was changed"),
+        "{stderr}"
+    );
+    assert!(stderr.contains("--yes"), "{stderr}");
+    let requests = std::fs::read_to_string(&log).unwrap();
+    assert!(
+        requests
+            .lines()
+            .all(|line| line.contains(r#""method":"GET""#)),
+        "{requests}"
+    );
+
+    let confirmed: Vec<&str> = [&up[..], &["--auto-approve"][..]].concat();
+    let (code, stdout, stderr) = binary.run(&confirmed);
+    assert_eq!(code, 0, "{stderr}");
+    assert!(stdout.contains("2 VMs ready"), "{stdout}");
+    let (code, _, stderr) = binary.run(&[&up[..], &["-y"][..]].concat());
+    assert_eq!(code, 0, "{stderr}");
+    assert!(stderr.contains("no changes made to Proxmox"), "{stderr}");
+}

@@ -375,6 +375,20 @@ impl FakeExec {
             sim.events.extend(became_ready);
             return Ok(ok(serde_json::json!({ "items": items }).to_string()));
         }
+        if let Some(rest) = command.strip_prefix("k3s kubectl drain ") {
+            let node = rest.split(' ').next().unwrap();
+            assert!(
+                rest.contains(" --ignore-daemonsets --delete-emptydir-data --timeout="),
+                "{command}"
+            );
+            sim.events.push(format!("drain {node} from {}", self.host));
+            return Ok(ok(format!("node/{node} drained")));
+        }
+        if let Some(node) = command.strip_prefix("k3s kubectl uncordon ") {
+            sim.events
+                .push(format!("uncordon {node} from {}", self.host));
+            return Ok(ok(format!("node/{node} uncordoned")));
+        }
         if command.starts_with("k3s kubectl label") || command.starts_with("k3s kubectl taint") {
             sim.events.push(command.to_owned());
             return Ok(ok(""));

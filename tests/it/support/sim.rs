@@ -110,6 +110,7 @@ impl SimWorkspace {
             &state,
             &self.seeds(profile),
             &self.root,
+            provision::plan::RollingOptions::default(),
         )
         .await?;
         Ok(plan)
@@ -126,6 +127,7 @@ impl SimWorkspace {
             store.state(),
             &seeds,
             &self.root,
+            provision::plan::RollingOptions::default(),
         )
         .await?;
         let (report, _store) = exec::apply(
@@ -138,6 +140,39 @@ impl SimWorkspace {
         )
         .await?;
         Ok(report)
+    }
+
+    /// `provision up` (phase 1) with rolling options and a gate around each disruption.
+    pub async fn up_rolling(
+        &self,
+        profile: &Profile,
+        options: ExecOptions,
+        rolling: provision::plan::RollingOptions,
+        gate: Arc<dyn exec::RollingGate>,
+    ) -> anyhow::Result<(Plan, ApplyReport)> {
+        let store = StateStore::open(&self.state_dir(), "up (test)")?;
+        let seeds = Arc::new(self.seeds(profile));
+        let (_, plan) = session::observe_and_plan(
+            self.api.as_ref(),
+            self.auth.clone(),
+            profile,
+            store.state(),
+            &seeds,
+            &self.root,
+            rolling,
+        )
+        .await?;
+        let (report, _store) = exec::apply_with_gate(
+            Arc::clone(&self.api),
+            &plan,
+            store,
+            seeds,
+            Arc::new(NoProgress),
+            options,
+            gate,
+        )
+        .await?;
+        Ok((plan, report))
     }
 
     /// `provision down --yes`.
