@@ -88,10 +88,14 @@ async fn concurrent_changes_never_leave_an_invalid_file_and_all_reach_it() {
     for create in futures::future::join_all(creates).await {
         create.unwrap();
     }
-    // Without a shutdown: the writer thread saves the last change shortly after it.
+    // Without a shutdown: the writer thread saves the last change shortly after it (on a loaded
+    // machine the first save may not have happened yet: wait for the file, up to 10 s in all).
     let mut pools = 0;
-    for _ in 0..200 {
+    for _ in 0..1000 {
         tokio::time::sleep(Duration::from_millis(10)).await;
+        if !path.exists() {
+            continue;
+        }
         let state = state_at(&path);
         pools = state["pools"].as_object().unwrap().len();
         if (0..48).all(|n| state["pools"].get(format!("pool{n}")).is_some()) {
