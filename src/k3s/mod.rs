@@ -11,8 +11,8 @@ pub mod install;
 pub mod kubeconfig;
 pub mod manifests;
 pub mod release;
-pub mod status;
 pub mod rolling;
+pub mod status;
 pub mod templates;
 pub mod token;
 

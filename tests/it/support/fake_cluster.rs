@@ -375,19 +375,23 @@ impl FakeExec {
             sim.events.extend(became_ready);
             return Ok(ok(serde_json::json!({ "items": items }).to_string()));
         }
-        if let Some(rest) = command.strip_prefix("k3s kubectl drain ") {
+        // The rolling gate's drain (`--timeout=…`); `provision drain`'s form goes to `kubectl_day2`.
+        if let Some(rest) = command.strip_prefix("k3s kubectl drain ")
+            && rest.contains(" --ignore-daemonsets --delete-emptydir-data --timeout=")
+        {
             let node = rest.split(' ').next().unwrap();
-            assert!(
-                rest.contains(" --ignore-daemonsets --delete-emptydir-data --timeout="),
-                "{command}"
-            );
             sim.events.push(format!("drain {node} from {}", self.host));
             return Ok(ok(format!("node/{node} drained")));
         }
         if let Some(node) = command.strip_prefix("k3s kubectl uncordon ") {
             sim.events
                 .push(format!("uncordon {node} from {}", self.host));
-            return Ok(ok(format!("node/{node} uncordoned")));
+            let was = sim.cordoned.remove(node);
+            return Ok(ok(if was {
+                format!("node/{node} uncordoned\n")
+            } else {
+                format!("node/{node} already uncordoned\n")
+            }));
         }
         if command.starts_with("k3s kubectl label") || command.starts_with("k3s kubectl taint") {
             sim.events.push(command.to_owned());
@@ -418,7 +422,7 @@ fn pod_id(pod: &serde_json::Value) -> String {
 
 /// kubectl's day-2 verbs: the lists the drain preflight reads, `drain` with kubectl's own checks
 /// (unmanaged pods need `--force`, emptyDir `--delete-emptydir-data`; DaemonSet and mirror pods
-/// stay; a pod in `unevictable` holds until the timeout) and `uncordon`.
+/// stay; a pod in `unevictable` holds until the timeout); `uncordon` is answered above, for both.
 fn kubectl_day2(sim: &mut Sim, command: &str) -> Option<CommandOutput> {
     let list = |items: &[serde_json::Value]| {
         ok(serde_json::json!({"apiVersion": "v1", "kind": "List", "items": items}).to_string())
@@ -439,15 +443,6 @@ fn kubectl_day2(sim: &mut Sim, command: &str) -> Option<CommandOutput> {
         "k3s kubectl get pvc -A -o json" => return Some(list(&sim.pvcs)),
         "k3s kubectl get pv -o json" => return Some(list(&sim.pvs)),
         _ => {}
-    }
-    if let Some(node) = command.strip_prefix("k3s kubectl uncordon ") {
-        sim.events.push(format!("uncordon {node}"));
-        let was = sim.cordoned.remove(node);
-        return Some(ok(if was {
-            format!("node/{node} uncordoned\n")
-        } else {
-            format!("node/{node} already uncordoned\n")
-        }));
     }
     let rest = command.strip_prefix("k3s kubectl drain ")?;
     let words: Vec<&str> = rest.split(' ').collect();
