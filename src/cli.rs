@@ -85,7 +85,7 @@ pub enum Command {
     /// cordoned or unknown node, or mixed minor versions, is reported as degraded), 2 when no server
     /// answers, 3 when a VM is not running or the cluster is unhealthy (a node NotReady or missing, a
     /// server without its etcd member, etcd not ok, a kubelet newer than the servers).
-    Status(ClusterArgs),
+    Status(StatusArgs),
     /// Check the Proxmox side read-only: API, credentials and privileges, storages, bridge,
     /// virtualisation, GPUs and IOMMU groups, hugepages, the plan; exit 1 when `up` would stop.
     Doctor(ClusterArgs),
@@ -226,6 +226,17 @@ pub enum Guests {
     None,
     /// Real Debian hosts from scripts/testbed.sh (a test facility).
     Testbed,
+}
+
+/// `provision status --profile P`
+#[derive(Debug, Args)]
+pub struct StatusArgs {
+    #[command(flatten)]
+    pub cluster: ClusterArgs,
+    /// The simulated VMs' guests (as on `up`): with `testbed`, the cluster is asked on the test hosts
+    /// that play them. Hidden from `--help`, like `up --guests`.
+    #[arg(long, value_enum, default_value_t = Guests::None, requires = "simulate", hide = true)]
+    pub guests: Guests,
 }
 
 #[derive(Debug, Args)]

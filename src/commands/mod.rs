@@ -255,11 +255,41 @@ mod tests {
         let Command::Status(args) = cli.command else {
             panic!("not status");
         };
-        let Some(options) = simulator(&args.sim) else {
+        let Some(options) = simulator(&args.cluster.sim) else {
             panic!("--simulate gives simulator options");
         };
         assert_eq!(options.time_scale, simulate::DEFAULT_TIME_SCALE);
         assert_eq!(options.auth, simulate::SimAuth::TokenRoot);
+    }
+
+    #[test]
+    fn status_takes_testbed_guests_only_with_simulate() {
+        use clap::Parser as _;
+        let cli = Cli::try_parse_from([
+            "provision",
+            "status",
+            "--profile",
+            "p",
+            "--simulate",
+            "--guests",
+            "testbed",
+        ])
+        .unwrap_or_else(|error| panic!("{error}"));
+        let Command::Status(args) = cli.command else {
+            panic!("not status");
+        };
+        assert_eq!(args.guests, crate::cli::Guests::Testbed);
+        assert!(
+            Cli::try_parse_from([
+                "provision",
+                "status",
+                "--profile",
+                "p",
+                "--guests",
+                "testbed"
+            ])
+            .is_err()
+        );
     }
 
     #[test]

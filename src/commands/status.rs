@@ -2,7 +2,7 @@
 //! Kubernetes cluster as its servers see it (nodes, etcd, findings). Exit 0 healthy (or
 //! degraded), 2 when no server answers, 3 when a VM is not running or the cluster is unhealthy.
 
-use crate::cli::ClusterArgs;
+use crate::cli::{Guests, StatusArgs};
 use crate::exec::cluster_status::{self, ClusterObservation};
 use crate::exec::session;
 use crate::exit::ExitStatus;
@@ -11,7 +11,9 @@ use crate::profile;
 use super::Context;
 use super::output::{StatusOutput, StatusRow};
 
-pub async fn run(context: &Context, args: ClusterArgs) -> anyhow::Result<ExitStatus> {
+pub async fn run(context: &Context, args: StatusArgs) -> anyhow::Result<ExitStatus> {
+    let guests = args.guests;
+    let args = args.cluster;
     let loaded = profile::load(&args.profile, &context.workspace.root)?;
     let state = crate::state::load(&context.workspace.state_dir().join("state.json"))?;
     let opened = session::open(
@@ -21,7 +23,8 @@ pub async fn run(context: &Context, args: ClusterArgs) -> anyhow::Result<ExitSta
     )
     .await?;
     let resources = opened.connection.api.cluster_resources(Some("vm")).await?;
-    let simulated = opened.simulator.is_some();
+    // Simulated VMs have guests only with `--guests testbed` (the test hosts that played them).
+    let simulated = opened.simulator.is_some() && guests == Guests::None;
     opened.close().await;
     let records: Vec<_> = state.vms.values().collect();
     let cluster = if records.is_empty() {

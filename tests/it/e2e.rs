@@ -18,7 +18,7 @@ use crate::support::cli::Provision;
 use crate::support::testbed::{self, Testbed};
 
 /// `provision --workspace WORKSPACE ARGS` with the test hosts' script and `env`.
-fn provision(workspace: &Path, args: &[&str], env: &[(&str, &Path)]) -> Output {
+pub(crate) fn provision(workspace: &Path, args: &[&str], env: &[(&str, &Path)]) -> Output {
     env.iter()
         .fold(
             Provision::new(args)
@@ -66,14 +66,14 @@ fn up_with(workspace: &Path, profile: &Path, extra: &[&str]) -> (Output, String)
     (output, stderr)
 }
 
-fn up_ok(workspace: &Path, profile: &Path) -> serde_json::Value {
+pub(crate) fn up_ok(workspace: &Path, profile: &Path) -> serde_json::Value {
     let (output, stderr) = up(workspace, profile);
     assert!(output.status.success(), "up failed:\n{stderr}");
     serde_json::from_slice(&output.stdout).unwrap()
 }
 
 /// The testbed-ha fixture pointed at the reserved hosts, the stand-in's sha256 and the client key.
-fn write_profile(testbed: &Testbed, workspace: &Path) -> std::path::PathBuf {
+pub(crate) fn write_profile(testbed: &Testbed, workspace: &Path) -> std::path::PathBuf {
     let text = std::fs::read_to_string(
         Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures/profiles/testbed-ha.toml"),
     )
@@ -134,7 +134,7 @@ fn cluster_nodes(testbed: &Testbed) -> serde_json::Value {
         .unwrap()
 }
 
-fn assert_five_ready_nodes(testbed: &Testbed) {
+pub(crate) fn assert_five_ready_nodes(testbed: &Testbed) {
     let nodes = cluster_nodes(testbed);
     let items = nodes["items"].as_array().unwrap();
     assert_eq!(items.len(), 5, "{nodes:#}");

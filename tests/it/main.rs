@@ -12,6 +12,7 @@ mod cli;
 mod cloudinit;
 mod code_shape;
 mod crash;
+mod day2;
 mod drain;
 mod e2e;
 mod hostile;
