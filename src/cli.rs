@@ -254,6 +254,9 @@ pub struct PlanArgs {
     /// Show what `down` would destroy instead.
     #[arg(long)]
     pub destroy: bool,
+    /// Exit 0 when the plan has no changes, 2 when it has, 1 on any error (as terraform does).
+    #[arg(long)]
+    pub detailed_exitcode: bool,
     #[command(flatten)]
     pub rolling: RollingArgs,
 }

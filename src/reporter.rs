@@ -2,7 +2,7 @@
 //!
 //! Honours `--output json`, `--quiet`, `--no-color` and `NO_COLOR`; colour only when stderr is a
 //! terminal.
-#![allow(clippy::print_stdout, clippy::print_stderr)]
+#![allow(clippy::print_stderr)]
 
 use std::collections::BTreeMap;
 use std::io::IsTerminal as _;
@@ -68,16 +68,32 @@ impl Reporter {
     /// Data for stdout (a trailing newline is added when missing).
     pub fn data(&self, text: &str) {
         if text.ends_with('\n') {
-            print!("{text}");
+            self.stdout(text);
         } else {
-            println!("{text}");
+            self.stdout(&format!("{text}\n"));
+        }
+    }
+
+    /// Writes to stdout. A reader that went away (`provision plan | head -1`) is not an error:
+    /// the rest of the data is dropped quietly and the command ends with its own status, as
+    /// ripgrep and uv do. Any other write error is said on stderr.
+    fn stdout(&self, text: &str) {
+        use std::io::Write as _;
+        let mut stdout = std::io::stdout().lock();
+        match stdout
+            .write_all(text.as_bytes())
+            .and_then(|()| stdout.flush())
+        {
+            Ok(()) => {}
+            Err(error) if error.kind() == std::io::ErrorKind::BrokenPipe => {}
+            Err(error) => self.error(&format!("cannot write to stdout: {error}"), None),
         }
     }
 
     /// One JSON document on stdout.
     pub fn json<T: serde::Serialize + ?Sized>(&self, value: &T) {
         match serde_json::to_string_pretty(value) {
-            Ok(text) => println!("{text}"),
+            Ok(text) => self.data(&text),
             // Only a map with non-string keys fails; say so rather than print nothing.
             Err(error) => self.error(&format!("cannot encode the result as JSON: {error}"), None),
         }

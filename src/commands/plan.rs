@@ -1,5 +1,5 @@
-//! `provision plan --profile P [--destroy] [--simulate]`: observe, plan `up` (or, with
-//! `--destroy`, `down`), print the diff (or JSON).
+//! `provision plan --profile P [--destroy] [--detailed-exitcode] [--simulate]`: observe, plan
+//! `up` (or, with `--destroy`, `down`), print the diff (or JSON).
 
 use crate::cli::{OutputFormat, PlanArgs};
 use crate::exec::{self, session};
@@ -9,6 +9,22 @@ use crate::profile;
 use super::Context;
 
 pub async fn run(context: &Context, args: PlanArgs) -> anyhow::Result<ExitStatus> {
+    if !args.detailed_exitcode {
+        return show(context, args).await.map(|_| ExitStatus::Success);
+    }
+    // terraform's `-detailed-exitcode`: 2 means changes, so every error is 1.
+    Ok(match show(context, args).await {
+        Ok(true) => ExitStatus::Changes,
+        Ok(false) => ExitStatus::Success,
+        Err(error) => {
+            super::report_error(&context.reporter, &error);
+            ExitStatus::DetailedError
+        }
+    })
+}
+
+/// Observes, plans and prints; says whether the plan has changes.
+async fn show(context: &Context, args: PlanArgs) -> anyhow::Result<bool> {
     let cluster_args = args.cluster;
     let loaded = profile::load(&cluster_args.profile, &context.workspace.root)?;
     let opened = session::open(
@@ -55,7 +71,7 @@ pub async fn run(context: &Context, args: PlanArgs) -> anyhow::Result<ExitStatus
             )),
     }
     opened.close().await;
-    Ok(ExitStatus::Success)
+    Ok(plan.has_changes())
 }
 
 /// The planner's rolling options from the command line and the workspace: drains are planned

@@ -297,6 +297,11 @@ impl Plan {
             && self.pool.is_none()
     }
 
+    /// Running this plan changes something: Proxmox, or (a down plan) the records it forgets.
+    pub fn has_changes(&self) -> bool {
+        !self.is_noop() || !self.forget.is_empty()
+    }
+
     pub fn count(&self, kind: ActionKind) -> usize {
         self.actions.iter().filter(|a| a.kind() == kind).count()
     }

@@ -1,4 +1,4 @@
-//! Process exit codes: one enum, four meanings.
+//! Process exit codes: one enum; `plan --detailed-exitcode` adds terraform's two meanings.
 
 use std::process::ExitCode;
 
@@ -14,6 +14,10 @@ pub enum ExitStatus {
     /// The command ran and reached what it looks at, which is unhealthy (`provision status`:
     /// a node NotReady, cordoned, without its etcd member, version skew…).
     Unhealthy,
+    /// `plan --detailed-exitcode`: the plan has changes (terraform's 2).
+    Changes,
+    /// `plan --detailed-exitcode`: an error of any kind, user or remote (terraform's 1).
+    DetailedError,
 }
 
 impl From<ExitStatus> for ExitCode {
@@ -23,6 +27,8 @@ impl From<ExitStatus> for ExitCode {
             ExitStatus::UserError => ExitCode::from(1),
             ExitStatus::Failure => ExitCode::from(2),
             ExitStatus::Unhealthy => ExitCode::from(3),
+            ExitStatus::Changes => ExitCode::from(2),
+            ExitStatus::DetailedError => ExitCode::from(1),
         }
     }
 }

@@ -1,0 +1,98 @@
+//! Exit codes a script relies on: `plan --detailed-exitcode` (0 no changes, 2 changes, 1 any
+//! error, as terraform) and a closed stdout ending the run quietly with the command's status.
+#![allow(clippy::unwrap_used)]
+
+use std::io::Read as _;
+use std::process::Stdio;
+
+use crate::support::cli::BinaryWorkspace;
+
+const SIM: [&str; 3] = ["--simulate", "--sim-time-scale", "0.005"];
+
+fn with_sim<'a>(args: &[&'a str]) -> Vec<&'a str> {
+    [args, &SIM[..]].concat()
+}
+
+#[test]
+fn detailed_exitcode_says_changes_no_changes_and_errors() {
+    let binary = BinaryWorkspace::new();
+    let plan = with_sim(&["plan", "--profile", "ci-nested", "--detailed-exitcode"]);
+
+    let (code, stdout, stderr) = binary.run(&plan);
+    assert_eq!(
+        code, 2,
+        "a fresh workspace has everything to create\n{stdout}{stderr}"
+    );
+    assert!(stdout.contains("to create"), "{stdout}");
+
+    // Without the flag the same plan succeeds with 0.
+    let (code, _, stderr) = binary.run(&with_sim(&["plan", "--profile", "ci-nested"]));
+    assert_eq!(code, 0, "{stderr}");
+
+    let (code, _, stderr) = binary.run(&with_sim(&["up", "--profile", "ci-nested"]));
+    assert_eq!(code, 0, "{stderr}");
+
+    let (code, stdout, stderr) = binary.run(&plan);
+    assert_eq!(code, 0, "up left nothing to change\n{stdout}{stderr}");
+    assert!(stdout.contains("No changes"), "{stdout}");
+
+    let destroy = [&plan[..], &["--destroy"][..]].concat();
+    let (code, stdout, stderr) = binary.run(&destroy);
+    assert_eq!(code, 2, "up's VMs are there to destroy\n{stdout}{stderr}");
+    assert!(stdout.contains("to destroy"), "{stdout}");
+
+    let (code, _, stderr) = binary.run(&with_sim(&["down", "--profile", "ci-nested", "--yes"]));
+    assert_eq!(code, 0, "{stderr}");
+    let (code, stdout, stderr) = binary.run(&destroy);
+    assert_eq!(code, 0, "down left nothing to destroy\n{stdout}{stderr}");
+}
+
+#[test]
+fn detailed_exitcode_makes_every_error_one() {
+    let binary = BinaryWorkspace::new();
+    let bad = binary.file("bad.toml", "[cluster]\nname = \"x\"\nno_such_field = 1\n");
+    let (code, _, stderr) = binary.run(&with_sim(&[
+        "plan",
+        "--profile",
+        &bad,
+        "--detailed-exitcode",
+    ]));
+    assert_eq!(code, 1, "{stderr}");
+    assert!(!stderr.is_empty());
+
+    // Without an endpoint and without --simulate: still 1 with the flag.
+    let (code, _, stderr) = binary.run(&["plan", "--profile", "ci-nested", "--detailed-exitcode"]);
+    assert_eq!(code, 1, "{stderr}");
+    assert!(stderr.contains("PROXMOX_VE_ENDPOINT"), "{stderr}");
+}
+
+#[test]
+fn a_closed_stdout_ends_quietly_with_the_commands_status() {
+    let binary = BinaryWorkspace::new();
+    for args in [
+        with_sim(&["plan", "--profile", "ci-nested", "--output", "json"]),
+        with_sim(&["plan", "--profile", "ci-nested"]),
+    ] {
+        let mut child = binary
+            .provision(&args)
+            .command()
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .spawn()
+            .unwrap();
+        // The reader goes away before provision writes anything (`| head -0`).
+        drop(child.stdout.take());
+        let mut stderr = String::new();
+        child
+            .stderr
+            .take()
+            .unwrap()
+            .read_to_string(&mut stderr)
+            .unwrap();
+        let status = child.wait().unwrap();
+        assert_eq!(status.code(), Some(0), "{args:?}: {stderr}");
+        assert!(!stderr.contains("panicked"), "{args:?}: {stderr}");
+        assert!(!stderr.contains("Broken pipe"), "{args:?}: {stderr}");
+        assert!(!stderr.contains("error"), "{args:?}: {stderr}");
+    }
+}
