@@ -274,3 +274,56 @@ fn gpu_builtin_profiles_match_their_guest_os_and_simulated_host() {
             .all(|pci| pci.device != "0x20f1" && pci.device != "0x20b5")
     );
 }
+
+#[test]
+fn profiles_show_prints_every_builtin_exactly_as_shipped() {
+    let workspace = tempfile::tempdir().unwrap();
+    for builtin in BUILTIN_PROFILES {
+        let shipped = std::fs::read_to_string(
+            Path::new(env!("CARGO_MANIFEST_DIR"))
+                .join("profiles")
+                .join(format!("{}.toml", builtin.name)),
+        )
+        .unwrap();
+        let output = Provision::new(&["profiles", "show", builtin.name])
+            .workspace(workspace.path())
+            .output();
+        assert_eq!(output.status.code(), Some(0), "{}", builtin.name);
+        assert_eq!(String::from_utf8(output.stdout).unwrap(), shipped);
+        assert!(output.stderr.is_empty(), "{}", builtin.name);
+    }
+    let output = Provision::new(&["profiles", "show", "homelab-ha", "--output", "json"])
+        .workspace(workspace.path())
+        .output();
+    let json: serde_json::Value = serde_json::from_slice(&output.stdout).unwrap();
+    assert_eq!(json["name"], "homelab-ha");
+    assert_eq!(
+        json["text"],
+        profile::builtin::builtin("homelab-ha").unwrap().text
+    );
+}
+
+#[test]
+fn profiles_show_of_an_unknown_name_lists_the_builtin_names() {
+    let output = Provision::new(&["profiles", "show", "a100"]).output();
+    assert_eq!(output.status.code(), Some(1));
+    assert!(output.stdout.is_empty());
+    let stderr = String::from_utf8(output.stderr).unwrap();
+    assert!(
+        stderr.contains("no built-in profile named `a100`"),
+        "{stderr}"
+    );
+    for builtin in BUILTIN_PROFILES {
+        assert!(stderr.contains(builtin.name), "{stderr}");
+    }
+}
+
+#[test]
+fn profiles_list_is_the_listing_of_profiles() {
+    let workspace = tempfile::tempdir().unwrap();
+    let listing = |args: &[&str]| Provision::new(args).workspace(workspace.path()).output();
+    let bare = listing(&["profiles"]);
+    let list = listing(&["profiles", "list"]);
+    assert_eq!(bare.status.code(), Some(0));
+    assert_eq!(bare.stdout, list.stdout);
+}

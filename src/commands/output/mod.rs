@@ -57,6 +57,20 @@ impl InitOutput {
     }
 }
 
+/// `provision profiles show NAME`: the built-in profile's TOML exactly as shipped (text), or
+/// `{"name": …, "text": …}`.
+#[derive(Debug, Serialize)]
+pub struct ProfileShowOutput {
+    pub name: String,
+    pub text: String,
+}
+
+impl fmt::Display for ProfileShowOutput {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(&self.text)
+    }
+}
+
 /// `provision profiles`: one listing per profile, workspace profiles first (a JSON array).
 #[derive(Debug, Serialize)]
 #[serde(transparent)]
