@@ -347,6 +347,9 @@ pub fn parse_timeout(text: &str) -> Result<std::time::Duration, String> {
 pub struct InitArgs {
     /// Directory to initialise (default: --workspace).
     pub dir: Option<PathBuf>,
+    /// Also write the built-in profile NAME to profiles/NAME.toml, to adapt (kept when there).
+    #[arg(short, long, value_name = "NAME")]
+    pub profile: Option<String>,
 }
 
 /// `provision profiles [list | show NAME]`: without a subcommand, the listing.

@@ -327,3 +327,58 @@ fn profiles_list_is_the_listing_of_profiles() {
     assert_eq!(bare.status.code(), Some(0));
     assert_eq!(bare.stdout, list.stdout);
 }
+
+#[test]
+fn init_with_a_profile_writes_the_builtin_that_validate_then_reads() {
+    let root = tempfile::tempdir().unwrap();
+    let dir = root.path().join("ws");
+    let output = Provision::new(&["init", dir.to_str().unwrap(), "--profile", "homelab-ha"])
+        .cwd(root.path())
+        .output();
+    let stderr = String::from_utf8_lossy(&output.stderr).into_owned();
+    assert_eq!(output.status.code(), Some(0), "{stderr}");
+    assert!(
+        stderr.contains("created profiles/homelab-ha.toml"),
+        "{stderr}"
+    );
+    let written = std::fs::read(dir.join("profiles/homelab-ha.toml")).unwrap();
+    let builtin = profile::builtin::builtin("homelab-ha").unwrap();
+    assert_eq!(written, builtin.text.as_bytes());
+
+    let output = Provision::new(&["validate", "--profile", "homelab-ha", "--output", "json"])
+        .cwd(&dir)
+        .output();
+    assert_eq!(
+        output.status.code(),
+        Some(0),
+        "{}",
+        String::from_utf8_lossy(&output.stderr)
+    );
+    let json: serde_json::Value = serde_json::from_slice(&output.stdout).unwrap();
+    assert_eq!(json["source"], "profiles/homelab-ha.toml");
+
+    // A second init keeps the (edited) file, as init keeps every file; JSON names the profile.
+    std::fs::write(dir.join("profiles/homelab-ha.toml"), "# mine\n").unwrap();
+    let output = Provision::new(&["init", "--profile", "homelab-ha", "--output", "json"])
+        .cwd(&dir)
+        .output();
+    assert_eq!(output.status.code(), Some(0));
+    let json: serde_json::Value = serde_json::from_slice(&output.stdout).unwrap();
+    assert_eq!(json["profile"], "homelab-ha");
+    let files = json["files"].as_array().unwrap();
+    assert!(files.contains(&serde_json::json!({
+        "path": "profiles/homelab-ha.toml",
+        "action": "kept",
+    })));
+    assert_eq!(
+        std::fs::read_to_string(dir.join("profiles/homelab-ha.toml")).unwrap(),
+        "# mine\n"
+    );
+
+    // An unknown name is refused before anything is written.
+    let fresh = root.path().join("fresh");
+    let output = Provision::new(&["init", fresh.to_str().unwrap(), "--profile", "nope"]).output();
+    assert_eq!(output.status.code(), Some(1));
+    assert!(String::from_utf8_lossy(&output.stderr).contains("homelab-ha"));
+    assert!(!fresh.exists());
+}
