@@ -8,6 +8,7 @@ const EXAMPLES: &str = "\
 Examples:
   provision init                          create a workspace in the current directory
   provision profiles                      list the built-in profiles
+  provision profiles show homelab-ha      print one as shipped, to start your own
   provision validate --profile a100-8x    check a built-in profile
   provision validate --profile ./my.toml  check a file (a value with / or .toml is a path)
   provision validate --profile a100-8x --output json
@@ -64,8 +65,8 @@ pub enum Command {
     Init(InitArgs),
     /// Parse and check a profile; errors point at file:line:column.
     Validate(ValidateArgs),
-    /// List the built-in profiles (and the workspace's own profiles/*.toml).
-    Profiles,
+    /// List the built-in profiles (and the workspace's own profiles/*.toml), or print one.
+    Profiles(ProfilesArgs),
     /// Print a shell completion script.
     Completions(CompletionsArgs),
     /// Show what `up` would change on Proxmox (terraform-like diff, or --output json).
@@ -349,6 +350,30 @@ pub fn parse_timeout(text: &str) -> Result<std::time::Duration, String> {
 pub struct InitArgs {
     /// Directory to initialise (default: --workspace).
     pub dir: Option<PathBuf>,
+    /// Also write the built-in profile NAME to profiles/NAME.toml, to adapt (kept when there).
+    #[arg(short, long, value_name = "NAME")]
+    pub profile: Option<String>,
+}
+
+/// `provision profiles [list | show NAME]`: without a subcommand, the listing.
+#[derive(Debug, Args)]
+pub struct ProfilesArgs {
+    #[command(subcommand)]
+    pub command: Option<ProfilesCommand>,
+}
+
+#[derive(Debug, Subcommand)]
+pub enum ProfilesCommand {
+    /// List the built-in profiles and the workspace's own (what `provision profiles` prints).
+    List,
+    /// Print the built-in profile NAME exactly as shipped (TOML with its comments).
+    Show(ProfilesShowArgs),
+}
+
+#[derive(Debug, Args)]
+pub struct ProfilesShowArgs {
+    /// A built-in profile name (`provision profiles` lists them).
+    pub name: String,
 }
 
 #[derive(Debug, Args)]

@@ -1,4 +1,5 @@
-//! `provision init [DIR]`: create the workspace files that are missing, keep the rest.
+//! `provision init [DIR] [--profile NAME]`: create the workspace files that are missing, keep the
+//! rest; with `--profile`, also a copy of the built-in profile NAME in `profiles/` to adapt.
 
 use anyhow::Context as _;
 
@@ -14,9 +15,22 @@ pub async fn run(context: &Context, args: InitArgs) -> anyhow::Result<ExitStatus
         Some(dir) => Workspace::open(&dir),
         None => context.workspace.clone(),
     };
-    let actions = workspace
+    // An unknown name stops before anything is written.
+    let builtin = args
+        .profile
+        .as_deref()
+        .map(super::profiles::builtin_or_error)
+        .transpose()?;
+    let mut actions = workspace
         .init()
         .with_context(|| format!("initialising workspace {}", workspace.root.display()))?;
+    if let Some(builtin) = builtin {
+        actions.push(
+            workspace
+                .add_profile(builtin.name, builtin.text)
+                .with_context(|| format!("writing the profile {}", builtin.name))?,
+        );
+    }
     let relative = |path: &std::path::Path| {
         let shown = path.strip_prefix(&workspace.root).unwrap_or(path);
         if path.is_dir() {
@@ -27,6 +41,7 @@ pub async fn run(context: &Context, args: InitArgs) -> anyhow::Result<ExitStatus
     };
     let output = InitOutput {
         workspace: workspace.root.display().to_string(),
+        profile: builtin.map(|builtin| builtin.name.to_owned()),
         files: actions
             .iter()
             .map(|(path, action)| InitFile {

@@ -86,7 +86,7 @@ async fn dispatch(context: &Context, command: Command) -> anyhow::Result<ExitSta
     match command {
         Command::Init(args) => init::run(context, args).await,
         Command::Validate(args) => validate::run(context, args).await,
-        Command::Profiles => profiles::run(context).await,
+        Command::Profiles(args) => profiles::run(context, args).await,
         Command::Completions(args) => completions::run(context, args).await,
         Command::Plan(args) => plan::run(context, args).await,
         Command::Up(args) => up::run(context, args).await,

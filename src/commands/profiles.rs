@@ -1,12 +1,42 @@
-//! `provision profiles`: the built-in profiles and the workspace's own `profiles/*.toml`.
+//! `provision profiles [list | show NAME]`: the built-in profiles and the workspace's own
+//! `profiles/*.toml`, or one built-in profile's TOML as shipped (for users with only the binary).
 
+use crate::cli::{ProfilesArgs, ProfilesCommand};
 use crate::exit::ExitStatus;
-use crate::profile::{self, BUILTIN_PROFILES};
+use crate::profile::{self, BUILTIN_PROFILES, BuiltinProfile};
 
-use super::Context;
-use super::output::{Listing, ProfilesOutput};
+use super::output::{Listing, ProfileShowOutput, ProfilesOutput};
+use super::{Context, UserError};
 
-pub async fn run(context: &Context) -> anyhow::Result<ExitStatus> {
+pub async fn run(context: &Context, args: ProfilesArgs) -> anyhow::Result<ExitStatus> {
+    match args.command {
+        None | Some(ProfilesCommand::List) => list(context),
+        Some(ProfilesCommand::Show(show)) => {
+            let builtin = builtin_or_error(&show.name)?;
+            context.reporter.result(&ProfileShowOutput {
+                name: builtin.name.to_owned(),
+                text: builtin.text.to_owned(),
+            });
+            Ok(ExitStatus::Success)
+        }
+    }
+}
+
+/// The built-in profile `name`, or a user error that lists the built-in names.
+pub fn builtin_or_error(name: &str) -> Result<&'static BuiltinProfile, UserError> {
+    profile::builtin::builtin(name).ok_or_else(|| {
+        let names: Vec<&str> = BUILTIN_PROFILES
+            .iter()
+            .map(|builtin| builtin.name)
+            .collect();
+        UserError::new(
+            format!("no built-in profile named `{name}`"),
+            Some(&format!("built-in profiles: {}", names.join(", "))),
+        )
+    })
+}
+
+fn list(context: &Context) -> anyhow::Result<ExitStatus> {
     let mut listings = Vec::new();
     let workspace_dir = context.workspace.root.join("profiles");
     let mut workspace_names = Vec::new();

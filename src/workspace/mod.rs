@@ -14,6 +14,8 @@ use serde::Deserialize;
 use crate::profile::diagnostic::{Diagnostic, Finding, KeyPath, Severity, Target};
 use crate::profile::{Locator, locate_findings, parse_diagnostic};
 
+mod profile_file;
+
 /// File name of the workspace configuration.
 pub const CONFIG_FILE: &str = "provision.toml";
 /// Directory for state, secrets and the kubeconfig.

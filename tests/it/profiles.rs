@@ -274,3 +274,111 @@ fn gpu_builtin_profiles_match_their_guest_os_and_simulated_host() {
             .all(|pci| pci.device != "0x20f1" && pci.device != "0x20b5")
     );
 }
+
+#[test]
+fn profiles_show_prints_every_builtin_exactly_as_shipped() {
+    let workspace = tempfile::tempdir().unwrap();
+    for builtin in BUILTIN_PROFILES {
+        let shipped = std::fs::read_to_string(
+            Path::new(env!("CARGO_MANIFEST_DIR"))
+                .join("profiles")
+                .join(format!("{}.toml", builtin.name)),
+        )
+        .unwrap();
+        let output = Provision::new(&["profiles", "show", builtin.name])
+            .workspace(workspace.path())
+            .output();
+        assert_eq!(output.status.code(), Some(0), "{}", builtin.name);
+        assert_eq!(String::from_utf8(output.stdout).unwrap(), shipped);
+        assert!(output.stderr.is_empty(), "{}", builtin.name);
+    }
+    let output = Provision::new(&["profiles", "show", "homelab-ha", "--output", "json"])
+        .workspace(workspace.path())
+        .output();
+    let json: serde_json::Value = serde_json::from_slice(&output.stdout).unwrap();
+    assert_eq!(json["name"], "homelab-ha");
+    assert_eq!(
+        json["text"],
+        profile::builtin::builtin("homelab-ha").unwrap().text
+    );
+}
+
+#[test]
+fn profiles_show_of_an_unknown_name_lists_the_builtin_names() {
+    let output = Provision::new(&["profiles", "show", "a100"]).output();
+    assert_eq!(output.status.code(), Some(1));
+    assert!(output.stdout.is_empty());
+    let stderr = String::from_utf8(output.stderr).unwrap();
+    assert!(
+        stderr.contains("no built-in profile named `a100`"),
+        "{stderr}"
+    );
+    for builtin in BUILTIN_PROFILES {
+        assert!(stderr.contains(builtin.name), "{stderr}");
+    }
+}
+
+#[test]
+fn profiles_list_is_the_listing_of_profiles() {
+    let workspace = tempfile::tempdir().unwrap();
+    let listing = |args: &[&str]| Provision::new(args).workspace(workspace.path()).output();
+    let bare = listing(&["profiles"]);
+    let list = listing(&["profiles", "list"]);
+    assert_eq!(bare.status.code(), Some(0));
+    assert_eq!(bare.stdout, list.stdout);
+}
+
+#[test]
+fn init_with_a_profile_writes_the_builtin_that_validate_then_reads() {
+    let root = tempfile::tempdir().unwrap();
+    let dir = root.path().join("ws");
+    let output = Provision::new(&["init", dir.to_str().unwrap(), "--profile", "homelab-ha"])
+        .cwd(root.path())
+        .output();
+    let stderr = String::from_utf8_lossy(&output.stderr).into_owned();
+    assert_eq!(output.status.code(), Some(0), "{stderr}");
+    assert!(
+        stderr.contains("created profiles/homelab-ha.toml"),
+        "{stderr}"
+    );
+    let written = std::fs::read(dir.join("profiles/homelab-ha.toml")).unwrap();
+    let builtin = profile::builtin::builtin("homelab-ha").unwrap();
+    assert_eq!(written, builtin.text.as_bytes());
+
+    let output = Provision::new(&["validate", "--profile", "homelab-ha", "--output", "json"])
+        .cwd(&dir)
+        .output();
+    assert_eq!(
+        output.status.code(),
+        Some(0),
+        "{}",
+        String::from_utf8_lossy(&output.stderr)
+    );
+    let json: serde_json::Value = serde_json::from_slice(&output.stdout).unwrap();
+    assert_eq!(json["source"], "profiles/homelab-ha.toml");
+
+    // A second init keeps the (edited) file, as init keeps every file; JSON names the profile.
+    std::fs::write(dir.join("profiles/homelab-ha.toml"), "# mine\n").unwrap();
+    let output = Provision::new(&["init", "--profile", "homelab-ha", "--output", "json"])
+        .cwd(&dir)
+        .output();
+    assert_eq!(output.status.code(), Some(0));
+    let json: serde_json::Value = serde_json::from_slice(&output.stdout).unwrap();
+    assert_eq!(json["profile"], "homelab-ha");
+    let files = json["files"].as_array().unwrap();
+    assert!(files.contains(&serde_json::json!({
+        "path": "profiles/homelab-ha.toml",
+        "action": "kept",
+    })));
+    assert_eq!(
+        std::fs::read_to_string(dir.join("profiles/homelab-ha.toml")).unwrap(),
+        "# mine\n"
+    );
+
+    // An unknown name is refused before anything is written.
+    let fresh = root.path().join("fresh");
+    let output = Provision::new(&["init", fresh.to_str().unwrap(), "--profile", "nope"]).output();
+    assert_eq!(output.status.code(), Some(1));
+    assert!(String::from_utf8_lossy(&output.stderr).contains("homelab-ha"));
+    assert!(!fresh.exists());
+}

@@ -22,6 +22,9 @@ use crate::state::{VmPhase, VmRecord};
 #[derive(Debug, Serialize)]
 pub struct InitOutput {
     pub workspace: String,
+    /// `--profile NAME`: the built-in profile copied to `profiles/NAME.toml` (kept when there).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub profile: Option<String>,
     pub files: Vec<InitFile>,
 }
 
@@ -52,8 +55,28 @@ impl InitOutput {
                 }
             })
             .collect();
-        lines.push("next: set PROXMOX_VE_ENDPOINT and PROXMOX_VE_API_TOKEN (or edit provision.toml), then run `provision validate --profile a100-8x`".to_owned());
+        let profile = self.profile.as_deref().unwrap_or("a100-8x");
+        lines.push(format!("next: set PROXMOX_VE_ENDPOINT and PROXMOX_VE_API_TOKEN (or edit provision.toml), then run `provision validate --profile {profile}`"));
+        if let Some(profile) = &self.profile {
+            lines.push(format!(
+                "profiles/{profile}.toml wins over the built-in {profile}: adapt the cluster there"
+            ));
+        }
         lines
+    }
+}
+
+/// `provision profiles show NAME`: the built-in profile's TOML exactly as shipped (text), or
+/// `{"name": …, "text": …}`.
+#[derive(Debug, Serialize)]
+pub struct ProfileShowOutput {
+    pub name: String,
+    pub text: String,
+}
+
+impl fmt::Display for ProfileShowOutput {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(&self.text)
     }
 }
 

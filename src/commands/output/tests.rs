@@ -127,6 +127,7 @@ fn json_matches_the_former_hand_built_documents() {
 
     let init = InitOutput {
         workspace: "ws".to_owned(),
+        profile: None,
         files: vec![InitFile {
             path: ".provision/".to_owned(),
             action: InitFileAction::Kept,
@@ -137,6 +138,22 @@ fn json_matches_the_former_hand_built_documents() {
         pretty(&serde_json::json!({
             "workspace": "ws",
             "files": [{ "path": ".provision/", "action": "kept" }],
+        }))
+    );
+    let with_profile = InitOutput {
+        workspace: "ws".to_owned(),
+        profile: Some("homelab-ha".to_owned()),
+        files: vec![InitFile {
+            path: "profiles/homelab-ha.toml".to_owned(),
+            action: InitFileAction::Created,
+        }],
+    };
+    assert_eq!(
+        pretty(&with_profile),
+        pretty(&serde_json::json!({
+            "workspace": "ws",
+            "profile": "homelab-ha",
+            "files": [{ "path": "profiles/homelab-ha.toml", "action": "created" }],
         }))
     );
 }
