@@ -20,7 +20,7 @@ use std::time::{Duration, Instant};
 
 use serde_json::{Value, json};
 
-use crate::e2e::{assert_five_ready_nodes, provision, up_ok, write_profile};
+use crate::e2e::{assert_five_ready_nodes, down_with_guests, provision, up_ok, write_profile};
 use crate::support::testbed::Testbed;
 
 const AGENT: &str = "tbha-agent-1";
@@ -399,22 +399,7 @@ fn day2_status_drain_uncordon_on_the_testbed() {
     );
 
     // The hosts are stopped with the VMs.
-    let profile_text = profile.display().to_string();
-    let output = provision(
-        workspace,
-        &[
-            "down",
-            "--profile",
-            &profile_text,
-            "--simulate",
-            "--sim-inventory",
-            "pve-homelab",
-            "--guests",
-            "testbed",
-            "--yes",
-        ],
-        &[],
-    );
+    let output = down_with_guests(workspace, &profile);
     assert!(
         output.status.success(),
         "{}",

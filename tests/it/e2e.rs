@@ -29,6 +29,27 @@ pub(crate) fn provision(workspace: &Path, args: &[&str], env: &[(&str, &Path)]) 
         .output()
 }
 
+/// `provision down --guests testbed` of the cluster `up_ok` built: destroys the VMs and stops the
+/// test hosts that played them.
+pub(crate) fn down_with_guests(workspace: &Path, profile: &Path) -> Output {
+    let profile_text = profile.display().to_string();
+    provision(
+        workspace,
+        &[
+            "down",
+            "--profile",
+            &profile_text,
+            "--simulate",
+            "--sim-inventory",
+            "pve-homelab",
+            "--guests",
+            "testbed",
+            "--yes",
+        ],
+        &[],
+    )
+}
+
 fn up_args(profile: &Path) -> Vec<String> {
     [
         "--output",
@@ -395,22 +416,7 @@ fn e2e_homelab_ha_shaped_cluster_on_the_testbed() {
     assert_five_ready_nodes(&testbed);
 
     // 6. `down --guests testbed` destroys the VMs and stops the hosts that played them.
-    let profile_text = profile.display().to_string();
-    let output = provision(
-        workspace,
-        &[
-            "down",
-            "--profile",
-            &profile_text,
-            "--simulate",
-            "--sim-inventory",
-            "pve-homelab",
-            "--guests",
-            "testbed",
-            "--yes",
-        ],
-        &[],
-    );
+    let output = down_with_guests(workspace, &profile);
     let stderr = String::from_utf8_lossy(&output.stderr);
     eprintln!("down:\n{stderr}");
     assert!(output.status.success(), "{stderr}");
