@@ -120,6 +120,17 @@ impl Reporter {
         self.line(text);
     }
 
+    /// A line shown even with `--quiet`, above the progress bars (an interrupt arrived).
+    pub fn notice(&self, text: &str) {
+        self.line(text);
+    }
+
+    /// The last line of an interrupted run: the progress bars go, the line stays.
+    pub fn interrupted(&self, text: &str) {
+        self.end_progress();
+        eprintln!("{text}");
+    }
+
     /// Detail shown only with `-v`.
     pub fn detail(&self, text: &str) {
         if self.verbose > 0 && !self.quiet {

@@ -19,6 +19,10 @@ use super::Context;
 const GUESTS_SETTLE: Duration = Duration::from_secs(120);
 
 pub async fn run(context: &Context, args: DownArgs) -> anyhow::Result<ExitStatus> {
+    let signals = super::interrupt::install(
+        &context.reporter,
+        &super::up::rerun_command("down", &args.cluster.profile, args.cluster.sim.simulate),
+    )?;
     let loaded = profile::load(&args.cluster.profile, &context.workspace.root)?;
     let cluster = loaded.profile.cluster.name.clone();
     let store = StateStore::open(
@@ -68,12 +72,16 @@ pub async fn run(context: &Context, args: DownArgs) -> anyhow::Result<ExitStatus
         store.state(),
     )
     .await?;
+    let interrupt = signals.arm();
     let (report, _store) = exec::destroy(
         Arc::clone(&opened.connection.api),
         &plan,
         store,
         Arc::new(context.reporter.clone()),
-        ExecOptions::default(),
+        ExecOptions {
+            interrupt: Some(interrupt),
+            ..ExecOptions::default()
+        },
     )
     .await?;
     if let Some(guests) = &guests {

@@ -9,6 +9,7 @@ pub mod doctor;
 pub mod down;
 pub mod drain;
 pub mod init;
+pub mod interrupt;
 pub mod kubeconfig;
 pub mod output;
 pub mod plan;
@@ -107,6 +108,13 @@ async fn dispatch(context: &Context, command: Command) -> anyhow::Result<ExitSta
 /// located diagnostics print those instead of an `error:` line; without any [`UserFacing`]
 /// error in the chain it is a failure without a hint.
 pub fn report_error(reporter: &Reporter, error: &anyhow::Error) -> ExitStatus {
+    if let Some(interrupted) = error
+        .chain()
+        .find_map(|cause| cause.downcast_ref::<crate::exec::Interrupted>())
+    {
+        reporter.interrupted(&interrupted.to_string());
+        return ExitStatus::Interrupted;
+    }
     let Some((cause, user_facing)) = error
         .chain()
         .find_map(|cause| user_facing(cause).map(|found| (cause, found)))

@@ -15,6 +15,10 @@ use super::{Context, UserError};
 
 pub async fn run(context: &Context, up_args: UpArgs) -> anyhow::Result<ExitStatus> {
     let args = &up_args.cluster;
+    let signals = super::interrupt::install(
+        &context.reporter,
+        &rerun_command("up", &args.profile, args.sim.simulate),
+    )?;
     let loaded = profile::load(&args.profile, &context.workspace.root)?;
     let profile = &loaded.profile;
     // Lock first: a second `up` fails fast, naming the holder.
@@ -87,6 +91,7 @@ pub async fn run(context: &Context, up_args: UpArgs) -> anyhow::Result<ExitStatu
             return Err(error);
         }
     };
+    let interrupt = signals.arm();
     let (report, _store) = exec::apply_with_gate(
         Arc::clone(&opened.connection.api),
         &plan,
@@ -99,6 +104,7 @@ pub async fn run(context: &Context, up_args: UpArgs) -> anyhow::Result<ExitStatu
             } else {
                 1.0
             },
+            interrupt: Some(interrupt.clone()),
             ..ExecOptions::default()
         },
         gate,
@@ -114,15 +120,18 @@ pub async fn run(context: &Context, up_args: UpArgs) -> anyhow::Result<ExitStatu
     if context.reporter.format() == OutputFormat::Text {
         context.reporter.data(&phase1.to_string());
     }
-    let phase2 = super::up_phase2::run(
-        context,
-        profile,
-        &up_args.phase2,
-        args.sim.simulate,
-        guests.as_deref(),
-        &report.vms,
-    )
-    .await;
+    // Phase 2's steps are idempotent commands over SSH: an interrupt drops the one running.
+    let phase2 = tokio::select! {
+        phase2 = super::up_phase2::run(
+            context,
+            profile,
+            &up_args.phase2,
+            args.sim.simulate,
+            guests.as_deref(),
+            &report.vms,
+        ) => phase2,
+        () = interrupt.fired() => Err(interrupt.interrupted().into()),
+    };
     opened.close().await;
     let phase2 = phase2?;
     if context.reporter.format() == OutputFormat::Json {
@@ -132,6 +141,15 @@ pub async fn run(context: &Context, up_args: UpArgs) -> anyhow::Result<ExitStatu
         });
     }
     Ok(ExitStatus::Success)
+}
+
+/// The command that continues an interrupted run: `provision VERB --profile P [--simulate]`.
+pub fn rerun_command(verb: &str, profile: &str, simulate: bool) -> String {
+    let simulate = if simulate { " --simulate" } else { "" };
+    format!(
+        "provision {verb} --profile {}{simulate}",
+        crate::nodeprep::shell::quote(profile)
+    )
 }
 
 /// The plan is shown; one that disrupts running VMs is confirmed (`--yes` answers for it);

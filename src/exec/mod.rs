@@ -12,6 +12,7 @@ pub mod cluster_status;
 mod destroy;
 pub mod doctor;
 pub mod drain;
+pub mod interrupt;
 pub mod phase2;
 pub mod progress;
 pub mod retry;
@@ -32,6 +33,7 @@ use crate::profile::model::Role;
 
 pub use apply::{apply, apply_with_gate};
 pub use destroy::{DestroyReport, destroy, observe_and_plan_down};
+pub use interrupt::{Interrupt, Interrupted, is_interrupted};
 pub use progress::{CollectProgress, ExecEvent, NoProgress, ProgressSink};
 pub use rolling::{NoGate, RollingGate};
 
@@ -56,6 +58,8 @@ pub struct ExecOptions {
     /// Multiplies the task and guest-agent polling intervals: the simulator's time scale under
     /// `--simulate`, so polling overshoot stays proportionate to the (scaled) task durations.
     pub poll_scale: f64,
+    /// Ctrl-C / SIGTERM: once fired, no new step starts (see [`interrupt`]).
+    pub interrupt: Option<Interrupt>,
 }
 
 impl ExecOptions {
@@ -78,6 +82,7 @@ impl Default for ExecOptions {
             stop_timeout_secs: 30,
             fail_after_step: None,
             poll_scale: 1.0,
+            interrupt: None,
         }
     }
 }

@@ -131,6 +131,7 @@ impl Runner {
         action: &Action,
         planned: Option<&PlannedVm>,
     ) -> anyhow::Result<()> {
+        self.check_interrupt()?;
         let Some((number, member)) = self.wave_of.get(action.vm()) else {
             return self.run_action(action, planned).await;
         };
@@ -159,7 +160,9 @@ impl Runner {
     /// Run every action of `plan` in parallel (each VM's chain in order). The first failure
     /// ends the run: everything done so far is in the state, and a re-run continues from
     /// there. The other tasks are cancelled and awaited before returning, so no task still
-    /// holds the state (and its lock) when the caller sees the error.
+    /// holds the state (and its lock) when the caller sees the error. An interrupt cancels
+    /// nothing: each task stops at its next step boundary, after the Proxmox task it waits
+    /// for, and the run ends with [`super::Interrupted`] once all have.
     pub(super) async fn run_actions(
         self: &Arc<Self>,
         plan: &Plan,
@@ -175,6 +178,7 @@ impl Runner {
             });
         }
         let mut done = Vec::new();
+        let mut interrupted = None;
         while let Some(joined) = tasks.join_next().await {
             let outcome =
                 joined
@@ -192,6 +196,9 @@ impl Runner {
                     });
                     done.push(action_done);
                 }
+                Err(error) if super::is_interrupted(&error) => {
+                    interrupted.get_or_insert(error);
+                }
                 Err(error) => {
                     tasks.abort_all();
                     while tasks.join_next().await.is_some() {}
@@ -199,11 +206,24 @@ impl Runner {
                 }
             }
         }
-        Ok(done)
+        match interrupted {
+            Some(error) => Err(error),
+            None => Ok(done),
+        }
     }
 
-    /// A step boundary: where a crash may happen (test hook).
+    /// The run was interrupted: start nothing new.
+    pub(super) fn check_interrupt(&self) -> anyhow::Result<()> {
+        match &self.options.interrupt {
+            Some(interrupt) => Ok(interrupt.check()?),
+            None => Ok(()),
+        }
+    }
+
+    /// A step boundary: where a crash may happen (test hook), and where an interrupted run
+    /// stops.
     pub(super) fn boundary(&self) -> anyhow::Result<()> {
+        self.check_interrupt()?;
         let index = self.boundaries.fetch_add(1, Ordering::SeqCst);
         match self.options.fail_after_step {
             Some(limit) if index >= limit => Err(InjectedCrash(index).into()),
@@ -235,6 +255,7 @@ impl Runner {
     {
         let mut number = 1;
         loop {
+            self.check_interrupt()?;
             match attempt().await {
                 Ok(value) => return Ok(value),
                 Err(error) => {
@@ -270,7 +291,10 @@ impl Runner {
             .get(node)
             .cloned()
             .unwrap_or_else(|| Arc::new(Semaphore::new(1)));
-        Ok(semaphore.acquire_owned().await?)
+        let permit = semaphore.acquire_owned().await?;
+        // A step that waited for its slot while the run was interrupted does not start.
+        self.check_interrupt()?;
+        Ok(permit)
     }
 
     /// A disk-allocation slot on `storage` as seen from `node`: a node-local storage (lvmthin,
@@ -289,11 +313,37 @@ impl Runner {
                     .or_insert_with(|| Arc::new(Semaphore::new(self.options.per_storage.max(1)))),
             )
         };
-        Ok(semaphore.acquire_owned().await?)
+        let permit = semaphore.acquire_owned().await?;
+        self.check_interrupt()?;
+        Ok(permit)
     }
 
-    /// Wait for a task to stop; `Ok` only for exit status `OK` (or `WARNINGS`).
-    pub(super) async fn wait_task(&self, node: &str, upid: &Upid) -> Result<(), PveError> {
+    /// Wait for a task to stop; `Ok` only for exit status `OK` (or `WARNINGS`). Once the run is
+    /// interrupted, the task gets [`super::interrupt::IN_FLIGHT_GRACE`] more to finish; after
+    /// that the run stops and leaves it to Proxmox (the next run waits for it or re-reads it).
+    pub(super) async fn wait_task(&self, node: &str, upid: &Upid) -> anyhow::Result<()> {
+        let Some(interrupt) = &self.options.interrupt else {
+            return Ok(self.wait_task_to_end(node, upid).await?);
+        };
+        let grace = async {
+            interrupt.fired().await;
+            tokio::time::sleep(super::interrupt::IN_FLIGHT_GRACE).await;
+        };
+        tokio::select! {
+            waited = self.wait_task_to_end(node, upid) => Ok(waited?),
+            () = grace => {
+                self.events.event(ExecEvent::Note {
+                    message: format!(
+                        "task {upid} still runs on Proxmox after {}s; the next run waits for it",
+                        super::interrupt::IN_FLIGHT_GRACE.as_secs()
+                    ),
+                });
+                Err(interrupt.interrupted().into())
+            }
+        }
+    }
+
+    async fn wait_task_to_end(&self, node: &str, upid: &Upid) -> Result<(), PveError> {
         let node_name = NodeName(upid.node().unwrap_or(node).to_owned());
         let wait = crate::pve::WaitOptions {
             timeout: self.options.task_timeout,

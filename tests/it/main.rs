@@ -18,6 +18,7 @@ mod e2e;
 mod exitcodes;
 mod hostile;
 mod hostile_workspace;
+mod interrupt;
 mod k3s;
 mod layers;
 mod nodeprep;

@@ -18,6 +18,9 @@ pub enum ExitStatus {
     Changes,
     /// `plan --detailed-exitcode`: an error of any kind, user or remote (terraform's 1).
     DetailedError,
+    /// Stopped by SIGINT or SIGTERM (128 + 2, as a shell reports Ctrl-C): what was done is in
+    /// the state, and re-running the command continues.
+    Interrupted,
 }
 
 impl From<ExitStatus> for ExitCode {
@@ -29,6 +32,7 @@ impl From<ExitStatus> for ExitCode {
             ExitStatus::Unhealthy => ExitCode::from(3),
             ExitStatus::Changes => ExitCode::from(2),
             ExitStatus::DetailedError => ExitCode::from(1),
+            ExitStatus::Interrupted => ExitCode::from(130),
         }
     }
 }

@@ -1,0 +1,146 @@
+//! Ctrl-C and SIGTERM during `provision up`: at seeded random moments of a slowed simulated run,
+//! the binary exits 130 with the line that says how to continue, its state file stays valid, and
+//! a re-run converges with every VM on (simulated) Proxmox exactly once and in the state.
+#![allow(clippy::unwrap_used)]
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::time::Duration;
+
+use rand::{Rng as _, SeedableRng as _};
+use rustix::process::{Pid, Signal, kill_process};
+
+use crate::support::cli::BinaryWorkspace;
+
+/// Slow enough that a run lasts a few seconds, so a signal lands in the middle of it.
+const UP: [&str; 8] = [
+    "up",
+    "--profile",
+    "homelab-ha",
+    "--simulate",
+    "--sim-time-scale",
+    "0.05",
+    "--yes",
+    "--quiet",
+];
+
+const CONTINUE: &str =
+    "interrupted: re-run `provision up --profile homelab-ha --simulate` to continue";
+
+/// Starts `up`, sends `signals` (each after its delay), and returns exit code and stderr.
+fn up_with_signals(binary: &BinaryWorkspace, signals: &[(Duration, Signal)]) -> (i32, String) {
+    let mut command = binary.provision(&UP).command();
+    command
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::piped());
+    let child = command.spawn().unwrap();
+    let pid = Pid::from_child(&child);
+    for (delay, signal) in signals {
+        std::thread::sleep(*delay);
+        // The process may have finished already: then there is nobody to signal.
+        if kill_process(pid, *signal).is_err() {
+            break;
+        }
+    }
+    let output = child.wait_with_output().unwrap();
+    (
+        output.status.code().unwrap_or(-1),
+        String::from_utf8_lossy(&output.stderr).into_owned(),
+    )
+}
+
+/// Names of the VMs the workspace's simulated Proxmox holds, with how often each occurs.
+fn simulated_vms(binary: &BinaryWorkspace) -> BTreeMap<String, usize> {
+    let text =
+        std::fs::read_to_string(binary.workspace().join(".provision/sim/state.json")).unwrap();
+    let state: serde_json::Value = serde_json::from_str(&text).unwrap();
+    let mut names = BTreeMap::new();
+    for vm in state["vms"].as_object().unwrap().values() {
+        let name = vm["config"]["name"].as_str().unwrap().to_owned();
+        *names.entry(name).or_insert(0) += 1;
+    }
+    names
+}
+
+/// The VMs the workspace state records, read as the state file is (it must parse).
+fn recorded_vms(binary: &BinaryWorkspace) -> BTreeSet<String> {
+    let text = std::fs::read_to_string(binary.workspace().join(".provision/state.json")).unwrap();
+    let state: serde_json::Value = serde_json::from_str(&text).unwrap();
+    state["vms"].as_object().unwrap().keys().cloned().collect()
+}
+
+/// After an interrupted run: the state parses, a re-run converges, a third run (and `plan
+/// --detailed-exitcode`) sees nothing to do, and Proxmox holds each planned VM exactly once.
+fn assert_rerun_converges(binary: &BinaryWorkspace, label: &str) {
+    recorded_vms(binary);
+    let (code, _, stderr) = binary.run(&UP);
+    assert_eq!(code, 0, "{label}: re-run: {stderr}");
+    let (code, stdout, stderr) = binary.run(&[
+        "plan",
+        "--profile",
+        "homelab-ha",
+        "--simulate",
+        "--detailed-exitcode",
+    ]);
+    assert_eq!(code, 0, "{label}: plan after the re-run: {stdout}{stderr}");
+    let on_proxmox = simulated_vms(binary);
+    assert!(
+        on_proxmox.values().all(|count| *count == 1),
+        "{label}: duplicated VMs {on_proxmox:?}"
+    );
+    let names: BTreeSet<String> = on_proxmox.keys().cloned().collect();
+    assert_eq!(names.len(), 5, "{label}: {names:?}");
+    assert_eq!(names, recorded_vms(binary), "{label}: orphaned VMs");
+}
+
+#[test]
+fn an_interrupt_at_random_moments_exits_130_and_a_rerun_converges() {
+    // Seeded: the moments are random but the same on every run of the test. Each falls into
+    // its own slice of the first seconds of a run, so they spread over the whole run.
+    let mut random = rand::rngs::StdRng::seed_from_u64(11);
+    let mut interrupted = 0;
+    for point in 0..7u64 {
+        let delay = Duration::from_millis(150 + point * 450 + random.random_range(0..450));
+        let signal = if point % 2 == 0 {
+            Signal::INT
+        } else {
+            Signal::TERM
+        };
+        let label = format!("point {point} ({signal:?} after {delay:?})");
+        let binary = BinaryWorkspace::new();
+        let (code, stderr) = up_with_signals(&binary, &[(delay, signal)]);
+        match code {
+            130 => {
+                interrupted += 1;
+                assert!(stderr.contains(CONTINUE), "{label}: {stderr}");
+                assert!(stderr.contains("starting no new step"), "{label}: {stderr}");
+                assert!(!stderr.contains("error:"), "{label}: {stderr}");
+            }
+            // The run finished before the signal came: it is still a valid point for the rest.
+            0 => {}
+            other => panic!("{label}: exit {other}: {stderr}"),
+        }
+        assert_rerun_converges(&binary, &label);
+    }
+    assert!(
+        interrupted >= 5,
+        "only {interrupted} of 7 runs were interrupted"
+    );
+}
+
+#[test]
+fn a_second_interrupt_exits_at_once_and_a_rerun_still_converges() {
+    let binary = BinaryWorkspace::new();
+    let (code, stderr) = up_with_signals(
+        &binary,
+        &[
+            (Duration::from_millis(900), Signal::INT),
+            (Duration::from_millis(20), Signal::INT),
+        ],
+    );
+    assert_eq!(code, 130, "{stderr}");
+    assert!(
+        stderr.contains("interrupted again: exiting now"),
+        "{stderr}"
+    );
+    assert_rerun_converges(&binary, "second interrupt");
+}
