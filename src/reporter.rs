@@ -4,18 +4,17 @@
 //! terminal.
 #![allow(clippy::print_stderr)]
 
-use std::collections::BTreeMap;
 use std::io::IsTerminal as _;
 use std::sync::{Arc, Mutex};
-use std::time::Duration;
-
-use indicatif::{MultiProgress, ProgressBar, ProgressDrawTarget, ProgressStyle};
 
 use crate::cli::{GlobalArgs, OutputFormat};
 use crate::exit::ExitStatus;
 use crate::profile::diagnostic::{self, Diagnostic};
 
 pub use provision_base::SECURITY_TARGET;
+
+mod progress;
+use progress::ProgressView;
 
 /// Where and how output goes for this run.
 #[derive(Debug, Clone)]
@@ -27,14 +26,6 @@ pub struct Reporter {
     /// Progress bars instead of lines: stderr is a terminal, text output, not `--quiet`.
     bars: bool,
     progress: Arc<Mutex<Option<ProgressView>>>,
-}
-
-/// The live multi-progress view of one execution.
-#[derive(Debug)]
-struct ProgressView {
-    multi: MultiProgress,
-    overall: ProgressBar,
-    vms: BTreeMap<String, ProgressBar>,
 }
 
 impl Reporter {
@@ -162,8 +153,8 @@ impl Reporter {
         };
         if let Some(view) = guard.take() {
             view.overall.finish_and_clear();
-            for bar in view.vms.values() {
-                bar.finish_and_clear();
+            for line in view.vms.values() {
+                line.bar.finish_and_clear();
             }
             if view.multi.clear().is_err() {
                 // stderr is gone: nothing left to clear.
@@ -228,7 +219,10 @@ impl Reporter {
             .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new(level));
         let result = tracing_subscriber::fmt()
             .with_env_filter(filter)
-            .with_writer(std::io::stderr)
+            .with_writer({
+                let progress = Arc::clone(&self.progress);
+                move || progress::TraceWriter::new(Arc::clone(&progress))
+            })
             .with_ansi(self.color)
             .without_time()
             .try_init();
@@ -247,6 +241,7 @@ impl crate::exec::ProgressSink for Reporter {
             return;
         }
         match event {
+            ExecEvent::Planned { .. } => {}
             ExecEvent::Started { vms } => {
                 if !vms.is_empty() {
                     self.status(&format!("working on {} VMs", vms.len()));
@@ -269,102 +264,6 @@ impl crate::exec::ProgressSink for Reporter {
             }
             ExecEvent::Global { what } => self.status(&what),
             ExecEvent::Note { message } => self.status(&message),
-        }
-    }
-}
-
-impl Reporter {
-    /// Shows `event` on the progress bars; false when it is to be printed as a line.
-    fn progress_event(&self, event: &crate::exec::ExecEvent) -> bool {
-        use crate::exec::ExecEvent;
-        match event {
-            ExecEvent::Started { vms } => {
-                self.end_progress();
-                if vms.is_empty() {
-                    return true;
-                }
-                let multi = MultiProgress::with_draw_target(ProgressDrawTarget::stderr());
-                let width = vms.iter().map(String::len).max().unwrap_or(0);
-                let vm_style = ProgressStyle::with_template(&format!(
-                    "{{spinner}} {{prefix:<{width}}} {{msg}}"
-                ))
-                .unwrap_or_else(|_| ProgressStyle::default_spinner());
-                let bars = vms
-                    .iter()
-                    .map(|vm| {
-                        let bar = multi.add(ProgressBar::new_spinner());
-                        bar.set_style(vm_style.clone());
-                        bar.set_prefix(vm.clone());
-                        bar.set_message("waiting");
-                        bar.enable_steady_tick(Duration::from_millis(120));
-                        (vm.clone(), bar)
-                    })
-                    .collect();
-                let overall = multi.add(ProgressBar::new(vms.len() as u64));
-                overall.set_style(
-                    ProgressStyle::with_template("[{elapsed_precise}] {bar:40} {pos}/{len} VMs")
-                        .unwrap_or_else(|_| ProgressStyle::default_bar()),
-                );
-                overall.enable_steady_tick(Duration::from_millis(250));
-                let mut guard = match self.progress.lock() {
-                    Ok(guard) => guard,
-                    Err(poisoned) => poisoned.into_inner(),
-                };
-                *guard = Some(ProgressView {
-                    multi,
-                    overall,
-                    vms: bars,
-                });
-                true
-            }
-            ExecEvent::Step { vm, step } => self
-                .with_view(|view| match view.vms.get(vm) {
-                    Some(bar) => {
-                        bar.set_message(*step);
-                        true
-                    }
-                    None => false,
-                })
-                .unwrap_or(false),
-            ExecEvent::Retry {
-                vm,
-                step,
-                attempt,
-                error,
-                ..
-            } => self
-                .with_view(|view| match view.vms.get(vm) {
-                    Some(bar) => {
-                        bar.set_message(format!("{step} (retry {attempt}: {error})"));
-                        true
-                    }
-                    None => false,
-                })
-                .unwrap_or(false),
-            ExecEvent::VmDone { vm, elapsed } => {
-                let all_done = self.with_view(|view| {
-                    if let Some(bar) = view.vms.get(vm) {
-                        bar.finish_with_message(format!("done in {:.1}s", elapsed.as_secs_f64()));
-                    }
-                    view.overall.inc(1);
-                    view.overall.position() >= view.overall.length().unwrap_or(0)
-                });
-                match all_done {
-                    Some(true) => {
-                        self.with_view(|view| view.overall.finish());
-                        if let Ok(mut guard) = self.progress.lock() {
-                            // The finished bars stay on screen as the run's summary.
-                            guard.take();
-                        }
-                        // indicatif leaves the cursor at the end of the last bar.
-                        eprintln!();
-                        true
-                    }
-                    Some(false) => true,
-                    None => false,
-                }
-            }
-            ExecEvent::Global { .. } | ExecEvent::Note { .. } => false,
         }
     }
 }

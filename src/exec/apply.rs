@@ -55,6 +55,9 @@ pub async fn apply_with_gate(
     }
     let worked: Vec<String> = plan.actions.iter().map(|a| a.vm().to_owned()).collect();
     runner.events.event(ExecEvent::Started { vms: worked });
+    runner.events.event(ExecEvent::Planned {
+        steps: runner.planned_steps(plan),
+    });
 
     // Converged VMs found on Proxmox but not in the state are recorded (no API call).
     runner.record_converged(plan).await?;

@@ -85,6 +85,9 @@ pub async fn destroy(
     }
     let worked: Vec<String> = plan.actions.iter().map(|a| a.vm().to_owned()).collect();
     runner.events.event(ExecEvent::Started { vms: worked });
+    runner.events.event(ExecEvent::Planned {
+        steps: runner.planned_steps(plan),
+    });
     let destroyed = runner
         .run_actions(plan)
         .await?

@@ -7,6 +7,9 @@ use std::time::Duration;
 pub enum ExecEvent {
     /// The run starts with this many VMs to work on.
     Started { vms: Vec<String> },
+    /// How many steps each VM's action is expected to take (after [`ExecEvent::Started`]):
+    /// the overall progress counts steps, so it moves while VMs are still being built.
+    Planned { steps: Vec<(String, u64)> },
     /// A VM entered a step (`image`, `iso`, `create`, `resize`, `start`, `guest`, …).
     Step { vm: String, step: &'static str },
     /// A step failed and will be retried after `delay`.

@@ -212,6 +212,43 @@ impl Runner {
         }
     }
 
+    /// Per action of `plan`: the VM and the steps it announces on the way ([`ExecEvent::Step`]),
+    /// for the overall progress. Waits (`wait`, `wave`) are not counted: they may not happen.
+    pub(super) fn planned_steps(&self, plan: &Plan) -> Vec<(String, u64)> {
+        plan.actions
+            .iter()
+            .map(|action| {
+                let planned = plan.vm(action.vm());
+                // create, resize, start, guest, seed cleanup, plus the image and ISO it needs.
+                let create = |vm: Option<&PlannedVm>| {
+                    5 + vm.map_or(0, |vm| {
+                        u64::from(vm.image_download.is_some()) + u64::from(vm.iso.is_some())
+                    })
+                };
+                let own = match action {
+                    Action::Create { .. } => create(planned),
+                    Action::Replace { .. } => 1 + create(planned),
+                    Action::Update {
+                        changes,
+                        delete,
+                        restart,
+                        ..
+                    } => {
+                        4 + u64::from(!changes.is_empty() || !delete.is_empty())
+                            + u64::from(*restart)
+                    }
+                    Action::Destroy { .. } => 1,
+                };
+                let gate = match (self.wave_of.contains_key(action.vm()), action) {
+                    (false, _) => 0,
+                    (true, Action::Destroy { .. }) => 1,
+                    (true, _) => 2,
+                };
+                (action.vm().to_owned(), own + gate)
+            })
+            .collect()
+    }
+
     /// The run was interrupted: start nothing new.
     pub(super) fn check_interrupt(&self) -> anyhow::Result<()> {
         match &self.options.interrupt {
