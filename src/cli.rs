@@ -4,6 +4,9 @@ use std::path::PathBuf;
 
 use clap::{Args, Parser, Subcommand, ValueEnum};
 
+mod examples;
+pub use examples::{EXAMPLES as SUBCOMMAND_EXAMPLES, command, parse};
+
 const EXAMPLES: &str = "\
 Examples:
   provision init                          create a workspace in the current directory
@@ -16,9 +19,11 @@ Examples:
   provision up --profile a100-8x --simulate   phase 1 against the built-in Proxmox simulator
   provision sim serve --inventory pve-a100    a simulated Proxmox for other tools
   provision completions bash > ~/.local/share/bash-completion/completions/provision
+  provision man | man -l -                read the manual page
 
 Exit codes: 0 success, 1 user or profile error, 2 remote or internal failure, 3 unhealthy
-(status: reached, but a VM or the cluster is unhealthy).";
+(status: reached, but a VM or the cluster is unhealthy), 130 interrupted (Ctrl-C; run the command
+again to continue).";
 
 /// Build GPU Kubernetes (HA K3s) clusters on Proxmox VE from one profile.
 #[derive(Debug, Parser)]
@@ -67,8 +72,10 @@ pub enum Command {
     Validate(ValidateArgs),
     /// List the built-in profiles (and the workspace's own profiles/*.toml), or print one.
     Profiles(ProfilesArgs),
-    /// Print a shell completion script.
+    /// Print a shell completion script (profile names complete to the built-in ones).
     Completions(CompletionsArgs),
+    /// Print the manual page, or write one per subcommand into a directory.
+    Man(ManArgs),
     /// Show what `up` would change on Proxmox (terraform-like diff, or --output json).
     Plan(PlanArgs),
     /// Create or converge the cluster: VMs on Proxmox (phase 1), then over SSH node preparation and
@@ -125,34 +132,37 @@ pub struct ClusterArgs {
     pub sim: SimArgs,
 }
 
+/// The help heading of `--simulate` and the `--sim-*` options.
+const SIMULATOR: &str = "Simulator options";
+
 /// `--simulate` and the simulator's options.
 #[derive(Debug, Clone, Args)]
 pub struct SimArgs {
     /// Run against the in-process Proxmox simulator (state kept in .provision/sim/).
-    #[arg(long)]
+    #[arg(long, help_heading = SIMULATOR)]
     pub simulate: bool,
     /// Simulator inventory: a built-in name (pve-a100, pve-homelab …) or a TOML file.
-    #[arg(long, value_name = "NAME|FILE", requires = "simulate")]
+    #[arg(long, help_heading = SIMULATOR, value_name = "NAME|FILE", requires = "simulate")]
     pub sim_inventory: Option<String>,
     /// Write one JSON line per simulated request to FILE.
-    #[arg(long, value_name = "FILE", requires = "simulate")]
+    #[arg(long, help_heading = SIMULATOR, value_name = "FILE", requires = "simulate")]
     pub sim_request_log: Option<PathBuf>,
     /// Simulated task durations × X (1.0 = realistic).
     // The simulator's DEFAULT_TIME_SCALE; a test in `commands` keeps the two equal.
-    #[arg(long, value_name = "X", default_value_t = 0.02, requires = "simulate")]
+    #[arg(long, help_heading = SIMULATOR, value_name = "X", default_value_t = 0.02, requires = "simulate")]
     pub sim_time_scale: f64,
     /// Probability that a simulated request answers 500.
-    #[arg(long, value_name = "P", default_value_t = 0.0, requires = "simulate")]
+    #[arg(long, help_heading = SIMULATOR, value_name = "P", default_value_t = 0.0, requires = "simulate")]
     pub sim_fail_rate: f64,
     /// Probability that a simulated task fails.
-    #[arg(long, value_name = "P", default_value_t = 0.0, requires = "simulate")]
+    #[arg(long, help_heading = SIMULATOR, value_name = "P", default_value_t = 0.0, requires = "simulate")]
     pub sim_task_fail_rate: f64,
     /// Seed of the simulator's failure injection and generated ids.
-    #[arg(long, value_name = "N", default_value_t = 0, requires = "simulate")]
+    #[arg(long, help_heading = SIMULATOR, value_name = "N", default_value_t = 0, requires = "simulate")]
     pub sim_seed: u64,
     /// Credentials provision uses against the simulator: its API token, a root@pam ticket, or
     /// the token plus root@pam only for keys no token may set (hugepages, affinity).
-    #[arg(long, value_enum, default_value_t = SimAuth::TokenRoot, requires = "simulate")]
+    #[arg(long, help_heading = SIMULATOR, value_enum, default_value_t = SimAuth::TokenRoot, requires = "simulate")]
     pub sim_auth: SimAuth,
 }
 
@@ -368,6 +378,8 @@ pub enum ProfilesCommand {
     List,
     /// Print the built-in profile NAME exactly as shipped (TOML with its comments).
     Show(ProfilesShowArgs),
+    /// Print the reference of every profile field and validation rule (Markdown).
+    Docs,
 }
 
 #[derive(Debug, Args)]
@@ -381,6 +393,14 @@ pub struct ValidateArgs {
     /// A built-in profile name, a workspace profile (profiles/NAME.toml) or a path to a TOML file.
     #[arg(short, long, value_name = "NAME|PATH")]
     pub profile: String,
+}
+
+#[derive(Debug, Args)]
+pub struct ManArgs {
+    /// Write provision.1 and one page per subcommand (provision-up.1 …) into DIR instead of
+    /// printing provision.1.
+    #[arg(long, value_name = "DIR")]
+    pub dir: Option<PathBuf>,
 }
 
 #[derive(Debug, Args)]

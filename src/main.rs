@@ -2,12 +2,10 @@
 
 use std::process::ExitCode;
 
-use clap::Parser as _;
-use provision::cli::Cli;
 use provision::reporter::Reporter;
 
 fn main() -> ExitCode {
-    let cli = match Cli::try_parse() {
+    let cli = match provision::cli::parse() {
         Ok(cli) => cli,
         Err(error) => return Reporter::clap_error(&error).into(),
     };

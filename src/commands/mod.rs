@@ -11,6 +11,7 @@ pub mod drain;
 pub mod init;
 pub mod interrupt;
 pub mod kubeconfig;
+pub mod man;
 pub mod output;
 pub mod plan;
 pub mod profiles;
@@ -89,6 +90,7 @@ async fn dispatch(context: &Context, command: Command) -> anyhow::Result<ExitSta
         Command::Validate(args) => validate::run(context, args).await,
         Command::Profiles(args) => profiles::run(context, args).await,
         Command::Completions(args) => completions::run(context, args).await,
+        Command::Man(args) => man::run(context, args).await,
         Command::Plan(args) => plan::run(context, args).await,
         Command::Up(args) => up::run(context, args).await,
         Command::Kubeconfig(args) => kubeconfig::run(context, args).await,

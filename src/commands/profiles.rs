@@ -11,6 +11,10 @@ use super::{Context, UserError};
 pub async fn run(context: &Context, args: ProfilesArgs) -> anyhow::Result<ExitStatus> {
     match args.command {
         None | Some(ProfilesCommand::List) => list(context),
+        Some(ProfilesCommand::Docs) => {
+            context.reporter.data(profile::builtin::PROFILE_REFERENCE);
+            Ok(ExitStatus::Success)
+        }
         Some(ProfilesCommand::Show(show)) => {
             let builtin = builtin_or_error(&show.name)?;
             context.reporter.result(&ProfileShowOutput {

@@ -35,6 +35,10 @@ pub const BUILTIN_PROFILES: &[BuiltinProfile] = &[
     },
 ];
 
+/// The field reference of profiles (`profiles/README.md`), shipped so a user with only the
+/// binary reads it with `provision profiles docs`.
+pub const PROFILE_REFERENCE: &str = include_str!("../../profiles/README.md");
+
 /// The built-in profile called `name`.
 pub fn builtin(name: &str) -> Option<&'static BuiltinProfile> {
     BUILTIN_PROFILES.iter().find(|profile| profile.name == name)

@@ -328,8 +328,50 @@ fn snippet(text: &str, span: &Range<usize>, line: usize) -> (usize, String, usiz
     )
 }
 
+/// For serde's ``unknown field `nmae`, expected one of `name`, …``: the expected name closest
+/// to the unknown one, when it is close enough to be a misspelling (as clap suggests
+/// subcommands: at most a third of the letters differ).
+pub fn closest_expected(message: &str) -> Option<&str> {
+    let mut quoted = message.split('`').skip(1).step_by(2);
+    let unknown = quoted.next()?;
+    let limit = unknown.chars().count().div_ceil(3).max(1);
+    quoted
+        .map(|candidate| (edit_distance(unknown, candidate), candidate))
+        .filter(|(distance, _)| *distance <= limit)
+        .min_by_key(|(distance, _)| *distance)
+        .map(|(_, candidate)| candidate)
+}
+
+/// Levenshtein distance between `a` and `b`, counted in characters.
+fn edit_distance(a: &str, b: &str) -> usize {
+    let b: Vec<char> = b.chars().collect();
+    let mut previous: Vec<usize> = (0..=b.len()).collect();
+    for (i, a_char) in a.chars().enumerate() {
+        let mut current = vec![i + 1];
+        for (j, b_char) in b.iter().enumerate() {
+            let substitute = previous[j] + usize::from(a_char != *b_char);
+            let insert = current[j] + 1;
+            let delete = previous[j + 1] + 1;
+            current.push(substitute.min(insert).min(delete));
+        }
+        previous = current;
+    }
+    previous[b.len()]
+}
+
 #[cfg(test)]
 mod tests {
+    #[test]
+    fn an_unknown_key_suggests_the_closest_field_only_when_it_is_close() {
+        let message = "unknown field `nmae`, expected one of `name`, `k3s_version`, `api_vip`";
+        assert_eq!(super::closest_expected(message), Some("name"));
+        let message = "unknown field `gpu`, expected one of `name`, `gpus`, `hugepages`";
+        assert_eq!(super::closest_expected(message), Some("gpus"));
+        let message = "unknown field `colour`, expected one of `name`, `role`";
+        assert_eq!(super::closest_expected(message), None);
+        assert_eq!(super::closest_expected("unknown field"), None);
+    }
+
     use super::*;
 
     #[test]

@@ -414,13 +414,21 @@ pub fn parse_diagnostic(
         .map(|span| locator.path_at(span.start).to_string())
         .unwrap_or_default();
     let hint = if message.starts_with("unknown field") {
-        "remove the key or fix its spelling; profiles/README.md lists every field".to_owned()
+        match diagnostic::closest_expected(&message) {
+            Some(near) => {
+                format!("did you mean `{near}`? `provision profiles docs` lists every field")
+            }
+            None => {
+                "remove the key or fix its spelling; `provision profiles docs` lists every field"
+                    .to_owned()
+            }
+        }
     } else if message.starts_with("missing field") {
-        "add the field; profiles/README.md says what it holds".to_owned()
+        "add the field; `provision profiles docs` says what it holds".to_owned()
     } else if message.starts_with("unknown variant") {
         "use one of the values listed in the message".to_owned()
     } else if message.starts_with("invalid type") {
-        "check the value's type (string in quotes, number, boolean, array or table) in profiles/README.md".to_owned()
+        "check the value's type (string in quotes, number, boolean, array or table) in `provision profiles docs`".to_owned()
     } else if message.contains("IP address") || message.contains("invalid IP") {
         "write an address such as 10.0.0.11 (a network such as 10.0.0.0/24 where a CIDR is expected)".to_owned()
     } else {

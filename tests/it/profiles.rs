@@ -382,3 +382,53 @@ fn init_with_a_profile_writes_the_builtin_that_validate_then_reads() {
     assert!(String::from_utf8_lossy(&output.stderr).contains("homelab-ha"));
     assert!(!fresh.exists());
 }
+
+/// For a user with only the binary: `profiles show NAME` saved to a file and `init --profile
+/// NAME` both give the built-in text byte for byte, the file validates as the built-in does,
+/// and the comments point at documentation the binary prints, not at source paths.
+#[test]
+fn every_builtin_round_trips_through_show_and_init_and_validates() {
+    let root = tempfile::tempdir().unwrap();
+    for builtin in BUILTIN_PROFILES {
+        let shown = Provision::new(&["profiles", "show", builtin.name])
+            .cwd(root.path())
+            .output();
+        assert_eq!(shown.status.code(), Some(0), "{}", builtin.name);
+        let file = root.path().join(format!("{}-shown.toml", builtin.name));
+        std::fs::write(&file, &shown.stdout).unwrap();
+        let validated = Provision::new(&["validate", "--profile", file.to_str().unwrap()])
+            .cwd(root.path())
+            .output();
+        assert_eq!(
+            validated.status.code(),
+            Some(0),
+            "{}: {}",
+            builtin.name,
+            String::from_utf8_lossy(&validated.stderr)
+        );
+        let dir = root.path().join(builtin.name);
+        let init = Provision::new(&["init", dir.to_str().unwrap(), "--profile", builtin.name])
+            .cwd(root.path())
+            .output();
+        assert_eq!(init.status.code(), Some(0), "{}", builtin.name);
+        let written =
+            std::fs::read(dir.join("profiles").join(format!("{}.toml", builtin.name))).unwrap();
+        assert_eq!(written, shown.stdout, "{}", builtin.name);
+        assert_eq!(written, builtin.text.as_bytes(), "{}", builtin.name);
+        assert!(
+            builtin.text.contains("`provision profiles docs`"),
+            "{}: no pointer to the field reference",
+            builtin.name
+        );
+        assert!(
+            !builtin.text.contains("README.md") && !builtin.text.contains("src/"),
+            "{}: points at a source path",
+            builtin.name
+        );
+    }
+    let docs = Provision::new(&["profiles", "docs"])
+        .cwd(root.path())
+        .output();
+    assert_eq!(docs.status.code(), Some(0));
+    assert_eq!(docs.stdout, profile::builtin::PROFILE_REFERENCE.as_bytes());
+}
