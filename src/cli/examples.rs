@@ -142,6 +142,36 @@ mod tests {
         }
     }
 
+    /// A misspelt subcommand (two letters swapped, or only the first word of `replace-node`)
+    /// is answered with the right one.
+    #[test]
+    fn a_typo_of_every_subcommand_suggests_it() {
+        let top = Cli::command();
+        for sub in top.get_subcommands().filter(|sub| !sub.is_hide_set()) {
+            let name = sub.get_name();
+            let mut letters: Vec<char> = name.chars().collect();
+            if letters.len() < 4 {
+                continue;
+            }
+            letters.swap(1, 2);
+            let swapped: String = letters.into_iter().collect();
+            let typos = [
+                Some(swapped),
+                name.split_once('-').map(|(first, _)| first.to_owned()),
+            ];
+            for typo in typos.into_iter().flatten() {
+                let error = match command().try_get_matches_from(["provision", typo.as_str()]) {
+                    Ok(_) => panic!("`{typo}` parsed"),
+                    Err(error) => error.to_string(),
+                };
+                assert!(
+                    error.contains(&format!("'{name}'")),
+                    "`{typo}` does not suggest {name}: {error}"
+                );
+            }
+        }
+    }
+
     #[test]
     fn every_visible_subcommand_has_examples_and_every_entry_a_subcommand() {
         let mut found = Vec::new();

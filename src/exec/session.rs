@@ -32,11 +32,7 @@ pub fn connect_real(workspace: &Workspace) -> anyhow::Result<Connection> {
     let settings = match workspace.proxmox_settings()? {
         Ok(settings) => settings,
         Err(error) => {
-            return Err(crate::error::UserError::new(
-                error.to_string(),
-                Some(crate::pve::client::NO_ENDPOINT_HINT),
-            )
-            .into());
+            return Err(crate::error::UserError::new(error.to_string(), Some(error.hint())).into());
         }
     };
     let tls = tls_mode(&settings.trust);

@@ -114,3 +114,60 @@ fn a_closed_stdout_ends_quietly_with_the_commands_status() {
         }
     }
 }
+
+/// First contact with a real endpoint: each credential problem gets its own hint, and none of
+/// them is "set an endpoint" once one is set.
+#[test]
+fn each_credential_problem_gets_its_own_hint() {
+    let binary = BinaryWorkspace::new();
+    let plan = ["plan", "--profile", "ci-nested"];
+    let hint = |env: &[(&str, &str)]| {
+        let run = env
+            .iter()
+            .fold(binary.provision(&plan), |command, (key, value)| {
+                command.env(key, value)
+            })
+            .run();
+        assert_eq!(run.code, 1, "{env:?}: {}", run.stderr);
+        run.stderr
+            .lines()
+            .find_map(|line| line.trim().strip_prefix("= hint: "))
+            .unwrap_or_else(|| panic!("{env:?}: no hint in {}", run.stderr))
+            .to_owned()
+    };
+    let endpoint = ("PROXMOX_VE_ENDPOINT", "https://pve.example:8006/");
+    let missing = hint(&[]);
+    assert!(missing.contains("PROXMOX_VE_ENDPOINT"), "{missing}");
+    assert!(missing.contains("--simulate"), "{missing}");
+    let malformed = hint(&[endpoint, ("PROXMOX_VE_API_TOKEN", "not-a-token")]);
+    assert!(
+        malformed.contains("USER@REALM!TOKENID=SECRET"),
+        "{malformed}"
+    );
+    let no_credentials = hint(&[endpoint]);
+    assert!(
+        no_credentials.contains("pveum user token add"),
+        "{no_credentials}"
+    );
+    let fingerprint = hint(&[
+        endpoint,
+        ("PROXMOX_VE_API_TOKEN", "provision@pve!ci=s3cr3t"),
+        ("PROXMOX_VE_FINGERPRINT", "AB:CD"),
+    ]);
+    assert!(fingerprint.contains("pvenode cert info"), "{fingerprint}");
+    let http = hint(&[
+        ("PROXMOX_VE_ENDPOINT", "http://pve.example:8006/"),
+        ("PROXMOX_VE_API_TOKEN", "provision@pve!ci=s3cr3t"),
+    ]);
+    assert!(http.contains("https://"), "{http}");
+    let hints = [&missing, &malformed, &no_credentials, &fingerprint, &http];
+    for (index, one) in hints.iter().enumerate() {
+        assert!(
+            hints[index + 1..].iter().all(|other| other != one),
+            "{one} given twice"
+        );
+    }
+    for one in &hints[1..] {
+        assert!(!one.contains("--simulate"), "{one}");
+    }
+}
