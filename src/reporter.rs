@@ -81,6 +81,34 @@ impl Reporter {
         }
     }
 
+    /// A plan diff on stdout: coloured by its `+`, `~`, `-/+`, `-` markers when stdout is a
+    /// terminal and colours are allowed, plain otherwise (a pipe, a file, `NO_COLOR`).
+    pub fn diff(&self, text: &str) {
+        let coloured = self.color && std::io::stdout().is_terminal();
+        if !coloured {
+            return self.data(text);
+        }
+        let paint = |line: &str| {
+            let marker = line.trim_start();
+            let colour = if marker.starts_with("-/+ ") {
+                "\x1b[35m"
+            } else if marker.starts_with("+ ") {
+                "\x1b[32m"
+            } else if marker.starts_with("~ ") {
+                "\x1b[33m"
+            } else if marker.starts_with("- ") {
+                "\x1b[31m"
+            } else if marker.starts_with("warning:") || marker.starts_with("Plan:") {
+                "\x1b[1m"
+            } else {
+                return line.to_owned();
+            };
+            format!("{colour}{line}\x1b[0m")
+        };
+        let painted: Vec<String> = text.lines().map(paint).collect();
+        self.data(&painted.join("\n"));
+    }
+
     /// One JSON document on stdout.
     pub fn json<T: serde::Serialize + ?Sized>(&self, value: &T) {
         match serde_json::to_string_pretty(value) {

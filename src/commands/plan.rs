@@ -66,7 +66,7 @@ async fn show(context: &Context, args: PlanArgs) -> anyhow::Result<bool> {
         // Values from the profile or from Proxmox must not drive the terminal.
         OutputFormat::Text => context
             .reporter
-            .data(&profile::diagnostic::neutralise_lines(
+            .diff(&profile::diagnostic::neutralise_lines(
                 &crate::plan::render_text(&plan),
             )),
     }

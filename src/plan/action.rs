@@ -69,6 +69,8 @@ pub enum Action {
         target: VmRef,
         /// The changed keys only.
         changes: Params,
+        /// What Proxmox has now for each changed key that it has (shown as `old → new`).
+        was: Params,
         /// Keys removed from the config.
         delete: Vec<String>,
         resize: Vec<Resize>,

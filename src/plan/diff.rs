@@ -144,6 +144,10 @@ pub(super) fn update_action(vm: &ExistingVm, planned: &PlannedVm, state: &State)
     } else {
         None
     };
+    let was = changed
+        .keys()
+        .filter_map(|key| Some((key.clone(), vm.config.get(key)?.clone())))
+        .collect();
     Some(Action::Update {
         target: VmRef {
             name: planned.name.clone(),
@@ -151,6 +155,7 @@ pub(super) fn update_action(vm: &ExistingVm, planned: &PlannedVm, state: &State)
             vmid: planned.vmid,
         },
         changes: changed,
+        was,
         delete,
         resize,
         reason,

@@ -51,11 +51,12 @@ pub fn render_text(plan: &Plan) -> String {
     render_rolling(&mut out, plan);
     let _ = writeln!(
         out,
-        "Plan: {} to create, {} to update, {} to replace, {} to destroy.",
+        "Plan: {} to create, {} to update, {} to replace, {} to destroy{}.",
         plan.count(ActionKind::Create),
         plan.count(ActionKind::Update),
         plan.count(ActionKind::Replace),
-        plan.count(ActionKind::Destroy)
+        plan.count(ActionKind::Destroy),
+        global_counts(plan)
     );
     if plan.is_noop() {
         match plan.intent {
@@ -103,6 +104,28 @@ fn render_rolling(out: &mut String, plan: &Plan) {
     }
 }
 
+/// `; 8 PCI mappings and 1 image download to create` when the plan has any: the summary counts
+/// every object `up` creates, not only VMs.
+fn global_counts(plan: &Plan) -> String {
+    let plural =
+        |count: usize, what: &str| format!("{count} {what}{}", if count == 1 { "" } else { "s" });
+    let mut parts = Vec::new();
+    if plan.pool.is_some() {
+        parts.push("1 pool".to_owned());
+    }
+    if !plan.mappings.is_empty() {
+        parts.push(plural(plan.mappings.len(), "PCI mapping"));
+    }
+    if !plan.downloads.is_empty() {
+        parts.push(plural(plan.downloads.len(), "image download"));
+    }
+    match parts.as_slice() {
+        [] => String::new(),
+        [one] => format!("; {one} to create"),
+        [first @ .., last] => format!("; {} and {last} to create", first.join(", ")),
+    }
+}
+
 /// One action: its line, then what it sends.
 fn render_action(out: &mut String, action: &Action) {
     let _ = write!(
@@ -129,13 +152,15 @@ fn render_action(out: &mut String, action: &Action) {
         }
         Action::Update {
             changes,
+            was,
             delete,
             resize,
             restart,
             ..
         } => {
             for (key, value) in changes {
-                let _ = writeln!(out, "{indent}~ {key}: {value}");
+                let old = was.get(key).map_or("(unset)", String::as_str);
+                let _ = writeln!(out, "{indent}~ {key}: {old} → {value}");
             }
             for key in delete {
                 let _ = writeln!(out, "{indent}- {key}");

@@ -405,6 +405,14 @@ fn converged_cluster_plans_nothing_and_deltas_are_exact() {
     let profile = profile();
     let mut inventory = inventory(AuthKind::RootTicket);
     let first = plan(&profile, &inventory, &State::default(), &context()).unwrap();
+    // The summary counts what `up` creates besides VMs.
+    let summary = render_text(&first);
+    let downloads = first.downloads.len();
+    assert!(downloads > 0, "{summary}");
+    assert!(
+        summary.contains(&format!("{downloads} image download")),
+        "{summary}"
+    );
     let state = applied(&first, &mut inventory);
     let second = plan(&profile, &inventory, &state, &context()).unwrap();
     assert!(second.is_noop(), "{}", render_text(&second));
@@ -427,6 +435,13 @@ fn converged_cluster_plans_nothing_and_deltas_are_exact() {
         delta.actions[0],
         Action::Update { restart: true, .. }
     ));
+    // The diff shows the value Proxmox has and the one it gets.
+    let old_memory = profile.node_groups[0].memory_mib;
+    assert!(
+        render_text(&delta).contains(&format!("~ memory: {old_memory} → 16384")),
+        "{}",
+        render_text(&delta)
+    );
 
     // GPU count change: replace exactly the GPU VMs.
     let mut no_gpus = profile.clone();
