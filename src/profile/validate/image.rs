@@ -5,6 +5,12 @@ use super::formats::{has_import_extension, is_sha256, is_volume_id};
 use super::{Checker, path};
 use crate::profile::model::{Image, Profile};
 
+/// SHA-256 digests the built-in profiles carry that no publisher signs: Debian publishes
+/// `SHA512SUMS` only, so the Debian images' digests were computed, not published. `validate`
+/// says so loudly until the profile carries a digest its user checked.
+const UNPUBLISHED_SHA256: &[&str] =
+    &["5da221d8f7434ee86145e78a2c60ca45eb4ef8296535e04f6f333193225792aa"];
+
 impl Checker {
     pub(super) fn image(&mut self, profile: &Profile) {
         let image = &profile.image;
@@ -37,6 +43,15 @@ impl Checker {
                     path(&["image", "sha256"]),
                     format!("sha256 `{sha}` is not 64 hexadecimal characters"),
                     "run `sha256sum` on the image and paste the 64-character digest",
+                );
+            }
+            if UNPUBLISHED_SHA256.contains(&sha.to_ascii_lowercase().as_str()) {
+                self.warning(
+                    path(&["image", "sha256"]),
+                    "image.sha256 is the built-in profile's placeholder, not a checksum the \
+                     image's publisher signed (Debian publishes SHA512SUMS only)",
+                    "before a real run: download the image, check it against Debian's signed \
+                     SHA512SUMS, run `sha256sum` on it and put that digest here",
                 );
             }
             if image.url.is_none() {
