@@ -147,6 +147,7 @@ pub async fn run(
     let options = ClusterOptions {
         accept_new_host_keys: args.accept_new_host_keys,
         record_commands: args.print_commands,
+        events: crate::exec::Events(std::sync::Arc::new(context.reporter.clone())),
         ..ClusterOptions::default()
     };
     let outcome = cluster::converge(profile, vms, &context.workspace, &options).await;

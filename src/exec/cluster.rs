@@ -38,6 +38,8 @@ pub struct ClusterOptions {
     pub ssh: SshOptions,
     /// Overrides of the phase 2 defaults (timeouts, parallelism); `None` = [`Phase2Options::new`].
     pub phase2: Option<Phase2Options>,
+    /// Where each node's progress goes (the reporter).
+    pub events: super::Events,
 }
 
 impl Default for ClusterOptions {
@@ -52,6 +54,7 @@ impl Default for ClusterOptions {
                 ..SshOptions::default()
             },
             phase2: None,
+            events: super::Events::default(),
         }
     }
 }
@@ -241,6 +244,7 @@ pub async fn converge(
             .unwrap_or_else(|| Phase2Options::new(&workspace.root));
         // The kubeconfig lives beside the state: `.provision/kubeconfig`.
         phase2_options.workspace = workspace.state_dir();
+        phase2_options.events = options.events.clone();
         phase2::run(profile, &nodes, &connector, &phase2_options).await
     }
     .await;

@@ -34,7 +34,7 @@ use crate::profile::model::Role;
 pub use apply::{apply, apply_with_gate};
 pub use destroy::{DestroyReport, destroy, observe_and_plan_down};
 pub use interrupt::{Interrupt, Interrupted, is_interrupted};
-pub use progress::{CollectProgress, ExecEvent, NoProgress, ProgressSink};
+pub use progress::{CollectProgress, Events, ExecEvent, NoProgress, ProgressSink};
 pub use rolling::{NoGate, RollingGate};
 
 /// Knobs of one run.

@@ -85,6 +85,8 @@ pub struct Phase2Options {
     /// Per node: how long to wait for Ready (and etcd membership for servers).
     pub ready_timeout: Duration,
     pub poll_interval: Duration,
+    /// Per node: the step it is in (the progress display), then done.
+    pub events: super::Events,
 }
 
 impl Phase2Options {
@@ -101,6 +103,7 @@ impl Phase2Options {
             cloud_init_timeout: Duration::from_secs(600),
             ready_timeout: Duration::from_secs(300),
             poll_interval: Duration::from_secs(2),
+            events: super::Events::default(),
         }
     }
 }
@@ -200,6 +203,7 @@ pub async fn run(
         bail!("phase 2 needs at least one server node");
     }
 
+    let started = announce(nodes, opts);
     let Inputs {
         token,
         binary_bytes,
@@ -318,9 +322,11 @@ pub async fn run(
         .await
         .with_context(|| format!("node {} ({}): k3s server install", node.name, node.address))?;
         merge_install(&mut report, &node.name, installed);
+        opts.events.step(&node.name, "ready");
         wait_until(bootstrap_exec, &[node.name.as_str()], true, opts)
             .await
             .with_context(|| format!("node {} ({})", node.name, node.address))?;
+        node_done(opts, &node.name, started);
     }
 
     // Agents in parallel (the CA hash and the VIP check are done once, before any of them).
@@ -357,7 +363,13 @@ pub async fn run(
     }
     let agent_names: Vec<&str> = agents.iter().map(|i| nodes[*i].name.as_str()).collect();
     if !agent_names.is_empty() {
+        for name in &agent_names {
+            opts.events.step(name, "ready");
+        }
         wait_until(bootstrap_exec, &agent_names, false, opts).await?;
+        for name in &agent_names {
+            node_done(opts, name, started);
+        }
     }
 
     // Labels and taints changed after registration go through the API.
@@ -520,6 +532,24 @@ impl JoinContext {
     }
 }
 
+/// Phase 2 starts on `nodes`: each takes cloud-init, prepare, k3s install and ready.
+fn announce(nodes: &[GuestNode], opts: &Phase2Options) -> std::time::Instant {
+    let names: Vec<String> = nodes.iter().map(|node| node.name.clone()).collect();
+    opts.events
+        .event(super::ExecEvent::Started { vms: names.clone() });
+    opts.events.event(super::ExecEvent::Planned {
+        steps: names.into_iter().map(|name| (name, 4)).collect(),
+    });
+    std::time::Instant::now()
+}
+
+fn node_done(opts: &Phase2Options, name: &str, started: std::time::Instant) {
+    opts.events.event(super::ExecEvent::VmDone {
+        vm: name.to_owned(),
+        elapsed: started.elapsed(),
+    });
+}
+
 #[allow(clippy::too_many_arguments)]
 async fn prepare_node(
     profile: &Profile,
@@ -536,7 +566,9 @@ async fn prepare_node(
         name: node.name.clone(),
         ..NodeReport::default()
     };
+    opts.events.step(&node.name, "cloud-init");
     wait_cloud_init(exec, opts.cloud_init_timeout).await?;
+    opts.events.step(&node.name, "prepare");
     // One round trip for all the preparation steps (bigger files still travel by upload).
     let steps = prepare_steps(
         &NodePrepInput::for_group(profile, group).with_nvidia_repo_key(nvidia_repo_key),
@@ -644,6 +676,13 @@ async fn install_node(
     token: &K3sToken,
     opts: &Phase2Options,
 ) -> anyhow::Result<InstallResult> {
+    opts.events.step(
+        &settings.name,
+        match settings.role {
+            Role::Server => "k3s server",
+            Role::Agent => "k3s agent",
+        },
+    );
     let config = render_config(&opts.templates, profile, settings, token)?;
     let unit = render_unit(&opts.templates, settings.role)?;
     let files = config_steps(settings.role, &config, &unit);

@@ -33,6 +33,36 @@ pub trait ProgressSink: Send + Sync {
     fn event(&self, event: ExecEvent);
 }
 
+/// A shared [`ProgressSink`] that options structs can hold (they derive `Debug` and `Clone`).
+#[derive(Clone)]
+pub struct Events(pub std::sync::Arc<dyn ProgressSink>);
+
+impl Events {
+    /// A VM (node) entered `step`.
+    pub fn step(&self, vm: &str, step: &'static str) {
+        self.0.event(ExecEvent::Step {
+            vm: vm.to_owned(),
+            step,
+        });
+    }
+
+    pub fn event(&self, event: ExecEvent) {
+        self.0.event(event);
+    }
+}
+
+impl Default for Events {
+    fn default() -> Self {
+        Self(std::sync::Arc::new(NoProgress))
+    }
+}
+
+impl std::fmt::Debug for Events {
+    fn fmt(&self, formatter: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        formatter.write_str("Events")
+    }
+}
+
 /// Drops every event.
 #[derive(Debug, Default, Clone, Copy)]
 pub struct NoProgress;

@@ -341,3 +341,42 @@ async fn a_vip_that_never_answers_stops_before_any_node_joins() {
     let starts: Vec<&String> = events.iter().filter(|e| e.starts_with("start")).collect();
     assert_eq!(starts, ["start server-1 cluster-init"], "{events:?}");
 }
+
+/// The progress display follows each node through phase 2: cloud-init, preparation, its k3s
+/// install, ready, then done; the run announces every node and its planned steps first.
+#[tokio::test]
+async fn phase2_reports_each_nodes_steps_to_the_progress_display() {
+    use provision::exec::{CollectProgress, Events, ExecEvent};
+    let mut world = world();
+    let progress = Arc::new(CollectProgress::default());
+    world.opts.events = Events(progress.clone());
+    world.up().await.unwrap();
+    let events = progress.0.lock().unwrap().clone();
+    let names: Vec<String> = world.nodes.iter().map(|node| node.name.clone()).collect();
+    assert_eq!(events[0], ExecEvent::Started { vms: names.clone() });
+    assert!(matches!(&events[1], ExecEvent::Planned { steps } if steps.len() == names.len()));
+    for node in &world.nodes {
+        let steps: Vec<&str> = events
+            .iter()
+            .filter_map(|event| match event {
+                ExecEvent::Step { vm, step } if *vm == node.name => Some(*step),
+                _ => None,
+            })
+            .collect();
+        let install = match node.role {
+            provision::profile::model::Role::Server => "k3s server",
+            provision::profile::model::Role::Agent => "k3s agent",
+        };
+        assert_eq!(
+            steps,
+            ["cloud-init", "prepare", install, "ready"],
+            "{}",
+            node.name
+        );
+        let done = events
+            .iter()
+            .filter(|event| matches!(event, ExecEvent::VmDone { vm, .. } if *vm == node.name))
+            .count();
+        assert_eq!(done, 1, "{}", node.name);
+    }
+}
