@@ -43,6 +43,29 @@ impl VmLine {
     }
 }
 
+/// The time left at the run's average pace so far. Steps come in bursts (every VM's image step
+/// at once, then minutes of creates), which throws indicatif's recent-rate `{eta}` off by
+/// orders of magnitude; the average since the start settles instead.
+fn time_left(state: &indicatif::ProgressState, out: &mut dyn std::fmt::Write) {
+    let (done, total) = (state.pos(), state.len().unwrap_or(0));
+    let text = match left_at_average_pace(state.elapsed(), done, total) {
+        Some(left) => format!("about {:#} left", indicatif::HumanDuration(left)),
+        None => "estimating time left".to_owned(),
+    };
+    if out.write_str(&text).is_err() {
+        // The bar's line buffer cannot fail; nothing to show otherwise.
+    }
+}
+
+/// `elapsed × (total − done) / done`; `None` before the first step is done.
+fn left_at_average_pace(elapsed: Duration, done: u64, total: u64) -> Option<Duration> {
+    if done == 0 {
+        return None;
+    }
+    let left = total.saturating_sub(done);
+    Some(elapsed.mul_f64(left as f64 / done as f64))
+}
+
 impl ProgressView {
     fn new(vms: &[String]) -> Self {
         let multi = MultiProgress::with_draw_target(ProgressDrawTarget::stderr());
@@ -70,8 +93,9 @@ impl ProgressView {
         let overall = multi.add(ProgressBar::new(vms.len() as u64));
         overall.set_style(
             ProgressStyle::with_template(
-                "[{elapsed_precise}] {bar:40} {pos}/{len} steps, {msg}, about {eta} left",
+                "[{elapsed_precise}] {bar:40} {pos}/{len} steps, {msg}, {left}",
             )
+            .map(|style| style.with_key("left", time_left))
             .unwrap_or_else(|_| ProgressStyle::default_bar()),
         );
         overall.set_message(format!("0/{} VMs done", vms.len()));
@@ -242,6 +266,19 @@ impl Drop for TraceWriter {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn time_left_is_the_average_pace_so_far() {
+        assert_eq!(left_at_average_pace(Duration::from_secs(30), 0, 49), None);
+        assert_eq!(
+            left_at_average_pace(Duration::from_secs(30), 10, 40),
+            Some(Duration::from_secs(90))
+        );
+        assert_eq!(
+            left_at_average_pace(Duration::from_secs(30), 49, 49),
+            Some(Duration::ZERO)
+        );
+    }
 
     #[test]
     fn the_overall_bar_counts_planned_steps_and_tops_up_a_finished_vm() {
