@@ -19,10 +19,7 @@ use super::Context;
 const GUESTS_SETTLE: Duration = Duration::from_secs(120);
 
 pub async fn run(context: &Context, args: DownArgs) -> anyhow::Result<ExitStatus> {
-    let signals = super::interrupt::install(
-        &context.reporter,
-        &super::up::rerun_command("down", &args.cluster.profile, args.cluster.sim.simulate),
-    )?;
+    let signals = super::interrupt::install(&context.reporter, "down", &args.cluster)?;
     let loaded = profile::load(&args.cluster.profile, &context.workspace.root)?;
     let cluster = loaded.profile.cluster.name.clone();
     let store = StateStore::open(

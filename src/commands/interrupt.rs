@@ -9,6 +9,7 @@ use std::sync::atomic::{AtomicBool, Ordering};
 
 use tokio::signal::unix::{SignalKind, signal};
 
+use crate::cli::ClusterArgs;
 use crate::exec::Interrupt;
 use crate::exec::interrupt::IN_FLIGHT_GRACE;
 use crate::reporter::Reporter;
@@ -29,9 +30,10 @@ impl Signals {
     }
 }
 
-/// Takes over SIGINT and SIGTERM; `rerun` is the command that continues an interrupted run.
-pub fn install(reporter: &Reporter, rerun: &str) -> anyhow::Result<Signals> {
-    let interrupt = Interrupt::new(rerun);
+/// Takes over SIGINT and SIGTERM for `provision VERB` on `cluster` (the command an interrupted
+/// run tells the user to re-run).
+pub fn install(reporter: &Reporter, verb: &str, cluster: &ClusterArgs) -> anyhow::Result<Signals> {
+    let interrupt = Interrupt::new(&rerun_command(verb, &cluster.profile, cluster.sim.simulate));
     let armed = Arc::new(AtomicBool::new(false));
     let mut interrupts = signal(SignalKind::interrupt())?;
     let mut terminates = signal(SignalKind::terminate())?;
@@ -63,4 +65,13 @@ pub fn install(reporter: &Reporter, rerun: &str) -> anyhow::Result<Signals> {
         std::process::exit(130);
     });
     Ok(Signals { interrupt, armed })
+}
+
+/// The command that continues an interrupted run: `provision VERB --profile P [--simulate]`.
+fn rerun_command(verb: &str, profile: &str, simulate: bool) -> String {
+    let simulate = if simulate { " --simulate" } else { "" };
+    format!(
+        "provision {verb} --profile {}{simulate}",
+        crate::nodeprep::shell::quote(profile)
+    )
 }

@@ -15,10 +15,7 @@ use super::{Context, UserError};
 
 pub async fn run(context: &Context, up_args: UpArgs) -> anyhow::Result<ExitStatus> {
     let args = &up_args.cluster;
-    let signals = super::interrupt::install(
-        &context.reporter,
-        &rerun_command("up", &args.profile, args.sim.simulate),
-    )?;
+    let signals = super::interrupt::install(&context.reporter, "up", args)?;
     let loaded = profile::load(&args.profile, &context.workspace.root)?;
     let profile = &loaded.profile;
     // Lock first: a second `up` fails fast, naming the holder.
@@ -98,15 +95,7 @@ pub async fn run(context: &Context, up_args: UpArgs) -> anyhow::Result<ExitStatu
         store,
         seeds,
         Arc::new(context.reporter.clone()),
-        ExecOptions {
-            poll_scale: if args.sim.simulate {
-                args.sim.sim_time_scale
-            } else {
-                1.0
-            },
-            interrupt: Some(interrupt.clone()),
-            ..ExecOptions::default()
-        },
+        exec_options(&args.sim, &interrupt),
         gate,
     )
     .await?;
@@ -143,13 +132,17 @@ pub async fn run(context: &Context, up_args: UpArgs) -> anyhow::Result<ExitStatu
     Ok(ExitStatus::Success)
 }
 
-/// The command that continues an interrupted run: `provision VERB --profile P [--simulate]`.
-pub fn rerun_command(verb: &str, profile: &str, simulate: bool) -> String {
-    let simulate = if simulate { " --simulate" } else { "" };
-    format!(
-        "provision {verb} --profile {}{simulate}",
-        crate::nodeprep::shell::quote(profile)
-    )
+/// The run's options: polling at the simulator's pace under `--simulate`, stopping on Ctrl-C.
+fn exec_options(sim: &crate::cli::SimArgs, interrupt: &crate::exec::Interrupt) -> ExecOptions {
+    ExecOptions {
+        poll_scale: if sim.simulate {
+            sim.sim_time_scale
+        } else {
+            1.0
+        },
+        interrupt: Some(interrupt.clone()),
+        ..ExecOptions::default()
+    }
 }
 
 /// The plan is shown; one that disrupts running VMs is confirmed (`--yes` answers for it);
