@@ -1,7 +1,7 @@
 //! Ctrl-C and SIGTERM during `provision up`: at seeded random moments of a slowed simulated run,
 //! the binary exits 130 with the line that says how to continue, its state file stays valid, and
 //! a re-run converges with every VM on (simulated) Proxmox exactly once and in the state.
-#![allow(clippy::unwrap_used)]
+#![allow(clippy::unwrap_used, clippy::print_stderr)]
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::time::Duration;
@@ -20,20 +20,41 @@ const UP: [&str; 8] = [
     "--sim-time-scale",
     "0.05",
     "--yes",
-    "--quiet",
+    "--no-color",
 ];
 
 const CONTINUE: &str =
     "interrupted: re-run `provision up --profile homelab-ha --simulate` to continue";
 
-/// Starts `up`, sends `signals` (each after its delay), and returns exit code and stderr.
+/// Starts `up`, waits until it works on the VMs (its first change), sends `signals` (each after
+/// its delay), and returns exit code and stderr.
 fn up_with_signals(binary: &BinaryWorkspace, signals: &[(Duration, Signal)]) -> (i32, String) {
+    use std::io::BufRead as _;
     let mut command = binary.provision(&UP).command();
     command
         .stdout(std::process::Stdio::null())
         .stderr(std::process::Stdio::piped());
-    let child = command.spawn().unwrap();
+    let mut child = command.spawn().unwrap();
     let pid = Pid::from_child(&child);
+    let stderr = child.stderr.take().unwrap();
+    let (lines, received) = std::sync::mpsc::channel();
+    let reader = std::thread::spawn(move || {
+        for line in std::io::BufReader::new(stderr).lines() {
+            let Ok(line) = line else { break };
+            if lines.send(line).is_err() {
+                break;
+            }
+        }
+    });
+    let mut seen = Vec::new();
+    // Signals before the run starts changing things end it at once; the moments measure from here.
+    while let Ok(line) = received.recv_timeout(Duration::from_secs(120)) {
+        let started = line.starts_with("working on");
+        seen.push(line);
+        if started {
+            break;
+        }
+    }
     for (delay, signal) in signals {
         std::thread::sleep(*delay);
         // The process may have finished already: then there is nobody to signal.
@@ -41,11 +62,10 @@ fn up_with_signals(binary: &BinaryWorkspace, signals: &[(Duration, Signal)]) -> 
             break;
         }
     }
-    let output = child.wait_with_output().unwrap();
-    (
-        output.status.code().unwrap_or(-1),
-        String::from_utf8_lossy(&output.stderr).into_owned(),
-    )
+    let status = child.wait().unwrap();
+    reader.join().unwrap();
+    seen.extend(received.try_iter());
+    (status.code().unwrap_or(-1), seen.join("\n"))
 }
 
 /// Names of the VMs the workspace's simulated Proxmox holds, with how often each occurs.
@@ -95,11 +115,12 @@ fn assert_rerun_converges(binary: &BinaryWorkspace, label: &str) {
 #[test]
 fn an_interrupt_at_random_moments_exits_130_and_a_rerun_converges() {
     // Seeded: the moments are random but the same on every run of the test. Each falls into
-    // its own slice of the first seconds of a run, so they spread over the whole run.
+    // its own slice of the first seconds after the run starts changing Proxmox, so they spread
+    // over the whole run.
     let mut random = rand::rngs::StdRng::seed_from_u64(11);
     let mut interrupted = 0;
     for point in 0..7u64 {
-        let delay = Duration::from_millis(150 + point * 450 + random.random_range(0..450));
+        let delay = Duration::from_millis(point * 400 + random.random_range(0..400));
         let signal = if point % 2 == 0 {
             Signal::INT
         } else {
@@ -108,6 +129,7 @@ fn an_interrupt_at_random_moments_exits_130_and_a_rerun_converges() {
         let label = format!("point {point} ({signal:?} after {delay:?})");
         let binary = BinaryWorkspace::new();
         let (code, stderr) = up_with_signals(&binary, &[(delay, signal)]);
+        eprintln!("{label}: exit {code}");
         match code {
             130 => {
                 interrupted += 1;
@@ -133,7 +155,7 @@ fn a_second_interrupt_exits_at_once_and_a_rerun_still_converges() {
     let (code, stderr) = up_with_signals(
         &binary,
         &[
-            (Duration::from_millis(900), Signal::INT),
+            (Duration::from_millis(300), Signal::INT),
             (Duration::from_millis(20), Signal::INT),
         ],
     );
