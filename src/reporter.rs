@@ -144,9 +144,17 @@ impl Reporter {
         self.line(text);
     }
 
-    /// The last line of an interrupted run: the progress bars go, the line stays.
+    /// The last line of an interrupted run, under the bars frozen where each VM stopped.
     pub fn interrupted(&self, text: &str) {
-        self.end_progress();
+        let view = match self.progress.lock() {
+            Ok(mut guard) => guard.take(),
+            Err(poisoned) => poisoned.into_inner().take(),
+        };
+        if let Some(view) = view {
+            view.stop();
+            // indicatif leaves the cursor at the end of the last bar.
+            eprintln!();
+        }
         eprintln!("{text}");
     }
 

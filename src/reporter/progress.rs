@@ -109,6 +109,15 @@ impl ProgressView {
         }
     }
 
+    /// The run stopped: each unfinished VM's line stays with the step it stopped in.
+    pub(super) fn stop(&self) {
+        for line in self.vms.values().filter(|line| !line.bar.is_finished()) {
+            let step = line.bar.message();
+            line.bar.abandon_with_message(format!("{step} (stopped)"));
+        }
+        self.overall.abandon();
+    }
+
     fn planned(&mut self, steps: &[(String, u64)]) {
         for (vm, expected) in steps {
             if let Some(line) = self.vms.get_mut(vm) {
