@@ -139,9 +139,9 @@ impl Runner {
             if *left.borrow() > 0 {
                 self.step(action.vm(), "wave");
             }
-            left.subscribe()
-                .wait_for(|left| *left == 0)
-                .await
+            let mut left = left.subscribe();
+            self.until_interrupted(left.wait_for(|left| *left == 0))
+                .await?
                 .map_err(|_| anyhow!("wave {earlier} did not finish, so {} waits", action.vm()))?;
         }
         self.step(action.vm(), "before disruption");
@@ -247,6 +247,18 @@ impl Runner {
                 (action.vm().to_owned(), own + gate)
             })
             .collect()
+    }
+
+    /// `waiting`, unless the run is interrupted first: a VM waiting for another one (its wave,
+    /// the VM it replaces) would otherwise wait forever for a step the interrupt cancelled.
+    async fn until_interrupted<T>(&self, waiting: impl Future<Output = T>) -> anyhow::Result<T> {
+        let Some(interrupt) = &self.options.interrupt else {
+            return Ok(waiting.await);
+        };
+        tokio::select! {
+            done = waiting => Ok(done),
+            () = interrupt.fired() => Err(interrupt.interrupted().into()),
+        }
     }
 
     /// The run was interrupted: start nothing new.
@@ -419,9 +431,9 @@ impl Runner {
             if !*gone.borrow() {
                 self.step(vm, "wait");
             }
-            gone.subscribe()
-                .wait_for(|done| *done)
-                .await
+            let mut gone = gone.subscribe();
+            self.until_interrupted(gone.wait_for(|done| *done))
+                .await?
                 .map_err(|_| anyhow!("{other} was not removed, so {vm} cannot take its place"))?;
         }
         Ok(())

@@ -166,3 +166,59 @@ fn a_second_interrupt_exits_at_once_and_a_rerun_still_converges() {
     );
     assert_rerun_converges(&binary, "second interrupt");
 }
+
+/// Fires the interrupt once the first wave's VM is back, while the later waves wait for it:
+/// the second wave then stops at its first step and the third waits for the second.
+struct InterruptingGate(provision::exec::Interrupt);
+
+#[async_trait::async_trait]
+impl provision::exec::RollingGate for InterruptingGate {
+    async fn before_disruption(&self, _vm: &provision::plan::WaveVm) -> anyhow::Result<()> {
+        Ok(())
+    }
+
+    async fn after_recovery(&self, _vm: &provision::plan::WaveVm) -> anyhow::Result<()> {
+        self.0.fire();
+        Ok(())
+    }
+}
+
+/// VMs waiting for an earlier wave (or for the VM they replace) stop too: an interrupted
+/// rolling change ends with `Interrupted` instead of waiting forever for a wave that will not
+/// finish, and a re-run completes it.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_interrupt_during_a_rolling_change_ends_the_waiting_waves() {
+    use crate::support::sim::{SimWorkspace, builtin, exec_options, fast};
+    use provision::exec::{ExecOptions, Interrupt, is_interrupted};
+    let mut profile = builtin("homelab-ha");
+    let workspace = SimWorkspace::start(&profile, None, fast()).await;
+    workspace.up(&profile, exec_options()).await.unwrap();
+    let server = profile
+        .node_groups
+        .iter()
+        .position(|group| group.role == provision::profile::model::Role::Server)
+        .unwrap();
+    profile.node_groups[server].cores += 2;
+    let interrupt = Interrupt::new("provision up --profile homelab-ha");
+    let run = workspace.up_rolling(
+        &profile,
+        ExecOptions {
+            interrupt: Some(interrupt.clone()),
+            ..exec_options()
+        },
+        provision::plan::RollingOptions::default(),
+        std::sync::Arc::new(InterruptingGate(interrupt)),
+    );
+    let ended = tokio::time::timeout(Duration::from_secs(30), run)
+        .await
+        .expect("the waiting waves never stopped");
+    let Err(error) = ended else {
+        panic!("an interrupted rolling change succeeded");
+    };
+    assert!(is_interrupted(&error), "{error:#}");
+    workspace.up(&profile, exec_options()).await.unwrap();
+    let before = workspace.log().len();
+    workspace.up(&profile, exec_options()).await.unwrap();
+    assert_eq!(workspace.mutating_since(before), Vec::new());
+    workspace.sim.shutdown().await;
+}
