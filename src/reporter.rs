@@ -84,29 +84,11 @@ impl Reporter {
     /// A plan diff on stdout: coloured by its `+`, `~`, `-/+`, `-` markers when stdout is a
     /// terminal and colours are allowed, plain otherwise (a pipe, a file, `NO_COLOR`).
     pub fn diff(&self, text: &str) {
-        let coloured = self.color && std::io::stdout().is_terminal();
-        if !coloured {
-            return self.data(text);
+        if self.color && std::io::stdout().is_terminal() {
+            self.data(&paint_diff(text));
+        } else {
+            self.data(text);
         }
-        let paint = |line: &str| {
-            let marker = line.trim_start();
-            let colour = if marker.starts_with("-/+ ") {
-                "\x1b[35m"
-            } else if marker.starts_with("+ ") {
-                "\x1b[32m"
-            } else if marker.starts_with("~ ") {
-                "\x1b[33m"
-            } else if marker.starts_with("- ") {
-                "\x1b[31m"
-            } else if marker.starts_with("warning:") || marker.starts_with("Plan:") {
-                "\x1b[1m"
-            } else {
-                return line.to_owned();
-            };
-            format!("{colour}{line}\x1b[0m")
-        };
-        let painted: Vec<String> = text.lines().map(paint).collect();
-        self.data(&painted.join("\n"));
     }
 
     /// One JSON document on stdout.
@@ -301,5 +283,44 @@ impl crate::exec::ProgressSink for Reporter {
             ExecEvent::Global { what } => self.status(&what),
             ExecEvent::Note { message } => self.status(&message),
         }
+    }
+}
+
+/// A plan diff with terraform's colours: `+` green, `~` yellow, `-/+` magenta, `-` red, the
+/// warnings and the summary bold; other lines as they are.
+fn paint_diff(text: &str) -> String {
+    let paint = |line: &str| {
+        let marker = line.trim_start();
+        let colour = if marker.starts_with("-/+ ") {
+            "\x1b[35m"
+        } else if marker.starts_with("+ ") {
+            "\x1b[32m"
+        } else if marker.starts_with("~ ") {
+            "\x1b[33m"
+        } else if marker.starts_with("- ") {
+            "\x1b[31m"
+        } else if marker.starts_with("warning:") || marker.starts_with("Plan:") {
+            "\x1b[1m"
+        } else {
+            return line.to_owned();
+        };
+        format!("{colour}{line}\x1b[0m")
+    };
+    text.lines().map(paint).collect::<Vec<_>>().join("\n")
+}
+
+#[cfg(test)]
+mod tests {
+    #[test]
+    fn a_diff_is_painted_by_its_markers() {
+        let text = "+ vm-1 (vmid 100 on pve1)\n      ~ cores: 4 → 8\n-/+ vm-2\n- vm-3\n      name: x\nPlan: 1 to create.";
+        let painted = super::paint_diff(text);
+        let lines: Vec<&str> = painted.lines().collect();
+        assert_eq!(lines[0], "\x1b[32m+ vm-1 (vmid 100 on pve1)\x1b[0m");
+        assert_eq!(lines[1], "\x1b[33m      ~ cores: 4 → 8\x1b[0m");
+        assert_eq!(lines[2], "\x1b[35m-/+ vm-2\x1b[0m");
+        assert_eq!(lines[3], "\x1b[31m- vm-3\x1b[0m");
+        assert_eq!(lines[4], "      name: x");
+        assert_eq!(lines[5], "\x1b[1mPlan: 1 to create.\x1b[0m");
     }
 }

@@ -175,3 +175,24 @@ fn guests_option_is_hidden_but_accepted() {
         .run();
     provision_snapshot!(up, &[(dir.path(), "[TEMP]")]);
 }
+
+/// `provision man` prints the page with every subcommand and its examples; `--dir` writes one
+/// page per subcommand, nested ones included.
+#[test]
+fn man_prints_the_page_and_writes_one_per_subcommand() {
+    let page = Provision::new(&["man"]).run();
+    assert_eq!(page.code, 0, "{}", page.stderr);
+    assert!(page.stdout.contains(".TH provision 1"), "{}", page.stdout);
+    assert!(page.stdout.contains("Exit codes"), "{}", page.stdout);
+    let dir = tempfile::tempdir().unwrap();
+    let written = Provision::new(&["man", "--dir", dir.path().to_str().unwrap()]).run();
+    assert_eq!(written.code, 0, "{}", written.stderr);
+    for name in ["provision.1", "provision-up.1", "provision-profiles-show.1"] {
+        let text = std::fs::read_to_string(dir.path().join(name))
+            .unwrap_or_else(|error| panic!("{name}: {error}"));
+        assert!(text.contains(".TH"), "{name}");
+    }
+    let up = std::fs::read_to_string(dir.path().join("provision-up.1")).unwrap();
+    assert!(up.contains("Examples:"), "{up}");
+    assert!(up.contains("\\-\\-simulate"), "{up}");
+}
