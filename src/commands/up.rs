@@ -38,6 +38,21 @@ pub async fn run(context: &Context, up_args: UpArgs) -> anyhow::Result<ExitStatu
     // GPUs, hugepages, IOMMU, root-only keys) before the first mutating call: the same checks
     // as `provision doctor`.
     store.state().check_cluster(&profile.cluster.name)?;
+    if let Some(journal) = &store.state().replacing {
+        opened.close().await;
+        return Err(UserError::new(
+            format!(
+                "the replacement of {} is unfinished (it stopped at step {}); nothing was changed",
+                journal.node,
+                journal.step.as_str()
+            ),
+            Some(&format!(
+                "run `provision replace-node --profile {} {}` again to finish it, then `up`",
+                args.profile, journal.node
+            )),
+        )
+        .into());
+    }
     let preflight = doctor::run(
         opened.connection.api.as_ref(),
         &opened.connection.auth,
