@@ -25,6 +25,7 @@ mod phase2;
 mod plan;
 mod preflight;
 mod profiles;
+mod replace;
 mod pve_client;
 mod rolling;
 mod ssh;
