@@ -109,7 +109,11 @@ async fn replace(
             }
         }
     }
-    let seeds = Arc::new(WorkspaceSeeds::for_run(profile, &context.workspace, simulate)?);
+    let seeds = Arc::new(WorkspaceSeeds::for_run(
+        profile,
+        &context.workspace,
+        simulate,
+    )?);
     let plan = replace_plan(context, profile, &store, opened, &seeds, name).await?;
     let Some(summary) = plan.replace.clone() else {
         bail!("internal: a replace-node plan without its steps");
@@ -129,42 +133,7 @@ async fn replace(
     };
     let text = profile::diagnostic::neutralise_lines(&crate::plan::render_text(&plan));
     context.reporter.status(text.trim_end());
-    match store.state().replacing.clone() {
-        Some(journal) => {
-            super::confirm::confirm(
-                context,
-                &format!(
-                    "resume replacing {name} (an earlier run stopped at step {})",
-                    journal.step.as_str()
-                ),
-                "",
-                args.confirm.yes,
-            )?;
-        }
-        None => {
-            // Present on Proxmox; whether it answers is the preflight's SSH probe.
-            let vm_present = summary
-                .vmid
-                .is_some_and(|vmid| vm_replaced(&plan, vmid));
-            let preflight = k3s.preflight(store.state(), vm_present).await?;
-            let what = match &preflight.dead {
-                Some(why) => format!(
-                    "replace DEAD node {name} ({why}) without draining it: its VM is destroyed and created again"
-                ),
-                None => format!("drain {name}, destroy its VM and create it again"),
-            };
-            super::confirm::confirm(context, &what, "", args.confirm.yes)?;
-            store.update(|state| {
-                state.replacing = Some(ReplaceJournal {
-                    node: name.to_string(),
-                    role: summary.role,
-                    step: summary.steps.first().copied().unwrap_or(ReplaceStep::Verify),
-                    dead: preflight.dead.is_some(),
-                    snapshot: None,
-                });
-            })?;
-        }
-    }
+    start_or_resume(context, args, &mut store, &plan, &k3s).await?;
     let run = Run {
         context,
         profile,
@@ -195,7 +164,10 @@ async fn replace(
                 )
             })?;
         if *step == ReplaceStep::Verify {
-            members = k3s.verify(profile_servers(profile), gpu_node(profile, name)).await?.members;
+            members = k3s
+                .verify(profile_servers(profile), gpu_node(profile, name))
+                .await?
+                .members;
         }
         step_done(*step);
         steps.push((*step, step_started.elapsed().as_secs_f64()));
@@ -215,6 +187,79 @@ async fn replace(
         etcd_members: members,
         seconds: started.elapsed().as_secs_f64(),
     })
+}
+
+/// `up` stops while a replacement is unfinished: only `replace-node` knows how to finish it.
+pub fn refuse_unfinished(state: &crate::state::State, profile: &str) -> anyhow::Result<()> {
+    let Some(journal) = &state.replacing else {
+        return Ok(());
+    };
+    Err(UserError::new(
+        format!(
+            "the replacement of {} is unfinished (it stopped at step {}); nothing was changed",
+            journal.node,
+            journal.step.as_str()
+        ),
+        Some(&format!(
+            "run `provision replace-node --profile {profile} {}` again to finish it, then `up`",
+            journal.node
+        )),
+    )
+    .into())
+}
+
+/// A new replacement: the preflight (refusing with nothing changed), the confirmation, then
+/// the journal. An unfinished one: the confirmation to resume it.
+async fn start_or_resume(
+    context: &Context,
+    args: &ReplaceNodeArgs,
+    store: &mut StateStore,
+    plan: &Plan,
+    k3s: &ReplaceContext<'_>,
+) -> anyhow::Result<()> {
+    let name = &k3s.name;
+    let Some(summary) = &plan.replace else {
+        bail!("internal: a replace-node plan without its steps");
+    };
+    match store.state().replacing.clone() {
+        Some(journal) => {
+            super::confirm::confirm(
+                context,
+                &format!(
+                    "resume replacing {name} (an earlier run stopped at step {})",
+                    journal.step.as_str()
+                ),
+                "",
+                args.confirm.yes,
+            )?;
+        }
+        None => {
+            // Present on Proxmox; whether it answers is the preflight's SSH probe.
+            let vm_present = summary.vmid.is_some_and(|vmid| vm_replaced(plan, vmid));
+            let preflight = k3s.preflight(store.state(), vm_present).await?;
+            let what = match &preflight.dead {
+                Some(why) => format!(
+                    "replace DEAD node {name} ({why}) without draining it: its VM is destroyed and created again"
+                ),
+                None => format!("drain {name}, destroy its VM and create it again"),
+            };
+            super::confirm::confirm(context, &what, "", args.confirm.yes)?;
+            store.update(|state| {
+                state.replacing = Some(ReplaceJournal {
+                    node: name.to_string(),
+                    role: summary.role,
+                    step: summary
+                        .steps
+                        .first()
+                        .copied()
+                        .unwrap_or(ReplaceStep::Verify),
+                    dead: preflight.dead.is_some(),
+                    snapshot: None,
+                });
+            })?;
+        }
+    }
+    Ok(())
 }
 
 /// Observe Proxmox and plan `replace-node NAME` (refusals are the planner's: unknown node,
@@ -306,7 +351,12 @@ async fn run_step(
         .is_some_and(|journal| journal.dead);
     match step {
         ReplaceStep::Snapshot => {
-            let name = match store.state().replacing.as_ref().and_then(|j| j.snapshot.clone()) {
+            let name = match store
+                .state()
+                .replacing
+                .as_ref()
+                .and_then(|j| j.snapshot.clone())
+            {
                 Some(name) => name,
                 None => {
                     let unix = std::time::SystemTime::now()
@@ -410,7 +460,10 @@ async fn create_vm(run: &Run<'_>, store: StateStore) -> anyhow::Result<StateStor
     )
     .await?;
     let journal = store.state().replacing.clone();
-    let node = journal.as_ref().map(|j| j.node.as_str()).unwrap_or_default();
+    let node = journal
+        .as_ref()
+        .map(|j| j.node.as_str())
+        .unwrap_or_default();
     if let Some(other) = plan.actions.iter().find(|action| action.vm() != node) {
         bail!(
             "the plan to create {node} again also changes {}: the profile changed during the replacement; \
@@ -444,9 +497,9 @@ fn provisioned(state: &crate::state::State) -> anyhow::Result<Vec<ProvisionedVm>
                 name: record.name.clone(),
                 vmid: record.vmid,
                 node: record.node.clone(),
-                address: address
-                    .parse()
-                    .with_context(|| format!("VM {}: address {address:?} in the state", record.name))?,
+                address: address.parse().with_context(|| {
+                    format!("VM {}: address {address:?} in the state", record.name)
+                })?,
                 role: record.role,
                 group: record.group.clone(),
                 gpus: record.gpus.clone(),

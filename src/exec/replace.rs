@@ -223,12 +223,10 @@ impl ReplaceContext<'_> {
             self.timeout,
             PollInterval::fixed(self.poll),
             || async {
-                Ok::<_, std::convert::Infallible>(
-                    match self.check_back(exec, servers, gpu).await {
-                        Ok(check) => check,
-                        Err(error) => Check::Pending(format!("{error:#}")),
-                    },
-                )
+                Ok::<_, std::convert::Infallible>(match self.check_back(exec, servers, gpu).await {
+                    Ok(check) => check,
+                    Err(error) => Check::Pending(format!("{error:#}")),
+                })
             },
         )
         .await;

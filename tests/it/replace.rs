@@ -26,7 +26,8 @@ use crate::support::testbed::Testbed;
 
 const SERVER: &str = "tbha-server-1";
 const AGENT: &str = "tbha-agent-1";
-const MEMBER_LIST: &str = "ETCDCTL_API=3 etcdctl --endpoints=http://127.0.0.1:2379 member list -w json";
+const MEMBER_LIST: &str =
+    "ETCDCTL_API=3 etcdctl --endpoints=http://127.0.0.1:2379 member list -w json";
 
 /// `provision [--output json] replace-node --profile P NODE --yes --simulate … --guests testbed`,
 /// with `env`; prints what it said and how long it took.
@@ -66,10 +67,9 @@ fn replace_ok(workspace: &Path, profile: &Path, node: &str) -> Value {
 
 /// The state file: VM name → VMID, and whether a replacement is journaled.
 fn state(workspace: &Path) -> (Vec<(String, u64)>, bool) {
-    let state: Value = serde_json::from_slice(
-        &std::fs::read(workspace.join(".provision/state.json")).unwrap(),
-    )
-    .unwrap();
+    let state: Value =
+        serde_json::from_slice(&std::fs::read(workspace.join(".provision/state.json")).unwrap())
+            .unwrap();
     let vms = state["vms"]
         .as_object()
         .unwrap()
@@ -130,7 +130,10 @@ fn assert_kubeconfig_works(testbed: &Testbed, workspace: &Path) {
         &testbed.hosts[0].name,
         "base64 -w0 /var/lib/rancher/k3s/server/tls/server-ca.crt",
     );
-    assert!(text.contains(ca.trim()), "kubeconfig CA differs from the servers'");
+    assert!(
+        text.contains(ca.trim()),
+        "kubeconfig CA differs from the servers'"
+    );
     let mut stream = std::net::TcpStream::connect((address.as_str(), 6443)).unwrap();
     stream
         .write_all(format!("GET /readyz HTTP/1.0\r\nHost: {address}\r\n\r\n").as_bytes())
@@ -206,12 +209,18 @@ fn replace_node_refusals_bootstrap_server_and_agent_on_the_testbed() {
     wait_etcd_healthy(&testbed);
 
     // 2. A learner pending (an etcd member added as a learner, never started). Refused.
+    // etcd refuses a reconfiguration until every member has been connected for a while.
     let first = &testbed.hosts[0].name;
-    testbed.ssh_ok(
-        first,
-        "ETCDCTL_API=3 etcdctl --endpoints=http://127.0.0.1:2379 member add ghost \
-         --peer-urls=http://10.77.0.250:2380 --learner",
-    );
+    let add = "ETCDCTL_API=3 etcdctl --endpoints=http://127.0.0.1:2379 member add ghost \
+         --peer-urls=http://10.77.0.250:2380 --learner";
+    let added = (0..30).any(|_| {
+        let done = testbed.ssh(first, add).status.success();
+        if !done {
+            std::thread::sleep(Duration::from_secs(2));
+        }
+        done
+    });
+    assert!(added, "etcd never accepted the learner");
     let refused = replace_node(workspace, &profile, SERVER, &[]);
     assert_refused_unchanged(&refused, workspace, &testbed, &before, "learner");
     let ghost = members(&testbed, first)
