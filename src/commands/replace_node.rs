@@ -387,8 +387,14 @@ async fn run_step(
         ReplaceStep::Drain | ReplaceStep::StopK3s => {}
         ReplaceStep::RemoveMember => k3s.remove_member().await?,
         ReplaceStep::DeleteNode => k3s.delete_node().await?,
-        ReplaceStep::DestroyVm => store = destroy_vm(run, store, k3s).await?,
-        ReplaceStep::CreateVm => store = create_vm(run, store).await?,
+        ReplaceStep::DestroyVm => {
+            store = destroy_vm(run, store, k3s).await?;
+            settle_guests(run)?;
+        }
+        ReplaceStep::CreateVm => {
+            store = create_vm(run, store).await?;
+            settle_guests(run)?;
+        }
         ReplaceStep::Join => {
             let vms = provisioned(store.state())?;
             super::up_phase2::run(
@@ -404,6 +410,17 @@ async fn run_step(
         ReplaceStep::Verify => {}
     }
     Ok(store)
+}
+
+/// With `--guests testbed`, wait until the test hosts have followed the VM (stopped, or seeded
+/// and booted), as a real VM's power state does not depend on the client that changed it.
+fn settle_guests(run: &Run<'_>) -> anyhow::Result<()> {
+    if let Some(guests) = &run.guests {
+        for line in guests.settle(Duration::from_secs(300))? {
+            run.context.reporter.detail(&format!("testbed: {line}"));
+        }
+    }
+    Ok(())
 }
 
 /// Stop and purge the node's VM (`down`'s plan, cut to this VM); a VM already gone is only
