@@ -121,19 +121,26 @@ fn wait_etcd_healthy(testbed: &Testbed) {
 }
 
 /// The kubeconfig's API server answers `/readyz` (the stand-in serves plain HTTP where k3s
-/// serves TLS) and its CA is the one the servers hold.
+/// serves TLS) and its CA is the one every server (the new one included) hands out.
 fn assert_kubeconfig_works(testbed: &Testbed, workspace: &Path) {
     let text = std::fs::read_to_string(workspace.join(".provision/kubeconfig")).unwrap();
     let address = &testbed.hosts[0].address;
     assert!(text.contains(&format!("https://{address}:6443")), "{text}");
-    let ca = testbed.ssh_ok(
-        &testbed.hosts[0].name,
-        "base64 -w0 /var/lib/rancher/k3s/server/tls/server-ca.crt",
-    );
-    assert!(
-        text.contains(ca.trim()),
-        "kubeconfig CA differs from the servers'"
-    );
+    let ca_of = |text: &str| {
+        text.lines()
+            .find_map(|line| line.trim().strip_prefix("certificate-authority-data:"))
+            .map(|data| data.trim().to_owned())
+            .unwrap()
+    };
+    for host in &testbed.hosts[..3] {
+        let served = testbed.ssh_ok(&host.name, "cat /etc/rancher/k3s/k3s.yaml");
+        assert_eq!(
+            ca_of(&text),
+            ca_of(&served),
+            "{}: another cluster CA",
+            host.name
+        );
+    }
     let mut stream = std::net::TcpStream::connect((address.as_str(), 6443)).unwrap();
     stream
         .write_all(format!("GET /readyz HTTP/1.0\r\nHost: {address}\r\n\r\n").as_bytes())

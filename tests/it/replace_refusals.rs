@@ -301,3 +301,64 @@ async fn an_agent_needs_no_etcd_check() {
         "{commands:?}"
     );
 }
+
+/// The whole command against the simulator (no guests): the preview, the refusals that come
+/// before any remote step, and `up` over an unfinished replacement.
+#[test]
+fn replace_node_cli_previews_and_refuses_without_changing_anything() {
+    use crate::support::cli::BinaryWorkspace;
+    let binary = BinaryWorkspace::new();
+    binary.user_key();
+    let sim = ["--simulate", "--sim-inventory", "pve-homelab"];
+    let with_sim = |args: &[&str]| -> (i32, String, String) {
+        let mut all = args.to_vec();
+        all.extend_from_slice(&sim);
+        binary.run(&all)
+    };
+    // Hostile or unknown names: refused before anything is read.
+    let (code, _, stderr) = with_sim(&["replace-node", "--profile", "homelab-ha", "A;id"]);
+    assert_eq!(code, 1, "{stderr}");
+    assert!(stderr.contains("not a valid node name"), "{stderr}");
+    let (code, _, stderr) = with_sim(&["replace-node", "--profile", "homelab-ha", "x"]);
+    assert_eq!(code, 1, "{stderr}");
+    assert!(stderr.contains("simulated VMs have no guests"), "{stderr}");
+
+    let (code, _, stderr) = with_sim(&["up", "--profile", "homelab-ha"]);
+    assert_eq!(code, 0, "{stderr}");
+    let state_path = binary.workspace().join(".provision/state.json");
+    let state_before = std::fs::read(&state_path).unwrap();
+    let (code, stdout, stderr) = with_sim(&[
+        "plan",
+        "--profile",
+        "homelab-ha",
+        "--replace-node",
+        "homelab-server-1",
+    ]);
+    assert_eq!(code, 0, "{stderr}");
+    assert!(stdout.contains("-/+ homelab-server-1"), "{stdout}");
+    assert!(
+        stdout.contains("Replace node homelab-server-1 (server): 9 steps"),
+        "{stdout}"
+    );
+    assert!(stdout.contains("remove-member"), "{stdout}");
+    let (code, stdout, stderr) =
+        with_sim(&["plan", "--profile", "homelab-ha", "--replace-node", "nope"]);
+    assert_eq!(code, 1, "{stdout}{stderr}");
+    assert!(stderr.contains("known: homelab-agent-1"), "{stderr}");
+    assert_eq!(std::fs::read(&state_path).unwrap(), state_before);
+
+    // An unfinished replacement in the state: `up` stops and says how to finish it.
+    let mut state: serde_json::Value = serde_json::from_slice(&state_before).unwrap();
+    state["replacing"] = json!({"node": "homelab-server-1", "role": "server", "step": "join"});
+    std::fs::write(&state_path, serde_json::to_vec(&state).unwrap()).unwrap();
+    let (code, _, stderr) = with_sim(&["up", "--profile", "homelab-ha"]);
+    assert_eq!(code, 1, "{stderr}");
+    assert!(
+        stderr.contains("replacement of homelab-server-1 is unfinished"),
+        "{stderr}"
+    );
+    assert!(
+        stderr.contains("provision replace-node --profile homelab-ha homelab-server-1"),
+        "{stderr}"
+    );
+}
