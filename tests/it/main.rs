@@ -15,6 +15,7 @@ mod crash;
 mod day2;
 mod drain;
 mod e2e;
+mod etcd_ops;
 mod exitcodes;
 mod hostile;
 mod hostile_workspace;
