@@ -33,6 +33,8 @@ struct ReplaceOutput {
     /// Seconds per step run by this invocation, in order.
     steps: Vec<(ReplaceStep, f64)>,
     snapshot: Option<String>,
+    /// The node was dead (VM gone or unreachable): replaced without a drain.
+    dead: bool,
     vmid: Option<u32>,
     etcd_members: usize,
     seconds: f64,
@@ -172,9 +174,8 @@ async fn replace(
         step_done(*step);
         steps.push((*step, step_started.elapsed().as_secs_f64()));
     }
-    let snapshot = store
-        .state()
-        .replacing
+    let journal = store.state().replacing.clone();
+    let snapshot = journal
         .as_ref()
         .and_then(|journal| journal.snapshot.clone());
     store.update(|state| state.replacing = None)?;
@@ -183,6 +184,7 @@ async fn replace(
         role: summary.role.as_str(),
         steps,
         snapshot,
+        dead: journal.is_some_and(|journal| journal.dead),
         vmid: store.state().vms.get(name.as_str()).map(|vm| vm.vmid),
         etcd_members: members,
         seconds: started.elapsed().as_secs_f64(),
@@ -237,6 +239,11 @@ async fn start_or_resume(
             // Present on Proxmox; whether it answers is the preflight's SSH probe.
             let vm_present = summary.vmid.is_some_and(|vmid| vm_replaced(plan, vmid));
             let preflight = k3s.preflight(store.state(), vm_present).await?;
+            if let Some(why) = &preflight.dead {
+                context.reporter.status(&format!(
+                    "{name} is dead ({why}): no drain, no k3s stop on it; the quorum rules still hold"
+                ));
+            }
             let what = match &preflight.dead {
                 Some(why) => format!(
                     "replace DEAD node {name} ({why}) without draining it: its VM is destroyed and created again"

@@ -6,7 +6,8 @@
 //!   is down (quorum would be lost) and while etcd has a learner;
 //! - the bootstrap (first) server replaced: 3 voting members after, every server's member list
 //!   agrees, the kubeconfig still reaches the cluster, the node keeps its name, address, labels;
-//! - an agent replaced: Ready again with its labels and taints;
+//! - an agent replaced: Ready again with its labels and taints; a dead agent (its machine off)
+//!   replaced without a drain, after a confirmation that says so;
 //! - `replace-node` SIGKILLed at 12 points spread over the whole operation, each re-run resuming:
 //!   3 voting members, no duplicate member, no VM Proxmox shows that the state does not know.
 #![allow(clippy::unwrap_used, clippy::print_stderr)]
@@ -26,6 +27,7 @@ use crate::support::testbed::Testbed;
 
 const SERVER: &str = "tbha-server-1";
 const AGENT: &str = "tbha-agent-1";
+const DEAD_AGENT: &str = "tbha-agent-2";
 const MEMBER_LIST: &str =
     "ETCDCTL_API=3 etcdctl --endpoints=http://127.0.0.1:2379 member list -w json";
 
@@ -251,6 +253,7 @@ fn replace_node_refusals_bootstrap_server_and_agent_on_the_testbed() {
         started.elapsed().as_secs_f64()
     );
     assert_eq!(report["etcd_members"], 3, "{report:#}");
+    assert_eq!(report["dead"], false, "{report:#}");
     assert!(report["snapshot"].is_string(), "{report:#}");
     assert_three_voting_members_everywhere(&testbed);
     assert!(
@@ -275,6 +278,24 @@ fn replace_node_refusals_bootstrap_server_and_agent_on_the_testbed() {
     assert_eq!(node_view(&testbed, AGENT), agent_before);
     assert_five_ready_nodes(&testbed);
     assert_three_voting_members_everywhere(&testbed);
+
+    // 5. A dead agent (its machine is off, SSH does not answer): replaced without a drain.
+    let dead_before = node_view(&testbed, DEAD_AGENT);
+    testbed.stop(&testbed.hosts[4].name);
+    let started = Instant::now();
+    let output = replace_node(workspace, &profile, DEAD_AGENT, &[]);
+    eprintln!(
+        "TIMING replace-node dead agent: {:.1}s",
+        started.elapsed().as_secs_f64()
+    );
+    assert!(output.status.success());
+    let report: Value = serde_json::from_slice(&output.stdout).unwrap();
+    assert_eq!(report["dead"], true, "{report:#}");
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert!(stderr.contains("tbha-agent-2 is dead"), "{stderr}");
+    assert!(testbed.is_running(&testbed.hosts[4].name));
+    assert_eq!(node_view(&testbed, DEAD_AGENT), dead_before);
+    assert_five_ready_nodes(&testbed);
     assert!(down_with_guests(workspace, &profile).status.success());
 }
 
