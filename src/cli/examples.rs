@@ -86,6 +86,12 @@ provision drain --profile homelab-ha homelab-agent-1 --timeout 5m --delete-empty
         "uncordon",
         "provision uncordon --profile homelab-ha homelab-agent-1",
     ),
+    (
+        "replace-node",
+        "provision plan --profile homelab-ha --replace-node homelab-server-1   the steps, nothing changed
+provision replace-node --profile homelab-ha homelab-server-1 --yes
+provision replace-node --profile homelab-ha homelab-agent-1     asks for confirmation on a terminal",
+    ),
     ("sim", "provision sim serve --inventory pve-a100"),
     (
         "sim serve",

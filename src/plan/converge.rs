@@ -94,6 +94,7 @@ pub(super) fn converge(input: &PlanInput<'_>) -> Result<Plan, PlanError> {
             .map(|storage| storage.storage.clone())
             .collect(),
         rolling,
+        replace: None,
     })
 }
 

@@ -696,3 +696,5 @@ fn down_destroys_what_is_still_ours_and_forgets_the_rest() {
 }
 
 mod rolling;
+
+mod replace;

@@ -30,7 +30,11 @@ impl UserFacing for PlanError {
             | PlanError::TooManyVcpus { .. }
             | PlanError::RootOnlyKeys { .. }
             | PlanError::EvenServerScaleDown { .. }
-            | PlanError::SingleServerScaleDown { .. } => ExitStatus::UserError,
+            | PlanError::SingleServerScaleDown { .. }
+            | PlanError::ReplaceUnknownNode { .. }
+            | PlanError::ReplaceNotInProfile { .. }
+            | PlanError::ReplacePendingChanges { .. }
+            | PlanError::ReplaceInProgress { .. } => ExitStatus::UserError,
         }
     }
 
