@@ -122,7 +122,24 @@ pub struct ClusterArgs {
     #[arg(short, long, value_name = "NAME|PATH")]
     pub profile: String,
     #[command(flatten)]
+    pub overrides: OverrideArgs,
+    #[command(flatten)]
     pub sim: SimArgs,
+}
+
+/// Per-run changes to the profile, validated like the file (README, "Per-run overrides").
+#[derive(Debug, Clone, Default, Args)]
+pub struct OverrideArgs {
+    /// Set a profile key for this run: a dotted key path and a TOML value (`cluster.ttl=2h`,
+    /// `node_groups[1].count=3`; anything that is not TOML is a string); repeatable. The
+    /// environment's PROVISION_SET_<KEY> (`__` between keys: PROVISION_SET_CLUSTER__TTL=2h) come
+    /// first.
+    #[arg(long = "set", value_name = "KEY=VALUE")]
+    pub set: Vec<String>,
+    /// The cluster's name for this run (`--set cluster.name=NAME`): a separate cluster, with its
+    /// own state, secrets and kubeconfig, from the same profile and workspace.
+    #[arg(long, value_name = "NAME", env = "PROVISION_NAME")]
+    pub name: Option<String>,
 }
 
 /// `--simulate` and the simulator's options.
@@ -246,6 +263,9 @@ pub struct KubeconfigArgs {
     /// other entry.
     #[arg(long)]
     pub merge: bool,
+    /// The cluster's kubeconfig, for a workspace holding several (`up --name NAME`).
+    #[arg(long, value_name = "NAME", env = "PROVISION_NAME")]
+    pub name: Option<String>,
 }
 
 #[derive(Debug, Args)]
@@ -280,6 +300,8 @@ pub struct DrainArgs {
     /// A built-in profile name, a workspace profile or a path to a TOML file.
     #[arg(short, long, value_name = "NAME|PATH")]
     pub profile: String,
+    #[command(flatten)]
+    pub overrides: OverrideArgs,
     /// The node to drain (a VM name of the cluster).
     pub node: String,
     /// How long kubectl may take to evict every pod (e.g. 90s, 10m, 1h30m); the node stays
@@ -307,6 +329,8 @@ pub struct UncordonArgs {
     /// A built-in profile name, a workspace profile or a path to a TOML file.
     #[arg(short, long, value_name = "NAME|PATH")]
     pub profile: String,
+    #[command(flatten)]
+    pub overrides: OverrideArgs,
     /// The node to make schedulable again.
     pub node: String,
 }
@@ -381,6 +405,8 @@ pub struct ValidateArgs {
     /// A built-in profile name, a workspace profile (profiles/NAME.toml) or a path to a TOML file.
     #[arg(short, long, value_name = "NAME|PATH")]
     pub profile: String,
+    #[command(flatten)]
+    pub overrides: OverrideArgs,
 }
 
 #[derive(Debug, Args)]

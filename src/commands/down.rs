@@ -10,7 +10,6 @@ use anyhow::Context as _;
 use crate::cli::{DownArgs, OutputFormat};
 use crate::exec::{self, ExecOptions, session};
 use crate::exit::ExitStatus;
-use crate::profile;
 use crate::state::StateStore;
 
 use super::Context;
@@ -19,7 +18,12 @@ use super::Context;
 const GUESTS_SETTLE: Duration = Duration::from_secs(120);
 
 pub async fn run(context: &Context, args: DownArgs) -> anyhow::Result<ExitStatus> {
-    let loaded = profile::load(&args.cluster.profile, &context.workspace.root)?;
+    let (loaded, context) = &super::scope::load_scoped(
+        context,
+        &args.cluster.profile,
+        &args.cluster.overrides,
+        true,
+    )?;
     let cluster = loaded.profile.cluster.name.clone();
     let store = StateStore::open(
         &context.workspace.state_dir(),

@@ -13,6 +13,7 @@ pub mod kubeconfig;
 pub mod output;
 pub mod plan;
 pub mod profiles;
+pub mod scope;
 pub mod sim;
 pub mod status;
 pub mod uncordon;

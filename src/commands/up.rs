@@ -15,7 +15,8 @@ use super::{Context, UserError};
 
 pub async fn run(context: &Context, up_args: UpArgs) -> anyhow::Result<ExitStatus> {
     let args = &up_args.cluster;
-    let loaded = profile::load(&args.profile, &context.workspace.root)?;
+    let (loaded, context) =
+        &super::scope::load_scoped(context, &args.profile, &args.overrides, true)?;
     let profile = &loaded.profile;
     // Lock first: a second `up` fails fast, naming the holder.
     let store = StateStore::open(

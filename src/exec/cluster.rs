@@ -241,6 +241,7 @@ pub async fn converge(
             .unwrap_or_else(|| Phase2Options::new(&workspace.root));
         // The kubeconfig lives beside the state: `.provision/kubeconfig`.
         phase2_options.workspace = workspace.state_dir();
+        phase2_options.secrets_dir = workspace.secrets_dir();
         phase2::run(profile, &nodes, &connector, &phase2_options).await
     }
     .await;
@@ -271,6 +272,7 @@ pub fn rolling_gate(
         .clone()
         .unwrap_or_else(|| Phase2Options::new(&workspace.root));
     phase2_options.workspace = workspace.state_dir();
+    phase2_options.secrets_dir = workspace.secrets_dir();
     Ok(phase2::K3sGate {
         nodes,
         connector,

@@ -389,8 +389,9 @@ pub async fn open(
     simulator: Option<&super::simulate::SimOptions>,
 ) -> anyhow::Result<Opened> {
     if let Some(options) = simulator {
+        // One simulated Proxmox per workspace, shared by all of its clusters.
         let simulated = super::simulate::start(
-            &workspace.state_dir(),
+            &workspace.shared_dir(),
             &profile.proxmox.nodes,
             &profile.cluster.name,
             options,

@@ -14,7 +14,10 @@ use serde::Deserialize;
 use crate::profile::diagnostic::{Diagnostic, Finding, KeyPath, Severity, Target};
 use crate::profile::{Locator, locate_findings, parse_diagnostic};
 
+mod clusters;
 mod profile_file;
+
+pub use clusters::CLUSTERS_DIR;
 
 /// File name of the workspace configuration.
 pub const CONFIG_FILE: &str = "provision.toml";
@@ -30,6 +33,8 @@ const GITIGNORE: &str = "# Written by `provision init`: state and secrets stay o
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Workspace {
     pub root: PathBuf,
+    /// The cluster this view is scoped to and its directory ([`Workspace::for_cluster`]).
+    cluster: Option<(String, PathBuf)>,
 }
 
 /// Errors reading or preparing a workspace.
@@ -231,6 +236,7 @@ impl Workspace {
     pub fn open(dir: &Path) -> Self {
         Self {
             root: dir.to_path_buf(),
+            cluster: None,
         }
     }
 
@@ -238,9 +244,13 @@ impl Workspace {
         self.root.join(CONFIG_FILE)
     }
 
-    /// `.provision/`: state, lock, secrets.
+    /// The cluster's directory: state, lock, secrets, kubeconfig (`.provision/`, or
+    /// `.provision/clusters/<name>/` for a workspace's further clusters, see [`clusters`]).
     pub fn state_dir(&self) -> PathBuf {
-        self.root.join(STATE_DIR)
+        match &self.cluster {
+            Some((_, dir)) => dir.clone(),
+            None => self.root.join(STATE_DIR),
+        }
     }
 
     /// `.provision/secrets/` (0700; files 0600).

@@ -1,0 +1,58 @@
+//! The profile a command works on, with the run's overrides (`PROVISION_SET_*`, `--set`,
+//! `--name`), and the workspace scoped to that profile's cluster (each cluster of a workspace has
+//! its own state, lock, secrets and kubeconfig: `workspace::clusters`).
+
+use crate::cli::OverrideArgs;
+use crate::profile::{self, LoadedProfile, Override};
+
+use super::{Context, UserError};
+
+/// Every override of this run, in the order they apply: the environment, `--set`, `--name`.
+pub fn overrides(args: &OverrideArgs) -> Result<Vec<Override>, UserError> {
+    let hint = Some("write KEY=VALUE with a dotted key path, e.g. --set cluster.ttl=2h");
+    let mut found = profile::overrides::from_environment(std::env::vars())
+        .map_err(|problem| UserError::new(problem, hint))?;
+    for text in &args.set {
+        found.push(Override::parse_set(text).map_err(|problem| UserError::new(problem, hint))?);
+    }
+    if let Some(name) = &args.name {
+        found.push(Override::name(name));
+    }
+    Ok(found)
+}
+
+/// Loads `--profile` with the run's overrides.
+pub fn load(context: &Context, spec: &str, args: &OverrideArgs) -> anyhow::Result<LoadedProfile> {
+    Ok(profile::load_with(
+        spec,
+        &context.workspace.root,
+        &overrides(args)?,
+    )?)
+}
+
+/// The command's context with the workspace scoped to `loaded`'s cluster; `claim` for commands
+/// that write the cluster's state (the workspace's first cluster is claimed by the first).
+pub fn scoped(context: &Context, loaded: &LoadedProfile, claim: bool) -> anyhow::Result<Context> {
+    let name = &loaded.profile.cluster.name;
+    let workspace = if claim {
+        context.workspace.claim_cluster(name)?
+    } else {
+        context.workspace.for_cluster(name)?
+    };
+    Ok(Context {
+        reporter: context.reporter.clone(),
+        workspace,
+    })
+}
+
+/// [`load`] then [`scoped`].
+pub fn load_scoped(
+    context: &Context,
+    spec: &str,
+    args: &OverrideArgs,
+    claim: bool,
+) -> anyhow::Result<(LoadedProfile, Context)> {
+    let loaded = load(context, spec, args)?;
+    let scoped = scoped(context, &loaded, claim)?;
+    Ok((loaded, scoped))
+}
