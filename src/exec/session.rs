@@ -342,6 +342,9 @@ pub fn plan_for(
             BTreeMap::new()
         },
         rolling,
+        now: std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map_or(0, |elapsed| elapsed.as_secs()),
     };
     let converge = |context: &PlanContext| {
         let input = plan::PlanInput {

@@ -5,6 +5,7 @@
 //! Proxmox parameters) so that executing a plan leaves no choices. `provision plan` prints it.
 
 mod action;
+mod addresses;
 mod converge;
 mod diff;
 mod down;
@@ -127,6 +128,15 @@ pub enum PlanError {
     },
     #[error("group `{group}`: invalid address_range `{range}` (expected `10.0.0.21-10.0.0.29`)")]
     BadAddressRange { group: String, range: String },
+    #[error(
+        "{vm} would get address {address}, which {user} already uses; give group `{group}` other addresses or an address_range (clusters side by side then take free ones)"
+    )]
+    AddressTaken {
+        vm: String,
+        group: String,
+        address: IpAddr,
+        user: String,
+    },
     #[error(
         "image volume `{volume}` is not on {node} (storage not shared); import it there or use image.url"
     )]
@@ -323,6 +333,9 @@ pub struct PlanContext {
     pub iso_files: BTreeMap<String, String>,
     /// How disruptions of running VMs roll.
     pub rolling: RollingOptions,
+    /// Now, in seconds since the Unix epoch: the creation time a new cluster's VMs are tagged
+    /// with (an existing cluster keeps the time its VMs carry).
+    pub now: u64,
 }
 
 /// Plan `intent` against what the input's inventory shows and its state remembers.

@@ -22,6 +22,7 @@ impl UserFacing for PlanError {
             | PlanError::VmidRangeExhausted { .. }
             | PlanError::NotEnoughAddresses { .. }
             | PlanError::BadAddressRange { .. }
+            | PlanError::AddressTaken { .. }
             | PlanError::ImageMissing { .. }
             | PlanError::TemplateMissing { .. }
             | PlanError::ForeignClusterVm { .. }
