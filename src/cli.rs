@@ -74,8 +74,15 @@ pub enum Command {
     /// Create or converge the cluster: VMs on Proxmox (phase 1), then over SSH node preparation and
     /// HA k3s (phase 2); writes the kubeconfig.
     Up(UpArgs),
-    /// Stop and purge the cluster's VMs (only those in the state carrying its tag).
+    /// Stop and purge the cluster's VMs (those in the state carrying its tag; without a state, the
+    /// VMs its tags find on Proxmox).
     Down(DownArgs),
+    /// List every provision cluster on the Proxmox, from its VMs' tags: name, VMs, state,
+    /// created, expires (no workspace state needed).
+    List(ListArgs),
+    /// Destroy expired or old provision clusters found by their VMs' tags alone (no workspace
+    /// state): hard stop, then purge; VMs without provision's tags are never touched.
+    Gc(GcArgs),
     /// Show the state's VMs as Proxmox sees them and the cluster as its servers see it: nodes, etcd,
     /// findings.
     ///
@@ -294,6 +301,30 @@ pub struct DownArgs {
     pub guests: Guests,
 }
 
+/// `provision list`
+#[derive(Debug, Args)]
+pub struct ListArgs {
+    #[command(flatten)]
+    pub sim: SimArgs,
+}
+
+/// `provision gc (--expired | --older-than D) [--dry-run]`
+#[derive(Debug, Args)]
+#[command(group(clap::ArgGroup::new("selection").required(true).multiple(true).args(["expired", "older_than"])))]
+pub struct GcArgs {
+    /// Clusters whose TTL (`cluster.ttl`, the `provision-exp-…` tag) has run out.
+    #[arg(long)]
+    pub expired: bool,
+    /// Clusters created at least this long ago (by the `provision-created-…` tag): 90m, 4h, 7d.
+    #[arg(long, value_name = "DURATION", value_parser = parse_timeout)]
+    pub older_than: Option<std::time::Duration>,
+    /// Print exactly what would be destroyed, and change nothing.
+    #[arg(long)]
+    pub dry_run: bool,
+    #[command(flatten)]
+    pub sim: SimArgs,
+}
+
 /// `provision drain --profile P NODE …`
 #[derive(Debug, Args)]
 pub struct DrainArgs {
@@ -335,10 +366,10 @@ pub struct UncordonArgs {
     pub node: String,
 }
 
-/// A duration as kubectl takes it: whole seconds, minutes and hours (`90s`, `10m`, `1h30m`), at
-/// least one second; a bare number is seconds.
+/// A duration as kubectl takes it: whole seconds, minutes, hours and days (`90s`, `10m`,
+/// `1h30m`, `7d`), at least one second; a bare number is seconds.
 pub fn parse_timeout(text: &str) -> Result<std::time::Duration, String> {
-    let invalid = || format!("{text:?} is not a duration like 90s, 10m or 1h30m");
+    let invalid = || format!("{text:?} is not a duration like 90s, 10m, 1h30m or 7d");
     if let Ok(seconds) = text.parse::<u64>() {
         return (seconds > 0)
             .then(|| std::time::Duration::from_secs(seconds))
@@ -352,6 +383,7 @@ pub fn parse_timeout(text: &str) -> Result<std::time::Duration, String> {
             continue;
         }
         let unit = match c {
+            'd' => 86_400,
             'h' => 3600,
             'm' => 60,
             's' => 1,

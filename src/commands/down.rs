@@ -30,28 +30,53 @@ pub async fn run(context: &Context, args: DownArgs) -> anyhow::Result<ExitStatus
         &format!("down --profile {}", args.cluster.profile),
     )?;
     store.state().check_cluster(&cluster)?;
-    let names: Vec<String> = store.state().vms.keys().cloned().collect();
-    if names.is_empty() {
-        context.reporter.status(&format!(
-            "no VMs of cluster {cluster} in the state: nothing to destroy"
-        ));
-        return Ok(ExitStatus::Success);
-    }
-    super::confirm::confirm(
-        context,
-        &format!(
-            "hard-stop and purge {} VMs of cluster {cluster}",
-            names.len()
-        ),
-        &format!("VMs: {}", names.join(", ")),
-        args.confirm.yes,
-    )?;
+    let by_tag = store.state().vms.is_empty();
     let opened = session::open(
         &context.workspace,
         &loaded.profile,
         super::simulator(&args.cluster.sim).as_ref(),
     )
     .await?;
+    // The same plan `plan --destroy` prints; without a state, the VMs the tags find.
+    let planned = exec::observe_and_plan_down(
+        opened.connection.api.as_ref(),
+        opened.connection.auth.clone(),
+        &loaded.profile,
+        store.state(),
+    )
+    .await;
+    let plan = match planned {
+        Ok((_inventory, plan)) => plan,
+        Err(error) => {
+            opened.close().await;
+            return Err(error);
+        }
+    };
+    let names: Vec<String> = plan.actions.iter().map(|a| a.vm().to_owned()).collect();
+    if names.is_empty() && plan.forget.is_empty() {
+        opened.close().await;
+        context.reporter.status(&format!(
+            "no VMs of cluster {cluster} in the state nor tagged for it on Proxmox: nothing to destroy"
+        ));
+        return Ok(ExitStatus::Success);
+    }
+    let found = if by_tag {
+        " (no state: found on Proxmox by the cluster's tags)"
+    } else {
+        ""
+    };
+    if let Err(error) = super::confirm::confirm(
+        context,
+        &format!(
+            "hard-stop and purge {} VMs of cluster {cluster}{found}",
+            names.len()
+        ),
+        &format!("VMs: {}", names.join(", ")),
+        args.confirm.yes,
+    ) {
+        opened.close().await;
+        return Err(error);
+    }
     let guests = super::up_phase2::attach_guests(&opened, args.guests)?;
     if let Some(guests) = &guests {
         for vm in store.state().vms.values() {
@@ -64,14 +89,6 @@ pub async fn run(context: &Context, args: DownArgs) -> anyhow::Result<ExitStatus
             guests.remember(vm.vmid, address)?;
         }
     }
-    // The same plan `plan --destroy` prints.
-    let (_inventory, plan) = exec::observe_and_plan_down(
-        opened.connection.api.as_ref(),
-        opened.connection.auth.clone(),
-        &loaded.profile,
-        store.state(),
-    )
-    .await?;
     let (report, _store) = exec::destroy(
         Arc::clone(&opened.connection.api),
         &plan,

@@ -8,8 +8,10 @@ pub mod confirm;
 pub mod doctor;
 pub mod down;
 pub mod drain;
+pub mod gc;
 pub mod init;
 pub mod kubeconfig;
+pub mod list;
 pub mod output;
 pub mod plan;
 pub mod profiles;
@@ -95,6 +97,8 @@ async fn dispatch(context: &Context, command: Command) -> anyhow::Result<ExitSta
         Command::Drain(args) => drain::run(context, args).await,
         Command::Uncordon(args) => uncordon::run(context, args).await,
         Command::Down(args) => down::run(context, args).await,
+        Command::List(args) => list::run(context, args).await,
+        Command::Gc(args) => gc::run(context, args).await,
         Command::Status(args) => status::run(context, args).await,
         Command::Doctor(args) => doctor::run(context, args).await,
         Command::Sim(command) => sim::run(context, command).await,

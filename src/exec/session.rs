@@ -410,3 +410,23 @@ pub async fn open(
         simulator: None,
     })
 }
+
+/// Connect without a profile (`list`, `gc`): the workspace's simulator when `simulator` is given
+/// (its saved state holds its own inventory; a fresh one starts from `--sim-inventory` or the
+/// smallest fixture), else the configured Proxmox.
+pub async fn open_workspace(
+    workspace: &Workspace,
+    simulator: Option<&super::simulate::SimOptions>,
+) -> anyhow::Result<Opened> {
+    if let Some(options) = simulator {
+        let simulated = super::simulate::start(&workspace.shared_dir(), &[], "", options).await?;
+        return Ok(Opened {
+            connection: simulated.connection,
+            simulator: Some(simulated.handle),
+        });
+    }
+    Ok(Opened {
+        connection: connect_real(workspace)?,
+        simulator: None,
+    })
+}

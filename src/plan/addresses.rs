@@ -35,7 +35,10 @@ impl TakenAddresses {
         }
         for vm in &inventory.vms {
             let tags = VmTags::of(vm);
-            let configured = vm.config.get("ipconfig0").and_then(|value| ipconfig_address(value));
+            let configured = vm
+                .config
+                .get("ipconfig0")
+                .and_then(|value| ipconfig_address(value));
             let address = tags.address.or(configured);
             let Some(address) = address else {
                 continue;
@@ -94,7 +97,10 @@ pub(super) fn pick_from_range(
             addresses.push(*address);
             continue;
         }
-        match candidates.by_ref().find(|address| !assigned.contains(address)) {
+        match candidates
+            .by_ref()
+            .find(|address| !assigned.contains(address))
+        {
             Some(address) => {
                 assigned.insert(address);
                 addresses.push(address);

@@ -35,6 +35,7 @@ use crate::pve::types::PciMapping;
 use crate::pve::{NodeName, Params, VmId};
 
 pub use action::{Action, ActionKind, Resize, VmRef};
+pub use down::by_tag as down_by_tag;
 pub use gpu::{Rejection, candidates as gpu_candidates, is_nvidia_gpu, matches_filter};
 pub use image::image_file_name;
 pub use intent::{Intent, PlanInput};
@@ -128,6 +129,10 @@ pub enum PlanError {
     },
     #[error("group `{group}`: invalid address_range `{range}` (expected `10.0.0.21-10.0.0.29`)")]
     BadAddressRange { group: String, range: String },
+    #[error(
+        "there is no state for cluster {cluster}, and the VMs its tag finds on Proxmox are not all this profile's: {vms}; nothing was destroyed (a VM without the `provision` tag, or one the profile does not describe, may be another workspace's cluster of the same name); run `down` from the workspace that created them, or remove those VMs or their tag by hand"
+    )]
+    AmbiguousTags { cluster: String, vms: String },
     #[error(
         "{vm} would get address {address}, which {user} already uses; give group `{group}` other addresses or an address_range (clusters side by side then take free ones)"
     )]
@@ -342,7 +347,7 @@ pub struct PlanContext {
 pub fn plan(input: &PlanInput<'_>, intent: Intent) -> Result<Plan, PlanError> {
     match intent {
         Intent::Converge => converge::converge(input),
-        Intent::Down => Ok(down::plan_down(input)),
+        Intent::Down => down::plan_down(input),
     }
 }
 

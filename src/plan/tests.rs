@@ -721,7 +721,10 @@ fn a_ttl_tags_the_expiry_and_an_existing_cluster_keeps_its_creation_time() {
     };
     let replan = plan_for_test(&profile, &observed, &later);
     let gpu_tags = &replan.vm("lab-gpu-1").unwrap().params["tags"];
-    assert!(gpu_tags.contains("provision-created-1767225600"), "{gpu_tags}");
+    assert!(
+        gpu_tags.contains("provision-created-1767225600"),
+        "{gpu_tags}"
+    );
 }
 
 #[test]

@@ -23,6 +23,7 @@ impl UserFacing for PlanError {
             | PlanError::NotEnoughAddresses { .. }
             | PlanError::BadAddressRange { .. }
             | PlanError::AddressTaken { .. }
+            | PlanError::AmbiguousTags { .. }
             | PlanError::ImageMissing { .. }
             | PlanError::TemplateMissing { .. }
             | PlanError::ForeignClusterVm { .. }

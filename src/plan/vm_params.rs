@@ -162,7 +162,10 @@ pub(super) fn vm_params(
     set("serial0", "socket".into());
     set("vga", "serial0".into());
     set("onboot", "1".into());
-    set("tags", vm_tags(profile, group.role, want.address, created).join(";"));
+    set(
+        "tags",
+        vm_tags(profile, group.role, want.address, created).join(";"),
+    );
     set(
         "description",
         format!(
