@@ -14,6 +14,7 @@ pub mod doctor;
 pub mod drain;
 pub mod phase2;
 pub mod progress;
+pub mod race;
 pub mod reap;
 pub mod retry;
 pub mod rolling;
