@@ -61,6 +61,10 @@ pub async fn run(context: &Context, args: DownArgs) -> anyhow::Result<ExitStatus
         return Ok(ExitStatus::Success);
     }
     let found = if by_tag {
+        context.reporter.status(&format!(
+            "no state for cluster {cluster}: found {} of its VMs on Proxmox by their tags",
+            names.len()
+        ));
         " (no state: found on Proxmox by the cluster's tags)"
     } else {
         ""
