@@ -514,23 +514,36 @@ fn list_and_gc_json_shapes() {
 
 #[test]
 fn concurrent_ups_against_one_simulator_converge_apart() {
+    // The same profile: both plan the same VMIDs and addresses.
+    concurrent_ups(&[]);
+}
+
+#[test]
+fn concurrent_ups_with_disjoint_vmid_ranges_still_get_disjoint_addresses() {
+    // VMIDs never collide here, so only the address check after the create keeps them apart.
+    concurrent_ups(&["--set", "proxmox.vmid_range={ start = 7650, end = 7699 }"]);
+}
+
+/// `up --name x` and `up --name y [y_options]` of ci-nested at the same time against one
+/// `sim serve`, from one workspace: both converge with disjoint VMIDs and addresses.
+fn concurrent_ups(y_options: &'static [&'static str]) {
     let binary = BinaryWorkspace::new();
     let server = SimServer::start_with("127.0.0.1:0", "pve-ci", &["--time-scale", "0.01"]);
     let token = server.token("provision@pve!ci").to_owned();
     let fingerprint = server.fingerprint.clone();
     let (first, second) = std::thread::scope(|scope| {
-        let run = |name: &'static str| {
+        let run = |name: &'static str, options: &'static [&'static str]| {
             let (binary, server, token, fingerprint) = (&binary, &server, &token, &fingerprint);
             scope.spawn(move || {
-                server.provision(
-                    binary,
-                    token,
-                    fingerprint,
-                    &["up", "--profile", "ci-nested", "--name", name, "--vms-only"],
-                )
+                let args = [
+                    &["up", "--profile", "ci-nested", "--name", name, "--vms-only"][..],
+                    options,
+                ]
+                .concat();
+                server.provision(binary, token, fingerprint, &args)
             })
         };
-        let (x, y) = (run("x"), run("y"));
+        let (x, y) = (run("x", &[]), run("y", y_options));
         (x.join().unwrap(), y.join().unwrap())
     });
     assert_eq!(first.0, 0, "x: {}", first.2);
