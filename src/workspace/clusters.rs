@@ -21,6 +21,24 @@ use super::{STATE_DIR, Workspace};
 pub const CLUSTERS_DIR: &str = "clusters";
 
 impl Workspace {
+    /// The cluster's state, lock, secrets, kubeconfig: `.provision/` (or for further clusters
+    /// `.provision/clusters/<name>/`, see [`clusters`]).
+    pub fn state_dir(&self) -> PathBuf {
+        self.cluster
+            .as_ref()
+            .map_or_else(|| self.root.join(STATE_DIR), |(_, dir)| dir.clone())
+    }
+
+    /// `.provision/secrets/` (0700; files 0600).
+    pub fn secrets_dir(&self) -> PathBuf {
+        self.state_dir().join("secrets")
+    }
+
+    /// Where `up` writes the cluster's kubeconfig.
+    pub fn kubeconfig_path(&self) -> PathBuf {
+        self.state_dir().join("kubeconfig")
+    }
+
     /// `.provision/`: what every cluster of the workspace shares (the simulator's state, the
     /// k3s binary cache, the cluster directories).
     pub fn shared_dir(&self) -> PathBuf {

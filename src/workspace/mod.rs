@@ -16,7 +16,6 @@ use crate::profile::{Locator, locate_findings, parse_diagnostic};
 
 mod clusters;
 mod profile_file;
-
 pub use clusters::CLUSTERS_DIR;
 
 /// File name of the workspace configuration.
@@ -244,29 +243,10 @@ impl Workspace {
         self.root.join(CONFIG_FILE)
     }
 
-    /// The cluster's directory: state, lock, secrets, kubeconfig (`.provision/`, or
-    /// `.provision/clusters/<name>/` for a workspace's further clusters, see [`clusters`]).
-    pub fn state_dir(&self) -> PathBuf {
-        match &self.cluster {
-            Some((_, dir)) => dir.clone(),
-            None => self.root.join(STATE_DIR),
-        }
-    }
-
-    /// `.provision/secrets/` (0700; files 0600).
-    pub fn secrets_dir(&self) -> PathBuf {
-        self.state_dir().join("secrets")
-    }
-
     /// `templates/`: files here replace the built-in templates of the same relative path
     /// (see [`crate::templates`]).
     pub fn templates_dir(&self) -> PathBuf {
         self.root.join(crate::templates::OVERRIDE_DIR)
-    }
-
-    /// Where `up` writes the cluster's kubeconfig.
-    pub fn kubeconfig_path(&self) -> PathBuf {
-        self.state_dir().join("kubeconfig")
     }
 
     /// Creates the workspace files that are missing; never touches existing ones.
