@@ -590,3 +590,37 @@ fn concurrent_ups(y_options: &'static [&'static str]) {
     );
     server.stop();
 }
+
+#[test]
+fn doctor_says_whether_a_nested_proxmox_passes_virtualisation_through() {
+    let binary = BinaryWorkspace::new();
+    let fixture = std::fs::read_to_string("crates/pve-sim/fixtures/pve-ci.toml").unwrap();
+    let nested = fixture.replacen(
+        "memory_gib = 64\n",
+        "memory_gib = 64\ncpu_flags = [\"hypervisor\"]\n",
+        1,
+    );
+    assert_ne!(nested, fixture);
+    let on = binary.file("nested-on.toml", &nested);
+    let (code, stdout, stderr) = binary.doctor("ci-nested", &on);
+    assert_eq!(code, 0, "{stdout}{stderr}");
+    assert!(
+        stdout.contains("a nested Proxmox (runs in a VM) with nested virtualisation on"),
+        "{stdout}"
+    );
+    let off = binary.file(
+        "nested-off.toml",
+        &nested.replacen(
+            "cpu_flags = [\"hypervisor\"]\n",
+            "cpu_flags = [\"hypervisor\"]\nhvm = false\n",
+            1,
+        ),
+    );
+    // A fresh workspace: the simulator keeps the first fixture in the workspace's state.
+    let (code, stdout, stderr) = BinaryWorkspace::new().doctor("ci-nested", &off);
+    assert_eq!(code, 1, "{stdout}{stderr}");
+    assert!(
+        stdout.contains("whose outer host does not pass virtualisation through"),
+        "{stdout}"
+    );
+}
