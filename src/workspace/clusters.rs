@@ -53,6 +53,7 @@ impl Workspace {
 
     /// The workspace as cluster `name` sees it, without claiming anything (read-only commands).
     pub fn for_cluster(&self, name: &str) -> Result<Workspace, StateError> {
+        check_name(name)?;
         let dir = self.cluster_dir(name, first_cluster(&self.shared_dir())?.as_deref());
         Ok(self.scoped(name, dir))
     }
@@ -60,6 +61,7 @@ impl Workspace {
     /// Like [`Workspace::for_cluster`], for a command that writes state (`up`, `down`): when
     /// the workspace has no first cluster yet, `name` becomes it. Creates the directory.
     pub fn claim_cluster(&self, name: &str) -> Result<Workspace, StateError> {
+        check_name(name)?;
         let shared = self.shared_dir();
         crate::files::create_private_dir(&shared)?;
         let lock_path = shared.join("clusters.lock");
@@ -85,28 +87,10 @@ impl Workspace {
         Ok(self.scoped(name, dir))
     }
 
-    /// Every cluster the workspace holds a state for, by name (the first one first).
-    pub fn clusters(&self) -> Result<Vec<String>, StateError> {
-        let shared = self.shared_dir();
-        let mut names: Vec<String> = first_cluster(&shared)?.into_iter().collect();
-        let Ok(entries) = std::fs::read_dir(shared.join(CLUSTERS_DIR)) else {
-            return Ok(names);
-        };
-        let mut others: Vec<String> = entries
-            .filter_map(Result::ok)
-            .filter(|entry| entry.path().join("state.json").is_file())
-            .filter_map(|entry| entry.file_name().to_str().map(str::to_owned))
-            .filter(|name| is_cluster_dir_name(name) && !names.contains(name))
-            .collect();
-        others.sort();
-        names.extend(others);
-        Ok(names)
-    }
-
     fn cluster_dir(&self, name: &str, first: Option<&str>) -> PathBuf {
         let shared = self.shared_dir();
         let own = shared.join(CLUSTERS_DIR).join(name);
-        if !is_cluster_dir_name(name) || own.is_dir() {
+        if own.is_dir() {
             return own;
         }
         match first {
@@ -120,6 +104,16 @@ impl Workspace {
             root: self.root.clone(),
             cluster: Some((name.to_owned(), dir)),
         }
+    }
+}
+
+fn check_name(name: &str) -> Result<(), StateError> {
+    if is_cluster_dir_name(name) {
+        Ok(())
+    } else {
+        Err(StateError::ClusterName {
+            name: name.to_owned(),
+        })
     }
 }
 
@@ -193,8 +187,8 @@ mod tests {
             first,
             "claims are stable"
         );
-        // `b` has no state file yet: only clusters with state are listed.
-        assert_eq!(workspace.clusters().unwrap(), vec!["a"]);
+        assert!(workspace.for_cluster("../x").is_err());
+        assert!(workspace.claim_cluster("a/b").is_err());
     }
 
     #[test]
