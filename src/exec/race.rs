@@ -50,7 +50,7 @@ impl Runner {
             (resource.vmid != Some(vm.vmid.0)
                 && tags.address == Some(vm.address)
                 && cluster != self.cluster)
-                .then(|| (resource, cluster))
+                .then_some((resource, cluster))
         });
         let Some((rival, cluster)) = rival else {
             return Ok(());

@@ -624,3 +624,34 @@ fn doctor_says_whether_a_nested_proxmox_passes_virtualisation_through() {
         "{stdout}"
     );
 }
+
+#[test]
+fn the_readme_ci_example_runs_as_written() {
+    let readme = std::fs::read_to_string("README.md").unwrap();
+    let (_, after) = readme
+        .split_once("Locally, against the simulator:\n\n```sh\n")
+        .unwrap();
+    let (block, _) = after.split_once("```").unwrap();
+    let binary = BinaryWorkspace::new();
+    let mut ran = 0;
+    for line in block.lines() {
+        let args: Vec<&str> = line
+            .strip_prefix("provision ")
+            .unwrap()
+            .split(' ')
+            .collect();
+        let (code, stdout, stderr) = binary.run(&args);
+        assert_eq!(code, 0, "{line}: {stdout}{stderr}");
+        ran += 1;
+        if args[0] == "list" {
+            assert!(
+                stdout.contains("ci-1 ") && stdout.contains("ci-2 "),
+                "{stdout}"
+            );
+        }
+        if args[0] == "gc" {
+            assert_eq!(stdout, "no cluster to collect\nkept: ci-2\n");
+        }
+    }
+    assert_eq!(ran, 6);
+}
