@@ -93,6 +93,12 @@ pub async fn run(context: &Context, args: DownArgs) -> anyhow::Result<ExitStatus
             guests.remember(vm.vmid, address)?;
         }
     }
+    let mut store = store;
+    if by_tag {
+        // Recorded first: a crash from here on leaves a state `down` resumes from, and each
+        // VM's seed ISO is removed with it.
+        exec::reap::record_found(opened.connection.api.as_ref(), &plan, &mut store).await?;
+    }
     let (report, _store) = exec::destroy(
         Arc::clone(&opened.connection.api),
         &plan,

@@ -9,15 +9,22 @@ use crate::exec::{ExecOptions, session};
 use crate::exit::ExitStatus;
 
 use super::Context;
-use super::output::clusters::{ClusterRow, GcCluster, GcOutput};
+use super::output::clusters::{ClusterRow, GcCluster, GcFailure, GcOutput};
 
 pub async fn run(context: &Context, args: GcArgs) -> anyhow::Result<ExitStatus> {
     let opened =
         session::open_workspace(&context.workspace, super::simulator(&args.sim).as_ref()).await?;
     let result = collect(context, &args, &opened).await;
     opened.close().await;
-    context.reporter.result(&result?);
-    Ok(ExitStatus::Success)
+    let output = result?;
+    context.reporter.result(&output);
+    // One cluster that could not be destroyed does not keep the others: each is tried, and
+    // the run fails (exit 2) naming those left.
+    Ok(if output.failed.is_empty() {
+        ExitStatus::Success
+    } else {
+        ExitStatus::Failure
+    })
 }
 
 async fn collect(
@@ -36,6 +43,7 @@ async fn collect(
         now,
         clusters: Vec::new(),
         kept: Vec::new(),
+        failed: Vec::new(),
         mutating_calls: 0,
     };
     for cluster in reap::tagged_clusters(api.as_ref()).await? {
@@ -49,7 +57,7 @@ async fn collect(
                 cluster.name,
                 cluster.vms.len()
             ));
-            let report = reap::destroy_tagged(
+            let destroyed = reap::destroy_tagged(
                 Arc::clone(api),
                 &cluster,
                 Arc::new(context.reporter.clone()),
@@ -62,8 +70,17 @@ async fn collect(
                     ..ExecOptions::default()
                 },
             )
-            .await?;
-            output.mutating_calls += report.mutating_calls;
+            .await;
+            match destroyed {
+                Ok(report) => output.mutating_calls += report.mutating_calls,
+                Err(error) => {
+                    output.failed.push(GcFailure {
+                        cluster: cluster.name.clone(),
+                        error: format!("{error:#}"),
+                    });
+                    continue;
+                }
+            }
         }
         output.clusters.push(GcCluster {
             row: ClusterRow::new(&cluster, now),

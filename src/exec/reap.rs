@@ -14,8 +14,10 @@ use serde::Serialize;
 
 use crate::inventory::ExistingVm;
 use crate::inventory::tags::VmTags;
-use crate::pve::{Params, PveApi};
-use crate::state::StateStore;
+use crate::plan::{Action, Plan};
+use crate::profile::model::Role;
+use crate::pve::{Params, PveApi, PveError};
+use crate::state::{StateStore, VmPhase, VmRecord};
 
 use super::{DestroyReport, ExecOptions, ProgressSink};
 
@@ -156,9 +158,69 @@ pub async fn destroy_tagged(
         .collect();
     let plan = crate::plan::down_by_tag(&cluster.name, &vms.iter().collect::<Vec<_>>());
     let scratch = tempfile::tempdir().context("creating a scratch directory")?;
-    let store = StateStore::open(scratch.path(), "gc")?;
+    let mut store = StateStore::open(scratch.path(), "gc")?;
+    record_found(api.as_ref(), &plan, &mut store).await?;
     let (report, _store) = super::destroy(api, &plan, store, events, options).await?;
     Ok(report)
+}
+
+/// Records the VMs a by-tag down plan destroys in `store`, each with the seed ISO its config
+/// still mounts (a VM that never got ready keeps it, and it holds the VM's SSH host keys), so
+/// that `destroy` removes those ISOs as it does for VMs it created: only ISOs named like
+/// provision's seeds for this cluster (`provision-<cluster>-<vm>-…`).
+pub async fn record_found(
+    api: &dyn PveApi,
+    plan: &Plan,
+    store: &mut StateStore,
+) -> anyhow::Result<()> {
+    for action in &plan.actions {
+        let Action::Destroy { target } = action else {
+            continue;
+        };
+        let config = match api.vm_config(&target.node, target.vmid).await {
+            Ok(config) => config,
+            Err(PveError::NotFound { .. }) => continue,
+            Err(error) => {
+                return Err(error).context(format!("reading the config of {}", target.name));
+            }
+        };
+        let iso = config
+            .iter()
+            .filter(|(key, _)| key.starts_with("ide") || key.starts_with("sata"))
+            .filter_map(|(_, value)| value.split(',').next())
+            .find(|volid| {
+                volid.split_once(":iso/").is_some_and(|(_, file)| {
+                    crate::cloudinit::is_seed_iso_of(&plan.cluster, &target.name, file)
+                })
+            })
+            .map(str::to_owned);
+        let tags = VmTags::read(config.get("tags").map_or("", String::as_str).split(';'));
+        let role = if config
+            .get("tags")
+            .is_some_and(|tags| tags.split(';').any(|tag| tag == "role-server"))
+        {
+            Role::Server
+        } else {
+            Role::Agent
+        };
+        let record = VmRecord {
+            name: target.name.clone(),
+            vmid: target.vmid.0,
+            node: target.node.0.clone(),
+            group: String::new(),
+            role,
+            phase: VmPhase::Created,
+            params_hash: String::new(),
+            address: tags.address.map(|address| address.to_string()),
+            gpus: Vec::new(),
+            iso,
+        };
+        store.update(|state| {
+            state.cluster.clone_from(&plan.cluster);
+            state.vms.insert(record.name.clone(), record);
+        })?;
+    }
+    Ok(())
 }
 
 #[cfg(test)]

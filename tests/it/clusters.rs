@@ -88,6 +88,14 @@ fn edit_sim(workspace: &Path, change: impl FnOnce(&mut serde_json::Map<String, V
     std::fs::write(&path, serde_json::to_string(&sim).unwrap()).unwrap();
 }
 
+/// Edits the volumes of the workspace simulator's saved state.
+fn edit_sim_volumes(workspace: &Path, change: impl FnOnce(&mut serde_json::Map<String, Value>)) {
+    let path = workspace.join(".provision/sim/state.json");
+    let mut sim: Value = serde_json::from_str(&std::fs::read_to_string(&path).unwrap()).unwrap();
+    change(sim["volumes"].as_object_mut().unwrap());
+    std::fs::write(&path, serde_json::to_string(&sim).unwrap()).unwrap();
+}
+
 /// A copy of VM `from` as VMID `vmid` named `name` with `tags` (another tool's VM).
 fn add_vm(vms: &mut serde_json::Map<String, Value>, from: u64, vmid: u64, name: &str, tags: &str) {
     let mut vm = vms[&from.to_string()].clone();
@@ -338,10 +346,20 @@ fn down_without_state_finds_the_cluster_by_tag_and_never_touches_other_vms() {
         .map(|(id, _)| id)
         .collect();
     let first = *a_vmids.iter().next().unwrap();
+    let seed = "local:iso/provision-a-a-server-1-0123abcd.iso";
     edit_sim(&workspace, |vms| {
         add_vm(vms, first, 9000, "someone-elses", "ci;team-x");
         // The cluster's tag without provision's: not provably ours.
         add_vm(vms, first, 9001, "b-server-9", "cluster-b");
+        // A VM that never got ready still mounts its seed (it holds the VM's host keys).
+        vms[&first.to_string()]["config"]["ide2"] = format!("{seed},media=cdrom").into();
+    });
+    edit_sim_volumes(&workspace, |volumes| {
+        volumes.insert(
+            format!("pve1/{seed}"),
+            serde_json::json!({"volid": seed, "node": "pve1", "content": "iso", "format": "iso",
+                "size": 1024, "vmid": null, "ctime": 1_767_225_600, "data": null}),
+        );
     });
     // The CI runner lost a's state.
     std::fs::remove_file(workspace.join(".provision/state.json")).unwrap();
@@ -364,6 +382,19 @@ fn down_without_state_finds_the_cluster_by_tag_and_never_touches_other_vms() {
     );
     assert!(stdout.contains("destroyed 2 VMs"), "{stdout}");
     assert_eq!(deleted_vmids(&log), a_vmids);
+    let requests = std::fs::read_to_string(&log).unwrap();
+    assert!(
+        requests.contains("provision-a-a-server-1-0123abcd.iso") && requests.contains("DELETE"),
+        "the seed ISO goes with its VM"
+    );
+    let sim: Value = serde_json::from_str(
+        &std::fs::read_to_string(workspace.join(".provision/sim/state.json")).unwrap(),
+    )
+    .unwrap();
+    assert!(
+        sim["volumes"].get(format!("pve1/{seed}")).is_none(),
+        "the seed ISO is gone"
+    );
 
     // b's tag finds a VM without provision's tag: refused, nothing destroyed.
     std::fs::remove_dir_all(workspace.join(".provision/clusters/b")).unwrap();
@@ -654,4 +685,34 @@ fn the_readme_ci_example_runs_as_written() {
         }
     }
     assert_eq!(ran, 6);
+}
+
+#[test]
+fn gc_tries_every_cluster_and_fails_naming_those_left() {
+    let binary = BinaryWorkspace::new();
+    up(&binary, "one");
+    up(&binary, "two");
+    edit_sim(&binary.workspace(), |vms| {
+        retag(vms, "one", "provision-exp-", 1000);
+        retag(vms, "two", "provision-exp-", 1000);
+    });
+    // Every stop task fails: neither cluster can be destroyed.
+    let (code, stdout, stderr) = binary.run(&with_sim(&[
+        "gc",
+        "--expired",
+        "--sim-task-fail-rate",
+        "1",
+        "--output",
+        "json",
+    ]));
+    assert_eq!(code, 2, "{stdout}{stderr}");
+    let output: Value = serde_json::from_str(&stdout).unwrap();
+    let failed: Vec<&str> = output["failed"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|failure| failure["cluster"].as_str().unwrap())
+        .collect();
+    assert_eq!(failed, vec!["one", "two"], "{output}");
+    assert_eq!(listed(&binary).len(), 2, "both are still there");
 }

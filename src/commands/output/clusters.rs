@@ -97,7 +97,15 @@ pub struct GcOutput {
     pub clusters: Vec<GcCluster>,
     /// Clusters left alone.
     pub kept: Vec<String>,
+    /// Clusters taken whose destruction failed (some of their VMs may be gone).
+    pub failed: Vec<GcFailure>,
     pub mutating_calls: usize,
+}
+
+#[derive(Debug, Serialize)]
+pub struct GcFailure {
+    pub cluster: String,
+    pub error: String,
 }
 
 #[derive(Debug, Serialize)]
@@ -114,7 +122,7 @@ impl fmt::Display for GcOutput {
         } else {
             "destroyed"
         };
-        if self.clusters.is_empty() {
+        if self.clusters.is_empty() && self.failed.is_empty() {
             write!(f, "no cluster to collect")?;
         }
         for (index, cluster) in self.clusters.iter().enumerate() {
@@ -131,6 +139,13 @@ impl fmt::Display for GcOutput {
         }
         if !self.kept.is_empty() {
             write!(f, "\nkept: {}", self.kept.join(", "))?;
+        }
+        for failure in &self.failed {
+            write!(
+                f,
+                "\nfailed to destroy cluster {}: {}",
+                failure.cluster, failure.error
+            )?;
         }
         Ok(())
     }
