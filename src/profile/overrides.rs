@@ -69,16 +69,29 @@ impl Override {
             .split_once('=')
             .ok_or_else(|| format!("{origin}: expected KEY=VALUE, e.g. cluster.name=ci-42"))?;
         let steps = parse_path(key.trim()).map_err(|problem| format!("{origin}: {problem}"))?;
-        let value = raw
-            .trim()
-            .parse::<Value>()
-            .unwrap_or_else(|_| Value::from(raw));
+        let value = typed_value(raw.trim()).unwrap_or_else(|| Value::from(raw));
         Ok(Self {
             origin: origin.to_owned(),
             path: display_path(&steps),
             steps,
             value,
         })
+    }
+}
+
+/// A number, boolean, quoted string, array or inline table; `None` for anything else, which
+/// is then a string (also words TOML would read as a date or as `inf`/`nan`).
+fn typed_value(text: &str) -> Option<Value> {
+    match text.parse::<Value>().ok()? {
+        Value::Datetime(_) => None,
+        Value::Float(_)
+            if text
+                .chars()
+                .any(|c| c.is_ascii_alphabetic() && c != 'e' && c != 'E') =>
+        {
+            None
+        }
+        value => Some(value),
     }
 }
 
@@ -302,6 +315,18 @@ mod tests {
             .unwrap()
             .text
             .to_owned()
+    }
+
+    #[test]
+    fn values_are_toml_where_they_look_like_it_and_strings_otherwise() {
+        let value = |text: &str| Override::parse_set(&format!("k={text}")).unwrap().value;
+        assert_eq!(value("3").as_integer(), Some(3));
+        assert_eq!(value("true").as_bool(), Some(true));
+        assert_eq!(value("\"3\"").as_str(), Some("3"));
+        assert!(value("[\"a\"]").is_array());
+        for word in ["ci-42", "v1.31.4+k3s1", "inf", "nan", "2024-01-01", "4h"] {
+            assert_eq!(value(word).as_str(), Some(word), "{word}");
+        }
     }
 
     #[test]
