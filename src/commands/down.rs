@@ -1,6 +1,7 @@
 //! `provision down --profile P [--yes]`: plan the teardown (`plan --destroy` shows it), hard stop
 //! and purge the cluster's VMs (and, with `--simulate --guests testbed`, stop the testbed hosts
-//! that played them).
+//! that played them). Without a state (a CI runner that lost `.provision/`), the VMs the
+//! cluster's tags find on Proxmox, recorded in the state before anything is destroyed.
 
 use std::sync::Arc;
 use std::time::Duration;
