@@ -187,6 +187,14 @@ mod tests {
             first,
             "claims are stable"
         );
+        // One lock per cluster: b's run does not wait for a's, a second run of a does.
+        let held = crate::state::StateStore::open(&first.state_dir(), "up a").unwrap();
+        assert!(crate::state::StateStore::open(&second.state_dir(), "up b").is_ok());
+        assert!(matches!(
+            crate::state::StateStore::open(&first.state_dir(), "up a"),
+            Err(StateError::Locked { .. })
+        ));
+        drop(held);
         assert!(workspace.for_cluster("../x").is_err());
         assert!(workspace.claim_cluster("a/b").is_err());
     }

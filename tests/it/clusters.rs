@@ -329,6 +329,13 @@ fn two_clusters_share_a_workspace_and_down_of_one_leaves_the_other() {
         b_vms,
         "b's state is untouched"
     );
+    // Each cluster has its own kubeconfig (none yet: the simulated VMs have no guests).
+    let (code, _, stderr) = binary.run(&["kubeconfig", "--name", "b"]);
+    assert_eq!(code, 1, "{stderr}");
+    assert!(
+        stderr.contains(".provision/clusters/b/kubeconfig does not exist"),
+        "{stderr}"
+    );
     // b converged: a second `up` changes nothing.
     let (code, _, stderr) = binary.run(&with_sim(&["up", "--profile", "ci-nested", "--name", "b"]));
     assert_eq!(code, 0, "{stderr}");
