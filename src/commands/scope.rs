@@ -10,10 +10,11 @@ use super::{Context, UserError};
 /// Every override of this run, in the order they apply: the environment, `--set`, `--name`.
 pub fn overrides(args: &OverrideArgs) -> Result<Vec<Override>, UserError> {
     let hint = Some("write KEY=VALUE with a dotted key path, e.g. --set cluster.ttl=2h");
-    let mut found = profile::overrides::from_environment(std::env::vars())
-        .map_err(|problem| UserError::new(problem, hint))?;
+    // What the user typed must not drive the terminal.
+    let refused = |problem: String| UserError::new(profile::diagnostic::neutralise(&problem), hint);
+    let mut found = profile::overrides::from_environment(std::env::vars()).map_err(refused)?;
     for text in &args.set {
-        found.push(Override::parse_set(text).map_err(|problem| UserError::new(problem, hint))?);
+        found.push(Override::parse_set(text).map_err(refused)?);
     }
     if let Some(name) = &args.name {
         found.push(Override::name(name));
