@@ -12,7 +12,10 @@ pub fn overrides(args: &OverrideArgs) -> Result<Vec<Override>, UserError> {
     let hint = Some("write KEY=VALUE with a dotted key path, e.g. --set cluster.ttl=2h");
     // What the user typed must not drive the terminal.
     let refused = |problem: String| UserError::new(profile::diagnostic::neutralise(&problem), hint);
-    let mut found = profile::overrides::from_environment(std::env::vars()).map_err(refused)?;
+    // `vars_os`: a variable that is not UTF-8 (never one of ours) must not panic the run.
+    let variables = std::env::vars_os()
+        .filter_map(|(name, value)| Some((name.into_string().ok()?, value.into_string().ok()?)));
+    let mut found = profile::overrides::from_environment(variables).map_err(refused)?;
     for text in &args.set {
         found.push(Override::parse_set(text).map_err(refused)?);
     }
