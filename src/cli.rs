@@ -81,8 +81,15 @@ pub enum Command {
     /// Create or converge the cluster: VMs on Proxmox (phase 1), then over SSH node preparation and
     /// HA k3s (phase 2); writes the kubeconfig.
     Up(UpArgs),
-    /// Stop and purge the cluster's VMs (only those in the state carrying its tag).
+    /// Stop and purge the cluster's VMs (those in the state carrying its tag; without a state, the
+    /// VMs its tags find on Proxmox).
     Down(DownArgs),
+    /// List every provision cluster on the Proxmox, from its VMs' tags: name, VMs, state,
+    /// created, expires (no workspace state needed).
+    List(ListArgs),
+    /// Destroy expired or old provision clusters found by their VMs' tags alone (no workspace
+    /// state): hard stop, then purge; VMs without provision's tags are never touched.
+    Gc(GcArgs),
     /// Show the state's VMs as Proxmox sees them and the cluster as its servers see it: nodes, etcd,
     /// findings.
     ///
@@ -137,11 +144,28 @@ pub struct ClusterArgs {
     #[arg(short, long, value_name = "NAME|PATH")]
     pub profile: String,
     #[command(flatten)]
+    pub overrides: OverrideArgs,
+    #[command(flatten)]
     pub sim: SimArgs,
 }
 
 /// The help heading of `--simulate` and the `--sim-*` options.
 const SIMULATOR: &str = "Simulator options";
+
+/// Per-run changes to the profile, validated like the file (README, "Per-run overrides").
+#[derive(Debug, Clone, Default, Args)]
+pub struct OverrideArgs {
+    /// Set a profile key for this run: a dotted key path and a TOML value (`cluster.ttl=2h`,
+    /// `node_groups[1].count=3`; anything that is not TOML is a string); repeatable. The
+    /// environment's PROVISION_SET_<KEY> (`__` between keys: PROVISION_SET_CLUSTER__TTL=2h) come
+    /// first.
+    #[arg(long = "set", value_name = "KEY=VALUE")]
+    pub set: Vec<String>,
+    /// The cluster's name for this run (`--set cluster.name=NAME`): a separate cluster, with its
+    /// own state, secrets and kubeconfig, from the same profile and workspace.
+    #[arg(long, value_name = "NAME", env = "PROVISION_NAME")]
+    pub name: Option<String>,
+}
 
 /// `--simulate` and the simulator's options.
 #[derive(Debug, Clone, Args)]
@@ -264,6 +288,9 @@ pub struct KubeconfigArgs {
     /// other entry.
     #[arg(long)]
     pub merge: bool,
+    /// The cluster's kubeconfig, for a workspace holding several (`up --name NAME`).
+    #[arg(long, value_name = "NAME", env = "PROVISION_NAME")]
+    pub name: Option<String>,
 }
 
 #[derive(Debug, Args)]
@@ -315,12 +342,38 @@ pub struct ReplaceNodeArgs {
     pub accept_new_host_keys: bool,
 }
 
+/// `provision list`
+#[derive(Debug, Args)]
+pub struct ListArgs {
+    #[command(flatten)]
+    pub sim: SimArgs,
+}
+
+/// `provision gc (--expired | --older-than D) [--dry-run]`
+#[derive(Debug, Args)]
+#[command(group(clap::ArgGroup::new("selection").required(true).multiple(true).args(["expired", "older_than"])))]
+pub struct GcArgs {
+    /// Clusters whose TTL (`cluster.ttl`, the `provision-exp-…` tag) has run out.
+    #[arg(long)]
+    pub expired: bool,
+    /// Clusters created at least this long ago (by the `provision-created-…` tag): 90m, 4h, 7d.
+    #[arg(long, value_name = "DURATION", value_parser = parse_timeout)]
+    pub older_than: Option<std::time::Duration>,
+    /// Print exactly what would be destroyed, and change nothing.
+    #[arg(long)]
+    pub dry_run: bool,
+    #[command(flatten)]
+    pub sim: SimArgs,
+}
+
 /// `provision drain --profile P NODE …`
 #[derive(Debug, Args)]
 pub struct DrainArgs {
     /// A built-in profile name, a workspace profile or a path to a TOML file.
     #[arg(short, long, value_name = "NAME|PATH")]
     pub profile: String,
+    #[command(flatten)]
+    pub overrides: OverrideArgs,
     /// The node to drain (a VM name of the cluster).
     pub node: String,
     /// How long kubectl may take to evict every pod (e.g. 90s, 10m, 1h30m); the node stays
@@ -348,14 +401,16 @@ pub struct UncordonArgs {
     /// A built-in profile name, a workspace profile or a path to a TOML file.
     #[arg(short, long, value_name = "NAME|PATH")]
     pub profile: String,
+    #[command(flatten)]
+    pub overrides: OverrideArgs,
     /// The node to make schedulable again.
     pub node: String,
 }
 
-/// A duration as kubectl takes it: whole seconds, minutes and hours (`90s`, `10m`, `1h30m`), at
-/// least one second; a bare number is seconds.
+/// A duration as kubectl takes it: whole seconds, minutes, hours and days (`90s`, `10m`,
+/// `1h30m`, `7d`), at least one second; a bare number is seconds.
 pub fn parse_timeout(text: &str) -> Result<std::time::Duration, String> {
-    let invalid = || format!("{text:?} is not a duration like 90s, 10m or 1h30m");
+    let invalid = || format!("{text:?} is not a duration like 90s, 10m, 1h30m or 7d");
     if let Ok(seconds) = text.parse::<u64>() {
         return (seconds > 0)
             .then(|| std::time::Duration::from_secs(seconds))
@@ -369,6 +424,7 @@ pub fn parse_timeout(text: &str) -> Result<std::time::Duration, String> {
             continue;
         }
         let unit = match c {
+            'd' => 86_400,
             'h' => 3600,
             'm' => 60,
             's' => 1,
@@ -424,6 +480,8 @@ pub struct ValidateArgs {
     /// A built-in profile name, a workspace profile (profiles/NAME.toml) or a path to a TOML file.
     #[arg(short, long, value_name = "NAME|PATH")]
     pub profile: String,
+    #[command(flatten)]
+    pub overrides: OverrideArgs,
 }
 
 #[derive(Debug, Args)]

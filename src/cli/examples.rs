@@ -92,6 +92,16 @@ provision drain --profile homelab-ha homelab-agent-1 --timeout 5m --delete-empty
 provision replace-node --profile homelab-ha homelab-server-1 --yes
 provision replace-node --profile homelab-ha homelab-agent-1     asks for confirmation on a terminal",
     ),
+    (
+        "list",
+        "provision list                                every provision cluster on the Proxmox, from tags
+provision list --simulate --output json",
+    ),
+    (
+        "gc",
+        "provision gc --expired --dry-run              what would go: clusters past their TTL
+provision gc --expired --older-than 1d         reap what dead CI jobs left behind",
+    ),
     ("sim", "provision sim serve --inventory pve-a100"),
     (
         "sim serve",

@@ -5,13 +5,13 @@ use crate::cli::ClusterArgs;
 use crate::exec::doctor::{self, Check, DoctorInput, Outcome};
 use crate::exec::session;
 use crate::exit::ExitStatus;
-use crate::profile;
 
 use super::Context;
 use super::output::DoctorOutput;
 
 pub async fn run(context: &Context, args: ClusterArgs) -> anyhow::Result<ExitStatus> {
-    let loaded = profile::load(&args.profile, &context.workspace.root)?;
+    let (loaded, context) =
+        &super::scope::load_scoped(context, &args.profile, &args.overrides, false)?;
     let profile = &loaded.profile;
     let state = crate::state::load(&context.workspace.state_dir().join("state.json"))?;
     let opened = session::open(

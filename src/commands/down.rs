@@ -1,6 +1,7 @@
 //! `provision down --profile P [--yes]`: plan the teardown (`plan --destroy` shows it), hard stop
 //! and purge the cluster's VMs (and, with `--simulate --guests testbed`, stop the testbed hosts
-//! that played them).
+//! that played them). Without a state (a CI runner that lost `.provision/`), the VMs the
+//! cluster's tags find on Proxmox, recorded in the state before anything is destroyed.
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -10,7 +11,6 @@ use anyhow::Context as _;
 use crate::cli::{DownArgs, OutputFormat};
 use crate::exec::{self, ExecOptions, session};
 use crate::exit::ExitStatus;
-use crate::profile;
 use crate::state::StateStore;
 
 use super::Context;
@@ -20,35 +20,69 @@ const GUESTS_SETTLE: Duration = Duration::from_secs(120);
 
 pub async fn run(context: &Context, args: DownArgs) -> anyhow::Result<ExitStatus> {
     let signals = super::interrupt::install(&context.reporter, "down", &args.cluster)?;
-    let loaded = profile::load(&args.cluster.profile, &context.workspace.root)?;
+    let (loaded, context) = &super::scope::load_scoped(
+        context,
+        &args.cluster.profile,
+        &args.cluster.overrides,
+        true,
+    )?;
     let cluster = loaded.profile.cluster.name.clone();
     let store = StateStore::open(
         &context.workspace.state_dir(),
         &format!("down --profile {}", args.cluster.profile),
     )?;
     store.state().check_cluster(&cluster)?;
-    let names: Vec<String> = store.state().vms.keys().cloned().collect();
-    if names.is_empty() {
-        context.reporter.status(&format!(
-            "no VMs of cluster {cluster} in the state: nothing to destroy"
-        ));
-        return Ok(ExitStatus::Success);
-    }
-    super::confirm::confirm(
-        context,
-        &format!(
-            "hard-stop and purge {} VMs of cluster {cluster}",
-            names.len()
-        ),
-        &format!("VMs: {}", names.join(", ")),
-        args.confirm.yes,
-    )?;
+    let by_tag = store.state().vms.is_empty();
     let opened = session::open(
         &context.workspace,
         &loaded.profile,
         super::simulator(&args.cluster.sim).as_ref(),
     )
     .await?;
+    // The same plan `plan --destroy` prints; without a state, the VMs the tags find.
+    let planned = exec::observe_and_plan_down(
+        opened.connection.api.as_ref(),
+        opened.connection.auth.clone(),
+        &loaded.profile,
+        store.state(),
+    )
+    .await;
+    let plan = match planned {
+        Ok((_inventory, plan)) => plan,
+        Err(error) => {
+            opened.close().await;
+            return Err(error);
+        }
+    };
+    let names: Vec<String> = plan.actions.iter().map(|a| a.vm().to_owned()).collect();
+    if names.is_empty() && plan.forget.is_empty() {
+        opened.close().await;
+        context.reporter.status(&format!(
+            "no VMs of cluster {cluster} in the state nor tagged for it on Proxmox: nothing to destroy"
+        ));
+        return Ok(ExitStatus::Success);
+    }
+    let found = if by_tag {
+        context.reporter.status(&format!(
+            "no state for cluster {cluster}: found {} of its VMs on Proxmox by their tags",
+            names.len()
+        ));
+        " (no state: found on Proxmox by the cluster's tags)"
+    } else {
+        ""
+    };
+    if let Err(error) = super::confirm::confirm(
+        context,
+        &format!(
+            "hard-stop and purge {} VMs of cluster {cluster}{found}",
+            names.len()
+        ),
+        &format!("VMs: {}", names.join(", ")),
+        args.confirm.yes,
+    ) {
+        opened.close().await;
+        return Err(error);
+    }
     let guests = super::up_phase2::attach_guests(&opened, args.guests)?;
     if let Some(guests) = &guests {
         for vm in store.state().vms.values() {
@@ -61,14 +95,12 @@ pub async fn run(context: &Context, args: DownArgs) -> anyhow::Result<ExitStatus
             guests.remember(vm.vmid, address)?;
         }
     }
-    // The same plan `plan --destroy` prints.
-    let (_inventory, plan) = exec::observe_and_plan_down(
-        opened.connection.api.as_ref(),
-        opened.connection.auth.clone(),
-        &loaded.profile,
-        store.state(),
-    )
-    .await?;
+    let mut store = store;
+    if by_tag {
+        // Recorded first: a crash from here on leaves a state `down` resumes from, and each
+        // VM's seed ISO is removed with it.
+        exec::reap::record_found(opened.connection.api.as_ref(), &plan, &mut store).await?;
+    }
     let interrupt = signals.arm();
     let (report, _store) = exec::destroy(
         Arc::clone(&opened.connection.api),

@@ -4,13 +4,13 @@ use crate::cli::DrainArgs;
 use crate::exec::drain::{self, DrainRequest};
 use crate::exit::ExitStatus;
 use crate::k3s::drain::DrainFlags;
-use crate::profile;
 
 use super::Context;
 use super::output::DrainOutput;
 
 pub async fn run(context: &Context, args: DrainArgs) -> anyhow::Result<ExitStatus> {
-    let loaded = profile::load(&args.profile, &context.workspace.root)?;
+    let (loaded, context) =
+        &super::scope::load_scoped(context, &args.profile, &args.overrides, false)?;
     let (nodes, connector) =
         drain::open_cluster(&loaded.profile, &context.workspace, args.timeout)?;
     let (_, node) = drain::find_node(&nodes, &args.node, &loaded.source_name)?;

@@ -33,7 +33,12 @@ impl Signals {
 /// Takes over SIGINT and SIGTERM for `provision VERB` on `cluster` (the command an interrupted
 /// run tells the user to re-run).
 pub fn install(reporter: &Reporter, verb: &str, cluster: &ClusterArgs) -> anyhow::Result<Signals> {
-    let interrupt = Interrupt::new(&rerun_command(verb, &cluster.profile, cluster.sim.simulate));
+    let interrupt = Interrupt::new(&rerun_command(
+        verb,
+        &cluster.profile,
+        cluster.overrides.name.as_deref(),
+        cluster.sim.simulate,
+    ));
     let armed = Arc::new(AtomicBool::new(false));
     let mut interrupts = signal(SignalKind::interrupt())?;
     let mut terminates = signal(SignalKind::terminate())?;
@@ -68,10 +73,13 @@ pub fn install(reporter: &Reporter, verb: &str, cluster: &ClusterArgs) -> anyhow
 }
 
 /// The command that continues an interrupted run: `provision VERB --profile P [--simulate]`.
-fn rerun_command(verb: &str, profile: &str, simulate: bool) -> String {
+fn rerun_command(verb: &str, profile: &str, name: Option<&str>, simulate: bool) -> String {
     let simulate = if simulate { " --simulate" } else { "" };
+    let name = name
+        .map(|name| format!(" --name {}", crate::nodeprep::shell::quote(name)))
+        .unwrap_or_default();
     format!(
-        "provision {verb} --profile {}{simulate}",
+        "provision {verb} --profile {}{name}{simulate}",
         crate::nodeprep::shell::quote(profile)
     )
 }

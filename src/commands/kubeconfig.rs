@@ -13,7 +13,12 @@ use super::{Context, UserError};
 
 /// Prints the workspace kubeconfig's path (stdout); with `--merge`, merges its context first.
 pub async fn run(context: &Context, args: KubeconfigArgs) -> anyhow::Result<ExitStatus> {
-    let workspace_kubeconfig = context.workspace.kubeconfig_path();
+    // A workspace's further clusters (`--name`) have their own kubeconfig.
+    let workspace = match &args.name {
+        Some(name) => context.workspace.for_cluster(name)?,
+        None => context.workspace.clone(),
+    };
+    let workspace_kubeconfig = workspace.kubeconfig_path();
     let text = match std::fs::read_to_string(&workspace_kubeconfig) {
         Ok(text) => text,
         Err(error) if error.kind() == std::io::ErrorKind::NotFound => {

@@ -8,14 +8,17 @@ pub mod confirm;
 pub mod doctor;
 pub mod down;
 pub mod drain;
+pub mod gc;
 pub mod init;
 pub mod interrupt;
 pub mod kubeconfig;
+pub mod list;
 pub mod man;
 pub mod output;
 pub mod plan;
 pub mod profiles;
 pub mod replace_node;
+pub mod scope;
 pub mod sim;
 pub mod status;
 pub mod uncordon;
@@ -99,6 +102,8 @@ async fn dispatch(context: &Context, command: Command) -> anyhow::Result<ExitSta
         Command::Uncordon(args) => uncordon::run(context, args).await,
         Command::ReplaceNode(args) => replace_node::run(context, args).await,
         Command::Down(args) => down::run(context, args).await,
+        Command::List(args) => list::run(context, args).await,
+        Command::Gc(args) => gc::run(context, args).await,
         Command::Status(args) => status::run(context, args).await,
         Command::Doctor(args) => doctor::run(context, args).await,
         Command::Sim(command) => sim::run(context, command).await,

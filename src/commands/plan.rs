@@ -26,7 +26,12 @@ pub async fn run(context: &Context, args: PlanArgs) -> anyhow::Result<ExitStatus
 /// Observes, plans and prints; says whether the plan has changes.
 async fn show(context: &Context, args: PlanArgs) -> anyhow::Result<bool> {
     let cluster_args = args.cluster;
-    let loaded = profile::load(&cluster_args.profile, &context.workspace.root)?;
+    let (loaded, context) = &super::scope::load_scoped(
+        context,
+        &cluster_args.profile,
+        &cluster_args.overrides,
+        false,
+    )?;
     let opened = session::open(
         &context.workspace,
         &loaded.profile,

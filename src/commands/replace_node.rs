@@ -41,7 +41,12 @@ struct ReplaceOutput {
 }
 
 pub async fn run(context: &Context, args: ReplaceNodeArgs) -> anyhow::Result<ExitStatus> {
-    let loaded = profile::load(&args.cluster.profile, &context.workspace.root)?;
+    let (loaded, context) = &super::scope::load_scoped(
+        context,
+        &args.cluster.profile,
+        &args.cluster.overrides,
+        false,
+    )?;
     let name = NodeName::new(&args.node)?;
     let store = StateStore::open(
         &context.workspace.state_dir(),

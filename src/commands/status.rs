@@ -6,7 +6,6 @@ use crate::cli::{Guests, StatusArgs};
 use crate::exec::cluster_status::{self, ClusterObservation};
 use crate::exec::session;
 use crate::exit::ExitStatus;
-use crate::profile;
 
 use super::Context;
 use super::output::{StatusOutput, StatusRow};
@@ -14,7 +13,8 @@ use super::output::{StatusOutput, StatusRow};
 pub async fn run(context: &Context, args: StatusArgs) -> anyhow::Result<ExitStatus> {
     let guests = args.guests;
     let args = args.cluster;
-    let loaded = profile::load(&args.profile, &context.workspace.root)?;
+    let (loaded, context) =
+        &super::scope::load_scoped(context, &args.profile, &args.overrides, false)?;
     let state = crate::state::load(&context.workspace.state_dir().join("state.json"))?;
     let opened = session::open(
         &context.workspace,

@@ -5,13 +5,13 @@ use std::time::Duration;
 use crate::cli::UncordonArgs;
 use crate::exec::drain;
 use crate::exit::ExitStatus;
-use crate::profile;
 
 use super::Context;
 use super::output::UncordonOutput;
 
 pub async fn run(context: &Context, args: UncordonArgs) -> anyhow::Result<ExitStatus> {
-    let loaded = profile::load(&args.profile, &context.workspace.root)?;
+    let (loaded, context) =
+        &super::scope::load_scoped(context, &args.profile, &args.overrides, false)?;
     let (nodes, connector) =
         drain::open_cluster(&loaded.profile, &context.workspace, Duration::from_secs(60))?;
     let (_, node) = drain::find_node(&nodes, &args.node, &loaded.source_name)?;

@@ -16,7 +16,8 @@ use super::{Context, UserError};
 pub async fn run(context: &Context, up_args: UpArgs) -> anyhow::Result<ExitStatus> {
     let args = &up_args.cluster;
     let signals = super::interrupt::install(&context.reporter, "up", args)?;
-    let loaded = profile::load(&args.profile, &context.workspace.root)?;
+    let (loaded, context) =
+        &super::scope::load_scoped(context, &args.profile, &args.overrides, true)?;
     let profile = &loaded.profile;
     // Lock first: a second `up` fails fast, naming the holder.
     let store = StateStore::open(
@@ -30,75 +31,32 @@ pub async fn run(context: &Context, up_args: UpArgs) -> anyhow::Result<ExitStatu
     )
     .await?;
     let guests = super::up_phase2::attach_guests(&opened, up_args.phase2.guests)?;
-    let seeds = session::WorkspaceSeeds::for_run(profile, &context.workspace, args.sim.simulate);
-    let seeds = Arc::new(seeds?);
-    // Everything is validated here (profile, credentials and privileges, storages, bridge,
-    // GPUs, hugepages, IOMMU, root-only keys) before the first mutating call: the same checks
-    // as `provision doctor`.
+    let seeds = Arc::new(session::WorkspaceSeeds::for_run(
+        profile,
+        &context.workspace,
+        args.sim.simulate,
+    )?);
     store.state().check_cluster(&profile.cluster.name)?;
     super::replace_node::refuse_unfinished(store.state(), &args.profile)?;
-    let preflight = doctor::run(
-        opened.connection.api.as_ref(),
-        &opened.connection.auth,
-        &DoctorInput {
-            profile,
-            state: store.state(),
-            seeds: &seeds,
-            workspace_root: &context.workspace.root,
-            rolling: super::plan::rolling_options(context, &up_args.rolling),
-        },
-    )
-    .await;
-    for check in preflight
-        .checks
-        .iter()
-        .filter(|c| c.outcome == Outcome::Warn)
-    {
-        context
-            .reporter
-            .status(&format!("warning: {}: {}", check.check, check.detail));
-    }
-    let plan = match preflight.observed {
-        Some((_inventory, plan)) if !preflight.blocks() => plan,
-        _ => {
-            opened.close().await;
-            return Err(UserError::new(
-                format!(
-                    "the preflight found what would stop `up`; nothing was changed on Proxmox:\n{}",
-                    preflight.failures()
-                ),
-                Some("`provision doctor --profile P` shows every check"),
-            )
-            .into());
-        }
-    };
-    let gate = match disruption_gate(
-        context,
-        &up_args,
+    let run = PhaseOne {
+        up_args: &up_args,
         profile,
-        &plan,
-        guests.as_deref(),
-        store.state(),
-    ) {
-        Ok(gate) => gate,
+        opened: &opened,
+        guests: guests.as_deref(),
+        seeds: &seeds,
+        signals: &signals,
+    };
+    let (report, interrupt) = match phase_one(context, &run, store)
+    .await
+    {
+        Ok(report) => report,
         Err(error) => {
             opened.close().await;
             return Err(error);
         }
     };
-    let interrupt = signals.arm();
-    let (report, _store) = exec::apply_with_gate(
-        Arc::clone(&opened.connection.api),
-        &plan,
-        store,
-        seeds,
-        Arc::new(context.reporter.clone()),
-        exec_options(&args.sim, &interrupt),
-        gate,
-    )
-    .await?;
     let phase1 = PhaseOneOutput {
-        cluster: &plan.cluster,
+        cluster: &profile.cluster.name,
         vms: &report.vms,
         destroyed: &report.destroyed,
         mutating_calls: report.mutating_calls,
@@ -130,6 +88,17 @@ pub async fn run(context: &Context, up_args: UpArgs) -> anyhow::Result<ExitStatu
     Ok(ExitStatus::Success)
 }
 
+/// What phase 1 works with.
+#[derive(Clone, Copy)]
+struct PhaseOne<'a> {
+    up_args: &'a UpArgs,
+    profile: &'a crate::profile::Profile,
+    opened: &'a session::Opened,
+    guests: Option<&'a provision_testbed::TestbedGuests>,
+    seeds: &'a Arc<session::WorkspaceSeeds>,
+    signals: &'a super::interrupt::Signals,
+}
+
 /// The run's options: polling at the simulator's pace under `--simulate`, stopping on Ctrl-C.
 fn exec_options(sim: &crate::cli::SimArgs, interrupt: &crate::exec::Interrupt) -> ExecOptions {
     ExecOptions {
@@ -140,6 +109,111 @@ fn exec_options(sim: &crate::cli::SimArgs, interrupt: &crate::exec::Interrupt) -
         },
         interrupt: Some(interrupt.clone()),
         ..ExecOptions::default()
+    }
+}
+
+/// Attempts of phase 1 when clusters created side by side take what a plan picked.
+const RACE_ATTEMPTS: u32 = 6;
+
+/// Preflight, plan and phase 1. Planned again (up to [`RACE_ATTEMPTS`] times, after a
+/// jittered pause) when a cluster created at the same time took a VMID or address this plan
+/// picked (`exec::race`): the next plan sees that cluster's VMs and skips what they use.
+async fn phase_one(
+    context: &Context,
+    run: &PhaseOne<'_>,
+    mut store: StateStore,
+) -> anyhow::Result<(exec::ApplyReport, exec::Interrupt)> {
+    let PhaseOne {
+        up_args,
+        profile,
+        opened,
+        guests,
+        seeds,
+        signals,
+    } = *run;
+    let args = &up_args.cluster;
+    let mut attempt = 1;
+    loop {
+        let plan = preflight(context, up_args, profile, &store, opened, seeds).await?;
+        let gate = disruption_gate(context, up_args, profile, &plan, guests, store.state())?;
+        let interrupt = signals.arm();
+        let applied = exec::apply_with_gate(
+            Arc::clone(&opened.connection.api),
+            &plan,
+            store,
+            Arc::clone(seeds) as Arc<dyn exec::SeedSource>,
+            Arc::new(context.reporter.clone()),
+            exec_options(&args.sim, &interrupt),
+            gate,
+        )
+        .await;
+        match applied {
+            Ok((report, _store)) => return Ok((report, interrupt)),
+            Err(error) if exec::race::is_race(&error) && attempt < RACE_ATTEMPTS => {
+                context
+                    .reporter
+                    .status(&format!("warning: {error:#}; planning again"));
+                // Jittered, so two runs that both gave up do not plan in step again.
+                let unit = if args.sim.simulate {
+                    20.0 * args.sim.sim_time_scale
+                } else {
+                    5.0
+                };
+                let pause = (0.5 + rand::random::<f64>()) * f64::from(attempt) * unit;
+                tokio::time::sleep(std::time::Duration::from_secs_f64(pause)).await;
+                attempt += 1;
+                store = StateStore::open(
+                    &context.workspace.state_dir(),
+                    &format!("up --profile {}", args.profile),
+                )?;
+            }
+            Err(error) => return Err(error),
+        }
+    }
+}
+
+/// Everything is validated here (profile, credentials and privileges, storages, bridge, GPUs,
+/// hugepages, IOMMU, root-only keys) before the first mutating call: the same checks as
+/// `provision doctor`. Returns the plan.
+async fn preflight(
+    context: &Context,
+    up_args: &UpArgs,
+    profile: &crate::profile::Profile,
+    store: &StateStore,
+    opened: &session::Opened,
+    seeds: &session::WorkspaceSeeds,
+) -> anyhow::Result<crate::plan::Plan> {
+    let preflight = doctor::run(
+        opened.connection.api.as_ref(),
+        &opened.connection.auth,
+        &DoctorInput {
+            profile,
+            state: store.state(),
+            seeds,
+            workspace_root: &context.workspace.root,
+            rolling: super::plan::rolling_options(context, &up_args.rolling),
+        },
+    )
+    .await;
+    for check in preflight
+        .checks
+        .iter()
+        .filter(|c| c.outcome == Outcome::Warn)
+    {
+        context
+            .reporter
+            .status(&format!("warning: {}: {}", check.check, check.detail));
+    }
+    match preflight.observed {
+        Some((_inventory, plan)) if !preflight.blocks() => Ok(plan),
+        _ => Err(UserError::new(
+            format!(
+                "the preflight found what would stop `up`; nothing was changed on Proxmox:\n{}",
+                preflight.failures()
+            ),
+            Some("`provision doctor --profile P` shows every check"),
+        )
+        .into()),
     }
 }
 

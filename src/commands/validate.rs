@@ -2,13 +2,12 @@
 
 use crate::cli::{OutputFormat, ValidateArgs};
 use crate::exit::ExitStatus;
-use crate::profile;
 
 use super::Context;
 use super::output::ValidateOutput;
 
 pub async fn run(context: &Context, args: ValidateArgs) -> anyhow::Result<ExitStatus> {
-    let loaded = profile::load(&args.profile, &context.workspace.root)?;
+    let loaded = super::scope::load(context, &args.profile, &args.overrides)?;
     context.reporter.detail(&format!(
         "read {} ({} bytes)",
         loaded.source_name,

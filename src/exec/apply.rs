@@ -294,6 +294,7 @@ impl Runner {
         self.step(&vm.name, "create");
         self.retrying(&vm.name, "create", || self.create(vm))
             .await?;
+        self.claim_address(vm).await?;
         {
             let mut store = self.store.lock().await;
             store.update(|state| {

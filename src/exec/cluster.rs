@@ -245,6 +245,7 @@ pub async fn converge(
         // The kubeconfig lives beside the state: `.provision/kubeconfig`.
         phase2_options.workspace = workspace.state_dir();
         phase2_options.events = options.events.clone();
+        phase2_options.secrets_dir = workspace.secrets_dir();
         phase2::run(profile, &nodes, &connector, &phase2_options).await
     }
     .await;
@@ -275,6 +276,7 @@ pub fn rolling_gate(
         .clone()
         .unwrap_or_else(|| Phase2Options::new(&workspace.root));
     phase2_options.workspace = workspace.state_dir();
+    phase2_options.secrets_dir = workspace.secrets_dir();
     Ok(phase2::K3sGate {
         nodes,
         connector,

@@ -205,14 +205,30 @@ async fn check_node(
                 .into_iter()
                 .find(|flag| flags.contains(flag))
                 .or((status.cpuinfo.hvm.as_deref() == Some("1")).then_some("hvm"));
+            // `hypervisor`: the node itself is a VM (a nested Proxmox, as CI runs on).
+            let nested = if flags.contains(&"hypervisor") {
+                "; a nested Proxmox (runs in a VM) with nested virtualisation on"
+            } else {
+                ""
+            };
             match virt {
                 Some(flag) => report.pass(
                     &label,
-                    format!("online, {} CPUs, hardware virtualisation ({flag})", node.cpus),
+                    format!(
+                        "online, {} CPUs, hardware virtualisation ({flag}){nested}",
+                        node.cpus
+                    ),
                 ),
                 None => report.fail(
                     &label,
-                    "no hardware virtualisation (no vmx/svm CPU flag): KVM guests cannot start".to_owned(),
+                    format!(
+                        "no hardware virtualisation (no vmx/svm CPU flag): KVM guests cannot start{}",
+                        if nested.is_empty() {
+                            ""
+                        } else {
+                            "; this node is itself a VM (a nested Proxmox) whose outer host does not pass virtualisation through"
+                        }
+                    ),
                     "enable VT-x/AMD-V in the firmware; on a nested Proxmox, give its VM `cpu: host` and enable nested virtualisation on the outer host (kvm_intel/kvm_amd nested=1)",
                 ),
             }

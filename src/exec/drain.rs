@@ -63,7 +63,11 @@ pub fn known_nodes(
             let Some(address) = record.address.as_deref().and_then(|a| a.parse().ok()) else {
                 continue;
             };
-            if !nodes.contains_key(&record.name) {
+            // The state records where the VM is: an address_range skips addresses other
+            // clusters use, so the profile alone may not say.
+            if let Some(entry) = nodes.get_mut(&record.name) {
+                entry.0 = address;
+            } else {
                 order.push(record.name.clone());
                 nodes.insert(
                     record.name.clone(),

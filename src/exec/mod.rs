@@ -16,6 +16,8 @@ pub mod etcd_ops;
 pub mod interrupt;
 pub mod phase2;
 pub mod progress;
+pub mod race;
+pub mod reap;
 pub mod replace;
 pub mod retry;
 pub mod rolling;

@@ -387,6 +387,9 @@ pub fn plan_intent_for(
             BTreeMap::new()
         },
         rolling,
+        now: std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map_or(0, |elapsed| elapsed.as_secs()),
     };
     let converge = |context: &PlanContext| {
         let input = plan::PlanInput {
@@ -434,13 +437,34 @@ pub async fn open(
     simulator: Option<&super::simulate::SimOptions>,
 ) -> anyhow::Result<Opened> {
     if let Some(options) = simulator {
+        // One simulated Proxmox per workspace, shared by all of its clusters.
         let simulated = super::simulate::start(
-            &workspace.state_dir(),
+            &workspace.shared_dir(),
             &profile.proxmox.nodes,
             &profile.cluster.name,
             options,
         )
         .await?;
+        return Ok(Opened {
+            connection: simulated.connection,
+            simulator: Some(simulated.handle),
+        });
+    }
+    Ok(Opened {
+        connection: connect_real(workspace)?,
+        simulator: None,
+    })
+}
+
+/// Connect without a profile (`list`, `gc`): the workspace's simulator when `simulator` is given
+/// (its saved state holds its own inventory; a fresh one starts from `--sim-inventory` or the
+/// smallest fixture), else the configured Proxmox.
+pub async fn open_workspace(
+    workspace: &Workspace,
+    simulator: Option<&super::simulate::SimOptions>,
+) -> anyhow::Result<Opened> {
+    if let Some(options) = simulator {
+        let simulated = super::simulate::start(&workspace.shared_dir(), &[], "", options).await?;
         return Ok(Opened {
             connection: simulated.connection,
             simulator: Some(simulated.handle),

@@ -27,12 +27,12 @@ impl Runner {
             let ours = existing.name.as_deref() == Some(vm.name.as_str())
                 && existing.tag_list().contains(&tag.as_str());
             if !ours {
-                bail!(
-                    "VMID {} is taken by `{}` on {} (not this cluster's); re-run `provision plan` to pick another id",
-                    vm.vmid,
-                    existing.name.unwrap_or_default(),
-                    existing.node.unwrap_or_default()
-                );
+                return Err(super::race::RaceError::VmidTaken {
+                    vmid: vm.vmid.0,
+                    by: existing.name.unwrap_or_default(),
+                    node: existing.node.unwrap_or_default(),
+                }
+                .into());
             }
             if existing.lock.as_deref() == Some("create") {
                 // A create from an interrupted run is still running: wait for it to end.

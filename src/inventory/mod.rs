@@ -3,6 +3,8 @@
 //! [`observe`] makes only GET requests. The result, [`Inventory`], is plain data so the planner
 //! stays pure and tests can build one in code.
 
+pub mod tags;
+
 use std::collections::{BTreeMap, BTreeSet};
 
 use futures::future::try_join_all;

@@ -12,7 +12,7 @@ use super::diff::check_root_only_keys;
 use super::image::image_source;
 use super::ledger::{Ledger, half_created};
 use super::vm::VmPass;
-use super::wanted::{Wanted, assign_macs, existing_vms, expand};
+use super::wanted::{Wanted, assign_macs, existing_vms};
 use super::{
     Action, ActionKind, ImageDownload, Intent, Plan, PlanError, PlanInput, PlannedVm, VmRef,
     hostpci_targets,
@@ -30,7 +30,7 @@ pub(super) fn converge(input: &PlanInput<'_>) -> Result<Plan, PlanError> {
         ..
     } = *input;
     let cluster = &profile.cluster.name;
-    let wanted = expand(profile)?;
+    let wanted = super::wanted::expand_observed(profile, inventory, state)?;
     super::rolling::check_server_count(input, &input.context.rolling)?;
     let wanted_names: BTreeSet<&str> = wanted.iter().map(|w| w.name.as_str()).collect();
 

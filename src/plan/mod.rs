@@ -5,6 +5,7 @@
 //! Proxmox parameters) so that executing a plan leaves no choices. `provision plan` prints it.
 
 mod action;
+mod addresses;
 mod converge;
 mod diff;
 mod down;
@@ -35,6 +36,7 @@ use crate::pve::types::PciMapping;
 use crate::pve::{NodeName, Params, VmId};
 
 pub use action::{Action, ActionKind, Resize, VmRef};
+pub use down::by_tag as down_by_tag;
 pub use gpu::{Rejection, candidates as gpu_candidates, is_nvidia_gpu, matches_filter};
 pub use image::image_file_name;
 pub use intent::{Intent, PlanInput};
@@ -145,6 +147,19 @@ pub enum PlanError {
     },
     #[error("group `{group}`: invalid address_range `{range}` (expected `10.0.0.21-10.0.0.29`)")]
     BadAddressRange { group: String, range: String },
+    #[error(
+        "there is no state for cluster {cluster}, and the VMs its tag finds on Proxmox are not all this profile's: {vms}; nothing was destroyed (a VM without the `provision` tag, or one the profile does not describe, may be another workspace's cluster of the same name); run `down` from the workspace that created them, or remove those VMs or their tag by hand"
+    )]
+    AmbiguousTags { cluster: String, vms: String },
+    #[error(
+        "{vm} would get address {address}, which {user} already uses; give group `{group}` other addresses or an address_range (clusters side by side then take free ones)"
+    )]
+    AddressTaken {
+        vm: String,
+        group: String,
+        address: IpAddr,
+        user: String,
+    },
     #[error(
         "image volume `{volume}` is not on {node} (storage not shared); import it there or use image.url"
     )]
@@ -344,13 +359,16 @@ pub struct PlanContext {
     pub iso_files: BTreeMap<String, String>,
     /// How disruptions of running VMs roll.
     pub rolling: RollingOptions,
+    /// Now, in seconds since the Unix epoch: the creation time a new cluster's VMs are tagged
+    /// with (an existing cluster keeps the time its VMs carry).
+    pub now: u64,
 }
 
 /// Plan `intent` against what the input's inventory shows and its state remembers.
 pub fn plan(input: &PlanInput<'_>, intent: Intent) -> Result<Plan, PlanError> {
     match intent {
         Intent::Converge => converge::converge(input),
-        Intent::Down => Ok(down::plan_down(input)),
+        Intent::Down => down::plan_down(input),
         Intent::ReplaceNode { node } => replace::plan_replace(input, &node),
     }
 }

@@ -154,6 +154,7 @@ fn plan(
 fn context() -> PlanContext {
     PlanContext {
         workspace: "lab-ws".into(),
+        now: 1_767_225_600,
         ..PlanContext::default()
     }
 }
@@ -192,7 +193,13 @@ fn fresh_plan_creates_every_vm_with_exact_params() {
         gpu1.params["scsi1"],
         "local-lvm:100,iothread=1,discard=on,ssd=1"
     );
-    assert_eq!(gpu1.params["tags"], "provision;cluster-lab;role-agent");
+    assert_eq!(
+        gpu1.params["tags"],
+        format!(
+            "provision;cluster-lab;provision-cluster-lab;role-agent;provision-created-1767225600;provision-ip-{}",
+            gpu1.address
+        )
+    );
     let gpu2 = plan.vm("lab-gpu-2").unwrap();
     assert_eq!(gpu2.params["hostpci0"], "0000:81:00,pcie=1");
     assert_eq!(gpu2.params["affinity"], "24-31");
@@ -698,3 +705,79 @@ fn down_destroys_what_is_still_ours_and_forgets_the_rest() {
 mod rolling;
 
 mod replace;
+
+#[test]
+fn a_ttl_tags_the_expiry_and_an_existing_cluster_keeps_its_creation_time() {
+    let mut profile = profile();
+    profile.cluster.ttl = Some("4h".to_owned());
+    let plan = plan(
+        &profile,
+        &inventory(AuthKind::RootTicket),
+        &State::default(),
+        &context(),
+    )
+    .unwrap();
+    let tags = &plan.vm("lab-cp-1").unwrap().params["tags"];
+    assert!(tags.contains("provision-created-1767225600"), "{tags}");
+    assert!(tags.contains("provision-exp-1767240000"), "{tags}");
+    // A later run of the same cluster: its VMs say when it was made.
+    let mut observed = inventory(AuthKind::RootTicket);
+    observed.vms.push(crate::inventory::ExistingVm {
+        vmid: 7100,
+        node: "pve1".into(),
+        name: "lab-cp-1".into(),
+        tags: tags.split(';').map(str::to_owned).collect(),
+        status: "running".into(),
+        lock: None,
+        template: false,
+        config: Params::new(),
+    });
+    let later = PlanContext {
+        now: 1_767_300_000,
+        ..context()
+    };
+    let replan = plan_for_test(&profile, &observed, &later);
+    let gpu_tags = &replan.vm("lab-gpu-1").unwrap().params["tags"];
+    assert!(
+        gpu_tags.contains("provision-created-1767225600"),
+        "{gpu_tags}"
+    );
+}
+
+#[test]
+fn an_address_range_skips_addresses_another_cluster_uses() {
+    let fresh = plan(
+        &profile(),
+        &inventory(AuthKind::RootTicket),
+        &State::default(),
+        &context(),
+    )
+    .unwrap();
+    let first = fresh.vm("lab-gpu-1").unwrap().address;
+    let mut observed = inventory(AuthKind::RootTicket);
+    observed.vms.push(crate::inventory::ExistingVm {
+        vmid: 9000,
+        node: "pve1".into(),
+        name: "other-gpu-1".into(),
+        tags: vec![
+            "provision".into(),
+            "cluster-other".into(),
+            crate::inventory::tags::address_tag(first),
+        ],
+        status: "running".into(),
+        lock: None,
+        template: false,
+        config: Params::new(),
+    });
+    let beside = plan_for_test(&profile(), &observed, &context());
+    let moved = beside.vm("lab-gpu-1").unwrap().address;
+    assert_ne!(moved, first);
+    assert!(
+        beside.vms.iter().all(|vm| vm.address != first),
+        "no VM of this cluster takes the other cluster's address"
+    );
+}
+
+fn plan_for_test(profile: &Profile, inventory: &Inventory, context: &PlanContext) -> Plan {
+    plan(profile, inventory, &State::default(), context).unwrap()
+}

@@ -22,6 +22,8 @@ impl UserFacing for PlanError {
             | PlanError::VmidRangeExhausted { .. }
             | PlanError::NotEnoughAddresses { .. }
             | PlanError::BadAddressRange { .. }
+            | PlanError::AddressTaken { .. }
+            | PlanError::AmbiguousTags { .. }
             | PlanError::ImageMissing { .. }
             | PlanError::TemplateMissing { .. }
             | PlanError::ForeignClusterVm { .. }

@@ -103,6 +103,11 @@ impl VmPass<'_, '_> {
             &vm_image,
             iso.as_ref(),
             prefix_len,
+            crate::inventory::tags::cluster_created(
+                &self.input.inventory.vms,
+                &profile.cluster.name,
+            )
+            .unwrap_or(context.now),
         );
         let planned = PlannedVm {
             name: want.name.clone(),

@@ -1,7 +1,7 @@
 //! The exact Proxmox parameters of a planned VM: `hostpciN` values (raw ids or PCI resource
 //! mappings, planning the mappings to create) and the whole create request.
 
-use crate::inventory::{Inventory, cluster_tag, mapping_paths};
+use crate::inventory::{Inventory, cluster_tag, mapping_paths, tags};
 use crate::profile::model::{Bios, CloudInitMode, NodeGroup, Profile, Role};
 use crate::pve::Params;
 use crate::pve::types::PciMapping;
@@ -101,6 +101,7 @@ pub(super) fn vm_params(
     image: &ImageSource,
     iso: Option<&IsoUpload>,
     prefix_len: u8,
+    created: u64,
 ) -> Params {
     let group = want.group;
     let storage = &profile.proxmox.storage;
@@ -161,22 +162,10 @@ pub(super) fn vm_params(
     set("serial0", "socket".into());
     set("vga", "serial0".into());
     set("onboot", "1".into());
-    let mut tags = vec![
-        "provision".to_owned(),
-        cluster_tag(&profile.cluster.name),
-        format!(
-            "role-{}",
-            match group.role {
-                Role::Server => "server",
-                Role::Agent => "agent",
-            }
-        ),
-    ];
-    if let Some(ttl) = &profile.cluster.ttl {
-        tags.push(format!("ttl-{ttl}"));
-    }
-    tags.extend(profile.proxmox.tags.iter().cloned());
-    set("tags", tags.join(";"));
+    set(
+        "tags",
+        vm_tags(profile, group.role, want.address, created).join(";"),
+    );
     set(
         "description",
         format!(
@@ -255,4 +244,40 @@ fn cloud_init_params(
             }
         }
     }
+}
+
+/// Every tag of a VM (see [`crate::inventory::tags`]): provision's, the cluster's id, role,
+/// creation and (with a TTL) expiry time and address, then the profile's own.
+pub(super) fn vm_tags(
+    profile: &Profile,
+    role: Role,
+    address: std::net::IpAddr,
+    created: u64,
+) -> Vec<String> {
+    let cluster = &profile.cluster.name;
+    let mut tags = vec![
+        tags::PROVISION_TAG.to_owned(),
+        cluster_tag(cluster),
+        tags::cluster_id_tag(cluster),
+        format!(
+            "role-{}",
+            match role {
+                Role::Server => "server",
+                Role::Agent => "agent",
+            }
+        ),
+        tags::created_tag(created),
+    ];
+    if let Some(expires) = profile
+        .cluster
+        .ttl
+        .as_deref()
+        .and_then(crate::profile::validate::ttl_seconds)
+        .and_then(|ttl| created.checked_add(ttl))
+    {
+        tags.push(tags::expiry_tag(expires));
+    }
+    tags.push(tags::address_tag(address));
+    tags.extend(profile.proxmox.tags.iter().cloned());
+    tags
 }

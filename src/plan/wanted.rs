@@ -12,6 +12,7 @@ use crate::profile::model::{NodeGroup, Profile, Role};
 use crate::state::State;
 
 use super::PlanError;
+use super::addresses::TakenAddresses;
 
 /// A VM the profile asks for (names and addresses decided, placement not yet).
 #[derive(Debug, Clone, PartialEq, Eq, Serialize)]
@@ -39,7 +40,7 @@ pub fn wanted_vms_observed(
     inventory: &Inventory,
     state: &State,
 ) -> Result<Vec<WantedVm>, PlanError> {
-    let wanted = expand(profile)?;
+    let wanted = expand_observed(profile, inventory, state)?;
     let existing_for = existing_vms(profile, &wanted, inventory, state);
     wanted_from(profile, wanted, &existing_for)
 }
@@ -165,9 +166,35 @@ pub(super) struct Wanted<'a> {
 }
 
 pub(super) fn expand(profile: &Profile) -> Result<Vec<Wanted<'_>>, PlanError> {
+    expand_among(profile, &TakenAddresses::default())
+}
+
+/// [`expand`] with the addresses the Proxmox cluster already uses (see [`super::addresses`]).
+pub(super) fn expand_observed<'p>(
+    profile: &'p Profile,
+    inventory: &Inventory,
+    state: &State,
+) -> Result<Vec<Wanted<'p>>, PlanError> {
+    let taken = TakenAddresses::observe(&profile.cluster.name, inventory, state);
+    expand_among(profile, &taken)
+}
+
+fn expand_among<'p>(
+    profile: &'p Profile,
+    taken: &TakenAddresses,
+) -> Result<Vec<Wanted<'p>>, PlanError> {
     let mut wanted = Vec::new();
     for group in &profile.node_groups {
-        let addresses = group_addresses(group)?;
+        let names: Vec<String> = (1..=group.count)
+            .map(|index| {
+                group
+                    .name_pattern
+                    .replace("{cluster}", &profile.cluster.name)
+                    .replace("{group}", &group.name)
+                    .replace("{index}", &index.to_string())
+            })
+            .collect();
+        let addresses = group_addresses(group, &names, taken)?;
         if addresses.len() < group.count as usize {
             return Err(PlanError::NotEnoughAddresses {
                 group: group.name.clone(),
@@ -175,24 +202,38 @@ pub(super) fn expand(profile: &Profile) -> Result<Vec<Wanted<'_>>, PlanError> {
                 given: addresses.len(),
             });
         }
-        for index in 1..=group.count {
+        for ((name, address), index) in names.into_iter().zip(addresses).zip(1..) {
             wanted.push(Wanted {
                 group,
                 index,
-                name: group
-                    .name_pattern
-                    .replace("{cluster}", &profile.cluster.name)
-                    .replace("{group}", &group.name)
-                    .replace("{index}", &index.to_string()),
-                address: addresses[(index - 1) as usize],
+                name,
+                address,
             });
         }
     }
     Ok(wanted)
 }
 
-pub(super) fn group_addresses(group: &NodeGroup) -> Result<Vec<IpAddr>, PlanError> {
+pub(super) fn group_addresses(
+    group: &NodeGroup,
+    names: &[String],
+    taken: &TakenAddresses,
+) -> Result<Vec<IpAddr>, PlanError> {
     if !group.addresses.is_empty() {
+        // Explicit addresses are the user's choice: a new VM never takes one another VM has.
+        for (name, address) in names.iter().zip(&group.addresses) {
+            if taken.ours.get(name) == Some(address) {
+                continue;
+            }
+            if let Some(user) = taken.others.get(address) {
+                return Err(PlanError::AddressTaken {
+                    vm: name.clone(),
+                    group: group.name.clone(),
+                    address: *address,
+                    user: user.clone(),
+                });
+            }
+        }
         return Ok(group.addresses.clone());
     }
     let Some(range) = &group.address_range else {
@@ -209,9 +250,5 @@ pub(super) fn group_addresses(group: &NodeGroup) -> Result<Vec<IpAddr>, PlanErro
     if last < first {
         return Err(bad());
     }
-    let needed = u64::from(group.count);
-    Ok((first..=last)
-        .take(usize::try_from(needed).unwrap_or(usize::MAX))
-        .map(|ip| IpAddr::V4(ip.into()))
-        .collect())
+    Ok(super::addresses::pick_from_range(names, first, last, taken))
 }

@@ -11,6 +11,7 @@ pub mod diagnostic;
 mod locate;
 pub mod model;
 pub mod nodes;
+pub mod overrides;
 pub mod validate;
 
 use std::path::{Path, PathBuf};
@@ -20,6 +21,7 @@ pub use diagnostic::{Diagnostic, Finding, KeyPath, Severity, Target};
 pub use locate::Locator;
 pub use model::{Profile, Role};
 pub use nodes::PlannedNode;
+pub use overrides::Override;
 
 /// A profile that parsed and passed validation.
 #[derive(Debug, Clone)]
@@ -160,6 +162,16 @@ pub const MAX_DIAGNOSTICS: usize = 50;
 
 /// Finds, parses and validates a profile. Every command calls this first.
 pub fn load(spec: &str, workspace: &Path) -> Result<LoadedProfile, ProfileError> {
+    load_with(spec, workspace, &[])
+}
+
+/// [`load`] with per-run overrides merged in (see [`overrides`]): the result is validated as if
+/// the file said so, and a finding at an overridden key names the override.
+pub fn load_with(
+    spec: &str,
+    workspace: &Path,
+    overrides: &[Override],
+) -> Result<LoadedProfile, ProfileError> {
     let (source_name, text) = match resolve(spec, workspace)? {
         ProfileSource::File(path) => {
             let bytes = read_bounded(&path).map_err(|source| ProfileError::Read {
@@ -174,7 +186,7 @@ pub fn load(spec: &str, workspace: &Path) -> Result<LoadedProfile, ProfileError>
             (format!("builtin:{}", profile.name), profile.text.to_owned())
         }
     };
-    let loaded = parse(&source_name, text)?;
+    let loaded = overrides::apply(&source_name, text, overrides)?;
     check_credential_files(loaded, workspace)
 }
 

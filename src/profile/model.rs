@@ -59,7 +59,8 @@ pub struct Cluster {
     /// Packaged components k3s must not deploy (`traefik`, `servicelb`, `local-storage`, `metrics-server`, `coredns`).
     #[serde(default)]
     pub disable: Vec<String>,
-    /// Time to live, e.g. `4h`; becomes a `ttl-4h` tag so CI janitors can reap clusters.
+    /// Time to live, e.g. `4h`: the VMs carry their expiry (`provision-exp-<unix time>`, from
+    /// the cluster's creation) and `provision gc --expired` destroys them after it.
     #[serde(default)]
     pub ttl: Option<String>,
 }

@@ -46,6 +46,8 @@ pub enum StateError {
     Locked { path: PathBuf, holder: String },
     #[error("state belongs to cluster `{found}`, the profile describes `{expected}`")]
     ClusterMismatch { expected: String, found: String },
+    #[error("`{name}` is not a cluster name")]
+    ClusterName { name: String },
     /// Another user could write it; the message names the `chmod`/`chown` that fixes it.
     #[error("refusing {}: {message}", path.display())]
     Untrusted { path: PathBuf, message: String },
@@ -60,6 +62,7 @@ impl StateError {
             | StateError::Version { .. }
             | StateError::Locked { .. }
             | StateError::ClusterMismatch { .. }
+            | StateError::ClusterName { .. }
             | StateError::Untrusted { .. } => true,
         }
     }
@@ -105,6 +108,10 @@ impl StateError {
             StateError::ClusterMismatch { .. } => Some(
                 "use one workspace directory per cluster, or the profile this workspace was \
                  created with"
+                    .to_owned(),
+            ),
+            StateError::ClusterName { .. } => Some(
+                "a cluster name is a DNS label: lower-case letters, digits and `-`, at most 63"
                     .to_owned(),
             ),
         }

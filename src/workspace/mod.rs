@@ -14,8 +14,10 @@ use serde::Deserialize;
 use crate::profile::diagnostic::{Diagnostic, Finding, KeyPath, Severity, Target};
 use crate::profile::{Locator, locate_findings, parse_diagnostic};
 
+mod clusters;
 mod profile_file;
 mod settings_hint;
+pub use clusters::CLUSTERS_DIR;
 
 /// File name of the workspace configuration.
 pub const CONFIG_FILE: &str = "provision.toml";
@@ -31,6 +33,8 @@ const GITIGNORE: &str = "# Written by `provision init`: state and secrets stay o
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Workspace {
     pub root: PathBuf,
+    /// The cluster this view is scoped to and its directory ([`Workspace::for_cluster`]).
+    cluster: Option<(String, PathBuf)>,
 }
 
 /// Errors reading or preparing a workspace.
@@ -232,6 +236,7 @@ impl Workspace {
     pub fn open(dir: &Path) -> Self {
         Self {
             root: dir.to_path_buf(),
+            cluster: None,
         }
     }
 
@@ -239,25 +244,10 @@ impl Workspace {
         self.root.join(CONFIG_FILE)
     }
 
-    /// `.provision/`: state, lock, secrets.
-    pub fn state_dir(&self) -> PathBuf {
-        self.root.join(STATE_DIR)
-    }
-
-    /// `.provision/secrets/` (0700; files 0600).
-    pub fn secrets_dir(&self) -> PathBuf {
-        self.state_dir().join("secrets")
-    }
-
     /// `templates/`: files here replace the built-in templates of the same relative path
     /// (see [`crate::templates`]).
     pub fn templates_dir(&self) -> PathBuf {
         self.root.join(crate::templates::OVERRIDE_DIR)
-    }
-
-    /// Where `up` writes the cluster's kubeconfig.
-    pub fn kubeconfig_path(&self) -> PathBuf {
-        self.state_dir().join("kubeconfig")
     }
 
     /// Creates the workspace files that are missing; never touches existing ones.

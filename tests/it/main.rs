@@ -10,6 +10,7 @@ mod support {
 
 mod cli;
 mod cloudinit;
+mod clusters;
 mod code_shape;
 mod crash;
 mod day2;

@@ -8,6 +8,8 @@ fn snapshot_settings() -> insta::Settings {
     let mut settings = insta::Settings::clone_current();
     // ISO names hash the seed, which carries SSH host keys generated per run.
     settings.add_filter(r"(provision-[a-z0-9-]+)-[0-9a-f]{8}\.iso", "$1-[seed].iso");
+    // The creation tag is the time of the run, the expiry that plus the TTL.
+    settings.add_filter(r"provision-(created|exp)-[0-9]+", "provision-$1-[time]");
     settings
 }
 

@@ -608,5 +608,6 @@ impl fmt::Display for UncordonOutput<'_> {
     }
 }
 
+pub mod clusters;
 #[cfg(test)]
 mod tests;

@@ -40,13 +40,28 @@ pub(super) fn is_number(text: &str) -> bool {
 }
 
 pub(super) fn is_ttl(ttl: &str) -> bool {
-    let Some(unit) = ttl.chars().last() else {
-        return false;
-    };
+    ttl_seconds(ttl).is_some()
+}
+
+/// A TTL (`30m`, `4h`, `7d`: a positive whole number of minutes, hours or days) in seconds;
+/// `None` when it is not one or does not fit in a `u64`.
+pub fn ttl_seconds(ttl: &str) -> Option<u64> {
+    let unit = ttl.chars().last()?;
     let number = &ttl[..ttl.len() - unit.len_utf8()];
-    matches!(unit, 'm' | 'h' | 'd')
-        && is_number(number)
-        && number.parse::<u64>().is_ok_and(|n| n > 0)
+    let scale = match unit {
+        'm' => 60,
+        'h' => 3600,
+        'd' => 86_400,
+        _ => return None,
+    };
+    if !is_number(number) {
+        return None;
+    }
+    number
+        .parse::<u64>()
+        .ok()
+        .filter(|n| *n > 0)
+        .and_then(|n| n.checked_mul(scale))
 }
 
 /// 64 hexadecimal characters.

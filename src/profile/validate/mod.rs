@@ -26,7 +26,7 @@ mod storage;
 
 pub use bounds::{MAX_NODE_GROUPS, MAX_PROFILE_BYTES, MAX_VMS};
 pub use cpus::parse_cpulist;
-pub use formats::{is_dns_label, is_dns_subdomain, is_sha256};
+pub use formats::{is_dns_label, is_dns_subdomain, is_sha256, ttl_seconds};
 pub use input::{check_apt_source, has_control};
 pub use labels::{check_label_key, parse_taint};
 

@@ -28,9 +28,19 @@ impl SimServer {
     /// `provision sim serve --listen LISTEN --inventory INVENTORY`, with the simulator's secrets
     /// generated (not taken from the environment); returns once the banner is printed.
     pub fn start(listen: &str, inventory: &str) -> Self {
-        let mut command =
-            Provision::new(&["sim", "serve", "--listen", listen, "--inventory", inventory])
-                .command();
+        Self::start_with(listen, inventory, &[])
+    }
+
+    /// [`SimServer::start`] with more `sim serve` options (`--time-scale 0.01` …).
+    pub fn start_with(listen: &str, inventory: &str, options: &[&str]) -> Self {
+        let mut command = Provision::new(
+            &[
+                &["sim", "serve", "--listen", listen, "--inventory", inventory][..],
+                options,
+            ]
+            .concat(),
+        )
+        .command();
         let mut child = command
             .env_remove("PVE_SIM_TOKEN_SECRET")
             .env_remove("PVE_SIM_ROOT_PASSWORD")
