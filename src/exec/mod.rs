@@ -20,6 +20,7 @@ mod runner;
 mod seed;
 pub mod session;
 pub mod simulate;
+mod template;
 mod vm;
 
 use std::net::IpAddr;

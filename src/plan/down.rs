@@ -48,6 +48,8 @@ pub(super) fn plan_down(input: &PlanInput<'_>) -> Plan {
         actions,
         forget,
         downloads: Vec::new(),
+        strategy: input.profile.image.strategy,
+        templates: super::template::down_templates(input),
         mappings: Vec::new(),
         pool: None,
         adopt: Vec::new(),

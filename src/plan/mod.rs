@@ -19,6 +19,7 @@ pub mod privileges;
 mod propstrings;
 mod render;
 mod rolling;
+mod template;
 mod user_facing;
 mod vm;
 mod vm_params;
@@ -29,7 +30,7 @@ use std::net::IpAddr;
 
 use serde::Serialize;
 
-use crate::profile::model::Role;
+use crate::profile::model::{ImageStrategy, Role};
 use crate::pve::types::PciMapping;
 use crate::pve::{NodeName, Params, VmId};
 
@@ -41,6 +42,7 @@ pub use numa::{format_cpulist, parse_cpulist};
 pub use params::{disk_size_gib, disk_storage, hostpci_targets, params_hash, same_value};
 pub use render::{render_json, render_text};
 pub use rolling::{RollingOptions, Wave, WaveVm, disrupts};
+pub use template::{PlannedTemplate, TEMPLATE_TAG, TemplateAction, template_name};
 pub use wanted::{
     MAC_FIRST_OCTET, WantedVm, derived_mac, live_mac, wanted_vms, wanted_vms_observed,
 };
@@ -190,6 +192,13 @@ pub enum ImageSource {
         template: VmId,
         template_node: NodeName,
     },
+    /// Clone (linked or full, per `image.strategy`) of the cluster's own template of the image
+    /// on the VM's node ([`PlannedTemplate`]), then reconfigured.
+    Template {
+        template: VmId,
+        name: String,
+        strategy: ImageStrategy,
+    },
 }
 
 /// A cloud image download (`download-url`, content `import`) on one node/storage.
@@ -264,6 +273,12 @@ pub struct Plan {
     #[serde(skip_serializing_if = "Vec::is_empty")]
     pub forget: Vec<Forget>,
     pub downloads: Vec<ImageDownload>,
+    /// How VMs get their OS disk (`image.strategy`); shown when it is not `import`.
+    #[serde(skip_serializing_if = "ImageStrategy::is_import")]
+    pub strategy: ImageStrategy,
+    /// The templates the clone strategies build, keep or (`down`) destroy.
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub templates: Vec<PlannedTemplate>,
     /// PCI resource mappings to create before the VMs.
     pub mappings: Vec<PciMapping>,
     /// A pool to create (`proxmox.pool` missing).
@@ -293,6 +308,10 @@ impl Plan {
     pub fn is_noop(&self) -> bool {
         self.actions.is_empty()
             && self.downloads.is_empty()
+            && self
+                .templates
+                .iter()
+                .all(|t| t.action == TemplateAction::Keep)
             && self.mappings.is_empty()
             && self.pool.is_none()
     }

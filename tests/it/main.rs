@@ -9,6 +9,7 @@ mod support {
 }
 
 mod cli;
+mod clones;
 mod cloudinit;
 mod code_shape;
 mod crash;
