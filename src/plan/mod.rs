@@ -144,6 +144,14 @@ pub enum PlanError {
         name: String,
         tag: String,
     },
+    #[error(
+        "image.strategy = \"linked-clone\" needs a storage that makes linked clones, but storage `{storage}` on {node} is `{kind}`; use an lvmthin, zfspool, rbd or directory storage for proxmox.storage.disks, or strategy = \"full-clone\""
+    )]
+    StorageCannotLink {
+        storage: String,
+        kind: String,
+        node: String,
+    },
     #[error("storage `{storage}` is not available on {node}")]
     StorageMissing { storage: String, node: String },
     #[error(

@@ -8,7 +8,7 @@ use serde::Serialize;
 use sha2::{Digest, Sha256};
 
 use crate::inventory::cluster_tag;
-use crate::profile::model::Profile;
+use crate::profile::model::{ImageStrategy, Profile};
 use crate::pve::{NodeName, Params, VmId};
 
 use super::ledger::{Ledger, allocate_vmid};
@@ -85,6 +85,9 @@ pub(super) fn plan_templates(
         let ImageSource::Import { volid } = &vm.image else {
             continue;
         };
+        if strategy == ImageStrategy::LinkedClone {
+            check_links(input, &vm.node.0, &storage)?;
+        }
         let name = template_name(&profile.cluster.name, &vm.node.0, volid, &storage);
         if !templates.contains_key(&name) {
             let template = one_template(input, &name, &vm.node, volid, &storage, ledger)?;
@@ -106,6 +109,31 @@ pub(super) fn plan_templates(
         };
     }
     Ok(templates.into_values().collect())
+}
+
+/// pve-storage's `volume_has_feature(…, 'clone', …)`: only these storage types link a clone
+/// to a base volume (LVM thick, iSCSI and the rest copy).
+const LINKING_STORAGES: &[&str] = &[
+    "lvmthin", "zfspool", "rbd", "dir", "nfs", "cifs", "glusterfs", "btrfs", "cephfs",
+];
+
+/// A linked clone on `storage` of `node` is possible (an unobserved storage is not refused).
+fn check_links(input: &PlanInput<'_>, node: &str, storage: &str) -> Result<(), PlanError> {
+    let kind = input
+        .inventory
+        .node(node)
+        .and_then(|n| n.storage(storage))
+        .map(|s| s.kind.clone());
+    match kind {
+        Some(kind) if !LINKING_STORAGES.contains(&kind.as_str()) => {
+            Err(PlanError::StorageCannotLink {
+                storage: storage.to_owned(),
+                kind,
+                node: node.to_owned(),
+            })
+        }
+        Some(_) | None => Ok(()),
+    }
 }
 
 /// The template `name` on `node`: kept when Proxmox shows it (a template with the cluster's
