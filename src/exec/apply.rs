@@ -9,9 +9,7 @@ use std::time::Instant;
 
 use anyhow::{anyhow, bail};
 
-use crate::plan::{
-    Action, ActionKind, ImageDownload, ImageSource, Plan, PlannedVm, params_hash,
-};
+use crate::plan::{Action, ActionKind, ImageDownload, ImageSource, Plan, PlannedVm, params_hash};
 use crate::pve::Params;
 use crate::pve::types::PciMapping;
 use crate::state::{StateStore, VmPhase, VolumeRecord};

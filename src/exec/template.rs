@@ -55,7 +55,10 @@ impl Runner {
             return Ok(());
         };
         let Some(slot) = self.templates.get(name) else {
-            bail!("internal: {} clones template {name}, which is not planned", vm.name);
+            bail!(
+                "internal: {} clones template {name}, which is not planned",
+                vm.name
+            );
         };
         if slot.template.action != TemplateAction::Create {
             return Ok(());
@@ -132,9 +135,7 @@ impl Runner {
             }
             return Ok(());
         }
-        let _storage_slot = self
-            .storage_slot(&template.node, &template.storage)
-            .await?;
+        let _storage_slot = self.storage_slot(&template.node, &template.storage).await?;
         let _node_slot = self.node_slot(&template.node).await?;
         self.mutated();
         let upid = self.api.vm_create(&template.node, &template.params).await?;
@@ -152,7 +153,10 @@ impl Runner {
         strategy: ImageStrategy,
     ) -> anyhow::Result<()> {
         let Some(slot) = self.templates.get(name) else {
-            bail!("internal: {} clones template {name}, which is not planned", vm.name);
+            bail!(
+                "internal: {} clones template {name}, which is not planned",
+                vm.name
+            );
         };
         let mut clone = Params::new();
         clone.insert("newid".into(), vm.vmid.to_string());
@@ -210,7 +214,10 @@ impl Runner {
             .filter(|t| t.action == TemplateAction::Destroy)
         {
             self.events.event(ExecEvent::Global {
-                what: format!("destroy template {} (vmid {})", template.name, template.vmid),
+                what: format!(
+                    "destroy template {} (vmid {})",
+                    template.name, template.vmid
+                ),
             });
             self.destroy_vm_only(&template.name, &template.node, template.vmid)
                 .await?;

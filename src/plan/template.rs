@@ -52,10 +52,7 @@ pub struct PlannedTemplate {
 /// new image or storage gets a new template.
 pub fn template_name(cluster: &str, node: &str, image: &str, storage: &str) -> String {
     let digest = Sha256::digest(format!("{image}\n{storage}").as_bytes());
-    format!(
-        "{cluster}-template-{node}-{}",
-        &hex::encode(digest)[..8]
-    )
+    format!("{cluster}-template-{node}-{}", &hex::encode(digest)[..8])
 }
 
 /// Clone strategy: the templates the created VMs need, and each created VM's image turned into
@@ -114,7 +111,15 @@ pub(super) fn plan_templates(
 /// pve-storage's `volume_has_feature(…, 'clone', …)`: only these storage types link a clone
 /// to a base volume (LVM thick, iSCSI and the rest copy).
 const LINKING_STORAGES: &[&str] = &[
-    "lvmthin", "zfspool", "rbd", "dir", "nfs", "cifs", "glusterfs", "btrfs", "cephfs",
+    "lvmthin",
+    "zfspool",
+    "rbd",
+    "dir",
+    "nfs",
+    "cifs",
+    "glusterfs",
+    "btrfs",
+    "cephfs",
 ];
 
 /// A linked clone on `storage` of `node` is possible (an unobserved storage is not refused).

@@ -68,11 +68,15 @@ async fn linked_clone_up_builds_one_template_per_node_and_down_removes_clones_th
         let config = workspace.sim.vm_config(vm.vmid.0).unwrap();
         assert_eq!(config["cores"], vm.params["cores"], "{}", vm.name);
         assert_eq!(config["memory"], vm.params["memory"], "{}", vm.name);
-        let tags = |value: &str| -> BTreeSet<String> {
-            value.split(';').map(str::to_owned).collect()
-        };
-        assert_eq!(tags(&config["tags"]), tags(&vm.params["tags"]), "{}", vm.name);
-        assert!(config.get("template").is_none());
+        let tags =
+            |value: &str| -> BTreeSet<String> { value.split(';').map(str::to_owned).collect() };
+        assert_eq!(
+            tags(&config["tags"]),
+            tags(&vm.params["tags"]),
+            "{}",
+            vm.name
+        );
+        assert!(!config.contains_key("template"));
     }
 
     // A re-run reuses the templates and changes nothing.
@@ -100,7 +104,8 @@ async fn linked_clone_up_builds_one_template_per_node_and_down_removes_clones_th
     let last_vm = deletes
         .iter()
         .rposition(|r| {
-            r.path.contains("/qemu/") && !template_ids.iter().any(|id| r.path.ends_with(id.as_str()))
+            r.path.contains("/qemu/")
+                && !template_ids.iter().any(|id| r.path.ends_with(id.as_str()))
         })
         .unwrap();
     assert!(last_vm < first_template, "{deletes:?}");

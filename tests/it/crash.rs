@@ -79,7 +79,11 @@ async fn crash_at_every_boundary(names: &[&str]) {
             let (templates, resources): (Vec<_>, Vec<_>) =
                 all.into_iter().partition(|r| r.template == Some(1));
             let recorded = workspace.state().templates;
-            assert_eq!(templates.len(), recorded.len(), "{name} boundary {boundary}");
+            assert_eq!(
+                templates.len(),
+                recorded.len(),
+                "{name} boundary {boundary}"
+            );
             for template in &templates {
                 assert!(
                     recorded

@@ -9,8 +9,8 @@ mod common;
 use std::path::PathBuf;
 
 use common::*;
-use pve_sim::{SimConfig, SimMode};
 use pve_sim::inventory::{StorageSpec, TokenSpec};
+use pve_sim::{SimConfig, SimMode};
 use serde_json::Value;
 
 /// `pve-ci` plus a zfspool, a file storage that holds images and a thick LVM, and tokens that
@@ -119,7 +119,9 @@ async fn a_stopped_vm_becomes_a_template_with_base_volumes() {
     vm_on(&sim, "9000", "local-lvm").await;
     sim.task_ok("POST", "/nodes/pve1/qemu/9000/status/start", &[])
         .await;
-    let running = sim.call("POST", "/nodes/pve1/qemu/9000/template", &[]).await;
+    let running = sim
+        .call("POST", "/nodes/pve1/qemu/9000/template", &[])
+        .await;
     assert_eq!(
         (running.status, running.reason.as_str()),
         (500, "you can't convert a VM to template if VM is running")
@@ -132,14 +134,19 @@ async fn a_stopped_vm_becomes_a_template_with_base_volumes() {
     assert_eq!(config["template"], 1);
     assert_eq!(config["scsi0"], "local-lvm:base-9000-disk-0,size=8G");
     assert_eq!(config["ide2"], "local-lvm:vm-9000-cloudinit,media=cdrom");
-    let again = sim.call("POST", "/nodes/pve1/qemu/9000/template", &[]).await;
+    let again = sim
+        .call("POST", "/nodes/pve1/qemu/9000/template", &[])
+        .await;
     assert_eq!(again.reason, "you can't convert a template to a template");
     let start = sim
         .call("POST", "/nodes/pve1/qemu/9000/status/start", &[])
         .await
         .ok();
     let status = sim.wait(start.as_str().unwrap()).await;
-    assert_eq!(status["exitstatus"], "you can't start a vm if it's a template");
+    assert_eq!(
+        status["exitstatus"],
+        "you can't start a vm if it's a template"
+    );
     // Created as a template at once: create_disks makes base volumes directly.
     sim.task_ok(
         "POST",
@@ -317,7 +324,11 @@ async fn clones_of_a_stopped_template_share_its_lock_and_a_running_source_is_exc
         .call(
             "POST",
             "/nodes/pve1/qemu",
-            &[("vmid", "9000"), ("scsi0", "local-lvm:8"), ("template", "1")],
+            &[
+                ("vmid", "9000"),
+                ("scsi0", "local-lvm:8"),
+                ("template", "1"),
+            ],
         )
         .await
         .ok();
@@ -405,10 +416,7 @@ async fn a_template_whose_base_a_linked_clone_uses_is_not_destroyed() {
         )
         .await;
     }
-    let destroy = sim
-        .call("DELETE", "/nodes/pve1/qemu/9000", &[])
-        .await
-        .ok();
+    let destroy = sim.call("DELETE", "/nodes/pve1/qemu/9000", &[]).await.ok();
     let status = sim.wait(destroy.as_str().unwrap()).await;
     assert_eq!(
         status["exitstatus"],

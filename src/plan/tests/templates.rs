@@ -27,8 +27,7 @@ fn each_node_with_new_vms_gets_one_template_after_the_vms_ids() {
         assert!(template.vmid.0 > highest_vm, "{template:?}");
         assert_eq!(template.params["template"], "1");
         assert!(
-            template.params["scsi0"]
-                .starts_with("local-lvm:0,import-from=local:import/debian-12"),
+            template.params["scsi0"].starts_with("local-lvm:0,import-from=local:import/debian-12"),
             "{template:?}"
         );
         assert!(template.params["tags"].contains(TEMPLATE_TAG));
@@ -40,7 +39,11 @@ fn each_node_with_new_vms_gets_one_template_after_the_vms_ids() {
             panic!("{} is not cloned: {:?}", vm.name, vm.image);
         };
         assert_eq!(*strategy, ImageStrategy::LinkedClone);
-        assert!(plan.templates.iter().any(|t| &t.name == name && t.node == vm.node));
+        assert!(
+            plan.templates
+                .iter()
+                .any(|t| &t.name == name && t.node == vm.node)
+        );
     }
     // The image is still downloaded: the templates import it.
     assert!(!plan.downloads.is_empty());
@@ -68,7 +71,11 @@ fn a_recorded_template_that_exists_is_kept_and_needs_no_download() {
         vmid: template.vmid.0,
         node: template.node.0.clone(),
         name: template.name.clone(),
-        tags: vec!["provision".into(), "cluster-lab".into(), TEMPLATE_TAG.into()],
+        tags: vec![
+            "provision".into(),
+            "cluster-lab".into(),
+            TEMPLATE_TAG.into(),
+        ],
         status: "stopped".into(),
         lock: None,
         template: true,

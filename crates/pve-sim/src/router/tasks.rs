@@ -27,10 +27,9 @@ impl Request<'_> {
         let (seconds, doomed) = match self.lock_wait(state, kind, id) {
             LockWait::Free => (seconds, doomed),
             LockWait::After(wait) => (seconds + wait, doomed),
-            LockWait::Timeout(vmid, timeout) => (
-                timeout,
-                doomed.or_else(|| Some(lock_timeout(vmid).message)),
-            ),
+            LockWait::Timeout(vmid, timeout) => {
+                (timeout, doomed.or_else(|| Some(lock_timeout(vmid).message)))
+            }
         };
         self.shared.spawn_task(
             state,
@@ -62,7 +61,10 @@ impl Request<'_> {
             "qmconfig" | "qmresize" | "qmstart" | "qmstop" | "qmshutdown" | "qmdestroy"
             | "qmtemplate" => (state.config_lock_holder(vmid), CONFIG_LOCK_TIMEOUT_S),
             "qmclone" => {
-                let running = state.vms.get(&vmid).is_some_and(|vm| vm.running_or_starting());
+                let running = state
+                    .vms
+                    .get(&vmid)
+                    .is_some_and(|vm| vm.running_or_starting());
                 (
                     state.clone_lock_holder(vmid, running),
                     CLONE_SOURCE_LOCK_TIMEOUT_S,

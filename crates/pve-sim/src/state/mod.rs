@@ -224,9 +224,7 @@ impl State {
             t.running
                 && match t.action {
                     TaskAction::Config { vmid: held, .. }
-                    | TaskAction::Template { vmid: held, .. } => {
-                        held == vmid
-                    }
+                    | TaskAction::Template { vmid: held, .. } => held == vmid,
                     TaskAction::Clone { source, .. } => source == vmid,
                     TaskAction::Create { .. }
                     | TaskAction::Start { .. }

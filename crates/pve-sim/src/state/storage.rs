@@ -97,7 +97,10 @@ pub(crate) fn find_volume_mut<'a>(
 /// pve-storage's file-based plugins (`Plugin.pm` and its path-based subclasses): a volume name is
 /// `VMID/NAME.FORMAT`, a linked clone's `BASEVMID/BASENAME/VMID/NAME.qcow2`.
 pub(crate) fn is_file_storage(kind: &str) -> bool {
-    matches!(kind, "dir" | "nfs" | "cifs" | "glusterfs" | "btrfs" | "cephfs")
+    matches!(
+        kind,
+        "dir" | "nfs" | "cifs" | "glusterfs" | "btrfs" | "cephfs"
+    )
 }
 
 /// A storage feature of a volume, as `volume_has_feature` answers it per plugin (pve-storage
@@ -199,7 +202,10 @@ mod tests {
     #[test]
     fn base_volumes_and_linked_clone_names() {
         assert_eq!(base_name("vm-100-disk-0"), "base-100-disk-0");
-        assert_eq!(base_name("100/vm-100-disk-0.raw"), "100/base-100-disk-0.raw");
+        assert_eq!(
+            base_name("100/vm-100-disk-0.raw"),
+            "100/base-100-disk-0.raw"
+        );
         assert!(is_base_volume("100/base-100-disk-0.raw"));
         assert!(!is_base_volume("base-100-disk-0/vm-101-disk-0"));
         assert_eq!(

@@ -259,8 +259,7 @@ impl Request<'_> {
     ) -> ApiResult<Vec<Volume>> {
         let mut volumes = Vec::new();
         let keys: Vec<String> = config.keys().cloned().collect();
-        let mut taken: BTreeSet<String> =
-            state.volumes.values().map(|v| v.volid.clone()).collect();
+        let mut taken: BTreeSet<String> = state.volumes.values().map(|v| v.volid.clone()).collect();
         for key in keys {
             let value = config.get(&key).cloned().unwrap_or_default();
             if key.starts_with("net") {
@@ -379,7 +378,9 @@ impl Request<'_> {
             let new = format!("{storage}:{}", base_name(volname));
             for value in config.values_mut() {
                 if let Ok(mut entries) = propstring::parse(value)
-                    && entries.first().is_some_and(|(k, v)| k.is_none() && *v == volume.volid)
+                    && entries
+                        .first()
+                        .is_some_and(|(k, v)| k.is_none() && *v == volume.volid)
                 {
                     entries[0].1.clone_from(&new);
                     *value = propstring::serialize(&entries);

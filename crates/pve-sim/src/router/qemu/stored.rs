@@ -182,7 +182,10 @@ pub(super) fn next_disk_name(
         .filter_map(|volid| volid.strip_prefix(&format!("{}:", storage.name)))
         .map(|name| {
             let own = name.rsplit('/').next().unwrap_or(name);
-            own.split('.').next().unwrap_or(own).replacen("base-", "vm-", 1)
+            own.split('.')
+                .next()
+                .unwrap_or(own)
+                .replacen("base-", "vm-", 1)
         })
         .collect();
     (0..)
