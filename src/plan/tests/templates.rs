@@ -119,3 +119,32 @@ fn linked_clones_are_refused_on_a_storage_that_cannot_link() {
     full.image.strategy = ImageStrategy::FullClone;
     assert!(plan(&full, &inventory, &State::default(), &context()).is_ok());
 }
+
+#[test]
+fn the_preflight_lists_what_the_clone_path_needs() {
+    let profile = linked();
+    let plan = plan(
+        &profile,
+        &inventory(AuthKind::RootTicket),
+        &State::default(),
+        &context(),
+    )
+    .unwrap();
+    let needs = super::privileges::required_privileges(&plan, "vmbr0", None);
+    let has = |path: &str, privilege: &str| {
+        needs
+            .iter()
+            .any(|need| need.path == path && need.privilege == privilege)
+    };
+    for template in &plan.templates {
+        let path = format!("/vms/{}", template.vmid);
+        assert!(has(&path, "VM.Clone"), "{needs:?}");
+        assert!(has(&path, "VM.Allocate"), "{needs:?}");
+        assert!(has(&path, "VM.Config.Disk"), "{needs:?}");
+        assert!(has(&path, "VM.Config.HWType"), "{needs:?}");
+    }
+    assert!(has("/storage/local-lvm", "Datastore.AllocateSpace"));
+    for vm in &plan.vms {
+        assert!(has(&format!("/vms/{}", vm.vmid), "VM.Allocate"), "{}", vm.name);
+    }
+}
