@@ -187,3 +187,22 @@ async fn many_clones_of_one_template_never_surface_a_lock_error() {
     assert_eq!(workspace.state().templates.len(), 1);
     workspace.sim.shutdown().await;
 }
+
+/// The human plan of a linked-clone profile: the strategy, the template with exactly what
+/// creates it, and each VM as a clone of it.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn plan_text_shows_the_strategy_and_the_template() {
+    let profile = sim::builtin("ci-nested");
+    let workspace = SimWorkspace::start(&profile, None, sim::fast()).await;
+    let plan = workspace.plan(&profile).await.unwrap();
+    let mut settings = insta::Settings::clone_current();
+    // ISO names hash the seed, which carries SSH host keys generated per run.
+    settings.add_filter(r"(provision-[a-z0-9-]+)-[0-9a-f]{8}\.iso", "$1-[seed].iso");
+    settings.bind(|| {
+        insta::assert_snapshot!(
+            "plan_text_ci_nested_linked_clone",
+            provision::plan::render_text(&plan)
+        );
+    });
+    workspace.sim.shutdown().await;
+}
