@@ -17,7 +17,7 @@
 #: Environment: BENCH_SCALE_A100 (time scale, default 0.1), BENCH_SCALE_200 (default 0.1),
 #:   BENCH_VMS (VMs of the scale case, default 200), BENCH_STRATEGY (image.strategy of scale200:
 #:   import, linked-clone or full-clone), BENCH_PORT (first port, default 18410),
-#:   BENCH_NO_BUILD=1 to use target/release/provision as it is, BENCH_KEEP_WORK=1 to keep the
+#:   BENCH_NO_BUILD=1 to use target/release/provision as it is (BENCH_BIN=PATH: another binary), BENCH_KEEP_WORK=1 to keep the
 #:   temporary workspaces, request logs and outputs.
 #: Phase 2 is not run (`--vms-only`): the simulated guests have no SSH, and no traffic may leave
 #: loopback.
@@ -43,7 +43,7 @@ if [ "${BENCH_NO_BUILD:-0}" != 1 ]; then
     echo "building (release)..." >&2
     cargo build --release --quiet
 fi
-BIN=$ROOT/target/release/provision
+BIN=${BENCH_BIN:-$ROOT/target/release/provision}
 
 WORK=$(mktemp -d "${TMPDIR:-/tmp}/bench-up.XXXXXX")
 SIM_PID=

@@ -75,6 +75,16 @@ impl Runner {
             .chain(plan.actions.iter().map(|a| a.node().to_owned()))
             .map(|node| (node, Arc::new(Semaphore::new(options.per_node.max(1)))))
             .collect();
+        let templates = plan
+            .templates
+            .iter()
+            .map(|template| {
+                (
+                    template.name.clone(),
+                    TemplateSlot::new(template, options.clones_per_template),
+                )
+            })
+            .collect();
         let images = plan
             .downloads
             .iter()
@@ -96,11 +106,7 @@ impl Runner {
             storage_slots: Mutex::new(BTreeMap::new()),
             shared_storages: plan.shared_storages.clone(),
             images,
-            templates: plan
-                .templates
-                .iter()
-                .map(|template| (template.name.clone(), TemplateSlot::new(template)))
-                .collect(),
+            templates,
             mutating: AtomicUsize::new(0),
             boundaries: AtomicUsize::new(0),
             gone: plan

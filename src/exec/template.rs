@@ -1,6 +1,7 @@
 //! The clone strategies at run time: each planned template built at most once (intent in the
 //! state first, then a create with `template: 1` importing the image), clones of one template
-//! one at a time, each clone then given the VM's own config; `down` destroys the templates
+//! a bounded few at a time (`ExecOptions::clones_per_template`), each clone then given the VM's
+//! own config; `down` destroys the templates
 //! after the VMs.
 
 use std::sync::Arc;
@@ -17,22 +18,24 @@ use crate::state::{TemplateRecord, VmPhase};
 use super::ExecEvent;
 use super::runner::Runner;
 
-/// One planned template in a run: built at most once, cloned one clone at a time.
+/// One planned template in a run: built at most once, cloned a bounded few clones at a time.
 pub(super) struct TemplateSlot {
     pub(super) template: PlannedTemplate,
     built: OnceCell<()>,
-    /// Clones of one template are serialised: Proxmox runs clones of a stopped template side
-    /// by side (shared lock), but they then queue on the storage's lock and the node's disks,
-    /// and a clone that fails on a lock is retried from here.
+    /// Clones of one template in flight. Proxmox runs clones of a stopped template side by side
+    /// (qemu-server `clone_vm` takes a shared lock on it), but each then takes the storage's
+    /// lock (`vdisk_clone`: `/var/lock/pve-manager/pve-storage-ID`, 10 s timeout) for its
+    /// snapshot: a bound as small as the disk allocations per storage keeps that queue far
+    /// below the timeout, and a clone that still meets a lock is retried.
     clones: Arc<Semaphore>,
 }
 
 impl TemplateSlot {
-    pub(super) fn new(template: &PlannedTemplate) -> Self {
+    pub(super) fn new(template: &PlannedTemplate, clones_at_once: usize) -> Self {
         Self {
             template: template.clone(),
             built: OnceCell::new(),
-            clones: Arc::new(Semaphore::new(1)),
+            clones: Arc::new(Semaphore::new(clones_at_once.max(1))),
         }
     }
 }
@@ -143,8 +146,8 @@ impl Runner {
         Ok(())
     }
 
-    /// Clone `vm` from its template (one clone of a template at a time), then give it its own
-    /// config.
+    /// Clone `vm` from its template (a bounded few clones of one template at a time), then
+    /// give it its own config.
     pub(super) async fn clone_from_template(
         &self,
         vm: &PlannedVm,

@@ -107,14 +107,13 @@ fn render_rolling(out: &mut String, plan: &Plan) {
 
 /// The image strategy (unless `import`) and the templates built, kept or destroyed.
 fn render_templates(out: &mut String, plan: &Plan) {
-    if plan.strategy.is_import() {
-        return;
+    if !plan.strategy.is_import() {
+        let _ = writeln!(
+            out,
+            "  image strategy {}: one template per node from the image, each VM cloned from it",
+            plan.strategy.as_str()
+        );
     }
-    let _ = writeln!(
-        out,
-        "  image strategy {}: one template per node from the image, each VM cloned from it",
-        plan.strategy.as_str()
-    );
     for template in &plan.templates {
         let what = format!(
             "template {} (vmid {} on {})",
@@ -224,7 +223,7 @@ pub fn render_json(plan: &Plan) -> serde_json::Value {
     {
         object.insert("rolling".to_owned(), json!(plan.rolling));
     }
-    if !plan.strategy.is_import()
+    if (!plan.strategy.is_import() || !plan.templates.is_empty())
         && let Some(object) = rendered.as_object_mut()
     {
         object.insert("strategy".to_owned(), json!(plan.strategy));

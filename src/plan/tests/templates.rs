@@ -145,6 +145,10 @@ fn the_preflight_lists_what_the_clone_path_needs() {
     }
     assert!(has("/storage/local-lvm", "Datastore.AllocateSpace"));
     for vm in &plan.vms {
-        assert!(has(&format!("/vms/{}", vm.vmid), "VM.Allocate"), "{}", vm.name);
+        assert!(
+            has(&format!("/vms/{}", vm.vmid), "VM.Allocate"),
+            "{}",
+            vm.name
+        );
     }
 }
