@@ -9,7 +9,7 @@ use std::time::Instant;
 
 use anyhow::{anyhow, bail};
 
-use crate::plan::{Action, ActionKind, ImageDownload, Plan, PlannedVm, params_hash};
+use crate::plan::{Action, ActionKind, ImageDownload, ImageSource, Plan, PlannedVm, params_hash};
 use crate::pve::Params;
 use crate::pve::types::PciMapping;
 use crate::state::{StateStore, VmPhase, VolumeRecord};
@@ -271,6 +271,10 @@ impl Runner {
     ) -> anyhow::Result<()> {
         self.ensure_image(vm).await?;
         self.boundary()?;
+        if matches!(vm.image, ImageSource::Template { .. }) {
+            self.ensure_template(vm).await?;
+            self.boundary()?;
+        }
         self.ensure_iso(vm).await?;
         self.boundary()?;
         self.wait_gone(&vm.name, after).await?;

@@ -22,6 +22,9 @@ use super::{ExecEvent, ExecOptions, ProgressSink};
 #[derive(Debug, Clone, Serialize)]
 pub struct DestroyReport {
     pub destroyed: Vec<String>,
+    /// Templates provision built for the clone strategies, destroyed after the VMs.
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub templates: Vec<String>,
     /// In the state but gone from Proxmox (or no longer tagged): dropped from the state only.
     pub forgotten: Vec<String>,
     pub mutating_calls: usize,
@@ -88,12 +91,14 @@ pub async fn destroy(
     runner.events.event(ExecEvent::Planned {
         steps: runner.planned_steps(plan),
     });
-    let destroyed = runner
+    let destroyed: Vec<String> = runner
         .run_actions(plan)
         .await?
         .into_iter()
         .map(|done| done.action.vm().to_owned())
         .collect();
+    // Templates last: a linked clone's disk may refer to its template's base volume.
+    let templates = runner.destroy_templates(&plan.templates).await?;
     let mut mutating = runner.mutating.load(Ordering::SeqCst);
     let runner =
         Arc::try_unwrap(runner).map_err(|_| anyhow!("internal: VM tasks still hold the runner"))?;
@@ -121,10 +126,13 @@ pub async fn destroy(
         for forget in &plan.forget {
             state.vms.remove(&forget.vm);
         }
+        // Templates Proxmox no longer shows as this cluster's are only forgotten.
+        state.templates.clear();
     })?;
     Ok((
         DestroyReport {
             destroyed,
+            templates,
             forgotten: plan.forget.iter().map(|f| f.vm.clone()).collect(),
             mutating_calls: mutating,
             seconds: started.elapsed().as_secs_f64(),

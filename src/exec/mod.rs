@@ -25,6 +25,7 @@ mod runner;
 mod seed;
 pub mod session;
 pub mod simulate;
+mod template;
 mod vm;
 
 use std::net::IpAddr;
@@ -48,6 +49,8 @@ pub struct ExecOptions {
     pub per_node: usize,
     /// Concurrent disk allocations (create/clone) per storage.
     pub per_storage: usize,
+    /// Concurrent clones of one template (`image.strategy` a clone): 1 serialises them.
+    pub clones_per_template: usize,
     /// Attempts per step before giving up.
     pub max_attempts: u32,
     pub backoff: Duration,
@@ -79,6 +82,7 @@ impl Default for ExecOptions {
         Self {
             per_node: 8,
             per_storage: 4,
+            clones_per_template: 4,
             max_attempts: 8,
             backoff: Duration::from_millis(200),
             task_timeout: Duration::from_secs(30 * 60),

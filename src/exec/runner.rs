@@ -17,6 +17,7 @@ use crate::state::{StateStore, VmPhase, VmRecord};
 
 use super::retry::{Decision, decide};
 use super::rolling::{NoGate, RollingGate};
+use super::template::TemplateSlot;
 use super::{ExecEvent, ExecOptions, InjectedCrash, ProgressSink, SeedSource};
 
 /// A storage's slot key: (node, storage) for a node-local storage, (`None`, storage) for a
@@ -37,6 +38,8 @@ pub(super) struct Runner {
     shared_storages: BTreeSet<String>,
     /// The plan's downloads by (node, storage), each run at most once.
     pub(super) images: BTreeMap<(NodeName, String), (ImageDownload, OnceCell<()>)>,
+    /// The plan's templates by name (clone strategies).
+    pub(super) templates: BTreeMap<String, TemplateSlot>,
     pub(super) mutating: AtomicUsize,
     boundaries: AtomicUsize,
     /// Per VM that goes away (destroy or the destroy half of a replace): set once it is gone,
@@ -68,8 +71,19 @@ impl Runner {
             .vms
             .iter()
             .map(|vm| vm.node.clone())
+            .chain(plan.templates.iter().map(|t| t.node.clone()))
             .chain(plan.actions.iter().map(|a| a.node().to_owned()))
             .map(|node| (node, Arc::new(Semaphore::new(options.per_node.max(1)))))
+            .collect();
+        let templates = plan
+            .templates
+            .iter()
+            .map(|template| {
+                (
+                    template.name.clone(),
+                    TemplateSlot::new(template, options.clones_per_template),
+                )
+            })
             .collect();
         let images = plan
             .downloads
@@ -92,6 +106,7 @@ impl Runner {
             storage_slots: Mutex::new(BTreeMap::new()),
             shared_storages: plan.shared_storages.clone(),
             images,
+            templates,
             mutating: AtomicUsize::new(0),
             boundaries: AtomicUsize::new(0),
             gone: plan

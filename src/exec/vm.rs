@@ -34,15 +34,29 @@ impl Runner {
                 }
                 .into());
             }
-            if existing.lock.as_deref() == Some("create") {
-                // A create from an interrupted run is still running: wait for it to end.
+            if matches!(existing.lock.as_deref(), Some("create" | "clone")) {
+                // A create or clone from an interrupted run is still running: wait for it.
                 return Err(PveError::LockTimeout {
                     path: format!("/nodes/{}/qemu/{}", vm.node, vm.vmid),
                     message: "VM is still being created".to_owned(),
                 }
                 .into());
             }
+            if matches!(vm.image, ImageSource::Template { .. }) {
+                // Cloned by an interrupted run, maybe before its own config was applied.
+                return self.configure_clone(vm).await;
+            }
             return Ok(());
+        }
+        if let ImageSource::Template {
+            template,
+            name,
+            strategy,
+        } = &vm.image
+        {
+            return self
+                .clone_from_template(vm, *template, name, *strategy)
+                .await;
         }
         let storage =
             crate::plan::disk_storage(vm.params.get("scsi0").map_or("", String::as_str)).to_owned();
@@ -75,6 +89,9 @@ impl Runner {
                 self.mutated();
                 let upid = self.api.vm_config_post(&node, vmid, &config).await?;
                 self.wait_task(&vm.node.0, &upid).await?;
+            }
+            ImageSource::Template { .. } => {
+                bail!("internal: {} is a template clone", vm.name)
             }
         }
         Ok(())

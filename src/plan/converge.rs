@@ -72,7 +72,8 @@ pub(super) fn converge(input: &PlanInput<'_>) -> Result<Plan, PlanError> {
         .pool
         .clone()
         .filter(|pool| !inventory.pools.contains(pool));
-    let downloads = needed_downloads(pass.downloads, &vms, &actions);
+    let templates = super::template::plan_templates(input, &mut vms, &actions, &mut ledger)?;
+    let downloads = needed_downloads(pass.downloads, &vms, &actions, &templates);
     check_root_only_keys(&actions, &inventory.auth)?;
     let rolling = super::rolling::waves(input, &actions, &input.context.rolling);
     Ok(Plan {
@@ -82,6 +83,8 @@ pub(super) fn converge(input: &PlanInput<'_>) -> Result<Plan, PlanError> {
         actions,
         forget: Vec::new(),
         downloads,
+        strategy: profile.image.strategy,
+        templates,
         mappings: pass.mappings,
         pool,
         adopt,
@@ -107,11 +110,7 @@ fn stray_warnings(
     let tag = cluster_tag(cluster);
     let mut warnings = Vec::new();
     for vm in input.inventory.cluster_vms(cluster) {
-        let known = input
-            .state
-            .vms
-            .values()
-            .any(|record| record.vmid == vm.vmid);
+        let known = input.state.vmids().any(|vmid| vmid == vm.vmid);
         let adopted = existing_for.values().any(|e| e.vmid == vm.vmid);
         if !known && !adopted {
             warnings.push(format!(
@@ -235,11 +234,13 @@ pub(super) fn order_after_leaving(
     }
 }
 
-/// The downloads some created or replaced VM imports from (the others are not needed).
+/// The downloads some created or replaced VM, or a created template, imports from (the
+/// others are not needed).
 fn needed_downloads(
     downloads: BTreeMap<(NodeName, String), ImageDownload>,
     vms: &[PlannedVm],
     actions: &[Action],
+    templates: &[super::PlannedTemplate],
 ) -> Vec<ImageDownload> {
     let creating: BTreeSet<&str> = actions
         .iter()
@@ -250,6 +251,7 @@ fn needed_downloads(
         .iter()
         .filter(|vm| creating.contains(vm.name.as_str()))
         .filter_map(|vm| vm.image_download.as_ref())
+        .chain(templates.iter().filter_map(|t| t.image_download.as_ref()))
         .collect();
     downloads
         .into_iter()

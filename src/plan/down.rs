@@ -55,6 +55,8 @@ pub(super) fn plan_down(input: &PlanInput<'_>) -> Result<Plan, PlanError> {
         actions,
         forget,
         downloads: Vec::new(),
+        strategy: input.profile.image.strategy,
+        templates: super::template::down_templates(input),
         mappings: Vec::new(),
         pool: None,
         adopt: Vec::new(),
@@ -80,7 +82,8 @@ fn plan_down_by_tag(input: &PlanInput<'_>) -> Result<Plan, PlanError> {
     let mut doubtful = Vec::new();
     for vm in input.inventory.vms.iter().filter(|vm| vm.has_tag(&tag)) {
         let tags = VmTags::of(vm);
-        if tags.provision && described.contains(&vm.name) && !vm.template {
+        let our_template = vm.template && vm.has_tag(super::TEMPLATE_TAG);
+        if tags.provision && (described.contains(&vm.name) && !vm.template || our_template) {
             ours.push(vm);
         } else {
             doubtful.push(format!("{} (VMID {} on {})", vm.name, vm.vmid, vm.node));
@@ -96,11 +99,28 @@ fn plan_down_by_tag(input: &PlanInput<'_>) -> Result<Plan, PlanError> {
 }
 
 /// A down plan destroying `vms` (found by tag) of `cluster`: `gc` and a stateless `down`.
+/// Templates among them (a clone strategy's) go after the VMs, as in a down with a state.
 pub fn by_tag(cluster: &str, vms: &[&ExistingVm]) -> Plan {
+    let (templates, vms): (Vec<&ExistingVm>, Vec<&ExistingVm>) =
+        vms.iter().partition(|vm| vm.template);
     Plan {
         intent: Intent::Down,
         cluster: cluster.to_owned(),
         vms: Vec::new(),
+        strategy: crate::profile::model::ImageStrategy::default(),
+        templates: templates
+            .iter()
+            .map(|vm| super::PlannedTemplate {
+                name: vm.name.clone(),
+                node: NodeName(vm.node.clone()),
+                vmid: VmId(vm.vmid),
+                image: String::new(),
+                storage: String::new(),
+                action: super::TemplateAction::Destroy,
+                params: crate::pve::Params::new(),
+                image_download: None,
+            })
+            .collect(),
         actions: vms
             .iter()
             .map(|vm| Action::Destroy {

@@ -180,7 +180,8 @@ impl Ledger {
     }
 }
 
-/// An intent whose VM is locked by a create that no longer runs, or lacks its OS disk.
+/// An intent whose VM is locked by a create that no longer runs, lacks its OS disk, or is a
+/// clone that never got its own config.
 pub(super) fn half_created(vm: &ExistingVm, state: &State) -> bool {
     let in_intent = state
         .vms
@@ -188,7 +189,9 @@ pub(super) fn half_created(vm: &ExistingVm, state: &State) -> bool {
         .any(|r| r.vmid == vm.vmid && r.phase == VmPhase::Intent);
     let locked = matches!(vm.lock.as_deref(), Some("create" | "clone" | "disk"));
     let no_disk = !vm.config.contains_key("scsi0");
-    in_intent && (locked || no_disk)
+    // Cloned from a template but not yet given its own config: it still has the template's tag.
+    let unconfigured_clone = vm.has_tag(super::TEMPLATE_TAG);
+    in_intent && (locked || no_disk || unconfigured_clone)
 }
 
 pub(super) fn charge_existing_hugepages(vm: &ExistingVm, ledger: &mut Ledger) {

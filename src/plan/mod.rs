@@ -21,6 +21,7 @@ mod propstrings;
 mod render;
 mod replace;
 mod rolling;
+mod template;
 mod user_facing;
 mod vm;
 mod vm_params;
@@ -31,7 +32,7 @@ use std::net::IpAddr;
 
 use serde::Serialize;
 
-use crate::profile::model::Role;
+use crate::profile::model::{ImageStrategy, Role};
 use crate::pve::types::PciMapping;
 use crate::pve::{NodeName, Params, VmId};
 
@@ -45,6 +46,7 @@ pub use params::{disk_size_gib, disk_storage, hostpci_targets, params_hash, same
 pub use render::{render_json, render_text};
 pub use replace::{ReplaceSummary, describe_step, replace_steps};
 pub use rolling::{RollingOptions, Wave, WaveVm, disrupts};
+pub use template::{PlannedTemplate, TEMPLATE_TAG, TemplateAction, template_name};
 pub use wanted::{
     MAC_FIRST_OCTET, WantedVm, derived_mac, live_mac, wanted_vms, wanted_vms_observed,
 };
@@ -175,6 +177,14 @@ pub enum PlanError {
         name: String,
         tag: String,
     },
+    #[error(
+        "image.strategy = \"linked-clone\" needs a storage that makes linked clones, but storage `{storage}` on {node} is `{kind}`; use an lvmthin, zfspool, rbd or directory storage for proxmox.storage.disks, or strategy = \"full-clone\""
+    )]
+    StorageCannotLink {
+        storage: String,
+        kind: String,
+        node: String,
+    },
     #[error("storage `{storage}` is not available on {node}")]
     StorageMissing { storage: String, node: String },
     #[error(
@@ -222,6 +232,13 @@ pub enum ImageSource {
     Clone {
         template: VmId,
         template_node: NodeName,
+    },
+    /// Clone (linked or full, per `image.strategy`) of the cluster's own template of the image
+    /// on the VM's node ([`PlannedTemplate`]), then reconfigured.
+    Template {
+        template: VmId,
+        name: String,
+        strategy: ImageStrategy,
     },
 }
 
@@ -297,6 +314,12 @@ pub struct Plan {
     #[serde(skip_serializing_if = "Vec::is_empty")]
     pub forget: Vec<Forget>,
     pub downloads: Vec<ImageDownload>,
+    /// How VMs get their OS disk (`image.strategy`); shown when it is not `import`.
+    #[serde(skip_serializing_if = "ImageStrategy::is_import")]
+    pub strategy: ImageStrategy,
+    /// The templates the clone strategies build, keep or (`down`) destroy.
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub templates: Vec<PlannedTemplate>,
     /// PCI resource mappings to create before the VMs.
     pub mappings: Vec<PciMapping>,
     /// A pool to create (`proxmox.pool` missing).
@@ -329,6 +352,10 @@ impl Plan {
     pub fn is_noop(&self) -> bool {
         self.actions.is_empty()
             && self.downloads.is_empty()
+            && self
+                .templates
+                .iter()
+                .all(|t| t.action == TemplateAction::Keep)
             && self.mappings.is_empty()
             && self.pool.is_none()
     }

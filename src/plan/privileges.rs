@@ -10,7 +10,7 @@ use std::collections::BTreeSet;
 
 use serde::Serialize;
 
-use super::{Action, ActionKind, Plan};
+use super::{Action, ActionKind, Plan, TemplateAction};
 use crate::pve::privileges::{KeyRequirement, granted, key_requirement};
 use crate::pve::types::Permissions;
 
@@ -99,10 +99,64 @@ pub fn required_privileges(plan: &Plan, bridge: &str, vlan: Option<u16>) -> Vec<
             );
         }
     }
+    template_needs(plan, &mut needs);
     for action in &plan.actions {
         action_needs(action, plan.pool.as_deref(), &mut needs);
     }
     needs.list
+}
+
+/// The clone strategies: creating a template (a VM import, `template: 1`), cloning it
+/// (qemu-server `clone_vm`: `VM.Clone` on the template, `VM.Allocate` on the new id — listed
+/// per VM — and `Datastore.AllocateSpace` on the storage the clone's disks go to), and
+/// destroying it at `down`.
+fn template_needs(plan: &Plan, needs: &mut Needs) {
+    for template in &plan.templates {
+        let path = format!("/vms/{}", template.vmid);
+        let name = &template.name;
+        match template.action {
+            TemplateAction::Create => {
+                needs.add(&path, "VM.Allocate", format!("create template {name}"));
+                for (key, value) in &template.params {
+                    let why = format!("set {key} on template {name}");
+                    match key_requirement(key, value) {
+                        KeyRequirement::Vm(privilege) => needs.add(&path, privilege, why),
+                        KeyRequirement::Storage => {
+                            needs.add(&path, "VM.Config.Disk", &why);
+                            if let Some(storage) = new_volume_storage(value) {
+                                needs.add(
+                                    format!("/storage/{storage}"),
+                                    "Datastore.AllocateSpace",
+                                    &why,
+                                );
+                            }
+                        }
+                        KeyRequirement::Mapping(_) | KeyRequirement::RootOnly => {}
+                    }
+                }
+                clone_needs(template, needs);
+            }
+            TemplateAction::Keep => clone_needs(template, needs),
+            TemplateAction::Destroy => {
+                needs.add(&path, "VM.Allocate", format!("destroy template {name}"));
+                needs.add(&path, "VM.PowerMgmt", format!("stop template {name}"));
+            }
+        }
+    }
+}
+
+fn clone_needs(template: &super::PlannedTemplate, needs: &mut Needs) {
+    let name = &template.name;
+    needs.add(
+        format!("/vms/{}", template.vmid),
+        "VM.Clone",
+        format!("clone the VMs from template {name}"),
+    );
+    needs.add(
+        format!("/storage/{}", template.storage),
+        "Datastore.AllocateSpace",
+        format!("clone the VMs' disks from template {name}"),
+    );
 }
 
 fn action_needs(action: &Action, pool: Option<&str>, needs: &mut Needs) {

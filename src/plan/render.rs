@@ -4,7 +4,8 @@ use std::fmt::Write as _;
 
 use serde_json::json;
 
-use super::{Action, ActionKind, Intent, Plan};
+use super::{Action, ActionKind, ImageSource, Intent, Plan, TemplateAction};
+use crate::profile::model::ImageStrategy;
 
 /// The diff, one block per action, and the summary line.
 pub fn render_text(plan: &Plan) -> String {
@@ -32,6 +33,7 @@ pub fn render_text(plan: &Plan) -> String {
             download.params.get("url").map_or("", String::as_str)
         );
     }
+    render_templates(&mut out, plan);
     for name in &plan.adopt {
         let _ = writeln!(
             out,
@@ -39,7 +41,7 @@ pub fn render_text(plan: &Plan) -> String {
         );
     }
     for action in &plan.actions {
-        render_action(&mut out, action);
+        render_action(&mut out, plan, action);
     }
     for forget in &plan.forget {
         let _ = writeln!(
@@ -164,8 +166,39 @@ fn global_counts(plan: &Plan) -> String {
     }
 }
 
+/// The image strategy (unless `import`) and the templates built, kept or destroyed.
+fn render_templates(out: &mut String, plan: &Plan) {
+    if !plan.strategy.is_import() {
+        let _ = writeln!(
+            out,
+            "  image strategy {}: one template per node from the image, each VM cloned from it",
+            plan.strategy.as_str()
+        );
+    }
+    for template in &plan.templates {
+        let what = format!(
+            "template {} (vmid {} on {})",
+            template.name, template.vmid, template.node
+        );
+        match template.action {
+            TemplateAction::Create => {
+                let _ = writeln!(out, "+ {what}");
+                for (key, value) in &template.params {
+                    let _ = writeln!(out, "      {key}: {value}");
+                }
+            }
+            TemplateAction::Keep => {
+                let _ = writeln!(out, "  keep {what}");
+            }
+            TemplateAction::Destroy => {
+                let _ = writeln!(out, "- {what}: after the VMs");
+            }
+        }
+    }
+}
+
 /// One action: its line, then what it sends.
-fn render_action(out: &mut String, action: &Action) {
+fn render_action(out: &mut String, plan: &Plan, action: &Action) {
     let _ = write!(
         out,
         "{} {} (vmid {} on {})",
@@ -181,6 +214,22 @@ fn render_action(out: &mut String, action: &Action) {
     let indent = "      ";
     match action {
         Action::Create { params, resize, .. } | Action::Replace { params, resize, .. } => {
+            if let Some(ImageSource::Template {
+                template,
+                name,
+                strategy,
+            }) = plan.vm(action.vm()).map(|vm| &vm.image)
+            {
+                let _ = writeln!(
+                    out,
+                    "{indent}{} of template {name} (vmid {template}), then:",
+                    match strategy {
+                        ImageStrategy::FullClone => "full clone",
+                        ImageStrategy::LinkedClone => "linked clone",
+                        ImageStrategy::Import => "clone",
+                    }
+                );
+            }
             for (key, value) in params {
                 let _ = writeln!(out, "{indent}{key}: {value}");
             }
@@ -241,6 +290,12 @@ pub fn render_json(plan: &Plan) -> serde_json::Value {
         && let Some(object) = rendered.as_object_mut()
     {
         object.insert("replace".to_owned(), json!(replace));
+    }
+    if (!plan.strategy.is_import() || !plan.templates.is_empty())
+        && let Some(object) = rendered.as_object_mut()
+    {
+        object.insert("strategy".to_owned(), json!(plan.strategy));
+        object.insert("templates".to_owned(), json!(plan.templates));
     }
     // Only a down plan forgets; converge plans keep their shape.
     if !plan.forget.is_empty()

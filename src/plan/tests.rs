@@ -781,3 +781,5 @@ fn an_address_range_skips_addresses_another_cluster_uses() {
 fn plan_for_test(profile: &Profile, inventory: &Inventory, context: &PlanContext) -> Plan {
     plan(profile, inventory, &State::default(), context).unwrap()
 }
+
+mod templates;

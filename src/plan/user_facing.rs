@@ -28,6 +28,7 @@ impl UserFacing for PlanError {
             | PlanError::TemplateMissing { .. }
             | PlanError::ForeignClusterVm { .. }
             | PlanError::StorageMissing { .. }
+            | PlanError::StorageCannotLink { .. }
             | PlanError::MemoryDoesNotFit { .. }
             | PlanError::TooManyVcpus { .. }
             | PlanError::RootOnlyKeys { .. }

@@ -129,12 +129,13 @@ pub(super) fn vm_params(
     set("memory", group.memory_mib.to_string());
     set("balloon", "0".into());
     set("scsihw", "virtio-scsi-single".into());
+    // With a clone strategy the OS disk comes from the clone: the params only configure it.
     match image {
-        ImageSource::Import { volid } => set(
+        ImageSource::Import { volid } if profile.image.strategy.is_import() => set(
             "scsi0",
             propstrings::scsi_disk(format!("{}:0", storage.disks), Some(volid)),
         ),
-        ImageSource::Clone { .. } => {}
+        ImageSource::Import { .. } | ImageSource::Clone { .. } | ImageSource::Template { .. } => {}
     }
     if let Some(scratch) = group.disks.scratch_gb {
         let scratch_storage = group

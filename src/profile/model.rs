@@ -222,6 +222,40 @@ pub struct Image {
     /// (see [`Image::guest_os`]).
     #[serde(default)]
     pub os: Option<GuestOs>,
+    /// How each VM gets its OS disk from the image (`url` or `volume`): `import` (each VM
+    /// imports the image: independent disks), `linked-clone` (one template per Proxmox node
+    /// built once from the image, each VM a linked clone of it: seconds each, for ephemeral
+    /// clusters) or `full-clone` (the same template, each VM a full copy).
+    #[serde(default)]
+    pub strategy: ImageStrategy,
+}
+
+/// `image.strategy`: how VMs get their OS disk from the image.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum ImageStrategy {
+    /// Each VM imports the image (`import-from`).
+    #[default]
+    Import,
+    /// One template per node from the image; VMs are linked clones of it.
+    LinkedClone,
+    /// One template per node from the image; VMs are full clones of it.
+    FullClone,
+}
+
+impl ImageStrategy {
+    pub fn is_import(&self) -> bool {
+        *self == ImageStrategy::Import
+    }
+
+    /// The name profiles and plans use.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            ImageStrategy::Import => "import",
+            ImageStrategy::LinkedClone => "linked-clone",
+            ImageStrategy::FullClone => "full-clone",
+        }
+    }
 }
 
 impl Image {

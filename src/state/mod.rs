@@ -172,6 +172,21 @@ pub struct VmRecord {
     pub iso: Option<String>,
 }
 
+/// A template VM provision built from the image on one node (`image.strategy` a clone), which
+/// the cluster's VMs are cloned from. Written before its create request, like a VM's intent.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct TemplateRecord {
+    pub name: String,
+    pub vmid: u32,
+    pub node: String,
+    /// The image volume it was imported from.
+    pub image: String,
+    /// The storage its base disk is on.
+    pub storage: String,
+    /// `Intent` until its create task finished, then `Ready`.
+    pub phase: VmPhase,
+}
+
 /// A volume provision uploaded or downloaded on a node.
 #[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord, Serialize, Deserialize)]
 pub struct VolumeRecord {
@@ -198,6 +213,9 @@ pub struct State {
     /// A `replace-node` in progress (absent when none is).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub replacing: Option<ReplaceJournal>,
+    /// Templates provision built for this cluster's clones, by name.
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub templates: BTreeMap<String, TemplateRecord>,
 }
 
 impl Default for State {
@@ -209,6 +227,7 @@ impl Default for State {
             images: Vec::new(),
             mappings: Vec::new(),
             replacing: None,
+            templates: BTreeMap::new(),
         }
     }
 }
@@ -216,12 +235,18 @@ impl Default for State {
 impl State {
     /// VMIDs held by this state (intents included: they reserve their id).
     pub fn vmids(&self) -> impl Iterator<Item = u32> + '_ {
-        self.vms.values().map(|record| record.vmid)
+        self.vms
+            .values()
+            .map(|record| record.vmid)
+            .chain(self.templates.values().map(|record| record.vmid))
     }
 
     /// Refuse a state written for another cluster (two profiles sharing one workspace).
     pub fn check_cluster(&self, cluster: &str) -> Result<(), StateError> {
-        if self.cluster.is_empty() || self.vms.is_empty() || self.cluster == cluster {
+        if self.cluster.is_empty()
+            || (self.vms.is_empty() && self.templates.is_empty())
+            || self.cluster == cluster
+        {
             Ok(())
         } else {
             Err(StateError::ClusterMismatch {

@@ -5,6 +5,7 @@
 use std::collections::BTreeSet;
 
 use provision::exec::{ExecOptions, InjectedCrash};
+use provision::state::VmPhase;
 
 use crate::support::sim::{self, SimWorkspace};
 
@@ -12,6 +13,14 @@ use crate::support::sim::{self, SimWorkspace};
 async fn a_crash_at_every_step_boundary_then_a_rerun_converges_without_duplicates() {
     // homelab-ha: five VMs on three Proxmox nodes (the boundaries are per-VM steps).
     crash_at_every_boundary(&["homelab-ha"]).await;
+}
+
+/// ci-nested clones its VMs from a template (`image.strategy = "linked-clone"`): a crash
+/// before, during or after the template's creation, or between it and a clone, converges on
+/// the re-run with one template and each VM once.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_crash_around_the_template_and_its_clones_converges() {
+    crash_at_every_boundary(&["ci-nested"]).await;
 }
 
 /// The same for every other built-in profile (a100-8x alone has ~60 boundaries): minutes, so
@@ -65,7 +74,24 @@ async fn crash_at_every_boundary(names: &[&str]) {
             let report = workspace.up(&profile, sim::exec_options()).await.unwrap();
             assert_eq!(report.vms.len(), wanted.len(), "{name} boundary {boundary}");
 
-            let resources = workspace.api.cluster_resources(Some("vm")).await.unwrap();
+            let all = workspace.api.cluster_resources(Some("vm")).await.unwrap();
+            // Templates of the clone strategies: one per node, each recorded in the state.
+            let (templates, resources): (Vec<_>, Vec<_>) =
+                all.into_iter().partition(|r| r.template == Some(1));
+            let recorded = workspace.state().templates;
+            assert_eq!(
+                templates.len(),
+                recorded.len(),
+                "{name} boundary {boundary}"
+            );
+            for template in &templates {
+                assert!(
+                    recorded
+                        .values()
+                        .any(|r| Some(r.vmid) == template.vmid && r.phase == VmPhase::Ready),
+                    "{name} boundary {boundary}: {template:?} not recorded"
+                );
+            }
             let names: Vec<String> = resources
                 .iter()
                 .map(|r| r.name.clone().unwrap_or_default())

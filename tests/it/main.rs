@@ -9,6 +9,7 @@ mod support {
 }
 
 mod cli;
+mod clones;
 mod cloudinit;
 mod clusters;
 mod code_shape;

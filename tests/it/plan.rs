@@ -373,6 +373,15 @@ async fn plan_destroy_lists_exactly_what_down_does() {
         .iter()
         .map(|(_, node, vmid)| (node.clone(), *vmid))
         .collect();
+    // ci-nested clones its VMs from a template per node, which down removes after them.
+    let templates = json["templates"].as_array().unwrap();
+    assert_eq!(templates.len(), 1);
+    assert_eq!(templates[0]["action"], "destroy");
+    assert_eq!(report.templates, [templates[0]["name"].as_str().unwrap()]);
+    expected.push((
+        templates[0]["node"].as_str().unwrap().to_owned(),
+        templates[0]["vmid"].as_u64().unwrap(),
+    ));
     expected.sort();
     assert_eq!(deleted, expected);
     assert!(workspace.state().vms.is_empty());

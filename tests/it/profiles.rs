@@ -432,3 +432,49 @@ fn every_builtin_round_trips_through_show_and_init_and_validates() {
     assert_eq!(docs.status.code(), Some(0));
     assert_eq!(docs.stdout, profile::builtin::PROFILE_REFERENCE.as_bytes());
 }
+
+/// `image.strategy`: `import` by default, the clone strategies by name; an unknown value and a
+/// clone strategy with `template_vmid` are each one located error with a hint.
+#[test]
+fn image_strategy_is_validated_where_it_is_written() {
+    use provision::profile::model::ImageStrategy;
+    let ci = BUILTIN_PROFILES
+        .iter()
+        .find(|builtin| builtin.name == "ci-nested")
+        .unwrap()
+        .text;
+    let loaded = profile::parse("ci.toml", ci.to_owned()).unwrap();
+    assert_eq!(loaded.profile.image.strategy, ImageStrategy::LinkedClone);
+    let import = ci.replace("strategy = \"linked-clone\"\n", "");
+    let loaded = profile::parse("ci.toml", import).unwrap();
+    assert_eq!(loaded.profile.image.strategy, ImageStrategy::Import);
+
+    let unknown = ci.replace("\"linked-clone\"", "\"linked\"");
+    let line = unknown
+        .lines()
+        .position(|l| l.starts_with("strategy = "))
+        .unwrap()
+        + 1;
+    let error = profile::parse("ci.toml", unknown).unwrap_err();
+    let diagnostics = error.diagnostics();
+    assert_eq!(diagnostics.len(), 1, "{diagnostics:?}");
+    assert_eq!(diagnostics[0].line, Some(line), "{diagnostics:?}");
+    assert!(
+        diagnostics[0].message.contains("linked-clone"),
+        "{diagnostics:?}"
+    );
+
+    let with_template = ci.replace(
+        "strategy = \"linked-clone\"\n",
+        "strategy = \"linked-clone\"\ntemplate_vmid = 9000\n",
+    );
+    let error = profile::parse("ci.toml", with_template).unwrap_err();
+    let strategy = error
+        .diagnostics()
+        .iter()
+        .find(|d| d.path == "image.strategy")
+        .cloned()
+        .unwrap_or_else(|| panic!("{:?}", error.diagnostics()));
+    assert_eq!(strategy.line, Some(line));
+    assert!(strategy.hint.is_some());
+}

@@ -78,9 +78,14 @@ impl RetryPolicy {
 
 /// Whether a message is Proxmox's lock timeout (`PVE::Tools::lock_file_full`:
 /// `can't lock file '/var/lock/qemu-server/lock-100.conf' - got timeout`), as an HTTP error
-/// message, a task's exit status or a task log line.
+/// message, a task's exit status or a task log line; or the transient config lock of a VM a
+/// create or clone is still making (`PVE::AbstractConfig::check_lock`: `VM is locked (clone)`,
+/// e.g. cloning a template whose own create has not finished). Both pass when the holder's
+/// task ends, so both are retried.
 pub fn is_lock_timeout(message: &str) -> bool {
-    message.contains("can't lock file") && message.contains("got timeout")
+    (message.contains("can't lock file") && message.contains("got timeout"))
+        || message.contains("VM is locked (clone)")
+        || message.contains("VM is locked (create)")
 }
 
 /// The lock file a lock-timeout message names.
@@ -225,6 +230,13 @@ mod tests {
             "clone failed: can't lock file '/var/lock/qemu-server/lock-9000.conf' - got timeout";
         assert!(is_lock_timeout(message));
         assert!(!is_lock_timeout("can't lock file '/x' - permission denied"));
+        assert!(is_lock_timeout("VM is locked (clone)"));
+        assert!(is_lock_timeout("VM is locked (create)"));
+        assert!(!is_lock_timeout("VM is locked (backup)"));
+        assert_eq!(
+            find_lock_timeout(["VM is locked (clone)"]),
+            Some(("VM is locked (clone)", None))
+        );
         assert_eq!(
             find_lock_timeout(["TASK OK", message]),
             Some((message, Some("/var/lock/qemu-server/lock-9000.conf")))

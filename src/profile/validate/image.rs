@@ -80,6 +80,16 @@ impl Checker {
                 "node preparation follows image.os: check which image this really is",
             );
         }
+        if !image.strategy.is_import() && image.template_vmid.is_some() {
+            self.error(
+                path(&["image", "strategy"]),
+                format!(
+                    "image.strategy = \"{}\" builds provision's own template from image.url or image.volume, but the image is template_vmid",
+                    image.strategy.as_str()
+                ),
+                "remove strategy (VMs are full clones of template_vmid) or use url/volume instead of template_vmid",
+            );
+        }
         if let Some(template) = image.template_vmid {
             let range = profile.proxmox.vmid_range;
             if template < 100 {

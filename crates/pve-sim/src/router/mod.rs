@@ -37,7 +37,8 @@
 //! | PUT    | /nodes/{node}/qemu/{vmid}/config                       | null (synchronous)          | qemu::config |
 //! | POST   | /nodes/{node}/qemu/{vmid}/config                       | UPID qmconfig               | qemu::config |
 //! | GET    | /nodes/{node}/qemu/{vmid}/pending                      | pending entries             | qemu::config |
-//! | POST   | /nodes/{node}/qemu/{vmid}/clone                        | UPID qmclone                | qemu::create |
+//! | POST   | /nodes/{node}/qemu/{vmid}/clone                        | UPID qmclone                | qemu::clone  |
+//! | POST   | /nodes/{node}/qemu/{vmid}/template                     | UPID qmtemplate             | qemu::clone  |
 //! | PUT    | /nodes/{node}/qemu/{vmid}/resize                       | UPID qmresize               | qemu::disks  |
 //! | GET    | /nodes/{node}/qemu/{vmid}/status/current               | status                      | qemu         |
 //! | POST   | /nodes/{node}/qemu/{vmid}/status/start                 | UPID qmstart                | qemu         |
@@ -314,6 +315,7 @@ pub(crate) const ROUTES: &[(&str, &str)] = &[
     ("POST", "/nodes/{node}/qemu/{vmid}/config"),
     ("GET", "/nodes/{node}/qemu/{vmid}/pending"),
     ("POST", "/nodes/{node}/qemu/{vmid}/clone"),
+    ("POST", "/nodes/{node}/qemu/{vmid}/template"),
     ("PUT", "/nodes/{node}/qemu/{vmid}/resize"),
     ("GET", "/nodes/{node}/qemu/{vmid}/status/current"),
     ("POST", "/nodes/{node}/qemu/{vmid}/status/start"),
@@ -464,6 +466,7 @@ impl Request<'_> {
             ("POST", "/nodes/{node}/qemu/{vmid}/config") => self.vm_config_update(true),
             ("GET", "/nodes/{node}/qemu/{vmid}/pending") => self.vm_pending(),
             ("POST", "/nodes/{node}/qemu/{vmid}/clone") => self.vm_clone(),
+            ("POST", "/nodes/{node}/qemu/{vmid}/template") => self.vm_template(),
             ("PUT", "/nodes/{node}/qemu/{vmid}/resize") => self.vm_resize(),
             ("GET", "/nodes/{node}/qemu/{vmid}/status/current") => self.vm_status(),
             ("POST", "/nodes/{node}/qemu/{vmid}/status/start") => self.vm_start(),

@@ -27,10 +27,9 @@ impl Request<'_> {
         let (seconds, doomed) = match self.lock_wait(state, kind, id) {
             LockWait::Free => (seconds, doomed),
             LockWait::After(wait) => (seconds + wait, doomed),
-            LockWait::Timeout(vmid) => (
-                CONFIG_LOCK_TIMEOUT_S,
-                doomed.or_else(|| Some(lock_timeout(vmid).message)),
-            ),
+            LockWait::Timeout(vmid, timeout) => {
+                (timeout, doomed.or_else(|| Some(lock_timeout(vmid).message)))
+            }
         };
         self.shared.spawn_task(
             state,
@@ -48,26 +47,39 @@ impl Request<'_> {
     }
 
     /// A worker that runs inside `lock_config` (qemu-server: config, resize, start, stop,
-    /// shutdown, destroy) waits for a config change holding the VM's lock, at most
-    /// PVE::AbstractConfig's 10 s, then dies with "can't lock file … got timeout".
+    /// shutdown, destroy, template) waits for a task holding the VM's lock (a config change, a
+    /// template conversion, a clone of it), at most PVE::AbstractConfig's 10 s, then dies with
+    /// "can't lock file … got timeout". A clone locks its source with a 1 s timeout
+    /// (`lock_config_shared($vmid, 1, …)` for a stopped source, `lock_config_full($vmid, 1, …)`
+    /// for a running one), so it waits for an exclusive holder, and for any holder when the
+    /// source runs.
     fn lock_wait(&self, state: &State, kind: &str, id: &str) -> LockWait {
-        if !matches!(
-            kind,
-            "qmconfig" | "qmresize" | "qmstart" | "qmstop" | "qmshutdown" | "qmdestroy"
-        ) {
-            return LockWait::Free;
-        }
         let Ok(vmid) = id.parse::<u32>() else {
             return LockWait::Free;
         };
-        let Some(holder) = state.config_lock_holder(vmid) else {
+        let (holder, timeout) = match kind {
+            "qmconfig" | "qmresize" | "qmstart" | "qmstop" | "qmshutdown" | "qmdestroy"
+            | "qmtemplate" => (state.config_lock_holder(vmid), CONFIG_LOCK_TIMEOUT_S),
+            "qmclone" => {
+                let running = state
+                    .vms
+                    .get(&vmid)
+                    .is_some_and(|vm| vm.running_or_starting());
+                (
+                    state.clone_lock_holder(vmid, running),
+                    CLONE_SOURCE_LOCK_TIMEOUT_S,
+                )
+            }
+            _ => (None, 0.0),
+        };
+        let Some(holder) = holder else {
             return LockWait::Free;
         };
         let scale = self.shared.config.time_scale.max(f64::MIN_POSITIVE);
         let remaining_ms = holder.due_ms.saturating_sub(now_ms());
         let remaining_s = remaining_ms as f64 / 1000.0 / scale;
-        if holder.held || holder.due_ms == u64::MAX || remaining_s > CONFIG_LOCK_TIMEOUT_S {
-            LockWait::Timeout(vmid)
+        if holder.held || holder.due_ms == u64::MAX || remaining_s > timeout {
+            LockWait::Timeout(vmid, timeout)
         } else {
             LockWait::After(remaining_s)
         }
@@ -77,11 +89,15 @@ impl Request<'_> {
 /// PVE::AbstractConfig `lock_config`: `lock_config_full($vmid, 10, …)`.
 const CONFIG_LOCK_TIMEOUT_S: f64 = 10.0;
 
+/// qemu-server `clone_vm`: the source's lock is taken with a 1 s timeout.
+const CLONE_SOURCE_LOCK_TIMEOUT_S: f64 = 1.0;
+
 enum LockWait {
     Free,
     /// Simulated seconds until the holder releases the lock.
     After(f64),
-    Timeout(u32),
+    /// The VM whose lock was not obtained, and the simulated seconds the worker waited.
+    Timeout(u32, f64),
 }
 
 /// PVE::Tools `lock_file_full`'s message for a lock not obtained in time.

@@ -24,7 +24,8 @@ pub(crate) use shared::{Event, Shared};
 pub(crate) use start::reserve_for_start;
 use storage::MIB;
 pub(crate) use storage::{
-    Volume, find_volume, find_volume_mut, format_size, is_disk_key, parse_size, volume_key,
+    Volume, base_name, find_volume, find_volume_mut, format_size, is_base_volume, is_disk_key,
+    is_file_storage, parse_size, volume_has_feature, volume_key,
 };
 pub(crate) use tasks::{Task, TaskAction, TaskSpec, complete};
 pub(crate) use vm::{
@@ -76,6 +77,15 @@ impl ApiError {
         }
     }
 
+    /// `raise_perm_exc(WHAT)` with a detail that is not a path and privilege.
+    pub fn forbidden_detail(what: &str) -> ApiError {
+        ApiError {
+            status: 403,
+            message: format!("Permission check failed ({what})"),
+            errors: None,
+        }
+    }
+
     pub fn not_implemented(method: &str, path: &str) -> ApiError {
         ApiError {
             status: 501,
@@ -94,7 +104,13 @@ pub(crate) type ApiResult<T> = Result<T, ApiError>;
 pub(crate) mod durations {
     pub const CREATE: f64 = 3.0;
     pub const CREATE_IMPORT: f64 = 20.0;
-    pub const CLONE: f64 = 25.0;
+    /// A full clone copies every byte: as long as an import (`CREATE_IMPORT`).
+    pub const CLONE: f64 = 20.0;
+    /// A linked clone is a thin snapshot (`lvcreate -s`, `zfs clone`, `qemu-img create -b`):
+    /// the per-operation overhead of a create.
+    pub const CLONE_LINKED: f64 = 3.0;
+    /// Converting to a template renames its disks to `base-…` (`vdisk_create_base`).
+    pub const TEMPLATE: f64 = 1.0;
     pub const DOWNLOAD: f64 = 30.0;
     pub const UPLOAD: f64 = 2.0;
     pub const START: f64 = 4.0;
@@ -106,6 +122,16 @@ pub(crate) mod durations {
     pub const VOLUME_DELETE: f64 = 1.0;
     /// From a finished start task until the guest agent answers.
     pub const BOOT: f64 = 15.0;
+}
+
+/// Simulated seconds of a clone task at `time_scale` 1: one place, so a storage bandwidth model
+/// can take `bytes` into account.
+pub(crate) fn clone_seconds(full: bool, _bytes: u64) -> f64 {
+    if full {
+        durations::CLONE
+    } else {
+        durations::CLONE_LINKED
+    }
 }
 
 /// Memory the host itself keeps (kernel, pve services, ZFS ARC is not modelled).
@@ -187,19 +213,54 @@ impl State {
             .ok_or_else(|| ApiError::internal(format!("VM {vmid} vanished")))
     }
 
-    /// The running task that holds `vmid`'s config file lock: an asynchronous config change
-    /// runs inside PVE::AbstractConfig `lock_config` (flock on
-    /// `/var/lock/qemu-server/lock-N.conf`); the lock is not a `lock:` value in the config.
+    /// The running task that holds `vmid`'s config file lock (flock on
+    /// `/var/lock/qemu-server/lock-N.conf`, not a `lock:` value in the config): an asynchronous
+    /// config change and a template conversion run inside PVE::AbstractConfig `lock_config`
+    /// (exclusive); a clone holds its source's lock for its whole task, shared when the source
+    /// is stopped, exclusive when it runs (qemu-server `clone_vm`, `$lock_source_vm`). Either
+    /// kind keeps an exclusive locker out.
     pub fn config_lock_holder(&self, vmid: u32) -> Option<&Task> {
         self.tasks.iter().find(|t| {
-            t.running && matches!(t.action, TaskAction::Config { vmid: held, .. } if held == vmid)
+            t.running
+                && match t.action {
+                    TaskAction::Config { vmid: held, .. }
+                    | TaskAction::Template { vmid: held, .. } => held == vmid,
+                    TaskAction::Clone { source, .. } => source == vmid,
+                    TaskAction::Create { .. }
+                    | TaskAction::Start { .. }
+                    | TaskAction::Stop { .. }
+                    | TaskAction::Delete { .. }
+                    | TaskAction::Resize { .. }
+                    | TaskAction::AddVolume { .. }
+                    | TaskAction::DeleteVolume { .. } => false,
+                }
         })
     }
 
-    /// A running clone task whose source is `vmid`.
-    pub fn clone_holding(&self, vmid: u32) -> Option<&Task> {
+    /// The running task a new clone of `source` waits for: with the source stopped, the clone
+    /// takes a shared lock, so only an exclusive holder (a config change, a template
+    /// conversion, a clone of the running source) is in its way; with the source running it
+    /// takes an exclusive lock, and any holder is.
+    pub fn clone_lock_holder(&self, source: u32, source_running: bool) -> Option<&Task> {
         self.tasks.iter().find(|t| {
-            t.running && matches!(t.action, TaskAction::Clone { source, .. } if source == vmid)
+            t.running
+                && match t.action {
+                    TaskAction::Config { vmid, .. } | TaskAction::Template { vmid, .. } => {
+                        vmid == source
+                    }
+                    TaskAction::Clone {
+                        source: held,
+                        exclusive,
+                        ..
+                    } => held == source && (exclusive || source_running),
+                    TaskAction::Create { .. }
+                    | TaskAction::Start { .. }
+                    | TaskAction::Stop { .. }
+                    | TaskAction::Delete { .. }
+                    | TaskAction::Resize { .. }
+                    | TaskAction::AddVolume { .. }
+                    | TaskAction::DeleteVolume { .. } => false,
+                }
         })
     }
 

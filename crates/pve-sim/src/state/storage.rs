@@ -94,7 +94,78 @@ pub(crate) fn find_volume_mut<'a>(
     }
 }
 
+/// pve-storage's file-based plugins (`Plugin.pm` and its path-based subclasses): a volume name is
+/// `VMID/NAME.FORMAT`, a linked clone's `BASEVMID/BASENAME/VMID/NAME.qcow2`.
+pub(crate) fn is_file_storage(kind: &str) -> bool {
+    matches!(
+        kind,
+        "dir" | "nfs" | "cifs" | "glusterfs" | "btrfs" | "cephfs"
+    )
+}
+
+/// A storage feature of a volume, as `volume_has_feature` answers it per plugin (pve-storage
+/// `src/PVE/Storage/{Plugin,LvmThinPlugin,LVMPlugin,ZFSPoolPlugin,RBDPlugin}.pm`): `clone` (a
+/// linked clone) only from a base volume (`base-…`, a template's disk) on lvmthin, zfspool,
+/// rbd and file storages; `template` (convert to base) on those for a current volume; `copy`
+/// (a full clone) everywhere the simulator allocates images. LVM (thick) has neither `clone`
+/// nor `template`.
+pub(crate) fn volume_has_feature(kind: &str, feature: &str, volname: &str) -> bool {
+    let base = is_base_volume(volname);
+    match (kind, feature) {
+        ("lvmthin" | "zfspool" | "zfs" | "rbd", "clone") => base,
+        ("lvmthin" | "zfspool" | "zfs" | "rbd", "template") => !base,
+        (kind, "clone") if is_file_storage(kind) => base,
+        (kind, "template") if is_file_storage(kind) => !base,
+        (_, "copy") => true,
+        _ => false,
+    }
+}
+
+/// Whether a volume name is a base volume (`parse_volname`'s `$isBase`): its own last name part
+/// starts with `base-` (`base-100-disk-0`, `100/base-100-disk-0.raw`).
+pub(crate) fn is_base_volume(volname: &str) -> bool {
+    own_name(volname).starts_with("base-")
+}
+
+/// The volume's own name: the last part of a linked clone's `BASE/NAME` or a file storage's
+/// `VMID/NAME.FORMAT`.
+fn own_name(volname: &str) -> &str {
+    volname.rsplit('/').next().unwrap_or(volname)
+}
+
+/// The base volume a linked clone's name refers to (`parse_volname`'s `$basename`), for the
+/// plugins whose clone names carry it: zfspool and rbd `base-100-disk-0/vm-101-disk-0`, file
+/// storages `100/base-100-disk-0.raw/101/vm-101-disk-0.qcow2`. An lvmthin clone is a thin
+/// snapshot named `vm-101-disk-0`: its name says nothing of its base.
+pub(crate) fn linked_base_of(volname: &str) -> Option<String> {
+    let parts: Vec<&str> = volname.split('/').collect();
+    match parts.as_slice() {
+        [base, _] if base.starts_with("base-") => Some((*base).to_owned()),
+        [basevmid, base, _, _] if base.starts_with("base-") => Some(format!("{basevmid}/{base}")),
+        _ => None,
+    }
+}
+
+/// `vdisk_create_base`: `vm-100-disk-0` becomes `base-100-disk-0` (the last name part).
+pub(crate) fn base_name(volname: &str) -> String {
+    let own = own_name(volname);
+    let prefix = &volname[..volname.len() - own.len()];
+    format!("{prefix}{}", own.replacen("vm-", "base-", 1))
+}
+
 impl State {
+    /// pve-storage `volume_is_base_and_used`: a base volume some linked clone's name refers to.
+    pub fn base_volume_used(&self, volid: &str) -> bool {
+        let Some((storage, volname)) = volid.split_once(':') else {
+            return false;
+        };
+        self.volumes.values().any(|volume| {
+            volume.volid.split_once(':').is_some_and(|(s, name)| {
+                s == storage && linked_base_of(name).as_deref() == Some(volname)
+            })
+        })
+    }
+
     pub fn storage(&self, name: &str) -> ApiResult<&crate::inventory::StorageSpec> {
         self.inventory
             .storages
@@ -126,5 +197,29 @@ mod tests {
         assert_eq!(format_size(4 * MIB), "4M");
         assert_eq!(format_size(528 * 1024), "528K");
         assert_eq!(parse_size("1.5G"), Some(GIB + GIB / 2));
+    }
+
+    #[test]
+    fn base_volumes_and_linked_clone_names() {
+        assert_eq!(base_name("vm-100-disk-0"), "base-100-disk-0");
+        assert_eq!(
+            base_name("100/vm-100-disk-0.raw"),
+            "100/base-100-disk-0.raw"
+        );
+        assert!(is_base_volume("100/base-100-disk-0.raw"));
+        assert!(!is_base_volume("base-100-disk-0/vm-101-disk-0"));
+        assert_eq!(
+            linked_base_of("base-100-disk-0/vm-101-disk-0").as_deref(),
+            Some("base-100-disk-0")
+        );
+        assert_eq!(
+            linked_base_of("100/base-100-disk-0.raw/101/vm-101-disk-0.qcow2").as_deref(),
+            Some("100/base-100-disk-0.raw")
+        );
+        assert_eq!(linked_base_of("vm-101-disk-0"), None);
+        assert!(volume_has_feature("lvmthin", "clone", "base-100-disk-0"));
+        assert!(!volume_has_feature("lvmthin", "clone", "vm-100-disk-0"));
+        assert!(!volume_has_feature("lvm", "clone", "base-100-disk-0"));
+        assert!(!volume_has_feature("lvm", "template", "vm-100-disk-0"));
     }
 }

@@ -9,8 +9,8 @@ use crate::guest;
 use crate::propstring;
 
 use super::{
-    Event, PowerState, State, Volume, durations, find_volume_mut, format_size, now_ms, set_entry,
-    stop_vm, volume_key,
+    Event, PowerState, State, Volume, base_name, durations, find_volume_mut, format_size,
+    is_disk_key, now_ms, set_entry, stop_vm, volume_has_feature, volume_key,
 };
 
 /// What a task does when it completes.
@@ -22,6 +22,16 @@ pub(crate) enum TaskAction {
     Clone {
         source: u32,
         target: u32,
+        /// The source ran when the clone began: its lock is held exclusively, not shared.
+        #[serde(default)]
+        exclusive: bool,
+    },
+    /// Convert a stopped VM to a template (`POST …/template`).
+    Template {
+        vmid: u32,
+        /// Only this disk (`disk=`), else every disk.
+        #[serde(default)]
+        disk: Option<String>,
     },
     Start {
         vmid: u32,
@@ -141,12 +151,13 @@ fn finish(
             }
             Ok(Vec::new())
         }
-        TaskAction::Clone { source, target } => {
+        TaskAction::Clone { source, target, .. } => {
             if let Some(vm) = state.vms.get_mut(target) {
                 vm.config.remove("lock");
             }
             Ok(vec![format!("clone of VM {source} to {target} finished")])
         }
+        TaskAction::Template { vmid, disk } => finish_template(state, *vmid, disk.as_deref()),
         TaskAction::Start { vmid } => finish_start(state, *vmid, time_scale, events),
         TaskAction::Stop { vmid } => {
             if let Some(vm) = state.vms.get_mut(vmid) {
@@ -223,6 +234,68 @@ fn finish_start(
     Ok(Vec::new())
 }
 
+/// A template conversion ends (qemu-server `template_create`): `template: 1`, and each disk
+/// whose storage has the `template` feature renamed to its base volume; CD-ROMs and the
+/// cloud-init drive (a CD-ROM to `drive_is_cdrom`) stay as they are.
+fn finish_template(
+    state: &mut State,
+    vmid: u32,
+    only: Option<&str>,
+) -> Result<Vec<String>, String> {
+    let Some(vm) = state.vms.get(&vmid) else {
+        return Err(format!("VM {vmid} does not exist"));
+    };
+    let node = vm.node.clone();
+    let mut config = vm.config.clone();
+    let mut log = Vec::new();
+    let disks: Vec<(String, String)> = vm
+        .config
+        .iter()
+        .filter(|(key, _)| is_disk_key(key) && only.is_none_or(|only| only == key.as_str()))
+        .map(|(key, value)| (key.clone(), value.clone()))
+        .collect();
+    for (key, value) in disks {
+        let Ok(mut entries) = propstring::parse(&value) else {
+            continue;
+        };
+        if propstring::get(&entries, "media", None) == Some("cdrom") {
+            continue;
+        }
+        let Some((storage, volname)) = entries
+            .first()
+            .and_then(|(_, file)| file.split_once(':'))
+            .map(|(s, v)| (s.to_owned(), v.to_owned()))
+        else {
+            continue;
+        };
+        let Ok(spec) = state.storage(&storage) else {
+            continue;
+        };
+        if !volume_has_feature(&spec.kind, "template", &volname) {
+            continue;
+        }
+        let old = format!("{storage}:{volname}");
+        let new = format!("{storage}:{}", base_name(&volname));
+        if let Some(volume) = find_volume_mut(state, &node, &old) {
+            let old_key = volume_key(volume.node.as_deref(), &volume.volid);
+            volume.volid.clone_from(&new);
+            let renamed = volume.clone();
+            state.volumes.remove(&old_key);
+            state
+                .volumes
+                .insert(volume_key(renamed.node.as_deref(), &new), renamed);
+        }
+        entries[0].1.clone_from(&new);
+        config.insert(key.clone(), propstring::serialize(&entries));
+        log.push(format!("{key}: {old} -> {new}"));
+    }
+    config.insert("template".to_owned(), "1".to_owned());
+    if let Some(vm) = state.vms.get_mut(&vmid) {
+        vm.config = config;
+    }
+    Ok(log)
+}
+
 /// A resize task ends: the disk's `size=` and its volume grow.
 fn finish_resize(
     state: &mut State,
@@ -273,6 +346,7 @@ fn rollback(state: &mut State, action: &TaskAction) {
             }
         }
         TaskAction::Config { .. }
+        | TaskAction::Template { .. }
         | TaskAction::Stop { .. }
         | TaskAction::Resize { .. }
         | TaskAction::AddVolume { .. }

@@ -4,6 +4,7 @@
 //! to ([`stored`]), resize and unlink disks ([`disks`]), and check the config permissions
 //! ([`permissions`]).
 
+mod clone;
 mod config;
 mod create;
 mod disks;
@@ -13,7 +14,8 @@ mod stored;
 use serde_json::{Value, json};
 
 use crate::state::{
-    ApiError, ApiResult, PowerState, State, TaskAction, durations, reserve_for_start,
+    ApiError, ApiResult, PowerState, State, TaskAction, durations, referenced_volumes,
+    reserve_for_start,
 };
 
 use super::{Reply, Request};
@@ -148,7 +150,7 @@ impl Request<'_> {
         self.identity
             .check(&format!("/vms/{vmid}"), "VM.Allocate")?;
         let mut state = self.shared.state();
-        let vm = state.vm_mut(self.node(), vmid)?;
+        let vm = state.vm(self.node(), vmid)?;
         if let Some(lock) = vm.lock() {
             return Err(ApiError::internal(format!("VM is locked ({lock})")));
         }
@@ -157,16 +159,33 @@ impl Request<'_> {
                 "VM {vmid} is running - destroy failed"
             )));
         }
-        vm.config.insert("lock".to_owned(), "destroyed".to_owned());
+        let doomed = base_volume_in_use(&state, vm);
+        if let Ok(vm) = state.vm_mut(self.node(), vmid) {
+            vm.config.insert("lock".to_owned(), "destroyed".to_owned());
+        }
         let upid = self.spawn(
             &mut state,
             "qmdestroy",
             &vmid.to_string(),
             durations::DELETE,
             TaskAction::Delete { vmid },
-            None,
+            doomed,
             Vec::new(),
         );
         Reply::data(json!(upid))
     }
+}
+
+/// qemu-server `destroy_vm` (in its worker) refuses a template whose base volume a linked clone
+/// still refers to, with its own wording ("linked cloned"). pve-storage finds the clones by
+/// name (`volume_is_base_and_used`), so on lvmthin, whose thin snapshots are named
+/// `vm-NEWID-disk-N`, the template goes and its clones keep working.
+fn base_volume_in_use(state: &State, vm: &crate::state::Vm) -> Option<String> {
+    if !vm.is_template() {
+        return None;
+    }
+    referenced_volumes(&vm.config)
+        .into_iter()
+        .find(|volid| state.base_volume_used(volid))
+        .map(|volid| format!("base volume '{volid}' is still in use by linked cloned"))
 }

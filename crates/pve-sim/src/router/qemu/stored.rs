@@ -4,8 +4,8 @@
 use std::collections::{BTreeMap, BTreeSet};
 
 use crate::state::{
-    ApiError, ApiResult, State, Volume, find_volume, format_size, is_disk_key, mac_address, now_ms,
-    set_entry,
+    ApiError, ApiResult, State, Volume, find_volume, format_size, is_disk_key, is_file_storage,
+    mac_address, now_ms, set_entry,
 };
 use crate::{propstring, schema};
 
@@ -88,9 +88,13 @@ impl Request<'_> {
         } else if key.starts_with("tpmstate") {
             bytes = 4 << 20;
         }
-        let volid = next_disk_name(state, &storage, &node, vmid, reserved);
+        let format = propstring::get(&entries, "format", None).unwrap_or("raw");
+        let volid = next_disk_name(state, &storage, &node, vmid, format, reserved);
         reserved.insert(volid.clone());
-        let volume = self.new_volume(&storage, &volid, vmid, bytes);
+        let mut volume = self.new_volume(&storage, &volid, vmid, bytes);
+        if is_file_storage(&storage.kind) {
+            volume.format = format.to_owned();
+        }
         // Block storages have no image format: qemu-server's print_drive of the allocated
         // volume carries no `format` (PVE::Storage volume_size_info reports raw).
         let block = matches!(
@@ -153,12 +157,14 @@ impl Request<'_> {
 
 /// pve-storage PVE/Storage/Plugin.pm `get_next_vm_diskname`: `vm-VMID-disk-N` with the lowest
 /// N unused for this VMID on this storage, counting the volumes this request allocated before
-/// (qemu-server allocates drives in sorted key order, `$foreach_volume_with_alloc`).
-fn next_disk_name(
+/// (qemu-server allocates drives in sorted key order, `$foreach_volume_with_alloc`). File
+/// storages name it `VMID/vm-VMID-disk-N.FORMAT`.
+pub(super) fn next_disk_name(
     state: &State,
     storage: &crate::inventory::StorageSpec,
     node: &str,
     vmid: u32,
+    format: &str,
     reserved: &BTreeSet<String>,
 ) -> String {
     let taken: BTreeSet<&str> = state
@@ -168,9 +174,30 @@ fn next_disk_name(
         .map(|v| v.volid.as_str())
         .chain(reserved.iter().map(String::as_str))
         .collect();
+    let file = is_file_storage(&storage.kind);
+    // A disk number is taken whatever the name's directory or format (`find_free_diskname`
+    // compares the `vm-VMID-disk-N` part).
+    let numbers_taken: BTreeSet<String> = taken
+        .iter()
+        .filter_map(|volid| volid.strip_prefix(&format!("{}:", storage.name)))
+        .map(|name| {
+            let own = name.rsplit('/').next().unwrap_or(name);
+            own.split('.')
+                .next()
+                .unwrap_or(own)
+                .replacen("base-", "vm-", 1)
+        })
+        .collect();
     (0..)
-        .map(|n| format!("{}:vm-{vmid}-disk-{n}", storage.name))
-        .find(|candidate| !taken.contains(candidate.as_str()))
+        .map(|n| format!("vm-{vmid}-disk-{n}"))
+        .find(|name| !numbers_taken.contains(name))
+        .map(|name| {
+            if file {
+                format!("{}:{vmid}/{name}.{format}", storage.name)
+            } else {
+                format!("{}:{name}", storage.name)
+            }
+        })
         .unwrap_or_default()
 }
 
