@@ -55,7 +55,7 @@ pub async fn run(context: &Context, args: DownArgs) -> anyhow::Result<ExitStatus
         }
     };
     let names: Vec<String> = plan.actions.iter().map(|a| a.vm().to_owned()).collect();
-    if names.is_empty() && plan.forget.is_empty() {
+    if names.is_empty() && plan.forget.is_empty() && plan.templates.is_empty() {
         opened.close().await;
         context.reporter.status(&format!(
             "no VMs of cluster {cluster} in the state nor tagged for it on Proxmox: nothing to destroy"
@@ -64,8 +64,13 @@ pub async fn run(context: &Context, args: DownArgs) -> anyhow::Result<ExitStatus
     }
     let found = if by_tag {
         context.reporter.status(&format!(
-            "no state for cluster {cluster}: found {} of its VMs on Proxmox by their tags",
-            names.len()
+            "no state for cluster {cluster}: found {} of its VMs{} on Proxmox by their tags",
+            names.len(),
+            match plan.templates.len() {
+                0 => String::new(),
+                1 => " and its template".to_owned(),
+                count => format!(" and its {count} templates"),
+            }
         ));
         " (no state: found on Proxmox by the cluster's tags)"
     } else {

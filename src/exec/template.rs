@@ -123,11 +123,14 @@ impl Runner {
             if existing.name.as_deref() != Some(template.name.as_str())
                 || !existing.tag_list().contains(&tag.as_str())
             {
-                bail!(
-                    "VMID {} is taken by `{}` (not this cluster's template); re-run `provision plan` to pick another id",
-                    template.vmid,
-                    existing.name.unwrap_or_default()
-                );
+                // Another cluster planned at the same moment: `up` plans again and the next
+                // plan sees it (the record's id is no longer free, so a new one is taken).
+                return Err(super::race::RaceError::VmidTaken {
+                    vmid: template.vmid.0,
+                    by: existing.name.unwrap_or_default(),
+                    node: existing.node.unwrap_or_default(),
+                }
+                .into());
             }
             if existing.lock.is_some() {
                 return Err(PveError::LockTimeout {

@@ -353,6 +353,10 @@ fn down_without_state_finds_the_cluster_by_tag_and_never_touches_other_vms() {
         .map(|(id, _)| id)
         .collect();
     let first = *a_vmids.iter().next().unwrap();
+    let templates = state(&workspace, "a")["templates"].clone();
+    let templates = templates.as_object().unwrap();
+    assert_eq!(templates.len(), 1, "{templates:?}");
+    let template_vmid = templates.values().next().unwrap()["vmid"].as_u64().unwrap();
     let seed = "local:iso/provision-a-a-server-1-0123abcd.iso";
     edit_sim(&workspace, |vms| {
         add_vm(vms, first, 9000, "someone-elses", "ci;team-x");
@@ -384,11 +388,16 @@ fn down_without_state_finds_the_cluster_by_tag_and_never_touches_other_vms() {
     ]));
     assert_eq!(code, 0, "{stderr}");
     assert!(
-        stderr.contains("no state for cluster a: found 2 of its VMs on Proxmox by their tags"),
+        stderr.contains(
+            "no state for cluster a: found 2 of its VMs and its template on Proxmox by their tags"
+        ),
         "{stderr}"
     );
     assert!(stdout.contains("destroyed 2 VMs"), "{stdout}");
-    assert_eq!(deleted_vmids(&log), a_vmids);
+    // ci-nested clones its VMs from a template (image.strategy): it goes too, after them.
+    let mut expected = a_vmids.clone();
+    expected.insert(template_vmid);
+    assert_eq!(deleted_vmids(&log), expected);
     let requests = std::fs::read_to_string(&log).unwrap();
     assert!(
         requests.contains("provision-a-a-server-1-0123abcd.iso") && requests.contains("DELETE"),
