@@ -54,5 +54,6 @@ pub(super) fn plan_down(input: &PlanInput<'_>) -> Plan {
         warnings: Vec::new(),
         shared_storages: BTreeSet::new(),
         rolling: Vec::new(),
+        upgrade: None,
     }
 }

@@ -19,6 +19,7 @@ pub mod privileges;
 mod propstrings;
 mod render;
 mod rolling;
+mod upgrade;
 mod user_facing;
 mod vm;
 mod vm_params;
@@ -41,6 +42,9 @@ pub use numa::{format_cpulist, parse_cpulist};
 pub use params::{disk_size_gib, disk_storage, hostpci_targets, params_hash, same_value};
 pub use render::{render_json, render_text};
 pub use rolling::{RollingOptions, Wave, WaveVm, disrupts};
+pub use upgrade::{
+    K3sUpgrade, K3sVersion, UpgradeStep, VersionError, check_cluster_upgrade, check_upgrade,
+};
 pub use wanted::{
     MAC_FIRST_OCTET, WantedVm, derived_mac, live_mac, wanted_vms, wanted_vms_observed,
 };
@@ -177,6 +181,8 @@ pub enum PlanError {
         "node_groups[{group}].count: scaling the servers down from {from} to 1 ends high availability (one server, no etcd quorum to lose); pass --force to do it anyway"
     )]
     SingleServerScaleDown { from: u32, group: usize },
+    #[error("{0}")]
+    K3sVersion(#[from] VersionError),
 }
 
 /// Where a VM's OS disk comes from.
@@ -278,6 +284,9 @@ pub struct Plan {
     /// The disruptive actions in waves (see [`Wave`]); empty when nothing running is disrupted.
     #[serde(skip_serializing_if = "Vec::is_empty")]
     pub rolling: Vec<Wave>,
+    /// A `cluster.k3s_version` change on the running cluster, rolled in phase 2.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub upgrade: Option<K3sUpgrade>,
 }
 
 impl Plan {
@@ -297,9 +306,10 @@ impl Plan {
             && self.pool.is_none()
     }
 
-    /// Running this plan changes something: Proxmox, or (a down plan) the records it forgets.
+    /// Running this plan changes something: Proxmox, the records a down plan forgets, or the
+    /// k3s version of the running cluster.
     pub fn has_changes(&self) -> bool {
-        !self.is_noop() || !self.forget.is_empty()
+        !self.is_noop() || !self.forget.is_empty() || self.upgrade.is_some()
     }
 
     pub fn count(&self, kind: ActionKind) -> usize {

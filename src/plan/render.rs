@@ -49,6 +49,7 @@ pub fn render_text(plan: &Plan) -> String {
         );
     }
     render_rolling(&mut out, plan);
+    render_upgrade(&mut out, plan);
     let _ = writeln!(
         out,
         "Plan: {} to create, {} to update, {} to replace, {} to destroy.",
@@ -57,7 +58,7 @@ pub fn render_text(plan: &Plan) -> String {
         plan.count(ActionKind::Replace),
         plan.count(ActionKind::Destroy)
     );
-    if plan.is_noop() {
+    if plan.is_noop() && plan.upgrade.is_none() {
         match plan.intent {
             Intent::Converge => {
                 let _ = writeln!(out, "No changes: the cluster matches the profile.");
@@ -84,7 +85,12 @@ fn render_rolling(out: &mut String, plan: &Plan) {
         "Rolling: {} waves; each starts when the one before is back (started, guest agent answering)",
         plan.rolling.len()
     );
-    for wave in &plan.rolling {
+    render_waves(out, &plan.rolling);
+}
+
+/// Each wave: its VMs (what happens, whether they are drained) and what is unavailable.
+fn render_waves(out: &mut String, waves: &[super::Wave]) {
+    for wave in waves {
         for (position, member) in wave.vms.iter().enumerate() {
             let number = if position == 0 {
                 format!("{}.", wave.number)
@@ -101,6 +107,30 @@ fn render_rolling(out: &mut String, plan: &Plan) {
         }
         let _ = writeln!(out, "      unavailable: {}", wave.disruption);
     }
+}
+
+/// The k3s upgrade phase 2 rolls after the VM changes: snapshot, then its waves.
+fn render_upgrade(out: &mut String, plan: &Plan) {
+    let Some(upgrade) = &plan.upgrade else {
+        return;
+    };
+    let _ = writeln!(
+        out,
+        "k3s upgrade {} → {} ({}): {}{} waves, servers one at a time, then agents; each node drained, restarted on the new binary, Ready (and an etcd member) again, uncordoned",
+        upgrade.from,
+        upgrade.to,
+        match upgrade.step {
+            super::UpgradeStep::Minor => "next minor version",
+            super::UpgradeStep::Patch | super::UpgradeStep::None => "same minor version",
+        },
+        if upgrade.snapshot {
+            "etcd snapshot first, then "
+        } else {
+            ""
+        },
+        upgrade.waves.len()
+    );
+    render_waves(out, &upgrade.waves);
 }
 
 /// One action: its line, then what it sends.
@@ -173,6 +203,11 @@ pub fn render_json(plan: &Plan) -> serde_json::Value {
         && let Some(object) = rendered.as_object_mut()
     {
         object.insert("rolling".to_owned(), json!(plan.rolling));
+    }
+    if let Some(upgrade) = &plan.upgrade
+        && let Some(object) = rendered.as_object_mut()
+    {
+        object.insert("upgrade".to_owned(), json!(upgrade));
     }
     // Only a down plan forgets; converge plans keep their shape.
     if !plan.forget.is_empty()

@@ -65,7 +65,7 @@ pub fn disrupts(action: &Action) -> bool {
 }
 
 /// The trailing number of a VM name (`lab-gpu-12` → 12): newer VMs have larger ones.
-fn name_index(name: &str) -> u32 {
+pub(super) fn name_index(name: &str) -> u32 {
     let digits: String = name
         .chars()
         .rev()
@@ -287,7 +287,7 @@ fn assign_waves<'a>(
 }
 
 /// The VMs of `role` that exist now.
-fn count_role(input: &PlanInput<'_>, role: Role) -> usize {
+pub(super) fn count_role(input: &PlanInput<'_>, role: Role) -> usize {
     input
         .state
         .vms

@@ -681,3 +681,4 @@ fn down_destroys_what_is_still_ours_and_forgets_the_rest() {
 }
 
 mod rolling;
+mod upgrade;

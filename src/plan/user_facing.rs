@@ -30,7 +30,8 @@ impl UserFacing for PlanError {
             | PlanError::TooManyVcpus { .. }
             | PlanError::RootOnlyKeys { .. }
             | PlanError::EvenServerScaleDown { .. }
-            | PlanError::SingleServerScaleDown { .. } => ExitStatus::UserError,
+            | PlanError::SingleServerScaleDown { .. }
+            | PlanError::K3sVersion(_) => ExitStatus::UserError,
         }
     }
 

@@ -186,6 +186,10 @@ pub struct State {
     /// PCI resource mappings provision created.
     #[serde(default)]
     pub mappings: Vec<String>,
+    /// The k3s version phase 2 last converged the cluster to; a different `cluster.k3s_version`
+    /// is a rolling upgrade from it.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub k3s_version: Option<String>,
 }
 
 impl Default for State {
@@ -196,6 +200,7 @@ impl Default for State {
             vms: BTreeMap::new(),
             images: Vec::new(),
             mappings: Vec::new(),
+            k3s_version: None,
         }
     }
 }
