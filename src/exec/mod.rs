@@ -12,6 +12,7 @@ pub mod cluster_status;
 mod destroy;
 pub mod doctor;
 pub mod drain;
+pub mod etcd_ops;
 pub mod phase2;
 pub mod progress;
 pub mod retry;

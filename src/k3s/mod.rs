@@ -6,6 +6,7 @@
 pub mod cluster;
 pub mod config;
 pub mod drain;
+pub mod etcd;
 pub mod gitops;
 pub mod install;
 pub mod kubeconfig;

@@ -1,7 +1,7 @@
 //! The node preparation step list: swap, kernel modules, sysctls, scratch disk, packages, NVIDIA (host mode).
 
 use crate::profile::Profile;
-use crate::profile::model::{NodeGroup, NvidiaMode};
+use crate::profile::model::{NodeGroup, NvidiaMode, Role};
 
 use super::Step;
 use super::nvidia::{NvidiaHost, nvidia_host_steps};
@@ -74,6 +74,10 @@ impl NodePrepInput {
         let mut packages = Vec::new();
         if profile.storage.nfs.is_some() {
             packages.push("nfs-common".to_owned());
+        }
+        if group.role == Role::Server {
+            // k3s ships no etcdctl: day-2 commands list and check etcd members with Debian's.
+            packages.push(crate::k3s::etcd::ETCD_CLIENT_PACKAGE.to_owned());
         }
         let has_gpus = group.gpus.as_ref().is_some_and(|gpus| gpus.count > 0);
         // Validation refuses host mode when the guest OS is unknown.
