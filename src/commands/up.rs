@@ -87,7 +87,7 @@ pub async fn run(context: &Context, up_args: UpArgs) -> anyhow::Result<ExitStatu
             return Err(error);
         }
     };
-    let (report, _store) = exec::apply_with_gate(
+    let (report, mut store) = exec::apply_with_gate(
         Arc::clone(&opened.connection.api),
         &plan,
         store,
@@ -114,6 +114,14 @@ pub async fn run(context: &Context, up_args: UpArgs) -> anyhow::Result<ExitStatu
     if context.reporter.format() == OutputFormat::Text {
         context.reporter.data(&phase1.to_string());
     }
+    // A running cluster (phase 2 wrote its kubeconfig, VMs of it stay) is upgraded in place
+    // when the profile's k3s version differs from what it runs.
+    let running =
+        context.workspace.kubeconfig_path().exists() && plan.vms.iter().any(|vm| vm.exists);
+    let upgrade = running.then(|| crate::exec::phase2::UpgradeOptions {
+        max_unavailable: up_args.rolling.max_unavailable,
+        recorded: store.state().k3s_version.clone(),
+    });
     let phase2 = super::up_phase2::run(
         context,
         profile,
@@ -121,10 +129,14 @@ pub async fn run(context: &Context, up_args: UpArgs) -> anyhow::Result<ExitStatu
         args.sim.simulate,
         guests.as_deref(),
         &report.vms,
+        upgrade,
     )
     .await;
     opened.close().await;
     let phase2 = phase2?;
+    if let super::up_phase2::Phase2Result::Done { .. } = &phase2 {
+        store.update(|state| state.k3s_version = Some(profile.cluster.k3s_version.clone()))?;
+    }
     if context.reporter.format() == OutputFormat::Json {
         context.reporter.json(&UpOutput {
             phase1,
@@ -145,6 +157,20 @@ fn disruption_gate(
     state: &crate::state::State,
 ) -> anyhow::Result<Arc<dyn exec::RollingGate>> {
     show_plan(context, plan);
+    if let Some(upgrade) = &plan.upgrade {
+        super::confirm::confirm(
+            context,
+            &format!(
+                "upgrade k3s of cluster {} from {} to {}, node by node in {} waves",
+                plan.cluster,
+                upgrade.from,
+                upgrade.to,
+                upgrade.waves.len()
+            ),
+            "",
+            up_args.confirm.yes,
+        )?;
+    }
     if plan.rolling.is_empty() {
         return Ok(Arc::new(exec::NoGate));
     }
@@ -175,7 +201,7 @@ fn show_plan(context: &Context, plan: &crate::plan::Plan) {
     for warning in &plan.warnings {
         context.reporter.status(&format!("warning: {warning}"));
     }
-    if plan.is_noop() {
+    if plan.is_noop() && plan.upgrade.is_none() {
         context
             .reporter
             .status("cluster already matches the profile: no changes made to Proxmox");

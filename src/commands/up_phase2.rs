@@ -115,6 +115,7 @@ pub async fn run(
     simulate: bool,
     guests: Option<&TestbedGuests>,
     vms: &[ProvisionedVm],
+    upgrade: Option<crate::exec::phase2::UpgradeOptions>,
 ) -> anyhow::Result<Phase2Result> {
     if args.vms_only {
         context
@@ -147,6 +148,7 @@ pub async fn run(
     let options = ClusterOptions {
         accept_new_host_keys: args.accept_new_host_keys,
         record_commands: args.print_commands,
+        upgrade,
         ..ClusterOptions::default()
     };
     let outcome = cluster::converge(profile, vms, &context.workspace, &options).await;

@@ -38,6 +38,8 @@ pub struct ClusterOptions {
     pub ssh: SshOptions,
     /// Overrides of the phase 2 defaults (timeouts, parallelism); `None` = [`Phase2Options::new`].
     pub phase2: Option<Phase2Options>,
+    /// The cluster runs: a `cluster.k3s_version` change is rolled out before the install.
+    pub upgrade: Option<phase2::UpgradeOptions>,
 }
 
 impl Default for ClusterOptions {
@@ -52,6 +54,7 @@ impl Default for ClusterOptions {
                 ..SshOptions::default()
             },
             phase2: None,
+            upgrade: None,
         }
     }
 }
@@ -241,7 +244,17 @@ pub async fn converge(
             .unwrap_or_else(|| Phase2Options::new(&workspace.root));
         // The kubeconfig lives beside the state: `.provision/kubeconfig`.
         phase2_options.workspace = workspace.state_dir();
-        phase2::run(profile, &nodes, &connector, &phase2_options).await
+        let upgrade = match &options.upgrade {
+            Some(upgrade) => {
+                phase2::rolling_upgrade(profile, &nodes, &connector, &phase2_options, upgrade)
+                    .await
+                    .context("rolling k3s upgrade")?
+            }
+            None => phase2::UpgradeReport::default(),
+        };
+        let mut report = phase2::run(profile, &nodes, &connector, &phase2_options).await?;
+        report.upgrade = upgrade;
+        Ok(report)
     }
     .await;
     match result {
@@ -271,11 +284,7 @@ pub fn rolling_gate(
         .clone()
         .unwrap_or_else(|| Phase2Options::new(&workspace.root));
     phase2_options.workspace = workspace.state_dir();
-    Ok(phase2::K3sGate {
-        nodes,
-        connector,
-        options: phase2_options,
-    })
+    Ok(phase2::K3sGate::new(nodes, connector, phase2_options))
 }
 
 /// One recorded operation as `--print-commands` shows it: multi-line scripts are shown whole.

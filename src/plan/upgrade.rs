@@ -157,8 +157,9 @@ pub struct K3sUpgrade {
 }
 
 /// The upgrade from the version the workspace recorded at the last converged `up` to the
-/// profile's, over the VMs that exist and stay; `None` when the versions match or no version
-/// was recorded (a cluster that has not run phase 2 yet is installed at the new version).
+/// profile's, over the VMs that exist and stay; `None` when the versions match, no version was
+/// recorded or no VM stays (a cluster that has not run phase 2 yet, or was taken down, is
+/// installed at the profile's version).
 pub(super) fn upgrade(
     input: &PlanInput<'_>,
     vms: &[PlannedVm],
@@ -167,12 +168,6 @@ pub(super) fn upgrade(
     let Some(recorded) = &input.state.k3s_version else {
         return Ok(None);
     };
-    let from = K3sVersion::parse("the k3s version in the workspace state", recorded)?;
-    let to = K3sVersion::parse("cluster.k3s_version", &input.profile.cluster.k3s_version)?;
-    let step = check_upgrade(from, to)?;
-    if step == UpgradeStep::None {
-        return Ok(None);
-    }
     let replaced = |name: &str| {
         actions
             .iter()
@@ -182,6 +177,16 @@ pub(super) fn upgrade(
         .iter()
         .filter(|vm| vm.exists && !replaced(&vm.name))
         .collect();
+    if kept.is_empty() {
+        // Nothing left running the recorded version (after `down`): a new cluster.
+        return Ok(None);
+    }
+    let from = K3sVersion::parse("the k3s version in the workspace state", recorded)?;
+    let to = K3sVersion::parse("cluster.k3s_version", &input.profile.cluster.k3s_version)?;
+    let step = check_upgrade(from, to)?;
+    if step == UpgradeStep::None {
+        return Ok(None);
+    }
     kept.sort_by(|a, b| {
         u8::from(a.role == Role::Agent)
             .cmp(&u8::from(b.role == Role::Agent))

@@ -3,6 +3,7 @@
 mod support {
     pub mod cli;
     pub mod fake_cluster;
+    pub mod fake_etcd;
     pub mod sim;
     pub mod sim_serve;
     pub mod testbed;
@@ -13,12 +14,14 @@ mod cloudinit;
 mod code_shape;
 mod crash;
 mod day2;
+mod day2_rolling;
 mod drain;
 mod e2e;
 mod exitcodes;
 mod hostile;
 mod hostile_workspace;
 mod k3s;
+mod k3s_upgrade;
 mod layers;
 mod nodeprep;
 mod phase2;
