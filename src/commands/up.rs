@@ -114,29 +114,17 @@ pub async fn run(context: &Context, up_args: UpArgs) -> anyhow::Result<ExitStatu
     if context.reporter.format() == OutputFormat::Text {
         context.reporter.data(&phase1.to_string());
     }
-    // A running cluster (phase 2 wrote its kubeconfig, VMs of it stay) is upgraded in place
-    // when the profile's k3s version differs from what it runs.
-    let running =
-        context.workspace.kubeconfig_path().exists() && plan.vms.iter().any(|vm| vm.exists);
-    let upgrade = running.then(|| crate::exec::phase2::UpgradeOptions {
-        max_unavailable: up_args.rolling.max_unavailable,
-        recorded: store.state().k3s_version.clone(),
-    });
-    let phase2 = super::up_phase2::run(
+    let phase2 = phase_two(
         context,
+        &up_args,
         profile,
-        &up_args.phase2,
-        args.sim.simulate,
         guests.as_deref(),
-        &report.vms,
-        upgrade,
+        (&plan, &report),
+        &mut store,
     )
     .await;
     opened.close().await;
     let phase2 = phase2?;
-    if let super::up_phase2::Phase2Result::Done { .. } = &phase2 {
-        store.update(|state| state.k3s_version = Some(profile.cluster.k3s_version.clone()))?;
-    }
     if context.reporter.format() == OutputFormat::Json {
         context.reporter.json(&UpOutput {
             phase1,
@@ -144,6 +132,48 @@ pub async fn run(context: &Context, up_args: UpArgs) -> anyhow::Result<ExitStatu
         });
     }
     Ok(ExitStatus::Success)
+}
+
+/// Phase 2 on the plan's VMs, with the k3s upgrade of a running cluster first; the version it
+/// converged to is recorded in the state.
+async fn phase_two(
+    context: &Context,
+    up_args: &UpArgs,
+    profile: &crate::profile::Profile,
+    guests: Option<&provision_testbed::TestbedGuests>,
+    (plan, report): (&crate::plan::Plan, &exec::ApplyReport),
+    store: &mut StateStore,
+) -> anyhow::Result<super::up_phase2::Phase2Result> {
+    let phase2 = super::up_phase2::run(
+        context,
+        profile,
+        &up_args.phase2,
+        up_args.cluster.sim.simulate,
+        guests,
+        &report.vms,
+        upgrade_options(context, up_args, plan, store.state()),
+    )
+    .await?;
+    if let super::up_phase2::Phase2Result::Done { .. } = &phase2 {
+        store.update(|state| state.k3s_version = Some(profile.cluster.k3s_version.clone()))?;
+    }
+    Ok(phase2)
+}
+
+/// A running cluster (phase 2 wrote its kubeconfig, VMs of it stay) is upgraded in place when
+/// the profile's k3s version differs from what it runs.
+fn upgrade_options(
+    context: &Context,
+    up_args: &UpArgs,
+    plan: &crate::plan::Plan,
+    state: &crate::state::State,
+) -> Option<crate::exec::phase2::UpgradeOptions> {
+    let running =
+        context.workspace.kubeconfig_path().exists() && plan.vms.iter().any(|vm| vm.exists);
+    running.then(|| crate::exec::phase2::UpgradeOptions {
+        max_unavailable: up_args.rolling.max_unavailable,
+        recorded: state.k3s_version.clone(),
+    })
 }
 
 /// The plan is shown; one that disrupts running VMs is confirmed (`--yes` answers for it);
