@@ -26,12 +26,16 @@ const OLD: &str = "v1.31.4+k3s1";
 const NEW: &str = "v1.31.5+k3s1";
 const LEAVING_AGENT: &str = "tbha-agent-2";
 
-/// What one look at the cluster showed: which server answered and every node's (Ready,
-/// version), or why no server answered.
+/// (name, Ready, kubelet version) of one node.
+type NodeView = (String, bool, String);
+
+/// What one look at the cluster showed (`at` after the watcher started): which server answered
+/// and every node's view, or why no server answered.
 #[derive(Debug)]
+#[allow(dead_code)] // `at` is read through Debug, in the failure messages.
 struct Sample {
     at: Duration,
-    answer: Result<(String, Vec<(String, bool, String)>), String>,
+    answer: Result<(String, Vec<NodeView>), String>,
 }
 
 impl Sample {
@@ -84,7 +88,7 @@ fn watch(testbed: &Testbed, servers: &[String], stop: &AtomicBool) -> Vec<Sample
 }
 
 /// (name, Ready, kubelet version) of every node in a node list.
-fn node_view(list: &Value) -> Vec<(String, bool, String)> {
+fn node_view(list: &Value) -> Vec<NodeView> {
     list["items"]
         .as_array()
         .unwrap()

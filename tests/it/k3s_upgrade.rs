@@ -95,16 +95,14 @@ async fn a_patch_upgrade_rolls_servers_one_at_a_time_then_agents_with_a_snapshot
         let words: Vec<&str> = event.split(' ').collect();
         assert_ne!(words[1], words[3], "{event}");
     }
-    let etcd = connector.etcd.lock().unwrap();
+    let versions = connector.etcd.lock().unwrap().versions.clone();
     assert!(
         world
             .nodes
             .iter()
-            .all(|node| etcd.versions.get(&node.name).map(String::as_str) == Some(NEW)),
-        "{:?}",
-        etcd.versions
+            .all(|node| versions.get(&node.name).map(String::as_str) == Some(NEW)),
+        "{versions:?}"
     );
-    drop(etcd);
 
     // Done: a second run restarts nothing.
     let again = rolling_upgrade(
