@@ -29,6 +29,7 @@ pub async fn run(context: &Context, up_args: UpArgs) -> anyhow::Result<ExitStatu
     )
     .await?;
     let guests = super::up_phase2::attach_guests(&opened, up_args.phase2.guests)?;
+    super::up_phase2::remember_guests(guests.as_deref(), store.state())?;
     let seeds = Arc::new(session::WorkspaceSeeds::for_run(
         profile,
         &context.workspace,
@@ -120,11 +121,9 @@ pub async fn run(context: &Context, up_args: UpArgs) -> anyhow::Result<ExitStatu
         profile,
         guests.as_deref(),
         (&plan, &report),
-        &mut store,
+        (&mut store, opened),
     )
-    .await;
-    opened.close().await;
-    let phase2 = phase2?;
+    .await?;
     if context.reporter.format() == OutputFormat::Json {
         context.reporter.json(&UpOutput {
             phase1,
@@ -135,14 +134,14 @@ pub async fn run(context: &Context, up_args: UpArgs) -> anyhow::Result<ExitStatu
 }
 
 /// Phase 2 on the plan's VMs, with the k3s upgrade of a running cluster first; the version it
-/// converged to is recorded in the state.
+/// converged to is recorded in the state. The session is closed when it ends, however it ends.
 async fn phase_two(
     context: &Context,
     up_args: &UpArgs,
     profile: &crate::profile::Profile,
     guests: Option<&provision_testbed::TestbedGuests>,
     (plan, report): (&crate::plan::Plan, &exec::ApplyReport),
-    store: &mut StateStore,
+    (store, opened): (&mut StateStore, session::Opened),
 ) -> anyhow::Result<super::up_phase2::Phase2Result> {
     let phase2 = super::up_phase2::run(
         context,
@@ -153,7 +152,9 @@ async fn phase_two(
         &report.vms,
         upgrade_options(context, up_args, plan, store.state()),
     )
-    .await?;
+    .await;
+    opened.close().await;
+    let phase2 = phase2?;
     if let super::up_phase2::Phase2Result::Done { .. } = &phase2 {
         store.update(|state| state.k3s_version = Some(profile.cluster.k3s_version.clone()))?;
     }

@@ -1,8 +1,8 @@
 //! The k3s [`RollingGate`] `up` uses once phase 2 has bootstrapped the cluster: before a node
 //! is disrupted, check quorum (every other server Ready, etcd healthy without it, no learner),
 //! take an etcd snapshot before the first server of the run, and drain it from another Ready
-//! server; after it is back, wait until it is Ready again (and an etcd member, for a server) and
-//! uncordon it. A node that is scaled down leaves the cluster before its VM is destroyed: k3s
+//! server; after it is back, wait until it is Ready again (for a server: an etcd member that
+//! etcd reports healthy) and uncordon it. A node that is scaled down leaves the cluster before its VM is destroyed: k3s
 //! stopped on it, its etcd member removed (k3s's annotation, then `removed-node-name`), its
 //! Node and node-password Secret deleted.
 
@@ -19,10 +19,11 @@ use crate::exec::rolling::RollingGate;
 use crate::k3s::cluster::ClusterNode;
 use crate::k3s::config::unit_name;
 use crate::k3s::drain::NodeName;
-use crate::k3s::etcd::SnapshotName;
+use crate::k3s::etcd::{SnapshotName, member_healthy, members_of};
 use crate::k3s::rolling::{drain_command, other_servers_not_ready, uncordon_command};
 use crate::plan::{ActionKind, WaveVm};
 use crate::profile::model::Role;
+use crate::pve::wait::{Check, PollInterval, WaitError, await_condition};
 use crate::ssh::RemoteExec;
 
 /// Drains and uncordons through the cluster's servers over SSH.
@@ -199,6 +200,31 @@ impl<C: Connector> K3sGate<C> {
     }
 }
 
+/// Condition: etcd lists a member of `node`, a voter, answering healthy.
+async fn member_back(
+    server: &dyn RemoteExec,
+    node: &str,
+) -> Result<Check<(), String>, std::convert::Infallible> {
+    let members = match etcd_ops::member_list(server).await {
+        Ok(members) => members,
+        Err(error) => return Ok(Check::Pending(format!("{error:#}"))),
+    };
+    let healthy = match etcd_ops::healthy_endpoints(server).await {
+        Ok(healthy) => healthy,
+        Err(error) => return Ok(Check::Pending(format!("{error:#}"))),
+    };
+    let own = members_of(&members, node);
+    Ok(if own.is_empty() {
+        Check::Pending("no etcd member".to_owned())
+    } else if own.iter().any(|member| member.is_learner) {
+        Check::Pending("a learner, not yet promoted".to_owned())
+    } else if !own.iter().all(|member| member_healthy(member, &healthy)) {
+        Check::Pending("its etcd member does not answer healthy".to_owned())
+    } else {
+        Check::Met(())
+    })
+}
+
 /// Seconds since the epoch: snapshot names of different runs differ.
 fn unix_seconds() -> u64 {
     std::time::SystemTime::now()
@@ -243,6 +269,26 @@ impl<C: Connector> RollingGate for K3sGate<C> {
             &self.options,
         )
         .await?;
+        if vm.role == Role::Server {
+            // k3s keeps a node Ready for 40 s after its last heartbeat: etcd says whether the
+            // server is back in the quorum before the next one may go.
+            let waited = await_condition(
+                &format!("the etcd member of {} to be healthy", vm.vm),
+                self.options.ready_timeout,
+                PollInterval::fixed(self.options.poll_interval),
+                || member_back(server.as_ref(), &vm.vm),
+            )
+            .await;
+            match waited {
+                Ok(()) => {}
+                Err(WaitError::Failed(never)) => match never {},
+                Err(WaitError::TimedOut { last, .. }) => bail!(
+                    "timed out after {}s waiting for the etcd member of {} to be healthy again (last: {last}); `journalctl -u k3s` on it says why",
+                    self.options.ready_timeout.as_secs(),
+                    vm.vm
+                ),
+            }
+        }
         run_checked(server.as_ref(), &uncordon_command(&vm.vm)?)
             .await
             .with_context(|| format!("uncordoning {} after it came back", vm.vm))?;
