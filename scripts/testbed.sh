@@ -284,7 +284,15 @@ cmd_start() {
     ensure_network "$name"
     ensure_overlay "$name"
     prepare_unseeded "$name"
-    setsid "$SCRIPT_DIR/testbed.sh" _supervise "$name" </dev/null >>"$dir/supervisor.log" 2>&1 &
+    # The supervisor outlives this command: it must not keep a caller's descriptors open, or a
+    # `flock /work/testbed.lock …` around the caller would stay held by the running host.
+    (
+        for fd in /proc/$BASHPID/fd/*; do
+            fd=${fd##*/}
+            if ((fd > 2)); then eval "exec $fd>&-"; fi
+        done
+        exec setsid "$SCRIPT_DIR/testbed.sh" _supervise "$name" </dev/null >>"$dir/supervisor.log" 2>&1
+    ) &
     local deadline=$((SECONDS + 10))
     until running "$name"; do
         ((SECONDS < deadline)) ||

@@ -97,6 +97,14 @@ pub enum Command {
     Drain(DrainArgs),
     /// Make a drained (cordoned) node schedulable again; a no-op on a schedulable node.
     Uncordon(UncordonArgs),
+    /// Replace a node (server or agent) by a new VM with the same name, address, GPU mappings and
+    /// labels: etcd snapshot, drain, member removal, Node deletion, new VM, join, checks.
+    ///
+    /// Refused, changing nothing, unless etcd stays healthy without the node (a quorum of healthy
+    /// voting members, no learner, no other server being changed). A dead node (VM gone or
+    /// unreachable) is replaced without drain. Every step is journaled in the state: after a crash,
+    /// run the same command again and it resumes. `plan --replace-node NODE` previews it.
+    ReplaceNode(ReplaceNodeArgs),
     /// The Proxmox VE simulator (what `--simulate` runs in-process).
     #[command(subcommand)]
     Sim(SimCommand),
@@ -255,6 +263,9 @@ pub struct PlanArgs {
     /// Show what `down` would destroy instead.
     #[arg(long)]
     pub destroy: bool,
+    /// Show what `replace-node NODE` would do instead (its VM, the k3s/etcd steps).
+    #[arg(long, value_name = "NODE", conflicts_with = "destroy")]
+    pub replace_node: Option<String>,
     /// Exit 0 when the plan has no changes, 2 when it has, 1 on any error (as terraform does).
     #[arg(long)]
     pub detailed_exitcode: bool,
@@ -272,6 +283,26 @@ pub struct DownArgs {
     /// Hidden from `--help`, like `up --guests`.
     #[arg(long, value_enum, default_value_t = Guests::None, requires = "simulate", hide = true)]
     pub guests: Guests,
+}
+
+/// `provision replace-node --profile P NODE [--yes]`
+#[derive(Debug, Args)]
+pub struct ReplaceNodeArgs {
+    #[command(flatten)]
+    pub cluster: ClusterArgs,
+    /// The node (VM and Kubernetes node name) to replace.
+    pub node: String,
+    /// Bound on each wait, in seconds: drain, etcd member removal, Ready again.
+    #[arg(long, value_name = "SECONDS", default_value_t = 600, value_parser = clap::value_parser!(u64).range(1..=86_400))]
+    pub timeout: u64,
+    #[command(flatten)]
+    pub confirm: ConfirmArgs,
+    /// The simulated VMs' guests (as on `up`). Hidden from `--help`, like `up --guests`.
+    #[arg(long, value_enum, default_value_t = Guests::None, requires = "simulate", hide = true)]
+    pub guests: Guests,
+    /// Trust and record the host key of a host provision did not create (first use).
+    #[arg(long)]
+    pub accept_new_host_keys: bool,
 }
 
 /// `provision drain --profile P NODE …`

@@ -13,6 +13,7 @@ pub mod kubeconfig;
 pub mod output;
 pub mod plan;
 pub mod profiles;
+pub mod replace_node;
 pub mod sim;
 pub mod status;
 pub mod uncordon;
@@ -93,6 +94,7 @@ async fn dispatch(context: &Context, command: Command) -> anyhow::Result<ExitSta
         Command::Kubeconfig(args) => kubeconfig::run(context, args).await,
         Command::Drain(args) => drain::run(context, args).await,
         Command::Uncordon(args) => uncordon::run(context, args).await,
+        Command::ReplaceNode(args) => replace_node::run(context, args).await,
         Command::Down(args) => down::run(context, args).await,
         Command::Status(args) => status::run(context, args).await,
         Command::Doctor(args) => doctor::run(context, args).await,

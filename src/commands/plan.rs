@@ -1,5 +1,5 @@
-//! `provision plan --profile P [--destroy] [--detailed-exitcode] [--simulate]`: observe, plan
-//! `up` (or, with `--destroy`, `down`), print the diff (or JSON).
+//! `provision plan --profile P [--destroy | --replace-node NODE] [--detailed-exitcode]
+//! [--simulate]`: observe, plan `up` (or `down`, or `replace-node NODE`), print the diff (or JSON).
 
 use crate::cli::{OutputFormat, PlanArgs};
 use crate::exec::{self, session};
@@ -50,7 +50,11 @@ async fn show(context: &Context, args: PlanArgs) -> anyhow::Result<bool> {
             cluster_args.sim.simulate,
         )?
         .preview_only();
-        session::observe_and_plan(
+        let intent = match &args.replace_node {
+            Some(node) => crate::plan::Intent::ReplaceNode { node: node.clone() },
+            None => crate::plan::Intent::Converge,
+        };
+        session::observe_and_plan_intent(
             opened.connection.api.as_ref(),
             opened.connection.auth.clone(),
             &loaded.profile,
@@ -58,6 +62,7 @@ async fn show(context: &Context, args: PlanArgs) -> anyhow::Result<bool> {
             &seeds,
             &context.workspace.root,
             rolling_options(context, &args.rolling),
+            &intent,
         )
         .await?
     };

@@ -30,15 +30,13 @@ pub async fn run(context: &Context, up_args: UpArgs) -> anyhow::Result<ExitStatu
     .await?;
     let guests = super::up_phase2::attach_guests(&opened, up_args.phase2.guests)?;
     super::up_phase2::remember_guests(guests.as_deref(), store.state())?;
-    let seeds = Arc::new(session::WorkspaceSeeds::for_run(
-        profile,
-        &context.workspace,
-        args.sim.simulate,
-    )?);
+    let seeds = session::WorkspaceSeeds::for_run(profile, &context.workspace, args.sim.simulate);
+    let seeds = Arc::new(seeds?);
     // Everything is validated here (profile, credentials and privileges, storages, bridge,
     // GPUs, hugepages, IOMMU, root-only keys) before the first mutating call: the same checks
     // as `provision doctor`.
     store.state().check_cluster(&profile.cluster.name)?;
+    super::replace_node::refuse_unfinished(store.state(), &args.profile)?;
     let preflight = doctor::run(
         opened.connection.api.as_ref(),
         &opened.connection.auth,

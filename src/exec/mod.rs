@@ -15,6 +15,7 @@ pub mod drain;
 pub mod etcd_ops;
 pub mod phase2;
 pub mod progress;
+pub mod replace;
 pub mod retry;
 pub mod rolling;
 mod runner;

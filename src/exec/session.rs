@@ -316,6 +316,34 @@ pub async fn observe_and_plan(
     Ok((inventory, plan))
 }
 
+/// [`observe_and_plan`] for another intent (`plan --replace-node`).
+#[allow(clippy::too_many_arguments)]
+pub async fn observe_and_plan_intent(
+    api: &dyn PveApi,
+    auth: AuthKind,
+    profile: &Profile,
+    state: &State,
+    seeds: &WorkspaceSeeds,
+    workspace_root: &Path,
+    rolling: plan::RollingOptions,
+    intent: &plan::Intent,
+) -> anyhow::Result<(Inventory, Plan)> {
+    state.check_cluster(&profile.cluster.name)?;
+    let inventory = inventory::observe(api, profile, auth)
+        .await
+        .context("observing Proxmox")?;
+    let plan = plan_intent_for(
+        profile,
+        &inventory,
+        state,
+        seeds,
+        workspace_root,
+        rolling,
+        intent,
+    )?;
+    Ok((inventory, plan))
+}
+
 /// Plan against an observed inventory (pure but for the seeds' host keys).
 pub fn plan_for(
     profile: &Profile,
@@ -324,6 +352,27 @@ pub fn plan_for(
     seeds: &WorkspaceSeeds,
     workspace_root: &Path,
     rolling: plan::RollingOptions,
+) -> anyhow::Result<Plan> {
+    plan_intent_for(
+        profile,
+        inventory,
+        state,
+        seeds,
+        workspace_root,
+        rolling,
+        &plan::Intent::Converge,
+    )
+}
+
+/// [`plan_for`] with another intent than converging (`replace-node`).
+pub fn plan_intent_for(
+    profile: &Profile,
+    inventory: &Inventory,
+    state: &State,
+    seeds: &WorkspaceSeeds,
+    workspace_root: &Path,
+    rolling: plan::RollingOptions,
+    intent: &plan::Intent,
 ) -> anyhow::Result<Plan> {
     let wanted = plan::wanted_vms_observed(profile, inventory, state)?;
     let nocloud = profile.proxmox.cloud_init == crate::profile::model::CloudInitMode::NocloudIso;
@@ -350,7 +399,7 @@ pub fn plan_for(
             state,
             context,
         };
-        plan::plan(&input, plan::Intent::Converge)
+        plan::plan(&input, intent.clone())
     };
     // A refused plan stays a typed [`plan::PlanError`]: the top level reads its exit status.
     let mut plan = converge(&context)?;

@@ -96,6 +96,7 @@ pub(super) fn converge(input: &PlanInput<'_>) -> Result<Plan, PlanError> {
             .collect(),
         rolling,
         upgrade,
+        replace: None,
     })
 }
 

@@ -55,5 +55,6 @@ pub(super) fn plan_down(input: &PlanInput<'_>) -> Plan {
         shared_storages: BTreeSet::new(),
         rolling: Vec::new(),
         upgrade: None,
+        replace: None,
     }
 }

@@ -24,9 +24,8 @@ pub struct PlanInput<'a> {
 ///
 /// Verbs still to come get their own variant here and their own pass in `plan/`:
 /// `Drain { node }` (move a node's VMs elsewhere, as Converge with the node excluded from
-/// placement), `ReplaceNode { node }` (replace its VMs, reusing the leaving-VM ordering of
-/// Converge), and `Gc` (tagged VMs, ISOs and mappings no state knows).
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize)]
+/// placement) and `Gc` (tagged VMs, ISOs and mappings no state knows).
+#[derive(Debug, Clone, PartialEq, Eq, Default, Serialize)]
 #[serde(rename_all = "kebab-case")]
 pub enum Intent {
     /// Make Proxmox match the profile (`up`, `plan`).
@@ -35,4 +34,7 @@ pub enum Intent {
     /// Remove the cluster: every VM in the state that still carries the cluster tag and its
     /// name (`down`, `plan --destroy`).
     Down,
+    /// Replace one node's VM by a new machine of the same name, address and GPU mappings, with
+    /// the k3s/etcd steps around it (`replace-node`, `plan --replace-node`).
+    ReplaceNode { node: String },
 }

@@ -18,6 +18,7 @@ mod placement;
 pub mod privileges;
 mod propstrings;
 mod render;
+mod replace;
 mod rolling;
 mod upgrade;
 mod user_facing;
@@ -41,6 +42,7 @@ pub use intent::{Intent, PlanInput};
 pub use numa::{format_cpulist, parse_cpulist};
 pub use params::{disk_size_gib, disk_storage, hostpci_targets, params_hash, same_value};
 pub use render::{render_json, render_text};
+pub use replace::{ReplaceSummary, describe_step, replace_steps};
 pub use rolling::{RollingOptions, Wave, WaveVm, disrupts};
 pub use upgrade::{
     K3sUpgrade, K3sVersion, UpgradeStep, VersionError, check_cluster_upgrade, check_upgrade,
@@ -111,6 +113,22 @@ pub enum PlanError {
         "group `{group}` uses numa_pinning/hugepages but proxmox.topology has no entry for {node}; add [[proxmox.topology]] node = \"{node}\" with its NUMA nodes"
     )]
     MissingTopology { group: String, node: String },
+    #[error(
+        "cannot replace {node}: the state knows no VM of that name (known: {known}); give the name of one of the cluster's VMs"
+    )]
+    ReplaceUnknownNode { node: String, known: String },
+    #[error(
+        "cannot replace {node}: the profile no longer has it; the replacement is built from the profile (put it back, or scale down with `up`)"
+    )]
+    ReplaceNotInProfile { node: String },
+    #[error(
+        "cannot replace {node}: the cluster does not match the profile ({others}); run `provision up` first, so that only {node} changes"
+    )]
+    ReplacePendingChanges { node: String, others: String },
+    #[error(
+        "cannot replace {node}: the replacement of {other} is unfinished; run `provision replace-node {other}` again to finish it first"
+    )]
+    ReplaceInProgress { node: String, other: String },
     #[error("proxmox.topology for {node} has an invalid cpus list `{cpus}`")]
     BadTopology { node: String, cpus: String },
     #[error("no Proxmox node can host {vm} (group `{group}`): {details}")]
@@ -287,6 +305,9 @@ pub struct Plan {
     /// A `cluster.k3s_version` change on the running cluster, rolled in phase 2.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub upgrade: Option<K3sUpgrade>,
+    /// The k3s/etcd steps around the VM ([`Intent::ReplaceNode`]).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub replace: Option<ReplaceSummary>,
 }
 
 impl Plan {
@@ -340,6 +361,7 @@ pub fn plan(input: &PlanInput<'_>, intent: Intent) -> Result<Plan, PlanError> {
     match intent {
         Intent::Converge => converge::converge(input),
         Intent::Down => Ok(down::plan_down(input)),
+        Intent::ReplaceNode { node } => replace::plan_replace(input, &node),
     }
 }
 

@@ -50,6 +50,7 @@ pub fn render_text(plan: &Plan) -> String {
     }
     render_rolling(&mut out, plan);
     render_upgrade(&mut out, plan);
+    render_replace(&mut out, plan);
     let _ = writeln!(
         out,
         "Plan: {} to create, {} to update, {} to replace, {} to destroy.",
@@ -59,8 +60,8 @@ pub fn render_text(plan: &Plan) -> String {
         plan.count(ActionKind::Destroy)
     );
     if plan.is_noop() && plan.upgrade.is_none() {
-        match plan.intent {
-            Intent::Converge => {
+        match &plan.intent {
+            Intent::Converge | Intent::ReplaceNode { .. } => {
                 let _ = writeln!(out, "No changes: the cluster matches the profile.");
             }
             Intent::Down => {
@@ -73,6 +74,43 @@ pub fn render_text(plan: &Plan) -> String {
         }
     }
     out
+}
+
+/// The steps of a `replace-node`, in the order they run, and what is unavailable meanwhile.
+fn render_replace(out: &mut String, plan: &Plan) {
+    let Some(replace) = &plan.replace else {
+        return;
+    };
+    let _ = writeln!(
+        out,
+        "Replace node {} ({}): {} steps, one at a time, journaled in the state (a re-run resumes){}",
+        replace.node,
+        replace.role.as_str(),
+        replace.steps.len(),
+        replace
+            .resumes_at
+            .map(|step| format!("; resumes at {}", step.as_str()))
+            .unwrap_or_default()
+    );
+    for (number, step) in replace.steps.iter().enumerate() {
+        let _ = writeln!(
+            out,
+            "  {:<3} {:<14} {}",
+            format!("{}.", number + 1),
+            step.as_str(),
+            super::describe_step(*step)
+        );
+    }
+    let _ = writeln!(
+        out,
+        "      unavailable: {} until it is Ready again{}",
+        replace.node,
+        if replace.role == crate::profile::model::Role::Server {
+            "; etcd runs one member short meanwhile"
+        } else {
+            ""
+        }
+    );
 }
 
 /// The waves of disruptive actions, in the order they run.
@@ -208,6 +246,11 @@ pub fn render_json(plan: &Plan) -> serde_json::Value {
         && let Some(object) = rendered.as_object_mut()
     {
         object.insert("upgrade".to_owned(), json!(upgrade));
+    }
+    if let Some(replace) = &plan.replace
+        && let Some(object) = rendered.as_object_mut()
+    {
+        object.insert("replace".to_owned(), json!(replace));
     }
     // Only a down plan forgets; converge plans keep their shape.
     if !plan.forget.is_empty()

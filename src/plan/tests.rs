@@ -680,5 +680,6 @@ fn down_destroys_what_is_still_ours_and_forgets_the_rest() {
     assert_eq!(render_json(&down)["forget"][0]["vm"], "lab-gone");
 }
 
+mod replace;
 mod rolling;
 mod upgrade;

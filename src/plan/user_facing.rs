@@ -31,7 +31,11 @@ impl UserFacing for PlanError {
             | PlanError::RootOnlyKeys { .. }
             | PlanError::EvenServerScaleDown { .. }
             | PlanError::SingleServerScaleDown { .. }
-            | PlanError::K3sVersion(_) => ExitStatus::UserError,
+            | PlanError::K3sVersion(_)
+            | PlanError::ReplaceUnknownNode { .. }
+            | PlanError::ReplaceNotInProfile { .. }
+            | PlanError::ReplacePendingChanges { .. }
+            | PlanError::ReplaceInProgress { .. } => ExitStatus::UserError,
         }
     }
 

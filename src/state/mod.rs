@@ -7,6 +7,7 @@
 //! answer leaves a record that the next run reconciles with what Proxmox shows).
 
 mod lock;
+mod replace;
 
 use std::collections::BTreeMap;
 use std::fs;
@@ -18,6 +19,7 @@ use crate::profile::model::Role;
 
 pub use lock::{LockHolder, StateLock};
 pub use provision_base::time::human_time;
+pub use replace::{ReplaceJournal, ReplaceStep};
 
 /// Current on-disk format version.
 pub const STATE_VERSION: u32 = 1;
@@ -190,6 +192,9 @@ pub struct State {
     /// is a rolling upgrade from it.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub k3s_version: Option<String>,
+    /// A `replace-node` in progress (absent when none is).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub replacing: Option<ReplaceJournal>,
 }
 
 impl Default for State {
@@ -201,6 +206,7 @@ impl Default for State {
             images: Vec::new(),
             mappings: Vec::new(),
             k3s_version: None,
+            replacing: None,
         }
     }
 }

@@ -151,7 +151,8 @@ fn up_watched(
     });
     assert!(
         output.status.success(),
-        "up failed:\n{}\nsamples: {samples:#?}",
+        "up failed:\n{}\n{}\nsamples: {samples:#?}",
+        String::from_utf8_lossy(&output.stdout),
         String::from_utf8_lossy(&output.stderr)
     );
     (serde_json::from_slice(&output.stdout).unwrap(), samples)
@@ -236,7 +237,16 @@ fn day2_rolling_cores_scale_down_and_upgrade_on_the_testbed() {
         &format!("k3s kubectl apply -f - <<'EOF'\n{workload}\nEOF"),
     );
     edit_profile(&profile, |document| {
-        document["node_groups"][1]["count"] = toml_edit::value(1);
+        let agents = &mut document["node_groups"][1];
+        agents["count"] = toml_edit::value(1);
+        // One address per VM: the leaving agent's goes with it.
+        let first = agents["addresses"]
+            .as_array()
+            .unwrap()
+            .get(0)
+            .unwrap()
+            .clone();
+        agents["addresses"] = toml_edit::value(toml_edit::Array::from_iter([first]));
     });
     let (report, samples) = up_watched(&testbed, workspace, &profile, &servers);
     assert_quorum_kept(&samples);

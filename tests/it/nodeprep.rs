@@ -4,6 +4,7 @@
 use provision::nodeprep::hardware::Hardware;
 use provision::nodeprep::{NodePrepInput, Step, node_labels, prepare_steps};
 use provision::profile::Profile;
+use provision::profile::model::Role;
 
 fn fixture(name: &str) -> Profile {
     let path = format!(
@@ -18,14 +19,21 @@ fn descriptions(steps: &[Step]) -> Vec<String> {
 }
 
 #[test]
-fn nfs_profile_installs_nfs_common_everywhere() {
+fn nfs_profile_installs_nfs_common_everywhere_and_etcdctl_on_servers() {
     let profile = fixture("homelab-ha");
     for group in &profile.node_groups {
         let input = NodePrepInput::for_group(&profile, group);
-        assert_eq!(input.packages, ["nfs-common"]);
+        let (packages, step): (&[&str], _) = match group.role {
+            Role::Server => (
+                &["nfs-common", "etcd-client"],
+                "packages nfs-common, etcd-client",
+            ),
+            Role::Agent => (&["nfs-common"], "packages nfs-common"),
+        };
+        assert_eq!(input.packages, packages);
         assert!(input.scratch.is_none());
         let steps = descriptions(&prepare_steps(&input));
-        assert_eq!(steps.last().unwrap(), "packages nfs-common");
+        assert_eq!(steps.last().unwrap(), step);
     }
 }
 
@@ -34,7 +42,8 @@ fn gpu_host_mode_installs_driver_and_toolkit_from_offline_source() {
     let profile = fixture("gpu-host");
     let input = NodePrepInput::for_group(&profile, &profile.node_groups[0])
         .with_nvidia_repo_key(Some(b"ignored: the offline source replaces every source"));
-    assert!(input.packages.is_empty());
+    // A server: etcdctl for day-2 member checks, from the offline source too.
+    assert_eq!(input.packages, ["etcd-client"]);
     let steps = prepare_steps(&input);
     // Only the offline source is written: no non-free file, no NVIDIA key or repository.
     let files: Vec<_> = steps
