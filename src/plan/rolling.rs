@@ -170,7 +170,7 @@ pub(super) fn waves(
                 vm: action.vm().to_owned(),
                 role: *role,
                 action: action.kind(),
-                why: why(input, action),
+                why: leaving(why(input, action), action, *role, options),
                 drain: options.cluster_running,
             });
         }
@@ -294,6 +294,21 @@ pub(super) fn count_role(input: &PlanInput<'_>, role: Role) -> usize {
         .values()
         .filter(|record| record.role == role && input.inventory.vm(record.vmid).is_some())
         .count()
+}
+
+/// A scale-down of a running cluster says how the node leaves it before its VM goes.
+fn leaving(why: String, action: &Action, role: Role, options: &RollingOptions) -> String {
+    if !options.cluster_running || !matches!(action, Action::Destroy { .. }) {
+        return why;
+    }
+    match role {
+        Role::Server => format!(
+            "{why}; leaves the cluster first: snapshot, k3s stopped, etcd member removed, Node and node-password Secret deleted"
+        ),
+        Role::Agent => format!(
+            "{why}; leaves the cluster first: k3s stopped, Node and node-password Secret deleted"
+        ),
+    }
 }
 
 /// `restart: cores 4 → 8`, `replace: …`, `destroy: scale-down`.

@@ -4,7 +4,7 @@
 //!
 //! - (a) a cores change on the servers rolls them one at a time: a watcher asks the servers (each
 //!   in turn) for `k3s kubectl get nodes -o json` about once a second while `up` runs, and every
-//!   sample shows at least 2 servers Ready;
+//!   sample shows at least 2 servers Ready; an etcd snapshot was saved first;
 //! - (b) an agent count decrease drains the leaving agent (its ReplicaSet pod is evicted and
 //!   recreated elsewhere) before its VM is destroyed; its Node and node-password Secret are gone;
 //! - (c) a k3s_version patch upgrade (a copy of the stand-in reporting the new version, given as
@@ -223,6 +223,13 @@ fn day2_rolling_cores_scale_down_and_upgrade_on_the_testbed() {
     assert_quorum_kept(&samples);
     assert_eq!(report["destroyed"], json!([]), "{report:#}");
     assert_five_ready_nodes(&testbed);
+    // The roll saved an etcd snapshot before the first server went down.
+    let rolled = servers.iter().any(|server| {
+        testbed
+            .ssh_ok(server, "k3s etcd-snapshot ls")
+            .contains("provision-pre-roll-")
+    });
+    assert!(rolled, "no provision-pre-roll snapshot on any server");
 
     // (b) One agent fewer: drained (its pod evicted and recreated elsewhere) before its VM goes.
     let workload = json!({"apiVersion": "v1", "kind": "List", "items": [{
