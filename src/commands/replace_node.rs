@@ -416,6 +416,8 @@ async fn run_step(
                 opened.simulator.is_some(),
                 run.guests.as_deref(),
                 &vms,
+                // A replacement joins at the cluster's version; upgrades are `up`'s.
+                None,
             )
             .await?;
         }

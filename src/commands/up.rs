@@ -31,6 +31,7 @@ pub async fn run(context: &Context, up_args: UpArgs) -> anyhow::Result<ExitStatu
     )
     .await?;
     let guests = super::up_phase2::attach_guests(&opened, up_args.phase2.guests)?;
+    super::up_phase2::remember_guests(guests.as_deref(), store.state())?;
     let seeds = Arc::new(session::WorkspaceSeeds::for_run(
         profile,
         &context.workspace,
@@ -46,10 +47,8 @@ pub async fn run(context: &Context, up_args: UpArgs) -> anyhow::Result<ExitStatu
         seeds: &seeds,
         signals: &signals,
     };
-    let (report, interrupt) = match phase_one(context, &run, store)
-    .await
-    {
-        Ok(report) => report,
+    let (plan, report, mut store, interrupt) = match phase_one(context, &run, store).await {
+        Ok(applied) => applied,
         Err(error) => {
             opened.close().await;
             return Err(error);
@@ -67,13 +66,13 @@ pub async fn run(context: &Context, up_args: UpArgs) -> anyhow::Result<ExitStatu
     }
     // Phase 2's steps are idempotent commands over SSH: an interrupt drops the one running.
     let phase2 = tokio::select! {
-        phase2 = super::up_phase2::run(
+        phase2 = phase_two(
             context,
+            &up_args,
             profile,
-            &up_args.phase2,
-            args.sim.simulate,
             guests.as_deref(),
-            &report.vms,
+            (&plan, &report),
+            &mut store,
         ) => phase2,
         () = interrupt.fired() => Err(interrupt.interrupted().into()),
     };
@@ -122,7 +121,12 @@ async fn phase_one(
     context: &Context,
     run: &PhaseOne<'_>,
     mut store: StateStore,
-) -> anyhow::Result<(exec::ApplyReport, exec::Interrupt)> {
+) -> anyhow::Result<(
+    crate::plan::Plan,
+    exec::ApplyReport,
+    StateStore,
+    exec::Interrupt,
+)> {
     let PhaseOne {
         up_args,
         profile,
@@ -148,7 +152,7 @@ async fn phase_one(
         )
         .await;
         match applied {
-            Ok((report, _store)) => return Ok((report, interrupt)),
+            Ok((report, store)) => return Ok((plan, report, store, interrupt)),
             Err(error) if exec::race::is_race(&error) && attempt < RACE_ATTEMPTS => {
                 context
                     .reporter
@@ -217,6 +221,48 @@ async fn preflight(
     }
 }
 
+/// Phase 2 on the plan's VMs, with the k3s upgrade of a running cluster first; the version it
+/// converged to is recorded in the state.
+async fn phase_two(
+    context: &Context,
+    up_args: &UpArgs,
+    profile: &crate::profile::Profile,
+    guests: Option<&provision_testbed::TestbedGuests>,
+    (plan, report): (&crate::plan::Plan, &exec::ApplyReport),
+    store: &mut StateStore,
+) -> anyhow::Result<super::up_phase2::Phase2Result> {
+    let phase2 = super::up_phase2::run(
+        context,
+        profile,
+        &up_args.phase2,
+        up_args.cluster.sim.simulate,
+        guests,
+        &report.vms,
+        upgrade_options(context, up_args, plan, store.state()),
+    )
+    .await?;
+    if let super::up_phase2::Phase2Result::Done { .. } = &phase2 {
+        store.update(|state| state.k3s_version = Some(profile.cluster.k3s_version.clone()))?;
+    }
+    Ok(phase2)
+}
+
+/// A running cluster (phase 2 wrote its kubeconfig, VMs of it stay) is upgraded in place when
+/// the profile's k3s version differs from what it runs.
+fn upgrade_options(
+    context: &Context,
+    up_args: &UpArgs,
+    plan: &crate::plan::Plan,
+    state: &crate::state::State,
+) -> Option<crate::exec::phase2::UpgradeOptions> {
+    let running =
+        context.workspace.kubeconfig_path().exists() && plan.vms.iter().any(|vm| vm.exists);
+    running.then(|| crate::exec::phase2::UpgradeOptions {
+        max_unavailable: up_args.rolling.max_unavailable,
+        recorded: state.k3s_version.clone(),
+    })
+}
+
 /// The plan is shown; one that disrupts running VMs is confirmed (`--yes` answers for it);
 /// then the gate around each disruption: k3s drains once the cluster runs, else nothing.
 fn disruption_gate(
@@ -228,6 +274,20 @@ fn disruption_gate(
     state: &crate::state::State,
 ) -> anyhow::Result<Arc<dyn exec::RollingGate>> {
     show_plan(context, plan);
+    if let Some(upgrade) = &plan.upgrade {
+        super::confirm::confirm(
+            context,
+            &format!(
+                "upgrade k3s of cluster {} from {} to {}, node by node in {} waves",
+                plan.cluster,
+                upgrade.from,
+                upgrade.to,
+                upgrade.waves.len()
+            ),
+            "",
+            up_args.confirm.yes,
+        )?;
+    }
     if plan.rolling.is_empty() {
         return Ok(Arc::new(exec::NoGate));
     }
@@ -258,7 +318,7 @@ fn show_plan(context: &Context, plan: &crate::plan::Plan) {
     for warning in &plan.warnings {
         context.reporter.status(&format!("warning: {warning}"));
     }
-    if plan.is_noop() {
+    if plan.is_noop() && plan.upgrade.is_none() {
         context
             .reporter
             .status("cluster already matches the profile: no changes made to Proxmox");

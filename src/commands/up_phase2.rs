@@ -39,6 +39,27 @@ pub fn attach_guests(
     }
 }
 
+/// The testbed hosts of the VMs the state records, so that a VM restarted without its seed
+/// (removed after its first boot) boots its host again and a destroyed one stops it.
+pub fn remember_guests(
+    guests: Option<&TestbedGuests>,
+    state: &crate::state::State,
+) -> anyhow::Result<()> {
+    let Some(guests) = guests else {
+        return Ok(());
+    };
+    for vm in state.vms.values() {
+        let Some(address) = &vm.address else {
+            continue;
+        };
+        let address: std::net::IpAddr = address
+            .parse()
+            .with_context(|| format!("VM {}: address {address:?} in the state", vm.name))?;
+        guests.remember(vm.vmid, address)?;
+    }
+    Ok(())
+}
+
 /// What `up` asks around each disruption of a running VM: the k3s gate (drain, wait Ready,
 /// uncordon) once phase 2 has bootstrapped the cluster and would run now, else nothing.
 pub fn rolling_gate(
@@ -115,6 +136,7 @@ pub async fn run(
     simulate: bool,
     guests: Option<&TestbedGuests>,
     vms: &[ProvisionedVm],
+    upgrade: Option<crate::exec::phase2::UpgradeOptions>,
 ) -> anyhow::Result<Phase2Result> {
     if args.vms_only {
         context
@@ -148,6 +170,7 @@ pub async fn run(
         accept_new_host_keys: args.accept_new_host_keys,
         record_commands: args.print_commands,
         events: crate::exec::Events(std::sync::Arc::new(context.reporter.clone())),
+        upgrade,
         ..ClusterOptions::default()
     };
     let outcome = cluster::converge(profile, vms, &context.workspace, &options).await;

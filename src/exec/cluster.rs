@@ -40,6 +40,8 @@ pub struct ClusterOptions {
     pub phase2: Option<Phase2Options>,
     /// Where each node's progress goes (the reporter).
     pub events: super::Events,
+    /// The cluster runs: a `cluster.k3s_version` change is rolled out before the install.
+    pub upgrade: Option<phase2::UpgradeOptions>,
 }
 
 impl Default for ClusterOptions {
@@ -55,6 +57,7 @@ impl Default for ClusterOptions {
             },
             phase2: None,
             events: super::Events::default(),
+            upgrade: None,
         }
     }
 }
@@ -246,7 +249,17 @@ pub async fn converge(
         phase2_options.workspace = workspace.state_dir();
         phase2_options.events = options.events.clone();
         phase2_options.secrets_dir = workspace.secrets_dir();
-        phase2::run(profile, &nodes, &connector, &phase2_options).await
+        let upgrade = match &options.upgrade {
+            Some(upgrade) => {
+                phase2::rolling_upgrade(profile, &nodes, &connector, &phase2_options, upgrade)
+                    .await
+                    .context("rolling k3s upgrade")?
+            }
+            None => phase2::UpgradeReport::default(),
+        };
+        let mut report = phase2::run(profile, &nodes, &connector, &phase2_options).await?;
+        report.upgrade = upgrade;
+        Ok(report)
     }
     .await;
     match result {
@@ -277,11 +290,7 @@ pub fn rolling_gate(
         .unwrap_or_else(|| Phase2Options::new(&workspace.root));
     phase2_options.workspace = workspace.state_dir();
     phase2_options.secrets_dir = workspace.secrets_dir();
-    Ok(phase2::K3sGate {
-        nodes,
-        connector,
-        options: phase2_options,
-    })
+    Ok(phase2::K3sGate::new(nodes, connector, phase2_options))
 }
 
 /// One recorded operation as `--print-commands` shows it: multi-line scripts are shown whole.

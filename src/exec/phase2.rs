@@ -44,8 +44,10 @@ use crate::profile::model::{NodeGroup, Role};
 use crate::ssh::{RemoteExec, SshError};
 
 mod gate;
+mod upgrade;
 mod waits;
 pub use gate::K3sGate;
+pub use upgrade::{UpgradeOptions, UpgradeReport, rolling_upgrade};
 use waits::{wait_for_api, wait_until};
 
 /// A guest VM phase 2 works on.
@@ -65,6 +67,14 @@ pub struct GuestNode {
 #[async_trait]
 pub trait Connector: Send + Sync {
     async fn connect(&self, node: &GuestNode) -> Result<Box<dyn RemoteExec>, SshError>;
+}
+
+/// A borrowed connector connects as the one it borrows (a gate over `&dyn Connector`).
+#[async_trait]
+impl<T: Connector + ?Sized> Connector for &T {
+    async fn connect(&self, node: &GuestNode) -> Result<Box<dyn RemoteExec>, SshError> {
+        (**self).connect(node).await
+    }
 }
 
 /// Knobs of a phase 2 run.
@@ -139,12 +149,15 @@ pub struct Phase2Report {
     pub api_commands: Vec<String>,
     pub kubeconfig: PathBuf,
     pub kubeconfig_changed: bool,
+    /// The rolling k3s upgrade run before the install ([`rolling_upgrade`]).
+    pub upgrade: UpgradeReport,
 }
 
 impl Phase2Report {
     /// Whether anything on any node (or the workspace kubeconfig) changed.
     pub fn changed(&self) -> bool {
         self.kubeconfig_changed
+            || !self.upgrade.upgraded.is_empty()
             || !self.api_commands.is_empty()
             || self.nodes.iter().any(NodeReport::changed)
     }

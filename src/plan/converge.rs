@@ -76,6 +76,7 @@ pub(super) fn converge(input: &PlanInput<'_>) -> Result<Plan, PlanError> {
     let downloads = needed_downloads(pass.downloads, &vms, &actions, &templates);
     check_root_only_keys(&actions, &inventory.auth)?;
     let rolling = super::rolling::waves(input, &actions, &input.context.rolling);
+    let upgrade = super::upgrade::upgrade(input, &vms, &actions)?;
     Ok(Plan {
         intent: Intent::Converge,
         cluster: cluster.clone(),
@@ -97,6 +98,7 @@ pub(super) fn converge(input: &PlanInput<'_>) -> Result<Plan, PlanError> {
             .map(|storage| storage.storage.clone())
             .collect(),
         rolling,
+        upgrade,
         replace: None,
     })
 }

@@ -64,6 +64,7 @@ pub(super) fn plan_down(input: &PlanInput<'_>) -> Result<Plan, PlanError> {
         shared_storages: BTreeSet::new(),
         rolling: Vec::new(),
         replace: None,
+        upgrade: None,
     })
 }
 
@@ -139,6 +140,7 @@ pub fn by_tag(cluster: &str, vms: &[&ExistingVm]) -> Plan {
         warnings: Vec::new(),
         shared_storages: BTreeSet::new(),
         rolling: Vec::new(),
+        upgrade: None,
         replace: None,
     }
 }

@@ -22,6 +22,7 @@ mod render;
 mod replace;
 mod rolling;
 mod template;
+mod upgrade;
 mod user_facing;
 mod vm;
 mod vm_params;
@@ -47,6 +48,9 @@ pub use render::{render_json, render_text};
 pub use replace::{ReplaceSummary, describe_step, replace_steps};
 pub use rolling::{RollingOptions, Wave, WaveVm, disrupts};
 pub use template::{PlannedTemplate, TEMPLATE_TAG, TemplateAction, template_name};
+pub use upgrade::{
+    K3sUpgrade, K3sVersion, UpgradeStep, VersionError, check_cluster_upgrade, check_upgrade,
+};
 pub use wanted::{
     MAC_FIRST_OCTET, WantedVm, derived_mac, live_mac, wanted_vms, wanted_vms_observed,
 };
@@ -220,6 +224,8 @@ pub enum PlanError {
         "node_groups[{group}].count: scaling the servers down from {from} to 1 ends high availability (one server, no etcd quorum to lose); pass --force to do it anyway"
     )]
     SingleServerScaleDown { from: u32, group: usize },
+    #[error("{0}")]
+    K3sVersion(#[from] VersionError),
 }
 
 /// Where a VM's OS disk comes from.
@@ -334,6 +340,9 @@ pub struct Plan {
     /// The disruptive actions in waves (see [`Wave`]); empty when nothing running is disrupted.
     #[serde(skip_serializing_if = "Vec::is_empty")]
     pub rolling: Vec<Wave>,
+    /// A `cluster.k3s_version` change on the running cluster, rolled in phase 2.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub upgrade: Option<K3sUpgrade>,
     /// The k3s/etcd steps around the VM ([`Intent::ReplaceNode`]).
     #[serde(skip_serializing_if = "Option::is_none")]
     pub replace: Option<ReplaceSummary>,
@@ -360,9 +369,10 @@ impl Plan {
             && self.pool.is_none()
     }
 
-    /// Running this plan changes something: Proxmox, or (a down plan) the records it forgets.
+    /// Running this plan changes something: Proxmox, the records a down plan forgets, or the
+    /// k3s version of the running cluster.
     pub fn has_changes(&self) -> bool {
-        !self.is_noop() || !self.forget.is_empty()
+        !self.is_noop() || !self.forget.is_empty() || self.upgrade.is_some()
     }
 
     pub fn count(&self, kind: ActionKind) -> usize {

@@ -51,6 +51,7 @@ pub fn render_text(plan: &Plan) -> String {
         );
     }
     render_rolling(&mut out, plan);
+    render_upgrade(&mut out, plan);
     render_replace(&mut out, plan);
     let _ = writeln!(
         out,
@@ -61,7 +62,7 @@ pub fn render_text(plan: &Plan) -> String {
         plan.count(ActionKind::Destroy),
         global_counts(plan)
     );
-    if plan.is_noop() {
+    if plan.is_noop() && plan.upgrade.is_none() {
         match &plan.intent {
             Intent::Converge | Intent::ReplaceNode { .. } => {
                 let _ = writeln!(out, "No changes: the cluster matches the profile.");
@@ -125,7 +126,12 @@ fn render_rolling(out: &mut String, plan: &Plan) {
         "Rolling: {} waves; each starts when the one before is back (started, guest agent answering)",
         plan.rolling.len()
     );
-    for wave in &plan.rolling {
+    render_waves(out, &plan.rolling);
+}
+
+/// Each wave: its VMs (what happens, whether they are drained) and what is unavailable.
+fn render_waves(out: &mut String, waves: &[super::Wave]) {
+    for wave in waves {
         for (position, member) in wave.vms.iter().enumerate() {
             let number = if position == 0 {
                 format!("{}.", wave.number)
@@ -195,6 +201,30 @@ fn render_templates(out: &mut String, plan: &Plan) {
             }
         }
     }
+}
+
+/// The k3s upgrade phase 2 rolls after the VM changes: snapshot, then its waves.
+fn render_upgrade(out: &mut String, plan: &Plan) {
+    let Some(upgrade) = &plan.upgrade else {
+        return;
+    };
+    let _ = writeln!(
+        out,
+        "k3s upgrade {} → {} ({}): {}{} waves, servers one at a time, then agents; each node drained, restarted on the new binary, Ready (and an etcd member) again, uncordoned",
+        upgrade.from,
+        upgrade.to,
+        match upgrade.step {
+            super::UpgradeStep::Minor => "next minor version",
+            super::UpgradeStep::Patch | super::UpgradeStep::None => "same minor version",
+        },
+        if upgrade.snapshot {
+            "etcd snapshot first, then "
+        } else {
+            ""
+        },
+        upgrade.waves.len()
+    );
+    render_waves(out, &upgrade.waves);
 }
 
 /// One action: its line, then what it sends.
@@ -285,6 +315,11 @@ pub fn render_json(plan: &Plan) -> serde_json::Value {
         && let Some(object) = rendered.as_object_mut()
     {
         object.insert("rolling".to_owned(), json!(plan.rolling));
+    }
+    if let Some(upgrade) = &plan.upgrade
+        && let Some(object) = rendered.as_object_mut()
+    {
+        object.insert("upgrade".to_owned(), json!(upgrade));
     }
     if let Some(replace) = &plan.replace
         && let Some(object) = rendered.as_object_mut()

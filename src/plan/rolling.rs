@@ -65,7 +65,7 @@ pub fn disrupts(action: &Action) -> bool {
 }
 
 /// The trailing number of a VM name (`lab-gpu-12` → 12): newer VMs have larger ones.
-fn name_index(name: &str) -> u32 {
+pub(super) fn name_index(name: &str) -> u32 {
     let digits: String = name
         .chars()
         .rev()
@@ -170,7 +170,7 @@ pub(super) fn waves(
                 vm: action.vm().to_owned(),
                 role: *role,
                 action: action.kind(),
-                why: why(input, action),
+                why: leaving(why(input, action), action, *role, options),
                 drain: options.cluster_running,
             });
         }
@@ -287,13 +287,28 @@ fn assign_waves<'a>(
 }
 
 /// The VMs of `role` that exist now.
-fn count_role(input: &PlanInput<'_>, role: Role) -> usize {
+pub(super) fn count_role(input: &PlanInput<'_>, role: Role) -> usize {
     input
         .state
         .vms
         .values()
         .filter(|record| record.role == role && input.inventory.vm(record.vmid).is_some())
         .count()
+}
+
+/// A scale-down of a running cluster says how the node leaves it before its VM goes.
+fn leaving(why: String, action: &Action, role: Role, options: &RollingOptions) -> String {
+    if !options.cluster_running || !matches!(action, Action::Destroy { .. }) {
+        return why;
+    }
+    match role {
+        Role::Server => format!(
+            "{why}; leaves the cluster first: snapshot, k3s stopped, etcd member removed, Node and node-password Secret deleted"
+        ),
+        Role::Agent => format!(
+            "{why}; leaves the cluster first: k3s stopped, Node and node-password Secret deleted"
+        ),
+    }
 }
 
 /// `restart: cores 4 → 8`, `replace: …`, `destroy: scale-down`.

@@ -702,8 +702,6 @@ fn down_destroys_what_is_still_ours_and_forgets_the_rest() {
     assert_eq!(render_json(&down)["forget"][0]["vm"], "lab-gone");
 }
 
-mod rolling;
-
 mod replace;
 
 #[test]
@@ -782,4 +780,6 @@ fn plan_for_test(profile: &Profile, inventory: &Inventory, context: &PlanContext
     plan(profile, inventory, &State::default(), context).unwrap()
 }
 
+mod rolling;
 mod templates;
+mod upgrade;

@@ -34,6 +34,7 @@ impl UserFacing for PlanError {
             | PlanError::RootOnlyKeys { .. }
             | PlanError::EvenServerScaleDown { .. }
             | PlanError::SingleServerScaleDown { .. }
+            | PlanError::K3sVersion(_)
             | PlanError::ReplaceUnknownNode { .. }
             | PlanError::ReplaceNotInProfile { .. }
             | PlanError::ReplacePendingChanges { .. }

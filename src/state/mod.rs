@@ -210,6 +210,10 @@ pub struct State {
     /// PCI resource mappings provision created.
     #[serde(default)]
     pub mappings: Vec<String>,
+    /// The k3s version phase 2 last converged the cluster to; a different `cluster.k3s_version`
+    /// is a rolling upgrade from it.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub k3s_version: Option<String>,
     /// A `replace-node` in progress (absent when none is).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub replacing: Option<ReplaceJournal>,
@@ -226,6 +230,7 @@ impl Default for State {
             vms: BTreeMap::new(),
             images: Vec::new(),
             mappings: Vec::new(),
+            k3s_version: None,
             replacing: None,
             templates: BTreeMap::new(),
         }

@@ -3,6 +3,7 @@
 mod support {
     pub mod cli;
     pub mod fake_cluster;
+    pub mod fake_etcd;
     pub mod sim;
     pub mod sim_serve;
     pub mod testbed;
@@ -15,6 +16,7 @@ mod clusters;
 mod code_shape;
 mod crash;
 mod day2;
+mod day2_rolling;
 mod drain;
 mod e2e;
 mod etcd_ops;
@@ -23,6 +25,7 @@ mod hostile;
 mod hostile_workspace;
 mod interrupt;
 mod k3s;
+mod k3s_upgrade;
 mod layers;
 mod nodeprep;
 mod phase2;

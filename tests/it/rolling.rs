@@ -13,7 +13,8 @@ use provision::pve::{NodeName, PveApi, VmId};
 
 use provision::exec::phase2::{GuestNode, K3sGate, Phase2Options};
 
-use crate::support::fake_cluster::{FakeConnector, Shared, world};
+use crate::support::fake_cluster::{Shared, world};
+use crate::support::fake_etcd::EtcdConnector;
 use crate::support::sim::{SimWorkspace, builtin, exec_options, fast};
 
 /// Records what exec asked, and at each `before` how many servers Proxmox shows running.
@@ -194,7 +195,7 @@ async fn a_count_decrease_goes_through_the_gate_before_the_destroy() {
 
 /// The k3s gate on the fake cluster, and what Proxmox shows of the VM at each call.
 struct ObservedK3sGate {
-    inner: K3sGate<FakeConnector>,
+    inner: K3sGate<EtcdConnector>,
     api: Arc<dyn PveApi>,
     vms: BTreeMap<String, (NodeName, VmId)>,
     sim: Shared,
@@ -277,11 +278,7 @@ async fn each_server_is_drained_while_running_and_uncordoned_once_ready_again() 
     profile.node_groups[server].cores += 2;
     let (nodes, sim) = fake_cluster_of(&workspace);
     let gate = ObservedK3sGate {
-        inner: K3sGate {
-            nodes,
-            connector: FakeConnector(sim.clone()),
-            options: gate_options(),
-        },
+        inner: K3sGate::new(nodes, EtcdConnector::new(sim.clone()), gate_options()),
         api: Arc::clone(&workspace.api),
         vms: recording.vms,
         sim: sim.clone(),
@@ -295,7 +292,7 @@ async fn each_server_is_drained_while_running_and_uncordoned_once_ready_again() 
         .await
         .unwrap();
     assert!(plan.rolling.iter().all(|wave| wave.vms[0].drain));
-    let events = std::mem::take(&mut sim.lock().unwrap().events);
+    let events = snapshot_names_without_time(std::mem::take(&mut sim.lock().unwrap().events));
     let servers: Vec<&str> = plan
         .rolling
         .iter()
@@ -304,6 +301,9 @@ async fn each_server_is_drained_while_running_and_uncordoned_once_ready_again() 
     let mut expected = Vec::new();
     for name in &servers {
         let from = servers.iter().find(|other| *other != name).unwrap();
+        if name == &servers[0] {
+            expected.push(format!("snapshot provision-pre-roll-T on {from}"));
+        }
         expected.push(format!("drain {name} from {from}"));
         expected.push(format!("{name} is running after the drain"));
         expected.push(format!("{name} is running before the uncordon"));
@@ -324,11 +324,7 @@ async fn a_count_decrease_drains_the_agent_before_it_is_destroyed() {
     profile.node_groups[agents].count -= 1;
     let (nodes, sim) = fake_cluster_of(&workspace);
     let gate = ObservedK3sGate {
-        inner: K3sGate {
-            nodes,
-            connector: FakeConnector(sim.clone()),
-            options: gate_options(),
-        },
+        inner: K3sGate::new(nodes, EtcdConnector::new(sim.clone()), gate_options()),
         api: Arc::clone(&workspace.api),
         vms: recording.vms,
         sim: sim.clone(),
@@ -343,9 +339,30 @@ async fn a_count_decrease_drains_the_agent_before_it_is_destroyed() {
         .unwrap();
     let removed = &report.destroyed[0];
     let events = std::mem::take(&mut sim.lock().unwrap().events);
-    assert_eq!(events.len(), 2, "{events:?}");
+    assert_eq!(events.len(), 5, "{events:?}");
     assert!(events[0].starts_with(&format!("drain {removed} from ")));
-    assert_eq!(events[1], format!("{removed} is running after the drain"));
+    assert_eq!(events[1], format!("stop k3s-agent.service on {removed}"));
+    assert!(events[2].starts_with(&format!("delete node {removed} from ")));
+    assert_eq!(
+        events[3],
+        format!("delete secret {removed}.node-password.k3s")
+    );
+    assert_eq!(events[4], format!("{removed} is running after the drain"));
+    assert!(!sim.lock().unwrap().cluster.contains_key(removed));
+}
+
+/// The snapshot names carry the time of the run: `provision-pre-roll-T`.
+fn snapshot_names_without_time(events: Vec<String>) -> Vec<String> {
+    events
+        .into_iter()
+        .map(|event| match event.split_once("provision-pre-roll-") {
+            Some((head, tail)) => {
+                let rest = tail.trim_start_matches(|c: char| c.is_ascii_digit());
+                format!("{head}provision-pre-roll-T{rest}")
+            }
+            None => event,
+        })
+        .collect()
 }
 
 #[tokio::test]
@@ -370,11 +387,11 @@ async fn a_server_is_not_taken_down_while_another_is_not_ready() {
         .get_mut("server-2")
         .unwrap()
         .0 = false;
-    let gate = K3sGate {
-        nodes: world.nodes.clone(),
-        connector: FakeConnector(world.sim.clone()),
-        options: world.opts.clone(),
-    };
+    let gate = K3sGate::new(
+        world.nodes.clone(),
+        EtcdConnector::new(world.sim.clone()),
+        world.opts.clone(),
+    );
     let member = WaveVm {
         vm: "server-1".into(),
         role: Role::Server,
@@ -395,4 +412,155 @@ async fn a_server_is_not_taken_down_while_another_is_not_ready() {
             .any(|event| event.starts_with("drain")),
         "nothing drained"
     );
+}
+
+/// The servers of the workspace, newest first (the order a scale-down removes them).
+fn servers_newest_first(workspace: &SimWorkspace) -> Vec<String> {
+    let mut servers: Vec<String> = workspace
+        .state()
+        .vms
+        .values()
+        .filter(|record| record.role == Role::Server)
+        .map(|record| record.name.clone())
+        .collect();
+    servers.reverse();
+    servers
+}
+
+#[tokio::test]
+async fn a_server_scale_down_removes_the_etcd_member_before_the_vm_is_destroyed() {
+    let (mut profile, workspace, recording) = running_homelab().await;
+    let servers = servers_newest_first(&workspace);
+    let group = profile
+        .node_groups
+        .iter()
+        .position(|group| group.role == Role::Server)
+        .unwrap();
+    profile.node_groups[group].count = 1;
+    let (nodes, sim) = fake_cluster_of(&workspace);
+    let connector = EtcdConnector::new(sim.clone());
+    let gate = ObservedK3sGate {
+        inner: K3sGate::new(nodes, connector.clone(), gate_options()),
+        api: Arc::clone(&workspace.api),
+        vms: recording.vms,
+        sim: sim.clone(),
+    };
+    let rolling = RollingOptions {
+        cluster_running: true,
+        force: true,
+        ..RollingOptions::default()
+    };
+    let since = workspace.log().len();
+    let (plan, report) = workspace
+        .up_rolling(&profile, exec_options(), rolling, Arc::new(gate))
+        .await
+        .unwrap();
+    assert_eq!(report.destroyed, [servers[0].clone(), servers[1].clone()]);
+    assert_eq!(plan.rolling.len(), 2, "one server per wave");
+    let kept = &servers[2];
+    let mut expected = vec![format!("snapshot provision-pre-roll-T on {kept}")];
+    for removed in &servers[..2] {
+        expected.extend([
+            format!("drain {removed} from {kept}"),
+            format!("stop k3s.service on {removed}"),
+            format!("remove etcd member of {removed} from {kept}"),
+            format!("delete node {removed} from {kept}"),
+            format!("delete secret {removed}.node-password.k3s"),
+            // Said by the observing gate once the k3s gate is done: the VM still ran.
+            format!("{removed} is running after the drain"),
+        ]);
+    }
+    assert_eq!(snapshot_names_without_time(connector.events()), expected);
+    // Proxmox destroyed both VMs, after the gate (a DELETE each).
+    let deletes = workspace
+        .mutating_since(since)
+        .iter()
+        .filter(|request| request.method == "DELETE" && request.path.contains("/qemu/"))
+        .count();
+    assert_eq!(deletes, 2);
+    let etcd = connector.etcd.lock().unwrap();
+    assert!(
+        servers[..2]
+            .iter()
+            .all(|name| etcd.removed.contains(name) && !etcd.secrets.contains(name))
+    );
+    assert!(!sim.lock().unwrap().cluster.contains_key(&servers[0]));
+}
+
+#[tokio::test]
+async fn a_server_scale_down_is_refused_with_a_learner_or_an_unhealthy_member_and_nothing_changes()
+{
+    for trouble in ["learner", "unhealthy"] {
+        let (mut profile, workspace, recording) = running_homelab().await;
+        let servers = servers_newest_first(&workspace);
+        let group = profile
+            .node_groups
+            .iter()
+            .position(|group| group.role == Role::Server)
+            .unwrap();
+        profile.node_groups[group].count = 1;
+        let (nodes, sim) = fake_cluster_of(&workspace);
+        let connector = EtcdConnector::new(sim.clone());
+        match trouble {
+            "learner" => {
+                connector
+                    .etcd
+                    .lock()
+                    .unwrap()
+                    .learners
+                    .insert(servers[2].clone());
+            }
+            _ => {
+                // k3s is down on the server that would stay: its member does not answer.
+                connector
+                    .etcd
+                    .lock()
+                    .unwrap()
+                    .down
+                    .insert(servers[2].clone());
+            }
+        }
+        let gate = ObservedK3sGate {
+            inner: K3sGate::new(nodes, connector.clone(), gate_options()),
+            api: Arc::clone(&workspace.api),
+            vms: recording.vms,
+            sim: sim.clone(),
+        };
+        let rolling = RollingOptions {
+            cluster_running: true,
+            force: true,
+            ..RollingOptions::default()
+        };
+        let before = workspace.state();
+        let since = workspace.log().len();
+        let error = workspace
+            .up_rolling(&profile, exec_options(), rolling, Arc::new(gate))
+            .await
+            .unwrap_err();
+        let message = format!("{error:#}");
+        assert!(
+            message.contains(&format!(
+                "refusing to take server {} out of etcd",
+                servers[0]
+            )),
+            "{trouble}: {message}"
+        );
+        assert!(
+            message.contains(if trouble == "learner" {
+                "are learners"
+            } else {
+                "fewer than a quorum"
+            }),
+            "{trouble}: {message}"
+        );
+        assert_eq!(connector.events(), Vec::<String>::new(), "{trouble}");
+        assert_eq!(
+            workspace.mutating_since(since).len(),
+            0,
+            "{trouble}: Proxmox was changed"
+        );
+        assert_eq!(workspace.state().vms, before.vms, "{trouble}");
+        let etcd = connector.etcd.lock().unwrap();
+        assert!(etcd.removed.is_empty() && etcd.snapshots.is_empty());
+    }
 }

@@ -3,7 +3,9 @@
 //! `--simulate --guests testbed`: the simulated VMs' guests are real testbed hosts (systemd-nspawn
 //! Debian machines with OpenSSH and cloud-init, see `scripts/testbed.sh`). When the simulator starts a VM, its
 //! NoCloud seed goes to the testbed host that has the VM's address (`testbed.sh seed NAME DIR --wipe`,
-//! then `start NAME`); when it stops the VM, the host is shut down. Phase 2 then runs against real hosts.
+//! then `start NAME`); when it stops the VM, the host is shut down; a VM started again without a seed
+//! (removed after its first boot) boots the same host from its kept disk. Phase 2 then runs against
+//! real hosts.
 //!
 //! A test facility: it needs root and the testbed (`scripts/testbed.sh setup N`). The script is
 //! `$PROVISION_TESTBED_SCRIPT`, else `scripts/testbed.sh` under the current directory.
@@ -28,6 +30,12 @@ enum Job {
         host: String,
         seed: pve_sim::NoCloudSeed,
     },
+    /// A VM started again without a seed (cloud-init ran at its first boot): the host boots
+    /// from the disk it kept, as the VM would.
+    Start {
+        vm: String,
+        host: String,
+    },
     Stop {
         host: String,
     },
@@ -38,6 +46,7 @@ impl Job {
     fn label(&self) -> String {
         match self {
             Job::Boot { vm, host, .. } => format!("{host}: seed and start for {vm}"),
+            Job::Start { vm, host } => format!("{host}: start for {vm}"),
             Job::Stop { host } => format!("{host}: stop"),
         }
     }
@@ -99,6 +108,9 @@ impl TestbedGuests {
                 let result = match &job {
                     Job::Boot { vm, host, seed } => boot(&worker_script, host, seed)
                         .map(|()| format!("{host} seeded and started for {vm}"))
+                        .map_err(|error| format!("{vm}: testbed host {host}: {error:#}")),
+                    Job::Start { vm, host } => run_script(&worker_script, &["start", host])
+                        .map(|_| format!("{host} started again for {vm}"))
                         .map_err(|error| format!("{vm}: testbed host {host}: {error:#}")),
                     Job::Stop { host } => run_script(&worker_script, &["stop", host])
                         .map(|_| format!("{host} stopped"))
@@ -220,10 +232,35 @@ impl TestbedGuests {
 impl GuestBackend for TestbedGuests {
     fn vm_started(&self, vm: &GuestBoot) {
         let Some(seed) = vm.seed.clone() else {
-            self.record_error(format!(
-                "{}: no NoCloud seed attached, the testbed host cannot be configured",
-                vm.name
-            ));
+            // Started again after its seed was removed: the host this VM booted before (it kept
+            // its disk) boots again; a VM never seeded has no configured host to boot.
+            let known = self
+                .hosts
+                .lock()
+                .unwrap_or_else(|p| p.into_inner())
+                .get(&vm.vmid)
+                .cloned();
+            let host = match (known, vm.addresses.first()) {
+                (Some(host), _) => Some(host),
+                (None, Some((address, _))) => host_for(&self.script, *address).ok(),
+                (None, None) => None,
+            };
+            match host {
+                Some(host) => {
+                    self.hosts
+                        .lock()
+                        .unwrap_or_else(|p| p.into_inner())
+                        .insert(vm.vmid, host.clone());
+                    self.enqueue(Job::Start {
+                        vm: vm.name.clone(),
+                        host,
+                    });
+                }
+                None => self.record_error(format!(
+                    "{}: no NoCloud seed attached, the testbed host cannot be configured",
+                    vm.name
+                )),
+            }
             return;
         };
         let Some((address, _)) = vm.addresses.first() else {

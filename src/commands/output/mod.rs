@@ -436,9 +436,21 @@ pub struct Phase2Summary<'a> {
     pub kubeconfig: &'a Path,
     pub kubeconfig_changed: bool,
     pub nodes: Vec<NodeSummary<'a>>,
+    /// The rolling k3s upgrade, when one ran.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub upgrade: Option<UpgradeSummary<'a>>,
     /// Every remote operation, with `--print-commands`.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub commands: Option<&'a [String]>,
+}
+
+/// What the rolling k3s upgrade did: from which version, to which, in which order.
+#[derive(Debug, Serialize)]
+pub struct UpgradeSummary<'a> {
+    pub from: Option<&'a str>,
+    pub to: &'a str,
+    pub snapshot: Option<&'a str>,
+    pub upgraded: &'a [String],
 }
 
 #[derive(Debug, Serialize)]
@@ -464,6 +476,12 @@ pub struct StepSummary<'a> {
 impl<'a> Phase2Summary<'a> {
     pub fn new(report: &'a Phase2Report, commands: Option<&'a [String]>) -> Self {
         Self {
+            upgrade: (!report.upgrade.upgraded.is_empty()).then(|| UpgradeSummary {
+                from: report.upgrade.from.as_deref(),
+                to: &report.upgrade.to,
+                snapshot: report.upgrade.snapshot.as_deref(),
+                upgraded: &report.upgrade.upgraded,
+            }),
             bootstrap: &report.bootstrap,
             existing_cluster: report.existing_cluster,
             changed: report.changed(),
@@ -501,6 +519,16 @@ impl<'a> Phase2Summary<'a> {
 /// One line per node, then each step that did something; `api:` commands; a closing line.
 impl fmt::Display for Phase2Summary<'_> {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        if let Some(upgrade) = &self.upgrade {
+            writeln!(
+                f,
+                "k3s upgraded {} → {} (etcd snapshot {}), one wave after the other: {}",
+                upgrade.from.unwrap_or("?"),
+                upgrade.to,
+                upgrade.snapshot.unwrap_or("none: no server was behind"),
+                upgrade.upgraded.join(", ")
+            )?;
+        }
         for node in &self.nodes {
             let changes = node.steps.iter().filter(|step| step.changed);
             let notes = node.steps.iter().filter(|step| step.noteworthy);

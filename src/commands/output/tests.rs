@@ -53,6 +53,7 @@ fn phase2_report() -> Phase2Report {
         api_commands: vec!["kubectl label node x a=b".to_owned()],
         kubeconfig: "/ws/.provision/kubeconfig".into(),
         kubeconfig_changed: true,
+        upgrade: crate::exec::phase2::UpgradeReport::default(),
     }
 }
 
@@ -261,4 +262,26 @@ fn phase_names_are_the_serialized_ones() {
             Some(phase_name(phase))
         );
     }
+}
+
+#[test]
+fn a_k3s_upgrade_is_reported_with_its_order_and_snapshot() {
+    let mut report = phase2_report();
+    report.upgrade = crate::exec::phase2::UpgradeReport {
+        from: Some("v1.31.4+k3s1".to_owned()),
+        to: "v1.31.5+k3s1".to_owned(),
+        upgraded: vec!["ci-server-1".to_owned(), "ci-agent-1".to_owned()],
+        snapshot: Some("provision-pre-upgrade-v1-31-5-k3s1-ci-server-1-1764570000".to_owned()),
+    };
+    assert!(report.changed());
+    let summary = Phase2Summary::new(&report, None);
+    assert!(summary.to_string().starts_with(
+        "k3s upgraded v1.31.4+k3s1 → v1.31.5+k3s1 (etcd snapshot provision-pre-upgrade-v1-31-5-k3s1-ci-server-1-1764570000), one wave after the other: ci-server-1, ci-agent-1\n"
+    ));
+    let json = serde_json::to_value(&summary).unwrap();
+    assert_eq!(json["upgrade"]["upgraded"][1], "ci-agent-1");
+    assert_eq!(json["upgrade"]["from"], "v1.31.4+k3s1");
+    let unchanged = phase2_report();
+    let json = serde_json::to_value(Phase2Summary::new(&unchanged, None)).unwrap();
+    assert!(json.get("upgrade").is_none(), "no upgrade, no key");
 }

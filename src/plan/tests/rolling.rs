@@ -100,7 +100,10 @@ fn scale_down_removes_the_newest_first_and_servers_before_agents() {
         "{}",
         render_text(&delta)
     );
-    assert_eq!(delta.rolling[3].vms[0].why, "destroy: scale-down");
+    assert_eq!(
+        delta.rolling[3].vms[0].why,
+        "destroy: scale-down; leaves the cluster first: k3s stopped, Node and node-password Secret deleted"
+    );
 }
 
 #[test]
