@@ -7,8 +7,7 @@ use super::error::PveError;
 use super::types::{
     ClusterResource, GuestInterface, NetworkInterface, NodeName, NodeStatus, NodeSummary, Params,
     PciDevice, PciMapping, Permissions, PoolSummary, StorageStatus, StorageVolume, TaskListEntry,
-    TaskListQuery, TaskStatus,
-    Upid, UploadContent, Version, VmId, VmStatus, VolumeId,
+    TaskListQuery, TaskStatus, Upid, UploadContent, Version, VmId, VmStatus, VolumeId,
 };
 
 /// Every Proxmox VE call provision makes. Parameters are the exact Proxmox names and values

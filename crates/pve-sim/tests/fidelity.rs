@@ -656,7 +656,10 @@ async fn the_task_list_answers_like_node_tasks() {
     let sim = start_with(config).await;
     let stepper = sim.handle.stepper();
     let create = |vmid: &'static str| [("vmid", vmid), ("memory", "512")];
-    let audited = sim.call("POST", "/nodes/pve1/qemu", &create("150")).await.ok();
+    let audited = sim
+        .call("POST", "/nodes/pve1/qemu", &create("150"))
+        .await
+        .ok();
     let own = sim
         .call_as(NO_CPU, "POST", "/nodes/pve1/qemu", &create("151"))
         .await
@@ -664,14 +667,22 @@ async fn the_task_list_answers_like_node_tasks() {
     let list = |auth: &'static str, params: Vec<(&'static str, &'static str)>| {
         let sim = &sim;
         async move {
-            let auth = if auth.is_empty() { sim.auth.as_str() } else { auth };
+            let auth = if auth.is_empty() {
+                sim.auth.as_str()
+            } else {
+                auth
+            };
             let answer = sim.call_as(auth, "GET", "/nodes/pve1/tasks", &params).await;
             answer.ok().as_array().unwrap().clone()
         }
     };
     let active = list("", vec![("source", "active")]).await;
     assert_eq!(active.len(), 2, "{active:?}");
-    assert!(active.iter().all(|t| t["status"] == "RUNNING" && t.get("endtime").is_none()));
+    assert!(
+        active
+            .iter()
+            .all(|t| t["status"] == "RUNNING" && t.get("endtime").is_none())
+    );
     let mine = list(NO_CPU, vec![("source", "active")]).await;
     assert_eq!(mine.len(), 1, "{mine:?}");
     assert_eq!(mine[0]["upid"], own);

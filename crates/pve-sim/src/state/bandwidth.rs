@@ -257,7 +257,10 @@ mod tests {
     }
 
     fn end_of(ends: &[(String, u64)], upid: &str) -> u64 {
-        ends.iter().find(|(u, _)| u == upid).map(|(_, e)| *e).unwrap_or(0)
+        ends.iter()
+            .find(|(u, _)| u == upid)
+            .map(|(_, e)| *e)
+            .unwrap_or(0)
     }
 
     #[test]

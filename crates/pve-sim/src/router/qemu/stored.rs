@@ -4,9 +4,8 @@
 use std::collections::{BTreeMap, BTreeSet};
 
 use crate::state::{
-    ApiError, ApiResult, State, Volume, durations, find_volume, format_size, is_disk_key, mac_address,
-    now_ms,
-    set_entry,
+    ApiError, ApiResult, State, Volume, durations, find_volume, format_size, is_disk_key,
+    mac_address, now_ms, set_entry,
 };
 use crate::{propstring, schema};
 
