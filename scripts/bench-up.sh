@@ -5,10 +5,11 @@
 #:   a100-8x   profiles/a100-8x.toml on inventory pve-a100 (7 VMs, 8 GPUs)
 #:   scale200  a generated profile: 3 servers + 197 agents (2 vCPU, 2 GiB, 10 GB), spread over
 #:             pve1..pve4 of inventory pve-cluster-4, addresses from an address_range in a /16
-#: For each case it prints: wall time of `up --vms-only`; the critical-path lower bound from the
-#: simulator's task durations at the same time scale; their ratio; API requests (all and mutating)
-#: per VM from the simulator's request log; CPU time (user+sys) and peak RSS of the provision
-#: process (GNU time); then a no-op re-run's wall time and its requests (reads) per VM.
+#: For each case it prints: wall time of `up --vms-only`; the lower bound from the simulator's
+#: storage model at the same time scale (see bound_model); their ratio; API requests per VM
+#: from the simulator's request log, split into task polls, other reads and mutating requests;
+#: CPU time (user+sys) and peak RSS of the provision process (GNU time); then a no-op re-run's
+#: wall time and its requests (reads) per VM.
 #:
 #: usage: scripts/bench-up.sh [CASE...]        (default: a100-8x scale200)
 #: Environment: BENCH_SCALE_A100 (time scale, default 0.1), BENCH_SCALE_200 (default 0.1),
@@ -55,16 +56,39 @@ cleanup() {
 }
 trap cleanup EXIT
 
-# Simulated durations (seconds at time scale 1), from crates/pve-sim (README "Tasks").
-D_DOWNLOAD=30 D_UPLOAD=2 D_CREATE_IMPORT=20 D_RESIZE=1 D_START=4 D_BOOT=15 D_VOLUME_DELETE=1
-# One VM's chain as src/exec orders it: image download (shared per node, but on the path of every
-# VM of the first wave) → seed ISO upload → create with import-from → resize → start → guest agent
-# answers → seed cleanup (eject: synchronous PUT; ISO volume delete: a task).
-CHAIN=$((D_DOWNLOAD + D_UPLOAD + D_CREATE_IMPORT + D_RESIZE + D_START + D_BOOT + D_VOLUME_DELETE))
-CHAIN_FORMULA="scale x (download $D_DOWNLOAD + upload $D_UPLOAD + create/import $D_CREATE_IMPORT + resize $D_RESIZE + start $D_START + agent $D_BOOT + iso delete $D_VOLUME_DELETE = $CHAIN s)"
-# provision's own bounds (src/exec ExecOptions): 8 mutating steps per node, 4 disk allocations at a
-# time per node-local storage. With N VMs on the busiest node, creates run in ceil(N / 4) waves.
-ALLOC_SLOTS=4
+# The lower bound comes from the simulator's storage model (crates/pve-sim/README.md, "Storage
+# model"; numbers from crates/pve-sim/src/state/{mod,bandwidth}.rs, at time scale 1):
+# local-lvm (lvmthin) 500 MiB/s + 1 s per operation, local (dir) 450 MiB/s + 0.5 s, downloads
+# cross the internet at 25 MiB/s, an import writes the image's virtual size (2252 MiB), create
+# 3 s of its own, start 4 s, guest agent 15 s after start, ISO delete 1 s.
+# Per node: chain = download + upload + create/import + resize + start + agent + ISO delete (one
+# VM alone), and storage = download + create's own time + every import's bytes through
+# local-lvm + the tail (resize, start, agent, delete) of the VM whose import ends last; the
+# bound is the cluster's maximum of max(chain, storage).
+bound_model() { # SCALE NODE_COUNTS_JSON WIRE_BYTES
+    python3 - "$@" <<'PY'
+import json, sys
+scale, counts, wire = float(sys.argv[1]), json.loads(sys.argv[2]), int(sys.argv[3])
+MIB = 1 << 20
+lvm_bw, lvm_over = 500 * MIB, 1.0
+dir_bw, dir_over = 450 * MIB, 0.5
+wan = 25 * MIB
+import_bytes, iso_bytes = 2252 * MIB, 1 * MIB
+create, start, boot, iso_delete = 3.0, 4.0, 15.0, 1.0
+download = wire / wan + dir_over + wire / dir_bw
+upload = dir_over + iso_bytes / dir_bw
+create_alone = create + lvm_over + import_bytes / lvm_bw
+tail = lvm_over + start + boot + iso_delete
+chain = download + upload + create_alone + tail
+worst = ("", 0.0, 0.0)
+for node, n in counts.items():
+    storage = download + create + lvm_over + n * import_bytes / lvm_bw + tail
+    if max(chain, storage) > worst[1]:
+        worst = (node, max(chain, storage), storage)
+node, bound, storage = worst
+print(f"{scale * bound:.3f} {scale * chain:.3f} {scale * storage:.3f} {node} {counts[node]}")
+PY
+}
 
 write_scale_profile() { # FILE VMS
     local file=$1 vms=$2 agents=$(($2 - 3)) # $3: the SSH private key
@@ -170,6 +194,13 @@ EOF
     # The workspace file is the only source of endpoint and credentials.
     unset PROXMOX_VE_ENDPOINT PROXMOX_VE_API_TOKEN PROXMOX_VE_USERNAME PROXMOX_VE_PASSWORD PROXMOX_VE_INSECURE
 
+    # The image's size on the wire, as the simulator will download it (for the bound).
+    local url wire
+    url=$(sed -n 's/^url = "\(.*\)"$/\1/p' "$ws/profiles/$profile.toml" | head -n 1)
+    wire=$(curl -sk -H "Authorization: PVEAPIToken=$token" --get \
+        --data-urlencode "url=$url" \
+        "https://127.0.0.1:$PORT/api2/json/nodes/pve1/query-url-metadata" |
+        python3 -c 'import json, sys; print(json.load(sys.stdin)["data"]["size"])')
     : >"$log"
 
     local t0 t1 wall
@@ -207,21 +238,21 @@ EOF
     SIM_PID=
     PORT=$((PORT + 1))
 
-    local bound busiest waves bound_slots
-    bound=$(awk -v s="$scale" -v c="$CHAIN" 'BEGIN { print s * c }')
-    busiest=$(python3 -c 'import collections, json, sys
-print(max(collections.Counter(vm["node"] for vm in json.load(sys.stdin)["vms"]).values()))' \
+    local counts model bound chain storage busiest busiest_vms
+    counts=$(python3 -c 'import collections, json, sys
+print(json.dumps(collections.Counter(vm["node"] for vm in json.load(sys.stdin)["vms"])))' \
         <"$WORK/$name.up.out")
-    waves=$(((busiest + ALLOC_SLOTS - 1) / ALLOC_SLOTS))
-    bound_slots=$(awk -v s="$scale" -v c="$CHAIN" -v w="$waves" -v d="$D_CREATE_IMPORT" \
-        'BEGIN { print s * (c + (w - 1) * d) }')
+    model=$(bound_model "$scale" "$counts" "$wire")
+    read -r bound chain storage busiest busiest_vms <<<"$model"
+    local polls reads
+    polls=$(grep -cE '"method":"GET","path":"/nodes/[^/]*/tasks(/[^"]*/status)?"' \
+        "$WORK/$name.up.requests.log" || true)
+    reads=$(grep -c '"method":"GET"' "$WORK/$name.up.requests.log" || true)
     echo "== $name: $vms VMs, inventory $inventory, time scale $scale"
     echo "  up wall time          $(fmt "$wall") s"
-    echo "  critical-path bound   $(fmt "$bound") s   = $CHAIN_FORMULA"
+    echo "  lower bound (model)   $(fmt "$bound") s   = max(one VM's chain $(fmt "$chain") s, $busiest: $busiest_vms imports through local-lvm $(fmt "$storage") s)"
     echo "  ratio wall/bound      $(div "$wall" "$bound")"
-    echo "  bound with provision's $ALLOC_SLOTS disk allocations per node storage: $busiest VMs on the busiest node ="
-    echo "                        $waves create waves: $(fmt "$bound_slots") s = chain + ($waves - 1) x scale x $D_CREATE_IMPORT; ratio $(div "$wall" "$bound_slots")"
-    echo "  API requests          $requests ($(div "$requests" "$vms") per VM), mutating $mutating ($(div "$mutating" "$vms") per VM)"
+    echo "  API requests          $requests ($(div "$requests" "$vms") per VM): task polls $polls ($(div "$polls" "$vms")), other reads $((reads - polls)) ($(div $((reads - polls)) "$vms")), mutating $mutating ($(div "$mutating" "$vms"))"
     echo "  provision CPU time    $(awk -v u="$user" -v s="$sys" 'BEGIN { printf "%.2f", u + s }') s (user $user + sys $sys)"
     echo "  provision peak RSS    $(awk -v k="$rss" 'BEGIN { printf "%.1f", k / 1024 }') MiB"
     echo "  no-op re-run          $(fmt "$rerun") s, $rerun_requests requests ($(div "$rerun_requests" "$vms") per VM: $rerun_vm_reads on VM paths = $(div "$rerun_vm_reads" "$vms") per VM, $((rerun_requests - rerun_vm_reads)) cluster-wide), mutating $rerun_mutating"

@@ -317,7 +317,6 @@ impl Runner {
                 let options = crate::pve::PollOptions {
                     initial_interval: self.options.poll(Duration::from_millis(20)),
                     max_interval: self.options.poll(Duration::from_millis(500)),
-                    growth: 1.5,
                     list_limit: 1000,
                 };
                 crate::pve::NodeTaskPoller::spawn(Arc::clone(&self.api), node.clone(), options)

@@ -7,8 +7,10 @@
 //! allowed (HTTP 403) the poller falls back to one status request per task, for good.
 //!
 //! Intervals adapt to the expected duration: the poller learns how long each task type took on
-//! this node and first looks at a task shortly before that; after that (and for a type not seen
-//! yet) the interval grows from `initial_interval` to `max_interval`. The next poll is the
+//! this node (and, from the types seen, how fast the node is against typical durations) and
+//! first looks at a task shortly before it should end; after that (and before anything ended)
+//! the interval is a small part of the time the task has run, within `initial_interval` and
+//! `max_interval`. The next poll is the
 //! earliest any waiting task wants one, so N concurrent tasks cost one request per poll, not N.
 
 use std::collections::BTreeMap;
@@ -28,7 +30,6 @@ pub struct PollOptions {
     /// First interval for a task of a type not seen yet, and the shortest between polls.
     pub initial_interval: Duration,
     pub max_interval: Duration,
-    pub growth: f64,
     /// Entries asked for per list request.
     pub list_limit: u32,
 }
@@ -38,14 +39,35 @@ impl Default for PollOptions {
         PollOptions {
             initial_interval: Duration::from_millis(50),
             max_interval: Duration::from_secs(2),
-            growth: 1.5,
             list_limit: 1000,
         }
     }
 }
 
-/// Part of a learned duration to wait before the first look (the rest absorbs jitter).
-const FIRST_LOOK: f64 = 0.9;
+/// Part of the expected duration to wait before the first look (the rest absorbs jitter).
+const FIRST_LOOK: f64 = 0.95;
+
+/// After a look that found a task running, the next one comes after this part of the time it
+/// has run: the overshoot stays below it, and a task of any length costs a few dozen looks.
+const OVERSHOOT: f64 = 0.08;
+
+/// A task type's duration on an idle node with local SSD storage, in seconds (the simulator's
+/// figures, crates/pve-sim/README.md "Storage model"): only the ratio between types matters,
+/// the poller learns the node's speed from the tasks that end.
+fn typical_seconds(kind: &str) -> f64 {
+    match kind {
+        "download" => 20.0,
+        "imgcopy" | "imgdel" => 0.5,
+        "qmcreate" => 8.0,
+        "qmclone" => 25.0,
+        "qmresize" | "qmconfig" => 1.0,
+        "qmstart" => 4.0,
+        "qmstop" => 2.0,
+        "qmshutdown" => 5.0,
+        "qmdestroy" => 3.0,
+        _ => 2.0,
+    }
+}
 
 /// The handle of one node's poller; cloning it shares the actor. The actor stops when the last
 /// handle is dropped.
@@ -69,6 +91,7 @@ impl NodeTaskPoller {
             options,
             pending: BTreeMap::new(),
             learned: BTreeMap::new(),
+            speed: None,
             list_allowed: true,
         };
         tokio::spawn(actor.run(receiver));
@@ -118,7 +141,6 @@ struct Pending {
     kind: String,
     added: Instant,
     next_look: Instant,
-    interval: Duration,
     replies: Vec<oneshot::Sender<Result<TaskStatus, PveError>>>,
 }
 
@@ -129,6 +151,8 @@ struct Actor {
     pending: BTreeMap<String, Pending>,
     /// How long a task of each type took (from being asked about to seen stopped).
     learned: BTreeMap<String, Duration>,
+    /// Observed over typical durations ([`typical_seconds`]) of the tasks that ended here.
+    speed: Option<f64>,
     list_allowed: bool,
 }
 
@@ -161,20 +185,37 @@ impl Actor {
             return;
         }
         let initial = self.options.initial_interval;
-        let first = match self.learned.get(&kind) {
-            Some(took) => took.mul_f64(FIRST_LOOK).max(initial),
-            None => initial,
-        };
+        let first = self
+            .expected(&kind)
+            .map_or(initial, |expected| expected.mul_f64(FIRST_LOOK).max(initial));
         self.pending.insert(
             waiter.upid.0,
             Pending {
                 kind,
                 added: now,
                 next_look: now + first,
-                interval: initial,
                 replies: vec![waiter.reply],
             },
         );
+    }
+
+    /// How long a task of `kind` should take here: as long as the last one took, else its
+    /// typical duration at the speed the node has shown so far; `None` before anything ended.
+    fn expected(&self, kind: &str) -> Option<Duration> {
+        if let Some(took) = self.learned.get(kind) {
+            return Some(*took);
+        }
+        let speed = self.speed?;
+        Some(Duration::from_secs_f64(typical_seconds(kind) * speed))
+    }
+
+    /// The interval after a look that found `pending` still running: a fraction of how long
+    /// it has run (so the overshoot stays a small part of its duration) within the bounds.
+    fn next_interval(&self, pending: &Pending, now: Instant) -> Duration {
+        let ran = now.duration_since(pending.added);
+        ran.mul_f64(OVERSHOOT)
+            .max(self.options.initial_interval)
+            .min(self.options.max_interval.max(self.options.initial_interval))
     }
 
     /// One poll: the active list (or each task's status), then the exit statuses of the tasks
@@ -200,13 +241,15 @@ impl Actor {
                 }
             }
         }
-        for pending in self.pending.values_mut() {
-            if pending.next_look <= now {
-                pending.next_look = now + pending.interval;
-                pending.interval = pending
-                    .interval
-                    .mul_f64(self.options.growth.max(1.0))
-                    .min(self.options.max_interval.max(self.options.initial_interval));
+        let due: Vec<(String, Duration)> = self
+            .pending
+            .iter()
+            .filter(|(_, p)| p.next_look <= now)
+            .map(|(upid, p)| (upid.clone(), self.next_interval(p, now)))
+            .collect();
+        for (upid, interval) in due {
+            if let Some(pending) = self.pending.get_mut(&upid) {
+                pending.next_look = now + interval;
             }
         }
     }
@@ -216,8 +259,10 @@ impl Actor {
             return;
         };
         if result.is_ok() {
-            self.learned
-                .insert(pending.kind.clone(), now.duration_since(pending.added));
+            let took = now.duration_since(pending.added);
+            let ratio = took.as_secs_f64() / typical_seconds(&pending.kind);
+            self.speed = Some(self.speed.map_or(ratio, |speed| (speed + ratio) / 2.0));
+            self.learned.insert(pending.kind.clone(), took);
         }
         let mut replies = pending.replies.into_iter();
         let last = replies.next_back();
