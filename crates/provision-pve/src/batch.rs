@@ -185,9 +185,9 @@ impl Actor {
             return;
         }
         let initial = self.options.initial_interval;
-        let first = self
-            .expected(&kind)
-            .map_or(initial, |expected| expected.mul_f64(FIRST_LOOK).max(initial));
+        let first = self.expected(&kind).map_or(initial, |expected| {
+            expected.mul_f64(FIRST_LOOK).max(initial)
+        });
         self.pending.insert(
             waiter.upid.0,
             Pending {

@@ -196,11 +196,27 @@ impl Shared {
         }
     }
 
-    /// Writes the state file now, on the caller's thread.
+    /// Saves what changed now, on the caller's thread (to the journal).
     pub fn flush(&self) {
         if let Some(writer) = &self.writer {
-            writer.write(&self.state);
+            writer.write(&self.state, false);
         }
+    }
+
+    /// Writes a whole snapshot now (a clean stop): the state file alone is complete.
+    pub fn flush_snapshot(&self) {
+        if let Some(writer) = &self.writer {
+            if writer.is_dirty() {
+                writer.write(&self.state, true);
+            }
+        }
+    }
+
+    /// Bytes written to the state file and its journal so far.
+    pub fn state_bytes_written(&self) -> u64 {
+        self.writer
+            .as_ref()
+            .map_or(0, crate::persist::Writer::bytes_written)
     }
 
     /// Completes every task that is due; delivers guest events; saves when anything changed.
@@ -410,7 +426,7 @@ impl Drop for Shared {
     fn drop(&mut self) {
         if let Some(writer) = &self.writer {
             if writer.is_dirty() {
-                writer.write(&self.state);
+                writer.write(&self.state, true);
             }
             writer.stop();
         }
