@@ -2,7 +2,7 @@
 #: Benchmark of `provision up` phase 1 (issue 4) against the Proxmox simulator run as a SEPARATE
 #: process (`provision sim serve`, HTTPS on loopback, certificate fingerprint pinned, API token), in
 #: release mode. Two cases:
-#:   a100-8x   profiles/a100-8x.toml on inventory pve-a100 (7 VMs, 8 GPUs)
+#:   a100-8x   profiles/a100-8x.toml on inventory pve-a100-pcie (7 VMs, 8 GPUs)
 #:   scale200  a generated profile: 3 servers + 197 agents (2 vCPU, 2 GiB, 10 GB), spread over
 #:             pve1..pve4 of inventory pve-cluster-4, addresses from an address_range in a /16
 #: For each case it prints: wall time of `up --vms-only`; the lower bound from the simulator's
@@ -185,10 +185,15 @@ run_case() { # NAME INVENTORY PROFILE SCALE
     token=$(sed -n "s/^export PROXMOX_VE_API_TOKEN='\(.*\)'$/\1/p" "$out")
     umask 077
     printf '%s\n' "$token" >"$ws/proxmox.token"
+    # root@pam for the keys only root may set (hugepages, affinity of a100-8x); the token does
+    # everything else.
+    sed -n 's/^user: root@pam password //p' "$out" >"$ws/proxmox.password"
     cat >"$ws/provision.toml" <<EOF
 [proxmox]
 endpoint = "https://127.0.0.1:$PORT"
 api_token_file = "proxmox.token"
+username = "root@pam"
+password_file = "proxmox.password"
 fingerprint = "$fingerprint"
 EOF
     # The workspace file is the only source of endpoint and credentials.
@@ -260,7 +265,7 @@ print(json.dumps(collections.Counter(vm["node"] for vm in json.load(sys.stdin)["
 
 for c in "${CASES[@]}"; do
     case $c in
-    a100-8x) run_case a100-8x pve-a100 a100-8x "$SCALE_A100" ;;
+    a100-8x) run_case a100-8x pve-a100-pcie a100-8x "$SCALE_A100" ;;
     scale200) run_case scale200 pve-cluster-4 generated "$SCALE_200" ;;
     *)
         echo "bench-up: unknown case $c (a100-8x, scale200)" >&2

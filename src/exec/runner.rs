@@ -306,6 +306,12 @@ impl Runner {
         Ok(())
     }
 
+    /// How long something that takes `typical` on an idle node should take on `node`, from the
+    /// speed its tasks showed so far (`None` before one ended).
+    pub(super) fn expected_on(&self, node: &NodeName, typical: Duration) -> Option<Duration> {
+        self.poller(node).expected(typical)
+    }
+
     fn poller(&self, node: &NodeName) -> crate::pve::NodeTaskPoller {
         let mut pollers = match self.pollers.lock() {
             Ok(guard) => guard,

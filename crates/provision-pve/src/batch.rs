@@ -15,6 +15,7 @@
 
 use std::collections::BTreeMap;
 use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Duration;
 
 use tokio::sync::{mpsc, oneshot};
@@ -55,7 +56,7 @@ const OVERSHOOT: f64 = 0.08;
 /// A task type's duration on an idle node with local SSD storage, in seconds (the simulator's
 /// figures, crates/pve-sim/README.md "Storage model"): only the ratio between types matters,
 /// the poller learns the node's speed from the tasks that end.
-fn typical_seconds(kind: &str) -> f64 {
+pub fn typical_seconds(kind: &str) -> f64 {
     match kind {
         "download" => 20.0,
         "imgcopy" | "imgdel" => 0.5,
@@ -75,6 +76,8 @@ fn typical_seconds(kind: &str) -> f64 {
 #[derive(Clone)]
 pub struct NodeTaskPoller {
     sender: mpsc::UnboundedSender<Waiter>,
+    /// The node's speed ([`Actor::speed`]) as `f64` bits; 0 while unknown.
+    speed: Arc<AtomicU64>,
 }
 
 struct Waiter {
@@ -86,6 +89,7 @@ impl NodeTaskPoller {
     /// Starts the actor for `node` on the current tokio runtime.
     pub fn spawn(api: Arc<dyn PveApi>, node: NodeName, options: PollOptions) -> Self {
         let (sender, receiver) = mpsc::unbounded_channel();
+        let speed = Arc::new(AtomicU64::new(0));
         let actor = Actor {
             api,
             node,
@@ -93,10 +97,19 @@ impl NodeTaskPoller {
             pending: BTreeMap::new(),
             learned: BTreeMap::new(),
             speed: None,
+            shared_speed: Arc::clone(&speed),
             list_allowed: true,
         };
         tokio::spawn(actor.run(receiver));
-        NodeTaskPoller { sender }
+        NodeTaskPoller { sender, speed }
+    }
+
+    /// How long something that typically takes `typical` (on an idle node, see
+    /// [`typical_seconds`]) should take on this node, from the speed its fixed-length tasks
+    /// showed; `None` before one ended.
+    pub fn expected(&self, typical: Duration) -> Option<Duration> {
+        let speed = f64::from_bits(self.speed.load(Ordering::Relaxed));
+        (speed > 0.0).then(|| typical.mul_f64(speed))
     }
 
     /// Waits until `upid` stops; `Ok` only for exit status `OK` (or `WARNINGS`), else the
@@ -152,8 +165,10 @@ struct Actor {
     pending: BTreeMap<String, Pending>,
     /// How long a task of each type took (from being asked about to seen stopped).
     learned: BTreeMap<String, Duration>,
-    /// Observed over typical durations ([`typical_seconds`]) of the tasks that ended here.
+    /// Observed over typical durations ([`typical_seconds`]): the lowest ratio of the tasks
+    /// that ended here whose length does not depend on bytes or load (start, resize, delete).
     speed: Option<f64>,
+    shared_speed: Arc<AtomicU64>,
     list_allowed: bool,
 }
 
@@ -261,8 +276,12 @@ impl Actor {
         };
         if result.is_ok() {
             let took = now.duration_since(pending.added);
-            let ratio = took.as_secs_f64() / typical_seconds(&pending.kind);
-            self.speed = Some(self.speed.map_or(ratio, |speed| (speed + ratio) / 2.0));
+            if fixed_length(&pending.kind) {
+                let ratio = took.as_secs_f64() / typical_seconds(&pending.kind);
+                let speed = self.speed.map_or(ratio, |speed| speed.min(ratio));
+                self.speed = Some(speed);
+                self.shared_speed.store(speed.to_bits(), Ordering::Relaxed);
+            }
             self.learned.insert(pending.kind.clone(), took);
         }
         let mut replies = pending.replies.into_iter();
@@ -359,6 +378,11 @@ fn stopped_status(entry: &TaskListEntry) -> TaskStatus {
         id: entry.id.clone(),
         starttime: entry.starttime,
     }
+}
+
+/// Task types whose length does not depend on bytes moved or on other tasks.
+fn fixed_length(kind: &str) -> bool {
+    matches!(kind, "qmstart" | "qmresize" | "imgdel" | "qmconfig" | "qmstop")
 }
 
 /// `UPID:node:pid:pstart:starttime:type:id:user:` → its type.
