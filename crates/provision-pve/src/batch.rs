@@ -257,11 +257,15 @@ impl Actor {
                 }
             }
         }
+        // The list showed every pending task: one that wanted a look within half its next
+        // interval counts as looked at now, so the looks of many tasks fall on the same polls.
         let due: Vec<(String, Duration)> = self
             .pending
             .iter()
-            .filter(|(_, p)| p.next_look <= now)
-            .map(|(upid, p)| (upid.clone(), self.next_interval(p, now)))
+            .filter_map(|(upid, p)| {
+                let interval = self.next_interval(p, now);
+                (p.next_look <= now + interval / 2).then(|| (upid.clone(), interval))
+            })
             .collect();
         for (upid, interval) in due {
             if let Some(pending) = self.pending.get_mut(&upid) {
