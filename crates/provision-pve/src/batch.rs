@@ -386,7 +386,10 @@ fn stopped_status(entry: &TaskListEntry) -> TaskStatus {
 
 /// Task types whose length does not depend on bytes moved or on other tasks.
 fn fixed_length(kind: &str) -> bool {
-    matches!(kind, "qmstart" | "qmresize" | "imgdel" | "qmconfig" | "qmstop")
+    matches!(
+        kind,
+        "qmstart" | "qmresize" | "imgdel" | "qmconfig" | "qmstop"
+    )
 }
 
 /// `UPID:node:pid:pstart:starttime:type:id:user:` → its type.

@@ -206,9 +206,7 @@ impl Shared {
     /// Writes a whole snapshot now (a clean stop): the state file alone is complete.
     pub fn flush_snapshot(&self) {
         if let Some(writer) = &self.writer {
-            if writer.is_dirty() {
-                writer.write(&self.state, true);
-            }
+            writer.write(&self.state, true);
         }
     }
 
