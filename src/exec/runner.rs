@@ -322,7 +322,9 @@ impl Runner {
             .or_insert_with(|| {
                 let options = crate::pve::PollOptions {
                     initial_interval: self.options.poll(Duration::from_millis(20)),
-                    max_interval: self.options.poll(Duration::from_millis(500)),
+                    // The poller's looks are a fraction of a task's run time; the cap only
+                    // bounds a look at a long task (a download of minutes).
+                    max_interval: self.options.poll(Duration::from_secs(5)),
                     list_limit: 1000,
                 };
                 crate::pve::NodeTaskPoller::spawn(Arc::clone(&self.api), node.clone(), options)
