@@ -14,7 +14,8 @@
 #: usage: scripts/bench-up.sh [CASE...]        (default: a100-8x scale200)
 #: Environment: BENCH_SCALE_A100 (time scale, default 0.1), BENCH_SCALE_200 (default 0.1),
 #:   BENCH_VMS (VMs of the scale case, default 200), BENCH_PORT (first port, default 18410),
-#:   BENCH_NO_BUILD=1 to use target/release/provision as it is, BENCH_KEEP_WORK=1 to keep the
+#:   BENCH_NO_BUILD=1 to use target/release/provision as it is, BENCH_UP_BIN=PATH to measure
+#:   another build's `up` against this simulator, BENCH_KEEP_WORK=1 to keep the
 #:   temporary workspaces, request logs and outputs.
 #: Phase 2 is not run (`--vms-only`): the simulated guests have no SSH, and no traffic may leave
 #: loopback.
@@ -40,6 +41,8 @@ if [ "${BENCH_NO_BUILD:-0}" != 1 ]; then
     cargo build --release --quiet
 fi
 BIN=$ROOT/target/release/provision
+# The client measured; BENCH_UP_BIN=another build measures it against this simulator.
+UP_BIN=${BENCH_UP_BIN:-$BIN}
 
 WORK=$(mktemp -d "${TMPDIR:-/tmp}/bench-up.XXXXXX")
 SIM_PID=
@@ -210,7 +213,7 @@ EOF
 
     local t0 t1 wall
     t0=$(now)
-    if ! "$TIME" -v -o "$WORK/$name.time" "$BIN" --quiet --workspace "$ws" --output json up \
+    if ! "$TIME" -v -o "$WORK/$name.time" "$UP_BIN" --quiet --workspace "$ws" --output json up \
         --profile "$profile" --vms-only >"$WORK/$name.up.out" 2>"$WORK/$name.up.err"; then
         echo "bench-up: up failed for $name:" >&2
         cat "$WORK/$name.up.err" >&2
@@ -230,7 +233,7 @@ EOF
     : >"$log"
     local r0 r1 rerun
     r0=$(now)
-    "$BIN" --quiet --workspace "$ws" up --profile "$profile" --vms-only >"$WORK/$name.rerun.out" 2>&1
+    "$UP_BIN" --quiet --workspace "$ws" up --profile "$profile" --vms-only >"$WORK/$name.rerun.out" 2>&1
     r1=$(now)
     rerun=$(awk -v a="$r0" -v b="$r1" 'BEGIN { print b - a }')
     local rerun_requests rerun_mutating rerun_vm_reads
