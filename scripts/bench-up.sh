@@ -2,22 +2,24 @@
 #: Benchmark of `provision up` phase 1 (issue 4) against the Proxmox simulator run as a SEPARATE
 #: process (`provision sim serve`, HTTPS on loopback, certificate fingerprint pinned, API token), in
 #: release mode. Two cases:
-#:   a100-8x   profiles/a100-8x.toml on inventory pve-a100 (7 VMs, 8 GPUs)
+#:   a100-8x   profiles/a100-8x.toml on inventory pve-a100-pcie (7 VMs, 8 GPUs)
 #:   scale200  a generated profile: 3 servers + 197 agents (2 vCPU, 2 GiB, 10 GB), spread over
 #:             pve1..pve4 of inventory pve-cluster-4, addresses from an address_range in a /16,
 #:             with image.strategy = $BENCH_STRATEGY (default import)
 #:   scale200-linked  the same with image.strategy = "linked-clone" (one template per node, each
-#:             VM a linked clone of it); the bounds printed are the import chain's
-#: For each case it prints: wall time of `up --vms-only`; the critical-path lower bound from the
-#: simulator's task durations at the same time scale; their ratio; API requests (all and mutating)
-#: per VM from the simulator's request log; CPU time (user+sys) and peak RSS of the provision
-#: process (GNU time); then a no-op re-run's wall time and its requests (reads) per VM.
+#:             VM a linked clone of it)
+#: For each case it prints: wall time of `up --vms-only`; the lower bound from the simulator's
+#: storage model at the same time scale (see bound_model); their ratio; API requests per VM
+#: from the simulator's request log, split into task polls, other reads and mutating requests;
+#: CPU time (user+sys) and peak RSS of the provision process (GNU time); then a no-op re-run's
+#: wall time and its requests (reads) per VM.
 #:
 #: usage: scripts/bench-up.sh [CASE...]        (default: a100-8x scale200)
 #: Environment: BENCH_SCALE_A100 (time scale, default 0.1), BENCH_SCALE_200 (default 0.1),
 #:   BENCH_VMS (VMs of the scale case, default 200), BENCH_STRATEGY (image.strategy of scale200:
 #:   import, linked-clone or full-clone), BENCH_PORT (first port, default 18410),
-#:   BENCH_NO_BUILD=1 to use target/release/provision as it is (BENCH_BIN=PATH: another binary), BENCH_KEEP_WORK=1 to keep the
+#:   BENCH_NO_BUILD=1 to use target/release/provision as it is, BENCH_UP_BIN=PATH to measure
+#:   another build's `up` against this simulator, BENCH_KEEP_WORK=1 to keep the
 #:   temporary workspaces, request logs and outputs.
 #: Phase 2 is not run (`--vms-only`): the simulated guests have no SSH, and no traffic may leave
 #: loopback.
@@ -43,7 +45,9 @@ if [ "${BENCH_NO_BUILD:-0}" != 1 ]; then
     echo "building (release)..." >&2
     cargo build --release --quiet
 fi
-BIN=${BENCH_BIN:-$ROOT/target/release/provision}
+BIN=$ROOT/target/release/provision
+# The client measured; BENCH_UP_BIN=another build measures it against this simulator.
+UP_BIN=${BENCH_UP_BIN:-$BIN}
 
 WORK=$(mktemp -d "${TMPDIR:-/tmp}/bench-up.XXXXXX")
 SIM_PID=
@@ -60,16 +64,51 @@ cleanup() {
 }
 trap cleanup EXIT
 
-# Simulated durations (seconds at time scale 1), from crates/pve-sim (README "Tasks").
-D_DOWNLOAD=30 D_UPLOAD=2 D_CREATE_IMPORT=20 D_RESIZE=1 D_START=4 D_BOOT=15 D_VOLUME_DELETE=1
-# One VM's chain as src/exec orders it: image download (shared per node, but on the path of every
-# VM of the first wave) → seed ISO upload → create with import-from → resize → start → guest agent
-# answers → seed cleanup (eject: synchronous PUT; ISO volume delete: a task).
-CHAIN=$((D_DOWNLOAD + D_UPLOAD + D_CREATE_IMPORT + D_RESIZE + D_START + D_BOOT + D_VOLUME_DELETE))
-CHAIN_FORMULA="scale x (download $D_DOWNLOAD + upload $D_UPLOAD + create/import $D_CREATE_IMPORT + resize $D_RESIZE + start $D_START + agent $D_BOOT + iso delete $D_VOLUME_DELETE = $CHAIN s)"
-# provision's own bounds (src/exec ExecOptions): 8 mutating steps per node, 4 disk allocations at a
-# time per node-local storage. With N VMs on the busiest node, creates run in ceil(N / 4) waves.
-ALLOC_SLOTS=4
+# The lower bound comes from the simulator's storage model (crates/pve-sim/README.md, "Storage
+# model"; numbers from crates/pve-sim/src/state/{mod,bandwidth}.rs, at time scale 1):
+# local-lvm (lvmthin) 500 MiB/s + 1 s per operation, local (dir) 450 MiB/s + 0.5 s, downloads
+# cross the internet at 25 MiB/s, an import writes the image's virtual size (2252 MiB), create
+# 3 s of its own, start 4 s, guest agent 15 s after start, ISO delete 1 s.
+# Per node: chain = download + upload + create/import + resize + start + agent + ISO delete (one
+# VM alone), and storage = download + create's own time + every import's bytes through
+# local-lvm + the tail (resize, start, agent, delete) of the VM whose import ends last; the
+# bound is the cluster's maximum of max(chain, storage).
+bound_model() { # SCALE NODE_COUNTS_JSON WIRE_BYTES STRATEGY
+    python3 - "$@" <<'PY'
+import json, sys
+scale, counts, wire = float(sys.argv[1]), json.loads(sys.argv[2]), int(sys.argv[3])
+strategy = sys.argv[4]
+MIB = 1 << 20
+lvm_bw, lvm_over = 500 * MIB, 1.0
+dir_bw, dir_over = 450 * MIB, 0.5
+wan = 25 * MIB
+import_bytes, iso_bytes = 2252 * MIB, 1 * MIB
+create, start, boot, iso_delete = 3.0, 4.0, 15.0, 1.0
+download = wire / wan + dir_over + wire / dir_bw
+upload = dir_over + iso_bytes / dir_bw
+create_alone = create + lvm_over + import_bytes / lvm_bw
+tail = lvm_over + start + boot + iso_delete
+# A clone: 2 s of its own, the storage's overhead, and (full) its disk's bytes; a template
+# conversion 1 s. With a template, each VM's chain is template + one clone.
+clone, template = 2.0, 1.0
+if strategy == "import":
+    chain = download + upload + create_alone + tail
+    per_vm_bytes = import_bytes
+    first = download + create + lvm_over
+else:
+    clone_bytes = import_bytes if strategy == "full-clone" else 0
+    chain = download + upload + create_alone + template + clone + lvm_over + clone_bytes / lvm_bw + tail
+    per_vm_bytes = clone_bytes
+    first = download + create_alone + template + clone + lvm_over
+worst = ("", 0.0, 0.0)
+for node, n in counts.items():
+    storage = first + n * per_vm_bytes / lvm_bw + tail
+    if max(chain, storage) > worst[1]:
+        worst = (node, max(chain, storage), storage)
+node, bound, storage = worst
+print(f"{scale * bound:.3f} {scale * chain:.3f} {scale * storage:.3f} {node} {counts[node]}")
+PY
+}
 
 write_scale_profile() { # FILE VMS KEY STRATEGY
     local file=$1 vms=$2 agents=$(($2 - 3)) # $3: the SSH private key, $4: image.strategy
@@ -167,20 +206,32 @@ run_case() { # NAME INVENTORY PROFILE SCALE [STRATEGY]
     token=$(sed -n "s/^export PROXMOX_VE_API_TOKEN='\(.*\)'$/\1/p" "$out")
     umask 077
     printf '%s\n' "$token" >"$ws/proxmox.token"
+    # root@pam for the keys only root may set (hugepages, affinity of a100-8x); the token does
+    # everything else.
+    sed -n 's/^user: root@pam password //p' "$out" >"$ws/proxmox.password"
     cat >"$ws/provision.toml" <<EOF
 [proxmox]
 endpoint = "https://127.0.0.1:$PORT"
 api_token_file = "proxmox.token"
+username = "root@pam"
+password_file = "proxmox.password"
 fingerprint = "$fingerprint"
 EOF
     # The workspace file is the only source of endpoint and credentials.
     unset PROXMOX_VE_ENDPOINT PROXMOX_VE_API_TOKEN PROXMOX_VE_USERNAME PROXMOX_VE_PASSWORD PROXMOX_VE_INSECURE
 
+    # The image's size on the wire, as the simulator will download it (for the bound).
+    local url wire
+    url=$(sed -n 's/^url = "\(.*\)"$/\1/p' "$ws/profiles/$profile.toml" | head -n 1)
+    wire=$(curl -sk -H "Authorization: PVEAPIToken=$token" --get \
+        --data-urlencode "url=$url" \
+        "https://127.0.0.1:$PORT/api2/json/nodes/pve1/query-url-metadata" |
+        python3 -c 'import json, sys; print(json.load(sys.stdin)["data"]["size"])')
     : >"$log"
 
     local t0 t1 wall
     t0=$(now)
-    if ! "$TIME" -v -o "$WORK/$name.time" "$BIN" --quiet --workspace "$ws" --output json up \
+    if ! "$TIME" -v -o "$WORK/$name.time" "$UP_BIN" --quiet --workspace "$ws" --output json up \
         --profile "$profile" --vms-only >"$WORK/$name.up.out" 2>"$WORK/$name.up.err"; then
         echo "bench-up: up failed for $name:" >&2
         cat "$WORK/$name.up.err" >&2
@@ -200,7 +251,7 @@ EOF
     : >"$log"
     local r0 r1 rerun
     r0=$(now)
-    "$BIN" --quiet --workspace "$ws" up --profile "$profile" --vms-only >"$WORK/$name.rerun.out" 2>&1
+    "$UP_BIN" --quiet --workspace "$ws" up --profile "$profile" --vms-only >"$WORK/$name.rerun.out" 2>&1
     r1=$(now)
     rerun=$(awk -v a="$r0" -v b="$r1" 'BEGIN { print b - a }')
     local rerun_requests rerun_mutating rerun_vm_reads
@@ -213,21 +264,21 @@ EOF
     SIM_PID=
     PORT=$((PORT + 1))
 
-    local bound busiest waves bound_slots
-    bound=$(awk -v s="$scale" -v c="$CHAIN" 'BEGIN { print s * c }')
-    busiest=$(python3 -c 'import collections, json, sys
-print(max(collections.Counter(vm["node"] for vm in json.load(sys.stdin)["vms"]).values()))' \
+    local counts model bound chain storage busiest busiest_vms
+    counts=$(python3 -c 'import collections, json, sys
+print(json.dumps(collections.Counter(vm["node"] for vm in json.load(sys.stdin)["vms"])))' \
         <"$WORK/$name.up.out")
-    waves=$(((busiest + ALLOC_SLOTS - 1) / ALLOC_SLOTS))
-    bound_slots=$(awk -v s="$scale" -v c="$CHAIN" -v w="$waves" -v d="$D_CREATE_IMPORT" \
-        'BEGIN { print s * (c + (w - 1) * d) }')
+    model=$(bound_model "$scale" "$counts" "$wire" "$strategy")
+    read -r bound chain storage busiest busiest_vms <<<"$model"
+    local polls reads
+    polls=$(grep -cE '"method":"GET","path":"/nodes/[^/]*/tasks(/[^"]*/status)?"' \
+        "$WORK/$name.up.requests.log" || true)
+    reads=$(grep -c '"method":"GET"' "$WORK/$name.up.requests.log" || true)
     echo "== $name: $vms VMs, inventory $inventory, time scale $scale, image strategy $strategy"
     echo "  up wall time          $(fmt "$wall") s"
-    echo "  critical-path bound   $(fmt "$bound") s   = $CHAIN_FORMULA"
+    echo "  lower bound (model)   $(fmt "$bound") s   = max(one VM's chain $(fmt "$chain") s, $busiest: $busiest_vms VMs (their bytes) through local-lvm $(fmt "$storage") s)"
     echo "  ratio wall/bound      $(div "$wall" "$bound")"
-    echo "  bound with provision's $ALLOC_SLOTS disk allocations per node storage: $busiest VMs on the busiest node ="
-    echo "                        $waves create waves: $(fmt "$bound_slots") s = chain + ($waves - 1) x scale x $D_CREATE_IMPORT; ratio $(div "$wall" "$bound_slots")"
-    echo "  API requests          $requests ($(div "$requests" "$vms") per VM), mutating $mutating ($(div "$mutating" "$vms") per VM)"
+    echo "  API requests          $requests ($(div "$requests" "$vms") per VM): task polls $polls ($(div "$polls" "$vms")), other reads $((reads - polls)) ($(div $((reads - polls)) "$vms")), mutating $mutating ($(div "$mutating" "$vms"))"
     echo "  provision CPU time    $(awk -v u="$user" -v s="$sys" 'BEGIN { printf "%.2f", u + s }') s (user $user + sys $sys)"
     echo "  provision peak RSS    $(awk -v k="$rss" 'BEGIN { printf "%.1f", k / 1024 }') MiB"
     echo "  no-op re-run          $(fmt "$rerun") s, $rerun_requests requests ($(div "$rerun_requests" "$vms") per VM: $rerun_vm_reads on VM paths = $(div "$rerun_vm_reads" "$vms") per VM, $((rerun_requests - rerun_vm_reads)) cluster-wide), mutating $rerun_mutating"
@@ -235,7 +286,7 @@ print(max(collections.Counter(vm["node"] for vm in json.load(sys.stdin)["vms"]).
 
 for c in "${CASES[@]}"; do
     case $c in
-    a100-8x) run_case a100-8x pve-a100 a100-8x "$SCALE_A100" ;;
+    a100-8x) run_case a100-8x pve-a100-pcie a100-8x "$SCALE_A100" ;;
     scale200) run_case scale200 pve-cluster-4 generated "$SCALE_200" "$STRATEGY" ;;
     scale200-linked) run_case scale200-linked pve-cluster-4 generated "$SCALE_200" linked-clone ;;
     *)

@@ -45,9 +45,14 @@ pub use rolling::{NoGate, RollingGate};
 /// Knobs of one run.
 #[derive(Debug, Clone)]
 pub struct ExecOptions {
-    /// Concurrent mutating steps per Proxmox node.
+    /// Concurrent mutating steps per Proxmox node (each holds one while its task runs).
     pub per_node: usize,
-    /// Concurrent disk allocations (create/clone) per storage.
+    /// Concurrent disk allocations (create/clone) per storage. A storage shares its bandwidth
+    /// between the transfers on it (crates/pve-sim/README.md, "Storage model"), so more at once
+    /// do not finish sooner in total; what they buy is hiding each operation's fixed latency
+    /// (allocation, process start: seconds) behind the others' bytes, which takes two or three
+    /// in flight. Two thirds of `per_node` keeps the storage saturated and leaves a third of
+    /// the node's slots to the short steps (upload, resize, start) of the VMs already created.
     pub per_storage: usize,
     /// Concurrent clones of one template (`image.strategy` a clone): 1 serialises them.
     pub clones_per_template: usize,
@@ -80,8 +85,8 @@ impl ExecOptions {
 impl Default for ExecOptions {
     fn default() -> Self {
         Self {
-            per_node: 8,
-            per_storage: 4,
+            per_node: 12,
+            per_storage: 8,
             clones_per_template: 4,
             max_attempts: 8,
             backoff: Duration::from_millis(200),

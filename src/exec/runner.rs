@@ -50,6 +50,8 @@ pub(super) struct Runner {
     /// Per wave: how many of its actions are not done yet.
     wave_left: BTreeMap<u32, tokio::sync::watch::Sender<usize>>,
     gate: Arc<dyn RollingGate>,
+    /// One task poller per node: every wait on that node's tasks shares its list requests.
+    pollers: std::sync::Mutex<BTreeMap<NodeName, crate::pve::NodeTaskPoller>>,
 }
 
 /// How one action of a run ended.
@@ -130,6 +132,7 @@ impl Runner {
                 .map(|wave| (wave.number, tokio::sync::watch::Sender::new(wave.vms.len())))
                 .collect(),
             gate: Arc::new(NoGate),
+            pollers: std::sync::Mutex::new(BTreeMap::new()),
         }
     }
 
@@ -407,19 +410,43 @@ impl Runner {
         }
     }
 
+    /// The wait itself goes through the node's poller, which asks about all the tasks waited on
+    /// there at once.
     async fn wait_task_to_end(&self, node: &str, upid: &Upid) -> Result<(), PveError> {
         let node_name = NodeName(upid.node().unwrap_or(node).to_owned());
-        let wait = crate::pve::WaitOptions {
-            timeout: self.options.task_timeout,
-            initial_interval: self.options.poll(Duration::from_millis(20)),
-            max_interval: self.options.poll(Duration::from_millis(500)),
-            growth: 1.5,
-            poll_scale: 1.0,
-            log_lines: 20,
-        };
-        crate::pve::wait_for_task_on(self.api.as_ref(), &node_name, upid, &wait, &|_| {}).await?;
+        let poller = self.poller(&node_name);
+        poller
+            .wait(self.api.as_ref(), upid, self.options.task_timeout, 20)
+            .await?;
         Ok(())
     }
+
+    /// How long something that takes `typical` on an idle node should take on `node`, from the
+    /// speed its tasks showed so far (`None` before one ended).
+    pub(super) fn expected_on(&self, node: &NodeName, typical: Duration) -> Option<Duration> {
+        self.poller(node).expected(typical)
+    }
+
+    fn poller(&self, node: &NodeName) -> crate::pve::NodeTaskPoller {
+        let mut pollers = match self.pollers.lock() {
+            Ok(guard) => guard,
+            Err(poisoned) => poisoned.into_inner(),
+        };
+        pollers
+            .entry(node.clone())
+            .or_insert_with(|| {
+                let options = crate::pve::PollOptions {
+                    initial_interval: self.options.poll(Duration::from_millis(20)),
+                    // The poller's looks are a fraction of a task's run time; the cap only
+                    // bounds a look at a long task (a download of minutes).
+                    max_interval: self.options.poll(Duration::from_secs(5)),
+                    list_limit: 1000,
+                };
+                crate::pve::NodeTaskPoller::spawn(Arc::clone(&self.api), node.clone(), options)
+            })
+            .clone()
+    }
+
     /// Which node a VMID lives on now (cluster-wide), if it exists.
     pub(super) async fn locate(&self, vmid: VmId) -> Result<Option<NodeName>, PveError> {
         Ok(self

@@ -155,6 +155,11 @@ impl Runner {
             self.options.poll(Duration::from_secs(1)),
             1.5,
         );
+        // Most of the boot passes before the agent can answer: wait 90 % of its typical 15 s at
+        // the speed the node's tasks showed before the first probe.
+        if let Some(boot) = self.expected_on(&vm.node, Duration::from_secs(15)) {
+            tokio::time::sleep(boot.mul_f64(0.9)).await;
+        }
         let what = format!("the guest agent of {} to report {wanted}", vm.name);
         let waited = await_condition(&what, self.options.guest_timeout, interval, || async {
             match self.api.agent_ping(&node, vmid).await {

@@ -40,6 +40,7 @@ mod ssh;
 mod ssh_auth;
 mod standin;
 mod status;
+mod task_batch;
 mod templates;
 mod testbed;
 mod third_party;

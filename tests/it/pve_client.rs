@@ -366,6 +366,10 @@ async fn handle(
             }
             data(json!("121"))
         }
+        // The task list is refused, so a batched waiter must fall back to per-task status.
+        ("GET", ["nodes", _node, "tasks"]) => {
+            proxmox_error(403, "Permission check failed (/nodes/pve1, Sys.Audit)")
+        }
         ("GET", ["nodes", node, "tasks", upid, "status"]) => {
             let upid = percent_encoding::percent_decode_str(upid)
                 .decode_utf8_lossy()
@@ -899,6 +903,44 @@ async fn task_with_warnings_succeeds_and_every_poll_is_observed() {
     .unwrap();
     assert_eq!(status.exitstatus.as_deref(), Some("WARNINGS: 2"));
     assert_eq!(polls.load(Ordering::SeqCst), 3);
+}
+
+/// A node's task poller whose list request is refused (403) asks each task's status instead,
+/// and a failed task still reports its exit status and log tail.
+#[tokio::test]
+async fn batched_waits_fall_back_to_task_status_when_the_list_is_refused() {
+    let server = TestServer::start().await;
+    let client: Arc<dyn PveApi> = Arc::new(server.client(token_auth()));
+    let options = provision::pve::PollOptions {
+        initial_interval: Duration::from_millis(5),
+        max_interval: Duration::from_millis(20),
+        ..provision::pve::PollOptions::default()
+    };
+    let poller = provision::pve::NodeTaskPoller::spawn(Arc::clone(&client), node(), options);
+    let ok = Upid("UPID:pve1:00001234:00005678:66000001:qmcreate:120:root@pam:".to_owned());
+    let failing = Upid("UPID:pve1:00001237:0000567b:66000004:qmstart:120:root@pam:".to_owned());
+    let timeout = Duration::from_secs(10);
+    let (ok_status, failed) = tokio::join!(
+        poller.wait(client.as_ref(), &ok, timeout, 20),
+        poller.wait(client.as_ref(), &failing, timeout, 20),
+    );
+    assert_eq!(ok_status.unwrap().exitstatus.as_deref(), Some("OK"));
+    match failed.unwrap_err() {
+        PveError::TaskFailed {
+            exitstatus,
+            log_tail,
+            ..
+        } => {
+            assert_eq!(exitstatus, "start failed: QEMU exited with code 1");
+            assert_eq!(log_tail.len(), 20);
+        }
+        other => panic!("unexpected {other:?}"),
+    }
+    // One refused list, then only per-task status requests (three per task).
+    assert_eq!(server.seen_at("GET", "/nodes/pve1/tasks").len(), 1);
+    let polls = server.shared.task_polls.lock().unwrap().clone();
+    assert_eq!(polls[&ok.0], 3);
+    assert_eq!(polls[&failing.0], 3);
 }
 
 #[tokio::test]

@@ -6,8 +6,8 @@ use async_trait::async_trait;
 use super::error::PveError;
 use super::types::{
     ClusterResource, GuestInterface, NetworkInterface, NodeName, NodeStatus, NodeSummary, Params,
-    PciDevice, PciMapping, Permissions, PoolSummary, StorageStatus, StorageVolume, TaskStatus,
-    Upid, UploadContent, Version, VmId, VmStatus, VolumeId,
+    PciDevice, PciMapping, Permissions, PoolSummary, StorageStatus, StorageVolume, TaskListEntry,
+    TaskListQuery, TaskStatus, Upid, UploadContent, Version, VmId, VmStatus, VolumeId,
 };
 
 /// Every Proxmox VE call provision makes. Parameters are the exact Proxmox names and values
@@ -142,6 +142,13 @@ pub trait PveApi: Send + Sync {
     async fn pools(&self) -> Result<Vec<PoolSummary>, PveError>;
     /// `POST /pools`.
     async fn pool_create(&self, poolid: &str, comment: Option<&str>) -> Result<(), PveError>;
+    /// `GET /nodes/{node}/tasks?source=…&since=…&limit=…`: the caller's tasks on `node` (all
+    /// of them with Sys.Audit on `/nodes/{node}`).
+    async fn node_tasks(
+        &self,
+        node: &NodeName,
+        query: &TaskListQuery,
+    ) -> Result<Vec<TaskListEntry>, PveError>;
     /// `GET /nodes/{node}/tasks/{upid}/status`.
     async fn task_status(&self, node: &NodeName, upid: &Upid) -> Result<TaskStatus, PveError>;
     /// `GET /nodes/{node}/tasks/{upid}/log?limit=` (lines, newest last).

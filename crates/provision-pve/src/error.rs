@@ -3,7 +3,7 @@
 use std::collections::BTreeMap;
 
 /// Everything that can go wrong talking to Proxmox VE.
-#[derive(Debug, thiserror::Error)]
+#[derive(Debug, Clone, thiserror::Error)]
 pub enum PveError {
     /// The request provably never reached the server (DNS, connect refused, TLS handshake):
     /// safe to retry, even a POST.

@@ -3,6 +3,7 @@
 
 pub mod api;
 pub mod auth;
+pub mod batch;
 pub mod client;
 pub mod cpulist;
 pub mod error;
@@ -17,6 +18,7 @@ pub mod wait;
 
 pub use api::PveApi;
 pub use auth::{Auth, Secret};
+pub use batch::{NodeTaskPoller, PollOptions};
 pub use client::{ClientConfig, PveClient, normalize_endpoint};
 pub use cpulist::CpuList;
 pub use error::PveError;

@@ -13,8 +13,8 @@ use super::error::PveError;
 use super::privileges::root_only_keys;
 use super::types::{
     ClusterResource, GuestInterface, NetworkInterface, NodeName, NodeStatus, NodeSummary, Params,
-    PciDevice, PciMapping, Permissions, PoolSummary, StorageStatus, StorageVolume, TaskStatus,
-    Upid, UploadContent, Version, VmId, VmStatus, VolumeId,
+    PciDevice, PciMapping, Permissions, PoolSummary, StorageStatus, StorageVolume, TaskListEntry,
+    TaskListQuery, TaskStatus, Upid, UploadContent, Version, VmId, VmStatus, VolumeId,
 };
 
 /// Routes each request to the token, or to root when it carries root-only keys.
@@ -207,6 +207,13 @@ impl PveApi for TokenWithRoot {
     }
     async fn pool_create(&self, poolid: &str, comment: Option<&str>) -> Result<(), PveError> {
         self.token.pool_create(poolid, comment).await
+    }
+    async fn node_tasks(
+        &self,
+        node: &NodeName,
+        query: &TaskListQuery,
+    ) -> Result<Vec<TaskListEntry>, PveError> {
+        self.token.node_tasks(node, query).await
     }
     async fn task_status(&self, node: &NodeName, upid: &Upid) -> Result<TaskStatus, PveError> {
         self.token.task_status(node, upid).await

@@ -133,7 +133,7 @@ pub fn exit_status_is_ok(exitstatus: &str) -> bool {
     exitstatus == "OK" || exitstatus.starts_with("WARNINGS")
 }
 
-async fn finished(
+pub(crate) async fn finished(
     api: &dyn PveApi,
     node: &NodeName,
     upid: &Upid,

@@ -285,6 +285,34 @@ pub struct TaskStatus {
     pub starttime: u64,
 }
 
+/// One entry of `GET /nodes/{node}/tasks`: a running task has status `RUNNING` (in the active
+/// list), a finished one its exit status and `endtime`.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct TaskListEntry {
+    pub upid: String,
+    #[serde(rename = "type")]
+    pub kind: String,
+    pub node: String,
+    #[serde(default)]
+    pub id: Option<String>,
+    pub starttime: u64,
+    #[serde(default)]
+    pub status: Option<String>,
+    #[serde(default)]
+    pub endtime: Option<u64>,
+}
+
+/// What `GET /nodes/{node}/tasks` is asked for.
+#[derive(Debug, Clone, PartialEq)]
+pub struct TaskListQuery {
+    /// `active` (running tasks), `archive` (finished ones) or `all`.
+    pub source: &'static str,
+    /// Only tasks started at or after this UNIX time.
+    pub since: Option<u64>,
+    /// At most this many entries (Proxmox lists none for 0).
+    pub limit: u32,
+}
+
 /// One entry of `GET /cluster/mapping/pci`.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct PciMapping {

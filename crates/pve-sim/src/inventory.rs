@@ -163,6 +163,13 @@ pub struct StorageSpec {
     pub size_gib: u64,
     #[serde(default)]
     pub shared: bool,
+    /// Sustained write bandwidth in MiB/s shared by the operations that move bytes through the
+    /// storage; the type's default when absent (crates/pve-sim/README.md, "Storage model").
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub bandwidth_mib_s: Option<f64>,
+    /// Fixed cost of each operation (volume allocation, process start) in milliseconds.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub overhead_ms: Option<u64>,
 }
 
 /// A user with a password (ticket login).

@@ -10,6 +10,7 @@ pub mod propstring;
 pub mod schema;
 
 mod guest;
+mod journal;
 mod persist;
 mod router;
 mod serve;
@@ -357,8 +358,25 @@ impl SimHandle {
                 tracing::warn!(%error, "simulator task ended abnormally");
             }
         }
+        self.shared.flush_snapshot();
+    }
+
+    /// Saves what changed since the last save now (what the writer thread does shortly after
+    /// each change), for tests.
+    pub fn save_state_now(&self) {
         self.shared.flush();
     }
+
+    /// Bytes the simulator wrote to its state file and journal so far, for tests.
+    pub fn state_bytes_written(&self) -> u64 {
+        self.shared.state_bytes_written()
+    }
+}
+
+/// The state saved at `path` (the snapshot with its journal replayed) as JSON; `None` when no
+/// state was saved there.
+pub fn read_state_file(path: &std::path::Path) -> Result<Option<serde_json::Value>, SimError> {
+    persist::read_value(path)
 }
 
 /// Every (method, path template) the simulator serves, below `/api2/json`.

@@ -1,7 +1,9 @@
 //! Crash-safe persistence of the simulated cluster (`--state-file`, `.provision/sim/state.json`).
 //!
 //! One writer per simulator: a mutation only marks the state dirty; a dedicated thread coalesces
-//! the marks (a short debounce) and writes one snapshot at a time. A snapshot goes to a new temp
+//! the marks (a short debounce) and saves once for all of them, appending only the entries that
+//! changed to the state file's journal ([`crate::journal`]); the first save of a process, a clean
+//! stop and a journal that outgrew the snapshot write a whole snapshot. A snapshot goes to a new temp
 //! file in the same directory (created exclusively with mode 0600, so a file or symlink planted
 //! there is never opened), is fsynced, renamed over the state file, and the directory is fsynced:
 //! a reader (or a process killed with SIGKILL) sees the previous or the next complete file, never
@@ -34,25 +36,35 @@ const STALE_TEMP_AGE: Duration = Duration::from_secs(600);
 /// The seed files the simulated guest reads from a NoCloud ISO.
 const SEED_FILES: [&str; 3] = ["user-data", "meta-data", "network-config"];
 
-/// Reads the state file; `None` when it does not exist.
+/// Reads the state file and replays its journal ([`crate::journal`]); `None` when it does not
+/// exist.
 pub(crate) fn load(path: &Path) -> Result<Option<State>, SimError> {
     remove_stale_temp_files(path);
-    let text = match std::fs::read_to_string(path) {
-        Ok(text) => text,
-        Err(error) if error.kind() == std::io::ErrorKind::NotFound => return Ok(None),
-        Err(source) => {
-            return Err(SimError::StateRead {
-                path: path.display().to_string(),
-                source,
-            });
-        }
+    let Some(value) = read_value(path)? else {
+        return Ok(None);
     };
-    serde_json::from_str::<State>(&text)
+    serde_json::from_value::<State>(value)
         .map(Some)
         .map_err(|source| SimError::StateParse {
             path: path.display().to_string(),
             source,
         })
+}
+
+/// The saved state as JSON (snapshot plus journal); `None` when there is no state file.
+pub(crate) fn read_value(path: &Path) -> Result<Option<serde_json::Value>, SimError> {
+    match crate::journal::read(path) {
+        Ok(None) => Ok(None),
+        Ok(Some(Ok(value))) => Ok(Some(value)),
+        Ok(Some(Err(source))) => Err(SimError::StateParse {
+            path: path.display().to_string(),
+            source,
+        }),
+        Err(source) => Err(SimError::StateRead {
+            path: path.display().to_string(),
+            source,
+        }),
+    }
 }
 
 /// Credentials belong to this start, not to the file: the tokens' secrets and the users'
@@ -113,6 +125,11 @@ fn remove_stale_temp_files(path: &Path) {
 /// Replaces `path` with `bytes` atomically and durably: exclusive new temp file (0600) in the
 /// same directory, fsync, rename, fsync of the directory.
 pub(crate) fn write_atomically(path: &Path, bytes: &[u8]) -> std::io::Result<()> {
+    write_atomically_keep(path, bytes).map(drop)
+}
+
+/// [`write_atomically`], keeping the file open for appending (the journal).
+pub(crate) fn write_atomically_keep(path: &Path, bytes: &[u8]) -> std::io::Result<std::fs::File> {
     let dir = directory_of(path);
     // tempfile: a random name opened with O_CREAT|O_EXCL (never follows a symlink), mode 0600.
     let mut temp = tempfile::Builder::new()
@@ -121,8 +138,9 @@ pub(crate) fn write_atomically(path: &Path, bytes: &[u8]) -> std::io::Result<()>
         .tempfile_in(&dir)?;
     temp.write_all(bytes)?;
     temp.as_file().sync_all()?;
-    temp.persist(path).map_err(|error| error.error)?;
-    std::fs::File::open(&dir)?.sync_all()
+    let file = temp.persist(path).map_err(|error| error.error)?;
+    std::fs::File::open(&dir)?.sync_all()?;
+    Ok(file)
 }
 
 #[derive(Default)]
@@ -135,8 +153,10 @@ struct Flags {
 pub(crate) struct Writer {
     path: PathBuf,
     flags: Arc<(Mutex<Flags>, Condvar)>,
-    /// Held while a snapshot is taken and written: one write at a time.
-    writing: Mutex<()>,
+    /// Held while a save is taken and written: one write at a time.
+    writing: Mutex<crate::journal::Journal>,
+    /// Bytes written to the state file and its journal so far.
+    written: std::sync::atomic::AtomicU64,
 }
 
 fn lock<T>(mutex: &Mutex<T>) -> MutexGuard<'_, T> {
@@ -148,9 +168,10 @@ fn lock<T>(mutex: &Mutex<T>) -> MutexGuard<'_, T> {
 impl Writer {
     pub fn new(path: PathBuf) -> Writer {
         Writer {
+            writing: Mutex::new(crate::journal::Journal::new(path.clone())),
             path,
             flags: Arc::new((Mutex::new(Flags::default()), Condvar::new())),
-            writing: Mutex::new(()),
+            written: std::sync::atomic::AtomicU64::new(0),
         }
     }
 
@@ -177,21 +198,36 @@ impl Writer {
         wake.notify_all();
     }
 
-    /// Writes a snapshot of `state` now (whether or not anything changed).
-    pub fn write(&self, state: &Mutex<State>) {
-        let _writing = lock(&self.writing);
-        // Cleared before the snapshot: a change made while writing marks it dirty again.
+    /// Saves `state` now: what changed since the last save goes to the journal, or, when
+    /// `full` (a clean stop), a whole snapshot ([`crate::journal`]).
+    pub fn write(&self, state: &Mutex<State>, full: bool) {
+        let mut journal = lock(&self.writing);
+        // Cleared before the save: a change made while writing marks it dirty again.
         lock(&self.flags.0).dirty = false;
-        let bytes = match serde_json::to_vec(&*lock(state)) {
-            Ok(bytes) => bytes,
+        let value = match serde_json::to_value(&*lock(state)) {
+            Ok(value) => value,
             Err(error) => {
                 tracing::error!(%error, "cannot serialize simulator state");
                 return;
             }
         };
-        if let Err(error) = write_atomically(&self.path, &bytes) {
-            tracing::error!(%error, path = %self.path.display(), "cannot write simulator state");
-        }
+        let bytes = match journal.save(value, full) {
+            Ok(crate::journal::Saved::Nothing) => 0,
+            Ok(crate::journal::Saved::Journal(bytes) | crate::journal::Saved::Snapshot(bytes)) => {
+                bytes
+            }
+            Err(error) => {
+                tracing::error!(%error, path = %self.path.display(), "cannot write simulator state");
+                return;
+            }
+        };
+        self.written
+            .fetch_add(bytes, std::sync::atomic::Ordering::Relaxed);
+    }
+
+    /// Bytes written to the state file and its journal so far.
+    pub fn bytes_written(&self) -> u64 {
+        self.written.load(std::sync::atomic::Ordering::Relaxed)
     }
 
     pub fn is_dirty(&self) -> bool {

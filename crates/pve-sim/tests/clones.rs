@@ -25,6 +25,8 @@ fn inventory_config(mode: SimMode) -> SimConfig {
             content: vec!["images".to_owned()],
             size_gib: 500,
             shared: false,
+            bandwidth_mib_s: None,
+            overhead_ms: None,
         });
     }
     let all = [

@@ -643,3 +643,69 @@ async fn download_url_fails_on_a_checksum_that_known_content_does_not_have() {
     assert_eq!(info["size"], 3_221_225_472u64);
     sim.handle.shutdown().await;
 }
+
+/// `GET /nodes/{node}/tasks` as pve-manager's `node_tasks` answers it: a running task is in the
+/// active list with status `RUNNING` and leaves it when it ends, to appear in the archive with
+/// its exit status; a token without Sys.Audit on the node sees only its own tasks, with `user`
+/// and `tokenid` apart; `typefilter` matches exactly, `statusfilter` picks by status, `limit=0`
+/// lists nothing.
+#[tokio::test]
+async fn the_task_list_answers_like_node_tasks() {
+    let mut config = config_with_tokens();
+    config.mode = pve_sim::SimMode::Explicit;
+    let sim = start_with(config).await;
+    let stepper = sim.handle.stepper();
+    let create = |vmid: &'static str| [("vmid", vmid), ("memory", "512")];
+    let audited = sim
+        .call("POST", "/nodes/pve1/qemu", &create("150"))
+        .await
+        .ok();
+    let own = sim
+        .call_as(NO_CPU, "POST", "/nodes/pve1/qemu", &create("151"))
+        .await
+        .ok();
+    let list = |auth: &'static str, params: Vec<(&'static str, &'static str)>| {
+        let sim = &sim;
+        async move {
+            let auth = if auth.is_empty() {
+                sim.auth.as_str()
+            } else {
+                auth
+            };
+            let answer = sim.call_as(auth, "GET", "/nodes/pve1/tasks", &params).await;
+            answer.ok().as_array().unwrap().clone()
+        }
+    };
+    let active = list("", vec![("source", "active")]).await;
+    assert_eq!(active.len(), 2, "{active:?}");
+    assert!(
+        active
+            .iter()
+            .all(|t| t["status"] == "RUNNING" && t.get("endtime").is_none())
+    );
+    let mine = list(NO_CPU, vec![("source", "active")]).await;
+    assert_eq!(mine.len(), 1, "{mine:?}");
+    assert_eq!(mine[0]["upid"], own);
+    assert_eq!(mine[0]["user"], "ci@pve");
+    assert_eq!(mine[0]["tokenid"], "nocpu");
+
+    stepper.finish_ok(audited.as_str().unwrap()).unwrap();
+    stepper.fail(own.as_str().unwrap(), "boom").unwrap();
+    assert!(list("", vec![("source", "active")]).await.is_empty());
+    let archive = list("", vec![("typefilter", "qmcreate")]).await;
+    assert_eq!(archive.len(), 2, "{archive:?}");
+    assert!(archive.iter().all(|t| t["endtime"].is_u64()));
+    let failed = list("", vec![("statusfilter", "error")]).await;
+    assert_eq!(failed.len(), 1);
+    assert_eq!(failed[0]["upid"], own);
+    assert_eq!(failed[0]["status"], "boom");
+    let ok = list("", vec![("source", "all"), ("statusfilter", "ok")]).await;
+    assert_eq!(ok.len(), 1);
+    assert_eq!(ok[0]["upid"], audited);
+    assert!(list("", vec![("typefilter", "qmcreat")]).await.is_empty());
+    assert!(list("", vec![("limit", "0")]).await.is_empty());
+    let mine = list(NO_CPU, vec![("source", "all")]).await;
+    assert_eq!(mine.len(), 1, "{mine:?}");
+    assert_eq!(mine[0]["status"], "boom");
+    sim.handle.shutdown().await;
+}

@@ -49,8 +49,9 @@ async fn upload_seed(sim: &Sim, iso: &[u8]) {
     assert_eq!(status["exitstatus"], "OK", "{status}");
 }
 
+/// The saved state: the snapshot with its journal replayed.
 fn state_at(path: &Path) -> serde_json::Value {
-    serde_json::from_slice(&std::fs::read(path).unwrap()).unwrap()
+    pve_sim::read_state_file(path).unwrap().unwrap()
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
@@ -93,10 +94,9 @@ async fn concurrent_changes_never_leave_an_invalid_file_and_all_reach_it() {
     let mut pools = 0;
     for _ in 0..1000 {
         tokio::time::sleep(Duration::from_millis(10)).await;
-        if !path.exists() {
+        let Ok(Some(state)) = pve_sim::read_state_file(&path) else {
             continue;
-        }
-        let state = state_at(&path);
+        };
         pools = state["pools"].as_object().unwrap().len();
         if (0..48).all(|n| state["pools"].get(format!("pool{n}")).is_some()) {
             break;
@@ -114,7 +114,9 @@ async fn concurrent_changes_never_leave_an_invalid_file_and_all_reach_it() {
         .unwrap()
         .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
         .collect();
-    assert_eq!(names, ["state.json"]);
+    let mut names = names;
+    names.sort();
+    assert_eq!(names, ["state.json", "state.json.journal"]);
 }
 
 #[tokio::test]
@@ -204,4 +206,77 @@ async fn credentials_of_this_start_replace_those_saved_in_the_file() {
     let pools = sim.call_as(second, "GET", "/pools", &[]).await.ok();
     assert_eq!(pools[0]["poolid"], "p1", "{pools}");
     sim.handle.shutdown().await;
+}
+
+/// A save after one change writes that change (a journal line), not the cluster; the state
+/// replayed from snapshot + journal, as a crash leaves them, is the state in memory.
+#[tokio::test]
+async fn a_save_writes_the_change_and_a_crash_reload_replays_it() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("state.json");
+    let mut config = config("pve-ci");
+    config.state_file = Some(path.clone());
+    let sim = start_with(config.clone()).await;
+    for vmid in 200..230 {
+        small_vm_on(&sim, &vmid.to_string()).await;
+    }
+    sim.handle.save_state_now();
+    let before = sim.handle.state_bytes_written();
+    let whole = serde_json::to_vec(&state_at(&path)).unwrap().len() as u64;
+    sim.call(
+        "PUT",
+        "/nodes/pve1/qemu/217/config",
+        &[("description", "one change")],
+    )
+    .await
+    .ok();
+    sim.handle.save_state_now();
+    let written = sim.handle.state_bytes_written() - before;
+    assert!(
+        written > 0 && written < 4096,
+        "{written} bytes for one change"
+    );
+    assert!(
+        whole > 20 * written,
+        "state {whole} bytes, change {written}"
+    );
+
+    // A crash: no clean stop; a second simulator loads snapshot + journal.
+    let saved = state_at(&path);
+    assert_eq!(saved["vms"]["217"]["config"]["description"], "one change");
+    let reloaded = start_with(config).await;
+    for vmid in 200..230 {
+        assert_eq!(
+            reloaded.handle.vm_config(vmid),
+            sim.handle.vm_config(vmid),
+            "VM {vmid}"
+        );
+    }
+    let summary = |resources: serde_json::Value| -> Vec<String> {
+        let mut list: Vec<String> = resources
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|r| format!("{} {} {} {}", r["vmid"], r["name"], r["node"], r["status"]))
+            .collect();
+        list.sort();
+        list
+    };
+    let path = "/cluster/resources?type=vm";
+    assert_eq!(
+        summary(reloaded.get(path).await),
+        summary(sim.get(path).await)
+    );
+    reloaded.handle.shutdown().await;
+    sim.handle.shutdown().await;
+}
+
+/// A 512 MiB VM with one 4 GiB disk on `pve1`.
+async fn small_vm_on(sim: &Sim, vmid: &str) {
+    sim.task_ok(
+        "POST",
+        "/nodes/pve1/qemu",
+        &[("vmid", vmid), ("memory", "512"), ("scsi0", "local-lvm:4")],
+    )
+    .await;
 }

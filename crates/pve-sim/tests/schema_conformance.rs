@@ -258,6 +258,8 @@ async fn session(sim: &Sim) {
     sim.get("/pools").await;
     sim.get("/nodes/pve1/storage/local/content?content=import")
         .await;
+    sim.get("/nodes/pve1/tasks?source=active&limit=500&statusfilter=ok,error")
+        .await;
 }
 
 /// Hand-written values for parameters whose property strings or patterns a generic value

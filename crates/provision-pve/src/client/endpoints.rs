@@ -10,8 +10,8 @@ use crate::api::PveApi;
 use crate::error::PveError;
 use crate::types::{
     ClusterResource, GuestInterface, NetworkInterface, NodeName, NodeStatus, NodeSummary, Params,
-    PciDevice, PciMapping, Permissions, PoolSummary, StorageStatus, StorageVolume, TaskStatus,
-    Upid, UploadContent, Version, VmId, VmStatus, VolumeId,
+    PciDevice, PciMapping, Permissions, PoolSummary, StorageStatus, StorageVolume, TaskListEntry,
+    TaskListQuery, TaskStatus, Upid, UploadContent, Version, VmId, VmStatus, VolumeId,
 };
 
 use super::http::{Body, decode_data, multipart_body, value_to_string};
@@ -397,6 +397,22 @@ impl PveApi for PveClient {
         }
         let _ignored: Value = self.write_data(Method::POST, "/pools", &body).await?;
         Ok(())
+    }
+
+    async fn node_tasks(
+        &self,
+        node: &NodeName,
+        query: &TaskListQuery,
+    ) -> Result<Vec<TaskListEntry>, PveError> {
+        let mut params = vec![
+            ("source", query.source.to_owned()),
+            ("limit", query.limit.to_string()),
+        ];
+        if let Some(since) = query.since {
+            params.push(("since", since.to_string()));
+        }
+        self.get_data(&format!("/nodes/{}/tasks", segment(&node.0)), &params)
+            .await
     }
 
     async fn task_status(&self, node: &NodeName, upid: &Upid) -> Result<TaskStatus, PveError> {

@@ -265,17 +265,20 @@ impl Request<'_> {
                 }
             }
         }
+        let wan_s = size as f64 / (durations::WAN_MIB_S * (1u64 << 20) as f64);
         let upid = self.spawn(
             &mut state,
             "download",
             &filename,
-            durations::DOWNLOAD,
+            wan_s,
             TaskAction::AddVolume {
                 volume: Box::new(volume),
             },
             doomed,
             log,
         );
+        self.shared
+            .start_transfer(&mut state, &upid, self.node(), &storage, size);
         Reply::data(json!(upid))
     }
 
@@ -307,12 +310,13 @@ impl Request<'_> {
                 ));
             }
         }
+        let size = upload.data.len() as u64;
         let volume = Volume {
             volid,
             node: (!storage.shared).then(|| self.node().to_owned()),
             content,
             format: format_of(&filename),
-            size: upload.data.len() as u64,
+            size,
             vmid: None,
             ctime: now_ms() / 1000,
             data: Some(upload.data),
@@ -331,6 +335,8 @@ impl Request<'_> {
                 &actual[..16]
             )],
         );
+        self.shared
+            .start_transfer(&mut state, &upid, self.node(), &storage, size);
         Reply::data(json!(upid))
     }
 }

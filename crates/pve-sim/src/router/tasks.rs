@@ -173,55 +173,163 @@ impl Request<'_> {
         Reply::data(json!(lines))
     }
 
-    /// pve-manager PVE::API2::Tasks `node_tasks`: newest first; `source` active / archive
-    /// (default) / all, `vmid`, `typefilter`, `userfilter`, `since`, `until`, `errors`,
-    /// `start`, `limit` (default 50).
+    /// pve-manager PVE::API2::Tasks `node_tasks`: the active list first (running tasks with
+    /// status `RUNNING`; a finished task leaves it at once), then the archive newest first with
+    /// each task's exit status. Without Sys.Audit on /nodes/{node} a caller sees only its own
+    /// tasks (a token only its token's, a user its own and its tokens'); token tasks carry
+    /// `user` and `tokenid` apart. `vmid` and `typefilter` match exactly, `userfilter` as a
+    /// substring; `statusfilter` (ok, warning, error, unknown) and `errors` filter by status;
+    /// `start` skips, `limit` (default 50; 0 lists nothing) cuts.
     pub(super) fn task_list(&self) -> ApiResult<Reply> {
         let state = self.shared.state();
-        state.node(self.node())?;
+        let node = self.node();
+        state.node(node)?;
         let source = self.text("source").unwrap_or("archive");
-        let number = |key: &str| self.text(key).and_then(|v| v.parse::<u64>().ok());
-        let vmid = self.text("vmid");
-        let typefilter = self.text("typefilter");
-        let userfilter = self.text("userfilter");
-        let errors = self.flag("errors");
-        let start = number("start").unwrap_or(0) as usize;
-        let limit = number("limit").unwrap_or(50) as usize;
-        let mut tasks: Vec<&crate::state::Task> = state
-            .tasks
-            .iter()
-            .filter(|t| t.node == self.node())
-            .filter(|t| match source {
-                "active" => t.running,
-                "all" => true,
-                _ => !t.running,
-            })
-            .filter(|t| vmid.is_none_or(|id| t.id == id))
-            .filter(|t| typefilter.is_none_or(|k| t.kind.contains(k)))
-            .filter(|t| userfilter.is_none_or(|u| t.user.contains(u)))
-            .filter(|t| number("since").is_none_or(|since| t.starttime >= since))
-            .filter(|t| number("until").is_none_or(|until| t.starttime <= until))
-            .filter(|t| !errors || t.exitstatus.as_deref().is_some_and(|e| e != "OK"))
-            .collect();
-        tasks.sort_by(|a, b| b.starttime.cmp(&a.starttime).then(b.pid.cmp(&a.pid)));
-        let entries: Vec<Value> = tasks
-            .into_iter()
-            .skip(start)
-            .take(if limit == 0 { usize::MAX } else { limit })
-            .map(|t| {
-                let mut entry = json!({
-                    "upid": t.upid, "node": t.node, "pid": t.pid, "pstart": t.pstart,
-                    "starttime": t.starttime, "type": t.kind, "id": t.id, "user": t.user,
-                });
-                if let Some(status) = &t.exitstatus {
-                    entry["status"] = json!(status);
-                }
-                if let Some(endtime) = t.endtime {
-                    entry["endtime"] = json!(endtime);
-                }
-                entry
-            })
-            .collect();
+        let auditor = self
+            .identity
+            .check(&format!("/nodes/{node}"), "Sys.Audit")
+            .is_ok();
+        let filter = TaskFilter {
+            caller: &self.identity.user,
+            auditor,
+            vmid: self.text("vmid"),
+            typefilter: self.text("typefilter"),
+            userfilter: self.text("userfilter").map(str::to_lowercase),
+            since: self.text("since").and_then(|v| v.parse().ok()),
+            until: self.text("until").and_then(|v| v.parse().ok()),
+            statuses: status_types(self.text("statusfilter"), self.flag("errors")),
+        };
+        let start = self.number("start").unwrap_or(0);
+        let mut limit = self.number("limit").unwrap_or(50);
+        let mut count = 0usize;
+        let mut entries = Vec::new();
+        let mut take = |task: &crate::state::Task, entries: &mut Vec<Value>| {
+            if !filter.keeps(task) {
+                return;
+            }
+            count += 1;
+            if count <= start || limit == 0 {
+                return;
+            }
+            limit -= 1;
+            entries.push(task_entry(task));
+        };
+        let newest_first = |a: &&crate::state::Task, b: &&crate::state::Task| {
+            b.starttime.cmp(&a.starttime).then(b.pid.cmp(&a.pid))
+        };
+        let on_node = || state.tasks.iter().filter(|t| t.node == node);
+        if source == "active" || source == "all" {
+            let mut active: Vec<_> = on_node().filter(|t| t.running).collect();
+            active.sort_by(newest_first);
+            active.into_iter().for_each(|t| take(t, &mut entries));
+        }
+        if source != "active" {
+            let mut archive: Vec<_> = on_node().filter(|t| !t.running).collect();
+            archive.sort_by(|a, b| b.endtime.cmp(&a.endtime).then(newest_first(a, b)));
+            archive.into_iter().for_each(|t| take(t, &mut entries));
+        }
         Reply::data(json!(entries))
     }
+
+    fn number(&self, key: &str) -> Option<usize> {
+        self.text(key).and_then(|v| v.parse().ok())
+    }
+}
+
+/// What `node_tasks` keeps of a node's tasks.
+struct TaskFilter<'a> {
+    caller: &'a str,
+    auditor: bool,
+    vmid: Option<&'a str>,
+    typefilter: Option<&'a str>,
+    userfilter: Option<String>,
+    since: Option<u64>,
+    until: Option<u64>,
+    statuses: [bool; 4],
+}
+
+impl TaskFilter<'_> {
+    fn keeps(&self, task: &crate::state::Task) -> bool {
+        let (user, tokenid) = split_token(&task.user);
+        if self
+            .userfilter
+            .as_ref()
+            .is_some_and(|f| !user.to_lowercase().contains(f.as_str()))
+        {
+            return false;
+        }
+        // pve-manager `$check_task_user`: a token sees its token's tasks, a user its own and
+        // its tokens'.
+        let own = self.caller == task.user || (tokenid.is_some() && self.caller == user);
+        if !(self.auditor || own) {
+            return false;
+        }
+        self.typefilter.is_none_or(|k| task.kind == k)
+            && self.vmid.is_none_or(|id| task.id == id)
+            && self.since.is_none_or(|since| task.starttime >= since)
+            && self.until.is_none_or(|until| task.starttime <= until)
+            && self.statuses[status_type(task)]
+    }
+}
+
+/// `user@realm!name` → (`user@realm`, Some(`name`)).
+fn split_token(user: &str) -> (&str, Option<&str>) {
+    match user.split_once('!') {
+        Some((user, token)) => (user, Some(token)),
+        None => (user, None),
+    }
+}
+
+/// PVE::UPID `normalize_status_type` as an index: ok, warning, error, unknown (running).
+fn status_type(task: &crate::state::Task) -> usize {
+    match task.exitstatus.as_deref() {
+        None | Some("" | "unexpected status") => 3,
+        Some("OK") => 0,
+        Some(status)
+            if status
+                .strip_prefix("WARNINGS: ")
+                .is_some_and(|n| !n.is_empty() && n.bytes().all(|b| b.is_ascii_digit())) =>
+        {
+            1
+        }
+        Some(_) => 2,
+    }
+}
+
+/// The status types `statusfilter` (a list) or `errors` keep.
+fn status_types(statusfilter: Option<&str>, errors: bool) -> [bool; 4] {
+    match statusfilter {
+        _ if errors => [false, true, true, true],
+        Some(list) => {
+            let mut keep = [false; 4];
+            for item in list.split([',', ';', ' ', '\0']).filter(|i| !i.is_empty()) {
+                match item.to_lowercase().as_str() {
+                    "ok" => keep[0] = true,
+                    "warning" => keep[1] = true,
+                    "error" => keep[2] = true,
+                    "unknown" => keep[3] = true,
+                    _ => {}
+                }
+            }
+            keep
+        }
+        None => [true; 4],
+    }
+}
+
+/// One task as `node_tasks` lists it.
+fn task_entry(task: &crate::state::Task) -> Value {
+    let (user, tokenid) = split_token(&task.user);
+    let mut entry = json!({
+        "upid": task.upid, "node": task.node, "pid": task.pid, "pstart": task.pstart,
+        "starttime": task.starttime, "type": task.kind, "id": task.id, "user": user,
+        "status": task.exitstatus.as_deref().unwrap_or("RUNNING"),
+    });
+    if let Some(tokenid) = tokenid {
+        entry["tokenid"] = json!(tokenid);
+    }
+    if let Some(endtime) = task.endtime {
+        entry["endtime"] = json!(endtime);
+    }
+    entry
 }

@@ -84,6 +84,7 @@ impl Shared {
             secret: hex::encode(rng.random::<[u8; 16]>()),
             next_pid: 0x1000 + (config.seed % 0x1000) as u32,
             boot_ms: now_ms().saturating_sub(3 * 86_400_000),
+            transfers: super::Transfers::default(),
         });
         let log_file = match &config.request_log {
             Some(path) => Some(
@@ -195,11 +196,25 @@ impl Shared {
         }
     }
 
-    /// Writes the state file now, on the caller's thread.
+    /// Saves what changed now, on the caller's thread (to the journal).
     pub fn flush(&self) {
         if let Some(writer) = &self.writer {
-            writer.write(&self.state);
+            writer.write(&self.state, false);
         }
+    }
+
+    /// Writes a whole snapshot now (a clean stop): the state file alone is complete.
+    pub fn flush_snapshot(&self) {
+        if let Some(writer) = &self.writer {
+            writer.write(&self.state, true);
+        }
+    }
+
+    /// Bytes written to the state file and its journal so far.
+    pub fn state_bytes_written(&self) -> u64 {
+        self.writer
+            .as_ref()
+            .map_or(0, crate::persist::Writer::bytes_written)
     }
 
     /// Completes every task that is due; delivers guest events; saves when anything changed.
@@ -220,6 +235,8 @@ impl Shared {
                 .collect();
             for (upid, doomed) in due {
                 events.extend(complete(&mut state, &upid, doomed, self.config.time_scale));
+                let ends = state.transfers.finish(now, &upid);
+                apply_ends(&mut state, &ends);
                 changed = true;
             }
         }
@@ -286,7 +303,10 @@ impl Shared {
                 .find(|t| t.upid == upid && t.running)
                 .ok_or_else(|| SimError::NoSuchTask(upid.to_owned()))?;
             let failure = failure.or_else(|| task.doomed.clone());
-            complete(&mut state, upid, failure, self.config.time_scale)
+            let events = complete(&mut state, upid, failure, self.config.time_scale);
+            let ends = state.transfers.finish(now_ms(), upid);
+            apply_ends(&mut state, &ends);
+            events
         };
         self.save();
         self.deliver(events);
@@ -353,12 +373,58 @@ impl Shared {
     }
 }
 
+impl Shared {
+    /// The task `upid` (just spawned) moves `bytes` through `storage` on `node`: it now ends
+    /// when its transfer does ([`super::bandwidth`]); the seconds it was planned to take become
+    /// work done before its bytes flow. The transfers it shares the storage with are re-planned.
+    /// In Explicit mode tasks end when a test says so: nothing changes.
+    pub fn start_transfer(
+        &self,
+        state: &mut State,
+        upid: &str,
+        node: &str,
+        storage: &crate::inventory::StorageSpec,
+        bytes: u64,
+    ) {
+        if self.config.mode == SimMode::Explicit {
+            return;
+        }
+        let now = now_ms();
+        let scale = self.config.time_scale.max(f64::MIN_POSITIVE);
+        let Some(task) = state.tasks.iter().find(|t| t.upid == upid && t.running) else {
+            return;
+        };
+        let extra_s = task.due_ms.saturating_sub(now) as f64 / 1000.0 / scale;
+        let spec = super::TransferSpec {
+            node,
+            storage,
+            bytes,
+            extra_s,
+        };
+        let ends = state.transfers.start(now, scale, upid, &spec);
+        apply_ends(state, &ends);
+    }
+}
+
+/// Moves the planned end of each running task that has a transfer.
+fn apply_ends(state: &mut State, ends: &[(String, u64)]) {
+    for (upid, end) in ends {
+        if let Some(task) = state
+            .tasks
+            .iter_mut()
+            .find(|t| &t.upid == upid && t.running && !t.held)
+        {
+            task.due_ms = *end;
+        }
+    }
+}
+
 impl Drop for Shared {
     /// The last changes reach the file even when the simulator is dropped without a shutdown.
     fn drop(&mut self) {
         if let Some(writer) = &self.writer {
             if writer.is_dirty() {
-                writer.write(&self.state);
+                writer.write(&self.state, true);
             }
             writer.stop();
         }

@@ -10,9 +10,9 @@ use serde_json::json;
 
 use crate::propstring;
 use crate::state::{
-    ApiError, ApiResult, State, TaskAction, Vm, Volume, base_name, clone_seconds, durations,
-    find_volume, is_base_volume, is_disk_key, is_file_storage, mac_address, now_ms, uuid,
-    volume_has_feature, volume_key,
+    ApiError, ApiResult, State, TaskAction, Vm, Volume, base_name, durations, find_volume,
+    is_base_volume, is_disk_key, is_file_storage, mac_address, now_ms, uuid, volume_has_feature,
+    volume_key,
 };
 
 use crate::router::{Reply, Request};
@@ -94,7 +94,16 @@ impl Request<'_> {
             full,
         };
         let volumes = self.clone_devices(&state, &mut config, &target)?;
-        let bytes: u64 = volumes.iter().map(|v| v.size).sum();
+        // A full clone copies every byte through the target storage; a linked one writes none.
+        let bytes: u64 = if full {
+            volumes.iter().map(|v| v.size).sum()
+        } else {
+            0
+        };
+        let storage = volumes
+            .iter()
+            .find_map(|v| v.volid.split(':').next())
+            .and_then(|name| state.storage(name).ok().cloned());
         for volume in volumes {
             let key = volume_key(volume.node.as_deref(), &volume.volid);
             state.volumes.insert(key, volume);
@@ -105,7 +114,7 @@ impl Request<'_> {
             &mut state,
             "qmclone",
             &source.to_string(),
-            clone_seconds(full, bytes),
+            durations::CLONE,
             TaskAction::Clone {
                 source,
                 target: newid,
@@ -114,6 +123,10 @@ impl Request<'_> {
             None,
             vec![format!("creating a clone of VM {source} with ID {newid}")],
         );
+        if let Some(storage) = storage {
+            self.shared
+                .start_transfer(&mut state, &upid, &target_node, &storage, bytes);
+        }
         Reply::data(json!(upid))
     }
 

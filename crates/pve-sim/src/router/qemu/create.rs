@@ -41,7 +41,7 @@ impl Request<'_> {
         }
         let mut config = BTreeMap::new();
         let mut volumes = Vec::new();
-        let mut imports = false;
+        let mut imports: Option<String> = None;
         let mut reserved = BTreeSet::new();
         for key in &keys {
             let Some((key, value)) = self.config_value(key) else {
@@ -55,9 +55,11 @@ impl Request<'_> {
                 &BTreeMap::new(),
                 &mut reserved,
             )?;
+            if imported {
+                imports = stored.split(':').next().map(str::to_owned);
+            }
             config.insert(key, stored);
             volumes.extend(new_volumes);
-            imports |= imported;
         }
         self.add_generated_keys(&mut config);
         Self::new_disks_as_base(&state, &mut config, &mut volumes);
@@ -67,20 +69,25 @@ impl Request<'_> {
         }
         let vm = self.new_vm(vmid, self.node(), config);
         state.vms.insert(vmid, vm);
-        let seconds = if imports {
-            durations::CREATE_IMPORT
-        } else {
-            durations::CREATE
-        };
         let upid = self.spawn(
             &mut state,
             "qmcreate",
             &vmid.to_string(),
-            seconds,
+            durations::CREATE,
             TaskAction::Create { vmid },
             None,
             Vec::new(),
         );
+        // The import writes the image's virtual size through the disk's storage.
+        if let Some(storage) = imports.and_then(|name| state.storage(&name).ok().cloned()) {
+            self.shared.start_transfer(
+                &mut state,
+                &upid,
+                self.node(),
+                &storage,
+                durations::IMPORT_BYTES,
+            );
+        }
         if self.flag("start") {
             self.start_locked(&mut state, vmid)?;
         }

@@ -4,7 +4,7 @@ use serde_json::{Value, json};
 
 use crate::propstring;
 use crate::state::{
-    ApiError, ApiResult, TaskAction, durations, find_volume, parse_size, volume_key,
+    ApiError, ApiResult, TaskAction, durations, find_volume, is_thin, parse_size, volume_key,
 };
 
 use crate::router::tasks::lock_timeout;
@@ -58,6 +58,20 @@ impl Request<'_> {
             None,
             Vec::new(),
         );
+        // A thin volume grows without writing; a thick one writes its new bytes.
+        let file = propstring::get(&entries, "file", Some("file")).unwrap_or("");
+        if let Some(storage) = file
+            .split_once(':')
+            .and_then(|(name, _)| state.storage(name).ok().cloned())
+        {
+            let written = if is_thin(&storage.kind) {
+                0
+            } else {
+                target - current
+            };
+            self.shared
+                .start_transfer(&mut state, &upid, self.node(), &storage, written);
+        }
         Reply::data(json!(upid))
     }
 

@@ -4,8 +4,8 @@
 use std::collections::{BTreeMap, BTreeSet};
 
 use crate::state::{
-    ApiError, ApiResult, State, Volume, find_volume, format_size, is_disk_key, is_file_storage,
-    mac_address, now_ms, set_entry,
+    ApiError, ApiResult, State, Volume, durations, find_volume, format_size, is_disk_key,
+    is_file_storage, mac_address, now_ms, set_entry,
 };
 use crate::{propstring, schema};
 
@@ -79,7 +79,7 @@ impl Request<'_> {
                 )));
             }
             // qcow2 cloud images are ~2.2 GiB virtual; the import keeps the virtual size.
-            bytes = bytes.max(2252 << 20);
+            bytes = bytes.max(durations::IMPORT_BYTES);
             imported = true;
         }
         if key.starts_with("efidisk") {

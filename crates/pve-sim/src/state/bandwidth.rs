@@ -1,0 +1,343 @@
+//! The physical storage model: every storage instance (a node-local storage on one node, or a
+//! shared storage once for the cluster) moves bytes at its bandwidth, shared fairly between the
+//! transfers running on it (processor sharing), and charges each operation a fixed overhead
+//! before its bytes flow. A task that moves bytes (import, download, upload, full clone, thick
+//! allocation) ends when its transfer ends, so four imports at once take four times as long
+//! each, and a late joiner slows the others down. Linked clones and thin allocations are
+//! transfers of zero bytes: they cost only the overhead.
+//!
+//! Times are wall-clock milliseconds (the simulator's clock); the bandwidth and overheads are
+//! simulated per second and scaled by the time scale when a channel is created. Callers pass
+//! `now_ms` explicitly, so the model is tested on a virtual clock.
+
+use std::collections::BTreeMap;
+
+use crate::inventory::StorageSpec;
+
+const MIB: f64 = (1u64 << 20) as f64;
+
+/// Bytes left below which a transfer counts as done (rounding of the fair shares).
+const EPSILON_BYTES: f64 = 0.5;
+
+/// What one storage can do, at time scale 1.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub(crate) struct StorageModel {
+    /// Bytes per simulated second.
+    pub bandwidth: f64,
+    /// Simulated seconds every operation costs before (and besides) its bytes.
+    pub overhead_s: f64,
+}
+
+impl StorageModel {
+    /// The inventory's figures, or the defaults of the storage's type (crates/pve-sim/README.md,
+    /// "Storage model", says where each comes from).
+    pub fn of(spec: &StorageSpec) -> StorageModel {
+        let (bandwidth_mib_s, overhead_ms) = default_for(&spec.kind);
+        StorageModel {
+            bandwidth: spec.bandwidth_mib_s.unwrap_or(bandwidth_mib_s).max(1.0) * MIB,
+            overhead_s: spec.overhead_ms.unwrap_or(overhead_ms) as f64 / 1000.0,
+        }
+    }
+}
+
+/// (MiB/s, overhead in ms) by storage type: a local SSD behind LVM-thin or a directory, ZFS on
+/// the same disk, network storages on 10 GbE.
+fn default_for(kind: &str) -> (f64, u64) {
+    match kind {
+        "lvmthin" | "lvm" => (500.0, 1000),
+        "zfspool" | "zfs" => (450.0, 1000),
+        "dir" | "btrfs" => (450.0, 500),
+        "nfs" | "cifs" | "cephfs" | "rbd" | "iscsi" | "iscsidirect" | "glusterfs" | "pbs" => {
+            (1100.0, 1500)
+        }
+        _ => (200.0, 1000),
+    }
+}
+
+/// True when allocating a volume of `kind` writes no data (thin provisioning, sparse files).
+pub(crate) fn is_thin(kind: &str) -> bool {
+    !matches!(kind, "lvm" | "iscsi")
+}
+
+/// One transfer on a channel.
+#[derive(Debug, Clone)]
+struct Job {
+    upid: String,
+    /// When its overhead is paid and its bytes start to flow.
+    ready_ms: f64,
+    bytes_left: f64,
+    done_ms: Option<f64>,
+}
+
+/// One storage instance: its bandwidth per wall-clock millisecond and its transfers.
+#[derive(Debug, Clone)]
+struct Channel {
+    bytes_per_ms: f64,
+    overhead_ms: f64,
+    clock_ms: f64,
+    jobs: Vec<Job>,
+}
+
+impl Channel {
+    /// Moves the channel's clock to `until`: the bytes of every transfer whose overhead is paid
+    /// flow at an equal share of the bandwidth; a transfer ends when its last byte is written.
+    fn advance(&mut self, until: f64) {
+        // Each round ends at an event (an overhead paid, a transfer done) or at `until`: at most
+        // two events per job.
+        for _ in 0..(4 * self.jobs.len() + 4) {
+            let clock = self.clock_ms;
+            for job in &mut self.jobs {
+                if job.done_ms.is_none() && job.ready_ms <= clock && job.bytes_left <= EPSILON_BYTES
+                {
+                    job.done_ms = Some(clock.max(job.ready_ms));
+                }
+            }
+            let flowing: Vec<usize> = (0..self.jobs.len())
+                .filter(|&i| self.jobs[i].done_ms.is_none() && self.jobs[i].ready_ms <= clock)
+                .collect();
+            let next_ready = self
+                .jobs
+                .iter()
+                .filter(|j| j.done_ms.is_none() && j.ready_ms > clock)
+                .map(|j| j.ready_ms)
+                .fold(f64::INFINITY, f64::min);
+            let share = self.bytes_per_ms / flowing.len().max(1) as f64;
+            let next_done = flowing
+                .iter()
+                .map(|&i| clock + self.jobs[i].bytes_left / share)
+                .fold(f64::INFINITY, f64::min);
+            let next = next_ready.min(next_done).min(until);
+            if !next.is_finite() || (next <= clock && clock >= until) {
+                return;
+            }
+            for &i in &flowing {
+                let job = &mut self.jobs[i];
+                let step = share * (next - clock);
+                // The transfer(s) that end at this event end exactly, whatever the rounding.
+                job.bytes_left = if job.bytes_left <= step * (1.0 + 1e-12) + EPSILON_BYTES {
+                    0.0
+                } else {
+                    job.bytes_left - step
+                };
+            }
+            self.clock_ms = next;
+            if next >= until && next_done > until && next_ready > until {
+                return;
+            }
+        }
+    }
+
+    /// When each transfer will end if no other joins.
+    fn planned_ends(&self) -> Vec<(String, f64)> {
+        let mut future = self.clone();
+        future.advance(f64::INFINITY);
+        future
+            .jobs
+            .iter()
+            .map(|j| (j.upid.clone(), j.done_ms.unwrap_or(future.clock_ms)))
+            .collect()
+    }
+}
+
+/// Every storage instance's transfers. Not persisted: a reloaded simulator completes the tasks
+/// that were running ([`crate::state::Shared`]).
+#[derive(Debug, Clone, Default)]
+pub(crate) struct Transfers {
+    channels: BTreeMap<String, Channel>,
+}
+
+/// A transfer to start: `bytes` through `storage` (on `node` when it is node-local); `extra_s`
+/// simulated seconds of the operation's own work are paid with the storage's overhead.
+pub(crate) struct TransferSpec<'a> {
+    pub node: &'a str,
+    pub storage: &'a StorageSpec,
+    pub bytes: u64,
+    pub extra_s: f64,
+}
+
+impl Transfers {
+    /// Starts a transfer for the task `upid` at `now_ms`; returns every transfer's planned end
+    /// on that storage (the new one's and the re-planned ends of those it now shares with).
+    pub fn start(
+        &mut self,
+        now_ms: u64,
+        time_scale: f64,
+        upid: &str,
+        spec: &TransferSpec<'_>,
+    ) -> Vec<(String, u64)> {
+        let key = channel_key(spec.node, spec.storage);
+        let model = StorageModel::of(spec.storage);
+        let scale = time_scale.max(f64::MIN_POSITIVE);
+        let now = now_ms as f64;
+        let channel = self.channels.entry(key.clone()).or_insert_with(|| Channel {
+            bytes_per_ms: model.bandwidth / (scale * 1000.0),
+            overhead_ms: model.overhead_s * scale * 1000.0,
+            clock_ms: now,
+            jobs: Vec::new(),
+        });
+        channel.advance(now);
+        let ready_ms = now + channel.overhead_ms + spec.extra_s.max(0.0) * scale * 1000.0;
+        channel.jobs.push(Job {
+            upid: upid.to_owned(),
+            ready_ms,
+            bytes_left: spec.bytes as f64,
+            done_ms: None,
+        });
+        self.ends_of(&key)
+    }
+
+    /// The task `upid` ended (completed, failed, or was completed by hand): its transfer leaves
+    /// its storage; returns the re-planned ends of the others there.
+    pub fn finish(&mut self, now_ms: u64, upid: &str) -> Vec<(String, u64)> {
+        let Some(key) = self
+            .channels
+            .iter()
+            .find(|(_, c)| c.jobs.iter().any(|j| j.upid == upid))
+            .map(|(key, _)| key.clone())
+        else {
+            return Vec::new();
+        };
+        let Some(channel) = self.channels.get_mut(&key) else {
+            return Vec::new();
+        };
+        channel.advance(now_ms as f64);
+        channel.jobs.retain(|j| j.upid != upid);
+        if channel.jobs.is_empty() {
+            self.channels.remove(&key);
+            return Vec::new();
+        }
+        self.ends_of(&key)
+    }
+
+    fn ends_of(&self, key: &str) -> Vec<(String, u64)> {
+        self.channels.get(key).map_or_else(Vec::new, |channel| {
+            channel
+                .planned_ends()
+                .into_iter()
+                .map(|(upid, end)| (upid, (end - 1e-6).ceil().max(0.0) as u64))
+                .collect()
+        })
+    }
+}
+
+fn channel_key(node: &str, storage: &StorageSpec) -> String {
+    if storage.shared {
+        storage.name.clone()
+    } else {
+        format!("{node}/{}", storage.name)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const GIB: u64 = 1 << 30;
+
+    fn storage(shared: bool) -> StorageSpec {
+        StorageSpec {
+            name: "local-lvm".to_owned(),
+            kind: "lvmthin".to_owned(),
+            content: vec!["images".to_owned()],
+            size_gib: 1000,
+            shared,
+            // 1 GiB/s and 1 s per operation keep the arithmetic readable.
+            bandwidth_mib_s: Some(1024.0),
+            overhead_ms: Some(1000),
+        }
+    }
+
+    fn transfer<'a>(node: &'a str, storage: &'a StorageSpec, bytes: u64) -> TransferSpec<'a> {
+        TransferSpec {
+            node,
+            storage,
+            bytes,
+            extra_s: 0.0,
+        }
+    }
+
+    fn end_of(ends: &[(String, u64)], upid: &str) -> u64 {
+        ends.iter()
+            .find(|(u, _)| u == upid)
+            .map(|(_, e)| *e)
+            .unwrap_or(0)
+    }
+
+    #[test]
+    fn one_transfer_takes_bytes_over_bandwidth_plus_overhead() {
+        let local = storage(false);
+        let mut transfers = Transfers::default();
+        let ends = transfers.start(10_000, 1.0, "a", &transfer("pve1", &local, 2 * GIB));
+        // 1 s overhead + 2 GiB at 1 GiB/s.
+        assert_eq!(end_of(&ends, "a"), 10_000 + 3_000);
+        // The time scale shrinks the wall-clock time.
+        let mut scaled = Transfers::default();
+        let ends = scaled.start(0, 0.1, "a", &transfer("pve1", &local, 2 * GIB));
+        assert_eq!(end_of(&ends, "a"), 300);
+    }
+
+    #[test]
+    fn four_concurrent_transfers_each_take_four_times_as_long() {
+        let local = storage(false);
+        let mut transfers = Transfers::default();
+        let mut ends = Vec::new();
+        for upid in ["a", "b", "c", "d"] {
+            ends = transfers.start(0, 1.0, upid, &transfer("pve1", &local, 2 * GIB));
+        }
+        for upid in ["a", "b", "c", "d"] {
+            // 1 s overhead, then 8 GiB at 1 GiB/s shared by four.
+            assert_eq!(end_of(&ends, upid), 9_000, "{upid}");
+        }
+        // Another node's local storage is another channel.
+        let other = transfers.start(0, 1.0, "e", &transfer("pve2", &local, 2 * GIB));
+        assert_eq!(end_of(&other, "e"), 3_000);
+    }
+
+    #[test]
+    fn a_late_joiner_slows_the_others_and_a_leaver_speeds_them_up() {
+        let local = storage(false);
+        let mut transfers = Transfers::default();
+        let ends = transfers.start(0, 1.0, "a", &transfer("pve1", &local, 4 * GIB));
+        assert_eq!(end_of(&ends, "a"), 5_000);
+        // At 2 s, "a" has 3 GiB left; "b" starts flowing at 3 s, when "a" has 2 GiB left.
+        let ends = transfers.start(2_000, 1.0, "b", &transfer("pve1", &local, 2 * GIB));
+        // From 3 s both move at 0.5 GiB/s: both need 4 s more.
+        assert_eq!(end_of(&ends, "a"), 7_000);
+        assert_eq!(end_of(&ends, "b"), 7_000);
+        // "b" is cancelled at 5 s: "a" has 1 GiB left, alone again.
+        let ends = transfers.finish(5_000, "b");
+        assert_eq!(end_of(&ends, "a"), 6_000);
+    }
+
+    #[test]
+    fn thin_allocations_and_linked_clones_cost_only_the_overhead() {
+        let local = storage(false);
+        let mut transfers = Transfers::default();
+        transfers.start(0, 1.0, "busy", &transfer("pve1", &local, 100 * GIB));
+        let ends = transfers.start(0, 1.0, "thin", &transfer("pve1", &local, 0));
+        assert_eq!(end_of(&ends, "thin"), 1_000);
+        assert!(is_thin("lvmthin") && is_thin("dir") && !is_thin("lvm"));
+    }
+
+    #[test]
+    fn a_shared_storage_is_one_channel_for_every_node() {
+        let nfs = storage(true);
+        let mut transfers = Transfers::default();
+        transfers.start(0, 1.0, "a", &transfer("pve1", &nfs, GIB));
+        let ends = transfers.start(0, 1.0, "b", &transfer("pve2", &nfs, GIB));
+        assert_eq!(end_of(&ends, "a"), 3_000);
+        assert_eq!(end_of(&ends, "b"), 3_000);
+    }
+
+    #[test]
+    fn extra_seconds_delay_the_bytes() {
+        let local = storage(false);
+        let mut transfers = Transfers::default();
+        let spec = TransferSpec {
+            extra_s: 2.0,
+            ..transfer("pve1", &local, GIB)
+        };
+        let ends = transfers.start(0, 1.0, "a", &spec);
+        assert_eq!(end_of(&ends, "a"), 4_000);
+    }
+}

@@ -1,0 +1,119 @@
+//! Batched task waiting against the simulator: N concurrent tasks of one node cost one list
+//! request per poll (counted in the simulator's request log), never a status request per task,
+//! and a failed task still reports its own exit status and log tail.
+
+#![allow(clippy::unwrap_used)]
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use provision::pve::{
+    Auth, ClientConfig, NodeName, NodeTaskPoller, Params, PollOptions, PveApi, PveClient, PveError,
+    Secret, TlsMode,
+};
+use pve_sim::{Inventory, SimConfig, SimMode, Simulator};
+
+const TASKS: u32 = 6;
+
+#[tokio::test]
+async fn concurrent_waits_on_one_node_share_one_list_request_per_poll() {
+    let mut config = SimConfig::new(Inventory::builtin("pve-a100").unwrap());
+    config.mode = SimMode::Explicit;
+    let sim = Simulator::start(config).await.unwrap();
+    let client: Arc<dyn PveApi> = Arc::new(
+        PveClient::new(ClientConfig::new(
+            sim.base_url(),
+            Auth::ApiToken {
+                user_realm_tokenid: "provision@pve!ci".to_owned(),
+                secret: Secret::new("5f1c3a6e-8d2b-4c71-9e0a-2b7d4f6a9c13"),
+            },
+            TlsMode::Fingerprint(sim.fingerprint()),
+        ))
+        .unwrap(),
+    );
+    let node = NodeName("pve1".to_owned());
+    let mut upids = Vec::new();
+    for vmid in 0..TASKS {
+        let params: Params = [
+            ("vmid", (300 + vmid).to_string()),
+            ("memory", "512".to_owned()),
+        ]
+        .into_iter()
+        .map(|(k, v)| (k.to_owned(), v))
+        .collect();
+        upids.push(client.vm_create(&node, &params).await.unwrap());
+    }
+    let options = PollOptions {
+        initial_interval: Duration::from_millis(5),
+        max_interval: Duration::from_millis(10),
+        ..PollOptions::default()
+    };
+    let poller = NodeTaskPoller::spawn(Arc::clone(&client), node.clone(), options);
+    let waits: Vec<_> = upids
+        .iter()
+        .map(|upid| {
+            let (poller, client, upid) = (poller.clone(), Arc::clone(&client), upid.clone());
+            tokio::spawn(async move {
+                poller
+                    .wait(client.as_ref(), &upid, Duration::from_secs(20), 20)
+                    .await
+            })
+        })
+        .collect();
+    // Let the poller look a few times while every task runs, then end them: one fails.
+    tokio::time::sleep(Duration::from_millis(100)).await;
+    let stepper = sim.stepper();
+    let (failing, succeeding) = upids.split_last().unwrap();
+    for upid in succeeding {
+        stepper.finish_ok(&upid.0).unwrap();
+    }
+    stepper
+        .fail(&failing.0, "unable to create VM: boom")
+        .unwrap();
+    let mut results = Vec::new();
+    for wait in waits {
+        results.push(wait.await.unwrap());
+    }
+    for result in &results[..results.len() - 1] {
+        assert_eq!(result.as_ref().unwrap().exitstatus.as_deref(), Some("OK"));
+    }
+    match results.last().unwrap() {
+        Err(PveError::TaskFailed {
+            upid, exitstatus, ..
+        }) => {
+            assert_eq!(upid, &failing.0);
+            assert_eq!(exitstatus, "unable to create VM: boom");
+        }
+        other => panic!("unexpected {other:?}"),
+    }
+
+    let log = sim.request_log();
+    let lists: Vec<_> = log
+        .iter()
+        .filter(|r| r.method == "GET" && r.path == "/nodes/pve1/tasks")
+        .collect();
+    let active = lists
+        .iter()
+        .filter(|r| r.params.get("source").and_then(|s| s.as_str()) == Some("active"))
+        .count();
+    let archive = lists.len() - active;
+    let statuses = log
+        .iter()
+        .filter(|r| r.path.ends_with("/status") && r.path.contains("/tasks/"))
+        .count();
+    // Every poll is one active-list request for all six tasks; the exit statuses come from
+    // the archive, at most one request per poll; no task was asked about on its own.
+    assert!(active >= 3, "{active} polls");
+    assert!(
+        archive >= 1 && archive <= active,
+        "{archive} archive reads, {active} polls"
+    );
+    assert_eq!(statuses, 0);
+    let per_task_equivalent = active * TASKS as usize;
+    assert!(
+        lists.len() * 2 < per_task_equivalent,
+        "{} list requests",
+        lists.len()
+    );
+    sim.shutdown().await;
+}
