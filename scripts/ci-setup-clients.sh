@@ -46,4 +46,7 @@ mkdir -p "$(dirname "$venv")"
 "$venv/bin/python" -c 'import proxmoxer, requests'
 "$venv/bin/ansible-doc" --type module community.general.proxmox_kvm >/dev/null
 printf '%s\n' "${pins[*]}" >"$stamp"
-"$venv/bin/ansible-playbook" --version | head -n 1
+# The whole output read first: `| head -n 1` closes the pipe while ansible still writes, and
+# ansible exits 250 on the broken pipe.
+version=$("$venv/bin/ansible-playbook" --version)
+printf '%s\n' "${version%%$'\n'*}"
