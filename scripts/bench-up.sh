@@ -18,7 +18,7 @@
 #: Environment: BENCH_SCALE_A100 (time scale, default 0.1), BENCH_SCALE_200 (default 0.1),
 #:   BENCH_VMS (VMs of the scale case, default 200), BENCH_STRATEGY (image.strategy of scale200:
 #:   import, linked-clone or full-clone), BENCH_PORT (first port, default 18410),
-#:   BENCH_NO_BUILD=1 to use target/release/provision as it is, BENCH_UP_BIN=PATH to measure
+#:   BENCH_NO_BUILD=1 to use target/release/provision (or BENCH_BIN=PATH) as it is, BENCH_UP_BIN=PATH to measure
 #:   another build's `up` against this simulator, BENCH_KEEP_WORK=1 to keep the
 #:   temporary workspaces, request logs and outputs.
 #: Phase 2 is not run (`--vms-only`): the simulated guests have no SSH, and no traffic may leave
@@ -45,7 +45,7 @@ if [ "${BENCH_NO_BUILD:-0}" != 1 ]; then
     echo "building (release)..." >&2
     cargo build --release --quiet
 fi
-BIN=$ROOT/target/release/provision
+BIN=${BENCH_BIN:-$ROOT/target/release/provision}
 # The client measured; BENCH_UP_BIN=another build measures it against this simulator.
 UP_BIN=${BENCH_UP_BIN:-$BIN}
 
