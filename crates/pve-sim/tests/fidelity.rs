@@ -225,7 +225,11 @@ async fn disks_of_one_request_get_distinct_volumes_in_sorted_key_order() {
 
 #[tokio::test]
 async fn an_async_config_change_holds_the_file_lock_without_a_lock_value() {
-    let sim = start("pve-a100").await;
+    // Slow enough that the first config task (1 s × time_scale) is still running when it is
+    // held, even on a loaded machine.
+    let mut config = SimConfig::new(Inventory::builtin("pve-a100").unwrap());
+    config.time_scale = 0.1;
+    let sim = start_with(config).await;
     small_vm(&sim, "120").await;
     let stepper = sim.handle.stepper();
     let first = sim
@@ -242,7 +246,7 @@ async fn an_async_config_change_holds_the_file_lock_without_a_lock_value() {
     let put = sim
         .call("PUT", "/nodes/pve1/qemu/120/config", &[("cores", "3")])
         .await;
-    assert!(started.elapsed() >= Duration::from_millis(10));
+    assert!(started.elapsed() >= Duration::from_millis(1000));
     assert_eq!(put.status, 500);
     assert_eq!(
         put.reason,
