@@ -164,13 +164,14 @@ async fn many_clones_of_one_template_never_surface_a_lock_error() {
     let node = provision::pve::NodeName(template.node.clone());
     let mut change = provision::pve::Params::new();
     change.insert("description".into(), "held".into());
+    // Held from its start: it cannot end before the clones come.
+    let stepper = workspace.sim.stepper();
+    stepper.hold_next("qmconfig");
     let upid = workspace
         .api
         .vm_config_post(&node, provision::pve::VmId(template.vmid), &change)
         .await
         .unwrap();
-    let stepper = workspace.sim.stepper();
-    stepper.hold(&upid.to_string()).unwrap();
     // Released once a clone has failed on the lock and been sent again (more clone requests
     // than the clones at once per template), bounded so a run that never retries still ends.
     let first_wave = sim::exec_options().clones_per_template.max(1);

@@ -184,6 +184,12 @@ impl Stepper {
         self.shared.running_tasks()
     }
 
+    /// Holds the next task of `kind` (`qmconfig`, `qmstart` …) from its start, as
+    /// [`Stepper::hold`] would: for a task whose due time could pass before `hold` is called.
+    pub fn hold_next(&self, kind: &str) {
+        self.shared.hold_next(kind);
+    }
+
     /// Keeps a task running past its due time (Auto mode) until finished or failed here.
     pub fn hold(&self, upid: &str) -> Result<(), SimError> {
         self.shared.hold_task(upid)

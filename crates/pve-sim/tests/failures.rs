@@ -613,13 +613,14 @@ async fn a_held_task_outlives_its_duration_until_released() {
     let mut config = common::config("pve-ci");
     config.time_scale = 0.05; // create: 150 ms
     let slow = start_with(config).await;
+    let slow_stepper = slow.handle.stepper();
+    slow_stepper.hold_next("qmcreate");
     let upid = slow
         .call("POST", "/nodes/pve1/qemu", &[("vmid", "101")])
         .await
         .ok();
     let upid = upid.as_str().unwrap();
-    let slow_stepper = slow.handle.stepper();
-    slow_stepper.hold(upid).unwrap();
+    assert!(slow_stepper.running_tasks()[0].held);
     tokio::time::sleep(Duration::from_millis(400)).await;
     let running = slow_stepper.running_tasks();
     assert_eq!(running.len(), 1);

@@ -225,19 +225,16 @@ async fn disks_of_one_request_get_distinct_volumes_in_sorted_key_order() {
 
 #[tokio::test]
 async fn an_async_config_change_holds_the_file_lock_without_a_lock_value() {
-    // Slow enough that the first config task (1 s × time_scale) is still running when it is
-    // held, even on a loaded machine.
-    let mut config = SimConfig::new(Inventory::builtin("pve-a100").unwrap());
-    config.time_scale = 0.1;
-    let sim = start_with(config).await;
+    let sim = start("pve-a100").await;
     small_vm(&sim, "120").await;
     let stepper = sim.handle.stepper();
+    // Held from its start: it cannot end before the test looks.
+    stepper.hold_next("qmconfig");
     let first = sim
         .call("POST", "/nodes/pve1/qemu/120/config", &[("cores", "2")])
         .await
         .ok();
     let first = first.as_str().unwrap().to_owned();
-    stepper.hold(&first).unwrap();
     let config = sim.get("/nodes/pve1/qemu/120/config").await;
     assert!(config.get("lock").is_none(), "{config}");
 
@@ -246,7 +243,7 @@ async fn an_async_config_change_holds_the_file_lock_without_a_lock_value() {
     let put = sim
         .call("PUT", "/nodes/pve1/qemu/120/config", &[("cores", "3")])
         .await;
-    assert!(started.elapsed() >= Duration::from_millis(1000));
+    assert!(started.elapsed() >= Duration::from_millis(10));
     assert_eq!(put.status, 500);
     assert_eq!(
         put.reason,
@@ -353,11 +350,11 @@ async fn an_imported_image_answers_to_both_volume_id_forms(sim: &Sim) {
 async fn the_task_list_filters_like_node_tasks(sim: &Sim) {
     small_vm(sim, "140").await;
     let stepper = sim.handle.stepper();
+    stepper.hold_next("qmstart");
     let running = sim
         .call("POST", "/nodes/pve1/qemu/140/status/start", &[])
         .await
         .ok();
-    stepper.hold(running.as_str().unwrap()).unwrap();
     let active = sim
         .call("GET", "/nodes/pve1/tasks", &[("source", "active")])
         .await

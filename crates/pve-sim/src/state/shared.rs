@@ -30,6 +30,8 @@ pub(crate) struct Shared {
     writer: Option<crate::persist::Writer>,
     /// Request body bytes read (after authentication).
     body_bytes: std::sync::atomic::AtomicU64,
+    /// Task kinds whose next task is held from its start ([`Shared::hold_next`]).
+    hold_next: Mutex<Vec<String>>,
 }
 
 fn lock<T>(mutex: &Mutex<T>) -> MutexGuard<'_, T> {
@@ -109,6 +111,7 @@ impl Shared {
             rng: Mutex::new(rng),
             writer,
             body_bytes: std::sync::atomic::AtomicU64::new(0),
+            hold_next: Mutex::new(Vec::new()),
         };
         if !fresh {
             shared.settle_after_load();
@@ -283,6 +286,12 @@ impl Shared {
             .collect()
     }
 
+    /// The next task of `kind` (`qmconfig`, `qmstart` …) is held from its start, so a test
+    /// that holds it cannot lose a race with its due time.
+    pub fn hold_next(&self, kind: &str) {
+        lock(&self.hold_next).push(kind.to_owned());
+    }
+
     pub fn hold_task(&self, upid: &str) -> Result<(), SimError> {
         let mut state = self.state();
         let task = state
@@ -340,6 +349,11 @@ impl Shared {
             SimMode::Auto => now + (spec.seconds * self.config.time_scale * 1000.0) as u64,
             SimMode::Explicit => u64::MAX,
         };
+        let held = {
+            let mut kinds = lock(&self.hold_next);
+            let index = kinds.iter().position(|kind| *kind == spec.kind);
+            index.map(|index| kinds.remove(index)).is_some()
+        };
         let mut log = spec.log;
         if log.is_empty() {
             log.push(format!("starting task {}", spec.kind));
@@ -358,7 +372,7 @@ impl Shared {
             endtime: None,
             log,
             due_ms,
-            held: false,
+            held,
             doomed,
             action,
         });
