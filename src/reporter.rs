@@ -281,6 +281,12 @@ impl crate::exec::ProgressSink for Reporter {
                 self.status(&format!("{vm}: done in {:.1}s", elapsed.as_secs_f64()))
             }
             ExecEvent::Global { what } => self.status(&what),
+            ExecEvent::Transfer { what, done, total } => self.status(&format!(
+                "{what}: {}% ({} of {})",
+                done.saturating_mul(100) / total.max(1),
+                indicatif::HumanBytes(done),
+                indicatif::HumanBytes(total)
+            )),
             ExecEvent::Note { message } => self.status(&message),
         }
     }

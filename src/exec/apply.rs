@@ -221,8 +221,64 @@ impl Runner {
             .api
             .download_url(&node, &download.storage, &download.params)
             .await?;
-        self.wait_task(&download.node.0, &upid).await?;
+        // The wait ends the follow; the follow never ends by itself.
+        let what = format!(
+            "download {} on {}",
+            download.volid.rsplit('/').next().unwrap_or(&download.volid),
+            download.node.0
+        );
+        let shown = std::sync::Mutex::new(None);
+        tokio::select! {
+            waited = self.wait_task(&download.node.0, &upid) => waited?,
+            () = self.follow_download(download, &upid, &what, &shown) => {}
+        }
+        // The last rows may have come after the last look: the whole file is there now.
+        let shown = *shown
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
+        if let Some((total, tenth)) = shown
+            && tenth < 10
+        {
+            self.events.event(ExecEvent::Transfer {
+                what,
+                done: total,
+                total,
+            });
+        }
         Ok(())
+    }
+
+    /// Shows a download's bytes as its task log reports them (wget's rows), a tenth at a time;
+    /// `shown` keeps the total and the last tenth shown.
+    async fn follow_download(
+        &self,
+        download: &ImageDownload,
+        upid: &crate::pve::Upid,
+        what: &str,
+        shown: &std::sync::Mutex<Option<(u64, u64)>>,
+    ) {
+        loop {
+            tokio::time::sleep(self.options.poll(std::time::Duration::from_secs(4))).await;
+            let Ok(lines) = self.api.task_log(&download.node, upid, 20).await else {
+                continue;
+            };
+            let Some((done, total)) = crate::pve::task::download_progress(&lines) else {
+                continue;
+            };
+            let tenth = done.saturating_mul(10) / total.max(1);
+            let mut last = shown
+                .lock()
+                .unwrap_or_else(std::sync::PoisonError::into_inner);
+            if last.is_none_or(|(_, shown)| shown != tenth) {
+                *last = Some((total, tenth));
+                drop(last);
+                self.events.event(ExecEvent::Transfer {
+                    what: what.to_owned(),
+                    done,
+                    total,
+                });
+            }
+        }
     }
 
     pub(super) async fn run_action(

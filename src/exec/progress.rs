@@ -24,6 +24,8 @@ pub enum ExecEvent {
     VmDone { vm: String, elapsed: Duration },
     /// A global step (pool, mapping, image download).
     Global { what: String },
+    /// Bytes moved so far by a transfer (an image download, from its task log).
+    Transfer { what: String, done: u64, total: u64 },
     /// Something the user should read.
     Note { message: String },
 }

@@ -17,6 +17,8 @@ pub(super) struct ProgressView {
     pub(super) multi: MultiProgress,
     pub(super) overall: ProgressBar,
     pub(super) vms: BTreeMap<String, VmLine>,
+    /// A bar per transfer (image download) with its bytes.
+    transfers: BTreeMap<String, ProgressBar>,
     vms_done: usize,
     /// The widest VM name, for aligned lines.
     width: usize,
@@ -104,6 +106,7 @@ impl ProgressView {
             multi,
             overall,
             vms: lines,
+            transfers: BTreeMap::new(),
             vms_done: 0,
             width,
         }
@@ -138,6 +141,28 @@ impl ProgressView {
         let counted = line.count(false);
         self.overall.inc(counted);
         true
+    }
+
+    /// A transfer moved `done` of `total` bytes: its bar (above the overall one) shows them.
+    fn transfer(&mut self, what: &str, done: u64, total: u64) {
+        let bar = self.transfers.entry(what.to_owned()).or_insert_with(|| {
+            let bar = self
+                .multi
+                .insert_before(&self.overall, ProgressBar::new(total));
+            bar.set_style(
+                ProgressStyle::with_template(
+                    "  {prefix} {bar:24} {bytes}/{total_bytes} ({percent}%)",
+                )
+                .unwrap_or_else(|_| ProgressStyle::default_bar()),
+            );
+            bar.set_prefix(what.to_owned());
+            bar
+        });
+        bar.set_length(total);
+        bar.set_position(done.min(total));
+        if done >= total {
+            bar.finish();
+        }
     }
 
     /// The VM is done; true once every VM is.
@@ -220,6 +245,9 @@ impl Reporter {
                     None => false,
                 }
             }
+            ExecEvent::Transfer { what, done, total } => self
+                .with_view(|view| view.transfer(what, *done, *total))
+                .is_some(),
             ExecEvent::Global { .. } | ExecEvent::Note { .. } => false,
         }
     }

@@ -53,6 +53,61 @@ async fn second_up_makes_zero_mutating_requests_and_down_empties_proxmox() {
     }
 }
 
+/// A cloud image download shows its bytes as wget's rows in its task log report them: the
+/// download is held running (past its simulated transfer) until provision has reported all of
+/// its bytes, then released.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_image_download_reports_its_bytes_from_the_task_log() {
+    use provision::exec::{CollectProgress, ExecEvent};
+    let profile = sim::builtin("a100-8x");
+    let workspace = SimWorkspace::start(&profile, None, sim::fast()).await;
+    let stepper = workspace.sim.stepper();
+    stepper.hold_next("download");
+    let progress = Arc::new(CollectProgress::default());
+    let transfers = || {
+        progress
+            .0
+            .lock()
+            .unwrap()
+            .iter()
+            .filter_map(|event| match event {
+                ExecEvent::Transfer { done, total, .. } => Some((*done, *total)),
+                _ => None,
+            })
+            .collect::<Vec<_>>()
+    };
+    let up = workspace.up_with_progress(&profile, sim::exec_options(), progress.clone());
+    let release = async {
+        for _ in 0..3000 {
+            if transfers()
+                .last()
+                .is_some_and(|(done, total)| done == total)
+            {
+                break;
+            }
+            tokio::time::sleep(std::time::Duration::from_millis(10)).await;
+        }
+        let download = stepper
+            .running_tasks()
+            .into_iter()
+            .find(|task| task.kind == "download")
+            .expect("the download task runs");
+        stepper.finish_ok(&download.upid).unwrap();
+    };
+    let (report, ()) = tokio::join!(up, release);
+    report.unwrap();
+    let seen = transfers();
+    assert!(!seen.is_empty());
+    assert!(
+        seen.windows(2).all(|pair| pair[0].0 <= pair[1].0),
+        "{seen:?}"
+    );
+    let (done, total) = *seen.last().unwrap();
+    assert_eq!(done, total, "{seen:?}");
+    assert!(total > 100 << 20, "{seen:?}");
+    workspace.sim.shutdown().await;
+}
+
 /// Runs `plan` with a profile the fixture cannot host; asserts the error and that nothing
 /// mutating was sent.
 async fn refused(workspace: &SimWorkspace, profile: &provision::profile::Profile, wanted: &str) {

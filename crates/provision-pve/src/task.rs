@@ -128,6 +128,32 @@ pub fn task_finished(status: TaskStatus) -> Check<TaskStatus, TaskStatus> {
     }
 }
 
+/// Bytes received and expected so far by a `download-url` task, from the lines pve-common's
+/// `download_file_from_url` logs: wget's `Length: N (…)` and its `--progress=dot:giga` rows,
+/// each ending with the percentage (`  32768K ........ …  7% 25.0M 12s`). `None` until wget
+/// has said how long the file is.
+pub fn download_progress(lines: &[String]) -> Option<(u64, u64)> {
+    let total: u64 = lines.iter().find_map(|line| {
+        line.strip_prefix("Length: ")?
+            .split_whitespace()
+            .next()?
+            .parse()
+            .ok()
+    })?;
+    let percent = lines
+        .iter()
+        .rev()
+        .find_map(|line| {
+            let mut words = line.split_whitespace();
+            let offset = words.next()?.strip_suffix('K')?;
+            offset.parse::<u64>().ok()?;
+            words.find_map(|word| word.strip_suffix('%')?.parse::<u64>().ok())
+        })
+        .unwrap_or(0)
+        .min(100);
+    Some((total.saturating_mul(percent) / 100, total))
+}
+
 /// Whether a stopped task's exit status means success.
 pub fn exit_status_is_ok(exitstatus: &str) -> bool {
     exitstatus == "OK" || exitstatus.starts_with("WARNINGS")
@@ -173,5 +199,31 @@ fn describe(upid: &Upid, status: &TaskStatus) -> String {
     match &status.id {
         Some(id) if !id.is_empty() => format!("task {} {id} ({upid})", status.kind),
         _ => format!("task {} ({upid})", status.kind),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::download_progress;
+
+    #[test]
+    fn download_progress_reads_wgets_length_and_last_row() {
+        let lines = |rows: &[&str]| rows.iter().map(|l| (*l).to_owned()).collect::<Vec<_>>();
+        assert_eq!(
+            download_progress(&lines(&["downloading https://x/y.qcow2 to /tmp/y"])),
+            None
+        );
+        let log = lines(&[
+            "downloading https://x/y.qcow2 to /tmp/y",
+            "Length: 104857600 (100M) [application/octet-stream]",
+            "Saving to: '/tmp/y'",
+        ]);
+        assert_eq!(download_progress(&log), Some((0, 104_857_600)));
+        let mut log = log;
+        log.push("       0K ........ ........ ........ ........  32% 25.0M 3s".to_owned());
+        log.push("   32768K ........ ........ ........ ........  64% 25.0M 1s".to_owned());
+        assert_eq!(download_progress(&log), Some((67_108_864, 104_857_600)));
+        log.push("calculating checksum...OK, checksum verified".to_owned());
+        assert_eq!(download_progress(&log), Some((67_108_864, 104_857_600)));
     }
 }

@@ -398,6 +398,7 @@ mod tests {
             held: false,
             doomed: None,
             action: crate::state::TaskAction::Start { vmid: 1 },
+            wget: None,
         };
         let mut tasks = vec![task("a", 0, true)];
         for n in 1..=FINISHED_TASKS_PER_NODE + 5 {

@@ -118,6 +118,17 @@ impl SimWorkspace {
 
     /// `provision up` (phase 1).
     pub async fn up(&self, profile: &Profile, options: ExecOptions) -> anyhow::Result<ApplyReport> {
+        self.up_with_progress(profile, options, Arc::new(NoProgress))
+            .await
+    }
+
+    /// [`SimWorkspace::up`] with the run's events going to `progress`.
+    pub async fn up_with_progress(
+        &self,
+        profile: &Profile,
+        options: ExecOptions,
+        progress: Arc<dyn provision::exec::ProgressSink>,
+    ) -> anyhow::Result<ApplyReport> {
         let store = StateStore::open(&self.state_dir(), "up (test)")?;
         let seeds = Arc::new(self.seeds(profile));
         let (_, plan) = session::observe_and_plan(
@@ -135,7 +146,7 @@ impl SimWorkspace {
             &plan,
             store,
             seeds,
-            Arc::new(NoProgress),
+            progress,
             options,
         )
         .await?;

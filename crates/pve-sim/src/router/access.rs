@@ -205,6 +205,7 @@ pub(super) fn login(shared: &Shared, params: &Map<String, Value>) -> ApiResult<R
         cookie: Some(format!(
             "PVEAuthCookie={encoded}; path=/; secure; HttpOnly; SameSite=Lax"
         )),
+        total: None,
     })
 }
 

@@ -207,15 +207,25 @@ fn finish(
 struct Reply {
     data: Value,
     cookie: Option<String>,
+    /// The `total` beside `data` (pve-manager's `set_result_attrib('total', …)`).
+    total: Option<usize>,
 }
 
 impl Reply {
     fn data(data: Value) -> ApiResult<Reply> {
-        Ok(Reply { data, cookie: None })
+        Ok(Reply {
+            data,
+            cookie: None,
+            total: None,
+        })
     }
 
     fn into_response(self) -> Response {
-        let mut response = axum::Json(json!({ "data": self.data })).into_response();
+        let mut body = json!({ "data": self.data });
+        if let Some(total) = self.total {
+            body["total"] = json!(total);
+        }
+        let mut response = axum::Json(body).into_response();
         if let Some(cookie) = self.cookie
             && let Ok(value) = cookie.parse()
         {

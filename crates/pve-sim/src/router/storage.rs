@@ -7,8 +7,8 @@ use serde_json::{Value, json};
 use sha2::{Digest, Sha256};
 
 use crate::state::{
-    ApiError, ApiResult, State, TaskAction, Volume, durations, find_volume, now_ms,
-    referenced_volumes, volume_key,
+    ApiError, ApiResult, State, TaskAction, Volume, WgetProgress, durations, find_volume,
+    format_size, now_ms, referenced_volumes, volume_key,
 };
 
 use super::body::Upload;
@@ -243,12 +243,20 @@ impl Request<'_> {
             ctime: now_ms() / 1000,
             data: None,
         };
+        // pve-common PVE::Tools `download_file_from_url`: wget's header and progress rows
+        // while the bytes arrive, then "calculating checksum..." with "OK, checksum verified"
+        // or die "checksum mismatch: got '…' != expect '…'", then "download of … finished".
+        let dest = format!("/var/lib/vz/template/{content}/{filename}");
+        let tmp = format!("{dest}.tmp_dwnl.{}", state.next_pid);
         let log = vec![
-            format!("downloading {url} to /var/lib/vz/template/{content}/{filename}.tmp"),
-            "download finished".to_owned(),
+            format!("downloading {url} to {tmp}"),
+            format!(
+                "Length: {size} ({}) [application/octet-stream]",
+                format_size(size)
+            ),
+            format!("Saving to: '{tmp}'"),
         ];
-        // pve-common PVE::Tools `download_file_from_url`: "calculating checksum..." then
-        // "OK, checksum verified" or die "checksum mismatch: got '…' != expect '…'".
+        let prefix = log.len();
         let mut log = log;
         let mut doomed = None;
         if let Some(expected) = self.text("checksum") {
@@ -265,7 +273,11 @@ impl Request<'_> {
                 }
             }
         }
-        let wan_s = size as f64 / (durations::WAN_MIB_S * (1u64 << 20) as f64);
+        if doomed.is_none() {
+            log.push(format!("download of '{url}' to '{dest}' finished"));
+        }
+        let rate = durations::WAN_MIB_S * (1u64 << 20) as f64;
+        let wan_s = size as f64 / rate;
         let upid = self.spawn(
             &mut state,
             "download",
@@ -277,6 +289,16 @@ impl Request<'_> {
             doomed,
             log,
         );
+        let wire_ms = (wan_s * self.shared.config.time_scale * 1000.0) as u64;
+        if let Some(task) = state.tasks.iter_mut().find(|t| t.upid == upid) {
+            task.wget = Some(WgetProgress {
+                prefix,
+                started_ms: now_ms(),
+                wire_ms,
+                size,
+                rate,
+            });
+        }
         self.shared
             .start_transfer(&mut state, &upid, self.node(), &storage, size);
         Reply::data(json!(upid))

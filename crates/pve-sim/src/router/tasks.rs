@@ -162,15 +162,20 @@ impl Request<'_> {
             .and_then(|v| v.parse().ok())
             .filter(|l| *l > 0)
             .unwrap_or(50);
-        let lines: Vec<Value> = task
-            .log
+        let log = task.log_lines(now_ms());
+        let total = log.len();
+        let lines: Vec<Value> = log
             .iter()
             .enumerate()
             .skip(start)
             .take(limit)
             .map(|(index, line)| json!({ "n": index + 1, "t": line }))
             .collect();
-        Reply::data(json!(lines))
+        Ok(Reply {
+            data: json!(lines),
+            cookie: None,
+            total: Some(total),
+        })
     }
 
     /// pve-manager PVE::API2::Tasks `node_tasks`: the active list first (running tasks with

@@ -29,7 +29,7 @@ pub(crate) use storage::{
     Volume, base_name, find_volume, find_volume_mut, format_size, is_base_volume, is_disk_key,
     is_file_storage, parse_size, volume_has_feature, volume_key,
 };
-pub(crate) use tasks::{Task, TaskAction, TaskSpec, complete};
+pub(crate) use tasks::{Task, TaskAction, TaskSpec, WgetProgress, complete};
 pub(crate) use vm::{
     PowerState, Vm, mac_address, referenced_volumes, stop_vm, uuid, vm_disk_bytes,
 };

@@ -375,6 +375,7 @@ impl Shared {
             held,
             doomed,
             action,
+            wget: None,
         });
         // Keep the task list bounded like Proxmox's active task index.
         if state.tasks.len() > 5000 {

@@ -83,6 +83,84 @@ pub(crate) struct Task {
     #[serde(default)]
     pub doomed: Option<String>,
     pub action: TaskAction,
+    /// A `download-url` task: wget's progress lines, written as its bytes arrive.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub wget: Option<WgetProgress>,
+}
+
+/// What pve-common's `download_file_from_url` logs while `wget --progress=dot:giga` runs:
+/// one row per 32 MiB received (a dot per MiB, a space every 8), ending with the percentage,
+/// the rate and the time left, e.g. `  32768K ........ ........ ........ ........  7% 25.0M 12s`.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub(crate) struct WgetProgress {
+    /// Log lines written before wget's rows (`downloading …`, `Length: …`, `Saving to: …`);
+    /// the lines after them (checksum, `download of … finished`) appear once the task ends.
+    pub prefix: usize,
+    pub started_ms: u64,
+    /// Wall-clock milliseconds the bytes take to cross the internet.
+    pub wire_ms: u64,
+    pub size: u64,
+    /// Bytes per simulated second, for the rate column.
+    pub rate: f64,
+}
+
+/// Bytes in one row of wget's `dot:giga` progress.
+const WGET_ROW: u64 = 32 << 20;
+
+impl WgetProgress {
+    /// wget's rows for the bytes received by `now_ms`.
+    fn rows(&self, now_ms: u64, finished: bool) -> Vec<String> {
+        let received = if finished || self.wire_ms == 0 {
+            self.size
+        } else {
+            let elapsed = now_ms.saturating_sub(self.started_ms).min(self.wire_ms);
+            (self.size as f64 * elapsed as f64 / self.wire_ms as f64) as u64
+        };
+        let rate_mib = self.rate / f64::from(1u32 << 20);
+        let mut rows = Vec::new();
+        let mut offset = 0u64;
+        while offset < received && offset < self.size {
+            let row = WGET_ROW.min(self.size - offset);
+            if offset + row > received {
+                break;
+            }
+            let end = offset + row;
+            let dots = row.div_ceil(1 << 20) as usize;
+            let mut line = format!("{:>8}K", offset / 1024);
+            // A short last row is padded to the full width, as wget does.
+            for dot in 0..32 {
+                if dot % 8 == 0 {
+                    line.push(' ');
+                }
+                line.push(if dot < dots { '.' } else { ' ' });
+            }
+            let percent = end * 100 / self.size.max(1);
+            let left = (self.size - end) as f64 / self.rate.max(1.0);
+            line.push_str(&format!(
+                " {percent:>3}% {rate_mib:.1}M {}s",
+                left.round() as u64
+            ));
+            rows.push(line);
+            offset = end;
+        }
+        rows
+    }
+}
+
+impl Task {
+    /// The task's log as `GET …/log` shows it at `now_ms`.
+    pub(crate) fn log_lines(&self, now_ms: u64) -> Vec<String> {
+        let Some(wget) = &self.wget else {
+            return self.log.clone();
+        };
+        let prefix = wget.prefix.min(self.log.len());
+        let mut lines = self.log[..prefix].to_vec();
+        lines.extend(wget.rows(now_ms, !self.running));
+        if !self.running {
+            lines.extend_from_slice(&self.log[prefix..]);
+        }
+        lines
+    }
 }
 
 pub(crate) struct TaskSpec {
@@ -351,5 +429,40 @@ fn rollback(state: &mut State, action: &TaskAction) {
         | TaskAction::Resize { .. }
         | TaskAction::AddVolume { .. }
         | TaskAction::DeleteVolume { .. } => {}
+    }
+}
+
+#[cfg(test)]
+mod wget_tests {
+    use super::WgetProgress;
+
+    const MIB: u64 = 1 << 20;
+
+    fn progress() -> WgetProgress {
+        WgetProgress {
+            prefix: 0,
+            started_ms: 1_000,
+            wire_ms: 4_000,
+            size: 100 * MIB,
+            rate: 25.0 * MIB as f64,
+        }
+    }
+
+    #[test]
+    fn rows_appear_as_the_bytes_arrive_in_wgets_dot_giga_format() {
+        let wget = progress();
+        assert!(wget.rows(1_000, false).is_empty());
+        // Half way: 50 MiB received, one full 32 MiB row.
+        assert_eq!(
+            wget.rows(3_000, false),
+            vec!["       0K ........ ........ ........ ........  32% 25.0M 3s"]
+        );
+        let all = wget.rows(9_000, false);
+        assert_eq!(all.len(), 4, "{all:?}");
+        assert_eq!(
+            all[3],
+            format!("   98304K ....{} 100% 25.0M 0s", " ".repeat(31))
+        );
+        assert_eq!(wget.rows(2_000, true), all);
     }
 }

@@ -191,10 +191,13 @@ impl Sim {
         status
     }
 
+    /// A task's whole log (up to 5000 lines; Proxmox's default `limit` is 50).
     pub async fn task_log(&self, upid: &str) -> Vec<String> {
         let node = upid.split(':').nth(1).unwrap();
-        self.get(&format!("/nodes/{node}/tasks/{}/log", encode(upid)))
+        let path = format!("/nodes/{node}/tasks/{}/log", encode(upid));
+        self.call("GET", &path, &[("limit", "5000")])
             .await
+            .ok()
             .as_array()
             .unwrap()
             .iter()
