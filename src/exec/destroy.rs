@@ -155,8 +155,10 @@ impl Runner {
         };
         if let Some(volid) = iso {
             let storage = VolumeId(volid.clone()).storage().to_owned();
+            let first = std::sync::atomic::AtomicBool::new(true);
             self.retrying(name, "delete iso", || {
-                self.delete_iso(node, &storage, &volid)
+                let reread = !first.swap(false, std::sync::atomic::Ordering::SeqCst);
+                self.delete_iso(node, &storage, &volid, reread)
             })
             .await?;
         }

@@ -1,7 +1,7 @@
 //! Runs a Plan: a DAG of idempotent steps, bounded parallelism, retries decided by error kind, events to the reporter.
 //! The plan decides everything (`plan/`); this module only carries it out.
 //!
-//! Per VM the chain is image (once per node/storage, shared) → ISO upload → intent (state) →
+//! Per VM the chain is image (once per node/storage, shared) alongside the ISO upload → intent (state) →
 //! create → resize → start → guest agent + address → seed cleanup → ready (state). Every step
 //! first reads what Proxmox has and acts only when needed, so any step may be re-run after a
 //! failure or a crash; a converged cluster makes zero mutating calls.
@@ -55,6 +55,9 @@ pub struct ExecOptions {
     /// the node's slots to the short steps (upload, resize, start) of the VMs already created.
     pub per_storage: usize,
     /// Concurrent clones of one template (`image.strategy` a clone): 1 serialises them.
+    /// Proxmox runs them side by side (a shared lock on a stopped template); what bounds them
+    /// is the storage's lock each takes for its snapshot (`vdisk_clone`, 10 s timeout), the
+    /// same queue as [`ExecOptions::per_storage`]'s allocations, so the same number.
     pub clones_per_template: usize,
     /// Attempts per step before giving up.
     pub max_attempts: u32,
@@ -87,7 +90,7 @@ impl Default for ExecOptions {
         Self {
             per_node: 12,
             per_storage: 8,
-            clones_per_template: 4,
+            clones_per_template: 8,
             max_attempts: 8,
             backoff: Duration::from_millis(200),
             task_timeout: Duration::from_secs(30 * 60),

@@ -17,6 +17,7 @@ use crate::state::{StateStore, VmPhase, VmRecord};
 
 use super::retry::{Decision, decide};
 use super::rolling::{NoGate, RollingGate};
+use super::seed::IsoVolumes;
 use super::template::TemplateSlot;
 use super::{ExecEvent, ExecOptions, InjectedCrash, ProgressSink, SeedSource};
 
@@ -52,6 +53,12 @@ pub(super) struct Runner {
     gate: Arc<dyn RollingGate>,
     /// One task poller per node: every wait on that node's tasks shares its list requests.
     pollers: std::sync::Mutex<BTreeMap<NodeName, crate::pve::NodeTaskPoller>>,
+    /// Per (node, storage): the seed ISOs this run knows of ([`Runner::iso_present`]).
+    isos: std::sync::Mutex<BTreeMap<(NodeName, String), Arc<IsoVolumes>>>,
+    /// The last listing of the cluster's VMs, shared by the address checks ([`super::race`]).
+    pub(super) vm_listing: super::race::SharedListing,
+    /// Per node: the shortest wait for a guest agent seen so far ([`Runner::booted`]).
+    boots: std::sync::Mutex<BTreeMap<NodeName, Duration>>,
 }
 
 /// How one action of a run ended.
@@ -133,6 +140,9 @@ impl Runner {
                 .collect(),
             gate: Arc::new(NoGate),
             pollers: std::sync::Mutex::new(BTreeMap::new()),
+            isos: std::sync::Mutex::new(BTreeMap::new()),
+            vm_listing: tokio::sync::Mutex::new(None),
+            boots: std::sync::Mutex::new(BTreeMap::new()),
         }
     }
 
@@ -427,6 +437,15 @@ impl Runner {
         self.poller(node).expected(typical)
     }
 
+    /// The seed ISOs of `storage` as this run knows them from `node`.
+    pub(super) fn iso_volumes(&self, node: &NodeName, storage: &str) -> Arc<IsoVolumes> {
+        let mut isos = match self.isos.lock() {
+            Ok(guard) => guard,
+            Err(poisoned) => poisoned.into_inner(),
+        };
+        Arc::clone(isos.entry((node.clone(), storage.to_owned())).or_default())
+    }
+
     fn poller(&self, node: &NodeName) -> crate::pve::NodeTaskPoller {
         let mut pollers = match self.pollers.lock() {
             Ok(guard) => guard,
@@ -441,10 +460,37 @@ impl Runner {
                     // bounds a look at a long task (a download of minutes).
                     max_interval: self.options.poll(Duration::from_secs(5)),
                     list_limit: 1000,
+                    // No node does its tasks twenty times faster than typical (a download of
+                    // 20 s is first looked at after 1 s, a create after 0.4 s).
+                    fastest: 0.05 * self.options.poll_scale.clamp(0.0, 1.0),
                 };
                 crate::pve::NodeTaskPoller::spawn(Arc::clone(&self.api), node.clone(), options)
             })
             .clone()
+    }
+
+    /// How long a guest on `node` takes from its start task's end to its agent's answer: the
+    /// shortest wait seen on the node, else a typical 15 s at the speed its tasks showed.
+    pub(super) fn expected_boot(&self, node: &NodeName) -> Option<Duration> {
+        let seen = match self.boots.lock() {
+            Ok(guard) => guard.get(node).copied(),
+            Err(poisoned) => poisoned.into_inner().get(node).copied(),
+        };
+        let typical = self.expected_on(node, Duration::from_secs(15));
+        match (seen, typical) {
+            (Some(seen), Some(typical)) => Some(seen.min(typical)),
+            (seen, typical) => seen.or(typical),
+        }
+    }
+
+    /// A guest on `node` answered `waited` after its start task was seen to end.
+    pub(super) fn booted(&self, node: &NodeName, waited: Duration) {
+        let mut boots = match self.boots.lock() {
+            Ok(guard) => guard,
+            Err(poisoned) => poisoned.into_inner(),
+        };
+        let shortest = boots.entry(node.clone()).or_insert(waited);
+        *shortest = (*shortest).min(waited);
     }
 
     /// Which node a VMID lives on now (cluster-wide), if it exists.

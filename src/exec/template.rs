@@ -150,14 +150,14 @@ impl Runner {
     }
 
     /// Clone `vm` from its template (a bounded few clones of one template at a time), then
-    /// give it its own config.
+    /// give it its own config; returns that config.
     pub(super) async fn clone_from_template(
         &self,
         vm: &PlannedVm,
         template: VmId,
         name: &str,
         strategy: ImageStrategy,
-    ) -> anyhow::Result<()> {
+    ) -> anyhow::Result<Params> {
         let Some(slot) = self.templates.get(name) else {
             bail!(
                 "internal: {} clones template {name}, which is not planned",
@@ -177,7 +177,14 @@ impl Runner {
         }
         {
             let _clone_slot = Arc::clone(&slot.clones).acquire_owned().await?;
-            let _node_slot = self.node_slot(&vm.node).await?;
+            // A linked clone is a thin snapshot: no bytes, no load on the node worth a slot
+            // the starts and creates need. A full clone copies the disk.
+            let _node_slot = if full {
+                Some(self.node_slot(&vm.node).await?)
+            } else {
+                self.check_interrupt()?;
+                None
+            };
             self.mutated();
             let upid = self.api.vm_clone(&vm.node, template, &clone).await?;
             self.wait_task(&vm.node.0, &upid).await?;
@@ -187,9 +194,10 @@ impl Runner {
 
     /// The VM's own config on its clone (cores, memory, GPUs, cloud-init drive, NIC, tags …):
     /// only the keys that differ, and no disk it already has (an interrupted run may have
-    /// applied part of it).
-    pub(super) async fn configure_clone(&self, vm: &PlannedVm) -> anyhow::Result<()> {
-        let live = self.api.vm_config(&vm.node, vm.vmid).await?;
+    /// applied part of it). Returns the config the VM has then, as far as the next steps read
+    /// it (the disks they resize, the CD-ROM).
+    pub(super) async fn configure_clone(&self, vm: &PlannedVm) -> anyhow::Result<Params> {
+        let mut live = self.api.vm_config(&vm.node, vm.vmid).await?;
         let mut config = Params::new();
         for (key, value) in &vm.params {
             if key == "vmid" || key == "pool" || (is_disk_key(key) && live.contains_key(key)) {
@@ -200,12 +208,21 @@ impl Runner {
             }
         }
         if config.is_empty() {
-            return Ok(());
+            return Ok(live);
         }
         self.mutated();
         let upid = self.api.vm_config_post(&vm.node, vm.vmid, &config).await?;
         self.wait_task(&vm.node.0, &upid).await?;
-        Ok(())
+        // Proxmox stores what was sent, except a new disk (allocated, then named and sized),
+        // which the next steps read only when they resize it: then read the config again.
+        if config
+            .keys()
+            .any(|key| vm.resize.iter().any(|resize| &resize.disk == key))
+        {
+            return Ok(self.api.vm_config(&vm.node, vm.vmid).await?);
+        }
+        live.extend(config);
+        Ok(live)
     }
 
     /// `down`, after every VM is gone: the cluster's templates (only while they carry its
