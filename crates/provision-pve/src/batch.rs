@@ -62,6 +62,11 @@ const FIRST_LOOK_FIXED: f64 = 0.9;
 /// has run: the overshoot stays below it, and a task of any length costs a few dozen looks.
 const OVERSHOOT: f64 = 0.08;
 
+/// The same for a task whose length depends on the bytes it moves and the tasks it shares its
+/// storage with (a download, create, clone): long, looked at from before its expected end, and
+/// where an overshoot delays only the steps after it, not the storage the others keep busy.
+const OVERSHOOT_LONG: f64 = 0.12;
+
 /// A task type's duration on an idle node with local SSD storage, in seconds (the simulator's
 /// figures, crates/pve-sim/README.md "Storage model"): only the ratio between types matters,
 /// the poller learns the node's speed from the tasks that end.
@@ -244,7 +249,12 @@ impl Actor {
     /// it has run (so the overshoot stays a small part of its duration) within the bounds.
     fn next_interval(&self, pending: &Pending, now: Instant) -> Duration {
         let ran = now.duration_since(pending.added);
-        ran.mul_f64(OVERSHOOT)
+        let part = if fixed_length(&pending.kind) {
+            OVERSHOOT
+        } else {
+            OVERSHOOT_LONG
+        };
+        ran.mul_f64(part)
             .max(self.options.initial_interval)
             .min(self.options.max_interval.max(self.options.initial_interval))
     }
