@@ -47,12 +47,13 @@ pub async fn apply_with_gate(
     let runner =
         Arc::new(Runner::new(api, plan, store, Some(seeds), events, options).with_gate(gate));
     {
-        let mut store = runner.store.lock().await;
-        store.update(|state| {
-            if state.cluster.is_empty() {
-                state.cluster = plan.cluster.clone();
-            }
-        })?;
+        runner
+            .record(|state| {
+                if state.cluster.is_empty() {
+                    state.cluster = plan.cluster.clone();
+                }
+            })
+            .await?;
     }
     let worked: Vec<String> = plan.actions.iter().map(|a| a.vm().to_owned()).collect();
     runner.events.event(ExecEvent::Started { vms: worked });
@@ -102,8 +103,7 @@ pub async fn apply_with_gate(
 impl Runner {
     pub(super) async fn record_converged(&self, plan: &Plan) -> anyhow::Result<()> {
         let converged: Vec<&PlannedVm> = plan.vms.iter().filter(|vm| vm.converged).collect();
-        let mut store = self.store.lock().await;
-        store.update(|state| {
+        self.record(|state| {
             for vm in converged {
                 let record = state
                     .vms
@@ -113,7 +113,8 @@ impl Runner {
                     *record = record_for(vm, VmPhase::Ready);
                 }
             }
-        })?;
+        })
+        .await?;
         Ok(())
     }
 
@@ -186,12 +187,12 @@ impl Runner {
             Ok(())
         })
         .await?;
-        let mut store = self.store.lock().await;
-        store.update(|state| {
+        self.record(|state| {
             if !state.mappings.contains(&mapping.id) {
                 state.mappings.push(mapping.id.clone());
             }
-        })?;
+        })
+        .await?;
         Ok(())
     }
 
@@ -209,10 +210,12 @@ impl Runner {
             self.events.event(ExecEvent::Global {
                 what: format!("download {} on {}", download.volid, download.node),
             });
-            self.retrying(&download.node.0, "image", || self.download(download))
-                .await?;
-            let mut store = self.store.lock().await;
-            store.update(|state| {
+            let first = AtomicBool::new(true);
+            self.retrying(&download.node.0, "image", || {
+                self.download(download, !first.swap(false, Ordering::SeqCst))
+            })
+            .await?;
+            self.record(|state| {
                 let record = VolumeRecord {
                     node: download.node.0.clone(),
                     volid: download.volid.clone(),
@@ -220,25 +223,28 @@ impl Runner {
                 if !state.images.contains(&record) {
                     state.images.push(record);
                 }
-            })?;
+            })
+            .await?;
             Ok::<_, anyhow::Error>(())
         })
         .await?;
         Ok(())
     }
 
-    pub(super) async fn download(&self, download: &ImageDownload) -> anyhow::Result<()> {
+    /// `reread`: list the storage again (a retry), else this run's one listing of it.
+    pub(super) async fn download(
+        &self,
+        download: &ImageDownload,
+        reread: bool,
+    ) -> anyhow::Result<()> {
         let node = download.node.clone();
         // The slot before anything that waits: every VM of the node waits for this download,
         // so it goes before their ISO uploads.
         let _slot = self.node_slot(&download.node).await?;
-        let present = self
-            .api
-            .storage_content(&node, &download.storage, Some("import"))
+        if self
+            .volume_present(&node, &download.storage, &download.volid, reread)
             .await?
-            .iter()
-            .any(|volume| volume.volid == download.volid);
-        if present {
+        {
             return Ok(());
         }
         self.mutated();
@@ -247,6 +253,8 @@ impl Runner {
             .download_url(&node, &download.storage, &download.params)
             .await?;
         self.wait_task(&download.node.0, &upid).await?;
+        self.volume_changed(&node, &download.storage, &download.volid, true)
+            .await;
         Ok(())
     }
 
@@ -312,8 +320,7 @@ impl Runner {
         self.wait_gone(&vm.name, after).await?;
         // Intent before create: a crash from here on leaves a record naming the VMID.
         {
-            let mut store = self.store.lock().await;
-            store.update(|state| {
+            self.record(|state| {
                 let record = state
                     .vms
                     .entry(vm.name.clone())
@@ -324,7 +331,8 @@ impl Runner {
                 record.node = vm.node.0.clone();
                 record.params_hash = params_hash(&vm.params);
                 record.iso = vm.iso.as_ref().map(|iso| iso.volid.clone());
-            })?;
+            })
+            .await?;
         }
         self.boundary()?;
         self.step(&vm.name, "create");
@@ -338,12 +346,12 @@ impl Runner {
             .await?;
         self.claim_address(vm).await?;
         {
-            let mut store = self.store.lock().await;
-            store.update(|state| {
+            self.record(|state| {
                 if let Some(record) = state.vms.get_mut(&vm.name) {
                     record.phase = VmPhase::Created;
                 }
-            })?;
+            })
+            .await?;
         }
         self.boundary()?;
         self.finish_chain(vm, known).await
@@ -375,8 +383,7 @@ impl Runner {
             self.cleanup_seed(vm, config.take())
         })
         .await?;
-        let mut store = self.store.lock().await;
-        store.update(|state| {
+        self.record(|state| {
             let record = state
                 .vms
                 .entry(vm.name.clone())
@@ -385,7 +392,8 @@ impl Runner {
             record.address = Some(vm.address.to_string());
             record.gpus = vm.gpus.clone();
             record.node = vm.node.0.clone();
-        })?;
+        })
+        .await?;
         Ok(())
     }
     /// Apply the changed keys and deletions (each re-checked against the live config),
@@ -398,13 +406,13 @@ impl Runner {
         restart: bool,
     ) -> anyhow::Result<()> {
         {
-            let mut store = self.store.lock().await;
-            store.update(|state| {
+            self.record(|state| {
                 state
                     .vms
                     .entry(vm.name.clone())
                     .or_insert_with(|| record_for(vm, VmPhase::Created));
-            })?;
+            })
+            .await?;
         }
         let node = vm.node.clone();
         let vmid = vm.vmid;

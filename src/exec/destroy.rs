@@ -79,12 +79,13 @@ pub async fn destroy(
         options,
     ));
     {
-        let mut store = runner.store.lock().await;
-        store.update(|state| {
-            if state.cluster.is_empty() {
-                state.cluster = plan.cluster.clone();
-            }
-        })?;
+        runner
+            .record(|state| {
+                if state.cluster.is_empty() {
+                    state.cluster = plan.cluster.clone();
+                }
+            })
+            .await?;
     }
     let worked: Vec<String> = plan.actions.iter().map(|a| a.vm().to_owned()).collect();
     runner.events.event(ExecEvent::Started { vms: worked });
@@ -162,10 +163,10 @@ impl Runner {
             })
             .await?;
         }
-        let mut store = self.store.lock().await;
-        store.update(|state| {
+        self.record(|state| {
             state.vms.remove(name);
-        })?;
+        })
+        .await?;
         Ok(())
     }
 

@@ -83,10 +83,10 @@ impl Runner {
         };
         self.destroy_vm_only(&vm.name, &vm.node, vm.vmid).await?;
         {
-            let mut store = self.store.lock().await;
-            store.update(|state| {
+            self.record(|state| {
                 state.vms.remove(&vm.name);
-            })?;
+            })
+            .await?;
         }
         Err(RaceError::AddressTaken {
             vm: vm.name.clone(),

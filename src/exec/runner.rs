@@ -5,7 +5,7 @@
 use std::collections::{BTreeMap, BTreeSet};
 use std::future::Future;
 use std::sync::Arc;
-use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::time::{Duration, Instant};
 
 use anyhow::{Context as _, anyhow};
@@ -13,11 +13,11 @@ use tokio::sync::{Mutex, OnceCell, Semaphore};
 
 use crate::plan::{Action, ImageDownload, Plan, PlannedVm, WaveVm, params_hash};
 use crate::pve::{NodeName, PveApi, PveError, Upid, VmId};
-use crate::state::{StateStore, VmPhase, VmRecord};
+use crate::state::{State, StateStore, VmPhase, VmRecord};
 
 use super::retry::{Decision, decide};
 use super::rolling::{NoGate, RollingGate};
-use super::seed::IsoVolumes;
+use super::seed::KnownVolumes;
 use super::template::TemplateSlot;
 use super::{ExecEvent, ExecOptions, InjectedCrash, ProgressSink, SeedSource};
 
@@ -27,7 +27,12 @@ type StorageKey = (Option<NodeName>, String);
 
 pub(super) struct Runner {
     pub(super) api: Arc<dyn PveApi>,
+    /// The state; changes go through [`Runner::record`].
     pub(super) store: Mutex<StateStore>,
+    /// How many changes the state had in memory, and (the writer's lock) how many of them are
+    /// on disk.
+    changes: AtomicU64,
+    written: Mutex<u64>,
     /// Seed ISOs; a run that creates nothing (`down`) has none.
     pub(super) seeds: Option<Arc<dyn SeedSource>>,
     pub(super) events: Arc<dyn ProgressSink>,
@@ -53,8 +58,8 @@ pub(super) struct Runner {
     gate: Arc<dyn RollingGate>,
     /// One task poller per node: every wait on that node's tasks shares its list requests.
     pollers: std::sync::Mutex<BTreeMap<NodeName, crate::pve::NodeTaskPoller>>,
-    /// Per (node, storage): the seed ISOs this run knows of ([`Runner::iso_present`]).
-    isos: std::sync::Mutex<BTreeMap<(NodeName, String), Arc<IsoVolumes>>>,
+    /// Per (node, storage): the volumes this run knows of ([`Runner::volume_present`]).
+    isos: std::sync::Mutex<BTreeMap<(NodeName, String), Arc<KnownVolumes>>>,
     /// The last listing of the cluster's VMs, shared by the address checks ([`super::race`]).
     pub(super) vm_listing: super::race::SharedListing,
     /// Per node: the shortest wait for a guest agent seen so far ([`Runner::booted`]).
@@ -107,6 +112,8 @@ impl Runner {
         Self {
             api,
             store: Mutex::new(store),
+            changes: AtomicU64::new(0),
+            written: Mutex::new(0),
             seeds,
             events,
             options,
@@ -308,6 +315,41 @@ impl Runner {
         }
     }
 
+    /// Change the state and have it on disk before returning, as [`StateStore::update`] does;
+    /// changes made while another one is being written go to disk together in the next write
+    /// (group commit), so VMs that reach a step at the same moment do not queue behind each
+    /// other's fsyncs.
+    pub(super) async fn record<R>(
+        &self,
+        change: impl FnOnce(&mut State) -> R,
+    ) -> anyhow::Result<R> {
+        let (result, wanted) = {
+            let mut store = self.store.lock().await;
+            let (result, changed) = store.change(change);
+            if !changed {
+                return Ok(result);
+            }
+            (result, self.changes.fetch_add(1, Ordering::SeqCst) + 1)
+        };
+        let mut written = self.written.lock().await;
+        if *written >= wanted {
+            return Ok(result);
+        }
+        let (path, bytes, changes) = {
+            let store = self.store.lock().await;
+            (
+                store.path().to_owned(),
+                store.snapshot()?,
+                self.changes.load(Ordering::SeqCst),
+            )
+        };
+        tokio::task::spawn_blocking(move || crate::state::persist(&path, &bytes))
+            .await
+            .context("writing the state")??;
+        *written = changes;
+        Ok(result)
+    }
+
     pub(super) fn mutated(&self) {
         self.mutating.fetch_add(1, Ordering::SeqCst);
     }
@@ -437,8 +479,8 @@ impl Runner {
         self.poller(node).expected(typical)
     }
 
-    /// The seed ISOs of `storage` as this run knows them from `node`.
-    pub(super) fn iso_volumes(&self, node: &NodeName, storage: &str) -> Arc<IsoVolumes> {
+    /// The volumes of `storage` as this run knows them from `node`.
+    pub(super) fn known_volumes(&self, node: &NodeName, storage: &str) -> Arc<KnownVolumes> {
         let mut isos = match self.isos.lock() {
             Ok(guard) => guard,
             Err(poisoned) => poisoned.into_inner(),

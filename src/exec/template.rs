@@ -92,8 +92,7 @@ impl Runner {
         template: &PlannedTemplate,
         phase: VmPhase,
     ) -> anyhow::Result<()> {
-        let mut store = self.store.lock().await;
-        store.update(|state| {
+        self.record(|state| {
             state.templates.insert(
                 template.name.clone(),
                 TemplateRecord {
@@ -105,7 +104,8 @@ impl Runner {
                     phase,
                 },
             );
-        })?;
+        })
+        .await?;
         Ok(())
     }
 
@@ -244,10 +244,10 @@ impl Runner {
             });
             self.destroy_vm_only(&template.name, &template.node, template.vmid)
                 .await?;
-            let mut store = self.store.lock().await;
-            store.update(|state| {
+            self.record(|state| {
                 state.templates.remove(&template.name);
-            })?;
+            })
+            .await?;
             destroyed.push(template.name.clone());
         }
         Ok(destroyed)
