@@ -90,7 +90,7 @@ impl Default for ExecOptions {
         Self {
             per_node: 12,
             per_storage: 8,
-            clones_per_template: 8,
+            clones_per_template: 16,
             max_attempts: 8,
             backoff: Duration::from_millis(200),
             task_timeout: Duration::from_secs(30 * 60),

@@ -1,10 +1,11 @@
 //! The NoCloud seed ISO of a VM: uploaded before create, ejected and deleted after first boot
 //! (it holds the VM's private SSH host key).
 //!
-//! Which seed ISOs a storage holds is read once per node and storage per run ([`IsoVolumes`]),
-//! then kept up to date by this run's own uploads and deletes: the names carry the cluster, the
-//! VM and a hash of the content, so no other run changes them while the state is locked. A
-//! step that failed and is retried lists the storage again before acting.
+//! Which volumes a storage holds is read once per node and storage per run ([`KnownVolumes`]:
+//! the seed ISOs, and the cloud image a download checks for), then kept up to date by this
+//! run's own uploads, downloads and deletes: the seed ISOs' names carry the cluster, the VM and
+//! a hash of the content, so no other run changes them while the state is locked. A step that
+//! failed and is retried lists the storage again before acting.
 
 use std::collections::BTreeSet;
 
@@ -16,8 +17,8 @@ use crate::pve::{NodeName, Params, PveError, VolumeId};
 
 use super::runner::Runner;
 
-/// The ISO volumes of one storage as seen from one node: `None` until listed.
-pub(super) type IsoVolumes = tokio::sync::Mutex<Option<BTreeSet<String>>>;
+/// The volumes of one storage as seen from one node: `None` until listed.
+pub(super) type KnownVolumes = tokio::sync::Mutex<Option<BTreeSet<String>>>;
 
 /// A delete of a volume that is already gone: Proxmox answers 500 `volume 'V' does not exist`.
 fn is_gone(error: &PveError) -> bool {
@@ -41,19 +42,19 @@ fn is_gone(error: &PveError) -> bool {
 impl Runner {
     /// Whether `volid` is on `storage` of `node`: from this run's one listing of it (`reread`
     /// lists it again, for a step that failed and may have half-happened).
-    pub(super) async fn iso_present(
+    pub(super) async fn volume_present(
         &self,
         node: &NodeName,
         storage: &str,
         volid: &str,
         reread: bool,
     ) -> Result<bool, PveError> {
-        let volumes = self.iso_volumes(node, storage);
+        let volumes = self.known_volumes(node, storage);
         let mut volumes = volumes.lock().await;
         if volumes.is_none() || reread {
             let listed = self
                 .api
-                .storage_content(node, storage, Some("iso"))
+                .storage_content(node, storage, None)
                 .await?
                 .into_iter()
                 .map(|volume| volume.volid)
@@ -65,9 +66,15 @@ impl Runner {
             .is_some_and(|listed| listed.contains(volid)))
     }
 
-    /// Record that this run uploaded (`present`) or deleted `volid`.
-    async fn iso_changed(&self, node: &NodeName, storage: &str, volid: &str, present: bool) {
-        let volumes = self.iso_volumes(node, storage);
+    /// Record that this run uploaded or downloaded (`present`) or deleted `volid`.
+    pub(super) async fn volume_changed(
+        &self,
+        node: &NodeName,
+        storage: &str,
+        volid: &str,
+        present: bool,
+    ) {
+        let volumes = self.known_volumes(node, storage);
         let mut volumes = volumes.lock().await;
         if let Some(listed) = volumes.as_mut() {
             if present {
@@ -96,7 +103,7 @@ impl Runner {
             let node = vm.node.clone();
             let reread = !first.swap(false, std::sync::atomic::Ordering::SeqCst);
             if self
-                .iso_present(&node, &iso.storage, &iso.volid, reread)
+                .volume_present(&node, &iso.storage, &iso.volid, reread)
                 .await?
             {
                 return Ok(());
@@ -115,7 +122,7 @@ impl Runner {
                 )
                 .await?;
             self.wait_task(&vm.node.0, &upid).await?;
-            self.iso_changed(&node, &iso.storage, &iso.volid, true)
+            self.volume_changed(&node, &iso.storage, &iso.volid, true)
                 .await;
             Ok(())
         })
@@ -161,7 +168,7 @@ impl Runner {
         volid: &str,
         reread: bool,
     ) -> anyhow::Result<()> {
-        if !self.iso_present(node, storage, volid, reread).await? {
+        if !self.volume_present(node, storage, volid, reread).await? {
             return Ok(());
         }
         self.mutated();
@@ -175,7 +182,7 @@ impl Runner {
             Err(error) if is_gone(&error) => {}
             Err(error) => return Err(error.into()),
         }
-        self.iso_changed(node, storage, volid, false).await;
+        self.volume_changed(node, storage, volid, false).await;
         Ok(())
     }
 }
