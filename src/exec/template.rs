@@ -25,8 +25,8 @@ pub(super) struct TemplateSlot {
     /// Clones of one template in flight. Proxmox runs clones of a stopped template side by side
     /// (qemu-server `clone_vm` takes a shared lock on it), but each then takes the storage's
     /// lock (`vdisk_clone`: `/var/lock/pve-manager/pve-storage-ID`, 10 s timeout) for its
-    /// snapshot: a bound as small as the disk allocations per storage keeps that queue far
-    /// below the timeout, and a clone that still meets a lock is retried.
+    /// snapshot ([`super::ExecOptions::clones_per_template`] keeps that queue below the
+    /// timeout), and a clone that still meets a lock is retried.
     clones: Arc<Semaphore>,
 }
 
