@@ -343,9 +343,9 @@ impl Runner {
                 self.changes.load(Ordering::SeqCst),
             )
         };
-        tokio::task::spawn_blocking(move || crate::state::persist(&path, &bytes))
-            .await
-            .context("writing the state")??;
+        // Written here, not on a blocking thread: an aborted run (its VM tasks are aborted on
+        // the first failure) must not leave a write going on that the next one overlaps.
+        crate::state::persist(&path, &bytes)?;
         *written = changes;
         Ok(result)
     }

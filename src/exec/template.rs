@@ -63,11 +63,19 @@ impl Runner {
                 vm.name
             );
         };
-        if slot.template.action != TemplateAction::Create {
-            return Ok(());
+        let template = &slot.template;
+        match template.action {
+            TemplateAction::Create => {}
+            // Built by an earlier run, which may have stopped before it recorded it ready.
+            TemplateAction::Keep => {
+                slot.built
+                    .get_or_try_init(|| self.record_template(template, VmPhase::Ready))
+                    .await?;
+                return Ok(());
+            }
+            TemplateAction::Destroy => return Ok(()),
         }
         self.step(&vm.name, "template");
-        let template = &slot.template;
         slot.built
             .get_or_try_init(|| async {
                 self.events.event(ExecEvent::Global {
