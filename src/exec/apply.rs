@@ -1,10 +1,10 @@
 //! `apply`: run a converge plan. Global steps (pool, PCI mappings) first, then per VM the
-//! chain image → ISO upload → intent (state) → create → resize → start → guest agent → seed
-//! cleanup → ready, or an in-place update, or a destroy.
+//! chain image (and template) alongside the ISO upload → intent (state) → create → resize →
+//! start → guest agent → seed cleanup → ready, or an in-place update, or a destroy.
 
 use std::collections::BTreeMap;
 use std::sync::Arc;
-use std::sync::atomic::Ordering;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Instant;
 
 use anyhow::{anyhow, bail};
@@ -17,6 +17,7 @@ use crate::state::{StateStore, VmPhase, VolumeRecord};
 use super::retry::is_already_exists;
 use super::rolling::{NoGate, RollingGate};
 use super::runner::{Runner, record_for};
+use super::vm::Known;
 use super::{ApplyReport, ExecEvent, ExecOptions, ProgressSink, ProvisionedVm, SeedSource};
 
 /// Execute `plan` with no cluster to drain ([`NoGate`]). The state store stays locked by the
@@ -46,12 +47,13 @@ pub async fn apply_with_gate(
     let runner =
         Arc::new(Runner::new(api, plan, store, Some(seeds), events, options).with_gate(gate));
     {
-        let mut store = runner.store.lock().await;
-        store.update(|state| {
-            if state.cluster.is_empty() {
-                state.cluster = plan.cluster.clone();
-            }
-        })?;
+        runner
+            .record(|state| {
+                if state.cluster.is_empty() {
+                    state.cluster = plan.cluster.clone();
+                }
+            })
+            .await?;
     }
     let worked: Vec<String> = plan.actions.iter().map(|a| a.vm().to_owned()).collect();
     runner.events.event(ExecEvent::Started { vms: worked });
@@ -101,8 +103,7 @@ pub async fn apply_with_gate(
 impl Runner {
     pub(super) async fn record_converged(&self, plan: &Plan) -> anyhow::Result<()> {
         let converged: Vec<&PlannedVm> = plan.vms.iter().filter(|vm| vm.converged).collect();
-        let mut store = self.store.lock().await;
-        store.update(|state| {
+        self.record(|state| {
             for vm in converged {
                 let record = state
                     .vms
@@ -112,7 +113,8 @@ impl Runner {
                     *record = record_for(vm, VmPhase::Ready);
                 }
             }
-        })?;
+        })
+        .await?;
         Ok(())
     }
 
@@ -134,25 +136,47 @@ impl Runner {
             })
             .await?;
         }
+        // One listing for all of them; a mapping whose create failed is looked up again.
+        let existing: Vec<String> = if plan.mappings.is_empty() {
+            Vec::new()
+        } else {
+            self.retrying("cluster", "mapping", || async {
+                Ok(self.api.pci_mappings().await?)
+            })
+            .await?
+            .into_iter()
+            .map(|m| m.id)
+            .collect()
+        };
         for mapping in &plan.mappings {
             self.events.event(ExecEvent::Global {
                 what: format!("pci mapping {}", mapping.id),
             });
-            self.ensure_mapping(mapping).await?;
+            self.ensure_mapping(mapping, existing.contains(&mapping.id))
+                .await?;
             self.boundary()?;
         }
         Ok(())
     }
 
-    pub(super) async fn ensure_mapping(&self, mapping: &PciMapping) -> anyhow::Result<()> {
+    /// `listed`: the run's listing showed it (a retry lists again).
+    pub(super) async fn ensure_mapping(
+        &self,
+        mapping: &PciMapping,
+        listed: bool,
+    ) -> anyhow::Result<()> {
+        let first = AtomicBool::new(true);
         self.retrying("cluster", "mapping", || async {
-            if !self
-                .api
-                .pci_mappings()
-                .await?
-                .iter()
-                .any(|m| m.id == mapping.id)
-            {
+            let exists = if first.swap(false, Ordering::SeqCst) {
+                listed
+            } else {
+                self.api
+                    .pci_mappings()
+                    .await?
+                    .iter()
+                    .any(|m| m.id == mapping.id)
+            };
+            if !exists {
                 self.mutated();
                 match self.api.pci_mapping_create(mapping).await {
                     Ok(()) => {}
@@ -163,12 +187,12 @@ impl Runner {
             Ok(())
         })
         .await?;
-        let mut store = self.store.lock().await;
-        store.update(|state| {
+        self.record(|state| {
             if !state.mappings.contains(&mapping.id) {
                 state.mappings.push(mapping.id.clone());
             }
-        })?;
+        })
+        .await?;
         Ok(())
     }
 
@@ -186,10 +210,12 @@ impl Runner {
             self.events.event(ExecEvent::Global {
                 what: format!("download {} on {}", download.volid, download.node),
             });
-            self.retrying(&download.node.0, "image", || self.download(download))
-                .await?;
-            let mut store = self.store.lock().await;
-            store.update(|state| {
+            let first = AtomicBool::new(true);
+            self.retrying(&download.node.0, "image", || {
+                self.download(download, !first.swap(false, Ordering::SeqCst))
+            })
+            .await?;
+            self.record(|state| {
                 let record = VolumeRecord {
                     node: download.node.0.clone(),
                     volid: download.volid.clone(),
@@ -197,25 +223,30 @@ impl Runner {
                 if !state.images.contains(&record) {
                     state.images.push(record);
                 }
-            })?;
+            })
+            .await?;
             Ok::<_, anyhow::Error>(())
         })
         .await?;
         Ok(())
     }
 
-    pub(super) async fn download(&self, download: &ImageDownload) -> anyhow::Result<()> {
+    /// `reread`: list the storage again (a retry), else this run's one listing of it.
+    pub(super) async fn download(
+        &self,
+        download: &ImageDownload,
+        reread: bool,
+    ) -> anyhow::Result<()> {
         let node = download.node.clone();
-        let present = self
-            .api
-            .storage_content(&node, &download.storage, Some("import"))
+        // The slot before anything that waits: every VM of the node waits for this download,
+        // so it goes before their ISO uploads.
+        let _slot = self.node_slot(&download.node).await?;
+        if self
+            .volume_present(&node, &download.storage, &download.volid, reread)
             .await?
-            .iter()
-            .any(|volume| volume.volid == download.volid);
-        if present {
+        {
             return Ok(());
         }
-        let _slot = self.node_slot(&download.node).await?;
         self.mutated();
         let upid = self
             .api
@@ -245,6 +276,8 @@ impl Runner {
                 total,
             });
         }
+        self.volume_changed(&node, &download.storage, &download.volid, true)
+            .await;
         Ok(())
     }
 
@@ -325,19 +358,25 @@ impl Runner {
         vm: &PlannedVm,
         after: &[String],
     ) -> anyhow::Result<()> {
-        self.ensure_image(vm).await?;
-        self.boundary()?;
-        if matches!(vm.image, ImageSource::Template { .. }) {
-            self.ensure_template(vm).await?;
+        // The seed ISO goes up while the node's image and template are made (its upload does
+        // not depend on them; the download asks for its node slot first).
+        let shared = async {
+            self.ensure_image(vm).await?;
             self.boundary()?;
-        }
-        self.ensure_iso(vm).await?;
+            if matches!(vm.image, ImageSource::Template { .. }) {
+                self.ensure_template(vm).await?;
+                self.boundary()?;
+            }
+            Ok::<_, anyhow::Error>(())
+        };
+        let (shared, iso) = tokio::join!(shared, self.ensure_iso(vm));
+        shared?;
+        iso?;
         self.boundary()?;
         self.wait_gone(&vm.name, after).await?;
         // Intent before create: a crash from here on leaves a record naming the VMID.
         {
-            let mut store = self.store.lock().await;
-            store.update(|state| {
+            self.record(|state| {
                 let record = state
                     .vms
                     .entry(vm.name.clone())
@@ -348,42 +387,59 @@ impl Runner {
                 record.node = vm.node.0.clone();
                 record.params_hash = params_hash(&vm.params);
                 record.iso = vm.iso.as_ref().map(|iso| iso.volid.clone());
-            })?;
+            })
+            .await?;
         }
         self.boundary()?;
         self.step(&vm.name, "create");
-        self.retrying(&vm.name, "create", || self.create(vm))
+        // The plan saw the VMID free (a create, or a replace once the old VM is gone): the
+        // first attempt sends the create without looking, a retry looks first.
+        let planned_free = AtomicBool::new(true);
+        let known = self
+            .retrying(&vm.name, "create", || {
+                self.create(vm, planned_free.swap(false, Ordering::SeqCst))
+            })
             .await?;
         self.claim_address(vm).await?;
         {
-            let mut store = self.store.lock().await;
-            store.update(|state| {
+            self.record(|state| {
                 if let Some(record) = state.vms.get_mut(&vm.name) {
                     record.phase = VmPhase::Created;
                 }
-            })?;
+            })
+            .await?;
         }
         self.boundary()?;
-        self.finish_chain(vm).await
+        self.finish_chain(vm, known).await
     }
 
-    /// Resize → start → guest → seed cleanup → ready.
-    pub(super) async fn finish_chain(&self, vm: &PlannedVm) -> anyhow::Result<()> {
+    /// Resize → start → guest → seed cleanup → ready. What an earlier step of the chain
+    /// learned (`known`) saves a read on each step's first attempt; a retry reads again.
+    pub(super) async fn finish_chain(&self, vm: &PlannedVm, known: Known) -> anyhow::Result<()> {
         self.step(&vm.name, "resize");
-        self.retrying(&vm.name, "resize", || self.resize(vm))
+        let mut config = known.config;
+        let config = self
+            .retrying(&vm.name, "resize", || self.resize(vm, config.take()))
             .await?;
         self.boundary()?;
         self.step(&vm.name, "start");
-        self.retrying(&vm.name, "start", || self.start(vm)).await?;
+        let stopped = AtomicBool::new(known.stopped);
+        self.retrying(&vm.name, "start", || {
+            self.start(vm, stopped.swap(false, Ordering::SeqCst))
+        })
+        .await?;
         self.boundary()?;
         self.step(&vm.name, "guest");
         self.wait_guest(vm).await?;
         self.boundary()?;
         self.step(&vm.name, "seed cleanup");
-        self.retrying(&vm.name, "seed cleanup", || self.cleanup_seed(vm))
-            .await?;
-        let mut store = self.store.lock().await;
-        store.update(|state| {
+        // Start and the guest's boot leave the CD-ROM as resize saw it.
+        let mut config = Some(config);
+        self.retrying(&vm.name, "seed cleanup", || {
+            self.cleanup_seed(vm, config.take())
+        })
+        .await?;
+        self.record(|state| {
             let record = state
                 .vms
                 .entry(vm.name.clone())
@@ -392,7 +448,8 @@ impl Runner {
             record.address = Some(vm.address.to_string());
             record.gpus = vm.gpus.clone();
             record.node = vm.node.0.clone();
-        })?;
+        })
+        .await?;
         Ok(())
     }
     /// Apply the changed keys and deletions (each re-checked against the live config),
@@ -405,13 +462,13 @@ impl Runner {
         restart: bool,
     ) -> anyhow::Result<()> {
         {
-            let mut store = self.store.lock().await;
-            store.update(|state| {
+            self.record(|state| {
                 state
                     .vms
                     .entry(vm.name.clone())
                     .or_insert_with(|| record_for(vm, VmPhase::Created));
-            })?;
+            })
+            .await?;
         }
         let node = vm.node.clone();
         let vmid = vm.vmid;
@@ -467,6 +524,6 @@ impl Runner {
             .await?;
             self.boundary()?;
         }
-        self.finish_chain(vm).await
+        self.finish_chain(vm, Known::default()).await
     }
 }

@@ -79,12 +79,13 @@ pub async fn destroy(
         options,
     ));
     {
-        let mut store = runner.store.lock().await;
-        store.update(|state| {
-            if state.cluster.is_empty() {
-                state.cluster = plan.cluster.clone();
-            }
-        })?;
+        runner
+            .record(|state| {
+                if state.cluster.is_empty() {
+                    state.cluster = plan.cluster.clone();
+                }
+            })
+            .await?;
     }
     let worked: Vec<String> = plan.actions.iter().map(|a| a.vm().to_owned()).collect();
     runner.events.event(ExecEvent::Started { vms: worked });
@@ -155,15 +156,17 @@ impl Runner {
         };
         if let Some(volid) = iso {
             let storage = VolumeId(volid.clone()).storage().to_owned();
+            let first = std::sync::atomic::AtomicBool::new(true);
             self.retrying(name, "delete iso", || {
-                self.delete_iso(node, &storage, &volid)
+                let reread = !first.swap(false, std::sync::atomic::Ordering::SeqCst);
+                self.delete_iso(node, &storage, &volid, reread)
             })
             .await?;
         }
-        let mut store = self.store.lock().await;
-        store.update(|state| {
+        self.record(|state| {
             state.vms.remove(name);
-        })?;
+        })
+        .await?;
         Ok(())
     }
 

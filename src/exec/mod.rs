@@ -1,10 +1,11 @@
 //! Runs a Plan: a DAG of idempotent steps, bounded parallelism, retries decided by error kind, events to the reporter.
 //! The plan decides everything (`plan/`); this module only carries it out.
 //!
-//! Per VM the chain is image (once per node/storage, shared) → ISO upload → intent (state) →
-//! create → resize → start → guest agent + address → seed cleanup → ready (state). Every step
-//! first reads what Proxmox has and acts only when needed, so any step may be re-run after a
-//! failure or a crash; a converged cluster makes zero mutating calls.
+//! Per VM the chain is image (once per node/storage, shared) alongside the ISO upload → intent
+//! (state) → create → resize → start → guest agent + address → seed cleanup → ready (state).
+//! Every step first reads what Proxmox has and acts only when needed (or knows it from the step
+//! before, on its first attempt), so any step may be re-run after a failure or a crash; a
+//! converged cluster makes zero mutating calls.
 
 mod apply;
 pub mod cluster;
@@ -45,7 +46,9 @@ pub use rolling::{NoGate, RollingGate};
 /// Knobs of one run.
 #[derive(Debug, Clone)]
 pub struct ExecOptions {
-    /// Concurrent mutating steps per Proxmox node (each holds one while its task runs).
+    /// Concurrent mutating steps per Proxmox node (each holds one while its task runs): the
+    /// download, creates, full clones, uploads, starts, stops, destroys and resizes of thick
+    /// disks. A linked clone, its resize and a config change move no bytes and take none.
     pub per_node: usize,
     /// Concurrent disk allocations (create/clone) per storage. A storage shares its bandwidth
     /// between the transfers on it (crates/pve-sim/README.md, "Storage model"), so more at once
@@ -55,6 +58,10 @@ pub struct ExecOptions {
     /// the node's slots to the short steps (upload, resize, start) of the VMs already created.
     pub per_storage: usize,
     /// Concurrent clones of one template (`image.strategy` a clone): 1 serialises them.
+    /// Proxmox runs them side by side (a shared lock on a stopped template); what bounds them
+    /// is the storage's lock each takes for its thin snapshot (`vdisk_clone`, 10 s timeout,
+    /// well under a second each), a queue that 16 keep below the timeout; a clone that still
+    /// meets it is retried.
     pub clones_per_template: usize,
     /// Attempts per step before giving up.
     pub max_attempts: u32,
@@ -87,7 +94,7 @@ impl Default for ExecOptions {
         Self {
             per_node: 12,
             per_storage: 8,
-            clones_per_template: 4,
+            clones_per_template: 16,
             max_attempts: 8,
             backoff: Duration::from_millis(200),
             task_timeout: Duration::from_secs(30 * 60),

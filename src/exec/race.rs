@@ -4,12 +4,17 @@
 //! boots: when another provision cluster's VM carries the same address tag, this run gives its
 //! new VM up (purges it) and `up` plans again, now seeing the other VM. Whichever of two racing
 //! checks runs last sees both VMs, so two clusters never keep one address; both giving up is
-//! resolved by the jittered retry in `up`.
+//! resolved by the jittered retry in `up`. The checks of VMs created at about the same moment
+//! share one listing, as long as it was sent after each of them asked.
+
+use std::sync::Arc;
 
 use anyhow::Context as _;
 
 use crate::inventory::tags::VmTags;
 use crate::plan::PlannedVm;
+use crate::pve::PveError;
+use crate::pve::types::ClusterResource;
 
 use super::runner::Runner;
 
@@ -35,16 +40,37 @@ pub fn is_race(error: &anyhow::Error) -> bool {
     error.chain().any(|cause| cause.is::<RaceError>())
 }
 
+/// The last listing of the cluster's VMs and when it was sent.
+pub(super) type SharedListing =
+    tokio::sync::Mutex<Option<(tokio::time::Instant, Arc<Vec<ClusterResource>>)>>;
+
 impl Runner {
+    /// The cluster's VMs as listed by a request sent at `asked` or later: the one a concurrent
+    /// caller is already waiting for when it qualifies, else a new one.
+    async fn resources_since(
+        &self,
+        asked: tokio::time::Instant,
+    ) -> Result<Arc<Vec<ClusterResource>>, PveError> {
+        let mut last = self.vm_listing.lock().await;
+        if let Some((sent, listing)) = last.as_ref()
+            && *sent >= asked
+        {
+            return Ok(Arc::clone(listing));
+        }
+        let sent = tokio::time::Instant::now();
+        let listing = Arc::new(self.api.cluster_resources(Some("vm")).await?);
+        *last = Some((sent, Arc::clone(&listing)));
+        Ok(listing)
+    }
+
     /// After `vm` was created (not yet started): give it up when another provision cluster's
     /// VM carries the same address tag.
     pub(super) async fn claim_address(&self, vm: &PlannedVm) -> anyhow::Result<()> {
         let resources = self
-            .api
-            .cluster_resources(Some("vm"))
+            .resources_since(tokio::time::Instant::now())
             .await
             .context("listing VMs to check the address")?;
-        let rival = resources.into_iter().find_map(|resource| {
+        let rival = resources.iter().cloned().find_map(|resource| {
             let tags = VmTags::read(resource.tag_list());
             let cluster = tags.provision_cluster()?.to_owned();
             (resource.vmid != Some(vm.vmid.0)
@@ -57,10 +83,10 @@ impl Runner {
         };
         self.destroy_vm_only(&vm.name, &vm.node, vm.vmid).await?;
         {
-            let mut store = self.store.lock().await;
-            store.update(|state| {
+            self.record(|state| {
                 state.vms.remove(&vm.name);
-            })?;
+            })
+            .await?;
         }
         Err(RaceError::AddressTaken {
             vm: vm.name.clone(),

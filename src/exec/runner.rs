@@ -5,7 +5,7 @@
 use std::collections::{BTreeMap, BTreeSet};
 use std::future::Future;
 use std::sync::Arc;
-use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::time::{Duration, Instant};
 
 use anyhow::{Context as _, anyhow};
@@ -13,10 +13,11 @@ use tokio::sync::{Mutex, OnceCell, Semaphore};
 
 use crate::plan::{Action, ImageDownload, Plan, PlannedVm, WaveVm, params_hash};
 use crate::pve::{NodeName, PveApi, PveError, Upid, VmId};
-use crate::state::{StateStore, VmPhase, VmRecord};
+use crate::state::{State, StateStore, VmPhase, VmRecord};
 
 use super::retry::{Decision, decide};
 use super::rolling::{NoGate, RollingGate};
+use super::seed::KnownVolumes;
 use super::template::TemplateSlot;
 use super::{ExecEvent, ExecOptions, InjectedCrash, ProgressSink, SeedSource};
 
@@ -26,7 +27,12 @@ type StorageKey = (Option<NodeName>, String);
 
 pub(super) struct Runner {
     pub(super) api: Arc<dyn PveApi>,
+    /// The state; changes go through [`Runner::record`].
     pub(super) store: Mutex<StateStore>,
+    /// How many changes the state had in memory, and (the writer's lock) how many of them are
+    /// on disk.
+    changes: AtomicU64,
+    written: Mutex<u64>,
     /// Seed ISOs; a run that creates nothing (`down`) has none.
     pub(super) seeds: Option<Arc<dyn SeedSource>>,
     pub(super) events: Arc<dyn ProgressSink>,
@@ -52,6 +58,12 @@ pub(super) struct Runner {
     gate: Arc<dyn RollingGate>,
     /// One task poller per node: every wait on that node's tasks shares its list requests.
     pollers: std::sync::Mutex<BTreeMap<NodeName, crate::pve::NodeTaskPoller>>,
+    /// Per (node, storage): the volumes this run knows of ([`Runner::volume_present`]).
+    isos: std::sync::Mutex<BTreeMap<(NodeName, String), Arc<KnownVolumes>>>,
+    /// The last listing of the cluster's VMs, shared by the address checks ([`super::race`]).
+    pub(super) vm_listing: super::race::SharedListing,
+    /// Per node: the shortest wait for a guest agent seen so far ([`Runner::booted`]).
+    boots: std::sync::Mutex<BTreeMap<NodeName, Duration>>,
 }
 
 /// How one action of a run ended.
@@ -100,6 +112,8 @@ impl Runner {
         Self {
             api,
             store: Mutex::new(store),
+            changes: AtomicU64::new(0),
+            written: Mutex::new(0),
             seeds,
             events,
             options,
@@ -133,6 +147,9 @@ impl Runner {
                 .collect(),
             gate: Arc::new(NoGate),
             pollers: std::sync::Mutex::new(BTreeMap::new()),
+            isos: std::sync::Mutex::new(BTreeMap::new()),
+            vm_listing: tokio::sync::Mutex::new(None),
+            boots: std::sync::Mutex::new(BTreeMap::new()),
         }
     }
 
@@ -298,6 +315,41 @@ impl Runner {
         }
     }
 
+    /// Change the state and have it on disk before returning, as [`StateStore::update`] does;
+    /// changes made while another one is being written go to disk together in the next write
+    /// (group commit), so VMs that reach a step at the same moment do not queue behind each
+    /// other's fsyncs.
+    pub(super) async fn record<R>(
+        &self,
+        change: impl FnOnce(&mut State) -> R,
+    ) -> anyhow::Result<R> {
+        let (result, wanted) = {
+            let mut store = self.store.lock().await;
+            let (result, changed) = store.change(change);
+            if !changed {
+                return Ok(result);
+            }
+            (result, self.changes.fetch_add(1, Ordering::SeqCst) + 1)
+        };
+        let mut written = self.written.lock().await;
+        if *written >= wanted {
+            return Ok(result);
+        }
+        let (path, bytes, changes) = {
+            let store = self.store.lock().await;
+            (
+                store.path().to_owned(),
+                store.snapshot()?,
+                self.changes.load(Ordering::SeqCst),
+            )
+        };
+        // Written here, not on a blocking thread: an aborted run (its VM tasks are aborted on
+        // the first failure) must not leave a write going on that the next one overlaps.
+        crate::state::persist(&path, &bytes)?;
+        *written = changes;
+        Ok(result)
+    }
+
     pub(super) fn mutated(&self) {
         self.mutating.fetch_add(1, Ordering::SeqCst);
     }
@@ -427,6 +479,15 @@ impl Runner {
         self.poller(node).expected(typical)
     }
 
+    /// The volumes of `storage` as this run knows them from `node`.
+    pub(super) fn known_volumes(&self, node: &NodeName, storage: &str) -> Arc<KnownVolumes> {
+        let mut isos = match self.isos.lock() {
+            Ok(guard) => guard,
+            Err(poisoned) => poisoned.into_inner(),
+        };
+        Arc::clone(isos.entry((node.clone(), storage.to_owned())).or_default())
+    }
+
     fn poller(&self, node: &NodeName) -> crate::pve::NodeTaskPoller {
         let mut pollers = match self.pollers.lock() {
             Ok(guard) => guard,
@@ -441,10 +502,37 @@ impl Runner {
                     // bounds a look at a long task (a download of minutes).
                     max_interval: self.options.poll(Duration::from_secs(5)),
                     list_limit: 1000,
+                    // No node does its tasks twenty times faster than typical (a download of
+                    // 20 s is first looked at after 1 s, a create after 0.4 s).
+                    fastest: 0.05 * self.options.poll_scale.clamp(0.0, 1.0),
                 };
                 crate::pve::NodeTaskPoller::spawn(Arc::clone(&self.api), node.clone(), options)
             })
             .clone()
+    }
+
+    /// How long a guest on `node` takes from its start task's end to its agent's answer: the
+    /// shortest wait seen on the node, else a typical 15 s at the speed its tasks showed.
+    pub(super) fn expected_boot(&self, node: &NodeName) -> Option<Duration> {
+        let seen = match self.boots.lock() {
+            Ok(guard) => guard.get(node).copied(),
+            Err(poisoned) => poisoned.into_inner().get(node).copied(),
+        };
+        let typical = self.expected_on(node, Duration::from_secs(15));
+        match (seen, typical) {
+            (Some(seen), Some(typical)) => Some(seen.min(typical)),
+            (seen, typical) => seen.or(typical),
+        }
+    }
+
+    /// A guest on `node` answered `waited` after its start task was seen to end.
+    pub(super) fn booted(&self, node: &NodeName, waited: Duration) {
+        let mut boots = match self.boots.lock() {
+            Ok(guard) => guard,
+            Err(poisoned) => poisoned.into_inner(),
+        };
+        let shortest = boots.entry(node.clone()).or_insert(waited);
+        *shortest = (*shortest).min(waited);
     }
 
     /// Which node a VMID lives on now (cluster-wide), if it exists.

@@ -25,8 +25,8 @@ pub(super) struct TemplateSlot {
     /// Clones of one template in flight. Proxmox runs clones of a stopped template side by side
     /// (qemu-server `clone_vm` takes a shared lock on it), but each then takes the storage's
     /// lock (`vdisk_clone`: `/var/lock/pve-manager/pve-storage-ID`, 10 s timeout) for its
-    /// snapshot: a bound as small as the disk allocations per storage keeps that queue far
-    /// below the timeout, and a clone that still meets a lock is retried.
+    /// snapshot ([`super::ExecOptions::clones_per_template`] keeps that queue below the
+    /// timeout), and a clone that still meets a lock is retried.
     clones: Arc<Semaphore>,
 }
 
@@ -63,11 +63,19 @@ impl Runner {
                 vm.name
             );
         };
-        if slot.template.action != TemplateAction::Create {
-            return Ok(());
+        let template = &slot.template;
+        match template.action {
+            TemplateAction::Create => {}
+            // Built by an earlier run, which may have stopped before it recorded it ready.
+            TemplateAction::Keep => {
+                slot.built
+                    .get_or_try_init(|| self.record_template(template, VmPhase::Ready))
+                    .await?;
+                return Ok(());
+            }
+            TemplateAction::Destroy => return Ok(()),
         }
         self.step(&vm.name, "template");
-        let template = &slot.template;
         slot.built
             .get_or_try_init(|| async {
                 self.events.event(ExecEvent::Global {
@@ -92,8 +100,7 @@ impl Runner {
         template: &PlannedTemplate,
         phase: VmPhase,
     ) -> anyhow::Result<()> {
-        let mut store = self.store.lock().await;
-        store.update(|state| {
+        self.record(|state| {
             state.templates.insert(
                 template.name.clone(),
                 TemplateRecord {
@@ -105,7 +112,8 @@ impl Runner {
                     phase,
                 },
             );
-        })?;
+        })
+        .await?;
         Ok(())
     }
 
@@ -150,14 +158,14 @@ impl Runner {
     }
 
     /// Clone `vm` from its template (a bounded few clones of one template at a time), then
-    /// give it its own config.
+    /// give it its own config; returns that config.
     pub(super) async fn clone_from_template(
         &self,
         vm: &PlannedVm,
         template: VmId,
         name: &str,
         strategy: ImageStrategy,
-    ) -> anyhow::Result<()> {
+    ) -> anyhow::Result<Params> {
         let Some(slot) = self.templates.get(name) else {
             bail!(
                 "internal: {} clones template {name}, which is not planned",
@@ -177,7 +185,14 @@ impl Runner {
         }
         {
             let _clone_slot = Arc::clone(&slot.clones).acquire_owned().await?;
-            let _node_slot = self.node_slot(&vm.node).await?;
+            // A linked clone is a thin snapshot: no bytes, no load on the node worth a slot
+            // the starts and creates need. A full clone copies the disk.
+            let _node_slot = if full {
+                Some(self.node_slot(&vm.node).await?)
+            } else {
+                self.check_interrupt()?;
+                None
+            };
             self.mutated();
             let upid = self.api.vm_clone(&vm.node, template, &clone).await?;
             self.wait_task(&vm.node.0, &upid).await?;
@@ -187,9 +202,10 @@ impl Runner {
 
     /// The VM's own config on its clone (cores, memory, GPUs, cloud-init drive, NIC, tags …):
     /// only the keys that differ, and no disk it already has (an interrupted run may have
-    /// applied part of it).
-    pub(super) async fn configure_clone(&self, vm: &PlannedVm) -> anyhow::Result<()> {
-        let live = self.api.vm_config(&vm.node, vm.vmid).await?;
+    /// applied part of it). Returns the config the VM has then, as far as the next steps read
+    /// it (the disks they resize, the CD-ROM).
+    pub(super) async fn configure_clone(&self, vm: &PlannedVm) -> anyhow::Result<Params> {
+        let mut live = self.api.vm_config(&vm.node, vm.vmid).await?;
         let mut config = Params::new();
         for (key, value) in &vm.params {
             if key == "vmid" || key == "pool" || (is_disk_key(key) && live.contains_key(key)) {
@@ -200,12 +216,21 @@ impl Runner {
             }
         }
         if config.is_empty() {
-            return Ok(());
+            return Ok(live);
         }
         self.mutated();
         let upid = self.api.vm_config_post(&vm.node, vm.vmid, &config).await?;
         self.wait_task(&vm.node.0, &upid).await?;
-        Ok(())
+        // Proxmox stores what was sent, except a new disk (allocated, then named and sized),
+        // which the next steps read only when they resize it: then read the config again.
+        if config
+            .keys()
+            .any(|key| vm.resize.iter().any(|resize| &resize.disk == key))
+        {
+            return Ok(self.api.vm_config(&vm.node, vm.vmid).await?);
+        }
+        live.extend(config);
+        Ok(live)
     }
 
     /// `down`, after every VM is gone: the cluster's templates (only while they carry its
@@ -227,10 +252,10 @@ impl Runner {
             });
             self.destroy_vm_only(&template.name, &template.node, template.vmid)
                 .await?;
-            let mut store = self.store.lock().await;
-            store.update(|state| {
+            self.record(|state| {
                 state.templates.remove(&template.name);
-            })?;
+            })
+            .await?;
             destroyed.push(template.name.clone());
         }
         Ok(destroyed)

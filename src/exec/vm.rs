@@ -7,23 +7,43 @@ use anyhow::{Context as _, bail};
 
 use crate::inventory::cluster_tag;
 use crate::plan::{ImageSource, PlannedVm, disk_size_gib};
+use crate::profile::model::ImageStrategy;
 use crate::pve::{Params, PveError};
 
 use super::runner::Runner;
 
+/// What a VM's steps learned about it, so the next step of its chain need not read it again.
+/// Empty ([`Known::default`]) means: read it.
+#[derive(Debug, Default)]
+pub(super) struct Known {
+    /// Its config as it is now (disk sizes may predate a resize; nothing after resize reads
+    /// them).
+    pub(super) config: Option<Params>,
+    /// It is stopped: this run created it and has not started it.
+    pub(super) stopped: bool,
+}
+
 impl Runner {
     /// Create the VM unless it exists; an existing VMID that is not ours is an error.
-    pub(super) async fn create(&self, vm: &PlannedVm) -> anyhow::Result<()> {
+    ///
+    /// `planned_free`: the plan saw the VMID free and nothing of this run has sent a create for
+    /// it yet (the first attempt of a create or replace), so the create is sent without looking
+    /// first. A VMID taken since (another cluster's plan) fails the create with `already
+    /// exists`, and the retry looks.
+    pub(super) async fn create(&self, vm: &PlannedVm, planned_free: bool) -> anyhow::Result<Known> {
         let node = vm.node.clone();
         let vmid = vm.vmid;
         let tag = cluster_tag(&self.cluster);
-        if let Some(existing) = self
-            .api
-            .cluster_resources(Some("vm"))
-            .await?
-            .into_iter()
-            .find(|r| r.vmid == Some(vm.vmid.0))
-        {
+        let existing = if planned_free {
+            None
+        } else {
+            self.api
+                .cluster_resources(Some("vm"))
+                .await?
+                .into_iter()
+                .find(|r| r.vmid == Some(vm.vmid.0))
+        };
+        if let Some(existing) = existing {
             let ours = existing.name.as_deref() == Some(vm.name.as_str())
                 && existing.tag_list().contains(&tag.as_str());
             if !ours {
@@ -44,9 +64,13 @@ impl Runner {
             }
             if matches!(vm.image, ImageSource::Template { .. }) {
                 // Cloned by an interrupted run, maybe before its own config was applied.
-                return self.configure_clone(vm).await;
+                let config = self.configure_clone(vm).await?;
+                return Ok(Known {
+                    config: Some(config),
+                    stopped: false,
+                });
             }
-            return Ok(());
+            return Ok(Known::default());
         }
         if let ImageSource::Template {
             template,
@@ -54,9 +78,13 @@ impl Runner {
             strategy,
         } = &vm.image
         {
-            return self
+            let config = self
                 .clone_from_template(vm, *template, name, *strategy)
-                .await;
+                .await?;
+            return Ok(Known {
+                config: Some(config),
+                stopped: true,
+            });
         }
         let storage =
             crate::plan::disk_storage(vm.params.get("scsi0").map_or("", String::as_str)).to_owned();
@@ -94,12 +122,23 @@ impl Runner {
                 bail!("internal: {} is a template clone", vm.name)
             }
         }
-        Ok(())
+        Ok(Known {
+            config: None,
+            stopped: true,
+        })
     }
 
-    pub(super) async fn resize(&self, vm: &PlannedVm) -> anyhow::Result<()> {
+    /// Grow the disks the plan resizes; returns the config it looked at (`known`, else read).
+    pub(super) async fn resize(
+        &self,
+        vm: &PlannedVm,
+        known: Option<Params>,
+    ) -> anyhow::Result<Params> {
         let node = vm.node.clone();
-        let config = self.api.vm_config(&node, vm.vmid).await?;
+        let config = match known {
+            Some(config) => config,
+            None => self.api.vm_config(&node, vm.vmid).await?,
+        };
         for resize in &vm.resize {
             let want: u64 = resize.size.trim_end_matches('G').parse().unwrap_or(0);
             let have = config
@@ -115,7 +154,20 @@ impl Runner {
                     vm.name
                 );
             }
-            let _slot = self.node_slot(&vm.node).await?;
+            // Growing a linked clone's disk is metadata (its storage has snapshots: thin LVM,
+            // ZFS, RBD, qcow2), no load on the node worth a slot the starts need.
+            let _slot = if matches!(
+                vm.image,
+                ImageSource::Template {
+                    strategy: ImageStrategy::LinkedClone,
+                    ..
+                }
+            ) {
+                self.check_interrupt()?;
+                None
+            } else {
+                Some(self.node_slot(&vm.node).await?)
+            };
             self.mutated();
             let upid = self
                 .api
@@ -123,13 +175,13 @@ impl Runner {
                 .await?;
             self.wait_task(&vm.node.0, &upid).await?;
         }
-        Ok(())
+        Ok(config)
     }
 
-    pub(super) async fn start(&self, vm: &PlannedVm) -> anyhow::Result<()> {
+    /// Start the VM unless it runs (`stopped`: known not to, so not asked).
+    pub(super) async fn start(&self, vm: &PlannedVm, stopped: bool) -> anyhow::Result<()> {
         let node = vm.node.clone();
-        let status = self.api.vm_status(&node, vm.vmid).await?;
-        if status.status == "running" {
+        if !stopped && self.api.vm_status(&node, vm.vmid).await?.status == "running" {
             return Ok(());
         }
         let _slot = self.node_slot(&vm.node).await?;
@@ -148,32 +200,47 @@ impl Runner {
         let node = vm.node.clone();
         let vmid = vm.vmid;
         let wanted = vm.address.to_string();
-        // The agent answers some 15 s after boot on real hardware; 1 s keeps the overshoot
-        // small without flooding pveproxy.
-        let interval = PollInterval::growing(
-            self.options.poll(Duration::from_millis(50)),
-            self.options.poll(Duration::from_secs(1)),
-            1.5,
-        );
-        // Most of the boot passes before the agent can answer: wait 90 % of its typical 15 s at
-        // the speed the node's tasks showed before the first probe.
-        if let Some(boot) = self.expected_on(&vm.node, Duration::from_secs(15)) {
-            tokio::time::sleep(boot.mul_f64(0.9)).await;
-        }
+        // The agent answers some 15 s after boot on real hardware. Most of the boot passes
+        // before it can: wait 95 % of the shortest boot seen on the node (else of a typical
+        // 15 s at the speed its tasks showed), then look every 3 % of it, more rarely as it
+        // runs late. Before the node's speed is known: from 50 ms up to 1 s.
+        let boot = self.expected_boot(&vm.node);
+        let started = tokio::time::Instant::now();
+        let floor = self.options.poll(Duration::from_millis(50));
+        let interval = match boot {
+            Some(boot) => {
+                tokio::time::sleep(boot.mul_f64(0.95)).await;
+                let first = boot.mul_f64(0.03).max(floor);
+                PollInterval::growing(
+                    first,
+                    self.options.poll(Duration::from_secs(1)).max(first),
+                    1.5,
+                )
+            }
+            None => PollInterval::growing(floor, self.options.poll(Duration::from_secs(1)), 1.5),
+        };
         let what = format!("the guest agent of {} to report {wanted}", vm.name);
+        // One request per look: qemu-server pings the agent itself before every command, and
+        // answers `QEMU guest agent is not running` until it does.
+        let probes = std::sync::atomic::AtomicU32::new(0);
         let waited = await_condition(&what, self.options.guest_timeout, interval, || async {
-            match self.api.agent_ping(&node, vmid).await {
-                Ok(()) => match self.api.agent_network_interfaces(&node, vmid).await {
-                    Ok(interfaces) => Ok(agent_reports_address(&interfaces, &wanted)),
-                    Err(error) => Ok(Check::Pending(error.to_string())),
-                },
+            probes.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+            match self.api.agent_network_interfaces(&node, vmid).await {
+                Ok(interfaces) => Ok(agent_reports_address(&interfaces, &wanted)),
                 Err(error) if agent_error_is_final(&error) => Err(error),
                 Err(error) => Ok(Check::Pending(error.to_string())),
             }
         })
         .await;
         match waited {
-            Ok(()) => Ok(()),
+            Ok(()) => {
+                // A guest that answered the first look had booted before: it says nothing
+                // about how long a boot takes.
+                if probes.into_inner() > 1 {
+                    self.booted(&vm.node, started.elapsed());
+                }
+                Ok(())
+            }
             Err(WaitError::Failed(error)) => {
                 Err(error).context(format!("guest agent of {}", vm.name))
             }

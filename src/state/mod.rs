@@ -299,27 +299,46 @@ impl StateStore {
         let mut next = self.state.clone();
         let result = change(&mut next);
         if next != self.state {
-            self.keep_backup()?;
-            write_atomic(&self.path, &to_bytes(&next)?)?;
+            persist(&self.path, &to_bytes(&next)?)?;
             self.state = next;
         }
         Ok(result)
     }
+
+    /// Change the state in memory only, for a caller that persists several changes at once
+    /// ([`StateStore::snapshot`], [`persist`]); whether anything changed.
+    pub fn change<R>(&mut self, change: impl FnOnce(&mut State) -> R) -> (R, bool) {
+        let mut next = self.state.clone();
+        let result = change(&mut next);
+        let changed = next != self.state;
+        if changed {
+            self.state = next;
+        }
+        (result, changed)
+    }
+
+    /// The state's file contents as they are now, for [`persist`].
+    pub fn snapshot(&self) -> Result<Vec<u8>, StateError> {
+        to_bytes(&self.state)
+    }
 }
 
-impl StateStore {
-    /// Copies the current file to [`backup_path`] (0600, atomically) before it is replaced.
-    fn keep_backup(&self) -> Result<(), StateError> {
-        match fs::read(&self.path) {
-            Ok(previous) => write_atomic(&backup_path(&self.path), &previous),
-            Err(error) if error.kind() == std::io::ErrorKind::NotFound => Ok(()),
-            Err(source) => Err(StateError::Io {
+/// Replace the state file at `path` with `bytes` atomically, keeping the previous file at
+/// [`backup_path`] (0600, atomically) first. The caller holds the workspace lock
+/// ([`StateStore`]) and writes one at a time.
+pub fn persist(path: &Path, bytes: &[u8]) -> Result<(), StateError> {
+    match fs::read(path) {
+        Ok(previous) => write_atomic(&backup_path(path), &previous)?,
+        Err(error) if error.kind() == std::io::ErrorKind::NotFound => {}
+        Err(source) => {
+            return Err(StateError::Io {
                 action: "read",
-                path: self.path.clone(),
+                path: path.to_owned(),
                 source,
-            }),
+            });
         }
     }
+    write_atomic(path, bytes)
 }
 
 /// Read a state file without locking (for `status` and tests). Absent file → empty state.

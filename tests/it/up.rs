@@ -1,6 +1,7 @@
-//! `up` against the simulator: a re-run makes zero mutating requests, `down` empties Proxmox,
-//! impossible plans fail before any mutating request, injected 5xx and task failures converge,
-//! and the binary's `--simulate` keeps the simulated Proxmox across runs.
+//! `up` against the simulator: a fresh run reads each thing once, a re-run makes zero mutating
+//! requests, `down` empties Proxmox, impossible plans fail before any mutating request,
+//! injected 5xx and task failures converge, and the binary's `--simulate` keeps the simulated
+//! Proxmox across runs.
 #![allow(clippy::unwrap_used, clippy::print_stderr)]
 
 use std::process::Command;
@@ -105,6 +106,43 @@ async fn an_image_download_reports_its_bytes_from_the_task_log() {
     let (done, total) = *seen.last().unwrap();
     assert_eq!(done, total, "{seen:?}");
     assert!(total > 100 << 20, "{seen:?}");
+    workspace.sim.shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_fresh_up_reads_what_it_already_knows_once() {
+    // a100-8x: seven VMs on one node, each with a seed ISO and a resized disk.
+    let profile = sim::builtin("a100-8x");
+    let workspace = SimWorkspace::start(&profile, None, sim::fast()).await;
+    let report = workspace.up(&profile, sim::exec_options()).await.unwrap();
+    let vms = report.vms.len();
+    assert!(vms > 1);
+    let log = workspace.log();
+    let gets = |wanted: &dyn Fn(&str) -> bool| {
+        log.iter()
+            .filter(|r| r.method == "GET" && wanted(&r.path))
+            .count()
+    };
+    // The config once per VM (resize reads it; the seed cleanup reuses it).
+    assert_eq!(
+        gets(&|path| path.contains("/qemu/") && path.ends_with("/config")),
+        vms
+    );
+    // Its power state is known: this run created it and has not started it yet.
+    assert_eq!(gets(&|path| path.ends_with("/status/current")), 0);
+    // A storage's content once by the inventory and once by the run, for the seed ISOs and
+    // the image together.
+    assert_eq!(
+        gets(&|path| path.contains("/storage/") && path.ends_with("/content")),
+        2
+    );
+    // The VMID was free in the plan; the address checks share listings.
+    assert!(gets(&|path| path == "/cluster/resources") <= vms);
+    // The guest agent is asked for its addresses, not pinged first.
+    assert!(
+        !log.iter().any(|r| r.path.ends_with("/agent/ping")),
+        "the agent was pinged"
+    );
     workspace.sim.shutdown().await;
 }
 

@@ -1,10 +1,10 @@
 //! Waiting on many tasks of one node with one request per poll: a [`NodeTaskPoller`] is a small
 //! actor per node that batches the UPIDs it is asked about and polls
-//! `GET /nodes/{node}/tasks?source=active` for all of them. A task that leaves the active list
-//! has finished (pve-manager archives it with its exit status when its worker is reaped); the
-//! exit statuses come from one `source=archive&since=…` request per poll in which tasks left,
-//! and a task the archive does not list is asked for by its own status. When the list is not
-//! allowed (HTTP 403) the poller falls back to one status request per task, for good.
+//! `GET /nodes/{node}/tasks?source=all&since=…` for all of them: the running tasks, then the
+//! archive back to the oldest task waited for, each ended task with its exit status
+//! (pve-manager archives a task when its worker is reaped). A task the list does not show is
+//! asked for by its own status. When the list is not allowed (HTTP 403) the poller falls back
+//! to one status request per task, for good.
 //!
 //! Intervals adapt to the expected duration: the poller learns how long each task type took on
 //! this node (and, from the types seen, how fast the node is against typical durations) and
@@ -33,6 +33,10 @@ pub struct PollOptions {
     pub max_interval: Duration,
     /// Entries asked for per list request.
     pub list_limit: u32,
+    /// The fastest a node may do its tasks, as a part of their typical durations
+    /// ([`typical_seconds`]): before the node showed its speed, a task is first looked at
+    /// after its typical duration times this (0: at `initial_interval`).
+    pub fastest: f64,
 }
 
 impl Default for PollOptions {
@@ -41,6 +45,7 @@ impl Default for PollOptions {
             initial_interval: Duration::from_millis(50),
             max_interval: Duration::from_secs(2),
             list_limit: 1000,
+            fastest: 0.0,
         }
     }
 }
@@ -49,9 +54,18 @@ impl Default for PollOptions {
 /// with fewer others than the one learned from ends sooner, so the first look comes early.
 const FIRST_LOOK: f64 = 0.6;
 
+/// The same for a task of fixed length ([`fixed_length`]), expected as long as the shortest
+/// one of its type seen here.
+const FIRST_LOOK_FIXED: f64 = 0.9;
+
 /// After a look that found a task running, the next one comes after this part of the time it
 /// has run: the overshoot stays below it, and a task of any length costs a few dozen looks.
 const OVERSHOOT: f64 = 0.08;
+
+/// The same for a task whose length depends on the bytes it moves and the tasks it shares its
+/// storage with (a download, create, clone): long, looked at from before its expected end, and
+/// where an overshoot delays only the steps after it, not the storage the others keep busy.
+const OVERSHOOT_LONG: f64 = 0.12;
 
 /// A task type's duration on an idle node with local SSD storage, in seconds (the simulator's
 /// figures, crates/pve-sim/README.md "Storage model"): only the ratio between types matters,
@@ -166,7 +180,8 @@ struct Actor {
     /// How long a task of each type took (from being asked about to seen stopped).
     learned: BTreeMap<String, Duration>,
     /// Observed over typical durations ([`typical_seconds`]): the lowest ratio of the tasks
-    /// that ended here whose length does not depend on bytes or load (start, resize, delete).
+    /// that ended here whose length does not depend on bytes or load (start, resize, delete;
+    /// not an upload, which may have run while its request still carried the file).
     speed: Option<f64>,
     shared_speed: Arc<AtomicU64>,
     list_allowed: bool,
@@ -201,9 +216,13 @@ impl Actor {
             return;
         }
         let initial = self.options.initial_interval;
-        let first = self.expected(&kind).map_or(initial, |expected| {
-            expected.mul_f64(FIRST_LOOK).max(initial)
-        });
+        let first = match self.expected(&kind) {
+            Some(expected) if fixed_length(&kind) => expected.mul_f64(FIRST_LOOK_FIXED),
+            Some(expected) => expected.mul_f64(FIRST_LOOK),
+            None => Duration::try_from_secs_f64(typical_seconds(&kind) * self.options.fastest)
+                .unwrap_or(initial),
+        }
+        .max(initial);
         self.pending.insert(
             waiter.upid.0,
             Pending {
@@ -215,8 +234,9 @@ impl Actor {
         );
     }
 
-    /// How long a task of `kind` should take here: as long as the last one took, else its
-    /// typical duration at the speed the node has shown so far; `None` before anything ended.
+    /// How long a task of `kind` should take here: as long as the last one took (of a fixed
+    /// length: the shortest), else its typical duration at the speed the node has shown so
+    /// far; `None` before anything ended.
     fn expected(&self, kind: &str) -> Option<Duration> {
         if let Some(took) = self.learned.get(kind) {
             return Some(*took);
@@ -229,7 +249,12 @@ impl Actor {
     /// it has run (so the overshoot stays a small part of its duration) within the bounds.
     fn next_interval(&self, pending: &Pending, now: Instant) -> Duration {
         let ran = now.duration_since(pending.added);
-        ran.mul_f64(OVERSHOOT)
+        let part = if fixed_length(&pending.kind) {
+            OVERSHOOT
+        } else {
+            OVERSHOOT_LONG
+        };
+        ran.mul_f64(part)
             .max(self.options.initial_interval)
             .min(self.options.max_interval.max(self.options.initial_interval))
     }
@@ -280,13 +305,17 @@ impl Actor {
         };
         if result.is_ok() {
             let took = now.duration_since(pending.added);
-            if fixed_length(&pending.kind) {
+            if fixed_length(&pending.kind) && pending.kind != "imgcopy" {
                 let ratio = took.as_secs_f64() / typical_seconds(&pending.kind);
                 let speed = self.speed.map_or(ratio, |speed| speed.min(ratio));
                 self.speed = Some(speed);
                 self.shared_speed.store(speed.to_bits(), Ordering::Relaxed);
             }
-            self.learned.insert(pending.kind.clone(), took);
+            let learned = match self.learned.get(&pending.kind) {
+                Some(shortest) if fixed_length(&pending.kind) => took.min(*shortest),
+                Some(_) | None => took,
+            };
+            self.learned.insert(pending.kind.clone(), learned);
         }
         let mut replies = pending.replies.into_iter();
         let last = replies.next_back();
@@ -303,13 +332,16 @@ impl Actor {
     }
 
     async fn poll_list(&mut self) -> Result<Vec<TaskStatus>, PveError> {
+        // Running and finished tasks in one list: the active ones first, then the archive
+        // back to the oldest task waited for (it started no earlier than its UPID says).
+        let since = self.pending.keys().filter_map(|u| starttime_of(u)).min();
         let query = TaskListQuery {
-            source: "active",
-            since: None,
+            source: "all",
+            since,
             limit: self.options.list_limit,
         };
-        let active = match self.api.node_tasks(&self.node, &query).await {
-            Ok(active) => active,
+        let listed = match self.api.node_tasks(&self.node, &query).await {
+            Ok(listed) => listed,
             Err(PveError::Forbidden { .. }) => {
                 self.list_allowed = false;
                 return self.poll_each().await;
@@ -317,35 +349,26 @@ impl Actor {
             Err(error) => return Err(error),
         };
         let mut stopped = Vec::new();
-        let mut left = Vec::new();
+        let mut unlisted = Vec::new();
         for upid in self.pending.keys() {
-            match active.iter().find(|entry| &entry.upid == upid) {
-                Some(entry) if entry.status.as_deref().is_none_or(|s| s == "RUNNING") => {}
-                // Ended, not archived yet: the active list carries its exit status.
-                Some(entry) => stopped.push(stopped_status(entry)),
-                None => left.push(upid.clone()),
+            let mut entries = listed.iter().filter(|entry| &entry.upid == upid).peekable();
+            if entries.peek().is_none() {
+                unlisted.push(upid.clone());
+                continue;
+            }
+            // An ended task may be listed twice (not yet archived, and archived): any entry
+            // with an exit status says it stopped.
+            if let Some(entry) =
+                entries.find(|entry| entry.status.as_deref().is_some_and(|s| s != "RUNNING"))
+            {
+                stopped.push(stopped_status(entry));
             }
         }
-        if left.is_empty() {
-            return Ok(stopped);
-        }
-        let since = left.iter().filter_map(|u| starttime_of(u)).min();
-        let query = TaskListQuery {
-            source: "archive",
-            since,
-            limit: self.options.list_limit,
-        };
-        let archive = self.api.node_tasks(&self.node, &query).await?;
-        for upid in left {
-            match archive.iter().find(|entry| entry.upid == upid) {
-                Some(entry) => stopped.push(stopped_status(entry)),
-                // Not in the listed part of the archive: ask the task itself.
-                None => {
-                    let status = self.api.task_status(&self.node, &Upid(upid)).await?;
-                    if status.status == "stopped" {
-                        stopped.push(status);
-                    }
-                }
+        for upid in unlisted {
+            // Beyond the listed part of the archive: ask the task itself.
+            let status = self.api.task_status(&self.node, &Upid(upid)).await?;
+            if status.status == "stopped" {
+                stopped.push(status);
             }
         }
         Ok(stopped)
@@ -384,11 +407,13 @@ fn stopped_status(entry: &TaskListEntry) -> TaskStatus {
     }
 }
 
-/// Task types whose length does not depend on bytes moved or on other tasks.
+/// Task types whose length does not depend on bytes moved or on other tasks. An upload
+/// (`imgcopy`) counts: provision uploads only seed ISOs of about 1 MiB, whose upload is the
+/// storage's per-operation overhead.
 fn fixed_length(kind: &str) -> bool {
     matches!(
         kind,
-        "qmstart" | "qmresize" | "imgdel" | "qmconfig" | "qmstop"
+        "qmstart" | "qmresize" | "imgdel" | "imgcopy" | "qmconfig" | "qmstop"
     )
 }
 
