@@ -102,6 +102,47 @@ async fn fresh_cluster_bootstraps_then_joins_servers_one_at_a_time_then_agents()
     assert!(report.nodes.iter().all(|n| n.started && !n.restarted));
 }
 
+/// Every node reports its phase 2 steps in the order they ran, timed from the start of phase 2
+/// and within it; the cluster-wide steps too.
+#[tokio::test]
+async fn every_node_reports_its_timed_steps() {
+    let world = world();
+    let report = world.up().await.unwrap();
+    for node in &report.nodes {
+        let steps: Vec<&str> = node.timeline.iter().map(|timing| timing.step).collect();
+        assert_eq!(
+            steps,
+            [
+                "connect",
+                "cloud-init",
+                "probe",
+                "prepare",
+                "upload",
+                "join token",
+                "install",
+                "ready"
+            ],
+            "{}",
+            node.name
+        );
+        for pair in node.timeline.windows(2) {
+            assert!(
+                pair[0].start + pair[0].duration <= pair[1].start,
+                "{}: {pair:?}",
+                node.name
+            );
+        }
+        let last = node.timeline.last().unwrap();
+        assert!(
+            last.start + last.duration <= report.elapsed,
+            "{}",
+            node.name
+        );
+    }
+    let steps: Vec<&str> = report.timeline.iter().map(|timing| timing.step).collect();
+    assert_eq!(steps, ["inputs", "labels and taints", "kubeconfig"]);
+}
+
 #[tokio::test]
 async fn no_file_content_or_token_travels_on_a_command_line() {
     use base64::Engine as _;
