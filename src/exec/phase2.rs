@@ -1,14 +1,15 @@
 //! Phase 2 runner: from running VMs to a converged K3s cluster over SSH.
 //!
 //! Order: every node reached (connected, cloud-init finished, its k3s state probed; parallel,
-//! bounded) → join plan from what the servers already hold → node preparation and binary upload
-//! on all nodes (parallel, bounded) → bootstrap server (with `cluster-init` only when no cluster
-//! exists, and the bare token secret) → the cluster CA's hash read from it → with an API VIP, a
-//! bounded wait until the VIP answers (kube-vip runs only once the bootstrap server is up) →
-//! further servers one at a time through the VIP (else the bootstrap server), each Ready and an
-//! etcd member before the next → agents in parallel → labels/taints → kubeconfig. Joining nodes
-//! get the secure token `K10<CA hash>::server:<secret>`, so they only talk to a server presenting
-//! this cluster's CA. Every remote change is reported per node, and every node's steps are timed
+//! bounded) → join plan from what the servers already hold → the bootstrap server prepared,
+//! installed (with `cluster-init` only when no cluster exists, and the bare token secret) and
+//! Ready, while every other node is prepared (node preparation and binary upload; parallel,
+//! bounded) → the cluster CA's hash read from it → with an API VIP, a bounded wait until the VIP
+//! answers (kube-vip runs only once the bootstrap server is up) → further servers one at a time
+//! through the VIP (else the bootstrap server), each Ready and an etcd member before the next →
+//! agents in parallel → labels/taints → kubeconfig. Joining nodes get the secure token
+//! `K10<CA hash>::server:<secret>`, so they only talk to a server presenting this cluster's CA.
+//! Every remote change is reported per node, and every node's steps are timed
 //! ([`StepTiming`]); a re-run on a converged cluster writes no file and restarts no service.
 
 use std::collections::BTreeMap;
@@ -260,34 +261,55 @@ pub async fn run(
     };
     let bootstrap_exec = execs[bootstrap_index];
 
-    // Node preparation and the k3s binary: all nodes in parallel.
-    let prepared: Vec<Prepared> = stream::iter(0..nodes.len())
-        .map(|index| cluster.prepare(index, &inputs))
-        .buffered(parallelism)
-        .try_collect()
-        .await?;
-    let binary_changed: Vec<bool> = prepared.iter().map(|p| p.binary_changed).collect();
+    // The bootstrap server is prepared, installed and waited for while every other node is
+    // prepared (node preparation and the k3s binary, in parallel): a node that joins needs only
+    // its own preparation and the bootstrap server Ready.
+    let mut joining = JoinContext::default();
+    let bootstrap = async {
+        let prepared = cluster.prepare(bootstrap_index, &inputs).await?;
+        let joined = cluster
+            .join_server(
+                &mut joining,
+                bootstrap_index,
+                plan.server_modes[plan.bootstrap].clone(),
+                &prepared.report.labels,
+                prepared.binary_changed,
+            )
+            .await?;
+        anyhow::Ok((prepared, joined))
+    };
+    let others = stream::iter((0..nodes.len()).filter(|index| *index != bootstrap_index))
+        .map(|index| {
+            let (cluster, inputs) = (&cluster, &inputs);
+            async move { anyhow::Ok((index, cluster.prepare(index, inputs).await?)) }
+        })
+        .buffered(parallelism.saturating_sub(1).max(1))
+        .try_collect::<Vec<(usize, Prepared)>>();
+    let ((bootstrap_prepared, bootstrap_joined), others) = futures::try_join!(bootstrap, others)?;
+    let mut prepared: Vec<Option<Prepared>> = (0..nodes.len()).map(|_| None).collect();
+    prepared[bootstrap_index] = Some(bootstrap_prepared);
+    for (index, node) in others {
+        prepared[index] = Some(node);
+    }
+    let mut binary_changed = vec![false; nodes.len()];
     let mut report = Phase2Report {
-        nodes: prepared
-            .into_iter()
-            .zip(&reached)
-            .map(|(prepared, reached)| {
-                let mut node = prepared.report;
-                node.timeline.splice(0..0, reached.timeline.iter().cloned());
-                node
-            })
-            .collect(),
         bootstrap: nodes[bootstrap_index].name.clone(),
         existing_cluster: plan.existing_cluster,
         ..Phase2Report::default()
     };
+    for (index, (prepared, reached)) in prepared.into_iter().zip(&reached).enumerate() {
+        let prepared = prepared.context("a node was not prepared")?;
+        binary_changed[index] = prepared.binary_changed;
+        let mut node = prepared.report;
+        node.timeline.splice(0..0, reached.timeline.iter().cloned());
+        report.nodes.push(node);
+    }
+    merge_install(&mut report.nodes[bootstrap_index], bootstrap_joined);
+    node_done(opts, &nodes[bootstrap_index].name, started);
 
-    // Servers: bootstrap first, then one at a time. The bootstrap server's CA (and, with a VIP, the VIP
-    // answering) is needed before the first node that joins.
-    let mut joining = JoinContext::default();
-    let mut server_order: Vec<usize> = vec![plan.bootstrap];
-    server_order.extend((0..servers.len()).filter(|i| *i != plan.bootstrap));
-    for position in server_order {
+    // Further servers one at a time, each Ready and an etcd member before the next. The bootstrap
+    // server's CA (and, with a VIP, the VIP answering) is needed before the first node that joins.
+    for position in (0..servers.len()).filter(|i| *i != plan.bootstrap) {
         let index = servers[position];
         let joined = cluster
             .join_server(

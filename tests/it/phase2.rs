@@ -102,6 +102,104 @@ async fn fresh_cluster_bootstraps_then_joins_servers_one_at_a_time_then_agents()
     assert!(report.nodes.iter().all(|n| n.started && !n.restarted));
 }
 
+/// Holds a node's preparation (its batch script) until the bootstrap server is Ready in the fake
+/// cluster, unless the node is the bootstrap server itself.
+struct HeldPreparation {
+    inner: FakeExec,
+    hold: bool,
+}
+
+#[async_trait]
+impl RemoteExec for HeldPreparation {
+    fn host(&self) -> &str {
+        self.inner.host()
+    }
+
+    async fn run(
+        &self,
+        command: &str,
+        stdin: Option<&[u8]>,
+    ) -> Result<provision::ssh::CommandOutput, SshError> {
+        let batch = provision::nodeprep::batch::decode_batch(command, stdin.unwrap_or_default());
+        if self.hold && batch.is_some() {
+            let bootstrap_ready =
+                || (self.inner.sim.lock().unwrap().events).contains(&"ready server-1".to_owned());
+            let deadline = std::time::Instant::now() + Duration::from_secs(5);
+            while !bootstrap_ready() {
+                if std::time::Instant::now() > deadline {
+                    return Err(SshError::Channel {
+                        host: self.inner.host.clone(),
+                        message: "node preparation held for the bootstrap server, which never became Ready".to_owned(),
+                    });
+                }
+                tokio::time::sleep(Duration::from_millis(5)).await;
+            }
+        }
+        let output = self.inner.run(command, stdin).await;
+        if batch.is_some() {
+            let event = format!("prepared {}", self.inner.host);
+            self.inner.sim.lock().unwrap().events.push(event);
+        }
+        output
+    }
+
+    async fn write_file(&self, path: &str, data: &[u8], mode: u32) -> Result<(), SshError> {
+        self.inner.write_file(path, data, mode).await
+    }
+
+    async fn read_file(&self, path: &str) -> Result<Vec<u8>, SshError> {
+        self.inner.read_file(path).await
+    }
+}
+
+struct HoldingConnector(Shared);
+
+#[async_trait]
+impl Connector for HoldingConnector {
+    async fn connect(&self, node: &GuestNode) -> Result<Box<dyn RemoteExec>, SshError> {
+        Ok(Box::new(HeldPreparation {
+            inner: FakeExec {
+                host: node.name.clone(),
+                sim: self.0.clone(),
+            },
+            hold: node.name != "server-1",
+        }))
+    }
+}
+
+/// Node preparation on the other nodes does not wait for the bootstrap server's install: held
+/// until the bootstrap server is Ready, it still lets phase 2 converge (serialised before the
+/// install, it would never be released), and every other node is prepared before the next server
+/// joins.
+#[tokio::test]
+async fn other_nodes_are_prepared_while_the_bootstrap_server_installs() {
+    let world = world();
+    let report = run(
+        &world.profile,
+        &world.nodes,
+        &HoldingConnector(world.sim.clone()),
+        &world.opts,
+    )
+    .await
+    .unwrap();
+    assert_eq!(report.bootstrap, "server-1");
+    let events = world.take_events();
+    let position = |event: &str| events.iter().position(|e| e == event).unwrap();
+    let bootstrap_ready = position("ready server-1");
+    assert!(position("prepared server-1") < position("start server-1 cluster-init"));
+    let server_2_joins = events
+        .iter()
+        .position(|e| e.starts_with("start server-2"))
+        .unwrap();
+    for node in ["server-2", "server-3", "worker-1", "worker-2"] {
+        let prepared = position(&format!("prepared {node}"));
+        assert!(
+            bootstrap_ready < prepared && prepared < server_2_joins,
+            "{node}: {events:?}"
+        );
+    }
+}
+
 /// Every node reports its phase 2 steps in the order they ran, timed from the start of phase 2
 /// and within it; the cluster-wide steps too.
 #[tokio::test]
