@@ -92,6 +92,9 @@ pub struct Phase2Options {
     pub cloud_init_timeout: Duration,
     /// Per node: how long to wait for Ready (and etcd membership for servers).
     pub ready_timeout: Duration,
+    /// Pause between two looks at a condition (Ready, an etcd member, the VIP answering). A look is
+    /// one `kubectl get nodes` (or `/readyz`) on a server, a fraction of a second there, while a
+    /// look that comes late delays every server that joins after it (they join one at a time).
     pub poll_interval: Duration,
     /// Per node: the step it is in (the progress display), then done.
     pub events: super::Events,
@@ -110,7 +113,7 @@ impl Phase2Options {
             parallelism: 8,
             cloud_init_timeout: Duration::from_secs(600),
             ready_timeout: Duration::from_secs(300),
-            poll_interval: Duration::from_secs(2),
+            poll_interval: Duration::from_millis(500),
             events: super::Events::default(),
         }
     }
