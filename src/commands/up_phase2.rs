@@ -126,9 +126,9 @@ impl Phase2Result {
                 report,
                 commands,
                 testbed_boot,
-            } => Phase2Output::Done(
+            } => Phase2Output::Done(Box::new(
                 Phase2Summary::new(report, commands.as_deref()).with_testbed_boot(*testbed_boot),
-            ),
+            )),
         }
     }
 }

@@ -422,7 +422,7 @@ pub struct UpOutput<'a> {
 #[serde(untagged)]
 pub enum Phase2Output<'a> {
     Skipped { skipped: &'static str },
-    Done(Phase2Summary<'a>),
+    Done(Box<Phase2Summary<'a>>),
 }
 
 /// What phase 2 did, per node; the text is the per-node report.

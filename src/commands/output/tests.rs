@@ -255,10 +255,10 @@ fn up_json_matches_the_former_hand_built_document() {
     for with_commands in [false, true] {
         let done = UpOutput {
             phase1: phase1(),
-            phase2: Phase2Output::Done(Phase2Summary::new(
+            phase2: Phase2Output::Done(Box::new(Phase2Summary::new(
                 &report,
                 with_commands.then_some(commands.as_slice()),
-            )),
+            ))),
         };
         assert_eq!(pretty(&done), former(former_phase2(with_commands)));
     }
