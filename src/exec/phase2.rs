@@ -1,13 +1,13 @@
 //! Phase 2 runner: from running VMs to a converged K3s cluster over SSH.
 //!
-//! Order: every node reached (connected, cloud-init finished, its k3s state probed; parallel,
-//! bounded) → join plan from what the servers already hold → the bootstrap server prepared,
-//! installed (with `cluster-init` only when no cluster exists, and the bare token secret) and
-//! Ready, while every other node is prepared (node preparation and binary upload; parallel,
-//! bounded) → the cluster CA's hash read from it → with an API VIP, a bounded wait until the VIP
-//! answers (kube-vip runs only once the bootstrap server is up) → further servers one at a time
-//! through the VIP (else the bootstrap server), each Ready and an etcd member before the next →
-//! agents in parallel → labels/taints → kubeconfig. Joining nodes get the secure token
+//! Order: every node connected; then each node on its own, in parallel (bounded): cloud-init
+//! finished, its k3s state probed, node preparation and binary upload. Beside them: the join plan
+//! once every node's k3s state is known → the bootstrap server (with `cluster-init` only when no
+//! cluster exists, and the bare token secret) installed and Ready as soon as it is prepared → the
+//! cluster CA's hash read from it → with an API VIP, a bounded wait until the VIP answers
+//! (kube-vip runs only once the bootstrap server is up) → further servers one at a time through
+//! the VIP (else the bootstrap server), each prepared, then Ready and an etcd member before the
+//! next → agents in parallel → labels/taints → kubeconfig. Joining nodes get the secure token
 //! `K10<CA hash>::server:<secret>`, so they only talk to a server presenting this cluster's CA.
 //! Every remote change is reported per node, and every node's steps are timed
 //! ([`StepTiming`]); a re-run on a converged cluster writes no file and restarts no service.
@@ -19,6 +19,7 @@ use std::time::Duration;
 
 use anyhow::{Context, anyhow, bail};
 use async_trait::async_trait;
+use futures::channel::oneshot;
 use futures::stream::{self, StreamExt, TryStreamExt};
 
 use crate::k3s::KUBECONFIG_PATH;
@@ -43,7 +44,7 @@ mod timeline;
 mod upgrade;
 mod waits;
 pub use gate::K3sGate;
-use node::{InstallResult, Prepared, Reached, install_node, prepare_node, reach_node};
+use node::{InstallResult, Prepared, install_node, prepare_node, reach_node};
 pub use timeline::{Clock, StepTiming};
 pub use upgrade::{UpgradeOptions, UpgradeReport, rolling_upgrade};
 use waits::{wait_for_api, wait_until};
@@ -220,37 +221,133 @@ pub async fn run(
         .await?;
     let parallelism = opts.parallelism.max(1);
 
-    // Every node reached (connected, cloud-init finished, its k3s state probed), in parallel: the
-    // join plan needs what each of them holds.
-    let reached: Vec<Reached> = stream::iter(nodes)
+    let credentials = gitops_credentials(profile, &opts.workspace)?;
+    let manifests = render_manifests(&opts.templates, profile, credentials.as_ref())?;
+    let manifest_files = manifest_steps(&manifests);
+
+    let connected: Vec<(Box<dyn RemoteExec>, Vec<StepTiming>)> = stream::iter(nodes)
         .map(|node| {
-            let (token, clock) = (&inputs.token, &clock);
+            let clock = &clock;
             async move {
-                reach_node(node, connector, token, clock, opts)
+                let mut timeline = Vec::new();
+                let exec = clock
+                    .time(&mut timeline, "connect", connector.connect(node))
                     .await
-                    .with_context(|| format!("node {} ({})", node.name, node.address))
+                    .with_context(|| {
+                        format!("node {} ({}): cannot connect", node.name, node.address)
+                    })?;
+                anyhow::Ok((exec, timeline))
             }
         })
         .buffered(parallelism)
         .try_collect()
         .await?;
-    let candidate = |index: &usize| JoinCandidate {
-        name: nodes[*index].name.clone(),
-        address: nodes[*index].address,
-        probe: reached[*index].probe.clone(),
+    let execs: Vec<&dyn RemoteExec> = connected.iter().map(|(exec, _)| exec.as_ref()).collect();
+
+    // Each node on its own, in parallel: cloud-init finished, its k3s state probed (sent to the
+    // join plan, which needs every node's), then node preparation and the k3s binary (sent to the
+    // install). Beside them, the join plan, then the bootstrap server's install as soon as it is
+    // prepared, then further servers one at a time, each as soon as it is prepared and the server
+    // before it Ready.
+    let mut probes = Vec::with_capacity(nodes.len());
+    let mut preparations = Vec::with_capacity(nodes.len());
+    let mut pipelines = Vec::with_capacity(nodes.len());
+    for (index, node) in nodes.iter().enumerate() {
+        let (probe_sender, probe_receiver) = oneshot::channel();
+        let (prepared_sender, prepared_receiver) = oneshot::channel();
+        probes.push(probe_receiver);
+        preparations.push(Some(prepared_receiver));
+        let exec = execs[index];
+        let group = groups[node.group.as_str()];
+        let mut timeline = connected[index].1.clone();
+        let (inputs, clock) = (&inputs, &clock);
+        pipelines.push(async move {
+            let work = async {
+                let probe =
+                    reach_node(node, exec, &inputs.token, clock, opts, &mut timeline).await?;
+                if probe_sender.send(probe).is_err() {
+                    // The run stopped (with its own error): nothing waits for this node.
+                    return Ok(());
+                }
+                let mut prepared =
+                    prepare_node(profile, node, group, exec, inputs, clock, opts).await?;
+                prepared.report.timeline.splice(0..0, timeline);
+                // A closed receiver: the run stopped with its own error.
+                drop(prepared_sender.send(prepared));
+                anyhow::Ok(())
+            };
+            work.await
+                .with_context(|| format!("node {} ({})", node.name, node.address))
+        });
+    }
+    let pipelines = stream::iter(pipelines)
+        .buffer_unordered(parallelism)
+        .try_collect::<Vec<()>>();
+    let mut joining = JoinContext::default();
+    let servers_joined = async {
+        let mut seen = Vec::with_capacity(nodes.len());
+        for (index, probe) in probes.into_iter().enumerate() {
+            seen.push(probe.await.map_err(|_| stopped(&nodes[index]))?);
+        }
+        let candidate = |index: &usize| JoinCandidate {
+            name: nodes[*index].name.clone(),
+            address: nodes[*index].address,
+            probe: seen[*index].clone(),
+        };
+        let server_candidates: Vec<JoinCandidate> = servers.iter().map(candidate).collect();
+        let agent_candidates: Vec<JoinCandidate> = agents.iter().map(candidate).collect();
+        let plan = plan_joins(
+            &server_candidates,
+            &agent_candidates,
+            profile.cluster.api_vip,
+        )?;
+        let bootstrap_index = servers[plan.bootstrap];
+        let cluster = Cluster {
+            profile,
+            nodes,
+            groups: &groups,
+            execs: &execs,
+            bootstrap_index,
+            manifest_files: &manifest_files,
+            token: &inputs.token,
+            clock: &clock,
+            opts,
+        };
+        let mut reports: Vec<Option<NodeReport>> = (0..nodes.len()).map(|_| None).collect();
+        let mut binary_changed = vec![false; nodes.len()];
+        // Bootstrap first, then one at a time. The bootstrap server's CA (and, with a VIP, the VIP
+        // answering) is needed before the first node that joins.
+        let mut server_order: Vec<usize> = vec![plan.bootstrap];
+        server_order.extend((0..servers.len()).filter(|i| *i != plan.bootstrap));
+        for position in server_order {
+            let index = servers[position];
+            let prepared = receive(&mut preparations[index], &nodes[index]).await?;
+            binary_changed[index] = prepared.binary_changed;
+            let mut report = prepared.report;
+            let joined = cluster
+                .join_server(
+                    &mut joining,
+                    index,
+                    plan.server_modes[position].clone(),
+                    &report.labels,
+                    binary_changed[index],
+                )
+                .await?;
+            merge_install(&mut report, joined);
+            reports[index] = Some(report);
+            node_done(opts, &nodes[index].name, started);
+        }
+        anyhow::Ok((plan, reports, binary_changed))
     };
-    let server_candidates: Vec<JoinCandidate> = servers.iter().map(candidate).collect();
-    let agent_candidates: Vec<JoinCandidate> = agents.iter().map(candidate).collect();
-    let plan = plan_joins(
-        &server_candidates,
-        &agent_candidates,
-        profile.cluster.api_vip,
-    )?;
-    let execs: Vec<&dyn RemoteExec> = reached.iter().map(|r| r.exec.as_ref()).collect();
+    let (_, (plan, mut reports, mut binary_changed)) =
+        futures::try_join!(pipelines, servers_joined)?;
+    // Every node is prepared by now: the agents' preparations are waiting.
+    for index in &agents {
+        let prepared = receive(&mut preparations[*index], &nodes[*index]).await?;
+        binary_changed[*index] = prepared.binary_changed;
+        reports[*index] = Some(prepared.report);
+    }
     let bootstrap_index = servers[plan.bootstrap];
-    let credentials = gitops_credentials(profile, &opts.workspace)?;
-    let manifests = render_manifests(&opts.templates, profile, credentials.as_ref())?;
-    let manifest_files = manifest_steps(&manifests);
     let cluster = Cluster {
         profile,
         nodes,
@@ -263,68 +360,14 @@ pub async fn run(
         opts,
     };
     let bootstrap_exec = execs[bootstrap_index];
-
-    // The bootstrap server is prepared, installed and waited for while every other node is
-    // prepared (node preparation and the k3s binary, in parallel): a node that joins needs only
-    // its own preparation and the bootstrap server Ready.
-    let mut joining = JoinContext::default();
-    let bootstrap = async {
-        let prepared = cluster.prepare(bootstrap_index, &inputs).await?;
-        let joined = cluster
-            .join_server(
-                &mut joining,
-                bootstrap_index,
-                plan.server_modes[plan.bootstrap].clone(),
-                &prepared.report.labels,
-                prepared.binary_changed,
-            )
-            .await?;
-        anyhow::Ok((prepared, joined))
-    };
-    let others = stream::iter((0..nodes.len()).filter(|index| *index != bootstrap_index))
-        .map(|index| {
-            let (cluster, inputs) = (&cluster, &inputs);
-            async move { anyhow::Ok((index, cluster.prepare(index, inputs).await?)) }
-        })
-        .buffered(parallelism.saturating_sub(1).max(1))
-        .try_collect::<Vec<(usize, Prepared)>>();
-    let ((bootstrap_prepared, bootstrap_joined), others) = futures::try_join!(bootstrap, others)?;
-    let mut prepared: Vec<Option<Prepared>> = (0..nodes.len()).map(|_| None).collect();
-    prepared[bootstrap_index] = Some(bootstrap_prepared);
-    for (index, node) in others {
-        prepared[index] = Some(node);
-    }
-    let mut binary_changed = vec![false; nodes.len()];
     let mut report = Phase2Report {
+        nodes: reports.into_iter().flatten().collect(),
         bootstrap: nodes[bootstrap_index].name.clone(),
         existing_cluster: plan.existing_cluster,
         ..Phase2Report::default()
     };
-    for (index, (prepared, reached)) in prepared.into_iter().zip(&reached).enumerate() {
-        let prepared = prepared.context("a node was not prepared")?;
-        binary_changed[index] = prepared.binary_changed;
-        let mut node = prepared.report;
-        node.timeline.splice(0..0, reached.timeline.iter().cloned());
-        report.nodes.push(node);
-    }
-    merge_install(&mut report.nodes[bootstrap_index], bootstrap_joined);
-    node_done(opts, &nodes[bootstrap_index].name, started);
-
-    // Further servers one at a time, each Ready and an etcd member before the next. The bootstrap
-    // server's CA (and, with a VIP, the VIP answering) is needed before the first node that joins.
-    for position in (0..servers.len()).filter(|i| *i != plan.bootstrap) {
-        let index = servers[position];
-        let joined = cluster
-            .join_server(
-                &mut joining,
-                index,
-                plan.server_modes[position].clone(),
-                &report.nodes[index].labels,
-                binary_changed[index],
-            )
-            .await?;
-        merge_install(&mut report.nodes[index], joined);
-        node_done(opts, &nodes[index].name, started);
+    if report.nodes.len() != nodes.len() {
+        bail!("phase 2 lost track of a node's report");
     }
 
     // Agents in parallel (the CA hash and the VIP check are done once, before any of them).
@@ -450,22 +493,6 @@ impl Cluster<'_> {
         }
     }
 
-    /// Node preparation and uploads on node `index`, errors naming it.
-    async fn prepare(&self, index: usize, inputs: &Inputs) -> anyhow::Result<Prepared> {
-        let node = &self.nodes[index];
-        prepare_node(
-            self.profile,
-            node,
-            self.group(index),
-            self.execs[index],
-            inputs,
-            self.clock,
-            self.opts,
-        )
-        .await
-        .with_context(|| format!("node {} ({})", node.name, node.address))
-    }
-
     /// Server `index` installed with `join` and waited for until it is Ready and an etcd member.
     async fn join_server(
         &self,
@@ -518,6 +545,26 @@ impl Cluster<'_> {
             .await
             .with_context(|| format!("node {} ({})", node.name, node.address))?;
         Ok(Joined { result, timeline })
+    }
+}
+
+/// The run stopped before `node` sent what it was waiting for (its error is the run's).
+fn stopped(node: &GuestNode) -> anyhow::Error {
+    anyhow!(
+        "node {} ({}): its preparation stopped",
+        node.name,
+        node.address
+    )
+}
+
+/// The preparation `node`'s pipeline sends, once.
+async fn receive(
+    receiver: &mut Option<oneshot::Receiver<Prepared>>,
+    node: &GuestNode,
+) -> anyhow::Result<Prepared> {
+    match receiver.take() {
+        Some(receiver) => receiver.await.map_err(|_| stopped(node)),
+        None => Err(stopped(node)),
     }
 }
 

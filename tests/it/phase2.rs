@@ -102,15 +102,42 @@ async fn fresh_cluster_bootstraps_then_joins_servers_one_at_a_time_then_agents()
     assert!(report.nodes.iter().all(|n| n.started && !n.restarted));
 }
 
-/// Holds a node's preparation (its batch script) until the bootstrap server is Ready in the fake
-/// cluster, unless the node is the bootstrap server itself.
-struct HeldPreparation {
+/// What a [`HeldExec`] holds until an event of the fake cluster.
+#[derive(Clone, Copy, PartialEq)]
+enum Hold {
+    Nothing,
+    /// Node preparation (its batch script), until the bootstrap server is Ready.
+    Preparation,
+    /// `cloud-init status --wait`, until the bootstrap server is prepared.
+    CloudInit,
+}
+
+/// A [`FakeExec`] that holds one step as [`Hold`] says, and records `prepared NODE` when a
+/// node's preparation batch has run.
+struct HeldExec {
     inner: FakeExec,
-    hold: bool,
+    hold: Hold,
+}
+
+impl HeldExec {
+    /// Waits (at most 5 s) until the fake cluster has recorded `event`.
+    async fn until(&self, event: &str) -> Result<(), SshError> {
+        let deadline = std::time::Instant::now() + Duration::from_secs(5);
+        while !(self.inner.sim.lock().unwrap().events).contains(&event.to_owned()) {
+            if std::time::Instant::now() > deadline {
+                return Err(SshError::Channel {
+                    host: self.inner.host.clone(),
+                    message: format!("held until `{event}`, which never came"),
+                });
+            }
+            tokio::time::sleep(Duration::from_millis(5)).await;
+        }
+        Ok(())
+    }
 }
 
 #[async_trait]
-impl RemoteExec for HeldPreparation {
+impl RemoteExec for HeldExec {
     fn host(&self) -> &str {
         self.inner.host()
     }
@@ -121,19 +148,11 @@ impl RemoteExec for HeldPreparation {
         stdin: Option<&[u8]>,
     ) -> Result<provision::ssh::CommandOutput, SshError> {
         let batch = provision::nodeprep::batch::decode_batch(command, stdin.unwrap_or_default());
-        if self.hold && batch.is_some() {
-            let bootstrap_ready =
-                || (self.inner.sim.lock().unwrap().events).contains(&"ready server-1".to_owned());
-            let deadline = std::time::Instant::now() + Duration::from_secs(5);
-            while !bootstrap_ready() {
-                if std::time::Instant::now() > deadline {
-                    return Err(SshError::Channel {
-                        host: self.inner.host.clone(),
-                        message: "node preparation held for the bootstrap server, which never became Ready".to_owned(),
-                    });
-                }
-                tokio::time::sleep(Duration::from_millis(5)).await;
-            }
+        if self.hold == Hold::Preparation && batch.is_some() {
+            self.until("ready server-1").await?;
+        }
+        if self.hold == Hold::CloudInit && command == "cloud-init status --wait" {
+            self.until("prepared server-1").await?;
         }
         let output = self.inner.run(command, stdin).await;
         if batch.is_some() {
@@ -152,17 +171,18 @@ impl RemoteExec for HeldPreparation {
     }
 }
 
-struct HoldingConnector(Shared);
+/// Connects every node through a [`HeldExec`] holding what `hold` says for it.
+struct HoldingConnector(Shared, fn(&str) -> Hold);
 
 #[async_trait]
 impl Connector for HoldingConnector {
     async fn connect(&self, node: &GuestNode) -> Result<Box<dyn RemoteExec>, SshError> {
-        Ok(Box::new(HeldPreparation {
+        Ok(Box::new(HeldExec {
             inner: FakeExec {
                 host: node.name.clone(),
                 sim: self.0.clone(),
             },
-            hold: node.name != "server-1",
+            hold: (self.1)(&node.name),
         }))
     }
 }
@@ -177,7 +197,13 @@ async fn other_nodes_are_prepared_while_the_bootstrap_server_installs() {
     let report = run(
         &world.profile,
         &world.nodes,
-        &HoldingConnector(world.sim.clone()),
+        &HoldingConnector(world.sim.clone(), |name| {
+            if name == "server-1" {
+                Hold::Nothing
+            } else {
+                Hold::Preparation
+            }
+        }),
         &world.opts,
     )
     .await
@@ -198,6 +224,32 @@ async fn other_nodes_are_prepared_while_the_bootstrap_server_installs() {
             "{node}: {events:?}"
         );
     }
+}
+
+/// The bootstrap server's preparation does not wait for the slowest node's cloud-init (only its
+/// install waits for the join plan): a node whose cloud-init is held until the bootstrap server is
+/// prepared still lets phase 2 converge.
+#[tokio::test]
+async fn the_bootstrap_server_is_prepared_while_another_node_is_still_booting() {
+    let world = world();
+    let report = run(
+        &world.profile,
+        &world.nodes,
+        &HoldingConnector(world.sim.clone(), |name| {
+            if name == "worker-2" {
+                Hold::CloudInit
+            } else {
+                Hold::Nothing
+            }
+        }),
+        &world.opts,
+    )
+    .await
+    .unwrap();
+    assert_eq!(report.bootstrap, "server-1");
+    let events = world.take_events();
+    let position = |event: &str| events.iter().position(|e| e == event).unwrap();
+    assert!(position("prepared server-1") < position("prepared worker-2"));
 }
 
 /// Every node reports its phase 2 steps in the order they ran, timed from the start of phase 2

@@ -1,11 +1,11 @@
-//! Phase 2's work on one node, each part timed on the node's timeline: reaching it (connect,
-//! cloud-init finished, what k3s state it holds), preparing it (node preparation, hardware
+//! Phase 2's work on one node, each part timed on the node's timeline: reaching it (cloud-init
+//! finished, what k3s state it holds), preparing it (node preparation, hardware
 //! probe, the k3s binary and air-gap images) and installing k3s on it (config, unit, start).
 
 use anyhow::{Context, anyhow, bail};
 
 use super::timeline::{Clock, StepTiming};
-use super::{Connector, GuestNode, Inputs, NodeReport, Phase2Options, run_checked};
+use super::{GuestNode, Inputs, NodeReport, Phase2Options, run_checked};
 use crate::k3s::BINARY_PATH;
 use crate::k3s::cluster::{NodeProbe, parse_probe, probe_script};
 use crate::k3s::config::{NodeSettings, render_config, render_unit, unit_name};
@@ -23,49 +23,33 @@ use crate::profile::Profile;
 use crate::profile::model::{NodeGroup, Role};
 use crate::ssh::RemoteExec;
 
-/// A node phase 2 can work on: connected, cloud-init finished, its k3s state known.
-pub(super) struct Reached {
-    pub exec: Box<dyn RemoteExec>,
-    pub probe: NodeProbe,
-    /// connect, cloud-init, probe.
-    pub timeline: Vec<StepTiming>,
-}
-
-/// Connect, wait for cloud-init, and probe what k3s state the node holds (the join plan needs
-/// every node's).
+/// Wait for cloud-init on a connected node, then probe what k3s state it holds (the join plan
+/// needs every node's); both go on the node's timeline.
 pub(super) async fn reach_node(
     node: &GuestNode,
-    connector: &dyn Connector,
+    exec: &dyn RemoteExec,
     token: &K3sToken,
     clock: &Clock,
     opts: &Phase2Options,
-) -> anyhow::Result<Reached> {
-    let mut timeline = Vec::new();
-    let exec = clock
-        .time(&mut timeline, "connect", connector.connect(node))
-        .await
-        .context("cannot connect")?;
+    timeline: &mut Vec<StepTiming>,
+) -> anyhow::Result<NodeProbe> {
     opts.events.step(&node.name, "cloud-init");
     clock
         .time(
-            &mut timeline,
+            timeline,
             "cloud-init",
-            wait_cloud_init(exec.as_ref(), opts.cloud_init_timeout),
+            wait_cloud_init(exec, opts.cloud_init_timeout),
         )
         .await?;
     let stdin = format!("{}\n", token.expose());
     let output = clock
         .time(
-            &mut timeline,
+            timeline,
             "probe",
             exec.run(&probe_script(unit_name(node.role)), Some(stdin.as_bytes())),
         )
         .await?;
-    Ok(Reached {
-        exec,
-        probe: parse_probe(&String::from_utf8_lossy(&output.stdout)),
-        timeline,
-    })
+    Ok(parse_probe(&String::from_utf8_lossy(&output.stdout)))
 }
 
 /// A prepared node: its report so far (steps, labels, timeline) and whether its k3s binary changed.
