@@ -285,7 +285,7 @@ cmd_start() {
     ensure_overlay "$name"
     prepare_unseeded "$name"
     # The supervisor outlives this command: it must not keep a caller's descriptors open, or a
-    # `flock /work/testbed.lock …` around the caller would stay held by the running host.
+    # `flock LOCKFILE …` around the caller would stay held by the running host.
     (
         for fd in /proc/$BASHPID/fd/*; do
             fd=${fd##*/}

@@ -112,6 +112,8 @@ pub enum Phase2Result {
         report: Box<Phase2Report>,
         /// Every remote operation, with `--print-commands`.
         commands: Option<Vec<String>>,
+        /// `--guests testbed`: how long the test hosts took to be seeded and booted.
+        testbed_boot: Option<Duration>,
     },
 }
 
@@ -120,9 +122,13 @@ impl Phase2Result {
     pub fn output(&self) -> Phase2Output<'_> {
         match self {
             Phase2Result::Skipped(reason) => Phase2Output::Skipped { skipped: reason },
-            Phase2Result::Done { report, commands } => {
-                Phase2Output::Done(Phase2Summary::new(report, commands.as_deref()))
-            }
+            Phase2Result::Done {
+                report,
+                commands,
+                testbed_boot,
+            } => Phase2Output::Done(Box::new(
+                Phase2Summary::new(report, commands.as_deref()).with_testbed_boot(*testbed_boot),
+            )),
         }
     }
 }
@@ -151,6 +157,7 @@ pub async fn run(
     if !cluster::has_server(vms) {
         anyhow::bail!("the plan has no server VM: phase 2 cannot install k3s");
     }
+    let testbed_boot = guests.map(|_| std::time::Instant::now());
     if let Some(guests) = guests {
         for line in guests.settle(TESTBED_SETTLE)? {
             context.reporter.detail(&format!("testbed: {line}"));
@@ -162,6 +169,7 @@ pub async fn run(
             ));
         }
     }
+    let testbed_boot = testbed_boot.map(|started| started.elapsed());
     context.reporter.status(&format!(
         "phase 2: preparing {} nodes and installing k3s over SSH",
         vms.len()
@@ -192,5 +200,6 @@ pub async fn run(
     Ok(Phase2Result::Done {
         report: Box::new(done.report),
         commands: args.print_commands.then_some(done.commands),
+        testbed_boot,
     })
 }

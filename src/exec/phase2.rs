@@ -1,13 +1,16 @@
 //! Phase 2 runner: from running VMs to a converged K3s cluster over SSH.
 //!
-//! Order: cloud-init finished → node preparation and binary upload on all nodes (parallel, bounded) →
-//! join plan from what the servers already hold → bootstrap server (with `cluster-init` only when no
-//! cluster exists, and the bare token secret) → the cluster CA's hash read from it → with an API VIP, a
-//! bounded wait until the VIP answers (kube-vip runs only once the bootstrap server is up) → further
-//! servers one at a time through the VIP (else the bootstrap server), each Ready and an etcd member
-//! before the next → agents in parallel → labels/taints → kubeconfig. Joining nodes get the secure
-//! token `K10<CA hash>::server:<secret>`, so they only talk to a server presenting this cluster's CA. Every remote change is reported per node; a re-run
-//! on a converged cluster writes no file and restarts no service.
+//! Order: every node connected; then each node on its own, in parallel (bounded): cloud-init
+//! finished, its k3s state probed, node preparation and binary upload. Beside them: the join plan
+//! once every node's k3s state is known → the bootstrap server (with `cluster-init` only when no
+//! cluster exists, and the bare token secret) installed and Ready as soon as it is prepared → the
+//! cluster CA's hash read from it → with an API VIP, a bounded wait until the VIP answers
+//! (kube-vip runs only once the bootstrap server is up) → further servers one at a time through
+//! the VIP (else the bootstrap server), each prepared, then Ready and an etcd member before the
+//! next → agents in parallel → labels/taints → kubeconfig. Joining nodes get the secure token
+//! `K10<CA hash>::server:<secret>`, so they only talk to a server presenting this cluster's CA.
+//! Every remote change is reported per node, and every node's steps are timed
+//! ([`StepTiming`]); a re-run on a converged cluster writes no file and restarts no service.
 
 use std::collections::BTreeMap;
 use std::net::IpAddr;
@@ -16,37 +19,33 @@ use std::time::Duration;
 
 use anyhow::{Context, anyhow, bail};
 use async_trait::async_trait;
+use futures::channel::oneshot;
 use futures::stream::{self, StreamExt, TryStreamExt};
 
+use crate::k3s::KUBECONFIG_PATH;
 use crate::k3s::cluster::{
-    ClusterNode, GET_NODES_COMMAND, JoinCandidate, NodeProbe, label_taint_commands, parse_nodes,
-    parse_probe, plan_joins, probe_script,
+    ClusterNode, GET_NODES_COMMAND, JoinCandidate, label_taint_commands, parse_nodes, plan_joins,
 };
-use crate::k3s::config::{
-    JoinMode, NodeSettings, render_config, render_unit, server_url, unit_name,
-};
-use crate::k3s::install::{
-    ServiceAction, config_steps, images_path, manifest_steps, parse_service_state, service_action,
-    service_command, service_state_script,
-};
+use crate::k3s::config::{JoinMode, NodeSettings, server_url};
+use crate::k3s::install::{images_path, manifest_steps};
 use crate::k3s::kubeconfig::rewrite_kubeconfig;
-use crate::k3s::manifests::{render_manifests, storage_labels};
+use crate::k3s::manifests::render_manifests;
 use crate::k3s::release::{Artifact, BinarySource, fetch_binary, images_artifact};
 use crate::k3s::templates::Templates;
 use crate::k3s::token::{CaHash, K3sToken, parse_ca_output, read_ca_command};
-use crate::k3s::{BINARY_PATH, KUBECONFIG_PATH};
-use crate::nodeprep::{
-    NodePrepInput, StepOutcome, StepReport, apply_step, apply_steps, ensure_file,
-    hardware_probe_script, node_labels, parse_hardware, prepare_steps,
-};
+use crate::nodeprep::StepReport;
 use crate::profile::Profile;
 use crate::profile::model::{NodeGroup, Role};
 use crate::ssh::{RemoteExec, SshError};
 
 mod gate;
+mod node;
+mod timeline;
 mod upgrade;
 mod waits;
 pub use gate::K3sGate;
+use node::{InstallResult, Prepared, install_node, prepare_node, reach_node};
+pub use timeline::{Clock, StepTiming};
 pub use upgrade::{UpgradeOptions, UpgradeReport, rolling_upgrade};
 use waits::{wait_for_api, wait_until};
 
@@ -94,6 +93,9 @@ pub struct Phase2Options {
     pub cloud_init_timeout: Duration,
     /// Per node: how long to wait for Ready (and etcd membership for servers).
     pub ready_timeout: Duration,
+    /// Pause between two looks at a condition (Ready, an etcd member, the VIP answering). A look is
+    /// one `kubectl get nodes` (or `/readyz`) on a server, a fraction of a second there, while a
+    /// look that comes late delays every server that joins after it (they join one at a time).
     pub poll_interval: Duration,
     /// Per node: the step it is in (the progress display), then done.
     pub events: super::Events,
@@ -112,7 +114,7 @@ impl Phase2Options {
             parallelism: 8,
             cloud_init_timeout: Duration::from_secs(600),
             ready_timeout: Duration::from_secs(300),
-            poll_interval: Duration::from_secs(2),
+            poll_interval: Duration::from_millis(500),
             events: super::Events::default(),
         }
     }
@@ -129,6 +131,8 @@ pub struct NodeReport {
     pub restarted: bool,
     /// Labels the node should carry (profile + detected hardware).
     pub labels: BTreeMap<String, String>,
+    /// Its steps in phase 2 (connect … ready), timed from the start of phase 2.
+    pub timeline: Vec<StepTiming>,
 }
 
 impl NodeReport {
@@ -151,6 +155,10 @@ pub struct Phase2Report {
     pub kubeconfig_changed: bool,
     /// The rolling k3s upgrade run before the install ([`rolling_upgrade`]).
     pub upgrade: UpgradeReport,
+    /// Cluster-wide steps (inputs, labels and taints, kubeconfig), timed like the nodes' own.
+    pub timeline: Vec<StepTiming>,
+    /// The install run from its start (every timeline's origin) to the kubeconfig.
+    pub elapsed: Duration,
 }
 
 impl Phase2Report {
@@ -170,28 +178,18 @@ impl Phase2Report {
             .map(|n| n.name.as_str())
             .collect()
     }
-
-    fn node_mut(&mut self, name: &str) -> Option<&mut NodeReport> {
-        self.nodes.iter_mut().find(|n| n.name == name)
-    }
-}
-
-struct Prepared {
-    report: NodeReport,
-    binary_changed: bool,
-    probe: NodeProbe,
 }
 
 /// Converge the cluster described by `profile` on `nodes`.
-// Long by design: it reads as the phase-2 order from top to bottom, and the
-// server and agent phases share a dozen locals (nodes, connections, preparations, the join
-// plan) that a further split would pass around as long argument lists.
+// Long by design: it reads as the phase-2 order from top to bottom, and the server and agent
+// phases share the nodes, their connections and reports, and the join plan.
 pub async fn run(
     profile: &Profile,
     nodes: &[GuestNode],
     connector: &dyn Connector,
     opts: &Phase2Options,
 ) -> anyhow::Result<Phase2Report> {
+    let clock = Clock::start();
     let groups: BTreeMap<&str, &NodeGroup> = profile
         .node_groups
         .iter()
@@ -217,181 +215,370 @@ pub async fn run(
     }
 
     let started = announce(nodes, opts);
-    let Inputs {
-        token,
-        binary_bytes,
-        images,
-        nvidia_repo_key,
-    } = load_inputs(profile, opts).await?;
+    let mut timeline = Vec::new();
+    let inputs = clock
+        .time(&mut timeline, "inputs", load_inputs(profile, opts))
+        .await?;
     let parallelism = opts.parallelism.max(1);
 
-    // Connect.
-    let execs: Vec<Box<dyn RemoteExec>> = stream::iter(nodes.iter())
-        .map(|node| async move {
-            connector
-                .connect(node)
-                .await
-                .with_context(|| format!("node {} ({}): cannot connect", node.name, node.address))
-        })
-        .buffered(parallelism)
-        .try_collect()
-        .await?;
+    let credentials = gitops_credentials(profile, &opts.workspace)?;
+    let manifests = render_manifests(&opts.templates, profile, credentials.as_ref())?;
+    let manifest_files = manifest_steps(&manifests);
 
-    // cloud-init, node preparation, binary, probe: all nodes in parallel.
-    let prepared: Vec<Prepared> = stream::iter(nodes.iter().zip(execs.iter()))
-        .map(|(node, exec)| {
-            let group = groups[node.group.as_str()];
-            let binary_bytes = &binary_bytes;
-            let images = &images;
-            let token = &token;
-            let nvidia_repo_key = nvidia_repo_key.as_deref();
+    let connected: Vec<(Box<dyn RemoteExec>, Vec<StepTiming>)> = stream::iter(nodes)
+        .map(|node| {
+            let clock = &clock;
             async move {
-                prepare_node(
-                    profile,
-                    node,
-                    group,
-                    exec.as_ref(),
-                    binary_bytes,
-                    images.as_ref(),
-                    nvidia_repo_key,
-                    token,
-                    opts,
-                )
-                .await
-                .with_context(|| format!("node {} ({})", node.name, node.address))
+                let mut timeline = Vec::new();
+                let exec = clock
+                    .time(&mut timeline, "connect", connector.connect(node))
+                    .await
+                    .with_context(|| {
+                        format!("node {} ({}): cannot connect", node.name, node.address)
+                    })?;
+                anyhow::Ok((exec, timeline))
             }
         })
         .buffered(parallelism)
         .try_collect()
         .await?;
+    let execs: Vec<&dyn RemoteExec> = connected.iter().map(|(exec, _)| exec.as_ref()).collect();
 
-    let candidate = |index: &usize| JoinCandidate {
-        name: nodes[*index].name.clone(),
-        address: nodes[*index].address,
-        probe: prepared[*index].probe.clone(),
+    // Each node on its own, in parallel: cloud-init finished, its k3s state probed (sent to the
+    // join plan, which needs every node's), then node preparation and the k3s binary (sent to the
+    // install). Beside them, the join plan, then the bootstrap server's install as soon as it is
+    // prepared, then further servers one at a time, each as soon as it is prepared and the server
+    // before it Ready.
+    let mut probes = Vec::with_capacity(nodes.len());
+    let mut preparations = Vec::with_capacity(nodes.len());
+    let mut pipelines = Vec::with_capacity(nodes.len());
+    for (index, node) in nodes.iter().enumerate() {
+        let (probe_sender, probe_receiver) = oneshot::channel();
+        let (prepared_sender, prepared_receiver) = oneshot::channel();
+        probes.push(probe_receiver);
+        preparations.push(Some(prepared_receiver));
+        let exec = execs[index];
+        let group = groups[node.group.as_str()];
+        let mut timeline = connected[index].1.clone();
+        let (inputs, clock) = (&inputs, &clock);
+        pipelines.push(async move {
+            let work = async {
+                let probe =
+                    reach_node(node, exec, &inputs.token, clock, opts, &mut timeline).await?;
+                if probe_sender.send(probe).is_err() {
+                    // The run stopped (with its own error): nothing waits for this node.
+                    return Ok(());
+                }
+                let mut prepared =
+                    prepare_node(profile, node, group, exec, inputs, clock, opts).await?;
+                prepared.report.timeline.splice(0..0, timeline);
+                // A closed receiver: the run stopped with its own error.
+                drop(prepared_sender.send(prepared));
+                anyhow::Ok(())
+            };
+            work.await
+                .with_context(|| format!("node {} ({})", node.name, node.address))
+        });
+    }
+    let pipelines = stream::iter(pipelines)
+        .buffer_unordered(parallelism)
+        .try_collect::<Vec<()>>();
+    let mut joining = JoinContext::default();
+    let servers_joined = async {
+        let mut seen = Vec::with_capacity(nodes.len());
+        for (index, probe) in probes.into_iter().enumerate() {
+            seen.push(probe.await.map_err(|_| stopped(&nodes[index]))?);
+        }
+        let candidate = |index: &usize| JoinCandidate {
+            name: nodes[*index].name.clone(),
+            address: nodes[*index].address,
+            probe: seen[*index].clone(),
+        };
+        let server_candidates: Vec<JoinCandidate> = servers.iter().map(candidate).collect();
+        let agent_candidates: Vec<JoinCandidate> = agents.iter().map(candidate).collect();
+        let plan = plan_joins(
+            &server_candidates,
+            &agent_candidates,
+            profile.cluster.api_vip,
+        )?;
+        let bootstrap_index = servers[plan.bootstrap];
+        let cluster = Cluster {
+            profile,
+            nodes,
+            groups: &groups,
+            execs: &execs,
+            bootstrap_index,
+            manifest_files: &manifest_files,
+            token: &inputs.token,
+            clock: &clock,
+            opts,
+        };
+        let mut reports: Vec<Option<NodeReport>> = (0..nodes.len()).map(|_| None).collect();
+        let mut binary_changed = vec![false; nodes.len()];
+        // Bootstrap first, then one at a time. The bootstrap server's CA (and, with a VIP, the VIP
+        // answering) is needed before the first node that joins.
+        let mut server_order: Vec<usize> = vec![plan.bootstrap];
+        server_order.extend((0..servers.len()).filter(|i| *i != plan.bootstrap));
+        for position in server_order {
+            let index = servers[position];
+            let prepared = receive(&mut preparations[index], &nodes[index]).await?;
+            binary_changed[index] = prepared.binary_changed;
+            let mut report = prepared.report;
+            let joined = cluster
+                .join_server(
+                    &mut joining,
+                    index,
+                    plan.server_modes[position].clone(),
+                    &report.labels,
+                    binary_changed[index],
+                )
+                .await?;
+            merge_install(&mut report, joined);
+            reports[index] = Some(report);
+            node_done(opts, &nodes[index].name, started);
+        }
+        anyhow::Ok((plan, reports, binary_changed))
     };
-    let server_candidates: Vec<JoinCandidate> = servers.iter().map(candidate).collect();
-    let agent_candidates: Vec<JoinCandidate> = agents.iter().map(candidate).collect();
-    let plan = plan_joins(
-        &server_candidates,
-        &agent_candidates,
-        profile.cluster.api_vip,
-    )?;
-
+    let (_, (plan, mut reports, mut binary_changed)) =
+        futures::try_join!(pipelines, servers_joined)?;
+    // Every node is prepared by now: the agents' preparations are waiting.
+    for index in &agents {
+        let prepared = receive(&mut preparations[*index], &nodes[*index]).await?;
+        binary_changed[*index] = prepared.binary_changed;
+        reports[*index] = Some(prepared.report);
+    }
+    let bootstrap_index = servers[plan.bootstrap];
+    let cluster = Cluster {
+        profile,
+        nodes,
+        groups: &groups,
+        execs: &execs,
+        bootstrap_index,
+        manifest_files: &manifest_files,
+        token: &inputs.token,
+        clock: &clock,
+        opts,
+    };
+    let bootstrap_exec = execs[bootstrap_index];
     let mut report = Phase2Report {
-        nodes: prepared.iter().map(|p| p.report.clone()).collect(),
-        bootstrap: nodes[servers[plan.bootstrap]].name.clone(),
+        nodes: reports.into_iter().flatten().collect(),
+        bootstrap: nodes[bootstrap_index].name.clone(),
         existing_cluster: plan.existing_cluster,
         ..Phase2Report::default()
     };
-    let bootstrap_index = servers[plan.bootstrap];
-    let bootstrap_exec = execs[bootstrap_index].as_ref();
-    let credentials = gitops_credentials(profile, &opts.workspace)?;
-    let manifests = render_manifests(&opts.templates, profile, credentials.as_ref())?;
-    let manifest_files = manifest_steps(&manifests);
-
-    let settings = |index: usize, join: JoinMode| NodeSettings {
-        name: nodes[index].name.clone(),
-        address: nodes[index].address,
-        role: nodes[index].role,
-        join,
-        labels: prepared[index].report.labels.clone(),
-        taints: groups[nodes[index].group.as_str()].taints.clone(),
-    };
-
-    // Servers: bootstrap first, then one at a time. The bootstrap server's CA (and, with a VIP, the VIP
-    // answering) is needed before the first node that joins.
-    let mut joining = JoinContext::default();
-    let mut server_order: Vec<usize> = vec![plan.bootstrap];
-    server_order.extend((0..servers.len()).filter(|i| *i != plan.bootstrap));
-    for position in server_order {
-        let index = servers[position];
-        let node = &nodes[index];
-        let extra = if index == bootstrap_index {
-            manifest_files.as_slice()
-        } else {
-            &[]
-        };
-        let join = plan.server_modes[position].clone();
-        let node_token = joining
-            .token_for(
-                &join,
-                index == bootstrap_index,
-                bootstrap_exec,
-                &token,
-                profile,
-                opts,
-            )
-            .await?;
-        let installed = install_node(
-            profile,
-            &settings(index, join),
-            execs[index].as_ref(),
-            prepared[index].binary_changed,
-            extra,
-            &node_token,
-            opts,
-        )
-        .await
-        .with_context(|| format!("node {} ({}): k3s server install", node.name, node.address))?;
-        merge_install(&mut report, &node.name, installed);
-        opts.events.step(&node.name, "ready");
-        wait_until(bootstrap_exec, &[node.name.as_str()], true, opts)
-            .await
-            .with_context(|| format!("node {} ({})", node.name, node.address))?;
-        node_done(opts, &node.name, started);
+    if report.nodes.len() != nodes.len() {
+        bail!("phase 2 lost track of a node's report");
     }
 
     // Agents in parallel (the CA hash and the VIP check are done once, before any of them).
     let mut agent_tokens = Vec::with_capacity(agents.len());
     for position in 0..agents.len() {
-        let join = &plan.agent_modes[position];
-        agent_tokens.push(
-            joining
-                .token_for(join, false, bootstrap_exec, &token, profile, opts)
-                .await?,
-        );
+        let mut token_timeline = Vec::new();
+        let token = clock
+            .time(
+                &mut token_timeline,
+                "join token",
+                joining.token_for(
+                    &plan.agent_modes[position],
+                    false,
+                    bootstrap_exec,
+                    &inputs.token,
+                    profile,
+                    opts,
+                ),
+            )
+            .await?;
+        agent_tokens.push((token, token_timeline));
     }
-    let installed: Vec<(usize, InstallResult)> = stream::iter(agents.iter().enumerate())
+    let installed: Vec<(usize, Joined)> = stream::iter(agents.iter().enumerate())
         .map(|(position, index)| {
             let node = &nodes[*index];
-            let settings = settings(*index, plan.agent_modes[position].clone());
-            let exec = execs[*index].as_ref();
-            let binary_changed = prepared[*index].binary_changed;
-            let token = &agent_tokens[position];
+            let settings = cluster.settings(
+                *index,
+                plan.agent_modes[position].clone(),
+                &report.nodes[*index].labels,
+            );
+            let exec = execs[*index];
+            let binary_changed = binary_changed[*index];
+            let (token, token_timeline) = &agent_tokens[position];
+            let clock = &clock;
             async move {
-                install_node(profile, &settings, exec, binary_changed, &[], token, opts)
+                let mut timeline = token_timeline.clone();
+                let install =
+                    install_node(profile, &settings, exec, binary_changed, &[], token, opts);
+                let result = clock
+                    .time(&mut timeline, "install", install)
                     .await
-                    .map(|result| (*index, result))
                     .with_context(|| {
                         format!("node {} ({}): k3s agent install", node.name, node.address)
-                    })
+                    })?;
+                anyhow::Ok((*index, Joined { result, timeline }))
             }
         })
         .buffer_unordered(parallelism)
         .try_collect()
         .await?;
-    for (index, result) in installed {
-        merge_install(&mut report, &nodes[index].name, result);
+    for (index, joined) in installed {
+        merge_install(&mut report.nodes[index], joined);
     }
     let agent_names: Vec<&str> = agents.iter().map(|i| nodes[*i].name.as_str()).collect();
     if !agent_names.is_empty() {
         for name in &agent_names {
             opts.events.step(name, "ready");
         }
-        wait_until(bootstrap_exec, &agent_names, false, opts).await?;
-        for name in &agent_names {
-            node_done(opts, name, started);
+        // One wait for all of them: each agent's timeline gets it.
+        let mut ready = Vec::new();
+        clock
+            .time(
+                &mut ready,
+                "ready",
+                wait_until(bootstrap_exec, &agent_names, false, opts),
+            )
+            .await?;
+        for index in &agents {
+            report.nodes[*index].timeline.extend(ready.iter().cloned());
+            node_done(opts, &nodes[*index].name, started);
         }
     }
 
     // Labels and taints changed after registration go through the API.
-    update_labels_and_taints(bootstrap_exec, nodes, &groups, &prepared, &mut report).await?;
+    let labels_and_taints = update_labels_and_taints(bootstrap_exec, nodes, &groups, &mut report);
+    clock
+        .time(&mut timeline, "labels and taints", labels_and_taints)
+        .await?;
 
     // Kubeconfig.
     let api_address = profile.cluster.api_vip.unwrap_or(nodes[servers[0]].address);
-    write_kubeconfig(profile, bootstrap_exec, api_address, opts, &mut report).await?;
+    let kubeconfig = write_kubeconfig(profile, bootstrap_exec, api_address, opts, &mut report);
+    clock.time(&mut timeline, "kubeconfig", kubeconfig).await?;
+    report.timeline = timeline;
+    report.elapsed = clock.elapsed();
     Ok(report)
+}
+
+/// What every step of a run shares: the nodes, their connections, the bootstrap server, the
+/// cluster token and the clock of the timelines.
+struct Cluster<'a> {
+    profile: &'a Profile,
+    nodes: &'a [GuestNode],
+    groups: &'a BTreeMap<&'a str, &'a NodeGroup>,
+    execs: &'a [&'a dyn RemoteExec],
+    bootstrap_index: usize,
+    /// Written on the bootstrap server only.
+    manifest_files: &'a [crate::nodeprep::Step],
+    token: &'a K3sToken,
+    clock: &'a Clock,
+    opts: &'a Phase2Options,
+}
+
+impl Cluster<'_> {
+    fn group(&self, index: usize) -> &NodeGroup {
+        self.groups[self.nodes[index].group.as_str()]
+    }
+
+    fn settings(
+        &self,
+        index: usize,
+        join: JoinMode,
+        labels: &BTreeMap<String, String>,
+    ) -> NodeSettings {
+        let node = &self.nodes[index];
+        NodeSettings {
+            name: node.name.clone(),
+            address: node.address,
+            role: node.role,
+            join,
+            labels: labels.clone(),
+            taints: self.group(index).taints.clone(),
+        }
+    }
+
+    /// Server `index` installed with `join` and waited for until it is Ready and an etcd member.
+    async fn join_server(
+        &self,
+        joining: &mut JoinContext,
+        index: usize,
+        join: JoinMode,
+        labels: &BTreeMap<String, String>,
+        binary_changed: bool,
+    ) -> anyhow::Result<Joined> {
+        let node = &self.nodes[index];
+        let is_bootstrap = index == self.bootstrap_index;
+        let bootstrap_exec = self.execs[self.bootstrap_index];
+        let mut timeline = Vec::new();
+        let token = joining.token_for(
+            &join,
+            is_bootstrap,
+            bootstrap_exec,
+            self.token,
+            self.profile,
+            self.opts,
+        );
+        let token = self.clock.time(&mut timeline, "join token", token).await?;
+        let extra = if is_bootstrap {
+            self.manifest_files
+        } else {
+            &[]
+        };
+        let settings = self.settings(index, join, labels);
+        let install = install_node(
+            self.profile,
+            &settings,
+            self.execs[index],
+            binary_changed,
+            extra,
+            &token,
+            self.opts,
+        );
+        let result = self
+            .clock
+            .time(&mut timeline, "install", install)
+            .await
+            .with_context(|| {
+                format!("node {} ({}): k3s server install", node.name, node.address)
+            })?;
+        self.opts.events.step(&node.name, "ready");
+        let names = [node.name.as_str()];
+        let ready = wait_until(bootstrap_exec, &names, true, self.opts);
+        self.clock
+            .time(&mut timeline, "ready", ready)
+            .await
+            .with_context(|| format!("node {} ({})", node.name, node.address))?;
+        Ok(Joined { result, timeline })
+    }
+}
+
+/// The run stopped before `node` sent what it was waiting for (its error is the run's).
+fn stopped(node: &GuestNode) -> anyhow::Error {
+    anyhow!(
+        "node {} ({}): its preparation stopped",
+        node.name,
+        node.address
+    )
+}
+
+/// The preparation `node`'s pipeline sends, once.
+async fn receive(
+    receiver: &mut Option<oneshot::Receiver<Prepared>>,
+    node: &GuestNode,
+) -> anyhow::Result<Prepared> {
+    match receiver.take() {
+        Some(receiver) => receiver.await.map_err(|_| stopped(node)),
+        None => Err(stopped(node)),
+    }
+}
+
+/// A node's k3s install and its timeline (join token, install, ready).
+struct Joined {
+    result: InstallResult,
+    timeline: Vec<StepTiming>,
+}
+
+fn merge_install(node: &mut NodeReport, joined: Joined) {
+    node.steps.extend(joined.result.steps);
+    node.started |= joined.result.started;
+    node.restarted |= joined.result.restarted;
+    node.timeline.extend(joined.timeline);
 }
 
 /// What every node receives, read and checked once before any node is touched.
@@ -452,7 +639,6 @@ async fn update_labels_and_taints(
     bootstrap_exec: &dyn RemoteExec,
     nodes: &[GuestNode],
     groups: &BTreeMap<&str, &NodeGroup>,
-    prepared: &[Prepared],
     report: &mut Phase2Report,
 ) -> anyhow::Result<()> {
     let cluster_nodes = get_nodes(bootstrap_exec).await?;
@@ -461,7 +647,7 @@ async fn update_labels_and_taints(
             bail!("node {} is not registered in the cluster", node.name);
         };
         let group = groups[node.group.as_str()];
-        let commands = label_taint_commands(current, &prepared[index].report.labels, &group.taints)
+        let commands = label_taint_commands(current, &report.nodes[index].labels, &group.taints)
             .with_context(|| format!("node {}: updating labels/taints", node.name))?;
         for command in commands {
             run_checked(bootstrap_exec, &command)
@@ -563,105 +749,6 @@ fn node_done(opts: &Phase2Options, name: &str, started: std::time::Instant) {
     });
 }
 
-#[allow(clippy::too_many_arguments)]
-async fn prepare_node(
-    profile: &Profile,
-    node: &GuestNode,
-    group: &NodeGroup,
-    exec: &dyn RemoteExec,
-    binary: &[u8],
-    images: Option<&(String, Vec<u8>)>,
-    nvidia_repo_key: Option<&[u8]>,
-    token: &K3sToken,
-    opts: &Phase2Options,
-) -> anyhow::Result<Prepared> {
-    let mut report = NodeReport {
-        name: node.name.clone(),
-        ..NodeReport::default()
-    };
-    opts.events.step(&node.name, "cloud-init");
-    wait_cloud_init(exec, opts.cloud_init_timeout).await?;
-    opts.events.step(&node.name, "prepare");
-    // One round trip for all the preparation steps (bigger files still travel by upload).
-    let steps = prepare_steps(
-        &NodePrepInput::for_group(profile, group).with_nvidia_repo_key(nvidia_repo_key),
-    );
-    report.steps.extend(apply_steps(exec, &steps).await?);
-    let hardware = parse_hardware(&run_checked(exec, &hardware_probe_script()).await?);
-    report.labels = node_labels(group, &hardware, &profile.detect);
-    report.labels.extend(storage_labels(profile, group));
-    let outcome = ensure_file(exec, BINARY_PATH, binary, 0o755).await?;
-    let binary_changed = outcome.is_change();
-    report.steps.push(StepReport {
-        description: format!("k3s binary {BINARY_PATH}"),
-        outcome,
-    });
-    if let Some((path, bytes)) = images {
-        let outcome = ensure_file(exec, path, bytes, 0o644).await?;
-        report.steps.push(StepReport {
-            description: format!("air-gap images {path}"),
-            outcome,
-        });
-    }
-    let stdin = format!("{}\n", token.expose());
-    let output = exec
-        .run(&probe_script(unit_name(node.role)), Some(stdin.as_bytes()))
-        .await?;
-    Ok(Prepared {
-        report,
-        binary_changed,
-        probe: parse_probe(&String::from_utf8_lossy(&output.stdout)),
-    })
-}
-
-/// `cloud-init status --wait`, bounded. Exit 2 (finished with recoverable errors) is accepted; a host
-/// without cloud-init (exit 127) was not created by provision and has nothing to wait for.
-async fn wait_cloud_init(exec: &dyn RemoteExec, timeout: Duration) -> anyhow::Result<()> {
-    let output = tokio::time::timeout(timeout, exec.run("cloud-init status --wait", None))
-        .await
-        .map_err(|_| {
-            anyhow!(
-                "{}: timed out after {}s waiting for cloud-init to finish (`cloud-init status --wait`)",
-                exec.host(),
-                timeout.as_secs()
-            )
-        })?
-        .with_context(|| format!("{}: waiting for cloud-init to finish", exec.host()))?;
-    match output.exit_status {
-        0 | 2 | 127 => Ok(()),
-        status => {
-            // Which module failed and why: worth one more round trip on the way out.
-            let detail = match exec.run("cloud-init status --long", None).await {
-                Ok(long) => String::from_utf8_lossy(&long.stdout).trim().to_owned(),
-                Err(error) => format!("(`cloud-init status --long` failed too: {error})"),
-            };
-            bail!(
-                "{}: cloud-init failed (exit {status}): {}",
-                exec.host(),
-                if detail.is_empty() {
-                    String::from_utf8_lossy(&output.stdout).trim().to_owned()
-                } else {
-                    detail
-                }
-            )
-        }
-    }
-}
-
-struct InstallResult {
-    steps: Vec<StepReport>,
-    started: bool,
-    restarted: bool,
-}
-
-fn merge_install(report: &mut Phase2Report, name: &str, result: InstallResult) {
-    if let Some(node) = report.node_mut(name) {
-        node.steps.extend(result.steps);
-        node.started |= result.started;
-        node.restarted |= result.restarted;
-    }
-}
-
 /// The GitOps repository's credentials, read again from the files the profile names (they were checked
 /// when the profile was loaded, but may have changed since); `None` for a public repository.
 fn gitops_credentials(
@@ -676,78 +763,6 @@ fn gitops_credentials(
         }
         Some(_) | None => Ok(None),
     }
-}
-
-/// Write config, env file, unit (and manifests on the bootstrap server), then start or restart k3s only
-/// when something changed or it is not running.
-async fn install_node(
-    profile: &Profile,
-    settings: &NodeSettings,
-    exec: &dyn RemoteExec,
-    binary_changed: bool,
-    extra_files: &[crate::nodeprep::Step],
-    token: &K3sToken,
-    opts: &Phase2Options,
-) -> anyhow::Result<InstallResult> {
-    opts.events.step(
-        &settings.name,
-        match settings.role {
-            Role::Server => "k3s server",
-            Role::Agent => "k3s agent",
-        },
-    );
-    let config = render_config(&opts.templates, profile, settings, token)?;
-    let unit = render_unit(&opts.templates, settings.role)?;
-    let files = config_steps(settings.role, &config, &unit);
-    let mut steps = Vec::new();
-    let mut restart_needed = binary_changed;
-    let mut unit_changed = false;
-    // Not batched: config.yaml carries the token, and a batch script travels as a command line (visible
-    // in the host's process list and in --print-commands); uploads keep it off command lines.
-    for (position, step) in files.iter().enumerate() {
-        let outcome = apply_step(exec, step).await?;
-        restart_needed |= outcome.is_change();
-        // The unit is the last of config_steps.
-        unit_changed |= position == files.len() - 1 && outcome.is_change();
-        steps.push(StepReport {
-            description: step.description().to_owned(),
-            outcome,
-        });
-    }
-    // Manifests are picked up by the running server: no restart for them.
-    for step in extra_files {
-        let outcome = apply_step(exec, step).await?;
-        steps.push(StepReport {
-            description: step.description().to_owned(),
-            outcome,
-        });
-    }
-    let (active, _enabled) =
-        parse_service_state(&run_checked(exec, &service_state_script(settings.role)).await?);
-    let action = service_action(active, restart_needed);
-    if let Some(command) = service_command(settings.role, action, unit_changed) {
-        run_checked(exec, &command).await?;
-    }
-    let (started, restarted) = match action {
-        ServiceAction::None => (false, false),
-        ServiceAction::Start => (true, false),
-        ServiceAction::Restart => (false, true),
-    };
-    if started || restarted {
-        steps.push(StepReport {
-            description: format!(
-                "{} {}",
-                unit_name(settings.role),
-                if started { "started" } else { "restarted" }
-            ),
-            outcome: StepOutcome::Changed,
-        });
-    }
-    Ok(InstallResult {
-        steps,
-        started,
-        restarted,
-    })
 }
 
 async fn run_checked(exec: &dyn RemoteExec, command: &str) -> anyhow::Result<String> {

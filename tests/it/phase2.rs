@@ -102,6 +102,197 @@ async fn fresh_cluster_bootstraps_then_joins_servers_one_at_a_time_then_agents()
     assert!(report.nodes.iter().all(|n| n.started && !n.restarted));
 }
 
+/// What a [`HeldExec`] holds until an event of the fake cluster.
+#[derive(Clone, Copy, PartialEq)]
+enum Hold {
+    Nothing,
+    /// Node preparation (its batch script), until the bootstrap server is Ready.
+    Preparation,
+    /// `cloud-init status --wait`, until the bootstrap server is prepared.
+    CloudInit,
+}
+
+/// A [`FakeExec`] that holds one step as [`Hold`] says, and records `prepared NODE` when a
+/// node's preparation batch has run.
+struct HeldExec {
+    inner: FakeExec,
+    hold: Hold,
+}
+
+impl HeldExec {
+    /// Waits (at most 5 s) until the fake cluster has recorded `event`.
+    async fn until(&self, event: &str) -> Result<(), SshError> {
+        let deadline = std::time::Instant::now() + Duration::from_secs(5);
+        while !(self.inner.sim.lock().unwrap().events).contains(&event.to_owned()) {
+            if std::time::Instant::now() > deadline {
+                return Err(SshError::Channel {
+                    host: self.inner.host.clone(),
+                    message: format!("held until `{event}`, which never came"),
+                });
+            }
+            tokio::time::sleep(Duration::from_millis(5)).await;
+        }
+        Ok(())
+    }
+}
+
+#[async_trait]
+impl RemoteExec for HeldExec {
+    fn host(&self) -> &str {
+        self.inner.host()
+    }
+
+    async fn run(
+        &self,
+        command: &str,
+        stdin: Option<&[u8]>,
+    ) -> Result<provision::ssh::CommandOutput, SshError> {
+        let batch = provision::nodeprep::batch::decode_batch(command, stdin.unwrap_or_default());
+        if self.hold == Hold::Preparation && batch.is_some() {
+            self.until("ready server-1").await?;
+        }
+        if self.hold == Hold::CloudInit && command == "cloud-init status --wait" {
+            self.until("prepared server-1").await?;
+        }
+        let output = self.inner.run(command, stdin).await;
+        if batch.is_some() {
+            let event = format!("prepared {}", self.inner.host);
+            self.inner.sim.lock().unwrap().events.push(event);
+        }
+        output
+    }
+
+    async fn write_file(&self, path: &str, data: &[u8], mode: u32) -> Result<(), SshError> {
+        self.inner.write_file(path, data, mode).await
+    }
+
+    async fn read_file(&self, path: &str) -> Result<Vec<u8>, SshError> {
+        self.inner.read_file(path).await
+    }
+}
+
+/// Connects every node through a [`HeldExec`] holding what `hold` says for it.
+struct HoldingConnector(Shared, fn(&str) -> Hold);
+
+#[async_trait]
+impl Connector for HoldingConnector {
+    async fn connect(&self, node: &GuestNode) -> Result<Box<dyn RemoteExec>, SshError> {
+        Ok(Box::new(HeldExec {
+            inner: FakeExec {
+                host: node.name.clone(),
+                sim: self.0.clone(),
+            },
+            hold: (self.1)(&node.name),
+        }))
+    }
+}
+
+/// Node preparation on the other nodes does not wait for the bootstrap server's install: held
+/// until the bootstrap server is Ready, it still lets phase 2 converge (serialised before the
+/// install, it would never be released), and every other node is prepared before the next server
+/// joins.
+#[tokio::test]
+async fn other_nodes_are_prepared_while_the_bootstrap_server_installs() {
+    let world = world();
+    let report = run(
+        &world.profile,
+        &world.nodes,
+        &HoldingConnector(world.sim.clone(), |name| {
+            if name == "server-1" {
+                Hold::Nothing
+            } else {
+                Hold::Preparation
+            }
+        }),
+        &world.opts,
+    )
+    .await
+    .unwrap();
+    assert_eq!(report.bootstrap, "server-1");
+    let events = world.take_events();
+    let position = |event: &str| events.iter().position(|e| e == event).unwrap();
+    let bootstrap_ready = position("ready server-1");
+    assert!(position("prepared server-1") < position("start server-1 cluster-init"));
+    let server_2_joins = events
+        .iter()
+        .position(|e| e.starts_with("start server-2"))
+        .unwrap();
+    for node in ["server-2", "server-3", "worker-1", "worker-2"] {
+        let prepared = position(&format!("prepared {node}"));
+        assert!(
+            bootstrap_ready < prepared && prepared < server_2_joins,
+            "{node}: {events:?}"
+        );
+    }
+}
+
+/// The bootstrap server's preparation does not wait for the slowest node's cloud-init (only its
+/// install waits for the join plan): a node whose cloud-init is held until the bootstrap server is
+/// prepared still lets phase 2 converge.
+#[tokio::test]
+async fn the_bootstrap_server_is_prepared_while_another_node_is_still_booting() {
+    let world = world();
+    let report = run(
+        &world.profile,
+        &world.nodes,
+        &HoldingConnector(world.sim.clone(), |name| {
+            if name == "worker-2" {
+                Hold::CloudInit
+            } else {
+                Hold::Nothing
+            }
+        }),
+        &world.opts,
+    )
+    .await
+    .unwrap();
+    assert_eq!(report.bootstrap, "server-1");
+    let events = world.take_events();
+    let position = |event: &str| events.iter().position(|e| e == event).unwrap();
+    assert!(position("prepared server-1") < position("prepared worker-2"));
+}
+
+/// Every node reports its phase 2 steps in the order they ran, timed from the start of phase 2
+/// and within it; the cluster-wide steps too.
+#[tokio::test]
+async fn every_node_reports_its_timed_steps() {
+    let world = world();
+    let report = world.up().await.unwrap();
+    for node in &report.nodes {
+        let steps: Vec<&str> = node.timeline.iter().map(|timing| timing.step).collect();
+        assert_eq!(
+            steps,
+            [
+                "connect",
+                "cloud-init",
+                "probe",
+                "prepare",
+                "upload",
+                "join token",
+                "install",
+                "ready"
+            ],
+            "{}",
+            node.name
+        );
+        for pair in node.timeline.windows(2) {
+            assert!(
+                pair[0].start + pair[0].duration <= pair[1].start,
+                "{}: {pair:?}",
+                node.name
+            );
+        }
+        let last = node.timeline.last().unwrap();
+        assert!(
+            last.start + last.duration <= report.elapsed,
+            "{}",
+            node.name
+        );
+    }
+    let steps: Vec<&str> = report.timeline.iter().map(|timing| timing.step).collect();
+    assert_eq!(steps, ["inputs", "labels and taints", "kubeconfig"]);
+}
+
 #[tokio::test]
 async fn no_file_content_or_token_travels_on_a_command_line() {
     use base64::Engine as _;

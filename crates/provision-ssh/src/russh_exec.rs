@@ -21,6 +21,11 @@ use super::commands;
 use super::hostkey::{self, HostKeyPolicy};
 use super::{CommandOutput, RemoteExec, SshError};
 
+/// The longest pause between two connection attempts (the first pause is 200 ms, doubled after
+/// each attempt): a guest that is still booting is tried at least once a second, so its first
+/// accepted connection comes at most a second after its sshd starts.
+const MAX_CONNECT_BACKOFF: Duration = Duration::from_secs(1);
+
 /// Where to connect and as whom.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct SshTarget {
@@ -282,7 +287,7 @@ impl RusshExec {
                 });
             }
             tokio::time::sleep(backoff).await;
-            backoff = (backoff * 2).min(Duration::from_secs(5));
+            backoff = (backoff * 2).min(MAX_CONNECT_BACKOFF);
         }
     }
 

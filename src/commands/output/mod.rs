@@ -11,7 +11,7 @@ use serde::Serialize;
 use crate::exec::ProvisionedVm;
 use crate::exec::cluster_status::ClusterObservation;
 use crate::exec::doctor::Check;
-use crate::exec::phase2::Phase2Report;
+use crate::exec::phase2::{Phase2Report, StepTiming};
 use crate::exit::ExitStatus;
 use crate::k3s::status::{EtcdHealth, Health, Severity};
 use crate::nodeprep::StepOutcome;
@@ -422,7 +422,7 @@ pub struct UpOutput<'a> {
 #[serde(untagged)]
 pub enum Phase2Output<'a> {
     Skipped { skipped: &'static str },
-    Done(Phase2Summary<'a>),
+    Done(Box<Phase2Summary<'a>>),
 }
 
 /// What phase 2 did, per node; the text is the per-node report.
@@ -435,6 +435,13 @@ pub struct Phase2Summary<'a> {
     pub api_commands: &'a [String],
     pub kubeconfig: &'a Path,
     pub kubeconfig_changed: bool,
+    /// The install run, from its start (the origin of every timeline's `start`) to the kubeconfig.
+    pub seconds: f64,
+    /// `--guests testbed`: the wait for the test hosts to be seeded and booted, before phase 2.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub testbed_boot_seconds: Option<f64>,
+    /// Cluster-wide steps (inputs, labels and taints, kubeconfig).
+    pub timeline: Vec<TimingSummary>,
     pub nodes: Vec<NodeSummary<'a>>,
     /// The rolling k3s upgrade, when one ran.
     #[serde(skip_serializing_if = "Option::is_none")]
@@ -461,6 +468,34 @@ pub struct NodeSummary<'a> {
     pub restarted: bool,
     pub labels: &'a BTreeMap<String, String>,
     pub steps: Vec<StepSummary<'a>>,
+    /// The node's phase 2 steps (connect, cloud-init, probe, prepare, upload, join token, install,
+    /// ready) in the order they ran.
+    pub timeline: Vec<TimingSummary>,
+}
+
+/// One timed phase 2 step: when it started (seconds since phase 2 started) and how long it took,
+/// to the millisecond.
+#[derive(Debug, Serialize)]
+pub struct TimingSummary {
+    pub step: &'static str,
+    pub start: f64,
+    pub seconds: f64,
+}
+
+/// Seconds to the millisecond.
+fn seconds(duration: std::time::Duration) -> f64 {
+    (duration.as_secs_f64() * 1000.0).round() / 1000.0
+}
+
+fn timings(timeline: &[StepTiming]) -> Vec<TimingSummary> {
+    timeline
+        .iter()
+        .map(|timing| TimingSummary {
+            step: timing.step,
+            start: seconds(timing.start),
+            seconds: seconds(timing.duration),
+        })
+        .collect()
 }
 
 #[derive(Debug, Serialize)]
@@ -489,6 +524,9 @@ impl<'a> Phase2Summary<'a> {
             api_commands: &report.api_commands,
             kubeconfig: &report.kubeconfig,
             kubeconfig_changed: report.kubeconfig_changed,
+            seconds: seconds(report.elapsed),
+            testbed_boot_seconds: None,
+            timeline: timings(&report.timeline),
             nodes: report
                 .nodes
                 .iter()
@@ -509,10 +547,17 @@ impl<'a> Phase2Summary<'a> {
                                 && step.outcome != StepOutcome::Unchanged,
                         })
                         .collect(),
+                    timeline: timings(&node.timeline),
                 })
                 .collect(),
             commands,
         }
+    }
+
+    /// With the time `--guests testbed` waited for the test hosts to boot.
+    pub fn with_testbed_boot(mut self, boot: Option<std::time::Duration>) -> Self {
+        self.testbed_boot_seconds = boot.map(seconds);
+        self
     }
 }
 

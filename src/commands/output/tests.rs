@@ -3,6 +3,9 @@
 
 use super::*;
 
+use std::time::Duration;
+
+use crate::exec::phase2::StepTiming;
 use crate::nodeprep::StepReport;
 use crate::profile::Role;
 
@@ -47,6 +50,11 @@ fn phase2_report() -> Phase2Report {
             started: true,
             restarted: false,
             labels: BTreeMap::from([("a".to_owned(), "b".to_owned())]),
+            timeline: vec![StepTiming {
+                step: "install",
+                start: Duration::from_millis(1500),
+                duration: Duration::from_micros(2_000_400),
+            }],
         }],
         bootstrap: "ci-server-1".to_owned(),
         existing_cluster: false,
@@ -54,6 +62,12 @@ fn phase2_report() -> Phase2Report {
         kubeconfig: "/ws/.provision/kubeconfig".into(),
         kubeconfig_changed: true,
         upgrade: crate::exec::phase2::UpgradeReport::default(),
+        timeline: vec![StepTiming {
+            step: "kubeconfig",
+            start: Duration::from_millis(4000),
+            duration: Duration::from_millis(20),
+        }],
+        elapsed: Duration::from_millis(4020),
     }
 }
 
@@ -214,6 +228,9 @@ fn up_json_matches_the_former_hand_built_document() {
             "api_commands": report.api_commands,
             "kubeconfig": report.kubeconfig,
             "kubeconfig_changed": report.kubeconfig_changed,
+            // Added with the timelines: phase 2's time and where it went, to the millisecond.
+            "seconds": 4.02,
+            "timeline": [{ "step": "kubeconfig", "start": 4.0, "seconds": 0.02 }],
             "nodes": report.nodes.iter().map(|node| serde_json::json!({
                 "name": node.name,
                 "changed": node.changed(),
@@ -225,6 +242,7 @@ fn up_json_matches_the_former_hand_built_document() {
                     "outcome": step.outcome.to_string(),
                     "changed": step.outcome.is_change(),
                 })).collect::<Vec<_>>(),
+                "timeline": [{ "step": "install", "start": 1.5, "seconds": 2.0 }],
             })).collect::<Vec<_>>(),
         });
         if with_commands {
@@ -237,10 +255,10 @@ fn up_json_matches_the_former_hand_built_document() {
     for with_commands in [false, true] {
         let done = UpOutput {
             phase1: phase1(),
-            phase2: Phase2Output::Done(Phase2Summary::new(
+            phase2: Phase2Output::Done(Box::new(Phase2Summary::new(
                 &report,
                 with_commands.then_some(commands.as_slice()),
-            )),
+            ))),
         };
         assert_eq!(pretty(&done), former(former_phase2(with_commands)));
     }
@@ -284,4 +302,18 @@ fn a_k3s_upgrade_is_reported_with_its_order_and_snapshot() {
     let unchanged = phase2_report();
     let json = serde_json::to_value(Phase2Summary::new(&unchanged, None)).unwrap();
     assert!(json.get("upgrade").is_none(), "no upgrade, no key");
+}
+
+#[test]
+fn the_testbed_boot_is_reported_only_with_guests() {
+    let report = phase2_report();
+    let json = serde_json::to_value(Phase2Summary::new(&report, None)).unwrap();
+    assert!(
+        json.get("testbed_boot_seconds").is_none(),
+        "no guests, no key"
+    );
+    let summary =
+        Phase2Summary::new(&report, None).with_testbed_boot(Some(Duration::from_millis(87_654)));
+    let json = serde_json::to_value(summary).unwrap();
+    assert_eq!(json["testbed_boot_seconds"], 87.654);
 }
