@@ -584,3 +584,37 @@ async fn state_survives_a_restart_and_running_tasks_complete_on_load() {
     assert_eq!(sim.get("/cluster/nextid").await, "100");
     sim.handle.shutdown().await;
 }
+
+/// An upload to the storage a download is writing to shares its bandwidth for a moment; the
+/// download still takes its time over the internet (here 13 s × 0.1) after the upload ended.
+#[tokio::test]
+async fn an_upload_beside_a_download_leaves_the_download_running() {
+    let mut config = pve_sim::SimConfig::new(pve_sim::Inventory::builtin("pve-a100-pcie").unwrap());
+    config.time_scale = 1.0;
+    let sim = start_with(config).await;
+    let params = [
+        (
+            "url",
+            "https://cloud-images.ubuntu.com/releases/noble/release-20250430/ubuntu-24.04-server-cloudimg-amd64.img",
+        ),
+        ("content", "import"),
+        ("filename", "noble.qcow2"),
+    ];
+    let download = sim
+        .call("POST", "/nodes/pve1/storage/local/download-url", &params)
+        .await
+        .ok();
+    let iso = seed_iso();
+    let sha = hex(&Sha256::digest(&iso));
+    let upload = upload(&sim, "iso", "seed.iso", &iso, &sha).await.ok();
+    assert_eq!(sim.wait(upload.as_str().unwrap()).await["exitstatus"], "OK");
+    let node = "pve1";
+    let status = sim
+        .get(&format!(
+            "/nodes/{node}/tasks/{}/status",
+            encode(download.as_str().unwrap())
+        ))
+        .await;
+    assert_eq!(status["status"], "running", "{status}");
+    sim.handle.shutdown().await;
+}

@@ -69,9 +69,12 @@ struct Job {
     done_ms: Option<f64>,
 }
 
-/// One storage instance: its bandwidth per wall-clock millisecond and its transfers.
+/// One storage instance: its bandwidth per wall-clock millisecond and its transfers. Its times
+/// count from `origin_ms` (when it was created): epoch milliseconds as `f64` are too coarse for
+/// the sub-millisecond steps of small transfers at small time scales.
 #[derive(Debug, Clone)]
 struct Channel {
+    origin_ms: u64,
     bytes_per_ms: f64,
     overhead_ms: f64,
     clock_ms: f64,
@@ -127,6 +130,11 @@ impl Channel {
         }
     }
 
+    /// `now_ms` on the channel's clock.
+    fn since_origin(&self, now_ms: u64) -> f64 {
+        now_ms.saturating_sub(self.origin_ms) as f64
+    }
+
     /// When each transfer will end if no other joins.
     fn planned_ends(&self) -> Vec<(String, f64)> {
         let mut future = self.clone();
@@ -168,13 +176,14 @@ impl Transfers {
         let key = channel_key(spec.node, spec.storage);
         let model = StorageModel::of(spec.storage);
         let scale = time_scale.max(f64::MIN_POSITIVE);
-        let now = now_ms as f64;
         let channel = self.channels.entry(key.clone()).or_insert_with(|| Channel {
+            origin_ms: now_ms,
             bytes_per_ms: model.bandwidth / (scale * 1000.0),
             overhead_ms: model.overhead_s * scale * 1000.0,
-            clock_ms: now,
+            clock_ms: 0.0,
             jobs: Vec::new(),
         });
+        let now = channel.since_origin(now_ms);
         channel.advance(now);
         let ready_ms = now + channel.overhead_ms + spec.extra_s.max(0.0) * scale * 1000.0;
         channel.jobs.push(Job {
@@ -200,7 +209,8 @@ impl Transfers {
         let Some(channel) = self.channels.get_mut(&key) else {
             return Vec::new();
         };
-        channel.advance(now_ms as f64);
+        let now = channel.since_origin(now_ms);
+        channel.advance(now);
         channel.jobs.retain(|j| j.upid != upid);
         if channel.jobs.is_empty() {
             self.channels.remove(&key);
@@ -214,7 +224,10 @@ impl Transfers {
             channel
                 .planned_ends()
                 .into_iter()
-                .map(|(upid, end)| (upid, (end - 1e-6).ceil().max(0.0) as u64))
+                .map(|(upid, end)| {
+                    let end = (end - 1e-6).ceil().max(0.0) as u64;
+                    (upid, channel.origin_ms.saturating_add(end))
+                })
                 .collect()
         })
     }
@@ -339,5 +352,60 @@ mod tests {
         };
         let ends = transfers.start(0, 1.0, "a", &spec);
         assert_eq!(end_of(&ends, "a"), 4_000);
+    }
+
+    #[test]
+    fn a_transfer_still_paying_its_own_work_keeps_its_end_when_others_come_and_go() {
+        let local = storage(false);
+        let mut transfers = Transfers::default();
+        let download = TransferSpec {
+            extra_s: 10.0,
+            ..transfer("pve1", &local, GIB)
+        };
+        let ends = transfers.start(0, 1.0, "download", &download);
+        // 1 s overhead + 10 s of its own, then 1 GiB at 1 GiB/s.
+        assert_eq!(end_of(&ends, "download"), 12_000);
+        let mut later = Vec::new();
+        for (n, upid) in ["u1", "u2", "u3"].iter().enumerate() {
+            later = transfers.start(
+                100 * n as u64,
+                1.0,
+                upid,
+                &transfer("pve1", &local, 1 << 20),
+            );
+        }
+        assert_eq!(end_of(&later, "download"), 12_000, "{later:?}");
+        let after = transfers.finish(1_500, "u1");
+        assert_eq!(end_of(&after, "download"), 12_000, "{after:?}");
+    }
+
+    #[test]
+    fn a_download_keeps_its_end_on_the_wall_clock_when_an_upload_joins() {
+        let local = StorageSpec {
+            name: "local".to_owned(),
+            kind: "dir".to_owned(),
+            content: vec!["iso".to_owned(), "import".to_owned()],
+            size_gib: 100,
+            shared: false,
+            bandwidth_mib_s: None,
+            overhead_ms: None,
+        };
+        let start = 1_796_121_197_965;
+        let mut transfers = Transfers::default();
+        let download = TransferSpec {
+            extra_s: 13.76,
+            ..transfer("pve1", &local, 360_710_144)
+        };
+        let ends = transfers.start(start, 1.0, "download", &download);
+        let alone = end_of(&ends, "download");
+        assert!(alone > start + 14_000, "{ends:?}");
+        let ends = transfers.start(
+            start + 174,
+            1.0,
+            "upload",
+            &transfer("pve1", &local, 100_000),
+        );
+        assert!(end_of(&ends, "upload") < start + 1_000, "{ends:?}");
+        assert_eq!(end_of(&ends, "download"), alone, "{ends:?}");
     }
 }
