@@ -170,6 +170,10 @@ pub struct StorageSpec {
     /// Fixed cost of each operation (volume allocation, process start) in milliseconds.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub overhead_ms: Option<u64>,
+    /// How long one volume allocation or linked clone holds the storage's lock
+    /// (pve-storage's `cluster_lock_storage`), in milliseconds; the type's default when absent.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub lock_ms: Option<u64>,
 }
 
 /// A user with a password (ticket login).

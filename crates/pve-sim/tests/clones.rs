@@ -27,6 +27,7 @@ fn inventory_config(mode: SimMode) -> SimConfig {
             shared: false,
             bandwidth_mib_s: None,
             overhead_ms: None,
+            lock_ms: None,
         });
     }
     let all = [
@@ -436,5 +437,80 @@ async fn a_template_whose_base_a_linked_clone_uses_is_not_destroyed() {
         config_of(&sim, "102").await["scsi0"],
         "local-lvm:vm-102-disk-0,size=8G"
     );
+    sim.handle.shutdown().await;
+}
+
+/// pve-storage clones (`vdisk_clone`) and allocates (`vdisk_alloc`) inside
+/// `cluster_lock_storage`: linked clones of one storage take turns on its lock, and one that
+/// would wait past the lock's 10 s fails as Proxmox says, leaving no VM behind.
+#[tokio::test]
+async fn linked_clones_take_turns_on_the_storage_lock_and_time_out_past_ten_seconds() {
+    let mut config = inventory_config(SimMode::Auto);
+    // 1 s of lock per disk: 30 clones of a two-disk template queue 60 s, far past the 10 s
+    // timeout. At time scale 0.01 the whole queue takes 0.6 s.
+    config.time_scale = 0.01;
+    for storage in &mut config.inventory.storages {
+        if storage.name == "local-lvm" {
+            storage.overhead_ms = Some(1000);
+            storage.lock_ms = Some(1000);
+        }
+    }
+    let sim = start_with(config).await;
+    sim.task_ok(
+        "POST",
+        "/nodes/pve1/qemu",
+        &[
+            ("vmid", "9000"),
+            ("scsi0", "local-lvm:8"),
+            ("efidisk0", "local-lvm:1,efitype=4m"),
+            ("bios", "ovmf"),
+            ("template", "1"),
+        ],
+    )
+    .await;
+    let mut upids = Vec::new();
+    for n in 0..30u32 {
+        let newid = (1000 + n).to_string();
+        let upid = sim
+            .call("POST", "/nodes/pve1/qemu/9000/clone", &[("newid", &newid)])
+            .await
+            .ok();
+        upids.push((newid, upid.as_str().unwrap().to_owned()));
+    }
+    let mut ok = Vec::new();
+    let mut timed_out = Vec::new();
+    for (newid, upid) in &upids {
+        let status = sim.wait(upid).await;
+        match status["exitstatus"].as_str().unwrap() {
+            "OK" => ok.push(newid.clone()),
+            failure => {
+                assert_eq!(
+                    failure,
+                    "clone failed: can't lock file '/var/lock/pve-manager/pve-storage-local-lvm' - got timeout"
+                );
+                timed_out.push(newid.clone());
+            }
+        }
+    }
+    // Two disks of 1 s each: the clones that waited at most 10 s are the first six (a few more
+    // when sending the requests took part of the queue's time).
+    assert!((5..=8).contains(&ok.len()), "{ok:?}");
+    assert_eq!(ok.len() + timed_out.len(), 30);
+    for newid in &timed_out {
+        assert!(
+            sim.handle.vm_config(newid.parse().unwrap()).is_none(),
+            "{newid} was rolled back"
+        );
+    }
+    for newid in &ok {
+        let config = sim.handle.vm_config(newid.parse().unwrap()).unwrap();
+        let scsi0 = &config["scsi0"];
+        assert!(
+            scsi0.starts_with(&format!("local-lvm:vm-{newid}-disk-"))
+                && scsi0.ends_with(",size=8G"),
+            "{scsi0}"
+        );
+    }
+    assert_log_conforms(&sim);
     sim.handle.shutdown().await;
 }

@@ -300,7 +300,7 @@ impl Request<'_> {
             });
         }
         self.shared
-            .start_transfer(&mut state, &upid, self.node(), &storage, size);
+            .start_transfer(&mut state, &upid, self.node(), &storage, size, 0, "");
         Reply::data(json!(upid))
     }
 
@@ -358,7 +358,7 @@ impl Request<'_> {
             )],
         );
         self.shared
-            .start_transfer(&mut state, &upid, self.node(), &storage, size);
+            .start_transfer(&mut state, &upid, self.node(), &storage, size, 0, "");
         Reply::data(json!(upid))
     }
 }

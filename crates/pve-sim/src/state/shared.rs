@@ -165,11 +165,15 @@ impl Shared {
     }
 
     pub fn log_request(&self, entry: LoggedRequest) {
-        if let Some(file) = lock(&self.log_file).as_mut()
-            && let Ok(line) = serde_json::to_string(&entry)
-            && let Err(error) = writeln!(file, "{line}")
-        {
-            tracing::warn!(%error, "cannot write the request log");
+        // The file's lines also say when (epoch milliseconds), for timelines of a run.
+        if let Some(file) = lock(&self.log_file).as_mut() {
+            let mut line = serde_json::to_value(&entry).unwrap_or_default();
+            if let Some(fields) = line.as_object_mut() {
+                fields.insert("ms".to_owned(), now_ms().into());
+            }
+            if let Err(error) = writeln!(file, "{line}") {
+                tracing::warn!(%error, "cannot write the request log");
+            }
         }
         lock(&self.log).push(entry);
     }
@@ -389,10 +393,14 @@ impl Shared {
 }
 
 impl Shared {
-    /// The task `upid` (just spawned) moves `bytes` through `storage` on `node`: it now ends
-    /// when its transfer does ([`super::bandwidth`]); the seconds it was planned to take become
-    /// work done before its bytes flow. The transfers it shares the storage with are re-planned.
+    /// The task `upid` (just spawned) allocates `allocations` volumes on `storage` on `node`
+    /// (each under the storage's lock) and moves `bytes` through it: it now ends when its
+    /// transfer does ([`super::bandwidth`]); the seconds it was planned to take become work done
+    /// before its bytes flow. The transfers it shares the storage with are re-planned. When its
+    /// allocations would wait past the lock's timeout, the task fails then with Proxmox's
+    /// message after `failure_prefix` (`unable to create VM 101 - `, `clone failed: `).
     /// In Explicit mode tasks end when a test says so: nothing changes.
+    #[allow(clippy::too_many_arguments)]
     pub fn start_transfer(
         &self,
         state: &mut State,
@@ -400,6 +408,8 @@ impl Shared {
         node: &str,
         storage: &crate::inventory::StorageSpec,
         bytes: u64,
+        allocations: u32,
+        failure_prefix: &str,
     ) {
         if self.config.mode == SimMode::Explicit {
             return;
@@ -415,9 +425,21 @@ impl Shared {
             storage,
             bytes,
             extra_s,
+            allocations,
         };
-        let ends = state.transfers.start(now, scale, upid, &spec);
-        apply_ends(state, &ends);
+        match state.transfers.start(now, scale, upid, &spec) {
+            Ok(ends) => apply_ends(state, &ends),
+            Err(timeout) => {
+                if let Some(task) = state
+                    .tasks
+                    .iter_mut()
+                    .find(|t| t.upid == upid && t.running && !t.held)
+                {
+                    task.due_ms = timeout.at_ms;
+                    task.doomed = Some(format!("{failure_prefix}{}", timeout.message));
+                }
+            }
+        }
     }
 }
 

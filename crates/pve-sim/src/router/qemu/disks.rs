@@ -70,7 +70,7 @@ impl Request<'_> {
                 target - current
             };
             self.shared
-                .start_transfer(&mut state, &upid, self.node(), &storage, written);
+                .start_transfer(&mut state, &upid, self.node(), &storage, written, 0, "");
         }
         Reply::data(json!(upid))
     }
