@@ -113,3 +113,82 @@ async fn concurrent_waits_on_one_node_share_one_list_request_per_poll() {
     );
     sim.shutdown().await;
 }
+
+/// The poller times a task from its start as the UPID's `pstart` tells it, not from when it was
+/// asked about: an upload whose waiter came late still shows how long the node's uploads take
+/// (the node's speed comes from it). Another upload's prompt waiter ties `pstart` to the
+/// poller's clock.
+#[tokio::test]
+async fn a_late_waiter_times_its_task_from_the_upids_pstart() {
+    use sha2::Digest as _;
+    let mut config = SimConfig::new(Inventory::builtin("pve-a100").unwrap());
+    config.mode = SimMode::Explicit;
+    let sim = Simulator::start(config).await.unwrap();
+    let client: Arc<dyn PveApi> = Arc::new(
+        PveClient::new(ClientConfig::new(
+            sim.base_url(),
+            Auth::ApiToken {
+                user_realm_tokenid: "provision@pve!ci".to_owned(),
+                secret: Secret::new("5f1c3a6e-8d2b-4c71-9e0a-2b7d4f6a9c13"),
+            },
+            TlsMode::Fingerprint(sim.fingerprint()),
+        ))
+        .unwrap(),
+    );
+    let node = NodeName("pve1".to_owned());
+    let upload = |name: &'static str| {
+        let client = Arc::clone(&client);
+        let node = node.clone();
+        async move {
+            let payload = format!("CD001 {name}").into_bytes();
+            let sha256 = hex::encode(sha2::Sha256::digest(&payload));
+            client
+                .upload(
+                    &node,
+                    "local",
+                    provision::pve::types::UploadContent::Iso,
+                    name,
+                    payload,
+                    &sha256,
+                )
+                .await
+                .unwrap()
+        }
+    };
+    let options = PollOptions {
+        initial_interval: Duration::from_millis(5),
+        max_interval: Duration::from_millis(20),
+        ..PollOptions::default()
+    };
+    let poller = NodeTaskPoller::spawn(Arc::clone(&client), node.clone(), options);
+    let wait = |upid: &provision::pve::Upid| {
+        let (poller, client, upid) = (poller.clone(), Arc::clone(&client), upid.clone());
+        tokio::spawn(async move {
+            poller
+                .wait(client.as_ref(), &upid, Duration::from_secs(20), 20)
+                .await
+        })
+    };
+    let stepper = sim.stepper();
+
+    // A prompt waiter: the poller learns which instant a `pstart` is.
+    let prompt = upload("prompt.iso").await;
+    let prompt_waiting = wait(&prompt);
+    // The late one: asked about 600 ms after it started, ended 50 ms after that, before the
+    // prompt one.
+    let late = upload("late.iso").await;
+    tokio::time::sleep(Duration::from_millis(600)).await;
+    let late_waiting = wait(&late);
+    tokio::time::sleep(Duration::from_millis(50)).await;
+    stepper.finish_ok(&late.0).unwrap();
+    late_waiting.await.unwrap().unwrap();
+    // It ran at least 650 ms, an upload is typically 0.5 s: the node shows at least 1.3 ×
+    // typical. Timed from when it was asked about, it would say about a tenth of that.
+    let expected = poller
+        .expected(Duration::from_secs(1))
+        .expect("the upload showed the node's speed");
+    assert!(expected >= Duration::from_millis(1_250), "{expected:?}");
+    stepper.finish_ok(&prompt.0).unwrap();
+    prompt_waiting.await.unwrap().unwrap();
+    sim.shutdown().await;
+}

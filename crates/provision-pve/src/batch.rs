@@ -10,8 +10,12 @@
 //! this node (and, from the types seen, how fast the node is against typical durations) and
 //! first looks at a task shortly before it should end; after that (and before anything ended)
 //! the interval is a small part of the time the task has run, within `initial_interval` and
-//! `max_interval`. The next poll is the
-//! earliest any waiting task wants one, so N concurrent tasks cost one request per poll, not N.
+//! `max_interval`. Tasks that move bytes through a storage (a download, a create with an
+//! import) share its bandwidth, so one expects to take longer for each task of its type running
+//! beside it; a task not looked at yet is re-planned when the node's speed becomes known or
+//! another joins it. A task is timed from its start as its UPID's `pstart` says, not from when
+//! its waiter came. The next poll is the earliest any waiting task wants one, so N concurrent
+//! tasks cost one request per poll, not N.
 
 use std::collections::BTreeMap;
 use std::sync::Arc;
@@ -54,9 +58,14 @@ impl Default for PollOptions {
 /// with fewer others than the one learned from ends sooner, so the first look comes early.
 const FIRST_LOOK: f64 = 0.6;
 
+/// The same for a download: its length is the image's size over a mirror's speed, which vary
+/// tenfold between sites, so its typical duration says little.
+const FIRST_LOOK_DOWNLOAD: f64 = 0.3;
+
 /// The same for a task of fixed length ([`fixed_length`]), expected as long as the shortest
-/// one of its type seen here.
-const FIRST_LOOK_FIXED: f64 = 0.9;
+/// one of its type seen here: that one's time ran from its start to the look that saw it
+/// stopped, so it is a little over the task's length and one look at it mostly suffices.
+const FIRST_LOOK_FIXED: f64 = 1.0;
 
 /// After a look that found a task running, the next one comes after this part of the time it
 /// has run: the overshoot stays below it, and a task of any length costs a few dozen looks.
@@ -67,15 +76,33 @@ const OVERSHOOT: f64 = 0.08;
 /// where an overshoot delays only the steps after it, not the storage the others keep busy.
 const OVERSHOOT_LONG: f64 = 0.12;
 
+/// The same for a task of fixed length before the node showed its speed: it may take 1/20 of
+/// its typical duration or all of it, so looks spread wider until one ends.
+const OVERSHOOT_UNKNOWN: f64 = 0.25;
+
+/// How much longer a task that moves bytes takes for each task of its type beside it, as a part
+/// of its duration alone: its bytes share the storage's bandwidth, its own work (process start,
+/// config, the wire of a download) does not.
+const SHARED_PART: f64 = 0.6;
+
+/// The expected duration of a byte-moving task among `sharers` of its type (itself included),
+/// in units of its duration alone.
+fn sharing_factor(sharers: u32) -> f64 {
+    1.0 + SHARED_PART * f64::from(sharers.saturating_sub(1))
+}
+
 /// A task type's duration on an idle node with local SSD storage, in seconds (the simulator's
 /// figures, crates/pve-sim/README.md "Storage model"): only the ratio between types matters,
 /// the poller learns the node's speed from the tasks that end.
 pub fn typical_seconds(kind: &str) -> f64 {
     match kind {
         "download" => 20.0,
-        "imgcopy" | "imgdel" => 0.5,
+        "imgcopy" => 0.5,
+        "imgdel" => 1.0,
         "qmcreate" => 8.0,
-        "qmclone" => 25.0,
+        // A linked clone (provision's usual one); a full clone is looked at early, which costs
+        // looks but no time.
+        "qmclone" => 3.0,
         "qmresize" | "qmconfig" => 1.0,
         "qmstart" => 4.0,
         "qmstop" => 2.0,
@@ -113,6 +140,7 @@ impl NodeTaskPoller {
             speed: None,
             shared_speed: Arc::clone(&speed),
             list_allowed: true,
+            pstart_zero: None,
         };
         tokio::spawn(actor.run(receiver));
         NodeTaskPoller { sender, speed }
@@ -167,8 +195,17 @@ impl NodeTaskPoller {
 /// A task waited for.
 struct Pending {
     kind: String,
+    /// When it was first asked about, and when it started as far as its UPID's `pstart` tells
+    /// ([`Actor::started`]).
     added: Instant,
+    pstart: Option<u64>,
     next_look: Instant,
+    /// It had a look of its own (its `next_look` came): from then on its looks follow how
+    /// long it has run, not expectations.
+    looked: bool,
+    /// Tasks of its type on the node when it was last planned, itself included (byte-moving
+    /// types; 1 for the others).
+    sharers: u32,
     replies: Vec<oneshot::Sender<Result<TaskStatus, PveError>>>,
 }
 
@@ -177,14 +214,26 @@ struct Actor {
     node: NodeName,
     options: PollOptions,
     pending: BTreeMap<String, Pending>,
-    /// How long a task of each type took (from being asked about to seen stopped).
+    /// How long a task of each type took (from its start to seen stopped), alone: a
+    /// byte-moving one's time over its [`sharing_factor`].
     learned: BTreeMap<String, Duration>,
     /// Observed over typical durations ([`typical_seconds`]): the lowest ratio of the tasks
-    /// that ended here whose length does not depend on bytes or load (start, resize, delete;
-    /// not an upload, which may have run while its request still carried the file).
+    /// that ended here whose length does not depend on bytes or load (start, resize, delete,
+    /// upload of a seed), each timed from its start ([`Actor::started`]: an upload's waiter
+    /// may come long after its task started, when the answer waited for a busy runtime).
     speed: Option<f64>,
     shared_speed: Arc<AtomicU64>,
     list_allowed: bool,
+    /// This run's instant of `pstart` 0 on the node: the earliest that every task asked about
+    /// allows (a task is asked about after it started), so a task's start is known to
+    /// `pstart`'s 10 ms even when its waiter came late.
+    pstart_zero: Option<Instant>,
+}
+
+/// A UPID's `pstart` as time since the node's boot: the worker's start time in clock ticks
+/// (`/proc/PID/stat`, `USER_HZ` = 100, so 10 ms each).
+fn pstart_duration(ticks: u64) -> Option<Duration> {
+    ticks.checked_mul(10).map(Duration::from_millis)
 }
 
 impl Actor {
@@ -215,23 +264,91 @@ impl Actor {
             pending.replies.push(waiter.reply);
             return;
         }
-        let initial = self.options.initial_interval;
-        let first = match self.expected(&kind) {
-            Some(expected) if fixed_length(&kind) => expected.mul_f64(FIRST_LOOK_FIXED),
-            Some(expected) => expected.mul_f64(FIRST_LOOK),
-            None => Duration::try_from_secs_f64(typical_seconds(&kind) * self.options.fastest)
-                .unwrap_or(initial),
+        let sharers = if !shares_bandwidth(&kind) {
+            1
+        } else {
+            let beside = self.pending.values().filter(|p| p.kind == kind).count();
+            u32::try_from(beside).unwrap_or(u32::MAX).saturating_add(1)
+        };
+        let pstart = pstart_of(&waiter.upid.0);
+        if let Some(zero) = pstart
+            .and_then(pstart_duration)
+            .and_then(|since| now.checked_sub(since))
+        {
+            self.pstart_zero = Some(self.pstart_zero.map_or(zero, |known| known.min(zero)));
         }
-        .max(initial);
+        let first = self.first_look(&kind, sharers);
+        let started = self.started_at(now, pstart);
         self.pending.insert(
             waiter.upid.0,
             Pending {
-                kind,
+                kind: kind.clone(),
                 added: now,
-                next_look: now + first,
+                pstart,
+                next_look: (started + first).max(now),
+                looked: false,
+                sharers,
                 replies: vec![waiter.reply],
             },
         );
+        if sharers > 1 {
+            // The others of its type now share their storage with one more.
+            for pending in self.pending.values_mut().filter(|p| p.kind == kind) {
+                pending.sharers = sharers;
+            }
+            self.replan();
+        }
+    }
+
+    /// When `pending` started: from its `pstart` on this run's clock, never after it was asked
+    /// about.
+    fn started(&self, pending: &Pending) -> Instant {
+        self.started_at(pending.added, pending.pstart)
+    }
+
+    fn started_at(&self, added: Instant, pstart: Option<u64>) -> Instant {
+        let from_pstart = self
+            .pstart_zero
+            .zip(pstart)
+            .and_then(|(zero, ticks)| zero.checked_add(pstart_duration(ticks)?));
+        from_pstart.map_or(added, |started| started.min(added))
+    }
+
+    /// After this long a task of `kind` among `sharers` of its type gets its first look.
+    fn first_look(&self, kind: &str, sharers: u32) -> Duration {
+        let initial = self.options.initial_interval;
+        let share = sharing_factor(sharers);
+        match self.expected(kind) {
+            Some(expected) if fixed_length(kind) => expected.mul_f64(FIRST_LOOK_FIXED),
+            Some(expected) if kind == "download" => expected.mul_f64(FIRST_LOOK_DOWNLOAD * share),
+            Some(expected) => expected.mul_f64(FIRST_LOOK * share),
+            None => {
+                Duration::try_from_secs_f64(typical_seconds(kind) * self.options.fastest * share)
+                    .unwrap_or(initial)
+            }
+        }
+        .max(initial)
+    }
+
+    /// Moves the first look of each task that has not had one to what is expected of it now
+    /// (the node's speed became known, or more tasks share its storage); never earlier.
+    fn replan(&mut self) {
+        let planned: Vec<(String, Instant)> = self
+            .pending
+            .iter()
+            .filter(|(_, p)| !p.looked)
+            .map(|(upid, p)| {
+                (
+                    upid.clone(),
+                    self.started(p) + self.first_look(&p.kind, p.sharers),
+                )
+            })
+            .collect();
+        for (upid, at) in planned {
+            if let Some(pending) = self.pending.get_mut(&upid) {
+                pending.next_look = pending.next_look.max(at);
+            }
+        }
     }
 
     /// How long a task of `kind` should take here: as long as the last one took (of a fixed
@@ -248,13 +365,20 @@ impl Actor {
     /// The interval after a look that found `pending` still running: a fraction of how long
     /// it has run (so the overshoot stays a small part of its duration) within the bounds.
     fn next_interval(&self, pending: &Pending, now: Instant) -> Duration {
-        let ran = now.duration_since(pending.added);
-        let part = if fixed_length(&pending.kind) {
-            OVERSHOOT
-        } else {
+        let ran = now.duration_since(self.started(pending));
+        let part = if !fixed_length(&pending.kind) {
             OVERSHOOT_LONG
+        } else if self.speed.is_none() {
+            OVERSHOOT_UNKNOWN
+        } else {
+            OVERSHOOT
         };
-        ran.mul_f64(part)
+        self.bounded(ran.mul_f64(part))
+    }
+
+    /// `interval` within `initial_interval` and `max_interval`.
+    fn bounded(&self, interval: Duration) -> Duration {
+        interval
             .max(self.options.initial_interval)
             .min(self.options.max_interval.max(self.options.initial_interval))
     }
@@ -295,6 +419,7 @@ impl Actor {
         for (upid, interval) in due {
             if let Some(pending) = self.pending.get_mut(&upid) {
                 pending.next_look = now + interval;
+                pending.looked = true;
             }
         }
     }
@@ -304,18 +429,27 @@ impl Actor {
             return;
         };
         if result.is_ok() {
-            let took = now.duration_since(pending.added);
-            if fixed_length(&pending.kind) && pending.kind != "imgcopy" {
+            let took = now.duration_since(self.started(&pending));
+            let mut replan = false;
+            if fixed_length(&pending.kind) {
                 let ratio = took.as_secs_f64() / typical_seconds(&pending.kind);
                 let speed = self.speed.map_or(ratio, |speed| speed.min(ratio));
+                tracing::debug!(
+                    node = %self.node, kind = %pending.kind, ?took, ratio, speed,
+                    "task poller: the node's speed"
+                );
+                replan = self.speed.is_none();
                 self.speed = Some(speed);
                 self.shared_speed.store(speed.to_bits(), Ordering::Relaxed);
             }
             let learned = match self.learned.get(&pending.kind) {
                 Some(shortest) if fixed_length(&pending.kind) => took.min(*shortest),
-                Some(_) | None => took,
+                Some(_) | None => took.div_f64(sharing_factor(pending.sharers)),
             };
             self.learned.insert(pending.kind.clone(), learned);
+            if replan {
+                self.replan();
+            }
         }
         let mut replies = pending.replies.into_iter();
         let last = replies.next_back();
@@ -417,9 +551,23 @@ fn fixed_length(kind: &str) -> bool {
     )
 }
 
+/// Task types that move a cloud image's bytes through a storage whenever provision runs them
+/// (a download, a create that imports), and so share its bandwidth with the others of their
+/// type. A clone moves bytes only when it is a full one.
+fn shares_bandwidth(kind: &str) -> bool {
+    matches!(kind, "download" | "qmcreate")
+}
+
 /// `UPID:node:pid:pstart:starttime:type:id:user:` → its type.
 fn kind_of(upid: &Upid) -> &str {
     upid.0.split(':').nth(5).unwrap_or("")
+}
+
+/// The UPID's `pstart` (hex clock ticks since the node's boot).
+fn pstart_of(upid: &str) -> Option<u64> {
+    upid.split(':')
+        .nth(3)
+        .and_then(|hex| u64::from_str_radix(hex, 16).ok())
 }
 
 /// The UPID's start time (hex seconds since the epoch).
@@ -427,4 +575,39 @@ fn starttime_of(upid: &str) -> Option<u64> {
     upid.split(':')
         .nth(4)
         .and_then(|hex| u64::from_str_radix(hex, 16).ok())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_upid_tells_its_workers_start_in_clock_ticks() {
+        let upid = "UPID:pve1:000A1B2C:0001E240:6750A3F1:qmcreate:101:root@pam:";
+        assert_eq!(pstart_of(upid), Some(0x0001_E240));
+        assert_eq!(starttime_of(upid), Some(0x6750_A3F1));
+        assert_eq!(kind_of(&Upid(upid.to_owned())), "qmcreate");
+        // 123456 ticks of 10 ms; a node up for years still fits.
+        assert_eq!(
+            pstart_duration(0x0001_E240),
+            Some(Duration::from_millis(1_234_560))
+        );
+        assert_eq!(
+            pstart_duration(100 * 86_400 * 3650),
+            Some(Duration::from_secs(86_400 * 3650))
+        );
+        assert_eq!(pstart_duration(u64::MAX), None);
+        assert_eq!(pstart_of("UPID:pve1:x"), None);
+    }
+
+    #[test]
+    fn byte_moving_tasks_expect_to_share_their_storage() {
+        assert!((sharing_factor(1) - 1.0).abs() < 1e-9);
+        assert!((sharing_factor(7) - 4.6).abs() < 1e-9);
+        assert!((sharing_factor(0) - 1.0).abs() < 1e-9);
+        assert!(shares_bandwidth("qmcreate") && shares_bandwidth("download"));
+        assert!(!shares_bandwidth("qmclone") && !shares_bandwidth("qmstart"));
+        // Fixed-length tasks do not share: their first look is their learned length.
+        assert!(fixed_length("imgdel") && !fixed_length("qmcreate"));
+    }
 }
