@@ -66,43 +66,55 @@ trap cleanup EXIT
 
 # The lower bound comes from the simulator's storage model (crates/pve-sim/README.md, "Storage
 # model"; numbers from crates/pve-sim/src/state/{mod,bandwidth}.rs, at time scale 1):
-# local-lvm (lvmthin) 500 MiB/s + 1 s per operation, local (dir) 450 MiB/s + 0.5 s, downloads
-# cross the internet at 25 MiB/s, an import writes the image's virtual size (2252 MiB), create
-# 3 s of its own, start 4 s, guest agent 15 s after start, ISO delete 1 s.
+# local-lvm (lvmthin) 500 MiB/s + 1 s per operation, of which 0.3 s per allocated volume holds
+# the storage's lock (allocations take turns), local (dir) 450 MiB/s + 0.5 s, downloads cross
+# the internet at 25 MiB/s, an import writes the image's virtual size (2252 MiB), create 3 s of
+# its own, clone 2 s, config 1 s, start 4 s, guest agent 15 s after start, ISO delete 1 s. Each
+# VM allocates or clones as many volumes on local-lvm as its config shows (read from the
+# simulator after the run: scsi0, and efidisk0 for an OVMF VM).
 # Per node: chain = download + upload + create/import + resize + start + agent + ISO delete (one
-# VM alone), and storage = download + create's own time + every import's bytes through
-# local-lvm + the tail (resize, start, agent, delete) of the VM whose import ends last; the
-# bound is the cluster's maximum of max(chain, storage).
-bound_model() { # SCALE NODE_COUNTS_JSON WIRE_BYTES STRATEGY
+# VM alone), and storage = download + create's own time + every VM's turn on local-lvm (its
+# bytes, or its lock hold when that is longer) + the rest of the VM whose turn ends last
+# (resize, start, agent, delete; a clone's own work and config first); the bound is the
+# cluster's maximum of max(chain, storage).
+bound_model() { # SCALE NODE_COUNTS_JSON WIRE_BYTES STRATEGY VOLUMES_PER_VM
     python3 - "$@" <<'PY'
 import json, sys
 scale, counts, wire = float(sys.argv[1]), json.loads(sys.argv[2]), int(sys.argv[3])
-strategy = sys.argv[4]
+strategy, volumes = sys.argv[4], int(sys.argv[5])
 MIB = 1 << 20
 lvm_bw, lvm_over = 500 * MIB, 1.0
 dir_bw, dir_over = 450 * MIB, 0.5
 wan = 25 * MIB
 import_bytes, iso_bytes = 2252 * MIB, 1 * MIB
+lock_hold = volumes * 0.3
 create, start, boot, iso_delete = 3.0, 4.0, 15.0, 1.0
 download = wire / wan + dir_over + wire / dir_bw
 upload = dir_over + iso_bytes / dir_bw
-create_alone = create + lvm_over + import_bytes / lvm_bw
+create_alone = create + max(lvm_over, lock_hold) + import_bytes / lvm_bw
 tail = lvm_over + start + boot + iso_delete
-# A clone: 2 s of its own, the storage's overhead, and (full) its disk's bytes; a template
-# conversion 1 s. With a template, each VM's chain is template + one clone.
-clone, template = 2.0, 1.0
+# A clone: the storage's lock for its two disks, the storage's overhead, 2 s of its own, and
+# (full) its disks' bytes; then the VM's own config (1 s). A template conversion 1 s. With a
+# template, each VM's chain is template + one clone + config.
+clone, template, config = 2.0, 1.0, 1.0
 if strategy == "import":
     chain = download + upload + create_alone + tail
-    per_vm_bytes = import_bytes
+    turn = max(import_bytes / lvm_bw, lock_hold)
     first = download + create + lvm_over
-else:
-    clone_bytes = import_bytes if strategy == "full-clone" else 0
-    chain = download + upload + create_alone + template + clone + lvm_over + clone_bytes / lvm_bw + tail
-    per_vm_bytes = clone_bytes
+    rest = tail
+elif strategy == "full-clone":
+    chain = download + upload + create_alone + template + clone + lvm_over + import_bytes / lvm_bw + config + tail
+    turn = max(import_bytes / lvm_bw, lock_hold)
     first = download + create_alone + template + clone + lvm_over
+    rest = config + tail
+else:
+    chain = download + upload + create_alone + template + clone + max(lvm_over, lock_hold) + config + tail
+    turn = lock_hold
+    first = download + create_alone + template
+    rest = max(lvm_over, lock_hold) - lock_hold + clone + config + tail
 worst = ("", 0.0, 0.0)
 for node, n in counts.items():
-    storage = first + n * per_vm_bytes / lvm_bw + tail
+    storage = first + n * turn + rest
     if max(chain, storage) > worst[1]:
         worst = (node, max(chain, storage), storage)
 node, bound, storage = worst
@@ -259,6 +271,19 @@ EOF
     rerun_vm_reads=$(grep -c '"path":"/nodes/[^/]*/qemu/[0-9]' "$log" || true)
     rerun_mutating=$(grep -E '"method":"(POST|PUT|DELETE)"' "$log" | grep -vc '/agent/' || true)
 
+    # The volumes one VM has on local-lvm (each one allocation under the storage's lock).
+    local volumes
+    volumes=$(python3 -c 'import json,sys; vm=json.load(sys.stdin)["vms"][0]; print(vm["node"], vm["vmid"])' \
+        <"$WORK/$name.up.out" | {
+        read -r node vmid
+        curl -sk -H "Authorization: PVEAPIToken=$token" \
+            "https://127.0.0.1:$PORT/api2/json/nodes/$node/qemu/$vmid/config" |
+            python3 -c 'import json, sys
+config = json.load(sys.stdin)["data"]
+print(sum(1 for v in config.values() if isinstance(v, str) and v.startswith("local-lvm:")
+          and "media=cdrom" not in v and "cloudinit" not in v))'
+    })
+
     kill "$SIM_PID" 2>/dev/null || true
     wait "$SIM_PID" 2>/dev/null || true
     SIM_PID=
@@ -268,7 +293,7 @@ EOF
     counts=$(python3 -c 'import collections, json, sys
 print(json.dumps(collections.Counter(vm["node"] for vm in json.load(sys.stdin)["vms"])))' \
         <"$WORK/$name.up.out")
-    model=$(bound_model "$scale" "$counts" "$wire" "$strategy")
+    model=$(bound_model "$scale" "$counts" "$wire" "$strategy" "$volumes")
     read -r bound chain storage busiest busiest_vms <<<"$model"
     local polls reads
     polls=$(grep -cE '"method":"GET","path":"/nodes/[^/]*/tasks(/[^"]*/status)?"' \
@@ -276,7 +301,7 @@ print(json.dumps(collections.Counter(vm["node"] for vm in json.load(sys.stdin)["
     reads=$(grep -c '"method":"GET"' "$WORK/$name.up.requests.log" || true)
     echo "== $name: $vms VMs, inventory $inventory, time scale $scale, image strategy $strategy"
     echo "  up wall time          $(fmt "$wall") s"
-    echo "  lower bound (model)   $(fmt "$bound") s   = max(one VM's chain $(fmt "$chain") s, $busiest: $busiest_vms VMs (their bytes) through local-lvm $(fmt "$storage") s)"
+    echo "  lower bound (model)   $(fmt "$bound") s   = max(one VM's chain $(fmt "$chain") s, $busiest: $busiest_vms VMs (their turns, $volumes volume(s) each) on local-lvm $(fmt "$storage") s)"
     echo "  ratio wall/bound      $(div "$wall" "$bound")"
     echo "  API requests          $requests ($(div "$requests" "$vms") per VM): task polls $polls ($(div "$polls" "$vms")), other reads $((reads - polls)) ($(div $((reads - polls)) "$vms")), mutating $mutating ($(div "$mutating" "$vms"))"
     echo "  provision CPU time    $(awk -v u="$user" -v s="$sys" 'BEGIN { printf "%.2f", u + s }') s (user $user + sys $sys)"
