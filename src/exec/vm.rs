@@ -202,15 +202,16 @@ impl Runner {
         let wanted = vm.address.to_string();
         // The agent answers some 15 s after boot on real hardware. The boot passes before it
         // can: wait the shortest boot seen on the node (else a typical 15 s at the speed its
-        // tasks showed; the start task was seen to end a little after it did, so this is not
-        // late), then look every 3 % of it, more rarely as it runs late. Before the node's
-        // speed is known: from 50 ms up to 1 s.
+        // tasks showed; the start task was seen to end a little after it did), and 2 % more
+        // for an estimate a little short, then look every 3 % of it, more rarely as it runs
+        // late. Before the node's speed is known: from 50 ms up to 1 s.
         let boot = self.expected_boot(&vm.node);
+        tracing::debug!(vm = %vm.name, ?boot, "guest agent: expected boot");
         let started = tokio::time::Instant::now();
         let floor = self.options.poll(Duration::from_millis(50));
         let interval = match boot {
             Some(boot) => {
-                tokio::time::sleep(boot).await;
+                tokio::time::sleep(boot.mul_f64(1.02)).await;
                 let first = boot.mul_f64(0.03).max(floor);
                 PollInterval::growing(
                     first,

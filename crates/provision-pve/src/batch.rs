@@ -138,6 +138,7 @@ impl NodeTaskPoller {
             pending: BTreeMap::new(),
             learned: BTreeMap::new(),
             speed: None,
+            speed_bounds: (0.0, f64::INFINITY),
             shared_speed: Arc::clone(&speed),
             list_allowed: true,
             pstart_zero: None,
@@ -206,6 +207,8 @@ struct Pending {
     /// Tasks of its type on the node when it was last planned, itself included (byte-moving
     /// types; 1 for the others).
     sharers: u32,
+    /// When a list request that showed it running was sent: it ended after that.
+    running_at: Option<Instant>,
     replies: Vec<oneshot::Sender<Result<TaskStatus, PveError>>>,
 }
 
@@ -217,11 +220,15 @@ struct Actor {
     /// How long a task of each type took (from its start to seen stopped), alone: a
     /// byte-moving one's time over its [`sharing_factor`].
     learned: BTreeMap<String, Duration>,
-    /// Observed over typical durations ([`typical_seconds`]): the lowest ratio of the tasks
-    /// that ended here whose length does not depend on bytes or load (start, resize, delete,
-    /// upload of a seed), each timed from its start ([`Actor::started`]: an upload's waiter
-    /// may come long after its task started, when the answer waited for a busy runtime).
+    /// Observed over typical durations ([`typical_seconds`]), from the tasks that ended here
+    /// whose length does not depend on bytes or load (start, resize, delete, upload of a
+    /// seed): the middle of `speed_bounds` while the tasks agree, else the lowest upper bound.
     speed: Option<f64>,
+    /// Each such task's length lies between the last look that saw it running and the look
+    /// that saw it stopped, both timed from its start ([`Actor::started`]: an upload's waiter
+    /// may come long after its task started, when the answer waited for a busy runtime), and
+    /// so the node's speed between these bounds: the highest lower and the lowest upper bound.
+    speed_bounds: (f64, f64),
     shared_speed: Arc<AtomicU64>,
     list_allowed: bool,
     /// This run's instant of `pstart` 0 on the node: the earliest that every task asked about
@@ -229,6 +236,9 @@ struct Actor {
     /// `pstart`'s 10 ms even when its waiter came late.
     pstart_zero: Option<Instant>,
 }
+
+/// How much earlier than it says a task may have started: `pstart` counts whole ticks.
+const PSTART_SLACK: Duration = Duration::from_millis(10);
 
 /// A UPID's `pstart` as time since the node's boot: the worker's start time in clock ticks
 /// (`/proc/PID/stat`, `USER_HZ` = 100, so 10 ms each).
@@ -288,6 +298,7 @@ impl Actor {
                 next_look: (started + first).max(now),
                 looked: false,
                 sharers,
+                running_at: None,
                 replies: vec![waiter.reply],
             },
         );
@@ -386,6 +397,7 @@ impl Actor {
     /// One poll: the active list (or each task's status), then the exit statuses of the tasks
     /// that left it.
     async fn poll(&mut self) {
+        let asked = Instant::now();
         let outcome = if self.list_allowed {
             self.poll_list().await
         } else {
@@ -396,6 +408,12 @@ impl Actor {
             Ok(stopped) => {
                 for status in stopped {
                     self.resolve(&status.upid.clone(), Ok(status), now);
+                }
+                // The list showed every task still waited for running when it was asked for.
+                if self.list_allowed {
+                    for pending in self.pending.values_mut() {
+                        pending.running_at = Some(asked);
+                    }
                 }
             }
             Err(error) => {
@@ -429,14 +447,28 @@ impl Actor {
             return;
         };
         if result.is_ok() {
-            let took = now.duration_since(self.started(&pending));
+            let started = self.started(&pending);
+            let took = now.duration_since(started);
             let mut replan = false;
             if fixed_length(&pending.kind) {
-                let ratio = took.as_secs_f64() / typical_seconds(&pending.kind);
-                let speed = self.speed.map_or(ratio, |speed| speed.min(ratio));
+                // It ended after the last list that showed it running (less `pstart`'s tick).
+                let running = pending
+                    .running_at
+                    .map_or(Duration::ZERO, |at| at.saturating_duration_since(started))
+                    .saturating_sub(PSTART_SLACK);
+                let typical = typical_seconds(&pending.kind);
+                let (low, high) = self.speed_bounds;
+                let low = low.max(running.as_secs_f64() / typical);
+                let high = high.min(took.as_secs_f64() / typical);
+                self.speed_bounds = (low, high);
+                let speed = if low <= high {
+                    f64::midpoint(low, high)
+                } else {
+                    high
+                };
                 tracing::debug!(
-                    node = %self.node, kind = %pending.kind, ?took, ratio, speed,
-                    "task poller: the node's speed"
+                    node = %self.node, kind = %pending.kind, ?took, low, high, speed,
+                    "task poller: node speed"
                 );
                 replan = self.speed.is_none();
                 self.speed = Some(speed);
