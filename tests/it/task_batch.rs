@@ -11,12 +11,12 @@ use provision::pve::{
     Auth, ClientConfig, NodeName, NodeTaskPoller, Params, PollOptions, PveApi, PveClient, PveError,
     Secret, TlsMode,
 };
-use pve_sim::{Inventory, SimConfig, SimMode, Simulator};
+use pve_sim::{Inventory, SimConfig, SimHandle, SimMode, Simulator};
 
 const TASKS: u32 = 6;
 
-#[tokio::test]
-async fn concurrent_waits_on_one_node_share_one_list_request_per_poll() {
+/// A simulator whose tasks end when the test says, and a client of it with the fixture's token.
+async fn explicit_sim() -> (SimHandle, Arc<dyn PveApi>) {
     let mut config = SimConfig::new(Inventory::builtin("pve-a100").unwrap());
     config.mode = SimMode::Explicit;
     let sim = Simulator::start(config).await.unwrap();
@@ -31,6 +31,12 @@ async fn concurrent_waits_on_one_node_share_one_list_request_per_poll() {
         ))
         .unwrap(),
     );
+    (sim, client)
+}
+
+#[tokio::test]
+async fn concurrent_waits_on_one_node_share_one_list_request_per_poll() {
+    let (sim, client) = explicit_sim().await;
     let node = NodeName("pve1".to_owned());
     let mut upids = Vec::new();
     for vmid in 0..TASKS {
@@ -121,20 +127,7 @@ async fn concurrent_waits_on_one_node_share_one_list_request_per_poll() {
 #[tokio::test]
 async fn a_late_waiter_times_its_task_from_the_upids_pstart() {
     use sha2::Digest as _;
-    let mut config = SimConfig::new(Inventory::builtin("pve-a100").unwrap());
-    config.mode = SimMode::Explicit;
-    let sim = Simulator::start(config).await.unwrap();
-    let client: Arc<dyn PveApi> = Arc::new(
-        PveClient::new(ClientConfig::new(
-            sim.base_url(),
-            Auth::ApiToken {
-                user_realm_tokenid: "provision@pve!ci".to_owned(),
-                secret: Secret::new("5f1c3a6e-8d2b-4c71-9e0a-2b7d4f6a9c13"),
-            },
-            TlsMode::Fingerprint(sim.fingerprint()),
-        ))
-        .unwrap(),
-    );
+    let (sim, client) = explicit_sim().await;
     let node = NodeName("pve1".to_owned());
     let upload = |name: &'static str| {
         let client = Arc::clone(&client);
