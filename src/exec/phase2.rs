@@ -284,6 +284,19 @@ pub async fn run(
         .buffer_unordered(parallelism)
         .try_collect::<Vec<()>>();
     let mut joining = JoinContext::default();
+    // The cluster as the joins and the steps after them see it, once the join plan chose its
+    // bootstrap server.
+    let cluster_with = |bootstrap_index| Cluster {
+        profile,
+        nodes,
+        groups: &groups,
+        execs: &execs,
+        bootstrap_index,
+        manifest_files: &manifest_files,
+        token: &inputs.token,
+        clock: &clock,
+        opts,
+    };
     let servers_joined = async {
         let mut seen = Vec::with_capacity(nodes.len());
         for (index, probe) in probes.into_iter().enumerate() {
@@ -301,18 +314,7 @@ pub async fn run(
             &agent_candidates,
             profile.cluster.api_vip,
         )?;
-        let bootstrap_index = servers[plan.bootstrap];
-        let cluster = Cluster {
-            profile,
-            nodes,
-            groups: &groups,
-            execs: &execs,
-            bootstrap_index,
-            manifest_files: &manifest_files,
-            token: &inputs.token,
-            clock: &clock,
-            opts,
-        };
+        let cluster = cluster_with(servers[plan.bootstrap]);
         let mut reports: Vec<Option<NodeReport>> = (0..nodes.len()).map(|_| None).collect();
         let mut binary_changed = vec![false; nodes.len()];
         // Bootstrap first, then one at a time. The bootstrap server's CA (and, with a VIP, the VIP
@@ -348,17 +350,7 @@ pub async fn run(
         reports[*index] = Some(prepared.report);
     }
     let bootstrap_index = servers[plan.bootstrap];
-    let cluster = Cluster {
-        profile,
-        nodes,
-        groups: &groups,
-        execs: &execs,
-        bootstrap_index,
-        manifest_files: &manifest_files,
-        token: &inputs.token,
-        clock: &clock,
-        opts,
-    };
+    let cluster = cluster_with(bootstrap_index);
     let bootstrap_exec = execs[bootstrap_index];
     let mut report = Phase2Report {
         nodes: reports.into_iter().flatten().collect(),
