@@ -216,3 +216,75 @@ async fn plan_text_shows_the_strategy_and_the_template() {
     });
     workspace.sim.shutdown().await;
 }
+
+/// pve-storage clones and allocates under the storage's lock (10 s timeout; on a shared
+/// storage pmxcfs's `cfs-lock 'storage-ID'`). With a slow lock, more clones at once than it
+/// can serve in 10 s fail on it; provision retries them and the cluster converges, every clone
+/// of the template and no VM left behind by a failed one.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn clones_that_time_out_on_the_storage_lock_are_retried_until_the_cluster_converges() {
+    let mut profile = sim::builtin("ci-nested");
+    assert_eq!(profile.image.strategy, ImageStrategy::LinkedClone);
+    let agents = profile
+        .node_groups
+        .iter()
+        .position(|group| group.name == "agent")
+        .unwrap();
+    profile.node_groups[agents].count = 12;
+    profile.node_groups[agents].addresses = (21..33)
+        .map(|host| format!("10.99.0.{host}").parse().unwrap())
+        .collect();
+    profile.proxmox.vmid_range.end = profile.proxmox.vmid_range.start + 40;
+    // The disks' storage shared (its lock is pmxcfs's) and slow: 1.5 s per volume, so of 16
+    // two-volume clones at once the last ones wait past the 10 s timeout.
+    let mut inventory = pve_sim::Inventory::builtin(provision::exec::simulate::inventory_for(
+        &profile.proxmox.nodes,
+        &profile.cluster.name,
+    ))
+    .unwrap();
+    let disks = profile.proxmox.storage.disks.clone();
+    let storage = inventory
+        .storages
+        .iter_mut()
+        .find(|storage| storage.name == disks)
+        .unwrap();
+    storage.shared = true;
+    storage.lock_ms = Some(1500);
+    let dir = tempfile::tempdir().unwrap();
+    let file = dir.path().join("inventory.toml");
+    std::fs::write(&file, toml::to_string(&inventory).unwrap()).unwrap();
+    let options = provision::exec::simulate::SimOptions {
+        time_scale: 0.01,
+        ..sim::fast()
+    };
+    let file = file.display().to_string();
+    let workspace = SimWorkspace::start(&profile, Some(&file), options).await;
+    let report = workspace.up(&profile, sim::exec_options()).await.unwrap();
+    assert_eq!(report.vms.len(), 13);
+    // Some clones met the lock's timeout, as Proxmox words it, and were sent again.
+    let node = provision::pve::NodeName(profile.proxmox.nodes[0].clone());
+    let query = provision::pve::types::TaskListQuery {
+        source: "all",
+        since: None,
+        limit: 5000,
+    };
+    let tasks = workspace.api.node_tasks(&node, &query).await.unwrap();
+    let message =
+        format!("clone failed: cfs-lock 'storage-{disks}' error: got lock request timeout");
+    let timed_out: BTreeSet<String> = tasks
+        .iter()
+        .filter(|task| task.kind == "qmclone" && task.status.as_deref() == Some(message.as_str()))
+        .map(|task| task.upid.clone())
+        .collect();
+    let timed_out = timed_out.len();
+    eprintln!("clones that timed out on the storage lock: {timed_out}");
+    assert!(timed_out > 0, "no clone met the lock");
+    let attempts = requests(&workspace, "POST", "/clone").len();
+    assert_eq!(attempts, 13 + timed_out);
+    // No failed clone left a VM behind: the node has the template and the 13 VMs.
+    let vms = workspace.api.cluster_resources(Some("vm")).await.unwrap();
+    assert_eq!(vms.len(), 14, "{vms:?}");
+    let again = workspace.up(&profile, sim::exec_options()).await.unwrap();
+    assert_eq!(again.mutating_calls, 0, "a re-run changes nothing");
+    workspace.sim.shutdown().await;
+}

@@ -77,20 +77,25 @@ impl RetryPolicy {
 }
 
 /// Whether a message is Proxmox's lock timeout (`PVE::Tools::lock_file_full`:
-/// `can't lock file '/var/lock/qemu-server/lock-100.conf' - got timeout`), as an HTTP error
-/// message, a task's exit status or a task log line; or the transient config lock of a VM a
-/// create or clone is still making (`PVE::AbstractConfig::check_lock`: `VM is locked (clone)`,
-/// e.g. cloning a template whose own create has not finished). Both pass when the holder's
-/// task ends, so both are retried.
+/// `can't lock file '/var/lock/qemu-server/lock-100.conf' - got timeout`, also the storage lock
+/// `/var/lock/pve-manager/pve-storage-ID` every allocation and linked clone takes; on a shared
+/// storage that lock is pmxcfs's: `cfs-lock 'storage-ID' error: got lock request timeout`), as
+/// an HTTP error message, a task's exit status or a task log line; or the transient config lock
+/// of a VM a create or clone is still making (`PVE::AbstractConfig::check_lock`: `VM is locked
+/// (clone)`, e.g. cloning a template whose own create has not finished). All pass when the
+/// holder is done, so all are retried.
 pub fn is_lock_timeout(message: &str) -> bool {
     (message.contains("can't lock file") && message.contains("got timeout"))
+        || (message.contains("cfs-lock '") && message.contains("got lock request timeout"))
         || message.contains("VM is locked (clone)")
         || message.contains("VM is locked (create)")
 }
 
-/// The lock file a lock-timeout message names.
+/// The lock a lock-timeout message names: a lock file, or a pmxcfs lock's id.
 pub fn lock_file_of(message: &str) -> Option<&str> {
-    let start = message.find("can't lock file '")? + "can't lock file '".len();
+    let start = ["can't lock file '", "cfs-lock '"]
+        .iter()
+        .find_map(|prefix| Some(message.find(prefix)? + prefix.len()))?;
     let rest = &message[start..];
     Some(&rest[..rest.find('\'')?])
 }
@@ -246,6 +251,20 @@ mod tests {
             Some(("can't lock file - got timeout", None))
         );
         assert_eq!(find_lock_timeout(["TASK ERROR: no space left"]), None);
+        // The storage lock: a local storage's file, a shared storage's pmxcfs lock.
+        let local = "unable to create VM 101 - can't lock file '/var/lock/pve-manager/pve-storage-local-lvm' - got timeout";
+        assert_eq!(
+            find_lock_timeout([local]),
+            Some((local, Some("/var/lock/pve-manager/pve-storage-local-lvm")))
+        );
+        let shared = "clone failed: cfs-lock 'storage-ceph' error: got lock request timeout";
+        assert_eq!(
+            find_lock_timeout([shared]),
+            Some((shared, Some("storage-ceph")))
+        );
+        assert!(!is_lock_timeout(
+            "cfs-lock 'storage-ceph' error: no quorum!"
+        ));
     }
 
     #[test]
