@@ -17,6 +17,19 @@ fn with_strategy(name: &str, strategy: ImageStrategy) -> Profile {
     profile
 }
 
+/// ci-nested's agents made twelve, with their addresses.
+fn twelve_agents(profile: &mut Profile) {
+    let agents = profile
+        .node_groups
+        .iter()
+        .position(|group| group.name == "agent")
+        .unwrap();
+    profile.node_groups[agents].count = 12;
+    profile.node_groups[agents].addresses = (21..33)
+        .map(|host| format!("10.99.0.{host}").parse().unwrap())
+        .collect();
+}
+
 /// Requests of `method` whose path ends with `suffix`.
 fn requests(workspace: &SimWorkspace, method: &str, suffix: &str) -> Vec<pve_sim::LoggedRequest> {
     workspace
@@ -152,15 +165,7 @@ async fn many_clones_of_one_template_never_surface_a_lock_error() {
     let template = workspace.state().templates.into_values().next().unwrap();
     // Then twelve agents, cloned while a config change holds the template's lock: every clone
     // attempted meanwhile fails on the lock (`can't lock file … got timeout`) and is retried.
-    let agents = profile
-        .node_groups
-        .iter()
-        .position(|group| group.name == "agent")
-        .unwrap();
-    profile.node_groups[agents].count = 12;
-    profile.node_groups[agents].addresses = (21..33)
-        .map(|host| format!("10.99.0.{host}").parse().unwrap())
-        .collect();
+    twelve_agents(&mut profile);
     let node = provision::pve::NodeName(template.node.clone());
     let mut change = provision::pve::Params::new();
     change.insert("description".into(), "held".into());
@@ -225,15 +230,7 @@ async fn plan_text_shows_the_strategy_and_the_template() {
 async fn clones_that_time_out_on_the_storage_lock_are_retried_until_the_cluster_converges() {
     let mut profile = sim::builtin("ci-nested");
     assert_eq!(profile.image.strategy, ImageStrategy::LinkedClone);
-    let agents = profile
-        .node_groups
-        .iter()
-        .position(|group| group.name == "agent")
-        .unwrap();
-    profile.node_groups[agents].count = 12;
-    profile.node_groups[agents].addresses = (21..33)
-        .map(|host| format!("10.99.0.{host}").parse().unwrap())
-        .collect();
+    twelve_agents(&mut profile);
     profile.proxmox.vmid_range.end = profile.proxmox.vmid_range.start + 40;
     // The disks' storage shared (its lock is pmxcfs's) and slow: 1.5 s per volume, so of 16
     // two-volume clones at once the last ones wait past the 10 s timeout.
