@@ -70,7 +70,8 @@ fn default_for(kind: &str) -> (f64, u64, u64) {
     }
 }
 
-/// What a local storage's lock is, for the message of a lock timeout.
+/// Proxmox's words for a lock timeout on `storage`'s lock: a lock file for a local storage,
+/// pmxcfs's lock for a shared one.
 pub(crate) fn lock_timeout_message(storage: &StorageSpec) -> String {
     if storage.shared {
         format!(

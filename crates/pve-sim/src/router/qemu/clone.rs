@@ -100,18 +100,9 @@ impl Request<'_> {
         } else {
             0
         };
-        let storage = volumes
-            .iter()
-            .find_map(|v| v.volid.split(':').next())
-            .and_then(|name| state.storage(name).ok().cloned());
         // Each disk is cloned (linked: vdisk_clone) or allocated (full: vdisk_alloc) under its
         // storage's lock.
-        let allocations = storage.as_ref().map_or(0, |s| {
-            volumes
-                .iter()
-                .filter(|v| v.volid.split(':').next() == Some(s.name.as_str()))
-                .count()
-        });
+        let allocating = super::stored::allocations(&state, &volumes, None);
         for volume in volumes {
             let key = volume_key(volume.node.as_deref(), &volume.volid);
             state.volumes.insert(key, volume);
@@ -131,14 +122,14 @@ impl Request<'_> {
             None,
             vec![format!("creating a clone of VM {source} with ID {newid}")],
         );
-        if let Some(storage) = storage {
+        if let Some((storage, allocations)) = allocating {
             self.shared.start_transfer(
                 &mut state,
                 &upid,
                 &target_node,
                 &storage,
                 bytes,
-                u32::try_from(allocations).unwrap_or(u32::MAX),
+                allocations,
                 "clone failed: ",
             );
         }

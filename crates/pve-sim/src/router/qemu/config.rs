@@ -183,15 +183,7 @@ impl Request<'_> {
             changes.insert(key.clone(), None);
         }
         // A new disk is allocated (vdisk_alloc) under its storage's lock, in the task.
-        let allocating = new_volumes
-            .iter()
-            .find_map(|v| v.volid.split(':').next().map(str::to_owned));
-        let allocations = allocating.as_deref().map_or(0, |name| {
-            new_volumes
-                .iter()
-                .filter(|v| v.volid.split(':').next() == Some(name))
-                .count()
-        });
+        let allocating = super::stored::allocations(&state, &new_volumes, None);
         for volume in new_volumes {
             let key = volume_key(volume.node.as_deref(), &volume.volid);
             state.volumes.insert(key, volume);
@@ -206,14 +198,14 @@ impl Request<'_> {
                 None,
                 Vec::new(),
             );
-            if let Some(storage) = allocating.and_then(|name| state.storage(&name).ok().cloned()) {
+            if let Some((storage, allocations)) = allocating {
                 self.shared.start_transfer(
                     &mut state,
                     &upid,
                     self.node(),
                     &storage,
                     0,
-                    u32::try_from(allocations).unwrap_or(u32::MAX),
+                    allocations,
                     "",
                 );
             }

@@ -63,19 +63,9 @@ impl Request<'_> {
         }
         self.add_generated_keys(&mut config);
         Self::new_disks_as_base(&state, &mut config, &mut volumes);
-        // pve-storage's vdisk_alloc allocates each new volume under its storage's lock; the
-        // import's storage (else the first new volume's) carries the task's work.
-        let allocating = imports.clone().or_else(|| {
-            volumes
-                .iter()
-                .find_map(|v| v.volid.split(':').next().map(str::to_owned))
-        });
-        let allocations = allocating.as_deref().map_or(0, |name| {
-            volumes
-                .iter()
-                .filter(|v| v.volid.split(':').next() == Some(name))
-                .count()
-        });
+        // Each new volume is allocated under its storage's lock; the import's storage (else
+        // the first new volume's) carries the task's work.
+        let allocating = super::stored::allocations(&state, &volumes, imports.as_deref());
         for volume in volumes {
             let key = volume_key(volume.node.as_deref(), &volume.volid);
             state.volumes.insert(key, volume);
@@ -92,7 +82,7 @@ impl Request<'_> {
             Vec::new(),
         );
         // The import writes the image's virtual size through the disk's storage.
-        if let Some(storage) = allocating.and_then(|name| state.storage(&name).ok().cloned()) {
+        if let Some((storage, allocations)) = allocating {
             let bytes = if imports.is_some() {
                 durations::IMPORT_BYTES
             } else {
@@ -104,7 +94,7 @@ impl Request<'_> {
                 self.node(),
                 &storage,
                 bytes,
-                u32::try_from(allocations).unwrap_or(u32::MAX),
+                allocations,
                 &format!("unable to create VM {vmid} - "),
             );
         }

@@ -216,3 +216,23 @@ fn unique_tags(value: &str) -> String {
     tags.dedup();
     tags.join(";")
 }
+
+/// The storage whose lock a task's new `volumes` take (`preferred`, else the first volume's)
+/// and how many of them it allocates there: pve-storage allocates (`vdisk_alloc`) or clones
+/// (`vdisk_clone`) each one inside that storage's `cluster_lock_storage`.
+pub(super) fn allocations(
+    state: &State,
+    volumes: &[Volume],
+    preferred: Option<&str>,
+) -> Option<(crate::inventory::StorageSpec, u32)> {
+    let storage_of = |volume: &Volume| volume.volid.split(':').next().map(str::to_owned);
+    let name = preferred
+        .map(str::to_owned)
+        .or_else(|| volumes.first().and_then(storage_of))?;
+    let count = volumes
+        .iter()
+        .filter(|volume| storage_of(volume).as_deref() == Some(name.as_str()))
+        .count();
+    let storage = state.storage(&name).ok().cloned()?;
+    Some((storage, u32::try_from(count).unwrap_or(u32::MAX)))
+}
