@@ -141,7 +141,7 @@ impl NodeTaskPoller {
             speed_bounds: (0.0, f64::INFINITY),
             shared_speed: Arc::clone(&speed),
             list_allowed: true,
-            pstart_zero: None,
+            pstart_clock: PstartClock::new(Instant::now()),
         };
         tokio::spawn(actor.run(receiver));
         NodeTaskPoller { sender, speed }
@@ -231,19 +231,61 @@ struct Actor {
     speed_bounds: (f64, f64),
     shared_speed: Arc<AtomicU64>,
     list_allowed: bool,
-    /// This run's instant of `pstart` 0 on the node: the earliest that every task asked about
-    /// allows (a task is asked about after it started), so a task's start is known to
-    /// `pstart`'s 10 ms even when its waiter came late.
-    pstart_zero: Option<Instant>,
+    /// The node's `pstart` on this run's clock.
+    pstart_clock: PstartClock,
 }
 
 /// How much earlier than it says a task may have started: `pstart` counts whole ticks.
 const PSTART_SLACK: Duration = Duration::from_millis(10);
 
-/// A UPID's `pstart` as time since the node's boot: the worker's start time in clock ticks
+/// A UPID's `pstart` in seconds since the node's boot: the worker's start time in clock ticks
 /// (`/proc/PID/stat`, `USER_HZ` = 100, so 10 ms each).
-fn pstart_duration(ticks: u64) -> Option<Duration> {
-    ticks.checked_mul(10).map(Duration::from_millis)
+fn pstart_seconds(ticks: u64) -> f64 {
+    ticks as f64 / 100.0
+}
+
+/// A node's `pstart` on this process's clock. The node's boot, in seconds from `origin`, is the
+/// earliest that every task asked about allows (a task is asked about after it started), so a
+/// task's start is known to `pstart`'s 10 ms even when its waiter came late. Seconds as `f64`
+/// from an origin of this run: the node may have booted long before this process's clock can
+/// reach back (a host up for a year, a CI runner up for minutes).
+#[derive(Debug, Clone, Copy)]
+struct PstartClock {
+    origin: Instant,
+    boot: Option<f64>,
+}
+
+impl PstartClock {
+    fn new(origin: Instant) -> Self {
+        PstartClock { origin, boot: None }
+    }
+
+    /// A task with `pstart` `ticks` was asked about at `added`.
+    fn saw(&mut self, added: Instant, ticks: u64) {
+        let boot = self.seconds(added) - pstart_seconds(ticks);
+        self.boot = Some(self.boot.map_or(boot, |known| known.min(boot)));
+    }
+
+    /// When a task with `pstart` `ticks` that was asked about at `added` started: never after
+    /// `added`.
+    fn started(&self, added: Instant, ticks: Option<u64>) -> Instant {
+        let (Some(boot), Some(ticks)) = (self.boot, ticks) else {
+            return added;
+        };
+        let before = self.seconds(added) - (boot + pstart_seconds(ticks));
+        Duration::try_from_secs_f64(before.max(0.0))
+            .ok()
+            .and_then(|before| added.checked_sub(before))
+            .unwrap_or(added)
+    }
+
+    fn seconds(&self, at: Instant) -> f64 {
+        if at >= self.origin {
+            at.duration_since(self.origin).as_secs_f64()
+        } else {
+            -self.origin.duration_since(at).as_secs_f64()
+        }
+    }
 }
 
 impl Actor {
@@ -281,11 +323,8 @@ impl Actor {
             u32::try_from(beside).unwrap_or(u32::MAX).saturating_add(1)
         };
         let pstart = pstart_of(&waiter.upid.0);
-        if let Some(zero) = pstart
-            .and_then(pstart_duration)
-            .and_then(|since| now.checked_sub(since))
-        {
-            self.pstart_zero = Some(self.pstart_zero.map_or(zero, |known| known.min(zero)));
+        if let Some(ticks) = pstart {
+            self.pstart_clock.saw(now, ticks);
         }
         let first = self.first_look(&kind, sharers);
         let started = self.started_at(now, pstart);
@@ -318,11 +357,7 @@ impl Actor {
     }
 
     fn started_at(&self, added: Instant, pstart: Option<u64>) -> Instant {
-        let from_pstart = self
-            .pstart_zero
-            .zip(pstart)
-            .and_then(|(zero, ticks)| zero.checked_add(pstart_duration(ticks)?));
-        from_pstart.map_or(added, |started| started.min(added))
+        self.pstart_clock.started(added, pstart)
     }
 
     /// After this long a task of `kind` among `sharers` of its type gets its first look.
@@ -619,17 +654,35 @@ mod tests {
         assert_eq!(pstart_of(upid), Some(0x0001_E240));
         assert_eq!(starttime_of(upid), Some(0x6750_A3F1));
         assert_eq!(kind_of(&Upid(upid.to_owned())), "qmcreate");
-        // 123456 ticks of 10 ms; a node up for years still fits.
-        assert_eq!(
-            pstart_duration(0x0001_E240),
-            Some(Duration::from_millis(1_234_560))
-        );
-        assert_eq!(
-            pstart_duration(100 * 86_400 * 3650),
-            Some(Duration::from_secs(86_400 * 3650))
-        );
-        assert_eq!(pstart_duration(u64::MAX), None);
+        // 123456 ticks of 10 ms.
+        assert!((pstart_seconds(0x0001_E240) - 1_234.56).abs() < 1e-9);
         assert_eq!(pstart_of("UPID:pve1:x"), None);
+    }
+
+    #[test]
+    fn a_late_waiter_is_dated_back_to_its_start_even_on_a_node_up_for_years() {
+        let origin = Instant::now();
+        let mut clock = PstartClock::new(origin);
+        let at = |ms: u64| origin + Duration::from_millis(ms);
+        // Unknown until a task was seen: the waiter's own time.
+        assert_eq!(clock.started(at(500), Some(7)), at(500));
+        // The node has been up three years (far beyond what this process's clock can reach
+        // back to); a prompt waiter at 100 ms for a task of tick T ties the two clocks.
+        let booted = 100 * 86_400 * 365 * 3;
+        clock.saw(at(100), booted);
+        // A task that started 600 ms later (60 ticks), asked about at 1000 ms: it started at
+        // 700 ms.
+        let started = clock.started(at(1_000), Some(booted + 60));
+        let off = started
+            .duration_since(at(700))
+            .max(at(700).duration_since(started));
+        assert!(off < Duration::from_millis(1), "{off:?}");
+        // A later, slower waiter never moves the boot later; a prompter one moves it earlier.
+        clock.saw(at(2_000), booted + 60);
+        assert!(clock.started(at(1_000), Some(booted + 60)) <= at(701));
+        // Never after it was asked about.
+        assert_eq!(clock.started(at(50), Some(booted + 1_000)), at(50));
+        assert_eq!(clock.started(at(900), None), at(900));
     }
 
     #[test]
