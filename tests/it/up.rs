@@ -136,8 +136,10 @@ async fn a_fresh_up_reads_what_it_already_knows_once() {
         gets(&|path| path.contains("/storage/") && path.ends_with("/content")),
         2
     );
-    // The VMID was free in the plan; the address checks share listings.
-    assert!(gets(&|path| path == "/cluster/resources") <= vms);
+    // The VMID was free in the plan: no listing before a create. One listing for the plan,
+    // then at most one address check per VM (checks of VMs created together share one; the
+    // storage lock staggers the creates' ends, so on a loaded machine none may share).
+    assert!(gets(&|path| path == "/cluster/resources") <= vms + 1);
     // The guest agent is asked for its addresses, not pinged first.
     assert!(
         !log.iter().any(|r| r.path.ends_with("/agent/ping")),
